@@ -1,0 +1,147 @@
+"""Typed configuration: one dataclass tree loaded from TOML.
+
+    from model.config import load_config
+    cfg = load_config("configs/demo.toml")
+
+Unknown sections or keys are an error (a typo must not be silently ignored);
+values are checked against the field's type. The resolved config (every field,
+defaults included) is what goes into checkpoints, manifests and reports, via
+`config_to_dict`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class DataConfig:
+    # working grid: canonical RAS, axis-aligned, array order (x, y, z) = (R, A, S)
+    shape: list[int] = field(default_factory=lambda: [48, 56, 48])
+    spacing_mm: list[float] = field(default_factory=lambda: [3.5, 3.5, 3.5])
+    # CMA codes used for training and evaluation
+    labels: list[int] = field(default_factory=lambda: [2, 41, 3, 42, 4, 43, 10, 49, 11, 50, 12, 51, 17, 53])
+    # the seed's split: 13 train / 5 test of 18 subjects; scaled for other counts
+    n_train: int = 13
+    n_test: int = 5
+    # robust intensity normalisation: percentiles mapped to [0, 1], then clipped
+    intensity_percentiles: list[float] = field(default_factory=lambda: [1.0, 99.5])
+
+
+@dataclass
+class ModelConfig:
+    base_channels: int = 32
+    levels: int = 4  # number of down-sampling blocks (label-reg: 4)
+    ddf_levels: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+
+
+@dataclass
+class LossConfig:
+    dice_scales: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0, 16.0])
+    bending_weight: float = 0.5
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 4
+    lr: float = 1e-4
+    seed: int = 0
+    # random affine augmentation, per volume: rotation (deg), scale (fraction), translation (voxels)
+    aug_rotation_deg: float = 5.0
+    aug_scale: float = 0.05
+    aug_translation_vox: float = 2.0
+    log_every: int = 10
+    ckpt_every: int = 50
+    threads: int = 0  # 0: torch's default
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        d, m = self.data, self.model
+        if len(d.shape) != 3 or len(d.spacing_mm) != 3:
+            raise ConfigError("data.shape and data.spacing_mm need 3 entries each")
+        step = 2 ** m.levels
+        if any(s % step for s in d.shape):
+            raise ConfigError(f"data.shape {d.shape} must be divisible by 2**model.levels = {step}")
+        if any(s <= 0 for s in d.spacing_mm):
+            raise ConfigError(f"data.spacing_mm {d.spacing_mm} must be positive")
+        if not d.labels:
+            raise ConfigError("data.labels is empty")
+        if d.n_train < 1 or d.n_test < 1:
+            raise ConfigError("data.n_train and data.n_test must be at least 1")
+        if not m.ddf_levels or any(not 0 <= lv <= m.levels for lv in m.ddf_levels):
+            raise ConfigError(f"model.ddf_levels {m.ddf_levels} must lie in [0, {m.levels}]")
+        if m.base_channels < 2 or m.base_channels % 2:
+            raise ConfigError("model.base_channels must be even (additive up-sampling halves channels)")
+        if self.train.batch_size < 1 or self.train.steps < 0:
+            raise ConfigError("train.batch_size must be >= 1 and train.steps >= 0")
+
+
+def _check_type(value, tp, where: str):
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_check_type(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls, raw: dict, where: str):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+    kwargs = {}
+    for name, value in raw.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{name}: expected a table")
+            kwargs[name] = _build(tp, value, f"{where}.{name}")
+        else:
+            kwargs[name] = _check_type(value, tp, f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def config_from_dict(raw: dict, where: str = "config") -> Config:
+    cfg = _build(Config, raw, where)
+    cfg.validate()
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    try:
+        return config_from_dict(raw, where=str(path))
+    except ConfigError as e:
+        raise ConfigError(f"{e}") from None
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,280 @@
+"""IBSR_V2.0-layout loader: find subjects, read NIfTI/Analyze, resample to the working grid.
+
+Layout (real IBSR and `make data`'s synthetic set alike):
+
+    DIR/IBSR_XX/IBSR_XX_ana.nii.gz          T1 image        (also .nii, .hdr/.img)
+    DIR/IBSR_XX/IBSR_XX_seg_ana.nii.gz      labels, CMA codes (may carry a trailing singleton 4th axis)
+    DIR/IBSR_XX/IBSR_XX_landmarks.csv       optional: name,x_mm,y_mm,z_mm (world RAS mm)
+
+The loader trusts the header, not the array order: every volume is resampled
+straight from its own voxel grid (through its affine) onto the *working grid*,
+an axis-aligned RAS grid of the config's shape and mm spacing, centred on the
+volume's centre. Array order of the working grid is (x, y, z) = (R, A, S), so a
+volume stored in any orientation loads to the same array. Images are
+resampled trilinearly, labels nearest-neighbour; outside the source field of
+view both read 0. Intensities are then mapped robustly to [0, 1] (percentiles
+from the config).
+
+    python -m model.data DIR        # list subjects and check every file
+"""
+from __future__ import annotations
+
+import csv
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from model.config import DataConfig
+
+SUFFIXES = (".nii.gz", ".nii", ".hdr")
+SUBJECT_RE = re.compile(r"^IBSR_\d+$")
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and the problem."""
+
+
+@dataclass
+class SubjectFiles:
+    name: str
+    image: Path
+    label: Path
+    landmarks: Path | None
+
+
+@dataclass
+class Subject:
+    name: str
+    image: np.ndarray  # (X, Y, Z) float32 in [0, 1], working grid, RAS
+    label: np.ndarray  # (X, Y, Z) int16 CMA codes, working grid, RAS
+    affine: np.ndarray  # (4, 4) working-grid voxel -> world mm
+    landmarks_vox: np.ndarray | None  # (K, 3) float64 working-grid voxel coordinates
+    landmark_names: list[str] | None
+
+
+def _find_file(folder: Path, stem: str) -> Path | None:
+    for suf in SUFFIXES:
+        p = folder / f"{stem}{suf}"
+        if p.is_file():
+            return p
+    return None
+
+
+def find_subjects(root: str | Path) -> list[SubjectFiles]:
+    """Every IBSR_XX subject under `root`, sorted by name; errors name what is wrong."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: data directory does not exist")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and SUBJECT_RE.match(p.name))
+    if not folders:
+        seen = sorted(p.name for p in root.iterdir())[:10]
+        raise DataError(f"{root}: no subject folders named IBSR_XX (IBSR_V2.0 layout); found {seen or 'nothing'}")
+    subjects = []
+    for folder in folders:
+        name = folder.name
+        image = _find_file(folder, f"{name}_ana")
+        if image is None:
+            raise DataError(f"{folder}: missing image file {name}_ana{{{','.join(SUFFIXES)}}}")
+        label = _find_file(folder, f"{name}_seg_ana")
+        if label is None:
+            raise DataError(f"{folder}: missing label file {name}_seg_ana{{{','.join(SUFFIXES)}}}")
+        lm = folder / f"{name}_landmarks.csv"
+        subjects.append(SubjectFiles(name, image, label, lm if lm.is_file() else None))
+    return subjects
+
+
+def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(array, affine) of a NIfTI/Analyze file; a trailing singleton 4th axis is dropped."""
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj)
+    except Exception as e:  # nibabel raises many types for bad files
+        raise DataError(f"{path}: cannot read volume ({type(e).__name__}: {e})") from None
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise DataError(f"{path}: expected a 3-D volume, got shape {data.shape}")
+    if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        raise DataError(f"{path}: {bad} NaN or inf voxel(s)")
+    affine = img.affine
+    if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise DataError(f"{path}: header has no usable voxel-to-world affine")
+    return data, np.asarray(affine, dtype=np.float64)
+
+
+def grid_affine(center_mm: np.ndarray, shape, spacing_mm) -> np.ndarray:
+    """Affine of an axis-aligned RAS grid whose centre voxel (shape-1)/2 sits at `center_mm`."""
+    spacing = np.asarray(spacing_mm, dtype=np.float64)
+    aff = np.diag([*spacing, 1.0])
+    aff[:3, 3] = np.asarray(center_mm, dtype=np.float64) - spacing * (np.asarray(shape) - 1) / 2.0
+    return aff
+
+
+def volume_center(shape, affine: np.ndarray) -> np.ndarray:
+    return affine[:3, :3] @ ((np.asarray(shape, dtype=np.float64) - 1) / 2.0) + affine[:3, 3]
+
+
+def grid_coords(shape) -> np.ndarray:
+    """(3, X, Y, Z) float64 voxel indices of a grid."""
+    return np.stack(np.meshgrid(*[np.arange(s, dtype=np.float64) for s in shape], indexing="ij"))
+
+
+def apply_affine(aff: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Apply a 4x4 affine to points (3, ...)."""
+    flat = pts.reshape(3, -1)
+    return (aff[:3, :3] @ flat + aff[:3, 3:4]).reshape(pts.shape)
+
+
+def sample(vol: np.ndarray, coords: np.ndarray, order: int, fill: float = 0.0) -> np.ndarray:
+    """Sample `vol` (X, Y, Z) at voxel coordinates `coords` (3, ...): order 0 nearest, 1 trilinear.
+
+    Points outside the volume (beyond half a voxel for nearest, beyond the edge
+    voxel centres for trilinear) read `fill`. Coordinates within 1e-6 of an
+    integer are snapped to it, so float64 noise from inverting an affine does
+    not blur a grid that lands on voxel centres.
+    """
+    shape = np.asarray(vol.shape)[:, None]
+    c = coords.reshape(3, -1).astype(np.float64, copy=True)
+    r = np.rint(c)
+    snap = np.abs(c - r) < 1e-6
+    c[snap] = r[snap]
+    if order == 0:
+        inside = np.all((c >= -0.5) & (c < shape - 0.5), axis=0)
+        idx = np.clip(np.rint(c).astype(np.int64), 0, shape - 1)
+        out = vol[idx[0], idx[1], idx[2]]
+        out = np.where(inside, out, np.asarray(fill, dtype=vol.dtype))
+        return out.reshape(coords.shape[1:])
+    inside = np.all((c >= 0) & (c <= shape - 1), axis=0)
+    lo = np.clip(np.floor(c), 0, shape - 2).astype(np.int64)
+    t = c - lo
+    out = np.zeros(c.shape[1], dtype=np.float64)
+    v = vol.astype(np.float32, copy=False)
+    for dx in (0, 1):
+        wx = t[0] if dx else 1 - t[0]
+        for dy in (0, 1):
+            wy = t[1] if dy else 1 - t[1]
+            for dz in (0, 1):
+                wz = t[2] if dz else 1 - t[2]
+                out += wx * wy * wz * v[lo[0] + dx, lo[1] + dy, lo[2] + dz]
+    out[~inside] = fill
+    return out.reshape(coords.shape[1:])
+
+
+def resample(vol: np.ndarray, affine: np.ndarray, target_affine: np.ndarray, target_shape, order: int):
+    """Resample `vol` (with voxel->world `affine`) onto the grid (target_affine, target_shape)."""
+    vox_to_src = np.linalg.inv(affine) @ target_affine
+    return sample(vol, apply_affine(vox_to_src, grid_coords(target_shape)), order)
+
+
+def normalise_intensity(img: np.ndarray, p_lo: float, p_hi: float) -> np.ndarray:
+    """Map the [p_lo, p_hi] percentiles to [0, 1] and clip: robust to outliers and scanner scale."""
+    lo, hi = np.percentile(img, [p_lo, p_hi])
+    if hi <= lo:
+        return np.zeros_like(img, dtype=np.float32)
+    return np.clip((img - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def read_landmarks(path: Path) -> tuple[list[str], np.ndarray]:
+    """Landmarks CSV (name,x_mm,y_mm,z_mm) -> names, (K, 3) world mm."""
+    names, pts = [], []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"name", "x_mm", "y_mm", "z_mm"} <= set(reader.fieldnames):
+            raise DataError(f"{path}: landmarks CSV needs columns name,x_mm,y_mm,z_mm")
+        for i, row in enumerate(reader, start=2):
+            try:
+                p = [float(row[k]) for k in ("x_mm", "y_mm", "z_mm")]
+            except (TypeError, ValueError):
+                raise DataError(f"{path}:{i}: landmark coordinates are not numbers") from None
+            if not np.all(np.isfinite(p)):
+                raise DataError(f"{path}:{i}: landmark coordinates are not finite")
+            names.append(row["name"])
+            pts.append(p)
+    return names, np.asarray(pts, dtype=np.float64).reshape(-1, 3)
+
+
+def load_subject(files: SubjectFiles, cfg: DataConfig) -> Subject:
+    img, img_aff = read_volume(files.image)
+    lab, lab_aff = read_volume(files.label)
+    if img.shape != lab.shape:
+        raise DataError(f"{files.label}: label shape {lab.shape} does not match image {files.image.name} {img.shape}")
+    if not np.allclose(img_aff, lab_aff, atol=1e-3):
+        raise DataError(f"{files.label}: label affine does not match image {files.image.name} affine")
+    if np.issubdtype(lab.dtype, np.floating):
+        if not np.all(lab == np.round(lab)):
+            raise DataError(f"{files.label}: label file holds non-integer values")
+    lab = lab.astype(np.int16)
+    target = grid_affine(volume_center(img.shape, img_aff), cfg.shape, cfg.spacing_mm)
+    image = normalise_intensity(resample(img.astype(np.float32), img_aff, target, cfg.shape, 1),
+                                *cfg.intensity_percentiles)
+    label = resample(lab, lab_aff, target, cfg.shape, 0).astype(np.int16)
+    lm_vox = names = None
+    if files.landmarks is not None:
+        names, world = read_landmarks(files.landmarks)
+        lm_vox = apply_affine(np.linalg.inv(target), world.T).T
+    return Subject(files.name, image, label, target, lm_vox, names)
+
+
+def split_counts(n: int, n_train: int, n_test: int) -> tuple[int, int]:
+    """The config's split when the count matches it, else the same proportion (at least 1 each)."""
+    if n < 2:
+        raise DataError(f"need at least 2 subjects for a train/test split, found {n}")
+    if n == n_train + n_test:
+        return n_train, n_test
+    test = min(n - 1, max(1, round(n * n_test / (n_train + n_test))))
+    return n - test, test
+
+
+def load_dataset(root: str | Path, cfg: DataConfig, split: str = "all", progress: bool = False) -> list[Subject]:
+    """Load the subjects of `split` ('train', 'test' or 'all'): the first n_train by name train, the rest test."""
+    files = find_subjects(root)
+    n_tr, n_te = split_counts(len(files), cfg.n_train, cfg.n_test)
+    chosen = {"train": files[:n_tr], "test": files[n_tr:], "all": files}[split]
+    # a configured label code absent from every subject is a config/data mismatch
+    subjects = []
+    it = chosen
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(chosen, desc=f"load {split}", unit="subj", leave=False)
+    for f in it:
+        subjects.append(load_subject(f, cfg))
+    present = set()
+    for s in subjects:
+        present.update(np.unique(s.label).tolist())
+    missing = [c for c in cfg.labels if c not in present]
+    if missing:
+        raise DataError(f"{root}: configured label code(s) {missing} absent from every {split} subject "
+                        f"(labels present: {sorted(present - {0})[:20]})")
+    return subjects
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    from model.config import load_config
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data")
+    ap.add_argument("--config", default="configs/demo.toml")
+    a = ap.parse_args(argv)
+    cfg = load_config(a.config)
+    subjects = load_dataset(a.data, cfg.data, progress=True)
+    n_tr, n_te = split_counts(len(subjects), cfg.data.n_train, cfg.data.n_test)
+    for i, s in enumerate(subjects):
+        codes = sorted(set(np.unique(s.label).tolist()) - {0})
+        lm = 0 if s.landmarks_vox is None else len(s.landmarks_vox)
+        print(f"{s.name}  {'train' if i < n_tr else 'test '}  labels={len(codes)}  landmarks={lm}")
+    print(f"{len(subjects)} subjects: {n_tr} train, {n_te} test; working grid {cfg.data.shape} @ {cfg.data.spacing_mm} mm")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except DataError as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,225 @@
+"""Label-driven training of LocalNet (label-reg's weak supervision).
+
+    python -m model.train --config configs/demo.toml --data data/synthetic --out runs/demo/train
+    python -m model.train ... --resume                     # continue after a kill
+    torchrun --standalone --nproc_per_node 2 -m model.train ...   # data-parallel (gloo on CPU, NCCL on GPU)
+
+Each step draws `batch_size` random ordered pairs (moving, fixed) of training subjects
+(13 x 12 = 156 for IBSR), one random configured label per pair, and a random affine
+augmentation per volume applied to image and label together. The loss is the
+multi-scale Dice of the warped moving label against the fixed label plus
+`bending_weight` x bending energy; inference needs no labels.
+
+All randomness of step s comes from numpy's generator seeded with (seed, s), so a run
+is deterministic for a seed, resumes to the same result, and data-parallel ranks draw
+the same global batch and each take their slice of it.
+
+Writes OUT/ckpt.pt (every ckpt_every steps, atomically: model, optimiser, step,
+resolved config, git commit), OUT/log.jsonl, and OUT/model.pt when finished.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from model.artifacts import atomic_torch_save, atomic_write_text, git_commit, tool_versions
+from model.config import Config, ConfigError, config_from_dict, config_to_dict, load_config
+from model.data import DataError, Subject, load_dataset
+from model.localnet import LocalNet
+from model.losses import bending_energy, multiscale_dice_loss
+from model.warp import random_affine_ddf, warp
+
+
+class TrainData:
+    """Training subjects as tensors, and the per-step batch drawn from (seed, step)."""
+
+    def __init__(self, subjects: list[Subject], labels: list[int]):
+        if len(subjects) < 2:
+            raise DataError("training needs at least 2 subjects")
+        self.images = torch.from_numpy(np.stack([s.image for s in subjects]))[:, None]  # (S, 1, X, Y, Z)
+        self.labels = [torch.from_numpy(s.label.astype(np.int32)) for s in subjects]
+        self.present = [set(np.unique(s.label).tolist()) for s in subjects]
+        self.codes = labels
+        n = len(subjects)
+        self.pairs = [(i, j) for i in range(n) for j in range(n) if i != j]  # (moving, fixed)
+
+    def batch(self, cfg: Config, step: int, rank: int = 0, world: int = 1):
+        """(moving_img, fixed_img, moving_lab, fixed_lab), each (B/world, 1, X, Y, Z), augmented."""
+        t = cfg.train
+        rng = np.random.default_rng([t.seed, step])
+        b = t.batch_size
+        pick = rng.integers(0, len(self.pairs), b)
+        mov_i = [self.pairs[k][0] for k in pick]
+        fix_i = [self.pairs[k][1] for k in pick]
+        codes = []
+        for m, f in zip(mov_i, fix_i):
+            both = [c for c in self.codes if c in self.present[m] and c in self.present[f]]
+            codes.append(both[rng.integers(len(both))] if both else self.codes[rng.integers(len(self.codes))])
+        aug = random_affine_ddf(self.images.shape[2:], rng, 2 * b, t.aug_rotation_deg, t.aug_scale,
+                                t.aug_translation_vox)
+        sl = slice(rank * b // world, (rank + 1) * b // world)
+        mov_i, fix_i, codes, aug_m, aug_f = mov_i[sl], fix_i[sl], codes[sl], aug[:b][sl], aug[b:][sl]
+        mi = self.images[mov_i]
+        fi = self.images[fix_i]
+        ml = torch.stack([(self.labels[i] == c).float() for i, c in zip(mov_i, codes)])[:, None]
+        fl = torch.stack([(self.labels[i] == c).float() for i, c in zip(fix_i, codes)])[:, None]
+        # one warp per volume moves image and label together
+        m = warp(torch.cat([mi, ml], 1), aug_m)
+        f = warp(torch.cat([fi, fl], 1), aug_f)
+        return m[:, :1], f[:, :1], m[:, 1:], f[:, 1:]
+
+
+def loss_terms(net, cfg: Config, mov_img, fix_img, mov_lab, fix_lab):
+    ddf = net(torch.cat([mov_img, fix_img], 1))
+    dice = multiscale_dice_loss(warp(mov_lab, ddf), fix_lab, cfg.loss.dice_scales)
+    bend = bending_energy(ddf)
+    return dice + cfg.loss.bending_weight * bend, dice, bend
+
+
+def load_checkpoint(path: Path, cfg: Config | None = None) -> dict:
+    """A checkpoint dict; with `cfg`, refuse one made with another config."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ck, dict) or "config" not in ck or "model" not in ck:
+        raise ValueError(f"{path}: not a checkpoint of this toolchain (no config/model)")
+    if cfg is not None and ck["config"] != config_to_dict(cfg):
+        diff = _config_diff(ck["config"], config_to_dict(cfg))
+        raise ConfigError(f"{path}: checkpoint was made with another config ({diff})")
+    return ck
+
+
+def _config_diff(a: dict, b: dict, prefix="") -> str:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            d = _config_diff(va, vb, f"{prefix}{k}.")
+            if d:
+                out.append(d)
+        elif va != vb:
+            out.append(f"{prefix}{k}: checkpoint {va!r} vs config {vb!r}")
+    return "; ".join(out)
+
+
+def model_from_checkpoint(ck: dict) -> tuple[LocalNet, Config]:
+    cfg = config_from_dict(ck["config"], "checkpoint config")
+    net = LocalNet(cfg.model)
+    net.load_state_dict(ck["model"])
+    return net.eval(), cfg
+
+
+def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, progress: bool = True) -> Path:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if cfg.train.batch_size % world:
+            raise ConfigError(f"train.batch_size {cfg.train.batch_size} must divide by the {world} processes")
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    elif world > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    torch.manual_seed(cfg.train.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, log_path, final_path = out / "ckpt.pt", out / "log.jsonl", out / "model.pt"
+
+    data = TrainData(load_dataset(data_dir, cfg.data, "train", progress=progress and rank == 0), cfg.data.labels)
+    net = LocalNet(cfg.model)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.train.lr)
+    start = 0
+    log_lines: list[str] = []
+    if resume and ckpt_path.exists():
+        ck = load_checkpoint(ckpt_path, cfg)
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        start = ck["step"]
+        if log_path.exists():  # drop log lines past the checkpoint: they will be redone
+            log_lines = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
+        if rank == 0:
+            print(f"[train] resumed from {ckpt_path} at step {start}", file=sys.stderr)
+    elif rank == 0:
+        ckpt_path.unlink(missing_ok=True)
+    model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
+
+    def save(step: int, path: Path):
+        atomic_torch_save(path, {
+            "model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
+            "config": config_to_dict(cfg), "git_commit": git_commit(), "versions": tool_versions(),
+            "world_size": world, "data": str(data_dir),
+        })
+
+    bar = None
+    if progress and rank == 0:
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.train.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    t0 = time.time()
+    model.train()
+    for step in range(start, cfg.train.steps):
+        batch = data.batch(cfg, step, rank, world)
+        loss, dice, bend = loss_terms(model, cfg, *batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if world > 1:  # report the mean over ranks
+            stats = torch.stack([loss.detach(), dice.detach(), bend.detach()])
+            dist.all_reduce(stats)
+            loss, dice, bend = stats / world
+        done = step + 1
+        if rank == 0:
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}", dice=f"{1 - dice.item():.3f}")
+            if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+                log_lines.append(json.dumps({"step": done, "loss": loss.item(), "dice_loss": dice.item(),
+                                             "bending": bend.item(), "elapsed_s": round(time.time() - t0, 2)}))
+                atomic_write_text(log_path, "\n".join(log_lines) + "\n")
+            if done % cfg.train.ckpt_every == 0 or done == cfg.train.steps:
+                save(done, ckpt_path)
+    if bar is not None:
+        bar.close()
+    if rank == 0:
+        save(cfg.train.steps, final_path)
+        if cfg.train.steps == start and not ckpt_path.exists():
+            save(start, ckpt_path)
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return final_path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--data", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt if it exists")
+    ap.add_argument("--steps", type=int, help="override train.steps")
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(argv)
+    try:
+        cfg = load_config(a.config)
+        if a.steps is not None:
+            cfg.train.steps = a.steps
+        path = train(cfg, a.data, a.out, a.resume, progress=not a.no_progress)
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"[train] wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
