@@ -24,8 +24,8 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     # working grid: canonical RAS, axis-aligned, array order (x, y, z) = (R, A, S)
-    shape: list[int] = field(default_factory=lambda: [48, 56, 48])
-    spacing_mm: list[float] = field(default_factory=lambda: [3.5, 3.5, 3.5])
+    shape: list[int] = field(default_factory=lambda: [128, 160, 128])
+    spacing_mm: list[float] = field(default_factory=lambda: [1.2, 1.2, 1.2])
     # CMA codes used for training and evaluation
     labels: list[int] = field(default_factory=lambda: [2, 41, 3, 42, 4, 43, 10, 49, 11, 50, 12, 51, 17, 53])
     # the seed's split: 13 train / 5 test of 18 subjects; scaled for other counts
@@ -140,7 +140,8 @@ def load_config(path: str | Path) -> Config:
     try:
         return config_from_dict(raw, where=str(path))
     except ConfigError as e:
-        raise ConfigError(f"{e}") from None
+        msg = str(e)
+        raise ConfigError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
 
 
 def config_to_dict(cfg: Config) -> dict:

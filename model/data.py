@@ -130,8 +130,12 @@ def apply_affine(aff: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return (aff[:3, :3] @ flat + aff[:3, 3:4]).reshape(pts.shape)
 
 
-def sample(vol: np.ndarray, coords: np.ndarray, order: int, fill: float = 0.0) -> np.ndarray:
+def sample(vol: np.ndarray, coords: np.ndarray, order: int, fill: float = 0.0, ties_up=(True, True, True)) -> np.ndarray:
     """Sample `vol` (X, Y, Z) at voxel coordinates `coords` (3, ...): order 0 nearest, 1 trilinear.
+
+    Nearest-neighbour ties (a point exactly half-way between two voxels) go to the
+    higher index on axes where `ties_up` is true, else to the lower one; `resample`
+    sets it so that ties go the same way in world space whatever the storage order.
 
     Points outside the volume (beyond half a voxel for nearest, beyond the edge
     voxel centres for trilinear) read `fill`. Coordinates within 1e-6 of an
@@ -145,7 +149,9 @@ def sample(vol: np.ndarray, coords: np.ndarray, order: int, fill: float = 0.0) -
     c[snap] = r[snap]
     if order == 0:
         inside = np.all((c >= -0.5) & (c < shape - 0.5), axis=0)
-        idx = np.clip(np.rint(c).astype(np.int64), 0, shape - 1)
+        up = np.asarray(ties_up)[:, None]
+        idx = np.where(up, np.floor(c + 0.5), np.ceil(c - 0.5))
+        idx = np.clip(idx.astype(np.int64), 0, shape - 1)
         out = vol[idx[0], idx[1], idx[2]]
         out = np.where(inside, out, np.asarray(fill, dtype=vol.dtype))
         return out.reshape(coords.shape[1:])
@@ -168,7 +174,10 @@ def sample(vol: np.ndarray, coords: np.ndarray, order: int, fill: float = 0.0) -
 def resample(vol: np.ndarray, affine: np.ndarray, target_affine: np.ndarray, target_shape, order: int):
     """Resample `vol` (with voxel->world `affine`) onto the grid (target_affine, target_shape)."""
     vox_to_src = np.linalg.inv(affine) @ target_affine
-    return sample(vol, apply_affine(vox_to_src, grid_coords(target_shape)), order)
+    # a source axis whose index grows along +R, +A or +S breaks nearest ties upwards, else downwards
+    dominant = np.argmax(np.abs(affine[:3, :3]), axis=0)
+    ties_up = affine[:3, :3][dominant, np.arange(3)] > 0
+    return sample(vol, apply_affine(vox_to_src, grid_coords(target_shape)), order, ties_up=ties_up)
 
 
 def normalise_intensity(img: np.ndarray, p_lo: float, p_hi: float) -> np.ndarray:

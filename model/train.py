@@ -84,8 +84,11 @@ def loss_terms(net, cfg: Config, mov_img, fix_img, mov_lab, fix_lab):
     return dice + cfg.loss.bending_weight * bend, dice, bend
 
 
-def load_checkpoint(path: Path, cfg: Config | None = None) -> dict:
-    """A checkpoint dict; with `cfg`, refuse one made with another config."""
+def load_checkpoint(path: Path, cfg: Config | None = None, resume: bool = False) -> dict:
+    """A checkpoint dict; with `cfg`, refuse one made with another config.
+
+    With `resume`, train.steps may differ (continuing a run to more steps is allowed).
+    """
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     try:
@@ -94,8 +97,11 @@ def load_checkpoint(path: Path, cfg: Config | None = None) -> dict:
         raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(ck, dict) or "config" not in ck or "model" not in ck:
         raise ValueError(f"{path}: not a checkpoint of this toolchain (no config/model)")
-    if cfg is not None and ck["config"] != config_to_dict(cfg):
-        diff = _config_diff(ck["config"], config_to_dict(cfg))
+    want = config_to_dict(cfg) if cfg is not None else None
+    if want is not None and resume:
+        want["train"]["steps"] = ck["config"]["train"]["steps"]
+    if want is not None and ck["config"] != want:
+        diff = _config_diff(ck["config"], want)
         raise ConfigError(f"{path}: checkpoint was made with another config ({diff})")
     return ck
 
@@ -141,7 +147,7 @@ def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, progress
     start = 0
     log_lines: list[str] = []
     if resume and ckpt_path.exists():
-        ck = load_checkpoint(ckpt_path, cfg)
+        ck = load_checkpoint(ckpt_path, cfg, resume=True)
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         start = ck["step"]

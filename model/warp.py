@@ -52,10 +52,10 @@ def random_affine_ddf(shape, rng, n: int, rot_deg: float, scale: float, trans_vo
     out = []
     for _ in range(n):
         a = [math.radians(v) for v in rng.uniform(-rot_deg, rot_deg, 3)]
-        rx = torch.tensor([[1, 0, 0], [0, math.cos(a[0]), -math.sin(a[0])], [0, math.sin(a[0]), math.cos(a[0])]])
-        ry = torch.tensor([[math.cos(a[1]), 0, math.sin(a[1])], [0, 1, 0], [-math.sin(a[1]), 0, math.cos(a[1])]])
-        rz = torch.tensor([[math.cos(a[2]), -math.sin(a[2]), 0], [math.sin(a[2]), math.cos(a[2]), 0], [0, 0, 1]])
-        m = (rx @ ry @ rz @ torch.diag(torch.tensor(1 + rng.uniform(-scale, scale, 3)))).double()
+        rx = torch.tensor(dtype=torch.float64, data=[[1, 0, 0], [0, math.cos(a[0]), -math.sin(a[0])], [0, math.sin(a[0]), math.cos(a[0])]])
+        ry = torch.tensor(dtype=torch.float64, data=[[math.cos(a[1]), 0, math.sin(a[1])], [0, 1, 0], [-math.sin(a[1]), 0, math.cos(a[1])]])
+        rz = torch.tensor(dtype=torch.float64, data=[[math.cos(a[2]), -math.sin(a[2]), 0], [math.sin(a[2]), math.cos(a[2]), 0], [0, 0, 1]])
+        m = (rx @ ry @ rz @ torch.diag(torch.tensor(1 + rng.uniform(-scale, scale, 3))))
         t = torch.tensor(rng.uniform(-trans_vox, trans_vox, 3)).view(3, 1)
         pos = m @ (grid - centre) + centre + t
         out.append((pos - grid).reshape(3, *shape))

@@ -1,0 +1,234 @@
+"""Evaluate registration on all ordered test pairs; write Table 1 rows, CSVs and a figure.
+
+    python -m model.evaluate --ckpt runs/demo/train/model.pt --data data/synthetic --out runs/demo
+
+Writes OUT/report/:
+    pairs_<model>.csv    one row per ordered test pair (20 for 5 test subjects)
+    labels_<model>.csv   one row per pair and label
+    table1.json / .md    rows `identity` and `trained` (schema in DESIGN.md); rows other
+                         stages wrote before are kept
+    figure3.png          fixed, moving and warped slices with label contours, deformation grid
+
+Metrics (model.metrics): Dice per label of the warped moving label (trilinear, >= 0.5)
+against the fixed label; centroid TRE (RMS over labels, mm); landmark TRE (mm) where the
+data has landmarks; folding (% voxels with det J <= 0). Pair means are over labels present
+in both subjects; table means are over pairs.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.artifacts import atomic_path, atomic_write_json, atomic_write_text, git_commit
+from model.config import Config, ConfigError, config_to_dict, load_config
+from model.data import DataError, Subject, load_dataset
+from model.localnet import count_parameters, fold_batchnorm
+from model.metrics import centroid_distance_mm, dice, folding_pct, landmark_tre_mm, rms
+from model.train import load_checkpoint, model_from_checkpoint
+from model.warp import warp
+
+ROW_ORDER = ["identity", "trained", "pruned", "pruned_finetuned", "int8_qat", "int4_qat", "ptq_ort_int8"]
+
+
+def test_pairs(subjects: list[Subject]) -> list[tuple[int, int]]:
+    """All ordered (moving, fixed) pairs."""
+    return [(m, f) for f in range(len(subjects)) for m in range(len(subjects)) if m != f]
+
+
+def predict_ddf(net, moving: np.ndarray, fixed: np.ndarray) -> np.ndarray:
+    """(X, Y, Z) float images -> (3, X, Y, Z) voxel displacement."""
+    with torch.no_grad():
+        x = torch.from_numpy(np.stack([moving, fixed])[None]).float()
+        return net(x)[0].double().numpy()
+
+
+def warp_labels(label: np.ndarray, codes: list[int], ddf: np.ndarray) -> np.ndarray:
+    """Warp one-hot masks of `codes` trilinearly and threshold at 0.5 -> (L, X, Y, Z) bool."""
+    onehot = torch.from_numpy(np.stack([label == c for c in codes]).astype(np.float32))[None]
+    with torch.no_grad():
+        w = warp(onehot, torch.from_numpy(ddf).float()[None])[0].numpy()
+    return w >= 0.5
+
+
+def evaluate_pairs(subjects: list[Subject], cfg: Config, ddf_fn, name: str, progress: bool = True):
+    """Metrics of `ddf_fn(moving_subject, fixed_subject) -> (3, X, Y, Z)` over all ordered pairs."""
+    codes, spacing = cfg.data.labels, cfg.data.spacing_mm
+    pair_rows, label_rows = [], []
+    pairs = test_pairs(subjects)
+    it = pairs
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(pairs, desc=f"eval {name}", unit="pair", leave=False)
+    for mi, fi in it:
+        mov, fix = subjects[mi], subjects[fi]
+        ddf = ddf_fn(mov, fix)
+        warped = warp_labels(mov.label, codes, ddf)
+        dices, dists = [], []
+        for k, c in enumerate(codes):
+            fmask = fix.label == c
+            if not fmask.any() or not (mov.label == c).any():
+                continue
+            d = dice(warped[k], fmask)
+            t = centroid_distance_mm(warped[k], fmask, spacing)
+            dices.append(d)
+            dists.append(t)
+            label_rows.append({"model": name, "moving": mov.name, "fixed": fix.name, "label": c,
+                               "dice": d, "centroid_dist_mm": t})
+        lm = float("nan")
+        if mov.landmarks_vox is not None and fix.landmarks_vox is not None:
+            if mov.landmark_names != fix.landmark_names:
+                raise DataError(f"landmark names of {mov.name} and {fix.name} differ")
+            lm = landmark_tre_mm(ddf, fix.landmarks_vox, mov.landmarks_vox, spacing)
+        pair_rows.append({"model": name, "moving": mov.name, "fixed": fix.name,
+                          "dice": float(np.nanmean(dices)) if dices else float("nan"),
+                          "tre_mm": rms(dists), "landmark_tre_mm": lm, "folding_pct": folding_pct(ddf)})
+    return pair_rows, label_rows
+
+
+def summarise(pair_rows: list[dict], name: str, nonzero: int, weight_bytes: int) -> dict:
+    def mean(k):
+        v = np.asarray([r[k] for r in pair_rows], dtype=np.float64)
+        v = v[np.isfinite(v)]
+        return round(float(v.mean()), 4) if len(v) else None
+
+    return {"model": name, "dice": mean("dice"), "tre_mm": mean("tre_mm"),
+            "landmark_tre_mm": mean("landmark_tre_mm"), "folding_pct": mean("folding_pct"),
+            "nonzero_params": nonzero, "weight_bytes": weight_bytes}
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+def update_table(report: Path, rows: list[dict], meta: dict) -> dict:
+    """Merge `rows` into OUT/report/table1.json (replacing rows of the same model) and rewrite table1.md."""
+    path = report / "table1.json"
+    table = {}
+    if path.exists():
+        import json
+        table = json.loads(path.read_text())
+    old = {r["model"]: r for r in table.get("rows", [])}
+    old.update({r["model"]: r for r in rows})
+    ordered = sorted(old.values(), key=lambda r: ROW_ORDER.index(r["model"]) if r["model"] in ROW_ORDER else 99)
+    table.update(meta)
+    table["rows"] = ordered
+    atomic_write_json(path, table)
+    atomic_write_text(report / "table1.md", table_markdown(table))
+    return table
+
+
+def table_markdown(table: dict) -> str:
+    fp32 = next((r["weight_bytes"] for r in table["rows"] if r["model"] == "trained"), None)
+
+    def fmt(v, nd=3):
+        return "n/a" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
+
+    lines = [f"Dataset: {table['dataset']}, {table['pairs']} ordered test pairs, labels {table['labels']}", "",
+             "| model | Dice | TRE (mm) | landmark TRE (mm) | folding % | non-zero params | weight bytes | compression |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in table["rows"]:
+        comp = f"{fp32 / r['weight_bytes']:.1f}x" if fp32 and r["weight_bytes"] else "n/a"
+        lines.append(f"| {r['model']} | {fmt(r['dice'])} | {fmt(r['tre_mm'], 2)} | {fmt(r['landmark_tre_mm'], 2)} "
+                     f"| {fmt(r['folding_pct'], 3)} | {r['nonzero_params']} | {r['weight_bytes']} | {comp} |")
+    return "\n".join(lines) + "\n"
+
+
+def figure3(path: Path, mov: Subject, fix: Subject, ddf: np.ndarray, codes: list[int]) -> None:
+    """Seed's Figure 3: fixed, moving, warped (axial slice) with label contours, and the deformation grid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    z = fix.image.shape[2] // 2
+    warped_img = warp(torch.from_numpy(mov.image)[None, None], torch.from_numpy(ddf).float()[None])[0, 0].numpy()
+    warped_lab = warp_labels(mov.label, codes, ddf)
+    lab_w = np.zeros(mov.label.shape, np.int16)
+    for k, c in enumerate(codes):
+        lab_w[warped_lab[k]] = c
+    panels = [("fixed", fix.image, fix.label), ("moving", mov.image, mov.label), ("warped moving", warped_img, lab_w)]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4.4))
+    for ax, (title, img, lab) in zip(axes, panels):
+        ax.imshow(img[:, :, z].T, cmap="gray", origin="lower")
+        for k, c in enumerate(codes):
+            m = (lab[:, :, z] == c).T.astype(float)
+            if m.any():
+                ax.contour(m, levels=[0.5], colors=[plt.cm.tab20(k % 20)], linewidths=0.8)
+        ax.set_title(title)
+        ax.axis("off")
+    ax = axes[3]
+    xs, ys = np.meshgrid(np.arange(ddf.shape[1]), np.arange(ddf.shape[2]), indexing="ij")
+    gx, gy = xs + ddf[0, :, :, z], ys + ddf[1, :, :, z]  # deformed grid lines, in-plane components
+    for i in range(0, gx.shape[0], 2):
+        ax.plot(gx[i, :], gy[i, :], "b-", lw=0.5)
+    for j in range(0, gx.shape[1], 2):
+        ax.plot(gx[:, j], gy[:, j], "b-", lw=0.5)
+    ax.set_aspect("equal")
+    ax.set_title("deformation grid (voxels)")
+    ax.axis("off")
+    fig.suptitle(f"moving {mov.name} -> fixed {fix.name}, axial slice z={z}")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+
+
+def evaluate(ckpt: Path, data_dir: Path, out: Path, cfg_expected: Config | None = None, progress: bool = True) -> dict:
+    ck = load_checkpoint(ckpt, cfg_expected)
+    net, cfg = model_from_checkpoint(ck)
+    subjects = load_dataset(data_dir, cfg.data, "test", progress=progress)
+    report = out / "report"
+    deploy = fold_batchnorm(net)
+    total, nonzero = count_parameters(deploy)
+    rows = []
+    fns = {"identity": lambda m, f: np.zeros((3, *cfg.data.shape)),
+           "trained": lambda m, f: predict_ddf(deploy, m.image, f.image)}
+    all_pairs, all_labels = [], []
+    for name, fn in fns.items():
+        pr, lr = evaluate_pairs(subjects, cfg, fn, name, progress)
+        all_pairs += pr
+        all_labels += lr
+        rows.append(summarise(pr, name, 0 if name == "identity" else nonzero, 0 if name == "identity" else 4 * total))
+    write_csv(report / "pairs_trained.csv", all_pairs)
+    write_csv(report / "labels_trained.csv", all_labels)
+    meta = {"dataset": str(data_dir), "pairs": len(test_pairs(subjects)), "labels": cfg.data.labels,
+            "config": config_to_dict(cfg), "git_commit": git_commit(), "checkpoint": str(ckpt)}
+    table = update_table(report, rows, meta)
+    m, f = (1, 0) if len(subjects) > 1 else (0, 0)
+    figure3(report / "figure3.png", subjects[m], subjects[f], predict_ddf(deploy, subjects[m].image, subjects[f].image),
+            cfg.data.labels)
+    return table
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt", required=True, type=Path)
+    ap.add_argument("--data", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--config", help="refuse a checkpoint made with another config")
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(argv)
+    try:
+        cfg = load_config(a.config) if a.config else None
+        table = evaluate(a.ckpt, a.data, a.out, cfg, progress=not a.no_progress)
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(table_markdown(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

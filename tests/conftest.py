@@ -1,0 +1,43 @@
+"""Shared fixtures: a tiny synthetic IBSR-layout set and a tiny config."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from model.synth import write_dataset
+
+TINY_TOML = """
+[data]
+shape = [16, 16, 16]
+spacing_mm = [10.0, 12.0, 10.0]
+labels = [2, 41, 3, 42, 4, 43]
+n_train = 3
+n_test = 2
+
+[model]
+base_channels = 4
+levels = 2
+ddf_levels = [0, 1, 2]
+
+[train]
+steps = 3
+batch_size = 2
+lr = 1e-3
+log_every = 1
+ckpt_every = 1
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    write_dataset(out, subjects=5, seed=3, shape=(40, 24, 40), spacing=(6.0, 8.0, 6.0), progress=False)
+    return out
+
+
+@pytest.fixture()
+def tiny_config(tmp_path) -> Path:
+    p = tmp_path / "tiny.toml"
+    p.write_text(TINY_TOML)
+    return p

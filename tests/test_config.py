@@ -1,0 +1,36 @@
+from pathlib import Path
+
+import pytest
+
+from model.config import ConfigError, config_to_dict, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("name", ["demo.toml", "ibsr.toml"])
+def test_shipped_configs_load(name):
+    cfg = load_config(ROOT / "configs" / name)
+    assert config_to_dict(cfg)["data"]["labels"] == cfg.data.labels
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("[data]\nshap = [16, 16, 16]\n", "unknown key"),
+    ("[dta]\n", "unknown key"),
+    ("[train]\nsteps = 'ten'\n", "expected int"),
+    ("[data]\nshape = [17, 16, 16]\n", "divisible"),
+    ("[model]\nddf_levels = [9]\n", "ddf_levels"),
+    ("[data\n", "not valid TOML"),
+])
+def test_bad_config_is_a_clear_error(tmp_path, text, msg):
+    p = tmp_path / "bad.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=msg) as e:
+        load_config(p)
+    assert str(p) in str(e.value)
+
+
+def test_ints_accepted_for_floats(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[loss]\nbending_weight = 1\n")
+    cfg = load_config(p)
+    assert cfg.loss.bending_weight == 1.0 and isinstance(cfg.loss.bending_weight, float)
