@@ -1,0 +1,156 @@
+"""Analytic unit tests of the warp, losses, metrics and network."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model.config import ModelConfig, load_config
+from model.localnet import LocalNet, count_parameters, fold_batchnorm
+from model.losses import bending_energy, gaussian_smooth, multiscale_dice_loss
+from model.metrics import centroid_distance_mm, dice, folding_pct, jacobian_determinant, landmark_tre_mm
+from model.warp import identity_grid, warp
+
+
+@pytest.mark.parametrize("shift", [(1, 0, 0), (0, -2, 0), (2, 1, -3)])
+def test_warp_by_integer_translation_is_exact(shift):
+    g = torch.Generator().manual_seed(0)
+    vol = torch.randn(2, 3, 10, 12, 9, generator=g)
+    ddf = torch.zeros(2, 3, 10, 12, 9)
+    for a, s in enumerate(shift):
+        ddf[:, a] = s
+    out = warp(vol, ddf)
+    # interior: out[p] = vol[p + shift], bit for bit
+    sl_out = tuple(slice(max(0, -s), n - max(0, s)) for s, n in zip(shift, vol.shape[2:]))
+    sl_in = tuple(slice(max(0, s), n + min(0, s)) for s, n in zip(shift, vol.shape[2:]))
+    assert torch.equal(out[(...,) + sl_out], vol[(...,) + sl_in])
+
+
+def test_warp_border_reads_the_edge_voxel():
+    vol = torch.randn(1, 1, 6, 5, 4)
+    ddf = torch.zeros(1, 3, 6, 5, 4)
+    ddf[:, 0] = 2.0
+    out = warp(vol, ddf)
+    assert torch.equal(out[:, :, 4], vol[:, :, 5]) and torch.equal(out[:, :, 5], vol[:, :, 5])
+
+
+def test_warp_half_voxel_is_the_mean():
+    vol = torch.arange(5, dtype=torch.float32).view(1, 1, 5, 1, 1).expand(1, 1, 5, 2, 2).contiguous()
+    ddf = torch.zeros(1, 3, 5, 2, 2)
+    ddf[:, 0] = 0.5
+    out = warp(vol, ddf)[0, 0, :, 0, 0]
+    assert torch.equal(out, torch.tensor([0.5, 1.5, 2.5, 3.5, 4.0]))  # last one clamps at the border
+
+
+def test_warp_gradient_flows_to_ddf():
+    vol = torch.randn(1, 1, 6, 6, 6)
+    ddf = torch.full((1, 3, 6, 6, 6), 0.3, requires_grad=True)
+    warp(vol, ddf).sum().backward()
+    assert ddf.grad is not None and ddf.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("a, b, expect", [
+    ((0, 4), (0, 4), 1.0),     # identical
+    ((0, 4), (4, 8), 0.0),     # disjoint
+    ((0, 4), (2, 6), 0.5),     # half overlap: 2*2/(4+4)
+    ((0, 2), (0, 6), 0.5),     # nested: 2*2/(2+6)
+])
+def test_dice_of_known_overlaps(a, b, expect):
+    m1 = np.zeros((8, 3, 3), bool)
+    m2 = np.zeros((8, 3, 3), bool)
+    m1[a[0]:a[1]] = True
+    m2[b[0]:b[1]] = True
+    assert dice(m1, m2) == expect
+    assert np.isnan(dice(np.zeros(3, bool), np.zeros(3, bool)))
+
+
+def test_centroid_distance_uses_spacing():
+    a = np.zeros((10, 10, 10), bool)
+    b = np.zeros((10, 10, 10), bool)
+    a[2, 2, 2] = b[2, 5, 6] = True
+    assert centroid_distance_mm(a, b, (1.0, 2.0, 0.5)) == np.hypot(6.0, 2.0)
+
+
+def test_multiscale_dice_loss_is_least_when_aligned():
+    lab = torch.zeros(1, 1, 12, 12, 12)
+    lab[:, :, 3:8, 4:9, 2:10] = 1
+    assert multiscale_dice_loss(lab, lab, [0]).item() < 1e-6  # binary labels: soft Dice 1
+    assert multiscale_dice_loss(lab, 1 - lab, [0]).item() > 0.99
+    # smoothed labels are soft, so the loss at alignment is above 0, but below any shift's
+    aligned = multiscale_dice_loss(lab, lab, [0, 1, 2, 4]).item()
+    for s in (1, 2, 3):
+        assert multiscale_dice_loss(lab, lab.roll(s, 2), [0, 1, 2, 4]).item() > aligned
+
+
+def test_gaussian_smooth_matches_direct_convolution():
+    x = torch.randn(1, 1, 9, 7, 8, dtype=torch.float64)
+    y = gaussian_smooth(x, 1.5)
+    r = 5  # ceil(3 * 1.5)
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float64) / 1.5) ** 2)
+    k = k / k.sum()
+    k3 = k.view(-1, 1, 1) * k.view(1, -1, 1) * k.view(1, 1, -1)
+    direct = torch.nn.functional.conv3d(x, k3[None, None], padding=r)
+    torch.testing.assert_close(y, direct, rtol=0, atol=1e-12)  # float64 summation order only
+
+
+def test_bending_energy_of_affine_field_is_zero():
+    # integer matrix and offset: finite differences of a linear field are exact in float64
+    grid = identity_grid((9, 10, 11), dtype=torch.float64)
+    m = torch.tensor([[1.0, -2.0, 3.0], [0.5, 0.25, -1.0], [2.0, 0.0, 1.0]], dtype=torch.float64)
+    ddf = (torch.einsum("ij,jxyz->ixyz", m, grid) + torch.tensor([1.0, -3.0, 2.0]).view(3, 1, 1, 1))[None]
+    assert bending_energy(ddf).item() == 0.0
+    quad = ddf.clone()
+    quad[:, 0] += grid[0] ** 2
+    assert bending_energy(quad).item() > 0
+
+
+def test_jacobian_and_folding():
+    grid = np.stack(np.meshgrid(*[np.arange(8.0)] * 3, indexing="ij"))
+    assert folding_pct(np.zeros((3, 8, 8, 8))) == 0.0
+    np.testing.assert_array_equal(jacobian_determinant(0.5 * grid), np.full((8, 8, 8), 1.5**3))
+    flip = np.zeros((3, 8, 8, 8))
+    flip[0] = -2 * grid[0]  # x -> -x: det = -1 everywhere
+    assert folding_pct(flip) == 100.0
+
+
+def test_landmark_tre_of_exact_field_is_zero():
+    fixed = np.array([[2.0, 3.0, 4.0], [5.0, 1.0, 2.0]])
+    ddf = np.zeros((3, 8, 8, 8))
+    ddf[1] = 1.5
+    moving = fixed + [0, 1.5, 0]
+    assert landmark_tre_mm(ddf, fixed, moving, (2.0, 2.0, 2.0)) == 0.0
+    assert landmark_tre_mm(np.zeros_like(ddf), fixed, moving, (2.0, 2.0, 2.0)) == 3.0
+
+
+def test_localnet_shapes_and_batchnorm_folding():
+    torch.manual_seed(0)
+    net = LocalNet(ModelConfig(base_channels=4, levels=2, ddf_levels=[0, 1, 2]))
+    for head in net.heads.values():  # larger heads so the field is not ~0
+        torch.nn.init.normal_(head.weight, 0, 0.1)
+    net.train()
+    x = torch.randn(2, 2, 16, 8, 12)
+    for _ in range(3):  # populate BatchNorm running statistics
+        net(x)
+    net.eval()
+    folded = fold_batchnorm(net)
+    y, yf = net(x), folded(x)
+    assert y.shape == (2, 3, 16, 8, 12)
+    assert y.abs().max() > 1e-3
+    torch.testing.assert_close(yf, y, rtol=1e-4, atol=1e-5)  # float32 reassociation of the folded scale
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in folded.modules())
+    total, nonzero = count_parameters(folded)
+    head_bias = sum(h.bias.numel() for h in folded.heads.values())  # initialised to exactly 0
+    assert nonzero == total - head_bias > 0
+
+
+def test_paper_config_forward_backward_at_tiny_shape():
+    cfg = load_config("configs/ibsr.toml")
+    assert cfg.model.base_channels == 32 and cfg.model.levels == 4
+    net = LocalNet(cfg.model)
+    x = torch.randn(1, 2, 32, 32, 32)  # 4 levels: a 2^3 bottleneck, enough for BatchNorm statistics
+    ddf = net(x)
+    assert ddf.shape == (1, 3, 32, 32, 32)
+    loss = multiscale_dice_loss(warp(torch.rand(1, 1, 32, 32, 32), ddf), torch.rand(1, 1, 32, 32, 32),
+                                cfg.loss.dice_scales) + cfg.loss.bending_weight * bending_energy(ddf)
+    loss.backward()
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
