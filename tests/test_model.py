@@ -74,12 +74,16 @@ def test_centroid_distance_uses_spacing():
 def test_multiscale_dice_loss_is_least_when_aligned():
     lab = torch.zeros(1, 1, 12, 12, 12)
     lab[:, :, 3:8, 4:9, 2:10] = 1
-    assert multiscale_dice_loss(lab, lab, [0]).item() < 1e-6  # binary labels: soft Dice 1
+    # only eps = 1e-6 in the denominator separates it from 0: sums of squares are ~0.1 at sigma 16
+    assert multiscale_dice_loss(lab, lab, [0, 1, 2, 4, 8, 16]).item() < 1e-4
     assert multiscale_dice_loss(lab, 1 - lab, [0]).item() > 0.99
-    # smoothed labels are soft, so the loss at alignment is above 0, but below any shift's
     aligned = multiscale_dice_loss(lab, lab, [0, 1, 2, 4]).item()
     for s in (1, 2, 3):
         assert multiscale_dice_loss(lab, lab.roll(s, 2), [0, 1, 2, 4]).item() > aligned
+    # inflating the warped label does not pay at coarse scales (it did with label-reg's sum denominator)
+    big = torch.zeros_like(lab)
+    big[:, :, 2:9, 3:10, 1:11] = 1
+    assert multiscale_dice_loss(big, lab, [8, 16]).item() > multiscale_dice_loss(lab, lab, [8, 16]).item()
 
 
 def test_gaussian_smooth_matches_direct_convolution():
