@@ -186,7 +186,7 @@ def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, progress
         if rank == 0:
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}", dice=f"{1 - dice.item():.3f}")
+                bar.set_postfix(loss=f"{loss.item():.4f}", ms_dice=f"{1 - dice.item():.3f}")
             if done % cfg.train.log_every == 0 or done == cfg.train.steps:
                 log_lines.append(json.dumps({"step": done, "loss": loss.item(), "dice_loss": dice.item(),
                                              "bending": bend.item(), "elapsed_s": round(time.time() - t0, 2)}))
