@@ -1,0 +1,1 @@
+"""Later stage of the toolchain (see README: not built yet)."""

@@ -244,7 +244,6 @@ def load_dataset(root: str | Path, cfg: DataConfig, split: str = "all", progress
     files = find_subjects(root)
     n_tr, n_te = split_counts(len(files), cfg.n_train, cfg.n_test)
     chosen = {"train": files[:n_tr], "test": files[n_tr:], "all": files}[split]
-    # a configured label code absent from every subject is a config/data mismatch
     subjects = []
     it = chosen
     if progress:
@@ -252,6 +251,7 @@ def load_dataset(root: str | Path, cfg: DataConfig, split: str = "all", progress
         it = tqdm(chosen, desc=f"load {split}", unit="subj", leave=False)
     for f in it:
         subjects.append(load_subject(f, cfg))
+    # a configured label code absent from every subject is a config/data mismatch
     present = set()
     for s in subjects:
         present.update(np.unique(s.label).tolist())
