@@ -20,6 +20,7 @@ from the config).
 from __future__ import annotations
 
 import csv
+import gzip
 import re
 import sys
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from model.artifacts import atomic_write_bytes
 from model.config import DataConfig
 
 SUFFIXES = (".nii.gz", ".nii", ".hdr")
@@ -105,6 +107,19 @@ def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise DataError(f"{path}: header has no usable voxel-to-world affine")
     return data, np.asarray(affine, dtype=np.float64)
+
+
+def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray, intent: str | None = None) -> None:
+    """Write a NIfTI-1 file atomically (gzip when the name ends in .gz, with mtime 0 so equal data gives
+    equal bytes), qform = sform = `affine`, mm units."""
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm")
+    if intent:
+        img.header.set_intent(intent)
+    raw = img.to_bytes()
+    atomic_write_bytes(path, gzip.compress(raw, compresslevel=6, mtime=0) if str(path).endswith(".gz") else raw)
 
 
 def grid_affine(center_mm: np.ndarray, shape, spacing_mm) -> np.ndarray:

@@ -3,8 +3,8 @@
     python -m model.evaluate --ckpt runs/demo/train/model.pt --data data/synthetic --out runs/demo
 
 Writes OUT/report/:
-    pairs_<model>.csv    one row per ordered test pair (20 for 5 test subjects)
-    labels_<model>.csv   one row per pair and label
+    pairs_trained.csv    one row per model and ordered test pair (20 pairs for 5 test subjects)
+    labels_trained.csv   one row per model, pair and label
     table1.json / .md    rows `identity` and `trained` (schema in DESIGN.md); rows other
                          stages wrote before are kept
     figure3.png          fixed, moving and warped slices with label contours, deformation grid
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -117,7 +118,6 @@ def update_table(report: Path, rows: list[dict], meta: dict) -> dict:
     path = report / "table1.json"
     table = {}
     if path.exists():
-        import json
         table = json.loads(path.read_text())
     old = {r["model"]: r for r in table.get("rows", [])}
     old.update({r["model"]: r for r in rows})

@@ -17,31 +17,17 @@ positions outside the moving volume read 0.
 from __future__ import annotations
 
 import argparse
-import gzip
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
-from model.artifacts import atomic_write_bytes
 from model.config import ConfigError
 from model.data import (DataError, apply_affine, grid_affine, grid_coords, normalise_intensity, read_volume,
-                        resample, sample, volume_center)
+                        resample, sample, volume_center, write_nifti)
 from model.evaluate import predict_ddf
 from model.localnet import fold_batchnorm
 from model.train import load_checkpoint, model_from_checkpoint
-
-
-def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray, intent: str | None = None) -> None:
-    img = nib.Nifti1Image(data, affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    img.header.set_xyzt_units("mm")
-    if intent:
-        img.header.set_intent(intent)
-    raw = img.to_bytes()
-    atomic_write_bytes(path, gzip.compress(raw, compresslevel=6) if str(path).endswith(".gz") else raw)
 
 
 def register(ckpt: Path, fixed_path: Path, moving_path: Path):
@@ -80,9 +66,9 @@ def main(argv=None) -> int:
     except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    save_nifti(a.out, warped, aff)
+    write_nifti(a.out, warped, aff)
     if a.ddf:
-        save_nifti(a.ddf, disp[:, :, :, None, :], aff, intent="vector")
+        write_nifti(a.ddf, disp[:, :, :, None, :], aff, intent="vector")
     print(f"[register] wrote {a.out}" + (f" and {a.ddf}" if a.ddf else ""), file=sys.stderr)
     return 0
 

@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gzip
 import io
 import sys
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
-from model.artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text, git_commit
+from model.artifacts import atomic_write_json, atomic_write_text, git_commit
+from model.data import write_nifti
 
 BRAIN_AXES = np.array([65.0, 80.0, 55.0])  # semi-axes of the brain ellipsoid, mm (x=R, y=A, z=S)
 
@@ -168,14 +167,6 @@ def make_subject(idx: int, seed: int, base_shape, base_spacing):
     return img, label, aff, names, lm
 
 
-def _save_nifti(path: Path, data: np.ndarray, aff: np.ndarray) -> None:
-    img = nib.Nifti1Image(data, aff)
-    img.header.set_xyzt_units("mm")
-    img.set_qform(aff, code=1)
-    img.set_sform(aff, code=1)
-    atomic_write_bytes(path, gzip.compress(img.to_bytes(), compresslevel=6))
-
-
 def write_dataset(out: Path, subjects: int = 18, seed: int = 0, shape=(128, 64, 128),
                   spacing=(1.875, 3.0, 1.875), progress: bool = True) -> None:
     out.mkdir(parents=True, exist_ok=True)
@@ -187,8 +178,8 @@ def write_dataset(out: Path, subjects: int = 18, seed: int = 0, shape=(128, 64, 
             lab = lab[..., None]
         folder = out / name
         folder.mkdir(exist_ok=True)
-        _save_nifti(folder / f"{name}_ana.nii.gz", img, aff)
-        _save_nifti(folder / f"{name}_seg_ana.nii.gz", lab, aff)
+        write_nifti(folder / f"{name}_ana.nii.gz", img, aff)
+        write_nifti(folder / f"{name}_seg_ana.nii.gz", lab, aff)
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(["name", "x_mm", "y_mm", "z_mm"])
