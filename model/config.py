@@ -64,11 +64,35 @@ class TrainConfig:
 
 
 @dataclass
+class PruneConfig:
+    # global magnitude pruning of all convolution weights (biases kept: quant/prune.py says why);
+    # each amount is the total sparsity after that step, reached from the previous one and
+    # fine-tuned with the mask held: the seed's 25 % in one step, then an iterative schedule
+    amounts: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 0.9])
+    steps: int = 200  # fine-tuning steps after each pruning step
+    lr: float = 1e-4
+
+
+@dataclass
+class QATConfig:
+    # Brevitas quantisation-aware fine-tuning of a pruned, BatchNorm-folded network:
+    # power-of-two scales, zero-point 0, masks held
+    steps: int = 200
+    lr: float = 1e-4
+    calib_batches: int = 8  # training batches that set the activation scales before fine-tuning
+    int8_sparsity: float = 0.25  # pruned checkpoint the int8 model starts from
+    int4_sparsity: float = 0.5  # pruned checkpoint the int4-weight model starts from
+    curve: bool = True  # also fine-tune int8 at every pruning amount (the pruning curve)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    qat: QATConfig = field(default_factory=QATConfig)
 
     def validate(self) -> None:
         d, m = self.data, self.model
@@ -89,6 +113,24 @@ class Config:
             raise ConfigError("model.base_channels must be even (additive up-sampling halves channels)")
         if self.train.batch_size < 1 or self.train.steps < 0:
             raise ConfigError("train.batch_size must be >= 1 and train.steps >= 0")
+        a = self.prune.amounts
+        if not a or any(not 0 < x < 1 for x in a) or any(x >= y for x, y in zip(a, a[1:])):
+            raise ConfigError(f"prune.amounts {a} must be increasing fractions in (0, 1)")
+        for key in ("int8_sparsity", "int4_sparsity"):
+            v = getattr(self.qat, key)
+            if v != 0.0 and v not in a:
+                raise ConfigError(f"qat.{key} {v} must be 0.0 or one of prune.amounts {a}")
+        if self.prune.steps < 0 or self.qat.steps < 0 or self.qat.calib_batches < 1:
+            raise ConfigError("prune.steps and qat.steps must be >= 0, qat.calib_batches >= 1")
+
+
+# the config sections each stage's artifacts depend on: a checkpoint is refused only when one
+# of these differs, so that editing, say, [qat] does not invalidate a trained network
+STAGE_SECTIONS = {
+    "train": ("data", "model", "loss", "train"),
+    "prune": ("data", "model", "loss", "train", "prune"),
+    "qat": ("data", "model", "loss", "train", "prune", "qat"),
+}
 
 
 def _check_type(value, tp, where: str):

@@ -31,9 +31,9 @@ import torch
 import torch.distributed as dist
 
 from model.artifacts import atomic_torch_save, atomic_write_text, git_commit, tool_versions
-from model.config import Config, ConfigError, config_from_dict, config_to_dict, load_config
+from model.config import STAGE_SECTIONS, Config, ConfigError, config_from_dict, config_to_dict, load_config
 from model.data import DataError, Subject, load_dataset
-from model.localnet import LocalNet
+from model.localnet import LocalNet, fold_batchnorm
 from model.losses import bending_energy, multiscale_dice_loss
 from model.warp import random_affine_ddf, warp
 
@@ -51,10 +51,13 @@ class TrainData:
         n = len(subjects)
         self.pairs = [(i, j) for i in range(n) for j in range(n) if i != j]  # (moving, fixed)
 
-    def batch(self, cfg: Config, step: int, rank: int = 0, world: int = 1):
-        """(moving_img, fixed_img, moving_lab, fixed_lab), each (B/world, 1, X, Y, Z), augmented."""
+    def batch(self, cfg: Config, step: int, rank: int = 0, world: int = 1, stream: int = 0):
+        """(moving_img, fixed_img, moving_lab, fixed_lab), each (B/world, 1, X, Y, Z), augmented.
+
+        `stream` > 0 draws an independent sequence (fine-tuning stages must not replay training's).
+        """
         t = cfg.train
-        rng = np.random.default_rng([t.seed, step])
+        rng = np.random.default_rng([t.seed, step] if stream == 0 else [t.seed, stream, step])
         b = t.batch_size
         pick = rng.integers(0, len(self.pairs), b)
         mov_i = [self.pairs[k][0] for k in pick]
@@ -87,7 +90,8 @@ def loss_terms(net, cfg: Config, mov_img, fix_img, mov_lab, fix_lab):
 def load_checkpoint(path: Path, cfg: Config | None = None, resume: bool = False) -> dict:
     """A checkpoint dict; with `cfg`, refuse one made with another config.
 
-    With `resume`, train.steps may differ (continuing a run to more steps is allowed).
+    Only the sections the checkpoint's stage depends on are compared (STAGE_SECTIONS);
+    with `resume`, the `steps` of any stage may differ.
     """
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
@@ -97,12 +101,16 @@ def load_checkpoint(path: Path, cfg: Config | None = None, resume: bool = False)
         raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(ck, dict) or "config" not in ck or "model" not in ck:
         raise ValueError(f"{path}: not a checkpoint of this toolchain (no config/model)")
-    want = config_to_dict(cfg) if cfg is not None else None
-    if want is not None and resume:
-        want["train"]["steps"] = ck["config"]["train"]["steps"]
-    if want is not None and ck["config"] != want:
-        diff = _config_diff(ck["config"], want)
-        raise ConfigError(f"{path}: checkpoint was made with another config ({diff})")
+    if cfg is not None:
+        sections = STAGE_SECTIONS[ck.get("stage", "train")]
+        want = {k: v for k, v in config_to_dict(cfg).items() if k in sections}
+        have = {k: v for k, v in ck["config"].items() if k in sections}
+        if resume:  # continuing to more (or fewer) steps is allowed
+            for sec, vals in want.items():
+                if "steps" in vals and sec in have:
+                    vals["steps"] = have[sec].get("steps", vals["steps"])
+        if have != want:
+            raise ConfigError(f"{path}: checkpoint was made with another config ({_config_diff(have, want)})")
     return ck
 
 
@@ -122,39 +130,37 @@ def _config_diff(a: dict, b: dict, prefix="") -> str:
 def model_from_checkpoint(ck: dict) -> tuple[LocalNet, Config]:
     cfg = config_from_dict(ck["config"], "checkpoint config")
     net = LocalNet(cfg.model)
+    if ck.get("folded"):  # pruned checkpoints hold the BatchNorm-folded network
+        net = fold_batchnorm(net)
     net.load_state_dict(ck["model"])
     return net.eval(), cfg
 
 
-def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, progress: bool = True) -> Path:
+def fit(net: torch.nn.Module, cfg: Config, data: TrainData, out: Path, *, steps: int, lr: float,
+        stream: int = 0, resume: bool = False, progress: bool = True, desc: str = "train",
+        after_step=None, extra: dict | None = None) -> Path:
+    """The training loop shared by training, pruned fine-tuning and QAT; returns OUT/model.pt.
+
+    `stream` selects an independent sequence of batches (0: training's own), `after_step(net)`
+    runs after every optimiser step (pruning holds its masks there), `extra` goes into every
+    checkpoint. Data-parallel when launched by torchrun (the process group must be set up).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    if world > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        if cfg.train.batch_size % world:
-            raise ConfigError(f"train.batch_size {cfg.train.batch_size} must divide by the {world} processes")
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
-    elif world > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    torch.manual_seed(cfg.train.seed)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path, final_path = out / "ckpt.pt", out / "log.jsonl", out / "model.pt"
-
-    data = TrainData(load_dataset(data_dir, cfg.data, "train", progress=progress and rank == 0), cfg.data.labels)
-    net = LocalNet(cfg.model)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.train.lr)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
     start = 0
     log_lines: list[str] = []
     if resume and ckpt_path.exists():
         ck = load_checkpoint(ckpt_path, cfg, resume=True)
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
-        start = ck["step"]
+        start = min(ck["step"], steps)
         if log_path.exists():  # drop log lines past the checkpoint: they will be redone
             log_lines = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
         if rank == 0:
-            print(f"[train] resumed from {ckpt_path} at step {start}", file=sys.stderr)
+            print(f"[{desc}] resumed from {ckpt_path} at step {start}", file=sys.stderr)
     elif rank == 0:
         ckpt_path.unlink(missing_ok=True)
     model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
@@ -163,21 +169,23 @@ def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, progress
         atomic_torch_save(path, {
             "model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
             "config": config_to_dict(cfg), "git_commit": git_commit(), "versions": tool_versions(),
-            "world_size": world, "data": str(data_dir),
+            "world_size": world, **(extra or {}),
         })
 
     bar = None
     if progress and rank == 0:
         from tqdm import tqdm
-        bar = tqdm(total=cfg.train.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=steps, initial=start, desc=desc, unit="step", dynamic_ncols=True)
     t0 = time.time()
     model.train()
-    for step in range(start, cfg.train.steps):
-        batch = data.batch(cfg, step, rank, world)
+    for step in range(start, steps):
+        batch = data.batch(cfg, step, rank, world, stream)
         loss, dice, bend = loss_terms(model, cfg, *batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if after_step is not None:
+            after_step(net)
         if world > 1:  # report the mean over ranks
             stats = torch.stack([loss.detach(), dice.detach(), bend.detach()])
             dist.all_reduce(stats)
@@ -187,22 +195,49 @@ def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, progress
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}", ms_dice=f"{1 - dice.item():.3f}")
-            if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+            if done % cfg.train.log_every == 0 or done == steps:
                 log_lines.append(json.dumps({"step": done, "loss": loss.item(), "dice_loss": dice.item(),
                                              "bending": bend.item(), "elapsed_s": round(time.time() - t0, 2)}))
                 atomic_write_text(log_path, "\n".join(log_lines) + "\n")
-            if done % cfg.train.ckpt_every == 0 or done == cfg.train.steps:
+            if done % cfg.train.ckpt_every == 0 or done == steps:
                 save(done, ckpt_path)
     if bar is not None:
         bar.close()
     if rank == 0:
-        save(cfg.train.steps, final_path)
-        if cfg.train.steps == start and not ckpt_path.exists():
+        save(steps, final_path)
+        if steps == start and not ckpt_path.exists():
             save(start, ckpt_path)
-    if world > 1:
+    return final_path
+
+
+def setup_torch(cfg: Config) -> None:
+    """Threads and seed; the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if cfg.train.batch_size % world:
+            raise ConfigError(f"train.batch_size {cfg.train.batch_size} must divide by the {world} processes")
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    elif world > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    torch.manual_seed(cfg.train.seed)
+
+
+def load_train_data(cfg: Config, data_dir: Path, progress: bool = True) -> TrainData:
+    show = progress and int(os.environ.get("RANK", "0")) == 0
+    return TrainData(load_dataset(data_dir, cfg.data, "train", progress=show), cfg.data.labels)
+
+
+def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, progress: bool = True) -> Path:
+    setup_torch(cfg)
+    data = load_train_data(cfg, data_dir, progress)
+    path = fit(LocalNet(cfg.model), cfg, data, out, steps=cfg.train.steps, lr=cfg.train.lr, resume=resume,
+               progress=progress, extra={"data": str(data_dir), "stage": "train"})
+    if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-    return final_path
+    return path
 
 
 def main(argv=None) -> int:
