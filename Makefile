@@ -1,7 +1,8 @@
 # The user interface of the toolchain. Each target runs what it needs first.
-#   make demo                 data -> train -> report on the embedded synthetic default
+#   make demo                 data -> train -> prune -> qat -> report on the embedded synthetic default
 #   make test                 the test suite (sets up .venv from pyproject.toml on first use)
 #   make train CONFIG=configs/ibsr.toml DATA=/path/to/IBSR_V2.0 OUT=runs/ibsr
+#   make prune / qat / evaluate / report   one stage (and whatever it needs) on the same variables
 CONFIG ?= configs/demo.toml
 OUT    ?= runs/demo
 SYNTH  := data/synthetic
@@ -15,11 +16,11 @@ STAMP  := $(VENV)/.installed
 # the synthetic set is generated only when it is the data in use
 DATA_DEP := $(if $(filter $(SYNTH),$(DATA)),$(SYNTH)/synth_manifest.json,)
 
-.PHONY: all demo venv data train report evaluate test test-slow clean help
+.PHONY: all demo venv data train prune qat report evaluate test test-slow clean help
 .DELETE_ON_ERROR:
 
 help:
-	@sed -n '1,6p' Makefile
+	@sed -n '1,7p' Makefile
 
 all demo: report
 
@@ -42,10 +43,28 @@ $(OUT)/train/model.pt: $(CONFIG) $(DATA_DEP) | $(STAMP)
 
 train: $(OUT)/train/model.pt
 
-$(OUT)/report/table1.json: $(OUT)/train/model.pt
-	$(PY) -m model.evaluate --config $(CONFIG) --ckpt $(OUT)/train/model.pt --data $(DATA) --out $(OUT)
+$(OUT)/prune/prune.json: $(OUT)/train/model.pt
+	$(PY) -m quant.prune --config $(CONFIG) --ckpt $< --data $(DATA) --out $(OUT)/prune --resume
 
-report evaluate: $(OUT)/report/table1.json
+prune: $(OUT)/prune/prune.json
+
+$(OUT)/qat/qat.json: $(OUT)/prune/prune.json
+	$(PY) -m quant.qat --config $(CONFIG) --prune $(OUT)/prune --data $(DATA) --out $(OUT)/qat --resume
+
+qat: $(OUT)/qat/qat.json
+
+# the float stage alone: identity and trained rows, per-label CSV, figure 3
+$(OUT)/report/figure3.png: $(OUT)/train/model.pt
+	$(PY) -m model.evaluate --config $(CONFIG) --ckpt $< --data $(DATA) --out $(OUT)
+
+evaluate: $(OUT)/report/figure3.png
+
+# every row of Table 1 and the pruning curve (which adds the int8 QAT models at each sparsity)
+$(OUT)/report/pruning_curve.json: $(OUT)/qat/qat.json $(OUT)/report/figure3.png
+	$(PY) -m quant.qat --config $(CONFIG) --prune $(OUT)/prune --data $(DATA) --out $(OUT)/qat --resume --curve
+	$(PY) -m benchmarks.accuracy --config $(CONFIG) --data $(DATA) --out $(OUT)
+
+report: $(OUT)/report/pruning_curve.json
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -53,6 +53,8 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 4
     lr: float = 1e-4
+    # cosine decay of the learning rate from `lr` to `lr_final` over the steps (equal: constant)
+    lr_final: float = 1e-4
     seed: int = 0
     # random affine augmentation, per volume: rotation (deg), scale (fraction), translation (voxels)
     aug_rotation_deg: float = 5.0
@@ -80,9 +82,9 @@ class QATConfig:
     steps: int = 200
     lr: float = 1e-4
     calib_batches: int = 8  # training batches that set the activation scales before fine-tuning
-    int8_sparsity: float = 0.25  # pruned checkpoint the int8 model starts from
+    int8_sparsity: float = 0.25  # pruned checkpoint the int8 model starts from (0.0: unpruned)
     int4_sparsity: float = 0.5  # pruned checkpoint the int4-weight model starts from
-    curve: bool = True  # also fine-tune int8 at every pruning amount (the pruning curve)
+    curve_steps: int = 200  # QAT steps of the int8 models at the other sparsities (pruning curve)
 
 
 @dataclass
@@ -120,8 +122,8 @@ class Config:
             v = getattr(self.qat, key)
             if v != 0.0 and v not in a:
                 raise ConfigError(f"qat.{key} {v} must be 0.0 or one of prune.amounts {a}")
-        if self.prune.steps < 0 or self.qat.steps < 0 or self.qat.calib_batches < 1:
-            raise ConfigError("prune.steps and qat.steps must be >= 0, qat.calib_batches >= 1")
+        if min(self.prune.steps, self.qat.steps, self.qat.curve_steps) < 0 or self.qat.calib_batches < 1:
+            raise ConfigError("prune.steps, qat.steps, qat.curve_steps must be >= 0, qat.calib_batches >= 1")
 
 
 # the config sections each stage's artifacts depend on: a checkpoint is refused only when one

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -136,8 +137,15 @@ def model_from_checkpoint(ck: dict) -> tuple[LocalNet, Config]:
     return net.eval(), cfg
 
 
+def cosine_lr(step: int, steps: int, lr: float, lr_final: float) -> float:
+    """Learning rate of `step` (0-based): cosine from `lr` at step 0 to `lr_final` at the last step."""
+    if steps <= 1 or lr == lr_final:
+        return lr
+    return lr_final + 0.5 * (lr - lr_final) * (1 + math.cos(math.pi * step / (steps - 1)))
+
+
 def fit(net: torch.nn.Module, cfg: Config, data: TrainData, out: Path, *, steps: int, lr: float,
-        stream: int = 0, resume: bool = False, progress: bool = True, desc: str = "train",
+        lr_final: float | None = None, stream: int = 0, resume: bool = False, progress: bool = True, desc: str = "train",
         after_step=None, extra: dict | None = None) -> Path:
     """The training loop shared by training, pruned fine-tuning and QAT; returns OUT/model.pt.
 
@@ -179,6 +187,8 @@ def fit(net: torch.nn.Module, cfg: Config, data: TrainData, out: Path, *, steps:
     t0 = time.time()
     model.train()
     for step in range(start, steps):
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(step, steps, lr, lr if lr_final is None else lr_final)
         batch = data.batch(cfg, step, rank, world, stream)
         loss, dice, bend = loss_terms(model, cfg, *batch)
         opt.zero_grad(set_to_none=True)
@@ -232,7 +242,8 @@ def load_train_data(cfg: Config, data_dir: Path, progress: bool = True) -> Train
 def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, progress: bool = True) -> Path:
     setup_torch(cfg)
     data = load_train_data(cfg, data_dir, progress)
-    path = fit(LocalNet(cfg.model), cfg, data, out, steps=cfg.train.steps, lr=cfg.train.lr, resume=resume,
+    path = fit(LocalNet(cfg.model), cfg, data, out, steps=cfg.train.steps, lr=cfg.train.lr,
+               lr_final=cfg.train.lr_final, resume=resume,
                progress=progress, extra={"data": str(data_dir), "stage": "train"})
     if dist.is_initialized():
         dist.barrier()

@@ -26,6 +26,19 @@ batch_size = 2
 lr = 1e-3
 log_every = 1
 ckpt_every = 1
+
+[prune]
+amounts = [0.25, 0.5]
+steps = 2
+lr = 1e-3
+
+[qat]
+steps = 2
+lr = 1e-4
+calib_batches = 2
+int8_sparsity = 0.25
+int4_sparsity = 0.5
+curve_steps = 1
 """
 
 

@@ -1,0 +1,188 @@
+"""Table 1 of the seed study, measured: accuracy and stored size after each compression step.
+
+    python -m benchmarks.accuracy --config configs/demo.toml --data data/synthetic --out runs/demo
+
+Reads what make train / prune / qat left in OUT and evaluates every model on all ordered
+test pairs (model.evaluate's metrics):
+
+    identity          no registration
+    trained           fp32, BatchNorm folded               OUT/train/model.pt
+    pruned            first prune.amounts step, no retraining   OUT/prune/sparsity_XX/pruned.pt
+    pruned_finetuned  the same, fine-tuned with the mask held   OUT/prune/sparsity_XX/model.pt
+    int8_qat          Brevitas int8 QAT                    OUT/qat/int8/model.pt
+    int4_qat          Brevitas int4-weight QAT             OUT/qat/int4/model.pt
+    ptq_ort_int8      onnxruntime quantize_static of the trained fp32 ONNX (QDQ, s8s8,
+                      per-tensor, min-max calibrated on training batches), run in onnxruntime
+
+Weight bytes are counted as stored: fp32 rows 4 bytes per convolution weight and bias (dense,
+as the fp32 ONNX holds them: a float format has no zero-skipping here); QAT rows the packed
+payload of export.pack (per tensor the smaller of dense and bitmask + non-zeros; int4 two
+per byte) plus 4 bytes per int32 bias; the onnxruntime row the bytes of its ONNX initializers.
+Non-zero parameters count integer weights and biases that are not zero.
+
+Writes OUT/report/: table1.json / table1.md (all rows), pairs_all.csv, pruning_curve.json and
+pruning_curve.png (Dice against sparsity, fp32 fine-tuned and int8 QAT; needs
+`python -m quant.qat --curve`), ptq_ort_int8.onnx and the fp32 ONNX it was made from.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.artifacts import atomic_path, atomic_write_json, git_commit
+from model.config import Config, ConfigError, config_to_dict, load_config
+from model.data import DataError, load_dataset
+from model.evaluate import evaluate_pairs, predict_ddf, summarise, table_markdown, test_pairs, update_table, write_csv
+from model.localnet import count_parameters, fold_batchnorm
+from model.train import load_checkpoint, load_train_data, model_from_checkpoint
+
+
+def fp32_row_stats(net) -> tuple[int, int]:
+    total, nonzero = count_parameters(net)
+    return nonzero, 4 * total
+
+
+def int_row_stats(params: dict[str, dict]) -> tuple[int, int]:
+    from export.pack import encode_weights
+
+    nonzero = stored = 0
+    for p in params.values():
+        nonzero += int(np.count_nonzero(p["weight"])) + int(np.count_nonzero(p["bias"]))
+        stored += len(encode_weights(p["weight"], p["bits"])[1]) + 4 * p["bias"].size
+    return nonzero, stored
+
+
+def calibration_inputs(cfg: Config, data_dir: Path, batches: int) -> list[np.ndarray]:
+    """(1, 2, X, Y, Z) float32 training pairs with augmentation, as QAT calibrates."""
+    data = load_train_data(cfg, data_dir, progress=False)
+    xs = []
+    for b in range(batches):
+        mi, fi, _, _ = data.batch(cfg, b, stream=300)
+        xs += [torch.cat([mi, fi], 1)[k:k + 1].numpy() for k in range(mi.shape[0])]
+    return xs
+
+
+def need(path: Path, target: str) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; run `{target}` first")
+    return path
+
+
+def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dict:
+    from export.onnx import INPUT, export_fp32, initializer_bytes, ort_session, quantize_ort_static
+    from quant.prune import sparsity_dir
+    from quant.qat import curve_name, integer_params, load_qat
+
+    rep = out / "report"
+    subjects = load_dataset(data_dir, cfg.data, "test", progress=progress)
+    example = torch.from_numpy(np.stack([subjects[0].image, subjects[-1].image])[None])
+
+    def torch_fn(net):
+        return lambda m, f: predict_ddf(net, m.image, f.image)
+
+    first = cfg.prune.amounts[0]
+    trained, _ = model_from_checkpoint(load_checkpoint(need(out / "train/model.pt", "make train"), cfg))
+    trained = fold_batchnorm(trained)
+    models = {"trained": (trained, fp32_row_stats(trained))}
+    for name, file in (("pruned", "pruned.pt"), ("pruned_finetuned", "model.pt")):
+        net, _ = model_from_checkpoint(load_checkpoint(need(sparsity_dir(out / "prune", first) / file, "make prune"), cfg))
+        models[name] = (net, fp32_row_stats(net))
+    for name, sub in (("int8_qat", "int8"), ("int4_qat", "int4")):
+        twin, _ = load_qat(need(out / "qat" / sub / "model.pt", "make qat"), cfg)
+        models[name] = (twin, int_row_stats(integer_params(twin, example)))
+
+    fp32_onnx, ptq_onnx = rep / "localnet_fp32.onnx", rep / "ptq_ort_int8.onnx"
+    rep.mkdir(parents=True, exist_ok=True)
+    export_fp32(trained, cfg, fp32_onnx)
+    quantize_ort_static(fp32_onnx, ptq_onnx, calibration_inputs(cfg, data_dir, cfg.qat.calib_batches))
+    sess = ort_session(ptq_onnx)
+    ptq_fn = lambda m, f: sess.run(None, {INPUT: np.stack([m.image, f.image])[None].astype(np.float32)})[0][0]
+
+    rows, pair_rows = [], []
+    fns = {"identity": (lambda m, f: np.zeros((3, *cfg.data.shape)), (0, 0))}
+    fns.update({k: (torch_fn(net), stats) for k, (net, stats) in models.items()})
+    fns["ptq_ort_int8"] = (ptq_fn, (onnx_nonzero_params(ptq_onnx), initializer_bytes(ptq_onnx)))
+    for name, (fn, (nonzero, nbytes)) in fns.items():
+        pr, _ = evaluate_pairs(subjects, cfg, fn, name, progress)
+        pair_rows += pr
+        rows.append(summarise(pr, name, nonzero, nbytes))
+    write_csv(rep / "pairs_all.csv", pair_rows)
+    meta = {"dataset": str(data_dir), "pairs": len(test_pairs(subjects)), "labels": cfg.data.labels,
+            "config": config_to_dict(cfg), "git_commit": git_commit(), "pruned_amount": first,
+            "int8_sparsity": cfg.qat.int8_sparsity, "int4_sparsity": cfg.qat.int4_sparsity,
+            "weight_bytes_note": "fp32 dense float32; QAT rows export.pack payload + int32 biases; "
+                                 "ptq_ort_int8 ONNX initializer bytes"}
+    table = update_table(rep, rows, meta)
+
+    # pruning curve: Dice against sparsity, fp32 fine-tuned and int8 QAT
+    curve = {"sparsity": [0.0, *cfg.prune.amounts], "fp32": [], "int8": [], "git_commit": git_commit()}
+    for a in curve["sparsity"]:
+        net, _ = model_from_checkpoint(load_checkpoint(need(sparsity_dir(out / "prune", a) / "model.pt", "make prune"), cfg))
+        curve["fp32"].append(summarise(evaluate_pairs(subjects, cfg, torch_fn(net), f"fp32 {a:.0%}", progress)[0],
+                                       "", 0, 0)["dice"])
+        sub = "int8" if a == cfg.qat.int8_sparsity else curve_name(a)
+        twin, _ = load_qat(need(out / "qat" / sub / "model.pt", "python -m quant.qat --curve"), cfg)
+        curve["int8"].append(summarise(evaluate_pairs(subjects, cfg, torch_fn(twin), f"int8 {a:.0%}", progress)[0],
+                                       "", 0, 0)["dice"])
+    curve["identity_dice"] = rows[0]["dice"]
+    atomic_write_json(rep / "pruning_curve.json", curve)
+    plot_curve(rep / "pruning_curve.png", curve)
+    return table
+
+
+def onnx_nonzero_params(path: Path) -> int:
+    """Non-zero integer weights (int8, 5-D) and biases (int32, 1-D) of a QDQ ONNX model."""
+    import onnx
+    from onnx import numpy_helper
+
+    n = 0
+    for t in onnx.load(str(path)).graph.initializer:
+        a = numpy_helper.to_array(t)
+        if (a.dtype == np.int8 and a.ndim == 5) or (a.dtype == np.int32 and a.ndim == 1):
+            n += int(np.count_nonzero(a))
+    return n
+
+
+def plot_curve(path: Path, curve: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = [100 * a for a in curve["sparsity"]]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot(s, curve["fp32"], "o-", label="fp32, fine-tuned")
+    ax.plot(s, curve["int8"], "s-", label="int8 QAT")
+    ax.axhline(curve["identity_dice"], color="grey", ls="--", label="identity")
+    ax.set_xlabel("weight sparsity (%)")
+    ax.set_ylabel("mean Dice, test pairs")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--data", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(argv)
+    try:
+        table = report(load_config(a.config), a.data, a.out, progress=not a.no_progress)
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(table_markdown(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Global magnitude pruning of LocalNet with held masks, and fine-tuning of the pruned network.
+
+    python -m quant.prune --config configs/demo.toml --ckpt runs/demo/train/model.pt \\
+        --data data/synthetic --out runs/demo/prune [--resume]
+
+The trained network's BatchNorm is folded into its convolutions first (model.localnet.
+fold_batchnorm), so the magnitudes ranked are those of the weights actually deployed, and
+the fine-tuned network is the one quantisation starts from.
+
+For each amount in `prune.amounts` (the seed's 25 % in one step, then 50, 75, 90 %), the
+smallest-magnitude weights over all convolutions together are set to zero until that
+fraction of all convolution weights is zero, and the network is fine-tuned for
+`prune.steps` steps with the mask re-applied after every optimiser step, so pruned weights
+stay exactly zero. Each step starts from the previous one, so the masks are nested.
+
+Biases are not pruned (the seed pruned them too): they are under 0.5 % of the parameters,
+live at the int32 accumulator scale where their magnitude is not comparable with the
+weights', and zeroing a folded BatchNorm shift moves a whole channel.
+
+Writes OUT/sparsity_XX/pruned.pt (pruned, no retraining) and OUT/sparsity_XX/model.pt
+(fine-tuned), and OUT/sparsity_00/model.pt (folded, unpruned, all-keep masks), each with the masks, the measured sparsity, the resolved config and the git
+commit; a checkpoint whose pruned weights are not all zero is refused when loaded.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from model.artifacts import atomic_torch_save, atomic_write_json, git_commit, tool_versions
+from model.config import Config, ConfigError, config_to_dict, load_config
+from model.data import DataError
+from model.localnet import LocalNet, fold_batchnorm
+from model.train import fit, load_checkpoint, load_train_data, model_from_checkpoint, setup_torch
+
+Masks = dict[str, torch.Tensor]  # parameter name -> bool tensor, True = kept
+
+
+def prunable_weights(net: nn.Module) -> dict[str, torch.Tensor]:
+    """Every convolution weight of the network, by parameter name."""
+    return {f"{name}.weight": m.weight for name, m in net.named_modules() if isinstance(m, nn.Conv3d)}
+
+
+def global_magnitude_masks(net: nn.Module, amount: float) -> Masks:
+    """Keep-masks zeroing the `amount` fraction of all convolution weights with the smallest |w|.
+
+    Exactly round(amount * total) weights are pruned; ties are broken by position
+    (stable sort), so the result is deterministic. Weights already zero rank first, so a
+    higher amount applied to a pruned network keeps the earlier mask (masks nest).
+    """
+    weights = prunable_weights(net)
+    flat = torch.cat([w.detach().abs().flatten() for w in weights.values()])
+    n_prune = round(amount * flat.numel())
+    order = torch.argsort(flat, stable=True)
+    keep = torch.ones(flat.numel(), dtype=torch.bool)
+    keep[order[:n_prune]] = False
+    masks, at = {}, 0
+    for name, w in weights.items():
+        masks[name] = keep[at:at + w.numel()].view_as(w).clone()
+        at += w.numel()
+    return masks
+
+
+def apply_masks(net: nn.Module, masks: Masks) -> None:
+    params = dict(net.named_parameters())
+    with torch.no_grad():
+        for name, m in masks.items():
+            params[name].mul_(m)
+
+
+def check_masks(state: dict[str, torch.Tensor], masks: Masks, where: str) -> None:
+    """Raise if any pruned weight in `state` (a state_dict) is not exactly zero."""
+    for name, m in masks.items():
+        if name not in state:
+            raise ValueError(f"{where}: mask for {name}, which the model does not have")
+        bad = int(torch.count_nonzero(state[name][~m]))
+        if bad:
+            raise ValueError(f"{where}: {bad} pruned weights of {name} are not zero")
+
+
+def weight_sparsity(net: nn.Module) -> float:
+    ws = prunable_weights(net).values()
+    total = sum(w.numel() for w in ws)
+    return sum(int((w == 0).sum()) for w in ws) / total
+
+
+def sparsity_dir(out: Path, amount: float) -> Path:
+    return out / f"sparsity_{round(amount * 100):02d}"
+
+
+def load_pruned(path: Path, cfg: Config | None = None) -> tuple[LocalNet, Config, Masks]:
+    """A pruned checkpoint as (folded network, config, masks), masks checked."""
+    ck = load_checkpoint(path, cfg)
+    if "masks" not in ck:
+        raise ValueError(f"{path}: not a pruned checkpoint (no masks)")
+    check_masks(ck["model"], ck["masks"], str(path))
+    net, ck_cfg = model_from_checkpoint(ck)
+    return net, ck_cfg, ck["masks"]
+
+
+def prune(cfg: Config, ckpt: Path, data_dir: Path, out: Path, resume: bool = False,
+          progress: bool = True) -> list[Path]:
+    """Run the pruning schedule; returns the fine-tuned checkpoint of each amount."""
+    setup_torch(cfg)
+    net, _ = model_from_checkpoint(load_checkpoint(ckpt, cfg))
+    net = fold_batchnorm(net)
+    data = load_train_data(cfg, data_dir, progress)
+    # sparsity 0: the folded, unpruned network, the start of the pruning curve and of unpruned QAT
+    d0 = sparsity_dir(out, 0.0)
+    d0.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(d0 / "model.pt", {
+        "model": net.state_dict(), "step": 0, "config": config_to_dict(cfg), "git_commit": git_commit(),
+        "versions": tool_versions(), "stage": "prune", "folded": True, "amount": 0.0, "sparsity": weight_sparsity(net),
+        "masks": {k: torch.ones_like(w, dtype=torch.bool) for k, w in prunable_weights(net).items()},
+        "source": str(ckpt)})
+    done = []
+    for i, amount in enumerate(cfg.prune.amounts):
+        d = sparsity_dir(out, amount)
+        if resume and (d / "model.pt").exists():
+            net, _, masks = load_pruned(d / "model.pt", cfg)
+            done.append(d / "model.pt")
+            continue
+        masks = global_magnitude_masks(net, amount)
+        apply_masks(net, masks)
+        meta = {"stage": "prune", "folded": True, "masks": masks, "amount": amount,
+                "sparsity": weight_sparsity(net), "source": str(ckpt)}
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save(d / "pruned.pt", {"model": net.state_dict(), "step": 0, "config": config_to_dict(cfg),
+                                            "git_commit": git_commit(), "versions": tool_versions(), **meta})
+        path = fit(net, cfg, data, d, steps=cfg.prune.steps, lr=cfg.prune.lr, stream=100 + i, resume=resume,
+                   progress=progress, desc=f"prune {round(amount * 100)}%",
+                   after_step=lambda n, m=masks: apply_masks(n, m), extra=meta)
+        net, _, _ = load_pruned(path, cfg)  # asserts the held mask in the saved checkpoint
+        s = weight_sparsity(net)
+        if abs(s - amount) > 1e-3:
+            raise AssertionError(f"{path}: sparsity {s:.4f} after fine-tuning, expected {amount}")
+        print(f"[prune] {path}: sparsity {s:.3f}", file=sys.stderr)
+        done.append(path)
+    atomic_write_json(out / "prune.json", {  # written last: make's mark that the stage finished
+        "checkpoints": {str(a): str(p) for a, p in zip(cfg.prune.amounts, done)}, "unpruned": str(d0 / "model.pt"),
+        "config": config_to_dict(cfg), "git_commit": git_commit()})
+    return done
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--ckpt", required=True, type=Path, help="trained fp32 checkpoint (make train)")
+    ap.add_argument("--data", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--resume", action="store_true", help="keep finished amounts, continue the current one")
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(argv)
+    try:
+        prune(load_config(a.config), a.ckpt, a.data, a.out, a.resume, progress=not a.no_progress)
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
