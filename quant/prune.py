@@ -87,6 +87,10 @@ def weight_sparsity(net: nn.Module) -> float:
     return sum(int((w == 0).sum()) for w in ws) / total
 
 
+def layer_sparsity(net: nn.Module) -> dict[str, float]:
+    return {k: round(float((w == 0).float().mean()), 4) for k, w in prunable_weights(net).items()}
+
+
 def sparsity_dir(out: Path, amount: float) -> Path:
     return out / f"sparsity_{round(amount * 100):02d}"
 
@@ -116,11 +120,12 @@ def prune(cfg: Config, ckpt: Path, data_dir: Path, out: Path, resume: bool = Fal
         "versions": tool_versions(), "stage": "prune", "folded": True, "amount": 0.0, "sparsity": weight_sparsity(net),
         "masks": {k: torch.ones_like(w, dtype=torch.bool) for k, w in prunable_weights(net).items()},
         "source": str(ckpt)})
-    done = []
+    done, layers = [], {}
     for i, amount in enumerate(cfg.prune.amounts):
         d = sparsity_dir(out, amount)
         if resume and (d / "model.pt").exists():
             net, _, masks = load_pruned(d / "model.pt", cfg)
+            layers[str(amount)] = layer_sparsity(net)
             done.append(d / "model.pt")
             continue
         masks = global_magnitude_masks(net, amount)
@@ -138,9 +143,11 @@ def prune(cfg: Config, ckpt: Path, data_dir: Path, out: Path, resume: bool = Fal
         if abs(s - amount) > 1e-3:
             raise AssertionError(f"{path}: sparsity {s:.4f} after fine-tuning, expected {amount}")
         print(f"[prune] {path}: sparsity {s:.3f}", file=sys.stderr)
+        layers[str(amount)] = layer_sparsity(net)
         done.append(path)
     atomic_write_json(out / "prune.json", {  # written last: make's mark that the stage finished
         "checkpoints": {str(a): str(p) for a, p in zip(cfg.prune.amounts, done)}, "unpruned": str(d0 / "model.pt"),
+        "layer_sparsity": layers,
         "config": config_to_dict(cfg), "git_commit": git_commit()})
     return done
 
