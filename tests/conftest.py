@@ -54,3 +54,21 @@ def tiny_config(tmp_path) -> Path:
     p = tmp_path / "tiny.toml"
     p.write_text(TINY_TOML)
     return p
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data, tmp_path_factory) -> tuple[Path, Path]:
+    """(config, OUT) after train -> prune -> qat (with the curve models) on the tiny config."""
+    from model.config import load_config
+    from model.train import train
+    from quant.prune import prune
+    from quant.qat import qat
+
+    out = tmp_path_factory.mktemp("run")
+    cfg_path = out / "tiny.toml"
+    cfg_path.write_text(TINY_TOML)
+    cfg = load_config(cfg_path)
+    train(cfg, tiny_data, out / "train", progress=False)
+    prune(cfg, out / "train" / "model.pt", tiny_data, out / "prune", progress=False)
+    qat(cfg, out / "prune", tiny_data, out / "qat", curve=True, progress=False)
+    return cfg_path, out

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -11,9 +12,9 @@ import torch
 
 from model.config import load_config
 from model.localnet import LocalNet, fold_batchnorm
-from model.train import fit, load_checkpoint, load_train_data, train
-from quant.prune import apply_masks, global_magnitude_masks, load_pruned, prune, prunable_weights
-from quant.qat import QuantLocalNet, calibrate, integer_params, load_qat, qat, quant_twin, quantizer_scales
+from model.train import fit, load_checkpoint, load_train_data
+from quant.prune import apply_masks, global_magnitude_masks, load_pruned, prunable_weights
+from quant.qat import QuantLocalNet, integer_params, load_qat, quant_twin, quantizer_scales
 
 
 def _net(cfg, seed=0):
@@ -81,12 +82,12 @@ def test_float_twin_reproduces_folded_network(tiny_config):
     torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
 
 
-def test_pipeline_masks_scales_and_schema(tiny_data, tiny_config, tmp_path):
+def test_pipeline_masks_scales_and_schema(tiny_data, tiny_run):
     """train -> prune -> qat (+ curve) -> Table 1 on the tiny config: the stage contracts."""
-    cfg = load_config(tiny_config)
-    train(cfg, tiny_data, tmp_path / "train", progress=False)
-    paths = prune(cfg, tmp_path / "train" / "model.pt", tiny_data, tmp_path / "prune", progress=False)
-    for amount, path in zip(cfg.prune.amounts, paths):
+    cfg_path, out = tiny_run
+    cfg = load_config(cfg_path)
+    for amount in cfg.prune.amounts:
+        path = out / "prune" / f"sparsity_{round(amount * 100):02d}" / "model.pt"
         net, _, masks = load_pruned(path, cfg)  # refuses a checkpoint whose pruned weights moved
         zeros = sum(int((w == 0).sum()) for w in prunable_weights(net).values())
         total = sum(w.numel() for w in prunable_weights(net).values())
@@ -96,11 +97,11 @@ def test_pipeline_masks_scales_and_schema(tiny_data, tiny_config, tmp_path):
         for k, m in masks.items():
             assert torch.count_nonzero(ck["model"][k][~m]) == 0
 
-    done = qat(cfg, tmp_path / "prune", tiny_data, tmp_path / "qat", curve=True, progress=False)
+    done = json.loads((out / "qat" / "qat.json").read_text())["checkpoints"]
     assert set(done) == {"int8", "int4", "curve/int8_s00", "curve/int8_s50"}
     x = torch.rand(1, 2, *cfg.data.shape)
     for name, path in done.items():
-        twin, ck = load_qat(path, cfg)
+        twin, ck = load_qat(Path(path), cfg)
         params = integer_params(twin, x)
         bits = 4 if name == "int4" else 8
         lim = 2 ** (bits - 1) - 1
@@ -115,22 +116,22 @@ def test_pipeline_masks_scales_and_schema(tiny_data, tiny_config, tmp_path):
 
     from benchmarks.accuracy import report
 
-    table = report(cfg, tiny_data, tmp_path, progress=False)
+    table = report(cfg, tiny_data, out, progress=False)
     rows = {r["model"]: r for r in table["rows"]}
     assert list(rows) == ["identity", "trained", "pruned", "pruned_finetuned", "int8_qat", "int4_qat", "ptq_ort_int8"]
     keys = {"model", "dice", "tre_mm", "landmark_tre_mm", "folding_pct", "nonzero_params", "weight_bytes"}
     for r in rows.values():
         assert keys <= set(r) and 0.0 <= r["dice"] <= 1.0
-    saved = json.loads((tmp_path / "report" / "table1.json").read_text())
+    saved = json.loads((out / "report" / "table1.json").read_text())
     assert saved["rows"] == table["rows"] and saved["pairs"] == 2 and saved["labels"] == cfg.data.labels
     fp32 = rows["trained"]["weight_bytes"]
     assert rows["pruned"]["weight_bytes"] == fp32  # fp32 stays dense as stored
     assert rows["pruned"]["nonzero_params"] < rows["trained"]["nonzero_params"]
     assert fp32 / rows["int8_qat"]["weight_bytes"] > 3.9  # ~4x less the int32 biases, plus the bitmask gain
     assert rows["int4_qat"]["weight_bytes"] < rows["int8_qat"]["weight_bytes"]
-    curve = json.loads((tmp_path / "report" / "pruning_curve.json").read_text())
+    curve = json.loads((out / "report" / "pruning_curve.json").read_text())
     assert curve["sparsity"] == [0.0, 0.25, 0.5] and len(curve["fp32"]) == len(curve["int8"]) == 3
-    assert (tmp_path / "report" / "pruning_curve.png").stat().st_size > 0
+    assert (out / "report" / "pruning_curve.png").stat().st_size > 0
 
 
 def test_brevitas_qcdq_export_needs_torchscript(tiny_config, tmp_path):
