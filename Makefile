@@ -2,7 +2,7 @@
 #   make demo                 data -> train -> prune -> qat -> report on the embedded synthetic default
 #   make test                 the test suite (sets up .venv from pyproject.toml on first use)
 #   make train CONFIG=configs/ibsr.toml DATA=/path/to/IBSR_V2.0 OUT=runs/ibsr
-#   make prune / qat / evaluate / report   one stage (and whatever it needs) on the same variables
+#   make prune / qat / export / golden / verify [ACCEL=dir] / report   one stage (and what it needs)
 CONFIG ?= configs/demo.toml
 OUT    ?= runs/demo
 SYNTH  := data/synthetic
@@ -16,13 +16,13 @@ STAMP  := $(VENV)/.installed
 # the synthetic set is generated only when it is the data in use
 DATA_DEP := $(if $(filter $(SYNTH),$(DATA)),$(SYNTH)/synth_manifest.json,)
 
-.PHONY: all demo venv data train prune qat report evaluate test test-slow clean help
+.PHONY: all demo venv data train prune qat export golden golden-force verify report evaluate test test-slow clean help
 .DELETE_ON_ERROR:
 
 help:
 	@sed -n '1,7p' Makefile
 
-all demo: report
+all demo: report verify
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,24 @@ $(OUT)/qat/qat.json: $(OUT)/prune/prune.json
 	$(PY) -m quant.qat --config $(CONFIG) --prune $(OUT)/prune --data $(DATA) --out $(OUT)/qat --resume
 
 qat: $(OUT)/qat/qat.json
+
+$(OUT)/export/manifest.json: $(OUT)/qat/qat.json
+	$(PY) -m export.export --config $(CONFIG) --run $(OUT) --data $(DATA)
+
+export: $(OUT)/export/manifest.json
+
+# golden vectors are made once; regenerating them is explicit: make golden FORCE=1
+$(OUT)/golden/manifest.json: | $(OUT)/export/manifest.json
+	$(PY) -m hw.golden --weights $(OUT)/export/weights.bin --config $(CONFIG) --data $(DATA) --out $(OUT)/golden
+
+golden: $(if $(FORCE),golden-force,$(OUT)/golden/manifest.json)
+
+golden-force: $(OUT)/export/manifest.json
+	$(PY) -m hw.golden --weights $(OUT)/export/weights.bin --config $(CONFIG) --data $(DATA) --out $(OUT)/golden --force
+
+# compare a device's dumps (ACCEL=dir, golden layout) with the golden vectors; no ACCEL: the reference
+verify: $(OUT)/golden/manifest.json
+	$(PY) -m hw.verify --golden $(OUT)/golden --quiet $(if $(ACCEL),--accel $(ACCEL),)
 
 # the float stage alone: identity and trained rows, per-label CSV, figure 3
 $(OUT)/report/figure3.png: $(OUT)/train/model.pt

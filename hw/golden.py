@@ -1,0 +1,111 @@
+"""Golden vectors for accelerator verification, from the integer reference.
+
+    python -m hw.golden --weights runs/demo/export/weights.bin --config configs/demo.toml \\
+        --data data/synthetic --out runs/demo/golden [--pairs 2] [--force]
+
+For the first N ordered test pairs (fixed: moving i, fixed j in the order model.evaluate
+uses), writes OUT/pair_XX/<tensor>.npy and <tensor>.hex for the quantised input
+(`input`), every layer's output (by weights.bin record name) and the displacement field
+(`ddf`), and OUT/manifest.json: per tensor its shape, exponent, dtype and sha256, plus the
+pairs, the sha256 of weights.bin, the config, seed, git commit and tool versions.
+
+Files: `.npy` int8, layout NCDHW (N = 1). `.hex` is for $readmemh: one element per line,
+C order (W fastest), two hex digits of the int8 two's complement (-1 -> ff, 5 -> 05).
+
+Existing golden vectors are never overwritten silently: regenerating is the explicit
+`--force` (make golden FORCE=1).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from hw.reference import Reference, quantize_input
+
+
+def to_hex(q: np.ndarray) -> str:
+    return "".join(f"{v:02x}\n" for v in (q.ravel().astype(np.int16) & 0xFF))
+
+
+def from_hex(text: str, shape: tuple[int, ...]) -> np.ndarray:
+    v = np.array([int(x, 16) for x in text.split()], dtype=np.int16)
+    if v.size != int(np.prod(shape)):
+        raise ValueError(f"{v.size} hex words for shape {shape}")
+    return np.where(v > 127, v - 256, v).astype(np.int8).reshape(shape)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def golden(weights: Path, cfg, data_dir: Path, out: Path, pairs: int = 2, force: bool = False) -> dict:
+    from model.artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text, git_commit, tool_versions
+    from model.config import config_to_dict
+    from model.data import load_dataset
+
+    if (out / "manifest.json").exists() and not force:
+        raise FileExistsError(f"{out}: golden vectors exist; regenerate explicitly with --force (make golden FORCE=1)")
+    ref = Reference.from_file(weights)
+    subjects = load_dataset(data_dir, cfg.data, "test", progress=False)
+    order = [(m, f) for f in range(len(subjects)) for m in range(len(subjects)) if m != f][:pairs]
+    if force and out.exists():
+        shutil.rmtree(out)
+    manifest = {"weights": str(weights), "weights_sha256": _sha(Path(weights).read_bytes()),
+                "layout": "NCDHW, C order; .hex: one two's-complement int8 per line, 2 hex digits",
+                "config": config_to_dict(cfg), "seed": cfg.train.seed, "git_commit": git_commit(),
+                "versions": tool_versions(), "generator": "hw/golden.py", "pairs": []}
+    for k, (mi, fi) in enumerate(order):
+        trace: dict = {}
+        ref.run(quantize_input(subjects[mi].image, subjects[fi].image, ref.r["input"]), trace)
+        d = out / f"pair_{k:02d}"
+        tensors = {}
+        for name, t in trace.items():
+            buf = _npy_bytes(t.q)
+            atomic_write_bytes(d / f"{name}.npy", buf)
+            atomic_write_text(d / f"{name}.hex", to_hex(t.q))
+            tensors[name] = {"shape": list(t.q.shape), "dtype": "int8", "exponent": t.e, "sha256_npy": _sha(buf),
+                             "sha256_hex": _sha((d / f"{name}.hex").read_bytes())}
+        manifest["pairs"].append({"dir": d.name, "moving": subjects[mi].name, "fixed": subjects[fi].name,
+                                  "tensors": tensors})
+    atomic_write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    import io
+
+    b = io.BytesIO()
+    np.save(b, a)
+    return b.getvalue()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", required=True, type=Path)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--data", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--pairs", type=int, default=2)
+    ap.add_argument("--force", action="store_true", help="replace existing golden vectors")
+    a = ap.parse_args(argv)
+    from model.config import ConfigError, load_config
+    from model.data import DataError
+
+    try:
+        m = golden(a.weights, load_config(a.config), a.data, a.out, a.pairs, a.force)
+    except (ConfigError, DataError, FileExistsError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    n = sum(len(p["tensors"]) for p in m["pairs"])
+    print(f"[golden] {len(m['pairs'])} pairs, {n} tensors -> {a.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""The integer reference: operators by hand, bit-exactness against Brevitas and onnxruntime,
+golden vectors and verification with fault injection."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from export.weights import OP_QUANT, Record
+from hw.reference import (QTensor, add_s8, conv3d_acc_s8, conv3d_acc_s8_loops, maxpool2_s8, requantize_shift_rne,
+                          upsample_linear2_acc, upsample_linear2_s8, upsample_nearest2_s8)
+from model.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _q(name="q", e=0, relu=False):
+    return Record(name, OP_QUANT, 8, e, relu=relu)
+
+
+@pytest.mark.parametrize("acc,shift,want", [
+    ([5, 7, -5, -7, 6, 10, 1, 3, -1, -3], 1, [2, 4, -2, -4, 3, 5, 0, 2, 0, -2]),  # x.5 ties to even
+    ([2, 6, 10, -2, -6, 3, 5, -3], 2, [0, 2, 2, 0, -2, 1, 1, -1]),  # 0.5, 1.5, 2.5, -0.5, -1.5; 0.75 1.25 -0.75
+    ([37, -37], 0, [37, -37]),
+    ([3, -3], -2, [12, -12]),  # a finer output scale: exact left shift
+])
+def test_requantize_rounds_half_to_even(acc, shift, want):
+    assert requantize_shift_rne(np.array(acc), shift).tolist() == want
+
+
+def test_rounding_is_half_even_not_half_up():
+    """Kept on purpose: a round-half-up requantisation (floor(x + 0.5)) gives 3 and -2 here and fails."""
+    assert requantize_shift_rne(np.array([5, -3]), 1).tolist() == [2, -2]
+    assert requantize_shift_rne(np.array([3 << 9, 5 << 9]), 10).tolist() == [2, 2]  # 1.5 -> 2, 2.5 -> 2
+
+
+@pytest.mark.parametrize("acc,shift,relu,want", [
+    ([1000, -1000, 508, 509, -514, -515], 2, False, [127, -128, 127, 127, -128, -128]),
+    ([-5, -1, 0, 1, 600], 0, True, [0, 0, 0, 1, 127]),
+    ([2**40, -(2**40)], 30, False, [127, -128]),
+])
+def test_saturation_at_both_ends(acc, shift, relu, want):
+    lo = 0 if relu else -128
+    out = requantize_shift_rne(np.array(acc, dtype=np.int64), shift, lo, 127)
+    assert out.dtype == np.int8 and out.tolist() == want
+
+
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_conv_fast_route_equals_loops(k):
+    rng = np.random.default_rng(k)
+    x = rng.integers(-128, 128, (1, 3, 5, 6, 7)).astype(np.int8)
+    x[0, 0, 0, 0, 0] = -128  # extremes
+    w = rng.integers(-127, 128, (4, 3, k, k, k)).astype(np.int8)
+    w[0] = 127
+    b = rng.integers(-2**20, 2**20, 4).astype(np.int32)
+    fast, slow = conv3d_acc_s8(x, w, b), conv3d_acc_s8_loops(x, w, b)
+    assert fast.dtype == np.int64 and np.array_equal(fast, slow)
+
+
+def test_conv_by_hand():
+    x = np.zeros((1, 1, 3, 3, 3), np.int8)
+    x[0, 0, 1, 1, 1] = 2
+    w = np.zeros((1, 1, 3, 3, 3), np.int8)
+    w[0, 0, 0, 1, 1] = 5  # reads the voxel one before along D
+    acc = conv3d_acc_s8(x, w, np.array([7], np.int32))
+    assert acc[0, 0, 2, 1, 1] == 2 * 5 + 7 and acc[0, 0, 1, 1, 1] == 7 and acc[0, 0, 0, 0, 0] == 7
+
+
+def test_add_aligns_then_rounds_once():
+    a = QTensor(np.full((1, 1, 1, 1, 1), 3, np.int8), 1)  # 1.5
+    b = QTensor(np.full((1, 1, 1, 1, 1), 1, np.int8), 2)  # 0.25
+    assert add_s8(a, b, _q(e=1)).q.item() == 4  # 1.75 at 2^-1 = 3.5 -> 4 (even)
+    assert add_s8(a, b, _q(e=2)).q.item() == 7  # exact at the finer scale
+    neg = QTensor(np.full((1, 1, 1, 1, 1), -100, np.int8), 0)
+    assert add_s8(neg, neg, _q(e=0, relu=True)).q.item() == 0
+    assert add_s8(neg, neg, _q(e=0)).q.item() == -128
+
+
+def test_pool_and_nearest_move_values():
+    q = np.arange(64, dtype=np.int8).reshape(1, 1, 4, 4, 4) - 32
+    p = maxpool2_s8(QTensor(q, 3))
+    assert p.e == 3 and p.q.shape == (1, 1, 2, 2, 2) and p.q[0, 0, 0, 0, 0] == q[0, 0, :2, :2, :2].max()
+    u = upsample_nearest2_s8(p)
+    assert u.q.shape == (1, 1, 4, 4, 4) and (u.q[0, 0, :2, :2, :2] == p.q[0, 0, 0, 0, 0]).all()
+
+
+def test_trilinear_matches_torch_half_pixel():
+    """Integer trilinear x2 (acc at 64x) equals torch's align_corners=False interpolation exactly:
+    every value is a multiple of 1/64 of small integers, exact in float32."""
+    rng = np.random.default_rng(0)
+    q = rng.integers(-128, 128, (1, 3, 3, 4, 5)).astype(np.int8)
+    acc = upsample_linear2_acc(q)
+    ref = F.interpolate(torch.from_numpy(q.astype(np.float32)), scale_factor=2, mode="trilinear",
+                        align_corners=False).numpy() * 64
+    assert np.array_equal(acc, ref.astype(np.int64))
+    one = np.zeros((1, 1, 2, 1, 1), np.int8)
+    one[0, 0] = [[[0]], [[4]]]
+    assert upsample_linear2_acc(one)[0, 0, :, 0, 0].tolist() == [0, 64, 192, 256]  # 0, 1, 3, 4 x 64
+    assert upsample_linear2_s8(QTensor(one, 0), _q(e=0)).q[0, 0, :, 0, 0].tolist() == [0, 1, 3, 4]
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_data, tiny_run):
+    from export.export import export
+
+    cfg_path, out = tiny_run
+    if not (out / "export" / "manifest.json").exists():
+        export(load_config(cfg_path), out, tiny_data, progress=False)
+    return load_config(cfg_path), out
+
+
+def _inputs(cfg, tiny_data):
+    from model.data import load_dataset
+
+    subs = load_dataset(tiny_data, cfg.data, "test", progress=False)
+    return [(subs[m].image, subs[f].image) for f in range(len(subs)) for m in range(len(subs)) if m != f]
+
+
+def test_reference_equals_brevitas_and_onnxruntime_everywhere(tiny_data, exported):
+    """Every traced tensor equals the Brevitas twin's integers; the ddf and every
+    requantised tensor equal onnxruntime's (optimisations on and off): zero mismatches."""
+    import brevitas.nn as qnn
+    import onnx
+
+    from export.onnx import ort_session
+    from hw.reference import Reference, quantize_input
+    from quant.qat import load_qat
+
+    cfg, out = exported
+    ref = Reference.from_file(out / "export" / "weights.bin")
+    twin, _ = load_qat(out / "qat" / "int8" / "model.pt", cfg)
+    # onnxruntime with every QuantizeLinear output exposed, named after the Brevitas module
+    model = onnx.load(str(out / "export" / "localnet_int8.onnx"))
+    qnames = {}
+    for n in model.graph.node:
+        if n.op_type == "QuantizeLinear" and "act_quant" in n.name:
+            module = n.name.strip("/").split("/act_quant")[0].replace("/", ".")
+            qnames[n.output[0]] = module
+            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(n.output[0]))
+    tmp = out / "export_debug.onnx"
+    onnx.save(model, str(tmp))
+    checked = 0
+    n_quant = sum(isinstance(m, (qnn.QuantIdentity, qnn.QuantReLU)) for m in twin.modules())
+    assert len(qnames) == n_quant  # every requantisation is visible in the ONNX graph
+    pairs = _inputs(cfg, tiny_data)
+    for mov, fix in pairs:
+        trace: dict = {}
+        x = quantize_input(mov, fix, ref.r["input"])
+        ref.run(x, trace)
+        # Brevitas: every quantiser's output integers, by module name
+        got = {}
+        hooks = [m.register_forward_hook(lambda mod, i, o, name=name: got.__setitem__(name, o))
+                 for name, m in twin.named_modules() if isinstance(m, (qnn.QuantIdentity, qnn.QuantReLU))]
+        with torch.no_grad():
+            twin(torch.from_numpy(np.stack([mov, fix])[None]))
+        for h in hooks:
+            h.remove()
+        for name, o in got.items():
+            q = torch.round(o.value / o.scale).to(torch.int64).numpy()
+            assert np.array_equal(q, trace[name].q.astype(np.int64)), f"Brevitas differs at {name}"
+            assert int(round(-np.log2(float(o.scale)))) == trace[name].e
+            checked += 1
+        for opt in (True, False):
+            sess = ort_session(tmp, optimize=opt)
+            names = [o.name for o in sess.get_outputs()]
+            res = dict(zip(names, sess.run(None, {"moving_fixed": np.stack([mov, fix])[None].astype(np.float32)})))
+            for oname, module in qnames.items():
+                assert np.array_equal(res[oname], trace[module].q), f"onnxruntime (opt={opt}) differs at {module}"
+            e = trace["ddf"].e
+            assert np.array_equal(np.round(res["ddf"] * 2.0**e).astype(np.int64), trace["ddf"].q.astype(np.int64))
+    assert checked == len(pairs) * n_quant
+
+
+def test_onnxruntime_requantisation_departs_above_2p24():
+    """onnxruntime's QLinearConv converts the int32 accumulator to float32 before scaling: with
+    acc = 2^24 + 2^17 + 1 and a shift of 18, the exact value 64.5 + 2^-18 rounds to 65, but
+    float32(acc) = 2^24 + 2^17 gives the tie 64.5 -> 64. The reference keeps 65 (SPEC.md)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    acc = 2**24 + 2**17 + 1
+    assert requantize_shift_rne(np.array([acc]), 18).item() == 65
+    init = [numpy_helper.from_array(np.array(1.0, np.float32), "s1"), numpy_helper.from_array(np.array(0, np.int8), "z"),
+            numpy_helper.from_array(np.ones((1, 1, 1, 1, 1), np.int8), "w"),
+            numpy_helper.from_array(np.array(2.0**18, np.float32), "sy"),
+            numpy_helper.from_array(np.array([acc - 1], np.int32), "b")]
+    node = helper.make_node("QLinearConv", ["x", "s1", "z", "w", "s1", "z", "sy", "z", "b"], ["y"])
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.INT8, [1, 1, 1, 1, 1])],
+                          [helper.make_tensor_value_info("y", TensorProto.INT8, [1, 1, 1, 1, 1])], initializer=init)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {"x": np.ones((1, 1, 1, 1, 1), np.int8)})[0]
+    assert y.item() == 64
+
+
+def test_golden_verify_and_fault_injection(tiny_data, exported, tmp_path):
+    cfg, out = exported
+    golden = tmp_path / "golden"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "hw.golden", "--weights", str(out / "export" / "weights.bin"),
+           "--config", str(out / "tiny.toml"), "--data", str(tiny_data), "--out", str(golden), "--pairs", "2"]
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    man = json.loads((golden / "manifest.json").read_text())
+    assert len(man["pairs"]) == 2 and "ddf" in man["pairs"][0]["tensors"] and man["git_commit"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)  # never overwritten silently
+    assert r.returncode == 2 and "--force" in r.stderr
+
+    from hw.golden import from_hex
+
+    t = man["pairs"][0]["tensors"]["down.0.c1.act"]
+    npy = np.load(golden / "pair_00" / "down.0.c1.act.npy")
+    assert np.array_equal(from_hex((golden / "pair_00" / "down.0.c1.act.hex").read_text(), tuple(t["shape"])), npy)
+
+    # the reference as the device under test passes
+    verify = [sys.executable, "-m", "hw.verify", "--golden", str(golden), "--quiet"]
+    r = subprocess.run(verify, env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and "PASS: 0 mismatching" in r.stdout
+    # one flipped bit in one layer's dump is reported at its exact location
+    dut = tmp_path / "dut"
+    shutil.copytree(golden, dut)
+    a = np.load(dut / "pair_01" / "up.0.add_skip.npy")
+    pos = tuple(s // 2 for s in a.shape)
+    exp = int(a[pos])
+    a[pos] = np.int8(exp ^ 0x04)
+    np.save(dut / "pair_01" / "up.0.add_skip.npy", a)
+    r = subprocess.run(verify + ["--accel", str(dut)], env=env, capture_output=True, text=True)
+    assert r.returncode == 1
+    assert (f"MISMATCH pair_01/up.0.add_skip: 1 of {a.size} elements; first at (n, c, d, h, w) = {pos}: "
+            f"expected {exp}, actual {exp ^ 0x04}; max |diff| 4 LSB") in r.stdout
+    # a dump of the wrong dtype or shape, or missing: a clear error
+    np.save(dut / "pair_01" / "up.0.add_skip.npy", a.astype(np.int16))
+    r = subprocess.run(verify + ["--accel", str(dut)], env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "dtype int16, expected int8" in r.stderr
+    np.save(dut / "pair_01" / "up.0.add_skip.npy", a[:, :1])
+    r = subprocess.run(verify + ["--accel", str(dut)], env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "up.0.add_skip.npy: shape" in r.stderr
+    (dut / "pair_01" / "up.0.add_skip.npy").unlink()
+    r = subprocess.run(verify + ["--accel", str(dut)], env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "missing dump" in r.stderr
+
+
+def test_reference_runs_without_torch(exported, tmp_path):
+    """hw/ on a board: numpy only. torch and brevitas are made unimportable in the subprocess."""
+    _, out = exported
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['brevitas'] = None\n"
+        "import numpy as np\n"
+        "from hw.reference import Reference\n"
+        f"ref = Reference.from_file({str(out / 'export' / 'weights.bin')!r})\n"
+        "shape = ref.wb.meta['input_shape']\n"
+        "q, e = ref.register(np.zeros(shape, np.float32), np.ones(shape, np.float32) * 0.5)\n"
+        "assert q.dtype == np.int8 and q.shape == (3, *shape)\n"
+        "print('ok', e)\n")
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ok")
