@@ -2,7 +2,7 @@
 #   make demo                 data -> train -> prune -> qat -> report on the embedded synthetic default
 #   make test                 the test suite (sets up .venv from pyproject.toml on first use)
 #   make train CONFIG=configs/ibsr.toml DATA=/path/to/IBSR_V2.0 OUT=runs/ibsr
-#   make prune / qat / export / golden / verify [ACCEL=dir] / report   one stage (and what it needs)
+#   make prune / qat / export / golden / verify [ACCEL=dir] / bench / report   one stage (and what it needs)
 CONFIG ?= configs/demo.toml
 OUT    ?= runs/demo
 SYNTH  := data/synthetic
@@ -16,7 +16,7 @@ STAMP  := $(VENV)/.installed
 # the synthetic set is generated only when it is the data in use
 DATA_DEP := $(if $(filter $(SYNTH),$(DATA)),$(SYNTH)/synth_manifest.json,)
 
-.PHONY: all demo venv data train prune qat export golden golden-force verify report evaluate test test-slow clean help
+.PHONY: all demo venv data train prune qat export golden golden-force verify bench report evaluate test test-slow clean help
 .DELETE_ON_ERROR:
 
 help:
@@ -70,6 +70,10 @@ golden-force: $(OUT)/export/manifest.json
 # compare a device's dumps (ACCEL=dir, golden layout) with the golden vectors; no ACCEL: the reference
 verify: $(OUT)/golden/manifest.json
 	$(PY) -m hw.verify --golden $(OUT)/golden --quiet $(if $(ACCEL),--accel $(ACCEL),)
+
+# latency per backend on this machine (BENCH_ARGS, e.g. --threads 2 --runs 50)
+bench: $(OUT)/export/manifest.json
+	$(PY) benchmarks/latency.py --export $(OUT)/export --out $(OUT)/bench $(BENCH_ARGS)
 
 # the float stage alone: identity and trained rows, per-label CSV, figure 3
 $(OUT)/report/figure3.png: $(OUT)/train/model.pt

@@ -1,0 +1,248 @@
+"""Latency of one registration (the network's displacement field for one pair) per backend.
+
+    python benchmarks/latency.py --export runs/demo/export --out runs/demo/bench [--threads 2]
+        [--warmup 3] [--runs 20] [--backends ort_fp32,ort_int8,reference_int]
+
+Runs on an edge board from the files in OUT/export/ with numpy and onnxruntime only; PyTorch
+fp32 eager is timed when torch is importable (its checkpoint: --ckpt, default
+EXPORT/../train/model.pt), OpenVINO fp32/int8 when the `openvino` package is. Each backend
+runs in its own subprocess, so its peak resident memory is its own and thread settings do
+not leak. Input: a fixed random pair (seed 0) at the exported shape: latency does not
+depend on the content.
+
+Per backend: p50/p90/p99 latency (ms), pairs per second (1000 / p50), peak RSS (MB), model
+file bytes, and `matches_reference`: integer backends must give the integer reference's
+ddf exactly; float backends must lie within 0.5 voxel (mean absolute difference) of the
+reference's dequantised ddf: they run the unquantised network, so only closeness is
+expected. Writes OUT/latency.json, latency.md and latency.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # runnable as a script from a checkout, without installing
+    sys.path.insert(0, str(ROOT))
+
+BACKENDS = ["torch_fp32", "ort_fp32", "ort_int8", "openvino_fp32", "openvino_int8", "reference_int"]
+FLOAT_TOL_VOX = 0.5
+
+
+def platform_info() -> dict:
+    isa_flags = ("avx2", "avx512f", "avx512_vnni", "avx512vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "sve")
+    flags: set[str] = set()
+    cpu = platform.processor() or platform.machine()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        for line in text.splitlines():
+            key, _, val = line.partition(":")
+            if key.strip() in ("flags", "Features"):
+                flags |= set(val.split())
+            if key.strip() in ("model name", "Model", "Hardware") and val.strip():
+                cpu = val.strip()
+    except OSError:
+        pass
+    versions = {"python": platform.python_version(), "numpy": np.__version__}
+    for mod in ("onnxruntime", "torch", "openvino"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:
+            pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "isa": sorted(f for f in isa_flags if f in flags),
+            "os": f"{platform.system()} {platform.release()}", "machine": platform.machine(), "versions": versions}
+
+
+def make_runner(backend: str, export: Path, ckpt: Path, threads: int):
+    """(run(moving, fixed) -> ddf float (3, X, Y, Z) voxels or (int8, e), model bytes)."""
+    if backend in ("ort_fp32", "ort_int8"):
+        import onnxruntime as ort
+
+        path = export / ("localnet_fp32.onnx" if backend == "ort_fp32" else "localnet_int8.onnx")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return (lambda m, f: sess.run(None, {"moving_fixed": np.stack([m, f])[None]})[0][0]), path.stat().st_size
+    if backend == "reference_int":
+        from hw.reference import Reference
+
+        path = export / "weights.bin"
+        ref = Reference.from_file(path)
+        return ref.register, path.stat().st_size
+    if backend == "torch_fp32":
+        import torch
+
+        from model.localnet import fold_batchnorm
+        from model.train import load_checkpoint, model_from_checkpoint
+
+        torch.set_num_threads(threads)
+        net = fold_batchnorm(model_from_checkpoint(load_checkpoint(ckpt))[0]).eval()
+
+        def run(m, f):
+            with torch.no_grad():
+                return net(torch.from_numpy(np.stack([m, f])[None]))[0].numpy()
+        return run, ckpt.stat().st_size
+    if backend in ("openvino_fp32", "openvino_int8"):
+        import openvino as ov
+
+        path = export / ("localnet_fp32.onnx" if backend == "openvino_fp32" else "localnet_int8.onnx")
+        core = ov.Core()
+        model = core.compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads})
+        req = model.create_infer_request()
+
+        def run(m, f):
+            return req.infer({0: np.stack([m, f])[None]})[model.output(0)][0]
+        return run, path.stat().st_size
+    raise ValueError(f"unknown backend {backend}")
+
+
+def worker(backend: str, export: Path, ckpt: Path, threads: int, warmup: int, runs: int) -> dict:
+    import resource
+
+    manifest = json.loads((export / "manifest.json").read_text())
+    shape = manifest["config"]["data"]["shape"]
+    rng = np.random.default_rng(0)
+    mov, fix = rng.random(shape, dtype=np.float32), rng.random(shape, dtype=np.float32)
+    run, nbytes = make_runner(backend, export, ckpt, threads)
+    for _ in range(warmup):
+        out = run(mov, fix)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        out = run(mov, fix)
+        times.append((time.perf_counter() - t) * 1000)
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if isinstance(out, tuple):  # the reference: (int8, exponent)
+        out = {"q": out[0].tolist(), "e": out[1]}
+    else:
+        out = {"f": np.asarray(out, np.float32).tolist()}
+    p = np.percentile(times, [50, 90, 99])
+    return {"backend": backend, "p50_ms": round(float(p[0]), 2), "p90_ms": round(float(p[1]), 2),
+            "p99_ms": round(float(p[2]), 2), "pairs_per_s": round(1000 / float(p[0]), 2),
+            "peak_rss_mb": round(rss_kb / 1024, 1), "model_bytes": nbytes, "ddf": out}
+
+
+def available(backend: str, ckpt: Path) -> bool:
+    import importlib.util
+
+    need = {"torch_fp32": "torch", "openvino_fp32": "openvino", "openvino_int8": "openvino",
+            "ort_fp32": "onnxruntime", "ort_int8": "onnxruntime"}.get(backend)
+    if need and importlib.util.find_spec(need) is None:
+        return False
+    if backend == "torch_fp32":
+        try:
+            import torch  # noqa: F401  (find_spec passes for a blocked module)
+        except ImportError:
+            return False
+        return ckpt.is_file()
+    return True
+
+
+def compare(res: dict, ref: dict) -> bool | None:
+    e = ref["ddf"]["e"]
+    ref_q = np.asarray(ref["ddf"]["q"], np.int64)
+    if "q" in res["ddf"]:
+        return bool(np.array_equal(np.asarray(res["ddf"]["q"]), ref_q))
+    f = np.asarray(res["ddf"]["f"], np.float64)
+    if res["backend"].endswith("int8"):  # dequantised int8 output: compare the integers exactly
+        return bool(np.array_equal(np.round(f * 2.0**e).astype(np.int64), ref_q))
+    return bool(np.abs(f - ref_q * 2.0**-e).mean() <= FLOAT_TOL_VOX)
+
+
+def markdown(report: dict) -> str:
+    p = report["platform"]
+    lines = [f"CPU: {p['cpu']} ({p['cores']} cores, ISA {', '.join(p['isa']) or 'none listed'}), {p['os']}; "
+             f"shape {report['shape']}, {report['threads']} threads", "",
+             "| backend | p50 ms | p90 ms | p99 ms | pairs/s | peak RSS MB | model bytes | matches reference |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        lines.append(f"| {r['backend']} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['pairs_per_s']} | "
+                     f"{r['peak_rss_mb']} | {r['model_bytes']} | {r['matches_reference']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(path: Path, report: dict) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # boards without matplotlib still get JSON and markdown
+        return False
+    rs = report["results"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.barh([r["backend"] for r in rs], [r["p50_ms"] for r in rs],
+            xerr=[[0] * len(rs), [r["p90_ms"] - r["p50_ms"] for r in rs]])
+    ax.set_xlabel("latency per pair, ms (p50, bar to p90)")
+    ax.set_xscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--export", required=True, type=Path, help="OUT/export of make export")
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--ckpt", type=Path, help="fp32 checkpoint for torch_fp32 (default EXPORT/../train/model.pt)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated subset of " + ",".join(BACKENDS))
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    ckpt = a.ckpt or a.export.parent / "train" / "model.pt"
+    if a.worker:
+        print(json.dumps(worker(a.worker, a.export, ckpt, a.threads, a.warmup, a.runs)))
+        return 0
+    if not (a.export / "manifest.json").is_file():
+        print(f"error: {a.export}/manifest.json: not an export directory (make export)", file=sys.stderr)
+        return 2
+    wanted = [b.strip() for b in a.backends.split(",") if b.strip()]
+    unknown = sorted(set(wanted) - set(BACKENDS))
+    if unknown:
+        print(f"error: unknown backend(s) {unknown}; known: {BACKENDS}", file=sys.stderr)
+        return 2
+    if "reference_int" not in wanted:
+        wanted.append("reference_int")  # matches_reference needs it
+    results = []
+    for b in wanted:
+        if not available(b, ckpt):
+            print(f"[bench] {b}: not available here, skipped", file=sys.stderr)
+            continue
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--export", str(a.export), "--out", str(a.out),
+               "--ckpt", str(ckpt), "--threads", str(a.threads), "--warmup", str(a.warmup), "--runs", str(a.runs),
+               "--worker", b]
+        print(f"[bench] {b} ...", file=sys.stderr)
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode:
+            print(f"[bench] {b}: failed:\n{r.stderr[-2000:]}", file=sys.stderr)
+            continue
+        results.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    ref = next((r for r in results if r["backend"] == "reference_int"), None)
+    for r in results:
+        r["matches_reference"] = compare(r, ref) if ref is not None else None
+    manifest = json.loads((a.export / "manifest.json").read_text())
+    report = {"platform": platform_info(), "shape": manifest["config"]["data"]["shape"], "threads": a.threads,
+              "warmup": a.warmup, "runs": a.runs, "float_tolerance_voxels": FLOAT_TOL_VOX,
+              "results": [{k: v for k, v in r.items() if k != "ddf"} for r in results]}
+    from model.artifacts import atomic_write_json, atomic_write_text  # standard library only
+
+    atomic_write_json(a.out / "latency.json", report)
+    atomic_write_text(a.out / "latency.md", markdown(report))
+    plot(a.out / "latency.png", report)
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
