@@ -227,6 +227,13 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def gzip_size(path: Path) -> int:
+    """Bytes after gzip -9 (what a compressed transfer or a flash image would hold)."""
+    import gzip
+
+    return len(gzip.compress(path.read_bytes(), compresslevel=9, mtime=0))
+
+
 def export(cfg: Config, run: Path, data_dir: Path, progress: bool = True) -> dict:
     from quant.qat import load_qat
 
@@ -284,7 +291,8 @@ def export(cfg: Config, run: Path, data_dir: Path, progress: bool = True) -> dic
                 "int8_sparsity": ck8["sparsity"], "int4_sparsity": ck4["sparsity"],
                 "ort_vs_brevitas_mismatches": mism, "test_pairs_checked": len(inputs),
                 "sparse_initializers": sparse_choice, "layers": layers}
-    manifest["files"] = {str(p.relative_to(out)): {"bytes": p.stat().st_size, "sha256": sha256(p)}
+    manifest["files"] = {str(p.relative_to(out)): {"bytes": p.stat().st_size, "gzip_bytes": gzip_size(p),
+                                                   "sha256": sha256(p)}
                          for p in sorted(out.rglob("*")) if p.is_file() and p.name != "manifest.json"}
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
