@@ -68,12 +68,29 @@ def test_register_bad_input_is_a_clear_error(tiny_data, tmp_path, capsys):
 
 
 def test_resume_after_interruption_matches_uninterrupted_run(tiny_data, tiny_config, tmp_path):
+    from model.localnet import LocalNet
+    from model.train import fit, load_train_data, setup_torch
+
     cfg = load_config(tiny_config)
+    assert cfg.train.lr != cfg.train.lr_final  # the cosine schedule is part of what must resume
     full = train(cfg, tiny_data, tmp_path / "full", progress=False)
-    cfg.train.steps = 2  # a run that stopped after step 2 (its checkpoint is all that is left) ...
-    train(cfg, tiny_data, tmp_path / "cut", progress=False)
-    (tmp_path / "cut" / "model.pt").unlink()
-    cfg.train.steps = 3  # ... resumed to the end
+
+    class Killed(Exception):
+        pass
+
+    calls = []
+
+    def kill_in_step_3(net):  # dies after step 3's update, before its checkpoint
+        calls.append(1)
+        if len(calls) == 3:
+            raise Killed
+
+    setup_torch(cfg)
+    data = load_train_data(cfg, tiny_data, progress=False)
+    kw = dict(steps=cfg.train.steps, lr=cfg.train.lr, lr_final=cfg.train.lr_final, progress=False)
+    with pytest.raises(Killed):
+        fit(LocalNet(cfg.model), cfg, data, tmp_path / "cut", after_step=kill_in_step_3, **kw)
+    assert load_checkpoint(tmp_path / "cut" / "ckpt.pt")["step"] == 2 and not (tmp_path / "cut" / "model.pt").exists()
     resumed = train(cfg, tiny_data, tmp_path / "cut", resume=True, progress=False)
     a, b = _weights(full), _weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
