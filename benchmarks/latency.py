@@ -1,14 +1,15 @@
 """Latency of one registration (the network's displacement field for one pair) per backend.
 
     python benchmarks/latency.py --export runs/demo/export --out runs/demo/bench [--threads 2]
-        [--warmup 3] [--runs 20] [--backends ort_fp32,ort_int8,reference_int]
+        [--shape 64 80 64] [--warmup 3] [--runs 20] [--backends ort_fp32,ort_int8,reference_int]
 
 Runs on an edge board from the files in OUT/export/ with numpy and onnxruntime only; PyTorch
 fp32 eager is timed when torch is importable (its checkpoint: --ckpt, default
 EXPORT/../train/model.pt), OpenVINO fp32/int8 when the `openvino` package is. Each backend
 runs in its own subprocess, so its peak resident memory is its own and thread settings do
-not leak. Input: a fixed random pair (seed 0) at the exported shape: latency does not
-depend on the content.
+not leak. Input: a fixed random pair (seed 0) at --shape (default: the exported working
+grid; any shape divisible by 2^levels: the ONNX files have dynamic spatial axes); latency
+does not depend on the content.
 
 Per backend: p50/p90/p99 latency (ms), pairs per second (1000 / p50), peak RSS (MB), model
 file bytes, and `matches_reference`: integer backends must give the integer reference's
@@ -104,11 +105,9 @@ def make_runner(backend: str, export: Path, ckpt: Path, threads: int):
     raise ValueError(f"unknown backend {backend}")
 
 
-def worker(backend: str, export: Path, ckpt: Path, threads: int, warmup: int, runs: int) -> dict:
+def worker(backend: str, export: Path, ckpt: Path, threads: int, warmup: int, runs: int, shape: list[int]) -> dict:
     import resource
 
-    manifest = json.loads((export / "manifest.json").read_text())
-    shape = manifest["config"]["data"]["shape"]
     rng = np.random.default_rng(0)
     mov, fix = rng.random(shape, dtype=np.float32), rng.random(shape, dtype=np.float32)
     run, nbytes = make_runner(backend, export, ckpt, threads)
@@ -195,18 +194,25 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--ckpt", type=Path, help="fp32 checkpoint for torch_fp32 (default EXPORT/../train/model.pt)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), help="default: the exported grid")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated subset of " + ",".join(BACKENDS))
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     ckpt = a.ckpt or a.export.parent / "train" / "model.pt"
-    if a.worker:
-        print(json.dumps(worker(a.worker, a.export, ckpt, a.threads, a.warmup, a.runs)))
-        return 0
     if not (a.export / "manifest.json").is_file():
         print(f"error: {a.export}/manifest.json: not an export directory (make export)", file=sys.stderr)
         return 2
+    manifest = json.loads((a.export / "manifest.json").read_text())
+    shape = a.shape or manifest["config"]["data"]["shape"]
+    step = 2 ** manifest["config"]["model"]["levels"]
+    if any(n <= 0 or n % step for n in shape):
+        print(f"error: --shape {shape}: every axis must be a positive multiple of {step} (2^levels)", file=sys.stderr)
+        return 2
+    if a.worker:
+        print(json.dumps(worker(a.worker, a.export, ckpt, a.threads, a.warmup, a.runs, shape)))
+        return 0
     wanted = [b.strip() for b in a.backends.split(",") if b.strip()]
     unknown = sorted(set(wanted) - set(BACKENDS))
     if unknown:
@@ -221,7 +227,7 @@ def main(argv=None) -> int:
             continue
         cmd = [sys.executable, str(Path(__file__).resolve()), "--export", str(a.export), "--out", str(a.out),
                "--ckpt", str(ckpt), "--threads", str(a.threads), "--warmup", str(a.warmup), "--runs", str(a.runs),
-               "--worker", b]
+               "--shape", *map(str, shape), "--worker", b]
         print(f"[bench] {b} ...", file=sys.stderr)
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode:
@@ -231,8 +237,7 @@ def main(argv=None) -> int:
     ref = next((r for r in results if r["backend"] == "reference_int"), None)
     for r in results:
         r["matches_reference"] = compare(r, ref) if ref is not None else None
-    manifest = json.loads((a.export / "manifest.json").read_text())
-    report = {"platform": platform_info(), "shape": manifest["config"]["data"]["shape"], "threads": a.threads,
+    report = {"platform": platform_info(), "shape": shape, "threads": a.threads,
               "warmup": a.warmup, "runs": a.runs, "float_tolerance_voxels": FLOAT_TOL_VOX,
               "results": [{k: v for k, v in r.items() if k != "ddf"} for r in results]}
     from model.artifacts import atomic_write_json, atomic_write_text  # standard library only

@@ -38,7 +38,7 @@ from model.config import Config, ConfigError, config_to_dict, load_config
 from model.data import DataError, load_dataset
 from model.localnet import fold_batchnorm
 from model.train import load_checkpoint, model_from_checkpoint
-from export.onnx import INPUT, OUTPUT, export_fp32, ort_session
+from export.onnx import DYNAMIC_AXES, INPUT, OUTPUT, export_fp32, ort_session
 from export.weights import OP_CONV3D, OP_QUANT, Record, write_weights
 
 INT8_OPSET = 17
@@ -76,7 +76,7 @@ def export_int8_onnx(twin, cfg: Config, path: Path) -> Path:
     x = torch.zeros(1, 2, *cfg.data.shape)
     with atomic_path(path) as tmp:
         export_onnx_qcdq(twin.eval(), args=x, export_path=str(tmp), dynamo=False, opset_version=INT8_OPSET,
-                         input_names=[INPUT], output_names=[OUTPUT])
+                         input_names=[INPUT], output_names=[OUTPUT], dynamic_axes=DYNAMIC_AXES)
     return path
 
 

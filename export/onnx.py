@@ -5,7 +5,8 @@
 
 Input `moving_fixed` (1, 2, X, Y, Z) float32 (moving, fixed), output `ddf` (1, 3, X, Y, Z)
 float32 in voxels, as model.localnet. Exported with the TorchScript exporter
-(dynamo=False), opset 17, the batch size fixed to 1 (one pair per registration).
+(dynamo=False), opset 17, the batch size fixed to 1 (one pair per registration); the
+spatial axes are dynamic (any X, Y, Z divisible by 2^levels), so one file serves any grid.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from model.config import Config, config_to_dict
 
 OPSET = 17
 INPUT, OUTPUT = "moving_fixed", "ddf"
+DYNAMIC_AXES = {INPUT: {2: "X", 3: "Y", 4: "Z"}, OUTPUT: {2: "X", 3: "Y", 4: "Z"}}
 
 
 def export_fp32(folded: torch.nn.Module, cfg: Config, path: Path) -> Path:
@@ -29,7 +31,7 @@ def export_fp32(folded: torch.nn.Module, cfg: Config, path: Path) -> Path:
     x = torch.zeros(1, 2, *cfg.data.shape)
     with atomic_path(path) as tmp:
         torch.onnx.export(folded.eval(), (x,), str(tmp), dynamo=False, opset_version=OPSET,
-                          input_names=[INPUT], output_names=[OUTPUT])
+                          input_names=[INPUT], output_names=[OUTPUT], dynamic_axes=DYNAMIC_AXES)
         model = onnx.load(str(tmp))
         _set_metadata(model, {"config": json.dumps(config_to_dict(cfg)), "git_commit": git_commit(),
                               "ddf_units": "voxels of the working grid, channel k along array axis k"})
