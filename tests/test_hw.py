@@ -125,58 +125,15 @@ def _inputs(cfg, tiny_data):
 
 
 def test_reference_equals_brevitas_and_onnxruntime_everywhere(tiny_data, exported):
-    """Every traced tensor equals the Brevitas twin's integers; the ddf and every
-    requantised tensor equal onnxruntime's (optimisations on and off): zero mismatches."""
-    import brevitas.nn as qnn
-    import onnx
-
-    from export.onnx import ort_session
-    from hw.reference import Reference, quantize_input
-    from quant.qat import load_qat
+    """Every requantised tensor of the reference equals the Brevitas twin's integers and
+    onnxruntime's (optimisations on and off) on every test pair: zero mismatches."""
+    from benchmarks.crosscheck import crosscheck
 
     cfg, out = exported
-    ref = Reference.from_file(out / "export" / "weights.bin")
-    twin, _ = load_qat(out / "qat" / "int8" / "model.pt", cfg)
-    # onnxruntime with every QuantizeLinear output exposed, named after the Brevitas module
-    model = onnx.load(str(out / "export" / "localnet_int8.onnx"))
-    qnames = {}
-    for n in model.graph.node:
-        if n.op_type == "QuantizeLinear" and "act_quant" in n.name:
-            module = n.name.strip("/").split("/act_quant")[0].replace("/", ".")
-            qnames[n.output[0]] = module
-            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(n.output[0]))
-    tmp = out / "export_debug.onnx"
-    onnx.save(model, str(tmp))
-    checked = 0
-    n_quant = sum(isinstance(m, (qnn.QuantIdentity, qnn.QuantReLU)) for m in twin.modules())
-    assert len(qnames) == n_quant  # every requantisation is visible in the ONNX graph
-    pairs = _inputs(cfg, tiny_data)
-    for mov, fix in pairs:
-        trace: dict = {}
-        x = quantize_input(mov, fix, ref.r["input"])
-        ref.run(x, trace)
-        # Brevitas: every quantiser's output integers, by module name
-        got = {}
-        hooks = [m.register_forward_hook(lambda mod, i, o, name=name: got.__setitem__(name, o))
-                 for name, m in twin.named_modules() if isinstance(m, (qnn.QuantIdentity, qnn.QuantReLU))]
-        with torch.no_grad():
-            twin(torch.from_numpy(np.stack([mov, fix])[None]))
-        for h in hooks:
-            h.remove()
-        for name, o in got.items():
-            q = torch.round(o.value / o.scale).to(torch.int64).numpy()
-            assert np.array_equal(q, trace[name].q.astype(np.int64)), f"Brevitas differs at {name}"
-            assert int(round(-np.log2(float(o.scale)))) == trace[name].e
-            checked += 1
-        for opt in (True, False):
-            sess = ort_session(tmp, optimize=opt)
-            names = [o.name for o in sess.get_outputs()]
-            res = dict(zip(names, sess.run(None, {"moving_fixed": np.stack([mov, fix])[None].astype(np.float32)})))
-            for oname, module in qnames.items():
-                assert np.array_equal(res[oname], trace[module].q), f"onnxruntime (opt={opt}) differs at {module}"
-            e = trace["ddf"].e
-            assert np.array_equal(np.round(res["ddf"] * 2.0**e).astype(np.int64), trace["ddf"].q.astype(np.int64))
-    assert checked == len(pairs) * n_quant
+    res = crosscheck(cfg, out, tiny_data)
+    assert res["pairs"] == 2 and res["onnx_tensors_per_pair"] == res["tensors_per_pair"] > 20
+    assert res["elements_per_source"] > 10_000
+    assert res["mismatches"] == {"brevitas": 0, "onnxruntime_optimized": 0, "onnxruntime_unoptimized": 0}, res
 
 
 def test_onnxruntime_requantisation_departs_above_2p24():
