@@ -22,7 +22,7 @@ DATA_DEP := $(if $(filter $(SYNTH),$(DATA)),$(SYNTH)/synth_manifest.json,)
 help:
 	@sed -n '1,7p' Makefile
 
-all demo: report verify
+all demo: report verify bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
