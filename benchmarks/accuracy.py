@@ -97,7 +97,7 @@ def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dic
 
     fp32_onnx, ptq_onnx = rep / "localnet_fp32.onnx", rep / "ptq_ort_int8.onnx"
     rep.mkdir(parents=True, exist_ok=True)
-    export_fp32(trained, cfg, fp32_onnx)
+    export_fp32(trained, cfg, fp32_onnx, dynamic=False)  # PTQ is calibrated and evaluated at the working grid
     quantize_ort_static(fp32_onnx, ptq_onnx, calibration_inputs(cfg, data_dir, cfg.qat.calib_batches))
     sess = ort_session(ptq_onnx)
     ptq_fn = lambda m, f: sess.run(None, {INPUT: np.stack([m.image, f.image])[None].astype(np.float32)})[0][0]

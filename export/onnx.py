@@ -24,14 +24,16 @@ INPUT, OUTPUT = "moving_fixed", "ddf"
 DYNAMIC_AXES = {INPUT: {2: "X", 3: "Y", 4: "Z"}, OUTPUT: {2: "X", 3: "Y", 4: "Z"}}
 
 
-def export_fp32(folded: torch.nn.Module, cfg: Config, path: Path) -> Path:
-    """Write the BatchNorm-folded float network as ONNX, with the resolved config in its metadata."""
+def export_fp32(folded: torch.nn.Module, cfg: Config, path: Path, dynamic: bool = True) -> Path:
+    """Write the BatchNorm-folded float network as ONNX, with the resolved config in its metadata;
+    `dynamic=False` fixes the spatial axes to the working grid (onnxruntime's quantisation
+    pre-processing cannot infer the Resize shapes of the dynamic graph)."""
     import onnx
 
     x = torch.zeros(1, 2, *cfg.data.shape)
     with atomic_path(path) as tmp:
         torch.onnx.export(folded.eval(), (x,), str(tmp), dynamo=False, opset_version=OPSET,
-                          input_names=[INPUT], output_names=[OUTPUT], dynamic_axes=DYNAMIC_AXES)
+                          input_names=[INPUT], output_names=[OUTPUT], dynamic_axes=DYNAMIC_AXES if dynamic else None)
         model = onnx.load(str(tmp))
         _set_metadata(model, {"config": json.dumps(config_to_dict(cfg)), "git_commit": git_commit(),
                               "ddf_units": "voxels of the working grid, channel k along array axis k"})
