@@ -70,6 +70,7 @@ def make_runner(backend: str, export: Path, ckpt: Path, threads: int, shape: lis
         path = export / ("localnet_fp32.onnx" if backend == "ort_fp32" else "localnet_int8.onnx")
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
+        so.add_session_config_entry("session.qdqisint8allowed", "1")  # exact s8s8 (export/onnx.py says why)
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         return (lambda m, f: sess.run(None, {"moving_fixed": np.stack([m, f])[None]})[0][0]), path.stat().st_size
     if backend == "reference_int":

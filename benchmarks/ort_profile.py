@@ -25,6 +25,7 @@ def profile(path: Path, shape: list[int], threads: int, runs: int, tmp: Path) ->
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.enable_profiling = True
+    so.add_session_config_entry("session.qdqisint8allowed", "1")  # as latency.py: exact s8s8 kernels
     so.profile_file_prefix = str(tmp / path.stem)
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).random((1, 2, *shape), dtype=np.float32)

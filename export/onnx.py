@@ -68,7 +68,14 @@ def quantize_ort_static(fp32_path: Path, out_path: Path, calib_inputs: list[np.n
     return out_path
 
 
-def ort_session(path: Path, optimize: bool = True, threads: int = 0):
+# onnxruntime on x86 rewrites a QDQ graph's int8 activations to uint8 (zero-point 128) to use
+# its U8S8 kernels; on CPUs without VNNI those sum pairs of u8 x s8 products in int16 with
+# saturation (AVX2 vpmaddubsw: 2 x 255 x 127 > 32767), which breaks exactness for large
+# weights. Keeping the graph s8s8 avoids it (tests/test_export.py shows both).
+ORT_INT8_CONFIG = {"session.qdqisint8allowed": "1"}
+
+
+def ort_session_options(optimize: bool = True, threads: int = 0, keep_s8: bool = True):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -76,6 +83,16 @@ def ort_session(path: Path, optimize: bool = True, threads: int = 0):
                                    else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     if threads:
         so.intra_op_num_threads = threads
+    if keep_s8:
+        for k, v in ORT_INT8_CONFIG.items():
+            so.add_session_config_entry(k, v)
+    return so
+
+
+def ort_session(path: Path, optimize: bool = True, threads: int = 0, keep_s8: bool = True):
+    import onnxruntime as ort
+
+    so = ort_session_options(optimize, threads, keep_s8)
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
