@@ -58,12 +58,10 @@ def int_row_stats(params: dict[str, dict]) -> tuple[int, int]:
 
 def calibration_inputs(cfg: Config, data_dir: Path, batches: int) -> list[np.ndarray]:
     """(1, 2, X, Y, Z) float32 training pairs with augmentation, as QAT calibrates."""
+    from quant.qat import calibration_batches
+
     data = load_train_data(cfg, data_dir, progress=False)
-    xs = []
-    for b in range(batches):
-        mi, fi, _, _ = data.batch(cfg, b, stream=300)
-        xs += [torch.cat([mi, fi], 1)[k:k + 1].numpy() for k in range(mi.shape[0])]
-    return xs
+    return [x[k:k + 1].numpy() for x in calibration_batches(cfg, data, batches, stream=300) for k in range(len(x))]
 
 
 def need(path: Path, target: str) -> Path:

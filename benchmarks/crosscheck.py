@@ -27,8 +27,8 @@ def crosscheck(cfg, run: Path, data_dir: Path) -> dict:
     from export.onnx import INPUT, ort_session
     from hw.reference import Reference, quantize_input
     from model.artifacts import atomic_path
-    from model.data import load_dataset
-    from quant.qat import load_qat
+    from model.data import load_dataset, test_pairs
+    from quant.qat import load_qat, pot_exponent
 
     ref = Reference.from_file(run / "export" / "weights.bin")
     twin, _ = load_qat(run / "qat" / "int8" / "model.pt", cfg)
@@ -45,7 +45,7 @@ def crosscheck(cfg, run: Path, data_dir: Path) -> dict:
     sessions = {"onnxruntime_optimized": ort_session(debug, optimize=True),
                 "onnxruntime_unoptimized": ort_session(debug, optimize=False)}
     subjects = load_dataset(data_dir, cfg.data, "test", progress=False)
-    pairs = [(m, f) for f in range(len(subjects)) for m in range(len(subjects)) if m != f]
+    pairs = test_pairs(subjects)
     mism = {"brevitas": 0, "onnxruntime_optimized": 0, "onnxruntime_unoptimized": 0}
     first: dict[str, str] = {}
     elements = 0
@@ -64,7 +64,7 @@ def crosscheck(cfg, run: Path, data_dir: Path) -> dict:
             for name in quantisers:
                 o = got[name]
                 q = torch.round(o.value / o.scale).to(torch.int64).numpy()
-                bad = int((q != trace[name].q).sum()) + (int(round(-np.log2(float(o.scale)))) != trace[name].e)
+                bad = int((q != trace[name].q).sum()) + (pot_exponent(o.scale) != trace[name].e)
                 mism["brevitas"] += bad
                 elements += q.size
                 if bad:

@@ -65,13 +65,10 @@ def platform_info() -> dict:
 def make_runner(backend: str, export: Path, ckpt: Path, threads: int, shape: list[int]):
     """(run(moving, fixed) -> ddf float (3, X, Y, Z) voxels or (int8, e), model bytes)."""
     if backend in ("ort_fp32", "ort_int8"):
-        import onnxruntime as ort
+        from export.onnx import ort_session  # s8s8 kept: exact (export/onnx.py says why)
 
         path = export / ("localnet_fp32.onnx" if backend == "ort_fp32" else "localnet_int8.onnx")
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.add_session_config_entry("session.qdqisint8allowed", "1")  # exact s8s8 (export/onnx.py says why)
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        sess = ort_session(path, threads=threads)
         return (lambda m, f: sess.run(None, {"moving_fixed": np.stack([m, f])[None]})[0][0]), path.stat().st_size
     if backend == "reference_int":
         from hw.reference import Reference

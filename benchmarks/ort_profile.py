@@ -18,14 +18,18 @@ from pathlib import Path
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # runnable as a script from a checkout, without installing
+    sys.path.insert(0, str(ROOT))
+
 
 def profile(path: Path, shape: list[int], threads: int, runs: int, tmp: Path) -> dict:
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
+    from export.onnx import ort_session_options
+
+    so = ort_session_options(threads=threads)  # as latency.py: optimised, s8s8 kept
     so.enable_profiling = True
-    so.add_session_config_entry("session.qdqisint8allowed", "1")  # as latency.py: exact s8s8 kernels
     so.profile_file_prefix = str(tmp / path.stem)
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).random((1, 2, *shape), dtype=np.float32)

@@ -35,7 +35,7 @@ import torch
 
 from model.artifacts import atomic_path, atomic_write_json, atomic_write_text, git_commit, tool_versions
 from model.config import Config, ConfigError, config_to_dict, load_config
-from model.data import DataError, load_dataset
+from model.data import DataError, load_dataset, test_pairs
 from model.localnet import fold_batchnorm
 from model.train import load_checkpoint, model_from_checkpoint
 from export.onnx import DYNAMIC_AXES, INPUT, OUTPUT, export_fp32, ort_session
@@ -48,7 +48,7 @@ REGISTER_OPSET = 20  # GridSample on 5-D inputs
 def weight_records(twin, example: torch.Tensor) -> list[Record]:
     """The twin's integer parameters as weights.bin records, in module order."""
     import brevitas.nn as qnn
-    from quant.qat import integer_params
+    from quant.qat import integer_params, pot_exponent
 
     params = integer_params(twin, example)
     recs = []
@@ -57,8 +57,8 @@ def weight_records(twin, example: torch.Tensor) -> list[Record]:
             p = params[name]
             recs.append(Record(name, OP_CONV3D, p["bits"], p["e_w"], p["e_in"], weight=p["weight"], bias=p["bias"]))
         elif isinstance(m, (qnn.QuantIdentity, qnn.QuantReLU)):
-            e = -np.log2(float(m.act_quant.scale().detach()))
-            recs.append(Record(name, OP_QUANT, 8, int(round(e)), relu=isinstance(m, qnn.QuantReLU)))
+            e = pot_exponent(m.act_quant.scale().detach())
+            recs.append(Record(name, OP_QUANT, 8, e, relu=isinstance(m, qnn.QuantReLU)))
     return recs
 
 
@@ -203,21 +203,23 @@ def write_hex_and_header(records: list[Record], out: Path) -> list[Path]:
 
 
 def check_ort_matches_brevitas(twin, onnx_path: Path, inputs: list[np.ndarray], e_out: int,
-                               keep_s8: bool = True) -> dict:
-    """Integer ddf of onnxruntime (optimisations on and off) against the Brevitas model: counts of
-    mismatching elements. Both outputs are dequantised q * 2^-e_out, exact in float32.
-    `keep_s8=False` leaves onnxruntime's x86 default (int8 activations rewritten to uint8)."""
+                               keep_s8: bool = True, modes: dict[str, tuple[bool, bool]] | None = None) -> dict:
+    """Integer ddf of onnxruntime against the Brevitas model: mismatching elements per session
+    mode. Both outputs are dequantised q * 2^-e_out, exact in float32. `modes` maps a name to
+    (graph optimisations, keep s8s8); the default is optimisations on and off with `keep_s8`
+    (False: onnxruntime's x86 default, int8 activations rewritten to uint8)."""
+    modes = modes or {"optimized": (True, keep_s8), "unoptimized": (False, keep_s8)}
     result = {}
-    with torch.no_grad():
+    with torch.no_grad():  # the Brevitas integers once, for every mode
         ref = [np.round(twin(torch.from_numpy(x)).numpy() * 2.0 ** e_out).astype(np.int64) for x in inputs]
-    for opt in (True, False):
-        sess = ort_session(onnx_path, optimize=opt, keep_s8=keep_s8)
+    for name, (opt, s8) in modes.items():
+        sess = ort_session(onnx_path, optimize=opt, keep_s8=s8)
         bad = 0
         for x, r in zip(inputs, ref):
             y = sess.run(None, {INPUT: x})[0]
             q = np.round(y * 2.0 ** e_out).astype(np.int64)
             bad += int((q != r).sum())
-        result["optimized" if opt else "unoptimized"] = bad
+        result[name] = bad
     return result
 
 
@@ -245,8 +247,8 @@ def export(cfg: Config, run: Path, data_dir: Path, progress: bool = True) -> dic
     twin8, ck8 = load_qat(run / "qat" / "int8" / "model.pt", cfg)
     twin4, ck4 = load_qat(run / "qat" / "int4" / "model.pt", cfg)
     subjects = load_dataset(data_dir, cfg.data, "test", progress=progress)
-    inputs = [np.stack([m.image, f.image])[None].astype(np.float32)
-              for fi, f in enumerate(subjects) for mi, m in enumerate(subjects) if mi != fi]
+    inputs = [np.stack([subjects[m].image, subjects[f].image])[None].astype(np.float32)
+              for m, f in test_pairs(subjects)]
     example = torch.from_numpy(inputs[0])
 
     export_fp32(fold_batchnorm(trained), cfg, out / "localnet_fp32.onnx")
@@ -266,14 +268,12 @@ def export(cfg: Config, run: Path, data_dir: Path, progress: bool = True) -> dic
     write_hex_and_header(recs8, out)
 
     e_ddf = next(r.e0 for r in reversed(recs8) if r.op == OP_QUANT)  # the last requantisation is the ddf's
-    mism = check_ort_matches_brevitas(twin8, out / "localnet_int8.onnx", inputs, e_ddf)
-    if mism["unoptimized"]:
-        raise AssertionError(f"onnxruntime int8 differs from Brevitas on {mism} ddf elements")
-    if mism["optimized"]:
-        raise AssertionError(f"onnxruntime int8 (optimised, s8s8) differs from Brevitas on {mism} ddf elements")
-    # onnxruntime's x86 default (uint8 activations) as a deployment would run it: recorded
-    mism["optimized_x86_default_u8s8"] = check_ort_matches_brevitas(twin8, out / "localnet_int8.onnx", inputs, e_ddf,
-                                                                    keep_s8=False)["optimized"]
+    # s8s8 with and without graph optimisations must be exact; onnxruntime's x86 default
+    # (uint8 activations), as a deployment would run it, is recorded
+    mism = check_ort_matches_brevitas(twin8, out / "localnet_int8.onnx", inputs, e_ddf, modes={
+        "optimized": (True, True), "unoptimized": (False, True), "optimized_x86_default_u8s8": (True, False)})
+    if mism["optimized"] or mism["unoptimized"]:
+        raise AssertionError(f"onnxruntime int8 (s8s8) differs from Brevitas on {mism} ddf elements")
     bad = [r.name for r in recs8 + recs4 if r.op == OP_CONV3D and acc_bound(r) >= 2**31]
     if bad:
         raise AssertionError(f"accumulator bound exceeds int32 in {bad}")

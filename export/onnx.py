@@ -7,6 +7,8 @@ Input `moving_fixed` (1, 2, X, Y, Z) float32 (moving, fixed), output `ddf` (1, 3
 float32 in voxels, as model.localnet. Exported with the TorchScript exporter
 (dynamo=False), opset 17, the batch size fixed to 1 (one pair per registration); the
 spatial axes are dynamic (any X, Y, Z divisible by 2^levels), so one file serves any grid.
+Importing this module needs numpy and onnxruntime only (torch is imported by the exporters),
+so the board-side benchmarks open their sessions through `ort_session` too.
 """
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from model.artifacts import atomic_path, git_commit
 from model.config import Config, config_to_dict
@@ -24,11 +25,12 @@ INPUT, OUTPUT = "moving_fixed", "ddf"
 DYNAMIC_AXES = {INPUT: {2: "X", 3: "Y", 4: "Z"}, OUTPUT: {2: "X", 3: "Y", 4: "Z"}}
 
 
-def export_fp32(folded: torch.nn.Module, cfg: Config, path: Path, dynamic: bool = True) -> Path:
+def export_fp32(folded, cfg: Config, path: Path, dynamic: bool = True) -> Path:
     """Write the BatchNorm-folded float network as ONNX, with the resolved config in its metadata;
     `dynamic=False` fixes the spatial axes to the working grid (onnxruntime's quantisation
     pre-processing cannot infer the Resize shapes of the dynamic graph)."""
     import onnx
+    import torch
 
     x = torch.zeros(1, 2, *cfg.data.shape)
     with atomic_path(path) as tmp:

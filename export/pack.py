@@ -18,7 +18,6 @@ from __future__ import annotations
 import numpy as np
 
 DENSE, BITMASK = 0, 1
-ENCODING_NAMES = {DENSE: "dense", BITMASK: "bitmask"}
 
 
 def check_range(q: np.ndarray, bits: int) -> None:

@@ -25,7 +25,6 @@ MAGIC = b"LNWB"
 VERSION = 1
 ALIGN = 16
 OP_CONV3D, OP_QUANT = 1, 2
-OP_NAMES = {OP_CONV3D: "conv3d", OP_QUANT: "quant"}
 FLAG_RELU = 1
 
 # file header: magic, version, header bytes, record count, file bytes, meta bytes, meta crc, 0, header crc

@@ -46,13 +46,13 @@ def _sha(data: bytes) -> str:
 def golden(weights: Path, cfg, data_dir: Path, out: Path, pairs: int = 2, force: bool = False) -> dict:
     from model.artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text, git_commit, tool_versions
     from model.config import config_to_dict
-    from model.data import load_dataset
+    from model.data import load_dataset, test_pairs
 
     if (out / "manifest.json").exists() and not force:
         raise FileExistsError(f"{out}: golden vectors exist; regenerate explicitly with --force (make golden FORCE=1)")
     ref = Reference.from_file(weights)
     subjects = load_dataset(data_dir, cfg.data, "test", progress=False)
-    order = [(m, f) for f in range(len(subjects)) for m in range(len(subjects)) if m != f][:pairs]
+    order = test_pairs(subjects)[:pairs]
     if force and out.exists():
         shutil.rmtree(out)
     manifest = {"weights": str(weights), "weights_sha256": _sha(Path(weights).read_bytes()),

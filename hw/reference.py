@@ -118,10 +118,6 @@ def add_s8(a: QTensor, b: QTensor, out: Record) -> QTensor:
     return add_acc(a.q, a.e, b.q, b.e, out)
 
 
-def requant_s8(x: QTensor, out: Record) -> QTensor:
-    return QTensor(requantize_shift_rne(x.q.astype(np.int64), x.e - out.e0, *saturate_range(out.relu)), out.e0)
-
-
 def maxpool2_s8(x: QTensor) -> QTensor:
     """2x2x2 max-pool, stride 2: values move, scale unchanged."""
     n, c, d, h, w = x.q.shape

@@ -254,6 +254,14 @@ def split_counts(n: int, n_train: int, n_test: int) -> tuple[int, int]:
     return n - test, test
 
 
+def test_pairs(subjects: list) -> list[tuple[int, int]]:
+    """All ordered (moving, fixed) index pairs, fixed-major: the order every stage evaluates in."""
+    return [(m, f) for f in range(len(subjects)) for m in range(len(subjects)) if m != f]
+
+
+test_pairs.__test__ = False  # a helper, not a pytest test
+
+
 def load_dataset(root: str | Path, cfg: DataConfig, split: str = "all", progress: bool = False) -> list[Subject]:
     """Load the subjects of `split` ('train', 'test' or 'all'): the first n_train by name train, the rest test."""
     files = find_subjects(root)

@@ -28,18 +28,13 @@ import torch
 
 from model.artifacts import atomic_path, atomic_write_json, atomic_write_text, git_commit
 from model.config import Config, ConfigError, config_to_dict, load_config
-from model.data import DataError, Subject, load_dataset
+from model.data import DataError, Subject, load_dataset, test_pairs
 from model.localnet import count_parameters, fold_batchnorm
 from model.metrics import centroid_distance_mm, dice, folding_pct, landmark_tre_mm, rms
 from model.train import load_checkpoint, model_from_checkpoint
 from model.warp import warp
 
 ROW_ORDER = ["identity", "trained", "pruned", "pruned_finetuned", "int8_qat", "int4_qat", "ptq_ort_int8"]
-
-
-def test_pairs(subjects: list[Subject]) -> list[tuple[int, int]]:
-    """All ordered (moving, fixed) pairs."""
-    return [(m, f) for f in range(len(subjects)) for m in range(len(subjects)) if m != f]
 
 
 def predict_ddf(net, moving: np.ndarray, fixed: np.ndarray) -> np.ndarray:

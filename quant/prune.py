@@ -112,14 +112,20 @@ def prune(cfg: Config, ckpt: Path, data_dir: Path, out: Path, resume: bool = Fal
     net, _ = model_from_checkpoint(load_checkpoint(ckpt, cfg))
     net = fold_batchnorm(net)
     data = load_train_data(cfg, data_dir, progress)
+
+    def meta(amount: float, masks: Masks) -> dict:
+        return {"stage": "prune", "folded": True, "masks": masks, "amount": amount,
+                "sparsity": weight_sparsity(net), "source": str(ckpt)}
+
+    def save_untrained(path: Path, info: dict) -> None:  # a pruned network before any fine-tuning
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save(path, {"model": net.state_dict(), "step": 0, "config": config_to_dict(cfg),
+                                 "git_commit": git_commit(), "versions": tool_versions(), **info})
+
     # sparsity 0: the folded, unpruned network, the start of the pruning curve and of unpruned QAT
     d0 = sparsity_dir(out, 0.0)
-    d0.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save(d0 / "model.pt", {
-        "model": net.state_dict(), "step": 0, "config": config_to_dict(cfg), "git_commit": git_commit(),
-        "versions": tool_versions(), "stage": "prune", "folded": True, "amount": 0.0, "sparsity": weight_sparsity(net),
-        "masks": {k: torch.ones_like(w, dtype=torch.bool) for k, w in prunable_weights(net).items()},
-        "source": str(ckpt)})
+    save_untrained(d0 / "model.pt", meta(0.0, {k: torch.ones_like(w, dtype=torch.bool)
+                                               for k, w in prunable_weights(net).items()}))
     done, layers = [], {}
     for i, amount in enumerate(cfg.prune.amounts):
         d = sparsity_dir(out, amount)
@@ -130,14 +136,11 @@ def prune(cfg: Config, ckpt: Path, data_dir: Path, out: Path, resume: bool = Fal
             continue
         masks = global_magnitude_masks(net, amount)
         apply_masks(net, masks)
-        meta = {"stage": "prune", "folded": True, "masks": masks, "amount": amount,
-                "sparsity": weight_sparsity(net), "source": str(ckpt)}
-        d.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save(d / "pruned.pt", {"model": net.state_dict(), "step": 0, "config": config_to_dict(cfg),
-                                            "git_commit": git_commit(), "versions": tool_versions(), **meta})
+        m = meta(amount, masks)
+        save_untrained(d / "pruned.pt", m)
         path = fit(net, cfg, data, d, steps=cfg.prune.steps, lr=cfg.prune.lr, stream=100 + i, resume=resume,
                    progress=progress, desc=f"prune {round(amount * 100)}%",
-                   after_step=lambda n, m=masks: apply_masks(n, m), extra=meta)
+                   after_step=lambda n, mk=masks: apply_masks(n, mk), extra=m)
         net, _, _ = load_pruned(path, cfg)  # asserts the held mask in the saved checkpoint
         s = weight_sparsity(net)
         if abs(s - amount) > 1e-3:

@@ -212,6 +212,13 @@ def quantizer_scales(twin: QuantLocalNet) -> dict[str, float]:
     return scales
 
 
+def pot_exponent(scale) -> int:
+    """e of a power-of-two scale 2^-e (a float or a one-element tensor)."""
+    import math
+
+    return int(round(-math.log2(float(scale))))
+
+
 def integer_params(twin: QuantLocalNet, example: torch.Tensor) -> dict[str, dict]:
     """The integers a deployment stores, per convolution (module name):
 
@@ -240,25 +247,31 @@ def integer_params(twin: QuantLocalNet, example: torch.Tensor) -> dict[str, dict
             w = torch.round(qw.value / s_w)
             b = torch.clamp(torch.round(m.bias / (s_w * s_in)), -2**31, 2**31 - 1)  # Int32Bias: RNE, saturate
             out[name] = {"weight": w.to(torch.int8).numpy(), "bits": twin.weight_bits,
-                         "e_w": int(round(-np.log2(s_w))), "e_in": int(round(-np.log2(s_in))),
+                         "e_w": pot_exponent(s_w), "e_in": pot_exponent(s_in),
                          "bias": b.to(torch.int64).numpy().astype(np.int32)}
     return out
 
 
-def calibrate(twin: QuantLocalNet, cfg: Config, data: TrainData, batches: int, stream: int) -> None:
-    """Set the activation scales from `batches` training batches (eval mode, no gradients)."""
+def calibration_batches(cfg: Config, data: TrainData, batches: int, stream: int):
+    """`batches` augmented training batches as network inputs (B, 2, X, Y, Z): (moving, fixed)."""
+    for b in range(batches):
+        mi, fi, _, _ = data.batch(cfg, b, stream=stream)
+        yield torch.cat([mi, fi], 1)
+
+
+def calibrate(twin: QuantLocalNet, inputs) -> None:
+    """Set the activation scales from `inputs`, network inputs (N, 2, X, Y, Z) (eval mode, no gradients)."""
     twin.eval()
     with torch.no_grad(), calibration_mode(twin):
-        for b in range(batches):
-            mi, fi, _, _ = data.batch(cfg, b, stream=stream)
-            twin(torch.cat([mi, fi], 1))
+        for x in inputs:
+            twin(x)
 
 
 def qat_from_pruned(cfg: Config, pruned_ckpt: Path, data: TrainData, out: Path, weight_bits: int, steps: int,
                     stream: int, resume: bool, progress: bool) -> Path:
     folded, _, masks = load_pruned(pruned_ckpt, cfg)
     twin = quant_twin(folded, cfg.model, weight_bits)
-    calibrate(twin, cfg, data, cfg.qat.calib_batches, stream)
+    calibrate(twin, calibration_batches(cfg, data, cfg.qat.calib_batches, stream))
     meta = {"stage": "qat", "weight_bits": weight_bits, "masks": masks, "sparsity": weight_sparsity(folded),
             "source": str(pruned_ckpt)}
     path = fit(twin, cfg, data, out, steps=steps, lr=cfg.qat.lr, stream=stream, resume=resume,

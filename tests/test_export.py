@@ -124,11 +124,9 @@ def test_truncation_magic_version_named(tmp_path):
 def random_twin_onnx(tmp_path_factory):
     """An untrained int8 twin with large random weights (a harder test than a trained one), its
     QCDQ ONNX, three inputs and the ddf exponent."""
-    from brevitas.graph.calibrate import calibration_mode
-
     from export.export import export_int8_onnx
     from model.config import config_from_dict
-    from quant.qat import QuantLocalNet
+    from quant.qat import QuantLocalNet, calibrate
     from tests.conftest import TINY_TOML
     import tomllib
 
@@ -139,10 +137,7 @@ def random_twin_onnx(tmp_path_factory):
         if isinstance(m, torch.nn.Conv3d) and m.weight.shape[0] == 3:
             torch.nn.init.normal_(m.weight, 0.0, 0.1)  # a visible displacement field
     xs = [torch.rand(1, 2, *cfg.data.shape).numpy() for _ in range(3)]
-    twin.eval()
-    with torch.no_grad(), calibration_mode(twin):
-        for x in xs:
-            twin(torch.from_numpy(x))
+    calibrate(twin, [torch.from_numpy(x) for x in xs])
     path = tmp_path_factory.mktemp("rt") / "q.onnx"
     export_int8_onnx(twin, cfg, path)
     e_out = int(round(-np.log2(float(twin.ddf_add["0"].act_quant.scale()))))  # the last requantisation

@@ -117,13 +117,6 @@ def exported(tiny_data, tiny_run):
     return load_config(cfg_path), out
 
 
-def _inputs(cfg, tiny_data):
-    from model.data import load_dataset
-
-    subs = load_dataset(tiny_data, cfg.data, "test", progress=False)
-    return [(subs[m].image, subs[f].image) for f in range(len(subs)) for m in range(len(subs)) if m != f]
-
-
 def test_reference_equals_brevitas_and_onnxruntime_everywhere(tiny_data, exported):
     """Every requantised tensor of the reference equals the Brevitas twin's integers and
     onnxruntime's (optimisations on and off) on every test pair: zero mismatches."""

@@ -14,7 +14,7 @@ from model.config import load_config
 from model.localnet import LocalNet, fold_batchnorm
 from model.train import fit, load_checkpoint, load_train_data
 from quant.prune import apply_masks, global_magnitude_masks, load_pruned, prunable_weights
-from quant.qat import QuantLocalNet, integer_params, load_qat, quant_twin, quantizer_scales
+from quant.qat import QuantLocalNet, calibrate, integer_params, load_qat, quant_twin, quantizer_scales
 
 
 def _net(cfg, seed=0):
@@ -142,7 +142,7 @@ def test_brevitas_qcdq_export_needs_torchscript(tiny_config, tmp_path):
     cfg = load_config(tiny_config)
     twin = QuantLocalNet(cfg.model)
     x = torch.rand(1, 2, *cfg.data.shape)
-    calibrate_fixed(twin, x)
+    calibrate(twin, [x])
     path = tmp_path / "q.onnx"
     export_onnx_qcdq(twin, args=x, export_path=str(path), dynamo=False, opset_version=17)
     model = onnx.load(str(path))
@@ -151,11 +151,3 @@ def test_brevitas_qcdq_export_needs_torchscript(tiny_config, tmp_path):
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
     with pytest.raises(RuntimeError, match="dynamo=True. does not support quantized bias"):
         export_onnx_qcdq(twin, args=x, export_path=str(tmp_path / "d.onnx"), dynamo=True)
-
-
-def calibrate_fixed(twin, x):
-    from brevitas.graph.calibrate import calibration_mode
-
-    twin.eval()
-    with torch.no_grad(), calibration_mode(twin):
-        twin(x)
