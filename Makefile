@@ -67,7 +67,8 @@ golden: $(if $(FORCE),golden-force,$(OUT)/golden/manifest.json)
 golden-force: $(OUT)/export/manifest.json
 	$(PY) -m hw.golden --weights $(OUT)/export/weights.bin --config $(CONFIG) --data $(DATA) --out $(OUT)/golden --force
 
-# compare a device's dumps (ACCEL=dir, golden layout) with the golden vectors; no ACCEL: the reference
+# compare a device's dumps (ACCEL=dir, golden layout) with the golden vectors; no ACCEL: onnxruntime
+# running the exported int8 ONNX is the device (independent of the reference)
 verify: $(OUT)/golden/manifest.json
 	$(PY) -m hw.verify --golden $(OUT)/golden --quiet $(if $(ACCEL),--accel $(ACCEL),)
 
@@ -81,8 +82,9 @@ $(OUT)/report/figure3.png: $(OUT)/train/model.pt
 
 evaluate: $(OUT)/report/figure3.png
 
-# every row of Table 1 and the pruning curve (which adds the int8 QAT models at each sparsity)
-$(OUT)/report/pruning_curve.json: $(OUT)/qat/qat.json $(OUT)/report/figure3.png
+# every row of Table 1 (sizes as make export wrote them) and the pruning curve (which adds the
+# int8 QAT models at each sparsity)
+$(OUT)/report/pruning_curve.json: $(OUT)/qat/qat.json $(OUT)/report/figure3.png $(OUT)/export/manifest.json
 	$(PY) -m quant.qat --config $(CONFIG) --prune $(OUT)/prune --data $(DATA) --out $(OUT)/qat --resume --curve
 	$(PY) -m benchmarks.accuracy --config $(CONFIG) --data $(DATA) --out $(OUT)
 

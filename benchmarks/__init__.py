@@ -1,1 +1,1 @@
-"""Later stage of the toolchain (see README: not built yet)."""
+"""Measurements: Table 1 accuracy and sizes (accuracy.py), latency per backend (latency.py)."""

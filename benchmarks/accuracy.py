@@ -15,10 +15,11 @@ test pairs (model.evaluate's metrics):
                       per-tensor, min-max calibrated on training batches), run in onnxruntime
 
 Weight bytes are counted as stored: fp32 rows 4 bytes per convolution weight and bias (dense,
-as the fp32 ONNX holds them: a float format has no zero-skipping here); QAT rows the packed
-payload of export.pack (per tensor the smaller of dense and bitmask + non-zeros; int4 two
-per byte) plus 4 bytes per int32 bias; the onnxruntime row the bytes of its ONNX initializers.
-Non-zero parameters count integer weights and biases that are not zero.
+as the fp32 ONNX holds them: a float format has no zero-skipping here); QAT rows as `make
+export` wrote them in OUT/export/weights.bin and weights_int4.bin (per tensor the packed
+payload, the smaller of dense and bitmask + non-zeros, int4 two per byte, plus 4 bytes per
+int32 bias; export.weights.stored_bytes); the onnxruntime row the bytes of its ONNX
+initializers. Non-zero parameters count integer weights and biases that are not zero.
 
 Writes OUT/report/: table1.json / table1.md (all rows), pairs_all.csv, pruning_curve.json and
 pruning_curve.png (Dice against sparsity, fp32 fine-tuned and int8 QAT; needs
@@ -27,18 +28,23 @@ pruning_curve.png (Dice against sparsity, fp32 fine-tuned and int8 QAT; needs
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from export.onnx import INPUT, export_fp32, ort_session
 from model.artifacts import atomic_path, atomic_write_json, git_commit
-from model.config import Config, ConfigError, config_to_dict, load_config
-from model.data import DataError, load_dataset
-from model.evaluate import evaluate_pairs, predict_ddf, summarise, table_markdown, test_pairs, update_table, write_csv
+from model.checkpoint import load_checkpoint, model_from_checkpoint
+from model.cli import run_cli
+from model.config import Config, config_to_dict, load_config
+from model.data import load_dataset, test_pairs
+from model.evaluate import evaluate_pairs, predict_ddf, rows_markdown, summarise, write_csv, write_table
 from model.localnet import count_parameters, fold_batchnorm
-from model.train import load_checkpoint, load_train_data, model_from_checkpoint
+from model.train import load_train_data
+
+ROWS = ["identity", "trained", "pruned", "pruned_finetuned", "int8_qat", "int4_qat", "ptq_ort_int8"]
 
 
 def fp32_row_stats(net) -> tuple[int, int]:
@@ -46,14 +52,14 @@ def fp32_row_stats(net) -> tuple[int, int]:
     return nonzero, 4 * total
 
 
-def int_row_stats(params: dict[str, dict]) -> tuple[int, int]:
-    from export.pack import encode_weights
+def exported_row_stats(path: Path, cfg: Config) -> tuple[int, int]:
+    """(non-zero parameters, stored bytes) of a weights.bin that `make export` wrote with `cfg`."""
+    from export.weights import read_weights, stored_bytes
 
-    nonzero = stored = 0
-    for p in params.values():
-        nonzero += int(np.count_nonzero(p["weight"])) + int(np.count_nonzero(p["bias"]))
-        stored += len(encode_weights(p["weight"], p["bits"])[1]) + 4 * p["bias"].size
-    return nonzero, stored
+    wb = read_weights(need(path, "make export"))
+    if json.dumps(wb.meta.get("config"), sort_keys=True) != json.dumps(config_to_dict(cfg), sort_keys=True):
+        raise ValueError(f"{path}: exported with another config; run `make export` again")
+    return stored_bytes(wb.records.values())
 
 
 def calibration_inputs(cfg: Config, data_dir: Path, batches: int) -> list[np.ndarray]:
@@ -71,13 +77,11 @@ def need(path: Path, target: str) -> Path:
 
 
 def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dict:
-    from export.onnx import INPUT, export_fp32, initializer_bytes, ort_session, quantize_ort_static
     from quant.prune import sparsity_dir
-    from quant.qat import curve_name, integer_params, load_qat
+    from quant.qat import curve_name, load_qat
 
     rep = out / "report"
     subjects = load_dataset(data_dir, cfg.data, "test", progress=progress)
-    example = torch.from_numpy(np.stack([subjects[0].image, subjects[-1].image])[None])
 
     def torch_fn(net):
         return lambda m, f: predict_ddf(net, m.image, f.image)
@@ -89,9 +93,9 @@ def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dic
     for name, file in (("pruned", "pruned.pt"), ("pruned_finetuned", "model.pt")):
         net, _ = model_from_checkpoint(load_checkpoint(need(sparsity_dir(out / "prune", first) / file, "make prune"), cfg))
         models[name] = (net, fp32_row_stats(net))
-    for name, sub in (("int8_qat", "int8"), ("int4_qat", "int4")):
+    for name, sub, wfile in (("int8_qat", "int8", "weights.bin"), ("int4_qat", "int4", "weights_int4.bin")):
         twin, _ = load_qat(need(out / "qat" / sub / "model.pt", "make qat"), cfg)
-        models[name] = (twin, int_row_stats(integer_params(twin, example)))
+        models[name] = (twin, exported_row_stats(out / "export" / wfile, cfg))
 
     fp32_onnx, ptq_onnx = rep / "localnet_fp32.onnx", rep / "ptq_ort_int8.onnx"
     rep.mkdir(parents=True, exist_ok=True)
@@ -114,7 +118,7 @@ def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dic
             "int8_sparsity": cfg.qat.int8_sparsity, "int4_sparsity": cfg.qat.int4_sparsity,
             "weight_bytes_note": "fp32 dense float32; QAT rows export.pack payload + int32 biases; "
                                  "ptq_ort_int8 ONNX initializer bytes"}
-    table = update_table(rep, rows, meta)
+    table = write_table(rep / "table1.json", {**meta, "rows": sorted(rows, key=lambda r: ROWS.index(r["model"]))})
 
     # pruning curve: Dice against sparsity, fp32 fine-tuned and int8 QAT
     curve = {"sparsity": [0.0, *cfg.prune.amounts], "fp32": [], "int8": [], "git_commit": git_commit()}
@@ -130,6 +134,39 @@ def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dic
     atomic_write_json(rep / "pruning_curve.json", curve)
     plot_curve(rep / "pruning_curve.png", curve)
     return table
+
+
+def quantize_ort_static(fp32_path: Path, out_path: Path, calib_inputs: list[np.ndarray]) -> Path:
+    """onnxruntime's post-training static quantisation: QDQ format, int8 activations and weights
+    (s8s8), per-tensor, calibrated (min-max) on `calib_inputs`, each (1, 2, X, Y, Z) float32."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calib_inputs)
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {INPUT: x.astype(np.float32)}
+
+    with atomic_path(out_path) as tmp:
+        quant_pre_process(str(fp32_path), str(tmp))  # shape inference + graph clean-up, as ORT advises
+        quantize_static(str(tmp), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=False)
+    return out_path
+
+
+def initializer_bytes(path: Path) -> int:
+    """Bytes of the tensors a model stores (initializers, sparse ones included), decoded."""
+    import onnx
+    from onnx import numpy_helper
+
+    g = onnx.load(str(path)).graph
+    n = sum(numpy_helper.to_array(t).nbytes for t in g.initializer)
+    for s in g.sparse_initializer:
+        n += numpy_helper.to_array(s.values).nbytes + numpy_helper.to_array(s.indices).nbytes
+    return n
 
 
 def onnx_nonzero_params(path: Path) -> int:
@@ -173,13 +210,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
-    try:
-        table = report(load_config(a.config), a.data, a.out, progress=not a.no_progress)
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(table_markdown(table))
-    return 0
+
+    def body():
+        print(rows_markdown(report(load_config(a.config), a.data, a.out, progress=not a.no_progress)))
+    return run_cli(body)
 
 
 if __name__ == "__main__":

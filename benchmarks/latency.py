@@ -12,10 +12,13 @@ grid; any shape divisible by 2^levels: the ONNX files have dynamic spatial axes)
 does not depend on the content.
 
 Per backend: p50/p90/p99 latency (ms), pairs per second (1000 / p50), peak RSS (MB), model
-file bytes, and `matches_reference`: integer backends must give the integer reference's
-ddf exactly; float backends must lie within 0.5 voxel (mean absolute difference) of the
-reference's dequantised ddf: they run the unquantised network, so only closeness is
-expected. Writes OUT/latency.json, latency.md and latency.png.
+file bytes, and `matches_reference` against the integer reference (hw/reference.py, which
+is the reference and so has none): integer backends must give its ddf exactly; float
+backends run the unpruned, unquantised network, so only closeness is expected: their mean
+absolute difference from the reference's dequantised ddf, relative to the reference's mean
+|ddf| (`rel_error`), must be at most FLOAT_REL_TOL. A zero field scores 1.0 and fails, as
+does any field when the reference's is zero. Writes OUT/latency.json, latency.md and
+latency.png.
 """
 from __future__ import annotations
 
@@ -35,7 +38,9 @@ if str(ROOT) not in sys.path:  # runnable as a script from a checkout, without i
     sys.path.insert(0, str(ROOT))
 
 BACKENDS = ["torch_fp32", "ort_fp32", "ort_int8", "openvino_fp32", "openvino_int8", "reference_int"]
-FLOAT_TOL_VOX = 0.5
+# the float network (trained) and the int8 one (pruned, QAT fine-tuned) are different models:
+# on the demo their fields differ by about TODO of the field's mean magnitude; a zero field gives 1.0
+FLOAT_REL_TOL = 0.5
 
 
 def platform_info() -> dict:
@@ -80,7 +85,7 @@ def make_runner(backend: str, export: Path, ckpt: Path, threads: int, shape: lis
         import torch
 
         from model.localnet import fold_batchnorm
-        from model.train import load_checkpoint, model_from_checkpoint
+        from model.checkpoint import load_checkpoint, model_from_checkpoint
 
         torch.set_num_threads(threads)
         net = fold_batchnorm(model_from_checkpoint(load_checkpoint(ckpt))[0]).eval()
@@ -145,15 +150,30 @@ def available(backend: str, ckpt: Path) -> bool:
     return True
 
 
-def compare(res: dict, ref: dict) -> bool | None:
-    e = ref["ddf"]["e"]
-    ref_q = np.asarray(ref["ddf"]["q"], np.int64)
-    if "q" in res["ddf"]:
-        return bool(np.array_equal(np.asarray(res["ddf"]["q"]), ref_q))
-    f = np.asarray(res["ddf"]["f"], np.float64)
-    if res["backend"].endswith("int8"):  # dequantised int8 output: compare the integers exactly
-        return bool(np.array_equal(np.round(f * 2.0**e).astype(np.int64), ref_q))
-    return bool(np.abs(f - ref_q * 2.0**-e).mean() <= FLOAT_TOL_VOX)
+def compare(ddf: dict, backend: str, ref: dict) -> tuple[bool, float | None]:
+    """(matches, relative error) of a backend's ddf against the reference's: `ddf` and `ref` as
+    the workers report them ({"q": int8 list} or {"f": float list}; the reference {"q", "e"})."""
+    e = ref["e"]
+    ref_q = np.asarray(ref["q"], np.int64)
+    if "q" in ddf:
+        return bool(np.array_equal(np.asarray(ddf["q"]), ref_q)), None
+    f = np.asarray(ddf["f"], np.float64)
+    if backend.endswith("int8"):  # dequantised int8 output: compare the integers exactly
+        return bool(np.array_equal(np.round(f * 2.0**e).astype(np.int64), ref_q)), None
+    r = ref_q * 2.0**-e
+    scale = np.abs(r).mean()
+    rel = float(np.abs(f - r).mean() / scale) if scale > 0 else float("inf")
+    return rel <= FLOAT_REL_TOL, round(rel, 4)
+
+
+def match_text(r: dict) -> str:
+    if r["backend"] == "reference_int":
+        return "(is the reference)"
+    if r["matches_reference"] is None:
+        return "n/a"
+    if r["rel_error"] is None:  # an integer backend
+        return "yes, exactly" if r["matches_reference"] else "NO: not bit-exact"
+    return f"{'yes' if r['matches_reference'] else 'NO'} (rel. error {r['rel_error']:.3f})"
 
 
 def markdown(report: dict) -> str:
@@ -164,7 +184,7 @@ def markdown(report: dict) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         lines.append(f"| {r['backend']} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['pairs_per_s']} | "
-                     f"{r['peak_rss_mb']} | {r['model_bytes']} | {r['matches_reference']} |")
+                     f"{r['peak_rss_mb']} | {r['model_bytes']} | {match_text(r)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -236,9 +256,11 @@ def main(argv=None) -> int:
         results.append(json.loads(r.stdout.strip().splitlines()[-1]))
     ref = next((r for r in results if r["backend"] == "reference_int"), None)
     for r in results:
-        r["matches_reference"] = compare(r, ref) if ref is not None else None
+        r["matches_reference"], r["rel_error"] = None, None
+        if ref is not None and r is not ref:
+            r["matches_reference"], r["rel_error"] = compare(r["ddf"], r["backend"], ref["ddf"])
     report = {"platform": platform_info(), "shape": shape, "threads": a.threads,
-              "warmup": a.warmup, "runs": a.runs, "float_tolerance_voxels": FLOAT_TOL_VOX,
+              "warmup": a.warmup, "runs": a.runs, "float_rel_tolerance": FLOAT_REL_TOL,
               "results": [{k: v for k, v in r.items() if k != "ddf"} for r in results]}
     from model.artifacts import atomic_write_json, atomic_write_text  # standard library only
 

@@ -1,1 +1,1 @@
-"""Later stage of the toolchain (see README: not built yet)."""
+"""Deployable files: ONNX (fp32, int8 QCDQ, QONNX, register), weights.bin, hex and C header, manifest."""

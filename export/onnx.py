@@ -1,7 +1,9 @@
-"""ONNX export of LocalNet and its post-training-quantised onnxruntime peer.
+"""The network as ONNX (fp32, int8 QCDQ, QONNX, sparse initializers) and onnxruntime sessions.
 
-    from export.onnx import export_fp32, quantize_ort_static
+    from export.onnx import export_fp32, export_int8_onnx, sparsify_initializers, ort_session
     export_fp32(fold_batchnorm(net), cfg, "localnet_fp32.onnx")
+    export_int8_onnx(twin, cfg, "localnet_int8_dense.onnx")       # Brevitas QCDQ, dynamo=False
+    sparsify_initializers("localnet_int8_dense.onnx", "localnet_int8.onnx", "auto")
 
 Input `moving_fixed` (1, 2, X, Y, Z) float32 (moving, fixed), output `ddf` (1, 3, X, Y, Z)
 float32 in voxels, as model.localnet. Exported with the TorchScript exporter
@@ -21,6 +23,7 @@ from model.artifacts import atomic_path, git_commit
 from model.config import Config, config_to_dict
 
 OPSET = 17
+INT8_OPSET = 17
 INPUT, OUTPUT = "moving_fixed", "ddf"
 DYNAMIC_AXES = {INPUT: {2: "X", 3: "Y", 4: "Z"}, OUTPUT: {2: "X", 3: "Y", 4: "Z"}}
 
@@ -47,27 +50,6 @@ def _set_metadata(model, entries: dict[str, str]) -> None:
     for k, v in entries.items():
         p = model.metadata_props.add()
         p.key, p.value = k, v
-
-
-def quantize_ort_static(fp32_path: Path, out_path: Path, calib_inputs: list[np.ndarray]) -> Path:
-    """onnxruntime's post-training static quantisation: QDQ format, int8 activations and weights
-    (s8s8), per-tensor, calibrated (min-max) on `calib_inputs`, each (1, 2, X, Y, Z) float32."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(calib_inputs)
-
-        def get_next(self):
-            x = next(self.it, None)
-            return None if x is None else {INPUT: x.astype(np.float32)}
-
-    with atomic_path(out_path) as tmp:
-        quant_pre_process(str(fp32_path), str(tmp))  # shape inference + graph clean-up, as ORT advises
-        quantize_static(str(tmp), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=False)
-    return out_path
 
 
 # onnxruntime on x86 rewrites a QDQ graph's int8 activations to uint8 (zero-point 128) to use
@@ -98,13 +80,56 @@ def ort_session(path: Path, optimize: bool = True, threads: int = 0, keep_s8: bo
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def initializer_bytes(path: Path) -> int:
-    """Bytes of the tensors a model stores (initializers, sparse ones included), decoded."""
-    import onnx
-    from onnx import numpy_helper
+def export_int8_onnx(twin, cfg: Config, path: Path) -> Path:
+    from brevitas.export import export_onnx_qcdq
 
-    g = onnx.load(str(path)).graph
-    n = sum(numpy_helper.to_array(t).nbytes for t in g.initializer)
-    for s in g.sparse_initializer:
-        n += numpy_helper.to_array(s.values).nbytes + numpy_helper.to_array(s.indices).nbytes
-    return n
+    x = torch.zeros(1, 2, *cfg.data.shape)
+    with atomic_path(path) as tmp:
+        export_onnx_qcdq(twin.eval(), args=x, export_path=str(tmp), dynamo=False, opset_version=INT8_OPSET,
+                         input_names=[INPUT], output_names=[OUTPUT], dynamic_axes=DYNAMIC_AXES)
+    return path
+
+
+def export_qonnx(twin, cfg: Config, path: Path) -> Path:
+    from brevitas.export import export_qonnx as brevitas_qonnx
+
+    x = torch.zeros(1, 2, *cfg.data.shape)
+    with atomic_path(path) as tmp:
+        brevitas_qonnx(twin.eval(), args=x, export_path=str(tmp), dynamo=False, opset_version=INT8_OPSET,
+                       input_names=[INPUT], output_names=[OUTPUT])
+    return path
+
+
+def sparsify_initializers(src: Path, dst: Path, mode: str = "auto") -> list[dict]:
+    """Rewrite the int8 convolution weights of `src` as sparse_initializers: `auto` where that is
+    smaller (nnz * (1 + 8) < numel: values int8 plus int64 indices), `all`, or `none`.
+    Records the choice and sparsity per tensor in the model metadata; returns that list."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    g = model.graph
+    keep, chosen = [], []
+    for t in g.initializer:
+        a = numpy_helper.to_array(t)
+        if a.dtype != np.int8 or a.ndim != 5:
+            keep.append(t)
+            continue
+        nz = np.flatnonzero(a.ravel())
+        dense, sparse = a.size, len(nz) * 9
+        use = mode == "all" or (mode == "auto" and sparse < dense)
+        chosen.append({"name": t.name, "sparsity": round(1 - len(nz) / a.size, 4), "dense_bytes": dense,
+                       "sparse_bytes": sparse, "stored": "sparse" if use else "dense"})
+        if not use:
+            keep.append(t)
+            continue
+        values = numpy_helper.from_array(a.ravel()[nz], t.name)
+        indices = numpy_helper.from_array(nz.astype(np.int64), t.name + "_indices")
+        g.sparse_initializer.append(helper.make_sparse_tensor(values, indices, list(a.shape)))
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    p = model.metadata_props.add()
+    p.key, p.value = "sparse_initializers", json.dumps(chosen)
+    with atomic_path(dst) as tmp:
+        onnx.save(model, str(tmp))
+    return chosen

@@ -53,12 +53,32 @@ class Record:
     weight: np.ndarray | None = None
     bias: np.ndarray | None = None
     encoding: int = 0  # filled in when written / read
+    payload_bytes: int = 0  # packed weight bytes as stored (filled in when written / read)
 
 
 @dataclass
 class WeightsFile:
     meta: dict
     records: dict[str, Record] = field(default_factory=dict)
+
+
+def acc_bound(r: Record, act_bits: int = 8) -> int:
+    """Worst |accumulator| of a conv3d record: max over output channels of
+    sum |w| * max|x| + |bias|, with max|x| = 2^(act_bits-1) (int8: 128)."""
+    xmax = 2 ** (act_bits - 1)
+    per_out = np.abs(r.weight.astype(np.int64)).reshape(r.weight.shape[0], -1).sum(1) * xmax
+    return int((per_out + np.abs(r.bias.astype(np.int64))).max())
+
+
+def stored_bytes(records) -> tuple[int, int]:
+    """(non-zero integer parameters, stored parameter bytes) of conv3d records as written or read:
+    the packed weight payloads plus 4 bytes per int32 bias (the file adds headers and names)."""
+    nonzero = stored = 0
+    for r in records:
+        if r.op == OP_CONV3D:
+            nonzero += int(np.count_nonzero(r.weight)) + int(np.count_nonzero(r.bias))
+            stored += r.payload_bytes + 4 * r.bias.size
+    return nonzero, stored
 
 
 def _pad(n: int, a: int = ALIGN) -> int:
@@ -76,6 +96,7 @@ def _record_bytes(r: Record) -> bytes:
         if w.ndim != 5:
             raise WeightsError(f"record {r.name}: conv3d weight must be 5-D, got shape {w.shape}")
         r.encoding, payload = encode_weights(w, r.bits)
+        r.payload_bytes = len(payload)
         nnz, shape = int(np.count_nonzero(w)), w.shape
         b = np.asarray(r.bias)
         if b.shape != (w.shape[0],) or b.dtype != np.int32:
@@ -147,7 +168,7 @@ def read_weights(path: str | Path) -> WeightsFile:
         body = data[at + RECORD.size:at + size]
         name = body[:name_len].decode()
         where = f"{path}: record {i} ({name})"
-        r = Record(name, op, bits, e0, e1, relu=bool(flags & FLAG_RELU), encoding=enc)
+        r = Record(name, op, bits, e0, e1, relu=bool(flags & FLAG_RELU), encoding=enc, payload_bytes=n_payload)
         if op == OP_CONV3D:
             shape = (c_out, c_in, kd, kh, kw)
             off = _pad(name_len, 4)

@@ -1,1 +1,1 @@
-"""Later stage of the toolchain (see README: not built yet)."""
+"""The integer reference (the definition the hardware must meet), golden vectors, verification, crosscheck."""

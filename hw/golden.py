@@ -18,29 +18,16 @@ Existing golden vectors are never overwritten silently: regenerating is the expl
 from __future__ import annotations
 
 import argparse
-import hashlib
+import io
 import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from export.hexfile import to_readmemh
 from hw.reference import Reference, quantize_input
-
-
-def to_hex(q: np.ndarray) -> str:
-    return "".join(f"{v:02x}\n" for v in (q.ravel().astype(np.int16) & 0xFF))
-
-
-def from_hex(text: str, shape: tuple[int, ...]) -> np.ndarray:
-    v = np.array([int(x, 16) for x in text.split()], dtype=np.int16)
-    if v.size != int(np.prod(shape)):
-        raise ValueError(f"{v.size} hex words for shape {shape}")
-    return np.where(v > 127, v - 256, v).astype(np.int8).reshape(shape)
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+from model.artifacts import sha256_file
 
 
 def golden(weights: Path, cfg, data_dir: Path, out: Path, pairs: int = 2, force: bool = False) -> dict:
@@ -55,7 +42,7 @@ def golden(weights: Path, cfg, data_dir: Path, out: Path, pairs: int = 2, force:
     order = test_pairs(subjects)[:pairs]
     if force and out.exists():
         shutil.rmtree(out)
-    manifest = {"weights": str(weights), "weights_sha256": _sha(Path(weights).read_bytes()),
+    manifest = {"weights": str(weights), "weights_sha256": sha256_file(weights),
                 "layout": "NCDHW, C order; .hex: one two's-complement int8 per line, 2 hex digits",
                 "config": config_to_dict(cfg), "seed": cfg.train.seed, "git_commit": git_commit(),
                 "versions": tool_versions(), "generator": "hw/golden.py", "pairs": []}
@@ -65,11 +52,10 @@ def golden(weights: Path, cfg, data_dir: Path, out: Path, pairs: int = 2, force:
         d = out / f"pair_{k:02d}"
         tensors = {}
         for name, t in trace.items():
-            buf = _npy_bytes(t.q)
-            atomic_write_bytes(d / f"{name}.npy", buf)
-            atomic_write_text(d / f"{name}.hex", to_hex(t.q))
-            tensors[name] = {"shape": list(t.q.shape), "dtype": "int8", "exponent": t.e, "sha256_npy": _sha(buf),
-                             "sha256_hex": _sha((d / f"{name}.hex").read_bytes())}
+            atomic_write_bytes(d / f"{name}.npy", _npy_bytes(t.q))
+            atomic_write_text(d / f"{name}.hex", to_readmemh(t.q, 2))
+            tensors[name] = {"shape": list(t.q.shape), "dtype": "int8", "exponent": t.e,
+                             "sha256_npy": sha256_file(d / f"{name}.npy"), "sha256_hex": sha256_file(d / f"{name}.hex")}
         manifest["pairs"].append({"dir": d.name, "moving": subjects[mi].name, "fixed": subjects[fi].name,
                                   "tensors": tensors})
     atomic_write_json(out / "manifest.json", manifest)
@@ -77,8 +63,6 @@ def golden(weights: Path, cfg, data_dir: Path, out: Path, pairs: int = 2, force:
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
-    import io
-
     b = io.BytesIO()
     np.save(b, a)
     return b.getvalue()
@@ -93,17 +77,14 @@ def main(argv=None) -> int:
     ap.add_argument("--pairs", type=int, default=2)
     ap.add_argument("--force", action="store_true", help="replace existing golden vectors")
     a = ap.parse_args(argv)
-    from model.config import ConfigError, load_config
-    from model.data import DataError
+    from model.cli import run_cli
+    from model.config import load_config
 
-    try:
+    def body():
         m = golden(a.weights, load_config(a.config), a.data, a.out, a.pairs, a.force)
-    except (ConfigError, DataError, FileExistsError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    n = sum(len(p["tensors"]) for p in m["pairs"])
-    print(f"[golden] {len(m['pairs'])} pairs, {n} tensors -> {a.out}", file=sys.stderr)
-    return 0
+        n = sum(len(p["tensors"]) for p in m["pairs"])
+        print(f"[golden] {len(m['pairs'])} pairs, {n} tensors -> {a.out}", file=sys.stderr)
+    return run_cli(body)
 
 
 if __name__ == "__main__":

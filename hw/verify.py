@@ -1,13 +1,20 @@
 """Compare an accelerator's tensor dumps with the golden vectors, element for element.
 
     python -m hw.verify --golden runs/demo/golden --accel DUMPS     # a device's dumps
-    python -m hw.verify --golden runs/demo/golden                   # the reference as the device
+    python -m hw.verify --golden runs/demo/golden                   # onnxruntime as the device
 
 DUMPS has the golden layout: DUMPS/pair_XX/<tensor>.npy (int8, NCDHW), for every tensor the
 golden manifest lists. Per pair and tensor it reports the number of mismatching elements,
 the first mismatch as (n, c, d, h, w) with expected and actual values, and the largest
 difference in LSB; exits 1 on any mismatch, 2 on unusable input (a missing tensor, a dump
-of the wrong shape or dtype, an unreadable file). numpy only.
+of the wrong shape or dtype, an unreadable file, a weights.bin whose sha256 is not the one
+the golden vectors were made from).
+
+Without --accel the device is onnxruntime running the exported localnet_int8.onnx (beside
+weights.bin; --onnx to name another) on the golden inputs: an implementation independent of
+the reference (Brevitas' QCDQ graph, onnxruntime's kernels), so a PASS there is evidence, not
+the reference compared with itself. Comparing dumps needs numpy only; that mode needs onnx
+and onnxruntime too.
 """
 from __future__ import annotations
 
@@ -69,46 +76,72 @@ def verify(golden: Path, accel: Path) -> tuple[int, list[str]]:
     return total, lines
 
 
-def reference_dumps(golden: Path, out: Path) -> None:
-    """Run the integer reference on the golden inputs, writing dumps in the golden layout."""
-    from hw.reference import QTensor, Reference
+def check_weights(golden: Path, weights: Path | None = None) -> Path:
+    """The weights.bin the golden vectors were made from (or `weights`), its sha256 checked
+    against the golden manifest's: a device loading other weights cannot be verified."""
+    from model.artifacts import sha256_file
 
     manifest = json.loads((golden / "manifest.json").read_text())
-    ref = Reference.from_file(manifest["weights"])
+    path = Path(weights or manifest["weights"])
+    if not path.is_file():
+        raise DumpError(f"{path}: weights file of the golden vectors not found (--weights to name it)")
+    if sha256_file(path) != manifest["weights_sha256"]:
+        raise DumpError(f"{path}: sha256 differs from the one in {golden}/manifest.json: the golden vectors "
+                        "were made from other weights (make golden FORCE=1 regenerates them)")
+    return path
+
+
+def onnx_dumps(golden: Path, onnx_path: Path, out: Path) -> None:
+    """Run onnxruntime (hw.crosscheck.OnnxDevice) on the golden inputs; dumps in the golden layout."""
+    from hw.crosscheck import OnnxDevice
+    from hw.reference import QTensor
+
+    manifest = json.loads((golden / "manifest.json").read_text())
+    dev = OnnxDevice(onnx_path)
     for pair in manifest["pairs"]:
-        x = QTensor(np.load(golden / pair["dir"] / "input.npy"), pair["tensors"]["input"]["exponent"])
-        trace: dict = {}
-        ref.run(x, trace)
+        tensors = pair["tensors"]
+        x = QTensor(load_dump(golden / pair["dir"] / "input.npy", tensors["input"]["shape"]),
+                    tensors["input"]["exponent"])
+        got = dev.run(x)
+        e = tensors["ddf"]["exponent"]  # the float ddf is q * 2^-e exactly
+        got["ddf"] = np.clip(np.rint(got.pop("__ddf_float").astype(np.float64) * 2.0**e), -128, 127)
         d = out / pair["dir"]
         d.mkdir(parents=True, exist_ok=True)
-        for name, t in trace.items():
-            np.save(d / f"{name}.npy", t.q)
+        for name in tensors:
+            if name in got:
+                np.save(d / f"{name}.npy", got[name].astype(np.int8))
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--golden", required=True, type=Path)
-    ap.add_argument("--accel", type=Path, help="the device's dumps; default: run the reference as the device")
+    ap.add_argument("--accel", type=Path, help="the device's dumps; default: onnxruntime as the device")
+    ap.add_argument("--weights", type=Path, help="the weights.bin the device ran (default: the golden manifest's)")
+    ap.add_argument("--onnx", type=Path, help="without --accel: the int8 ONNX (default: beside weights.bin)")
     ap.add_argument("--quiet", action="store_true", help="print mismatches and the summary only")
     a = ap.parse_args(argv)
-    if not (a.golden / "manifest.json").is_file():
-        print(f"error: {a.golden}/manifest.json: no golden vectors (make golden)", file=sys.stderr)
-        return 2
-    try:
+    from model.cli import run_cli
+
+    def body():
+        if not (a.golden / "manifest.json").is_file():
+            raise DumpError(f"{a.golden}/manifest.json: no golden vectors (make golden)")
+        weights = check_weights(a.golden, a.weights)
         if a.accel is None:
+            onnx_path = a.onnx or weights.parent / "localnet_int8.onnx"
+            if not onnx_path.is_file():
+                raise DumpError(f"{onnx_path}: int8 ONNX not found (make export, or --onnx)")
             with tempfile.TemporaryDirectory() as tmp:
-                reference_dumps(a.golden, Path(tmp))
+                onnx_dumps(a.golden, onnx_path, Path(tmp))
                 total, lines = verify(a.golden, Path(tmp))
+            print(f"device: onnxruntime running {onnx_path}")
         else:
             total, lines = verify(a.golden, a.accel)
-    except (DumpError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for ln in lines:
-        if not (a.quiet and ln.startswith("ok")):
-            print(ln)
-    print(f"{'FAIL' if total else 'PASS'}: {total} mismatching elements in {len(lines)} tensors")
-    return 1 if total else 0
+        for ln in lines:
+            if not (a.quiet and ln.startswith("ok")):
+                print(ln)
+        print(f"{'FAIL' if total else 'PASS'}: {total} mismatching elements in {len(lines)} tensors")
+        return 1 if total else 0
+    return run_cli(body)
 
 
 if __name__ == "__main__":

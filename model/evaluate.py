@@ -5,8 +5,8 @@
 Writes OUT/report/:
     pairs_trained.csv    one row per model and ordered test pair (20 pairs for 5 test subjects)
     labels_trained.csv   one row per model, pair and label
-    table1.json / .md    rows `identity` and `trained` (schema in DESIGN.md); rows other
-                         stages wrote before are kept
+    evaluate.json / .md  rows `identity` and `trained` in Table 1's row schema (README: the
+                         full Table 1 with the compressed models is benchmarks/accuracy.py's)
     figure3.png          fixed, moving and warped slices with label contours, deformation grid
 
 Metrics (model.metrics): Dice per label of the warped moving label (trilinear, >= 0.5)
@@ -27,14 +27,13 @@ import numpy as np
 import torch
 
 from model.artifacts import atomic_path, atomic_write_json, atomic_write_text, git_commit
-from model.config import Config, ConfigError, config_to_dict, load_config
+from model.checkpoint import load_checkpoint, model_from_checkpoint
+from model.cli import run_cli
+from model.config import Config, config_to_dict, load_config
 from model.data import DataError, Subject, load_dataset, test_pairs
 from model.localnet import count_parameters, fold_batchnorm
 from model.metrics import centroid_distance_mm, dice, folding_pct, landmark_tre_mm, rms
-from model.train import load_checkpoint, model_from_checkpoint
 from model.warp import warp
-
-ROW_ORDER = ["identity", "trained", "pruned", "pruned_finetuned", "int8_qat", "int4_qat", "ptq_ort_int8"]
 
 
 def predict_ddf(net, moving: np.ndarray, fixed: np.ndarray) -> np.ndarray:
@@ -108,23 +107,15 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def update_table(report: Path, rows: list[dict], meta: dict) -> dict:
-    """Merge `rows` into OUT/report/table1.json (replacing rows of the same model) and rewrite table1.md."""
-    path = report / "table1.json"
-    table = {}
-    if path.exists():
-        table = json.loads(path.read_text())
-    old = {r["model"]: r for r in table.get("rows", [])}
-    old.update({r["model"]: r for r in rows})
-    ordered = sorted(old.values(), key=lambda r: ROW_ORDER.index(r["model"]) if r["model"] in ROW_ORDER else 99)
-    table.update(meta)
-    table["rows"] = ordered
+def write_table(path: Path, table: dict) -> dict:
+    """Write a table of rows as JSON and, beside it, as markdown (`rows_markdown`)."""
     atomic_write_json(path, table)
-    atomic_write_text(report / "table1.md", table_markdown(table))
+    atomic_write_text(path.with_suffix(".md"), rows_markdown(table))
     return table
 
 
-def table_markdown(table: dict) -> str:
+def rows_markdown(table: dict) -> str:
+    """Rows in Table 1's schema as markdown; compression is relative to the `trained` row."""
     fp32 = next((r["weight_bytes"] for r in table["rows"] if r["model"] == "trained"), None)
 
     def fmt(v, nd=3):
@@ -200,7 +191,7 @@ def evaluate(ckpt: Path, data_dir: Path, out: Path, cfg_expected: Config | None 
     write_csv(report / "labels_trained.csv", all_labels)
     meta = {"dataset": str(data_dir), "pairs": len(test_pairs(subjects)), "labels": cfg.data.labels,
             "config": config_to_dict(cfg), "git_commit": git_commit(), "checkpoint": str(ckpt)}
-    table = update_table(report, rows, meta)
+    table = write_table(report / "evaluate.json", {**meta, "rows": rows})
     m, f = (1, 0) if len(subjects) > 1 else (0, 0)
     figure3(report / "figure3.png", subjects[m], subjects[f], predict_ddf(deploy, subjects[m].image, subjects[f].image),
             cfg.data.labels)
@@ -215,14 +206,11 @@ def main(argv=None) -> int:
     ap.add_argument("--config", help="refuse a checkpoint made with another config")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
-    try:
+
+    def body():
         cfg = load_config(a.config) if a.config else None
-        table = evaluate(a.ckpt, a.data, a.out, cfg, progress=not a.no_progress)
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(table_markdown(table))
-    return 0
+        print(rows_markdown(evaluate(a.ckpt, a.data, a.out, cfg, progress=not a.no_progress)))
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from model.config import ConfigError
-from model.data import (DataError, apply_affine, grid_affine, grid_coords, normalise_intensity, read_volume,
+from model.checkpoint import load_checkpoint, model_from_checkpoint
+from model.cli import run_cli
+from model.data import (apply_affine, grid_affine, grid_coords, normalise_intensity, read_volume,
                         resample, sample, volume_center, write_nifti)
 from model.evaluate import predict_ddf
 from model.localnet import fold_batchnorm
-from model.train import load_checkpoint, model_from_checkpoint
 
 
 def register(ckpt: Path, fixed_path: Path, moving_path: Path):
@@ -61,16 +61,14 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--ddf", type=Path, help="also write the displacement field (mm) here")
     a = ap.parse_args(argv)
-    try:
+
+    def body():
         warped, disp, aff = register(a.ckpt, a.fixed, a.moving)
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    write_nifti(a.out, warped, aff)
-    if a.ddf:
-        write_nifti(a.ddf, disp[:, :, :, None, :], aff, intent="vector")
-    print(f"[register] wrote {a.out}" + (f" and {a.ddf}" if a.ddf else ""), file=sys.stderr)
-    return 0
+        write_nifti(a.out, warped, aff)
+        if a.ddf:
+            write_nifti(a.ddf, disp[:, :, :, None, :], aff, intent="vector")
+        print(f"[register] wrote {a.out}" + (f" and {a.ddf}" if a.ddf else ""), file=sys.stderr)
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -31,10 +31,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from model.artifacts import atomic_torch_save, atomic_write_text, git_commit, tool_versions
-from model.config import STAGE_SECTIONS, Config, ConfigError, config_from_dict, config_to_dict, load_config
+from model.artifacts import atomic_write_text
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.cli import run_cli
+from model.config import Config, ConfigError, load_config
 from model.data import DataError, Subject, load_dataset
-from model.localnet import LocalNet, fold_batchnorm
+from model.localnet import LocalNet
 from model.losses import bending_energy, multiscale_dice_loss
 from model.warp import random_affine_ddf, warp
 
@@ -88,55 +90,6 @@ def loss_terms(net, cfg: Config, mov_img, fix_img, mov_lab, fix_lab):
     return dice + cfg.loss.bending_weight * bend, dice, bend
 
 
-def load_checkpoint(path: Path, cfg: Config | None = None, resume: bool = False) -> dict:
-    """A checkpoint dict; with `cfg`, refuse one made with another config.
-
-    Only the sections the checkpoint's stage depends on are compared (STAGE_SECTIONS);
-    with `resume`, the `steps` of any stage may differ.
-    """
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ck, dict) or "config" not in ck or "model" not in ck:
-        raise ValueError(f"{path}: not a checkpoint of this toolchain (no config/model)")
-    if cfg is not None:
-        sections = STAGE_SECTIONS[ck.get("stage", "train")]
-        want = {k: v for k, v in config_to_dict(cfg).items() if k in sections}
-        have = {k: v for k, v in ck["config"].items() if k in sections}
-        if resume:  # continuing to more (or fewer) steps is allowed
-            for sec, vals in want.items():
-                if "steps" in vals and sec in have:
-                    vals["steps"] = have[sec].get("steps", vals["steps"])
-        if have != want:
-            raise ConfigError(f"{path}: checkpoint was made with another config ({_config_diff(have, want)})")
-    return ck
-
-
-def _config_diff(a: dict, b: dict, prefix="") -> str:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            d = _config_diff(va, vb, f"{prefix}{k}.")
-            if d:
-                out.append(d)
-        elif va != vb:
-            out.append(f"{prefix}{k}: checkpoint {va!r} vs config {vb!r}")
-    return "; ".join(out)
-
-
-def model_from_checkpoint(ck: dict) -> tuple[LocalNet, Config]:
-    cfg = config_from_dict(ck["config"], "checkpoint config")
-    net = LocalNet(cfg.model)
-    if ck.get("folded"):  # pruned checkpoints hold the BatchNorm-folded network
-        net = fold_batchnorm(net)
-    net.load_state_dict(ck["model"])
-    return net.eval(), cfg
-
-
 def cosine_lr(step: int, steps: int, lr: float, lr_final: float) -> float:
     """Learning rate of `step` (0-based): cosine from `lr` at step 0 to `lr_final` at the last step."""
     if steps <= 1 or lr == lr_final:
@@ -174,11 +127,8 @@ def fit(net: torch.nn.Module, cfg: Config, data: TrainData, out: Path, *, steps:
     model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
 
     def save(step: int, path: Path):
-        atomic_torch_save(path, {
-            "model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
-            "config": config_to_dict(cfg), "git_commit": git_commit(), "versions": tool_versions(),
-            "world_size": world, **(extra or {}),
-        })
+        save_checkpoint(path, cfg, {"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                                    "world_size": world, **(extra or {})})
 
     bar = None
     if progress and rank == 0:
@@ -260,18 +210,15 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, help="override train.steps")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
-    try:
+
+    def body():
         cfg = load_config(a.config)
         if a.steps is not None:
             cfg.train.steps = a.steps
         path = train(cfg, a.data, a.out, a.resume, progress=not a.no_progress)
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"[train] wrote {path}", file=sys.stderr)
-    return 0
-
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"[train] wrote {path}", file=sys.stderr)
+    return run_cli(body)
 
 if __name__ == "__main__":
     sys.exit(main())

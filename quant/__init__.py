@@ -1,1 +1,1 @@
-"""Later stage of the toolchain (see README: not built yet)."""
+"""Compression of the trained network: pruning with held masks, the Brevitas integer twin, QAT."""

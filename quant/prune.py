@@ -30,11 +30,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from model.artifacts import atomic_torch_save, atomic_write_json, git_commit, tool_versions
-from model.config import Config, ConfigError, config_to_dict, load_config
-from model.data import DataError
+from model.artifacts import atomic_write_json, git_commit
+from model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from model.cli import run_cli
+from model.config import Config, config_to_dict, load_config
 from model.localnet import LocalNet, fold_batchnorm
-from model.train import fit, load_checkpoint, load_train_data, model_from_checkpoint, setup_torch
+from model.train import fit, load_train_data, setup_torch
 
 Masks = dict[str, torch.Tensor]  # parameter name -> bool tensor, True = kept
 
@@ -98,8 +99,8 @@ def sparsity_dir(out: Path, amount: float) -> Path:
 def load_pruned(path: Path, cfg: Config | None = None) -> tuple[LocalNet, Config, Masks]:
     """A pruned checkpoint as (folded network, config, masks), masks checked."""
     ck = load_checkpoint(path, cfg)
-    if "masks" not in ck:
-        raise ValueError(f"{path}: not a pruned checkpoint (no masks)")
+    if ck.get("stage") != "prune" or "masks" not in ck:
+        raise ValueError(f"{path}: not a pruned checkpoint (stage {ck.get('stage', 'train')!r})")
     check_masks(ck["model"], ck["masks"], str(path))
     net, ck_cfg = model_from_checkpoint(ck)
     return net, ck_cfg, ck["masks"]
@@ -118,9 +119,7 @@ def prune(cfg: Config, ckpt: Path, data_dir: Path, out: Path, resume: bool = Fal
                 "sparsity": weight_sparsity(net), "source": str(ckpt)}
 
     def save_untrained(path: Path, info: dict) -> None:  # a pruned network before any fine-tuning
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save(path, {"model": net.state_dict(), "step": 0, "config": config_to_dict(cfg),
-                                 "git_commit": git_commit(), "versions": tool_versions(), **info})
+        save_checkpoint(path, cfg, {"model": net.state_dict(), "step": 0, **info})
 
     # sparsity 0: the folded, unpruned network, the start of the pruning curve and of unpruned QAT
     d0 = sparsity_dir(out, 0.0)
@@ -164,12 +163,10 @@ def main(argv=None) -> int:
     ap.add_argument("--resume", action="store_true", help="keep finished amounts, continue the current one")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
-    try:
+
+    def body():
         prune(load_config(a.config), a.ckpt, a.data, a.out, a.resume, progress=not a.no_progress)
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(body)
 
 
 if __name__ == "__main__":

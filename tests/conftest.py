@@ -1,4 +1,6 @@
-"""Shared fixtures: a tiny synthetic IBSR-layout set and a tiny config."""
+"""Shared fixtures: a tiny synthetic IBSR-layout set, a tiny config, and its trained, pruned,
+quantised and exported run (session-scoped, each made once by its own fixture, so no test
+depends on another having run first)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -72,3 +74,24 @@ def tiny_run(tiny_data, tmp_path_factory) -> tuple[Path, Path]:
     prune(cfg, out / "train" / "model.pt", tiny_data, out / "prune", progress=False)
     qat(cfg, out / "prune", tiny_data, out / "qat", curve=True, progress=False)
     return cfg_path, out
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_data, tiny_run) -> tuple[Path, Path, dict]:
+    """(config, OUT, manifest) after `make export` on the tiny run."""
+    from export.export import export
+    from model.config import load_config
+
+    cfg_path, out = tiny_run
+    manifest = export(load_config(cfg_path), out, tiny_data, progress=False)
+    return cfg_path, out, manifest
+
+
+@pytest.fixture()
+def tiny_cfg():
+    """A fresh Config of the tiny TOML (a test may change it)."""
+    import tomllib
+
+    from model.config import config_from_dict
+
+    return config_from_dict(tomllib.loads(TINY_TOML))

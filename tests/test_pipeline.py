@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import ConfigError, load_config
+from model.data import write_nifti
 from model.evaluate import evaluate
+from model.localnet import LocalNet
 from model.register import main as register_main
-from model.localnet import count_parameters, fold_batchnorm
-from model.train import load_checkpoint, model_from_checkpoint, train
+from model.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,11 +43,19 @@ def test_train_evaluate_register(tiny_data, tiny_config, tmp_path):
     for r in rows.values():
         assert keys <= set(r) and 0.0 <= r["dice"] <= 1.0 and r["tre_mm"] >= 0 and r["landmark_tre_mm"] > 0
     assert rows["identity"]["folding_pct"] == 0.0 and rows["identity"]["nonzero_params"] == 0
-    net, _ = model_from_checkpoint(ck)
-    total, nonzero = count_parameters(fold_batchnorm(net))
-    assert rows["trained"]["weight_bytes"] == 4 * total and rows["trained"]["nonzero_params"] == nonzero
+    # the folded tiny LocalNet (base 4, levels 2, heads at 0, 1, 2, 2 input channels), by hand:
+    # weights C_in x C_out x k^3 and one bias per output channel after BatchNorm folding
+    convs = [(2, 4, 7), (4, 4, 3), (4, 4, 3),  # down.0: c0 (7^3), c1, c2
+             (4, 8, 3), (8, 8, 3), (8, 8, 3),  # down.1
+             (8, 16, 3),  # bottleneck
+             (16, 8, 3), (8, 8, 3), (8, 8, 3),  # up.0 (level 1)
+             (8, 4, 3), (4, 4, 3), (4, 4, 3),  # up.1 (level 0)
+             (4, 3, 3), (8, 3, 3), (16, 3, 3)]  # heads at levels 0, 1, 2
+    params = sum(ci * co * k**3 + co for ci, co, k in convs)
+    assert params == 22389
+    assert rows["trained"]["weight_bytes"] == 4 * params and 0 < rows["trained"]["nonzero_params"] <= params
     report = tmp_path / "report"
-    for f in ("table1.md", "pairs_trained.csv", "labels_trained.csv", "figure3.png"):
+    for f in ("evaluate.md", "pairs_trained.csv", "labels_trained.csv", "figure3.png"):
         assert (report / f).stat().st_size > 0
 
     # register real files of another size and orientation: output on the fixed grid
@@ -61,10 +71,60 @@ def test_train_evaluate_register(tiny_data, tiny_config, tmp_path):
     assert np.isfinite(w).all() and w.max() > 0
 
 
-def test_register_bad_input_is_a_clear_error(tiny_data, tmp_path, capsys):
+def test_register_bad_input_is_a_clear_error(tmp_path, capsys):
     missing = tmp_path / "none.pt"
-    rc = register_main(["--ckpt", str(missing), "--fixed", "a.nii.gz", "--moving", "b.nii.gz", "--out", "w.nii.gz"])
+    rc = register_main(["--ckpt", str(missing), "--fixed", str(tmp_path / "a.nii.gz"), "--moving",
+                        str(tmp_path / "b.nii.gz"), "--out", str(tmp_path / "w.nii.gz")])
     assert rc == 2 and "none.pt: checkpoint not found" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def _constant_field_checkpoint(cfg, path, voxels):
+    """A LocalNet checkpoint whose output is `voxels` (3,) everywhere: every head's weights zero,
+    the full-resolution head's bias the displacement (coarser heads add zero)."""
+    net = LocalNet(cfg.model)
+    with torch.no_grad():
+        for lv, head in net.heads.items():
+            head.weight.zero_()
+            head.bias.copy_(torch.tensor(voxels if lv == "0" else [0.0, 0.0, 0.0]))
+    save_checkpoint(path, cfg, {"model": net.state_dict(), "step": 0, "stage": "train"})
+
+
+@pytest.mark.parametrize("orientation", ["RAS", "LAS"])
+@pytest.mark.parametrize("net_voxels", [(0.0, 0.0, 0.0), (0.5, -0.25, 1.0)])
+def test_register_recovers_header_shift_in_world_mm(tiny_cfg, tmp_path, orientation, net_voxels):
+    """The moving file is the fixed one with its header translated by t mm: the same anatomy
+    t mm away in the world. --ddf is world mm, moving point minus fixed point, so a network
+    that predicts nothing (each volume is centred on its own grid) must report t, and one
+    predicting d voxels of the working grid must report t + d x spacing, along world axes
+    whatever the file's storage orientation."""
+    rng = np.random.default_rng(0)
+    shape = (20, 16, 18)
+    ras = rng.random(shape).astype(np.float32) + 0.5  # anatomy, stored RAS
+    aff = np.diag([2.0, 3.0, 2.5, 1.0])
+    aff[:3, 3] = [-20.0, -24.0, -20.0]
+    if orientation == "LAS":  # the same world image with the first axis stored right-to-left
+        ras = ras[::-1].copy()
+        aff[:, 0] *= -1
+        aff[0, 3] = -20.0 + 2.0 * (shape[0] - 1)
+    t = np.array([4.0, -6.0, 5.0])
+    shifted = aff.copy()
+    shifted[:3, 3] += t
+    fixed, moving = tmp_path / "fixed.nii.gz", tmp_path / "moving.nii.gz"
+    write_nifti(fixed, ras, aff)
+    write_nifti(moving, ras, shifted)
+    ckpt = tmp_path / "const.pt"
+    _constant_field_checkpoint(tiny_cfg, ckpt, list(net_voxels))
+    out, ddf = tmp_path / "w.nii.gz", tmp_path / "ddf.nii.gz"
+    assert register_main(["--ckpt", str(ckpt), "--fixed", str(fixed), "--moving", str(moving),
+                          "--out", str(out), "--ddf", str(ddf)]) == 0
+    d = np.asarray(nib.load(ddf).dataobj)[:, :, :, 0, :]  # (X, Y, Z, 3) world mm
+    want = t + np.asarray(net_voxels) * np.asarray(tiny_cfg.data.spacing_mm)
+    # float32 storage of mm values of a few units: 1e-4 mm
+    np.testing.assert_allclose(d.reshape(-1, 3), np.broadcast_to(want, (d[..., 0].size, 3)), atol=1e-4, rtol=0)
+    if not any(net_voxels):  # the shift alone: every fixed voxel reads its own value back
+        w = np.asarray(nib.load(out).dataobj)
+        np.testing.assert_allclose(w, ras, atol=1e-5, rtol=0)  # trilinear at integer positions, float32
 
 
 def test_resume_after_interruption_matches_uninterrupted_run(tiny_data, tiny_config, tmp_path):

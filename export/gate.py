@@ -1,0 +1,34 @@
+"""The export's exactness gate: onnxruntime's int8 ddf against the Brevitas twin's integers.
+
+    from export.gate import ort_vs_brevitas_mismatches
+    ort_vs_brevitas_mismatches(twin, "localnet_int8.onnx", inputs, e_out)   # {"optimized": 0, ...}
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export.onnx import INPUT, ort_session
+
+
+def ort_vs_brevitas_mismatches(twin, onnx_path: Path, inputs: list[np.ndarray], e_out: int,
+                               keep_s8: bool = True, modes: dict[str, tuple[bool, bool]] | None = None) -> dict:
+    """Integer ddf of onnxruntime against the Brevitas model: mismatching elements per session
+    mode. Both outputs are dequantised q * 2^-e_out, exact in float32. `modes` maps a name to
+    (graph optimisations, keep s8s8); the default is optimisations on and off with `keep_s8`
+    (False: onnxruntime's x86 default, int8 activations rewritten to uint8)."""
+    modes = modes or {"optimized": (True, keep_s8), "unoptimized": (False, keep_s8)}
+    result = {}
+    with torch.no_grad():  # the Brevitas integers once, for every mode
+        ref = [np.round(twin(torch.from_numpy(x)).numpy() * 2.0 ** e_out).astype(np.int64) for x in inputs]
+    for name, (opt, s8) in modes.items():
+        sess = ort_session(onnx_path, optimize=opt, keep_s8=s8)
+        bad = 0
+        for x, r in zip(inputs, ref):
+            y = sess.run(None, {INPUT: x})[0]
+            q = np.round(y * 2.0 ** e_out).astype(np.int64)
+            bad += int((q != r).sum())
+        result[name] = bad
+    return result
