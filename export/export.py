@@ -95,11 +95,11 @@ def export(cfg: Config, run: Path, data_dir: Path, progress: bool = True) -> dic
     from quant.qat import load_qat
 
     out = run / "export"
-    out.mkdir(parents=True, exist_ok=True)
     trained, _ = model_from_checkpoint(load_checkpoint(run / "train" / "model.pt", cfg))
     twin8, ck8 = load_qat(run / "qat" / "int8" / "model.pt", cfg)
     twin4, ck4 = load_qat(run / "qat" / "int4" / "model.pt", cfg)
     subjects = load_dataset(data_dir, cfg.data, "test", progress=progress)
+    out.mkdir(parents=True, exist_ok=True)  # only once every input has loaded
     inputs = [np.stack([subjects[m].image, subjects[f].image])[None].astype(np.float32)
               for m, f in test_pairs(subjects)]
     example = torch.from_numpy(inputs[0])

@@ -81,6 +81,7 @@ def ort_session(path: Path, optimize: bool = True, threads: int = 0, keep_s8: bo
 
 
 def export_int8_onnx(twin, cfg: Config, path: Path) -> Path:
+    import torch
     from brevitas.export import export_onnx_qcdq
 
     x = torch.zeros(1, 2, *cfg.data.shape)
@@ -91,6 +92,7 @@ def export_int8_onnx(twin, cfg: Config, path: Path) -> Path:
 
 
 def export_qonnx(twin, cfg: Config, path: Path) -> Path:
+    import torch
     from brevitas.export import export_qonnx as brevitas_qonnx
 
     x = torch.zeros(1, 2, *cfg.data.shape)

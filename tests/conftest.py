@@ -95,3 +95,9 @@ def tiny_cfg():
     from model.config import config_from_dict
 
     return config_from_dict(tomllib.loads(TINY_TOML))
+
+
+@pytest.fixture(scope="session")
+def tiny_toml() -> str:
+    """The tiny config's TOML text (for session- and module-scoped fixtures)."""
+    return TINY_TOML
