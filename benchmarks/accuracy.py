@@ -27,7 +27,6 @@ pruning_curve.png (Dice against sparsity, fp32 fine-tuned and int8 QAT; needs
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -37,7 +36,7 @@ import numpy as np
 from export.onnx import INPUT, export_fp32, ort_session
 from model.artifacts import atomic_path, atomic_write_json, git_commit
 from model.checkpoint import load_checkpoint, model_from_checkpoint
-from model.cli import run_cli
+from model.cli import run_cli, stage_parser
 from model.config import Config, config_to_dict, load_config
 from model.data import load_dataset, test_pairs
 from model.evaluate import evaluate_pairs, predict_ddf, rows_markdown, summarise, write_csv, write_table
@@ -204,11 +203,8 @@ def plot_curve(path: Path, curve: dict) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--data", required=True, type=Path)
+    ap = stage_parser(__doc__)
     ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
 
     def body():

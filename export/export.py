@@ -24,7 +24,6 @@ model's integers on the test pairs, graph optimisations on and off; a mismatch i
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from export.register_onnx import export_register
 from export.weights import OP_CONV3D, OP_QUANT, Record, acc_bound, write_weights
 from model.artifacts import atomic_write_json, git_commit, sha256_file, tool_versions
 from model.checkpoint import load_checkpoint, model_from_checkpoint
-from model.cli import run_cli
+from model.cli import run_cli, stage_parser
 from model.config import Config, config_to_dict, load_config
 from model.data import load_dataset, test_pairs
 from model.localnet import fold_batchnorm
@@ -154,11 +153,8 @@ def export(cfg: Config, run: Path, data_dir: Path, progress: bool = True) -> dic
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True)
+    ap = stage_parser(__doc__)
     ap.add_argument("--run", required=True, type=Path, help="OUT of make train/prune/qat")
-    ap.add_argument("--data", required=True, type=Path)
-    ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
 
     def body():

@@ -19,7 +19,6 @@ resolved config, git commit), OUT/log.jsonl, and OUT/model.pt when finished.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -33,7 +32,7 @@ import torch.distributed as dist
 
 from model.artifacts import atomic_write_text
 from model.checkpoint import load_checkpoint, save_checkpoint
-from model.cli import run_cli
+from model.cli import run_cli, stage_parser
 from model.config import Config, ConfigError, load_config
 from model.data import DataError, Subject, load_dataset
 from model.localnet import LocalNet
@@ -202,13 +201,8 @@ def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, progress
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--data", required=True, type=Path)
-    ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt if it exists")
+    ap = stage_parser(__doc__, resume="continue from OUT/ckpt.pt if it exists")
     ap.add_argument("--steps", type=int, help="override train.steps")
-    ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
 
     def body():

@@ -23,7 +23,6 @@ commit; a checkpoint whose pruned weights are not all zero is refused when loade
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import torch.nn as nn
 
 from model.artifacts import atomic_write_json, git_commit
 from model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from model.cli import run_cli
+from model.cli import run_cli, stage_parser
 from model.config import Config, config_to_dict, load_config
 from model.localnet import LocalNet, fold_batchnorm
 from model.train import fit, load_train_data, setup_torch
@@ -155,13 +154,8 @@ def prune(cfg: Config, ckpt: Path, data_dir: Path, out: Path, resume: bool = Fal
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True)
+    ap = stage_parser(__doc__, resume="keep finished amounts, continue the current one")
     ap.add_argument("--ckpt", required=True, type=Path, help="trained fp32 checkpoint (make train)")
-    ap.add_argument("--data", required=True, type=Path)
-    ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--resume", action="store_true", help="keep finished amounts, continue the current one")
-    ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
 
     def body():

@@ -16,7 +16,6 @@ pruned weights are not zero is refused.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 
 from model.artifacts import atomic_write_json, git_commit
 from model.checkpoint import load_checkpoint
-from model.cli import run_cli
+from model.cli import run_cli, stage_parser
 from model.config import Config, config_from_dict, config_to_dict, load_config
 from model.train import TrainData, fit, load_train_data, setup_torch
 from quant.prune import apply_masks, check_masks, load_pruned, sparsity_dir, weight_sparsity
@@ -98,14 +97,9 @@ def qat(cfg: Config, prune_dir: Path, data_dir: Path, out: Path, resume: bool = 
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True)
+    ap = stage_parser(__doc__, resume="keep finished models, continue the current one")
     ap.add_argument("--prune", required=True, type=Path, help="OUT/prune of make prune")
-    ap.add_argument("--data", required=True, type=Path)
-    ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--resume", action="store_true", help="keep finished models, continue the current one")
     ap.add_argument("--curve", action="store_true", help="also the int8 models of the pruning curve")
-    ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
 
     def body():

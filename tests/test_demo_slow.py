@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_demo_meets_acceptance(tmp_path):
     from benchmarks.accuracy import report
+    from export.export import export
     from quant.prune import prune
     from quant.qat import qat
 
@@ -25,6 +26,7 @@ def test_demo_meets_acceptance(tmp_path):
     train(cfg, data, tmp_path / "train", progress=False)
     prune(cfg, tmp_path / "train" / "model.pt", data, tmp_path / "prune", progress=False)
     qat(cfg, tmp_path / "prune", data, tmp_path / "qat", curve=True, progress=False)
+    export(cfg, tmp_path, data, progress=False)
     rows = {r["model"]: r for r in report(cfg, data, tmp_path, progress=False)["rows"]}
     ident, trained = rows["identity"], rows["trained"]
     # issue 2

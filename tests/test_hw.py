@@ -108,21 +108,17 @@ def test_trilinear_matches_torch_half_pixel():
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_data, tiny_run):
-    from export.export import export
-
-    cfg_path, out = tiny_run
-    if not (out / "export" / "manifest.json").exists():
-        export(load_config(cfg_path), out, tiny_data, progress=False)
-    return load_config(cfg_path), out
+def exported(tiny_export):
+    cfg_path, out, manifest = tiny_export
+    return load_config(cfg_path), out, manifest
 
 
 def test_reference_equals_brevitas_and_onnxruntime_everywhere(tiny_data, exported):
     """Every requantised tensor of the reference equals the Brevitas twin's integers and
     onnxruntime's (optimisations on and off) on every test pair: zero mismatches."""
-    from benchmarks.crosscheck import crosscheck
+    from hw.crosscheck import crosscheck
 
-    cfg, out = exported
+    cfg, out, _ = exported
     res = crosscheck(cfg, out, tiny_data)
     assert res["pairs"] == 2 and res["onnx_tensors_per_pair"] == res["tensors_per_pair"] > 20
     assert res["elements_per_source"] > 10_000
@@ -151,8 +147,55 @@ def test_onnxruntime_requantisation_departs_above_2p24():
     assert y.item() == 64
 
 
+def test_reference_equals_brevitas_on_large_random_weights(tmp_path, tiny_toml):
+    """An untrained twin with large random weights (every layer, not only the trained model's
+    small ones): every requantised tensor of the reference equals Brevitas' integers."""
+    import tomllib
+
+    import brevitas.nn as qnn
+
+    from export.export import weight_records
+    from export.weights import write_weights
+    from hw.reference import Reference, quantize_input
+    from model.config import config_from_dict
+    from quant.twin import QuantLocalNet, calibrate, pot_exponent
+
+    cfg = config_from_dict(tomllib.loads(tiny_toml))
+    torch.manual_seed(1)
+    twin = QuantLocalNet(cfg.model)
+    for m in twin.modules():
+        if isinstance(m, torch.nn.Conv3d):
+            torch.nn.init.uniform_(m.weight, -0.5, 0.5)  # several times the trained weights' size
+            torch.nn.init.uniform_(m.bias, -0.5, 0.5)
+    xs = [torch.rand(1, 2, *cfg.data.shape) for _ in range(2)]
+    calibrate(twin, xs)
+    write_weights(tmp_path / "w.bin", weight_records(twin, xs[0]), {"model": {"levels": cfg.model.levels,
+                                                                              "ddf_levels": cfg.model.ddf_levels}})
+    ref = Reference.from_file(tmp_path / "w.bin")
+    quantisers = {name: m for name, m in twin.named_modules() if isinstance(m, (qnn.QuantIdentity, qnn.QuantReLU))}
+    saturated = compared = 0
+    for x in xs:
+        got = {}
+        hooks = [m.register_forward_hook(lambda mod, i, o, name=name: got.__setitem__(name, o))
+                 for name, m in quantisers.items()]
+        with torch.no_grad():
+            twin(x)
+        for h in hooks:
+            h.remove()
+        trace: dict = {}
+        ref.run(quantize_input(x[0, 0].numpy(), x[0, 1].numpy(), ref.r["input"]), trace)
+        for name, o in got.items():
+            q = torch.round(o.value / o.scale).to(torch.int64).numpy()
+            assert pot_exponent(o.scale) == trace[name].e, name
+            bad = np.flatnonzero(q != trace[name].q)
+            assert bad.size == 0, f"{name}: {bad.size} of {q.size} differ, first at {bad[0]}"
+            saturated += int((np.abs(q) >= 127).sum())
+            compared += q.size
+    assert compared > 50_000 and saturated > 0  # large values reach the saturation limits
+
+
 def test_golden_verify_and_fault_injection(tiny_data, exported, tmp_path):
-    cfg, out = exported
+    cfg, out, export_manifest = exported
     golden = tmp_path / "golden"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "hw.golden", "--weights", str(out / "export" / "weights.bin"),
@@ -160,19 +203,31 @@ def test_golden_verify_and_fault_injection(tiny_data, exported, tmp_path):
     assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
     man = json.loads((golden / "manifest.json").read_text())
     assert len(man["pairs"]) == 2 and "ddf" in man["pairs"][0]["tensors"] and man["git_commit"]
+    # the export's ddf exponent is the one the reference's output carries
+    assert man["pairs"][0]["tensors"]["ddf"]["exponent"] == export_manifest["ddf_exponent"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)  # never overwritten silently
     assert r.returncode == 2 and "--force" in r.stderr
 
-    from hw.golden import from_hex
+    from export.hexfile import from_readmemh
 
     t = man["pairs"][0]["tensors"]["down.0.c1.act"]
     npy = np.load(golden / "pair_00" / "down.0.c1.act.npy")
-    assert np.array_equal(from_hex((golden / "pair_00" / "down.0.c1.act.hex").read_text(), tuple(t["shape"])), npy)
+    assert np.array_equal(from_readmemh((golden / "pair_00" / "down.0.c1.act.hex").read_text(), tuple(t["shape"])), npy)
+    lines = (golden / "pair_00" / "down.0.c1.act.hex").read_text().splitlines()
+    assert lines[:3] == [f"{int(v) & 0xFF:02x}" for v in npy.ravel()[:3]] and all(len(x) == 2 for x in lines)
 
-    # the reference as the device under test passes
+    # onnxruntime as the device under test (independent of the reference) passes
     verify = [sys.executable, "-m", "hw.verify", "--golden", str(golden), "--quiet"]
     r = subprocess.run(verify, env=env, capture_output=True, text=True)
-    assert r.returncode == 0 and "PASS: 0 mismatching" in r.stdout
+    assert r.returncode == 0 and "device: onnxruntime" in r.stdout and "PASS: 0 mismatching" in r.stdout
+    n_tensors = sum(len(p["tensors"]) for p in man["pairs"])
+    assert f"in {n_tensors} tensors" in r.stdout
+    # weights other than the golden vectors' are refused
+    other = tmp_path / "other.bin"
+    data = bytearray((out / "export" / "weights.bin").read_bytes())
+    other.write_bytes(bytes(data[:-1]) + bytes([data[-1] ^ 1]))
+    r = subprocess.run(verify + ["--weights", str(other)], env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "other.bin: sha256 differs" in r.stderr
     # one flipped bit in one layer's dump is reported at its exact location
     dut = tmp_path / "dut"
     shutil.copytree(golden, dut)
@@ -199,7 +254,7 @@ def test_golden_verify_and_fault_injection(tiny_data, exported, tmp_path):
 
 def test_reference_runs_without_torch(exported, tmp_path):
     """hw/ on a board: numpy only. torch and brevitas are made unimportable in the subprocess."""
-    _, out = exported
+    _, out, _ = exported
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['brevitas'] = None\n"
         "import numpy as np\n"
