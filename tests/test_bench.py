@@ -15,28 +15,32 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import latency  # noqa: E402  (a script, run on boards from a checkout)
 
 
-REF = {"q": [[4, -8], [0, 2]], "e": 2}  # dequantised: [[1, -2], [0, 0.5]], mean |r| = 0.875
+INT_REF = {"q": [[4, -8], [0, 2]], "e": 2}  # dequantised: [[1, -2], [0, 0.5]]
+FLOAT_REF = {"f": [[1.0, -2.0], [0.0, 0.5]]}
+REFS = {latency.INT_REFERENCE: INT_REF, latency.FLOAT_REFERENCE: FLOAT_REF}
 
 
 @pytest.mark.parametrize("ddf, backend, want", [
-    ({"q": [[4, -8], [0, 2]]}, "reference_like", (True, None)),
-    ({"q": [[4, -8], [0, 3]]}, "reference_like", (False, None)),
-    ({"f": [[1.0, -2.0], [0.0, 0.5]]}, "ort_int8", (True, None)),  # integers 4, -8, 0, 2: exact
-    ({"f": [[1.0, -2.0], [0.0, 0.75]]}, "ort_int8", (False, None)),  # 0.75 -> 3, not 2
-    ({"f": [[1.0, -2.0], [0.0, 0.5]]}, "ort_fp32", (True, 0.0)),
-    ({"f": [[1.35, -2.0], [0.0, 0.5]]}, "ort_fp32", (True, 0.1)),  # 0.35 / 4 / 0.875 = 0.1
-    ({"f": [[0.0, 0.0], [0.0, 0.0]]}, "ort_fp32", (False, 1.0)),  # a zero field fails
-    ({"f": [[2.0, -4.0], [0.0, 1.0]]}, "ort_fp32", (False, 1.0)),  # twice the field: mean error = mean |r|
+    ({"q": [[4, -8], [0, 2]]}, "some_int8", (True, None)),
+    ({"q": [[4, -8], [0, 3]]}, "some_int8", (False, None)),
+    ({"f": [[1.0, -2.0], [0.0, 0.5]]}, "openvino_int8", (True, None)),  # integers 4, -8, 0, 2: exact
+    ({"f": [[1.0, -2.0], [0.0, 0.75]]}, "openvino_int8", (False, None)),  # 0.75 -> 3, not 2
+    ({"f": [[1.0, -2.0], [0.0, 0.5]]}, "torch_fp32", (True, 0.0)),
+    ({"f": [[1.0005, -2.0], [0.0, 0.5]]}, "torch_fp32", (True, 0.0005)),  # within 1e-3 voxel
+    ({"f": [[1.0, -2.0], [0.0, 0.503]]}, "torch_fp32", (False, 0.003)),
+    ({"f": [[0.0, 0.0], [0.0, 0.0]]}, "torch_fp32", (False, 2.0)),  # a zero field fails
 ])
 def test_compare_by_hand(ddf, backend, want):
-    ok, rel = latency.compare(ddf, backend, REF)
+    ok, diff = latency.compare(ddf, backend, REFS)
     assert ok is want[0]
-    assert rel == (None if want[1] is None else pytest.approx(want[1], abs=1e-4))  # rel is rounded to 4 places
+    assert diff == (None if want[1] is None else pytest.approx(want[1], abs=1e-9))
 
 
-def test_compare_refuses_any_field_against_a_zero_reference():
-    ok, rel = latency.compare({"f": [[0.0]]}, "ort_fp32", {"q": [[0]], "e": 0})
-    assert ok is False and rel == float("inf")
+def test_compare_refuses_a_near_zero_reference_and_missing_ones():
+    zero = {latency.FLOAT_REFERENCE: {"f": [[0.0, 5e-5]]}}
+    assert latency.compare({"f": [[0.0, 5e-5]]}, "torch_fp32", zero) == (False, None)  # equal, but proves nothing
+    assert latency.compare({"f": [[1.0]]}, "torch_fp32", {}) == (None, None)
+    assert latency.compare({"q": [[1]]}, "ort_int8", {}) == (None, None)
 
 
 def test_latency_without_torch(tiny_export, tmp_path):
@@ -58,11 +62,22 @@ def test_latency_without_torch(tiny_export, tmp_path):
     got = {x["backend"]: x for x in rep["results"]}
     assert {"ort_fp32", "ort_int8", "reference_int"} <= set(got) and "torch_fp32" not in got
     keys = {"backend", "p50_ms", "p90_ms", "p99_ms", "pairs_per_s", "peak_rss_mb", "model_bytes", "matches_reference",
-            "rel_error"}
+            "max_abs_diff"}
     for x in got.values():
         assert set(x) == keys and 0 < x["p50_ms"] <= x["p90_ms"] <= x["p99_ms"] and x["model_bytes"] > 0
-    assert got["reference_int"]["matches_reference"] is None  # the reference is not compared with itself
-    assert got["ort_int8"]["matches_reference"] is True and got["ort_int8"]["rel_error"] is None  # exact
-    assert got["ort_fp32"]["rel_error"] > 0  # another model (unpruned fp32): close at best, never equal
+    # the references are not compared with themselves; the int8 backend equals its reference exactly
+    assert got["reference_int"]["matches_reference"] is None and got["ort_fp32"]["matches_reference"] is None
+    assert got["ort_int8"]["matches_reference"] is True and got["ort_int8"]["max_abs_diff"] is None
     md = (tmp_path / "bench" / "latency.md").read_text()
-    assert "| reference_int |" in md and "(is the reference)" in md and "yes, exactly" in md
+    assert "(the integer reference)" in md and "(the float reference)" in md and "yes, exactly" in md
+
+
+def test_torch_fp32_matches_the_float_reference(tiny_export, tmp_path):
+    """torch (the fp32 checkpoint, BatchNorm folded) against onnxruntime's fp32 ONNX of it."""
+    _, out, _ = tiny_export
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "latency.py"), "--export", str(out / "export"),
+                        "--out", str(tmp_path / "bench"), "--threads", "1", "--warmup", "0", "--runs", "1",
+                        "--backends", "torch_fp32"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    got = {x["backend"]: x for x in json.loads((tmp_path / "bench" / "latency.json").read_text())["results"]}
+    assert got["torch_fp32"]["matches_reference"] is True and got["torch_fp32"]["max_abs_diff"] < 1e-3
