@@ -6,6 +6,10 @@ Reads what make train / prune / qat left in OUT and evaluates every model on all
 test pairs (model.evaluate's metrics):
 
     identity          no registration
+    ants_affine       ANTs affine registration (benchmarks/classical.py: antspyx defaults, on the
+                      same pairs, working grid and intensities; 1 thread and a fixed seed, since
+                      ANTs' affine stage is not repeatable otherwise)
+    ants_syn          ANTs SyN (affine + symmetric diffeomorphic), likewise
     trained           fp32, BatchNorm folded               OUT/train/model.pt
     pruned            first prune.amounts step, no retraining   OUT/prune/sparsity_XX/pruned.pt
     pruned_finetuned  the same, fine-tuned with the mask held   OUT/prune/sparsity_XX/model.pt
@@ -19,7 +23,9 @@ as the fp32 ONNX holds them: a float format has no zero-skipping here); QAT rows
 export` wrote them in OUT/export/weights.bin and weights_int4.bin (per tensor the packed
 payload, the smaller of dense and bitmask + non-zeros, int4 two per byte, plus 4 bytes per
 int32 bias; export.weights.stored_bytes); the onnxruntime row the bytes of its ONNX
-initializers. Non-zero parameters count integer weights and biases that are not zero.
+initializers. Non-zero parameters count integer weights and biases that are not zero. Seconds per pair time
+the displacement field alone (ANTs: its registration; networks: one forward pass, PyTorch eager
+or onnxruntime for the PTQ row, 2 threads), on this machine in the same run.
 
 Writes OUT/report/: table1.json / table1.md (all rows), pairs_all.csv, pruning_curve.json and
 pruning_curve.png (Dice against sparsity, fp32 fine-tuned and int8 QAT; needs
@@ -43,7 +49,7 @@ from model.evaluate import evaluate_pairs, predict_ddf, rows_markdown, summarise
 from model.localnet import count_parameters, fold_batchnorm
 from model.train import load_train_data
 
-ROWS = ["identity", "trained", "pruned", "pruned_finetuned", "int8_qat", "int4_qat", "ptq_ort_int8"]
+ROWS = ["identity", "ants_affine", "ants_syn", "trained", "pruned", "pruned_finetuned", "int8_qat", "int4_qat", "ptq_ort_int8"]
 
 
 def fp32_row_stats(net) -> tuple[int, int]:
@@ -104,7 +110,12 @@ def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dic
     ptq_fn = lambda m, f: sess.run(None, {INPUT: np.stack([m.image, f.image])[None].astype(np.float32)})[0][0]
 
     rows, pair_rows = [], []
+    from benchmarks.classical import ants_ddf
+
     fns = {"identity": (lambda m, f: np.zeros((3, *cfg.data.shape)), (0, 0))}
+    for kind in ("Affine", "SyN"):
+        fns[f"ants_{kind.lower()}"] = ((lambda m, f, k=kind: ants_ddf(m.image, f.image, cfg.data.spacing_mm, k,
+                                                                     threads=1, seed=cfg.train.seed + 1)), (0, 0))
     fns.update({k: (torch_fn(net), stats) for k, (net, stats) in models.items()})
     fns["ptq_ort_int8"] = (ptq_fn, (onnx_nonzero_params(ptq_onnx), initializer_bytes(ptq_onnx)))
     for name, (fn, (nonzero, nbytes)) in fns.items():

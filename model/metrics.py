@@ -2,7 +2,8 @@
 
 - Dice per label of binary masks (warped moving label thresholded at 0.5);
 - centroid TRE: RMS over labels of the distance between label centroids, in mm
-  (voxel offsets times the working grid's spacing; label-reg reports voxels);
+  (voxel offsets times the working grid's spacing; label-reg reports voxels); a warped label
+  that vanished enters with its soft (pre-threshold) mask's centroid (model.evaluate);
 - landmark TRE: RMS distance in mm between where the field sends each fixed
   landmark (p + ddf(p)) and the corresponding moving landmark;
 - folding: percentage of voxels where det(I + grad ddf) <= 0.
@@ -29,6 +30,17 @@ def centroid_distance_mm(a: np.ndarray, b: np.ndarray, spacing) -> float:
     ca, cb = centroid(a), centroid(b)
     if ca is None or cb is None:
         return float("nan")
+    return float(np.linalg.norm((ca - cb) * np.asarray(spacing)))
+
+
+def weighted_centroid_distance_mm(weights: np.ndarray, b: np.ndarray, spacing) -> float:
+    """Distance (mm) between the centroid of non-negative `weights` (a soft mask) and mask `b`'s."""
+    cb = centroid(b)
+    total = float(weights.sum())
+    if cb is None or total <= 0:
+        return float("nan")
+    grid = np.indices(weights.shape, dtype=np.float64).reshape(weights.ndim, -1)
+    ca = grid @ weights.ravel().astype(np.float64) / total
     return float(np.linalg.norm((ca - cb) * np.asarray(spacing)))
 
 

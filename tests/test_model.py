@@ -158,3 +158,30 @@ def test_paper_config_forward_backward_at_tiny_shape():
                                 cfg.loss.dice_scales) + cfg.loss.bending_weight * bending_energy(ddf)
     loss.backward()
     assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+
+
+def test_a_vanished_label_counts(tiny_cfg):
+    """A one-voxel label (code 4) that a half-voxel diagonal field smears to 0.25 in four voxels
+    vanishes after thresholding: Dice 0, one vanished label, and its centroid distance enters
+    the TRE from the soft mask's centroid, (5.5, 5.5, 12) against the fixed (5, 5, 12), by hand.
+    Label 2 (a block the field leaves wholly overlapping itself) keeps its normal distance."""
+    from model.data import Subject
+    from model.evaluate import evaluate_pairs
+
+    tiny_cfg.data.labels = [2, 4]
+    shape = tiny_cfg.data.shape
+    lab = np.zeros(shape, np.int16)
+    lab[2:10, 2:10, 2:10] = 2
+    lab[5, 5, 12] = 4
+    subs = [Subject(n, np.zeros(shape, np.float32), lab, np.eye(4), None, None) for n in ("a", "b")]
+    ddf = np.zeros((3, *shape))
+    ddf[0] = ddf[1] = -0.5  # fixed voxel x samples the moving label at x - 0.5
+    pairs, labels = evaluate_pairs(subs, tiny_cfg, lambda m, f: ddf, "t", progress=False)
+    assert [p["vanished_labels"] for p in pairs] == [1, 1]
+    by_label = {r["label"]: r for r in labels if r["moving"] == "a"}
+    assert by_label[4]["dice"] == 0.0 and by_label[4]["vanished"] == 1
+    sx, sy, _ = tiny_cfg.data.spacing_mm  # soft mass at x, y in {5, 6}: centroid 5.5, 0.5 voxel off
+    assert by_label[4]["centroid_dist_mm"] == pytest.approx(np.hypot(0.5 * sx, 0.5 * sy))
+    assert by_label[2]["vanished"] == 0 and np.isfinite(by_label[2]["centroid_dist_mm"])
+    want_tre = np.sqrt((by_label[2]["centroid_dist_mm"] ** 2 + by_label[4]["centroid_dist_mm"] ** 2) / 2)
+    assert pairs[0]["tre_mm"] == pytest.approx(want_tre)

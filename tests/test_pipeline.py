@@ -39,7 +39,8 @@ def test_train_evaluate_register(tiny_data, tiny_config, tmp_path):
     assert table["pairs"] == 2  # 2 test subjects -> 2 ordered pairs
     rows = {r["model"]: r for r in table["rows"]}
     assert set(rows) == {"identity", "trained"}
-    keys = {"model", "dice", "tre_mm", "landmark_tre_mm", "folding_pct", "nonzero_params", "weight_bytes"}
+    keys = {"model", "dice", "tre_mm", "landmark_tre_mm", "folding_pct", "vanished_labels", "seconds_per_pair",
+            "nonzero_params", "weight_bytes"}
     for r in rows.values():
         assert keys <= set(r) and 0.0 <= r["dice"] <= 1.0 and r["tre_mm"] >= 0 and r["landmark_tre_mm"] > 0
     assert rows["identity"]["folding_pct"] == 0.0 and rows["identity"]["nonzero_params"] == 0

@@ -119,8 +119,10 @@ def test_pipeline_masks_scales_and_schema(tiny_data, tiny_export):
 
     table = report(cfg, tiny_data, out, progress=False)
     rows = {r["model"]: r for r in table["rows"]}
-    assert list(rows) == ["identity", "trained", "pruned", "pruned_finetuned", "int8_qat", "int4_qat", "ptq_ort_int8"]
-    keys = {"model", "dice", "tre_mm", "landmark_tre_mm", "folding_pct", "nonzero_params", "weight_bytes"}
+    assert list(rows) == ["identity", "ants_affine", "ants_syn", "trained", "pruned", "pruned_finetuned", "int8_qat",
+                          "int4_qat", "ptq_ort_int8"]
+    keys = {"model", "dice", "tre_mm", "landmark_tre_mm", "folding_pct", "vanished_labels", "seconds_per_pair",
+            "nonzero_params", "weight_bytes"}
     for r in rows.values():
         assert keys <= set(r) and 0.0 <= r["dice"] <= 1.0
     assert table["pairs"] == 2 and table["labels"] == cfg.data.labels
