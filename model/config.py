@@ -63,6 +63,12 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 50
     threads: int = 0  # 0: torch's default
+    # labels in the loss per pair and step: "one" random label present in both (label-reg's
+    # choice) or "all" configured labels present in both, each its own multi-scale Dice, averaged
+    label_sampling: str = "one"
+    # fraction of pairs whose moving and fixed volumes are the same subject in two independent
+    # augmented poses (the field must undo the relative affine; self-registration gives zero)
+    same_subject_prob: float = 0.0
 
 
 @dataclass
@@ -115,6 +121,10 @@ class Config:
             raise ConfigError("model.base_channels must be even (additive up-sampling halves channels)")
         if self.train.batch_size < 1 or self.train.steps < 0:
             raise ConfigError("train.batch_size must be >= 1 and train.steps >= 0")
+        if self.train.label_sampling not in ("one", "all"):
+            raise ConfigError(f"train.label_sampling {self.train.label_sampling!r} must be 'one' or 'all'")
+        if not 0.0 <= self.train.same_subject_prob <= 1.0:
+            raise ConfigError(f"train.same_subject_prob {self.train.same_subject_prob} must lie in [0, 1]")
         a = self.prune.amounts
         if not a or any(not 0 < x < 1 for x in a) or any(x >= y for x, y in zip(a, a[1:])):
             raise ConfigError(f"prune.amounts {a} must be increasing fractions in (0, 1)")

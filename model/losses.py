@@ -2,7 +2,7 @@
 
     loss = multiscale_dice_loss(warped_label, fixed_label, scales) + w * bending_energy(ddf)
 
-Labels are (N, 1, X, Y, Z) float in [0, 1]; ddf is (N, 3, X, Y, Z) in voxels.
+Labels are (N, C, X, Y, Z) float in [0, 1], one channel per label; ddf is (N, 3, X, Y, Z) in voxels.
 """
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ def gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def soft_dice(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Per-sample soft Dice 2 sum(ab) / (sum(a^2) + sum(b^2)) of (N, C, ...) tensors -> (N,).
+    """Soft Dice 2 sum(ab) / (sum(a^2) + sum(b^2)) per sample and channel (label) of (N, C, ...)
+    tensors -> (N, C).
 
     The squared denominator (Milletari et al. 2016) departs from label-reg's
     sum(a) + sum(b): on strongly smoothed labels (sigma 8, 16 voxels) that form grows
@@ -51,14 +52,18 @@ def soft_dice(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tens
     reached exactly when the two smoothed labels are equal, and equals the usual Dice on
     binary labels.
     """
-    dims = tuple(range(1, a.dim()))
+    dims = tuple(range(2, a.dim()))
     return 2 * (a * b).sum(dims) / ((a * a).sum(dims) + (b * b).sum(dims) + eps)
 
 
-def multiscale_dice_loss(warped: torch.Tensor, fixed: torch.Tensor, scales) -> torch.Tensor:
-    """1 - mean over scales (and batch) of the soft Dice of the Gaussian-smoothed labels."""
-    dice = [soft_dice(gaussian_smooth(warped, s), gaussian_smooth(fixed, s)) for s in scales]
-    return 1 - torch.stack(dice).mean()
+def multiscale_dice_loss(warped: torch.Tensor, fixed: torch.Tensor, scales,
+                         weight: torch.Tensor | None = None) -> torch.Tensor:
+    """1 - mean over scales, samples and labels (channels) of the soft Dice of the
+    Gaussian-smoothed labels; `weight` (N, C) of 0/1 leaves out absent labels."""
+    dice = torch.stack([soft_dice(gaussian_smooth(warped, s), gaussian_smooth(fixed, s)) for s in scales])  # (S, N, C)
+    if weight is None:
+        return 1 - dice.mean()
+    return 1 - (dice * weight).sum() / (weight.sum() * len(scales))
 
 
 def _d(f: torch.Tensor, axis: int) -> torch.Tensor:

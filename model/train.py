@@ -54,7 +54,10 @@ class TrainData:
         self.pairs = [(i, j) for i in range(n) for j in range(n) if i != j]  # (moving, fixed)
 
     def batch(self, cfg: Config, step: int, rank: int = 0, world: int = 1, stream: int = 0):
-        """(moving_img, fixed_img, moving_lab, fixed_lab), each (B/world, 1, X, Y, Z), augmented.
+        """(moving_img, fixed_img, moving_lab, fixed_lab, weight), augmented: images (B/world, 1, X, Y, Z);
+        labels (B/world, 1, ...) of one random label, or with `train.label_sampling = "all"`
+        (B/world, L, ...) of every configured label and weight (B/world, L), 1 where the label is
+        in both volumes (None for one label).
 
         `stream` > 0 draws an independent sequence (fine-tuning stages must not replay training's).
         """
@@ -64,27 +67,40 @@ class TrainData:
         pick = rng.integers(0, len(self.pairs), b)
         mov_i = [self.pairs[k][0] for k in pick]
         fix_i = [self.pairs[k][1] for k in pick]
+        if t.same_subject_prob > 0:  # drawn only when used: the default sequence stays as it was
+            same = rng.random(b) < t.same_subject_prob
+            fix_i = [m if s else f for m, f, s in zip(mov_i, fix_i, same)]
         codes = []
         for m, f in zip(mov_i, fix_i):
             both = [c for c in self.codes if c in self.present[m] and c in self.present[f]]
-            codes.append(both[rng.integers(len(both))] if both else self.codes[rng.integers(len(self.codes))])
+            if t.label_sampling == "all":
+                codes.append(both)
+            else:
+                codes.append(both[rng.integers(len(both))] if both else self.codes[rng.integers(len(self.codes))])
         aug = random_affine_ddf(self.images.shape[2:], rng, 2 * b, t.aug_rotation_deg, t.aug_scale,
                                 t.aug_translation_vox)
         sl = slice(rank * b // world, (rank + 1) * b // world)
         mov_i, fix_i, codes, aug_m, aug_f = mov_i[sl], fix_i[sl], codes[sl], aug[:b][sl], aug[b:][sl]
         mi = self.images[mov_i]
         fi = self.images[fix_i]
-        ml = torch.stack([(self.labels[i] == c).float() for i, c in zip(mov_i, codes)])[:, None]
-        fl = torch.stack([(self.labels[i] == c).float() for i, c in zip(fix_i, codes)])[:, None]
+        weight = None
+        if t.label_sampling == "all":  # (B, L) one-hot of every configured label; absent ones weigh 0
+            ml = torch.stack([torch.stack([(self.labels[i] == c).float() for c in self.codes]) for i in mov_i])
+            fl = torch.stack([torch.stack([(self.labels[i] == c).float() for c in self.codes]) for i in fix_i])
+            weight = torch.tensor([[float(c in both) for c in self.codes] for both in codes])
+        else:
+            ml = torch.stack([(self.labels[i] == c).float() for i, c in zip(mov_i, codes)])[:, None]
+            fl = torch.stack([(self.labels[i] == c).float() for i, c in zip(fix_i, codes)])[:, None]
         # one warp per volume moves image and label together
         m = warp(torch.cat([mi, ml], 1), aug_m)
         f = warp(torch.cat([fi, fl], 1), aug_f)
-        return m[:, :1], f[:, :1], m[:, 1:], f[:, 1:]
+        return m[:, :1], f[:, :1], m[:, 1:], f[:, 1:], weight
 
 
-def loss_terms(net, cfg: Config, mov_img, fix_img, mov_lab, fix_lab):
+def loss_terms(net, cfg: Config, mov_img, fix_img, mov_lab, fix_lab, weight=None):
+    """(loss, multi-scale Dice loss, bending energy) of a batch of TrainData.batch."""
     ddf = net(torch.cat([mov_img, fix_img], 1))
-    dice = multiscale_dice_loss(warp(mov_lab, ddf), fix_lab, cfg.loss.dice_scales)
+    dice = multiscale_dice_loss(warp(mov_lab, ddf), fix_lab, cfg.loss.dice_scales, weight)
     bend = bending_energy(ddf)
     return dice + cfg.loss.bending_weight * bend, dice, bend
 

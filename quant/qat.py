@@ -34,7 +34,7 @@ from quant.twin import QuantLocalNet, calibrate, quant_twin
 def calibration_batches(cfg: Config, data: TrainData, batches: int, stream: int):
     """`batches` augmented training batches as network inputs (B, 2, X, Y, Z): (moving, fixed)."""
     for b in range(batches):
-        mi, fi, _, _ = data.batch(cfg, b, stream=stream)
+        mi, fi, *_ = data.batch(cfg, b, stream=stream)
         yield torch.cat([mi, fi], 1)
 
 
