@@ -37,7 +37,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # runnable as a script from a checkout, without installing
     sys.path.insert(0, str(ROOT))
 
-BACKENDS = ["torch_fp32", "ort_fp32", "ort_int8", "openvino_fp32", "openvino_int8", "reference_int"]
+# onnxruntime: file and session options (export/onnx.py); ort_int8 is the file as shipped with
+# the default session (QDQ fusion on: some convolutions QLinearConv), float_kernels the same
+# file with QDQ fusion off (float convolutions on the integers, exact below 2^24), qlinear the
+# graph reshaped so that every convolution is a QLinearConv
+ORT_RUNS = {"ort_fp32": ("localnet_fp32.onnx", {}), "ort_int8": ("localnet_int8.onnx", {}),
+            "ort_int8_float_kernels": ("localnet_int8.onnx", {"qdq_fusion": False}),
+            "ort_int8_qlinear": ("localnet_int8_qlinear.onnx", {})}
+BACKENDS = ["torch_fp32", *ORT_RUNS, "openvino_fp32", "openvino_int8", "reference_int"]
 INT_REFERENCE, FLOAT_REFERENCE = "reference_int", "ort_fp32"
 # the same fp32 weights in another runtime: float32 sums in another order differ by ulps of
 # the ~1e2-1e3 products per output (measured: about 1e-6 voxel); 1e-3 voxel leaves room for
@@ -72,11 +79,12 @@ def platform_info() -> dict:
 
 def make_runner(backend: str, export: Path, ckpt: Path, threads: int, shape: list[int]):
     """(run(moving, fixed) -> ddf float (3, X, Y, Z) voxels or (int8, e), model bytes)."""
-    if backend in ("ort_fp32", "ort_int8"):
+    if backend in ORT_RUNS:
         from export.onnx import ort_session  # s8s8 kept: exact (export/onnx.py says why)
 
-        path = export / ("localnet_fp32.onnx" if backend == "ort_fp32" else "localnet_int8.onnx")
-        sess = ort_session(path, threads=threads)
+        name, options = ORT_RUNS[backend]
+        path = export / name
+        sess = ort_session(path, threads=threads, **options)
         return (lambda m, f: sess.run(None, {"moving_fixed": np.stack([m, f])[None]})[0][0]), path.stat().st_size
     if backend == "reference_int":
         from hw.reference import Reference
@@ -140,12 +148,14 @@ def worker(backend: str, export: Path, ckpt: Path, threads: int, warmup: int, ru
             "peak_rss_mb": round(rss_kb / 1024, 1), "model_bytes": nbytes, "ddf": out}
 
 
-def available(backend: str, ckpt: Path) -> bool:
+def available(backend: str, export: Path, ckpt: Path) -> bool:
     import importlib.util
 
-    need = {"torch_fp32": "torch", "openvino_fp32": "openvino", "openvino_int8": "openvino",
-            "ort_fp32": "onnxruntime", "ort_int8": "onnxruntime"}.get(backend)
-    if need and importlib.util.find_spec(need) is None:
+    need = {"torch_fp32": "torch", "openvino_fp32": "openvino", "openvino_int8": "openvino"} | dict.fromkeys(
+        ORT_RUNS, "onnxruntime")
+    if need.get(backend) and importlib.util.find_spec(need[backend]) is None:
+        return False
+    if backend in ORT_RUNS and not (export / ORT_RUNS[backend][0]).is_file():  # an older export
         return False
     if backend == "torch_fp32":
         try:
@@ -161,7 +171,7 @@ def compare(ddf: dict, backend: str, refs: dict) -> tuple[bool | None, float | N
     against its model's reference. `ddf` as the workers report it ({"q": int8 list} or {"f":
     float list}); `refs` maps INT_REFERENCE to {"q", "e"} and FLOAT_REFERENCE to {"f"} (either
     may be missing: then (None, None))."""
-    if backend.endswith("int8") or "q" in ddf:
+    if "int8" in backend or "q" in ddf:
         ref = refs.get(INT_REFERENCE)
         if ref is None:
             return None, None
@@ -257,7 +267,7 @@ def main(argv=None) -> int:
             wanted.append(ref)
     results = []
     for b in wanted:
-        if not available(b, ckpt):
+        if not available(b, a.export, ckpt):
             print(f"[bench] {b}: not available here, skipped", file=sys.stderr)
             continue
         cmd = [sys.executable, str(Path(__file__).resolve()), "--export", str(a.export), "--out", str(a.out),

@@ -14,17 +14,19 @@ from export.onnx import INPUT, ort_session
 
 
 def ort_vs_brevitas_mismatches(twin, onnx_path: Path, inputs: list[np.ndarray], e_out: int,
-                               keep_s8: bool = True, modes: dict[str, tuple[bool, bool]] | None = None) -> dict:
+                               keep_s8: bool = True, modes: dict[str, dict] | None = None) -> dict:
     """Integer ddf of onnxruntime against the Brevitas model: mismatching elements per session
     mode. Both outputs are dequantised q * 2^-e_out, exact in float32. `modes` maps a name to
-    (graph optimisations, keep s8s8); the default is optimisations on and off with `keep_s8`
-    (False: onnxruntime's x86 default, int8 activations rewritten to uint8)."""
-    modes = modes or {"optimized": (True, keep_s8), "unoptimized": (False, keep_s8)}
+    the keyword arguments of `export.onnx.ort_session` (optimize, keep_s8, qdq_fusion); the
+    default is optimisations on and off with `keep_s8` (False: onnxruntime's x86 default, int8
+    activations rewritten to uint8)."""
+    modes = modes or {"optimized": {"optimize": True, "keep_s8": keep_s8},
+                      "unoptimized": {"optimize": False, "keep_s8": keep_s8}}
     result = {}
     with torch.no_grad():  # the Brevitas integers once, for every mode
         ref = [np.round(twin(torch.from_numpy(x)).numpy() * 2.0 ** e_out).astype(np.int64) for x in inputs]
-    for name, (opt, s8) in modes.items():
-        sess = ort_session(onnx_path, optimize=opt, keep_s8=s8)
+    for name, kwargs in modes.items():
+        sess = ort_session(onnx_path, **kwargs)
         bad = 0
         for x, r in zip(inputs, ref):
             y = sess.run(None, {INPUT: x})[0]

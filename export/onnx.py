@@ -4,6 +4,7 @@
     export_fp32(fold_batchnorm(net), cfg, "localnet_fp32.onnx")
     export_int8_onnx(twin, cfg, "localnet_int8_dense.onnx")       # Brevitas QCDQ, dynamo=False
     sparsify_initializers("localnet_int8_dense.onnx", "localnet_int8.onnx", "auto")
+    write_qlinear("localnet_int8.onnx", "localnet_int8_qlinear.onnx")      # every conv a QLinearConv
 
 Input `moving_fixed` (1, 2, X, Y, Z) float32 (moving, fixed), output `ddf` (1, 3, X, Y, Z)
 float32 in voxels, as model.localnet. Exported with the TorchScript exporter
@@ -59,7 +60,15 @@ def _set_metadata(model, entries: dict[str, str]) -> None:
 ORT_INT8_CONFIG = {"session.qdqisint8allowed": "1"}
 
 
-def ort_session_options(optimize: bool = True, threads: int = 0, keep_s8: bool = True):
+# With QDQ fusion off, onnxruntime runs an int8 QDQ graph's convolutions as float kernels on
+# the dequantised integers. That is exact here: every product is an integer times a power of
+# two, and every partial sum stays below 2^24 (the export refuses larger accumulator bounds),
+# so float32 sums them without rounding in any order; its 3-D float convolution is several
+# times faster than its QLinearConv (benchmarks/latency.py measures both).
+NO_QDQ_FUSION = {"session.disable_quant_qdq": "1"}
+
+
+def ort_session_options(optimize: bool = True, threads: int = 0, keep_s8: bool = True, qdq_fusion: bool = True):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -67,16 +76,15 @@ def ort_session_options(optimize: bool = True, threads: int = 0, keep_s8: bool =
                                    else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     if threads:
         so.intra_op_num_threads = threads
-    if keep_s8:
-        for k, v in ORT_INT8_CONFIG.items():
-            so.add_session_config_entry(k, v)
+    for k, v in ((ORT_INT8_CONFIG if keep_s8 else {}) | ({} if qdq_fusion else NO_QDQ_FUSION)).items():
+        so.add_session_config_entry(k, v)
     return so
 
 
-def ort_session(path: Path, optimize: bool = True, threads: int = 0, keep_s8: bool = True):
+def ort_session(path: Path, optimize: bool = True, threads: int = 0, keep_s8: bool = True, qdq_fusion: bool = True):
     import onnxruntime as ort
 
-    so = ort_session_options(optimize, threads, keep_s8)
+    so = ort_session_options(optimize, threads, keep_s8, qdq_fusion)
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
@@ -135,3 +143,94 @@ def sparsify_initializers(src: Path, dst: Path, mode: str = "auto") -> list[dict
     with atomic_path(dst) as tmp:
         onnx.save(model, str(tmp))
     return chosen
+
+
+def qlinear_graph(model) -> dict[str, int]:
+    """Reshape a Brevitas QCDQ graph (in place) so that onnxruntime's QDQ fusion turns every
+    convolution into QLinearConv and every add of two int8 tensors into QLinearAdd, with the
+    same integers out. Two rewrites, both exact:
+
+    - `Conv|Add -> Relu -> Q(s, 0)` becomes `Conv|Add -> Q(s, 0) -> DQ -> Relu -> Q(s, 0)`:
+      relu(sat(rne(x / s))) = sat_[0,127](rne(relu(x) / s)) for every x (round half to even
+      maps (-0.5, 0] to 0), and the second Q re-quantises integers at their own scale.
+      onnxruntime fuses Relu into Q only when the zero point is the type's lowest value, which
+      an int8 ReLU output at zero point 0 is not, so without this those convs stay float.
+    - a copy (MaxPool, nearest Resize, Slice) of a DQ(s, z) output that feeds anything but a
+      Q gets `Q(s, z) -> DQ` after it: it copies values on the grid, so the pair is an identity.
+
+    The trilinear up-sampling of the coarse displacement fields stays float: its outputs lie
+    on a 64x finer grid than int8 opset 17 can carry, so the three adds it feeds stay float
+    (exact: hw/SPEC.md). Returns the number of each rewrite."""
+    from onnx import helper
+
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    after: dict[int, list] = {}
+    counts = {"relu_requant": 0, "copy_requant": 0}
+
+    def pair(src: str, scale: str, zp: str, tag: str) -> str:
+        k = sum(counts.values())
+        q, dq = f"{src}/qlinear_q{k}", f"{src}/qlinear_dq{k}"
+        after[id(producer[src])] = [helper.make_node("QuantizeLinear", [src, scale, zp], [q], name=f"{tag}/qlinear_Q"),
+                                    helper.make_node("DequantizeLinear", [q, scale, zp], [dq], name=f"{tag}/qlinear_DQ")]
+        return dq
+
+    for n in list(g.node):
+        outs = consumers.get(n.output[0], [])
+        if n.op_type in ("Conv", "Add") and len(outs) == 1 and outs[0].op_type == "Relu":
+            qs = consumers.get(outs[0].output[0], [])
+            if not qs or any(q.op_type != "QuantizeLinear" or q.input[1:] != qs[0].input[1:] for q in qs):
+                continue
+            outs[0].input[0] = pair(n.output[0], qs[0].input[1], qs[0].input[2], n.name)
+            counts["relu_requant"] += 1
+        elif n.op_type in ("MaxPool", "Resize", "Slice"):
+            nearest = any(a.name == "mode" and a.s == b"nearest" for a in n.attribute)
+            d = producer.get(n.input[0])
+            if ((n.op_type == "Resize" and not nearest) or d is None or d.op_type != "DequantizeLinear"
+                    or all(c.op_type == "QuantizeLinear" for c in outs)):
+                continue
+            dq = pair(n.output[0], d.input[1], d.input[2], n.name)
+            for c in outs:
+                for j, x in enumerate(c.input):
+                    if x == n.output[0]:
+                        c.input[j] = dq
+            counts["copy_requant"] += 1
+    nodes = []
+    for n in g.node:
+        nodes.append(n)
+        nodes.extend(after.get(id(n), []))
+    del g.node[:]
+    g.node.extend(nodes)
+    return counts
+
+
+def write_qlinear(src: Path, dst: Path) -> dict[str, int]:
+    """`src` through `qlinear_graph`, written to `dst`; the counts go to its metadata."""
+    import onnx
+
+    model = onnx.load(str(src))
+    counts = qlinear_graph(model)
+    _set_metadata(model, {"qlinear_rewrites": json.dumps(counts)})
+    with atomic_path(dst) as tmp:
+        onnx.save(model, str(tmp))
+    return counts
+
+
+def optimized_op_counts(path: Path, keep_s8: bool = True) -> dict[str, int]:
+    """Operator types in onnxruntime's optimised graph of `path` (CPU, all optimisations)."""
+    import tempfile
+    from collections import Counter
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as d:
+        so = ort_session_options(True, 1, keep_s8)
+        so.optimized_model_filepath = str(Path(d) / "optimized.onnx")
+        so.log_severity_level = 3  # its warning that the file is specific to this CPU
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return dict(Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node))

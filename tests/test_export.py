@@ -218,6 +218,32 @@ def test_ort_int8_equals_brevitas_on_a_large_weight_model(random_twin_onnx):
     assert ort_vs_brevitas_mismatches(twin, path, xs, e_out) == {"optimized": 0, "unoptimized": 0}
 
 
+def test_float_kernels_and_qlinear_graph_exact(random_twin_onnx, tmp_path):
+    """The two other ways onnxruntime runs the int8 graph give the same integers: QDQ fusion
+    off (float kernels on the dequantised integers, exact below 2^24) and the rewritten graph in
+    which every convolution is a QLinearConv. Counted by hand for L levels: ReLU requantisers
+    after 2 convs + 1 residual add per down and per up block, and the bottleneck conv: 6L + 1;
+    copies requantised: L max-pools, and per up block 2 channel halves + 2 nearest up-samplings:
+    5L. In onnxruntime's optimised graph no float Conv is left, and the only float Adds are the
+    len(ddf_levels) - 1 sums of the trilinear-upsampled coarse displacement fields."""
+    from export.gate import ort_vs_brevitas_mismatches
+    from export.onnx import optimized_op_counts, write_qlinear
+
+    twin, path, xs, e_out, cfg = random_twin_onnx
+    q = tmp_path / "qlinear.onnx"
+    levels = cfg.model.levels
+    assert write_qlinear(path, q) == {"relu_requant": 6 * levels + 1, "copy_requant": 5 * levels}
+    onnx.checker.check_model(onnx.load(str(q)))
+    n_conv = sum(n.op_type == "Conv" for n in onnx.load(str(path)).graph.node)
+    ops = optimized_op_counts(q)
+    assert ops.get("QLinearConv") == n_conv and "Conv" not in ops and "FusedConv" not in ops
+    assert ops.get("Add", 0) == len(cfg.model.ddf_levels) - 1
+    assert optimized_op_counts(path).get("QLinearConv", 0) < n_conv  # what the rewrite is for
+    assert ort_vs_brevitas_mismatches(twin, path, xs, e_out, modes={"float_kernels": {"qdq_fusion": False}}) == \
+        {"float_kernels": 0}
+    assert ort_vs_brevitas_mismatches(twin, q, xs, e_out) == {"optimized": 0, "unoptimized": 0}
+
+
 def test_ort_x86_uint8_rewrite_departs_without_vnni(random_twin_onnx):
     """onnxruntime's x86 default rewrites int8 activations to uint8 for its U8S8 kernels; without
     VNNI those saturate int16 pair sums (2 x 255 x 127 > 32767): this large-weight network then
@@ -275,7 +301,8 @@ def test_export_files_manifest_and_consumers(tiny_export):
     cfg_path, out, m = tiny_export
     cfg = load_config(cfg_path)
     ex = out / "export"
-    for name in ("localnet_fp32.onnx", "localnet_int8.onnx", "localnet_qonnx.onnx", "register_int8.onnx",
+    for name in ("localnet_fp32.onnx", "localnet_int8.onnx", "localnet_int8_qlinear.onnx", "localnet_qonnx.onnx",
+                 "register_int8.onnx",
                  "weights.bin", "weights_int4.bin", "localnet_int8.h", "manifest.json"):
         assert (ex / name).stat().st_size > 0, name
     saved = json.loads((ex / "manifest.json").read_text())
@@ -284,8 +311,8 @@ def test_export_files_manifest_and_consumers(tiny_export):
     for rel, f in saved["files"].items():  # hashed independently of the export's helper
         assert hashlib.sha256((ex / rel).read_bytes()).hexdigest() == f["sha256"]
         assert (ex / rel).stat().st_size == f["bytes"]
-    assert saved["ort_vs_brevitas_mismatches"]["optimized"] == 0
-    assert saved["ort_vs_brevitas_mismatches"]["unoptimized"] == 0
+    for mode in ("optimized", "unoptimized", "float_kernels", "qlinear_optimized"):
+        assert saved["ort_vs_brevitas_mismatches"][mode] == 0, mode
 
     # consumers: qonnx, the reader, onnxruntime
     from qonnx.core.modelwrapper import ModelWrapper
