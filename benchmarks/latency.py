@@ -11,8 +11,11 @@ not leak. Input: a fixed random pair (seed 0) at --shape (default: the exported 
 grid; any shape divisible by 2^levels: the ONNX files have dynamic spatial axes); latency
 does not depend on the content.
 
-Per backend: p50/p90/p99 latency (ms), pairs per second (1000 / p50), peak RSS (MB), model
-file bytes, and `matches_reference`, each backend against the reference of its own model:
+Per backend: p50/p90/p99 latency (ms), pairs per second (1000 / p50), the p50 of a whole
+registration (`register_p50_ms`: the network plus the warp of the moving image, by GridSample
+inside onnxruntime's register_int8.onnx at the exported grid, by model.warp in torch, and on
+the host with model.host_warp elsewhere: OpenVINO has no 5-D GridSample), peak RSS (MB),
+model file bytes, and `matches_reference`, each backend against the reference of its own model:
 integer backends (the int8 QAT network) must give the integer reference's ddf
 (hw/reference.py) exactly; float backends (the trained fp32 network) must lie within
 FLOAT_TOL_VOX of onnxruntime's fp32 run of the same file (`max_abs_diff`, voxels), the
@@ -78,25 +81,42 @@ def platform_info() -> dict:
 
 
 def make_runner(backend: str, export: Path, ckpt: Path, threads: int, shape: list[int]):
-    """(run(moving, fixed) -> ddf float (3, X, Y, Z) voxels or (int8, e), model bytes)."""
+    """(run(moving, fixed) -> ddf float (3, X, Y, Z) voxels or (int8, e), model bytes,
+    register(moving, fixed) -> warped moving image, how register warps)."""
+    from model.host_warp import host_warp
+
+    def on_host(run):
+        def register(m, f):
+            d = run(m, f)
+            return host_warp(m, d[0] * np.float32(2.0 ** -d[1]) if isinstance(d, tuple) else d)
+        return register, "host (numpy)"
+
     if backend in ORT_RUNS:
         from export.onnx import ort_session  # s8s8 kept: exact (export/onnx.py says why)
 
         name, options = ORT_RUNS[backend]
         path = export / name
         sess = ort_session(path, threads=threads, **options)
-        return (lambda m, f: sess.run(None, {"moving_fixed": np.stack([m, f])[None]})[0][0]), path.stat().st_size
+        run = lambda m, f: sess.run(None, {"moving_fixed": np.stack([m, f])[None]})[0][0]
+        reg_path = export / "register_int8.onnx"  # built on localnet_int8.onnx at the exported grid
+        if backend == "ort_int8" and reg_path.is_file() and list(shape) == json.loads(
+                (export / "manifest.json").read_text())["config"]["data"]["shape"]:
+            rsess = ort_session(reg_path, threads=threads, **options)
+            register = lambda m, f: rsess.run(["warped"], {"moving": m[None, None], "fixed": f[None, None]})[0][0, 0]
+            return run, path.stat().st_size, register, "GridSample in the graph"
+        return run, path.stat().st_size, *on_host(run)
     if backend == "reference_int":
         from hw.reference import Reference
 
         path = export / "weights.bin"
         ref = Reference.from_file(path)
-        return ref.register, path.stat().st_size
+        return ref.register, path.stat().st_size, *on_host(ref.register)
     if backend == "torch_fp32":
         import torch
 
-        from model.localnet import fold_batchnorm
         from model.checkpoint import load_checkpoint, model_from_checkpoint
+        from model.localnet import fold_batchnorm
+        from model.warp import warp
 
         torch.set_num_threads(threads)
         net = fold_batchnorm(model_from_checkpoint(load_checkpoint(ckpt))[0]).eval()
@@ -104,7 +124,12 @@ def make_runner(backend: str, export: Path, ckpt: Path, threads: int, shape: lis
         def run(m, f):
             with torch.no_grad():
                 return net(torch.from_numpy(np.stack([m, f])[None]))[0].numpy()
-        return run, ckpt.stat().st_size
+
+        def register(m, f):
+            with torch.no_grad():
+                mt = torch.from_numpy(m)[None, None]
+                return warp(mt, net(torch.cat([mt, torch.from_numpy(f)[None, None]], 1)))[0, 0].numpy()
+        return run, ckpt.stat().st_size, register, "torch (model.warp)"
     if backend in ("openvino_fp32", "openvino_int8"):
         import openvino as ov
 
@@ -120,8 +145,19 @@ def make_runner(backend: str, export: Path, ckpt: Path, threads: int, shape: lis
 
         def run(m, f):
             return req.infer({0: np.stack([m, f])[None]})[model.output(0)][0]
-        return run, path.stat().st_size
+        return run, path.stat().st_size, *on_host(run)  # OpenVINO has no 5-D GridSample
     raise ValueError(f"unknown backend {backend}")
+
+
+def timed(fn, args, warmup: int, runs: int) -> tuple[list[float], object]:
+    for _ in range(warmup):
+        out = fn(*args)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        out = fn(*args)
+        times.append((time.perf_counter() - t) * 1000)
+    return times, out
 
 
 def worker(backend: str, export: Path, ckpt: Path, threads: int, warmup: int, runs: int, shape: list[int]) -> dict:
@@ -129,14 +165,9 @@ def worker(backend: str, export: Path, ckpt: Path, threads: int, warmup: int, ru
 
     rng = np.random.default_rng(0)
     mov, fix = rng.random(shape, dtype=np.float32), rng.random(shape, dtype=np.float32)
-    run, nbytes = make_runner(backend, export, ckpt, threads, shape)
-    for _ in range(warmup):
-        out = run(mov, fix)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        out = run(mov, fix)
-        times.append((time.perf_counter() - t) * 1000)
+    run, nbytes, register, warp_kind = make_runner(backend, export, ckpt, threads, shape)
+    times, out = timed(run, (mov, fix), warmup, runs)
+    reg_times, _ = timed(register, (mov, fix), warmup, runs)
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if isinstance(out, tuple):  # the reference: (int8, exponent)
         out = {"q": out[0].tolist(), "e": out[1]}
@@ -145,6 +176,7 @@ def worker(backend: str, export: Path, ckpt: Path, threads: int, warmup: int, ru
     p = np.percentile(times, [50, 90, 99])
     return {"backend": backend, "p50_ms": round(float(p[0]), 2), "p90_ms": round(float(p[1]), 2),
             "p99_ms": round(float(p[2]), 2), "pairs_per_s": round(1000 / float(p[0]), 2),
+            "register_p50_ms": round(float(np.percentile(reg_times, 50)), 2), "register_warp": warp_kind,
             "peak_rss_mb": round(rss_kb / 1024, 1), "model_bytes": nbytes, "ddf": out}
 
 
@@ -204,11 +236,13 @@ def markdown(report: dict) -> str:
     p = report["platform"]
     lines = [f"CPU: {p['cpu']} ({p['cores']} cores, ISA {', '.join(p['isa']) or 'none listed'}), {p['os']}; "
              f"shape {report['shape']}, {report['threads']} threads", "",
-             "| backend | p50 ms | p90 ms | p99 ms | pairs/s | peak RSS MB | model bytes | matches reference |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| backend | p50 ms | p90 ms | p99 ms | pairs/s | register p50 ms (warp) | peak RSS MB | model bytes "
+             "| matches reference |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         lines.append(f"| {r['backend']} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['pairs_per_s']} | "
-                     f"{r['peak_rss_mb']} | {r['model_bytes']} | {match_text(r)} |")
+                     f"{r['register_p50_ms']} ({r['register_warp']}) | {r['peak_rss_mb']} | {r['model_bytes']} "
+                     f"| {match_text(r)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -63,9 +63,10 @@ def test_latency_without_torch(tiny_export, tmp_path):
     int8 = ("ort_int8", "ort_int8_float_kernels", "ort_int8_qlinear")
     assert {"ort_fp32", *int8, "reference_int"} <= set(got) and "torch_fp32" not in got
     keys = {"backend", "p50_ms", "p90_ms", "p99_ms", "pairs_per_s", "peak_rss_mb", "model_bytes", "matches_reference",
-            "max_abs_diff"}
+            "max_abs_diff", "register_p50_ms", "register_warp"}
     for x in got.values():
         assert set(x) == keys and 0 < x["p50_ms"] <= x["p90_ms"] <= x["p99_ms"] and x["model_bytes"] > 0
+        assert x["register_p50_ms"] > 0 and x["register_warp"] == "host (numpy)"  # not the exported grid
     # the references are not compared with themselves; the int8 backend equals its reference exactly
     assert got["reference_int"]["matches_reference"] is None and got["ort_fp32"]["matches_reference"] is None
     for b in int8:  # each onnxruntime route through the int8 graph
@@ -75,11 +76,15 @@ def test_latency_without_torch(tiny_export, tmp_path):
 
 
 def test_torch_fp32_matches_the_float_reference(tiny_export, tmp_path):
-    """torch (the fp32 checkpoint, BatchNorm folded) against onnxruntime's fp32 ONNX of it."""
+    """torch (the fp32 checkpoint, BatchNorm folded) against onnxruntime's fp32 ONNX of it; how
+    each backend warps in its whole-registration time."""
     _, out, _ = tiny_export
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "latency.py"), "--export", str(out / "export"),
                         "--out", str(tmp_path / "bench"), "--threads", "1", "--warmup", "0", "--runs", "1",
-                        "--backends", "torch_fp32"], capture_output=True, text=True, cwd=tmp_path)
+                        "--backends", "torch_fp32,ort_int8"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     got = {x["backend"]: x for x in json.loads((tmp_path / "bench" / "latency.json").read_text())["results"]}
     assert got["torch_fp32"]["matches_reference"] is True and got["torch_fp32"]["max_abs_diff"] < 1e-3
+    # at the exported grid onnxruntime registers with register_int8.onnx (GridSample in the graph)
+    assert got["torch_fp32"]["register_warp"] == "torch (model.warp)"
+    assert got["ort_int8"]["register_warp"] == "GridSample in the graph"
