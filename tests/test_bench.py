@@ -88,3 +88,27 @@ def test_torch_fp32_matches_the_float_reference(tiny_export, tmp_path):
     # at the exported grid onnxruntime registers with register_int8.onnx (GridSample in the graph)
     assert got["torch_fp32"]["register_warp"] == "torch (model.warp)"
     assert got["ort_int8"]["register_warp"] == "GridSample in the graph"
+
+
+def test_scaling_of_an_untrained_network(tmp_path, tiny_toml):
+    """benchmarks/scaling.py times an untrained network of a config at two grids and one thread
+    count: one row per backend, grid and thread count; at the smaller grid the int8 backends are
+    checked against the integer reference (exactly), above --check-max-voxels not at all."""
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(tiny_toml)
+    out = tmp_path / "scaling"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--untrained", str(cfg),
+                        "--out", str(out), "--shapes", "8,8,8", "16,8,8", "--threads", "1", "--runs", "1",
+                        "--backends", "ort_int8,ort_int8_qlinear", "--check-max-voxels", "512"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((out / "scaling.json").read_text())
+    assert rep["untrained"] is True and rep["model"]["base_channels"] == 4
+    got = {(x["backend"], x["voxels"]): x for x in rep["rows"]}
+    for b in ("ort_int8", "ort_int8_qlinear"):
+        assert got[(b, 512)]["matches_reference"] is True
+        assert got[(b, 1024)]["matches_reference"] is None and (("reference_int", 1024) not in got)
+    assert ("reference_int", 512) in got and (out / "scaling.png").stat().st_size > 0
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--untrained", str(cfg),
+                          "--out", str(out), "--shapes", "8,8"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "each grid is X,Y,Z" in bad.stderr
