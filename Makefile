@@ -3,6 +3,7 @@
 #   make test                 the test suite (sets up .venv from pyproject.toml on first use)
 #   make train CONFIG=configs/ibsr.toml DATA=/path/to/IBSR_V2.0 OUT=runs/ibsr
 #   make prune / qat / export / golden / verify [ACCEL=dir] / bench / report   one stage (and what it needs)
+#   make scaling              opt-in: latency against grid and threads, demo and paper-scale networks (~40 min)
 CONFIG ?= configs/demo.toml
 OUT    ?= runs/demo
 SYNTH  := data/synthetic
@@ -16,11 +17,11 @@ STAMP  := $(VENV)/.installed
 # the synthetic set is generated only when it is the data in use
 DATA_DEP := $(if $(filter $(SYNTH),$(DATA)),$(SYNTH)/synth_manifest.json,)
 
-.PHONY: all demo venv data train prune qat export golden golden-force verify bench report evaluate test test-slow clean help
+.PHONY: all demo venv data train prune qat export golden golden-force verify bench scaling report evaluate test test-slow clean help
 .DELETE_ON_ERROR:
 
 help:
-	@sed -n '1,7p' Makefile
+	@sed -n '1,8p' Makefile
 
 all demo: report verify bench
 
@@ -75,6 +76,13 @@ verify: $(OUT)/golden/manifest.json
 # latency per backend on this machine (BENCH_ARGS, e.g. --threads 2 --runs 50)
 bench: $(OUT)/export/manifest.json
 	$(PY) benchmarks/latency.py --export $(OUT)/export --out $(OUT)/bench $(BENCH_ARGS)
+
+# opt-in (not in demo): latency against grid (up to the paper's 128x160x128) and threads, for
+# the demo network and an untrained network of configs/ibsr.toml (latency does not depend on weights)
+scaling: $(OUT)/export/manifest.json
+	$(PY) benchmarks/scaling.py --export $(OUT)/export --out $(OUT)/bench/scaling $(SCALING_ARGS)
+	$(PY) benchmarks/scaling.py --untrained configs/ibsr.toml --out $(OUT)/bench/scaling_ibsr --threads 2 --runs 2 --shapes 32,32,32 64,80,64 128,160,128 \
+	    --backends ort_fp32,ort_int8_float_kernels,openvino_fp32,openvino_int8 --check-max-voxels 32768 $(SCALING_ARGS)
 
 # the float stage alone: identity and trained rows, per-label CSV, figure 3
 $(OUT)/report/figure3.png: $(OUT)/train/model.pt
