@@ -29,7 +29,8 @@ def load_checkpoint(path: Path, cfg: Config | None = None, resume: bool = False)
     """A checkpoint dict; with `cfg`, refuse one made with another config.
 
     Only the sections the checkpoint's stage depends on are compared (STAGE_SECTIONS);
-    with `resume`, the `steps` of any stage may differ.
+    with `resume`, the `steps` of any stage may differ. A key the checkpoint's config lacks
+    (added to the toolchain later) counts at its default, which keeps the earlier behaviour.
     """
     path = Path(path)
     if not path.is_file():
@@ -43,7 +44,11 @@ def load_checkpoint(path: Path, cfg: Config | None = None, resume: bool = False)
     if cfg is not None:
         sections = STAGE_SECTIONS[ck.get("stage", "train")]
         want = {k: v for k, v in config_to_dict(cfg).items() if k in sections}
-        have = {k: v for k, v in ck["config"].items() if k in sections}
+        try:  # keys added since the checkpoint was written take their defaults (the old behaviour)
+            full = config_to_dict(config_from_dict(ck["config"], f"{path}: checkpoint config"))
+        except ConfigError:
+            full = ck["config"]
+        have = {k: v for k, v in full.items() if k in sections}
         if resume:  # continuing to more (or fewer) steps is allowed
             for sec, vals in want.items():
                 if "steps" in vals and sec in have:

@@ -40,6 +40,8 @@ class ModelConfig:
     base_channels: int = 32
     levels: int = 4  # number of down-sampling blocks (label-reg: 4)
     ddf_levels: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    # the global stage before the network: "none", or "moments" (model/prealign.py)
+    prealign: str = "none"
 
 
 @dataclass
@@ -121,6 +123,8 @@ class Config:
             raise ConfigError("model.base_channels must be even (additive up-sampling halves channels)")
         if self.train.batch_size < 1 or self.train.steps < 0:
             raise ConfigError("train.batch_size must be >= 1 and train.steps >= 0")
+        if m.prealign not in ("none", "moments"):
+            raise ConfigError(f"model.prealign {m.prealign!r} must be 'none' or 'moments'")
         if self.train.label_sampling not in ("one", "all"):
             raise ConfigError(f"train.label_sampling {self.train.label_sampling!r} must be 'one' or 'all'")
         if not 0.0 <= self.train.same_subject_prob <= 1.0:

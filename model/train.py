@@ -91,10 +91,26 @@ class TrainData:
         else:
             ml = torch.stack([(self.labels[i] == c).float() for i, c in zip(mov_i, codes)])[:, None]
             fl = torch.stack([(self.labels[i] == c).float() for i, c in zip(fix_i, codes)])[:, None]
+        if cfg.model.prealign != "none":  # the global stage on the augmented pair, composed with
+            aug_m = prealigned_field(cfg.model.prealign, warp(mi, aug_m), warp(fi, aug_f), aug_m)  # one warp
         # one warp per volume moves image and label together
         m = warp(torch.cat([mi, ml], 1), aug_m)
         f = warp(torch.cat([fi, fl], 1), aug_f)
         return m[:, :1], f[:, :1], m[:, 1:], f[:, 1:], weight
+
+
+def prealigned_field(kind: str, mov_img: torch.Tensor, fix_img: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
+    """`field` (the augmentation of the moving volumes) followed by the global stage fitted to the
+    augmented pair: sampling the result reads moving at A(x) + field(A(x)), so the moving
+    volumes are interpolated once."""
+    from model.prealign import affine_ddf, moments_affine
+
+    out = []
+    for k in range(field.shape[0]):
+        M, t = moments_affine(mov_img[k, 0].numpy(), fix_img[k, 0].numpy())
+        a = torch.from_numpy(affine_ddf(M, t, field.shape[2:])).float()[None]
+        out.append(a + warp(field[k:k + 1], a))
+    return torch.cat(out)
 
 
 def loss_terms(net, cfg: Config, mov_img, fix_img, mov_lab, fix_lab, weight=None):
