@@ -47,6 +47,7 @@ from model.config import Config, config_to_dict, load_config
 from model.data import load_dataset, test_pairs
 from model.evaluate import evaluate_pairs, predict_ddf, rows_markdown, summarise, write_csv, write_table
 from model.localnet import count_parameters, fold_batchnorm
+from model.prealign import with_global_stage
 from model.train import load_train_data
 
 ROWS = ["identity", "ants_affine", "ants_syn", "trained", "pruned", "pruned_finetuned", "int8_qat", "int4_qat", "ptq_ort_int8"]
@@ -88,8 +89,9 @@ def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dic
     rep = out / "report"
     subjects = load_dataset(data_dir, cfg.data, "test", progress=progress)
 
-    def torch_fn(net):
-        return lambda m, f: predict_ddf(net, m.image, f.image)
+    def torch_fn(net):  # the whole registration: the global stage (if configured) composed in
+        reg = with_global_stage(cfg.model.prealign, lambda m, f: predict_ddf(net, m, f))
+        return lambda m, f: reg(m.image, f.image)
 
     first = cfg.prune.amounts[0]
     trained, _ = model_from_checkpoint(load_checkpoint(need(out / "train/model.pt", "make train"), cfg))
@@ -107,7 +109,9 @@ def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dic
     export_fp32(trained, cfg, fp32_onnx, dynamic=False)  # PTQ is calibrated and evaluated at the working grid
     quantize_ort_static(fp32_onnx, ptq_onnx, calibration_inputs(cfg, data_dir, cfg.qat.calib_batches))
     sess = ort_session(ptq_onnx)
-    ptq_fn = lambda m, f: sess.run(None, {INPUT: np.stack([m.image, f.image])[None].astype(np.float32)})[0][0]
+    ptq_reg = with_global_stage(cfg.model.prealign,
+                                lambda m, f: sess.run(None, {INPUT: np.stack([m, f])[None].astype(np.float32)})[0][0])
+    ptq_fn = lambda m, f: ptq_reg(m.image, f.image)
 
     rows, pair_rows = [], []
     from benchmarks.classical import ants_ddf

@@ -14,7 +14,8 @@ does not depend on the content.
 Per backend: p50/p90/p99 latency (ms), pairs per second (1000 / p50), the p50 of a whole
 registration (`register_p50_ms`: the network plus the warp of the moving image, by GridSample
 inside onnxruntime's register_int8.onnx at the exported grid, by model.warp in torch, and on
-the host with model.host_warp elsewhere: OpenVINO has no 5-D GridSample), peak RSS (MB),
+the host with model.host_warp elsewhere: OpenVINO has no 5-D GridSample; with a global stage
+in the config, its pre-alignment on the host included), peak RSS (MB),
 model file bytes, and `matches_reference`, each backend against the reference of its own model:
 integer backends (the int8 QAT network) must give the integer reference's ddf
 (hw/reference.py) exactly; float backends (the trained fp32 network) must lie within
@@ -84,11 +85,16 @@ def make_runner(backend: str, export: Path, ckpt: Path, threads: int, shape: lis
     """(run(moving, fixed) -> ddf float (3, X, Y, Z) voxels or (int8, e), model bytes,
     register(moving, fixed) -> warped moving image, how register warps)."""
     from model.host_warp import host_warp
+    from model.prealign import moments_affine, with_global_stage
+
+    prealign = json.loads((export / "manifest.json").read_text())["config"]["model"].get("prealign", "none")
 
     def on_host(run):
+        as_float = lambda m, f: (lambda d: d[0] * np.float32(2.0 ** -d[1]) if isinstance(d, tuple) else d)(run(m, f))
+        whole = with_global_stage(prealign, as_float)  # the global stage (if any) on the host
+
         def register(m, f):
-            d = run(m, f)
-            return host_warp(m, d[0] * np.float32(2.0 ** -d[1]) if isinstance(d, tuple) else d)
+            return host_warp(m, whole(m, f))
         return register, "host (numpy)"
 
     if backend in ORT_RUNS:
@@ -102,7 +108,13 @@ def make_runner(backend: str, export: Path, ckpt: Path, threads: int, shape: lis
         if backend == "ort_int8" and reg_path.is_file() and list(shape) == json.loads(
                 (export / "manifest.json").read_text())["config"]["data"]["shape"]:
             rsess = ort_session(reg_path, threads=threads, **options)
-            register = lambda m, f: rsess.run(["warped"], {"moving": m[None, None], "fixed": f[None, None]})[0][0, 0]
+
+            def register(m, f):
+                feed = {"moving": m[None, None], "fixed": f[None, None]}
+                if prealign != "none":  # the host computes the 12 numbers, the graph the rest
+                    M, t = moments_affine(m, f)
+                    feed["affine"] = np.concatenate([M, t[:, None]], 1).astype(np.float32)
+                return rsess.run(["warped"], feed)[0][0, 0]
             return run, path.stat().st_size, register, "GridSample in the graph"
         return run, path.stat().st_size, *on_host(run)
     if backend == "reference_int":
@@ -125,10 +137,16 @@ def make_runner(backend: str, export: Path, ckpt: Path, threads: int, shape: lis
             with torch.no_grad():
                 return net(torch.from_numpy(np.stack([m, f])[None]))[0].numpy()
 
+        def local(m, f):
+            with torch.no_grad():
+                return net(torch.from_numpy(np.stack([m, f])[None]))[0]
+
+        whole = with_global_stage(prealign, lambda m, f: local(m, f).numpy())
+
         def register(m, f):
             with torch.no_grad():
-                mt = torch.from_numpy(m)[None, None]
-                return warp(mt, net(torch.cat([mt, torch.from_numpy(f)[None, None]], 1)))[0, 0].numpy()
+                d = local(m, f) if prealign == "none" else torch.from_numpy(whole(m, f)).float()
+                return warp(torch.from_numpy(m)[None, None], d[None])[0, 0].numpy()
         return run, ckpt.stat().st_size, register, "torch (model.warp)"
     if backend in ("openvino_fp32", "openvino_int8"):
         import openvino as ov

@@ -43,6 +43,7 @@ from model.cli import run_cli, stage_parser
 from model.config import Config, config_to_dict, load_config
 from model.data import load_dataset, test_pairs
 from model.localnet import fold_batchnorm
+from model.prealign import network_input
 
 # onnxruntime's QLinearConv requantises the int32 accumulator in float32, exact only below 2^24
 # (hw/SPEC.md; tests/test_hw.py shows the departure above it): the export refuses larger bounds
@@ -101,7 +102,7 @@ def export(cfg: Config, run: Path, data_dir: Path, progress: bool = True) -> dic
     twin4, ck4 = load_qat(run / "qat" / "int4" / "model.pt", cfg)
     subjects = load_dataset(data_dir, cfg.data, "test", progress=progress)
     out.mkdir(parents=True, exist_ok=True)  # only once every input has loaded
-    inputs = [np.stack([subjects[m].image, subjects[f].image])[None].astype(np.float32)
+    inputs = [np.stack(network_input(cfg.model.prealign, subjects[m].image, subjects[f].image))[None]
               for m, f in test_pairs(subjects)]
     example = torch.from_numpy(inputs[0])
 

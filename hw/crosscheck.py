@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from hw.reference import QTensor, Reference, quantize_input
+from model.prealign import network_input
 
 
 class OnnxDevice:
@@ -77,7 +78,7 @@ def crosscheck(cfg, run: Path, data_dir: Path) -> dict:
     first: dict[str, str] = {}
     elements = 0
     for mi, fi in pairs:
-        mov, fix = subjects[mi].image, subjects[fi].image
+        mov, fix = network_input(cfg.model.prealign, subjects[mi].image, subjects[fi].image)
         trace: dict = {}
         x = quantize_input(mov, fix, ref.r["input"])
         ref.run(x, trace)

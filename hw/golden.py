@@ -27,6 +27,7 @@ import numpy as np
 
 from export.hexfile import to_readmemh
 from hw.reference import Reference, quantize_input
+from model.prealign import network_input
 from model.artifacts import sha256_file
 
 
@@ -48,7 +49,8 @@ def golden(weights: Path, cfg, data_dir: Path, out: Path, pairs: int = 2, force:
                 "versions": tool_versions(), "generator": "hw/golden.py", "pairs": []}
     for k, (mi, fi) in enumerate(order):
         trace: dict = {}
-        ref.run(quantize_input(subjects[mi].image, subjects[fi].image, ref.r["input"]), trace)
+        mov, fix = network_input(cfg.model.prealign, subjects[mi].image, subjects[fi].image)
+        ref.run(quantize_input(mov, fix, ref.r["input"]), trace)
         d = out / f"pair_{k:02d}"
         tensors = {}
         for name, t in trace.items():

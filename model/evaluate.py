@@ -33,6 +33,7 @@ from model.cli import run_cli
 from model.config import Config, config_to_dict, load_config
 from model.data import DataError, Subject, load_dataset, test_pairs
 from model.localnet import count_parameters, fold_batchnorm
+from model.prealign import with_global_stage
 from model.metrics import centroid_distance_mm, dice, folding_pct, landmark_tre_mm, rms, weighted_centroid_distance_mm
 from model.warp import warp
 
@@ -202,10 +203,11 @@ def evaluate(ckpt: Path, data_dir: Path, out: Path, cfg_expected: Config | None 
     subjects = load_dataset(data_dir, cfg.data, "test", progress=progress)
     report = out / "report"
     deploy = fold_batchnorm(net)
+    register_fn = with_global_stage(cfg.model.prealign, lambda m, f: predict_ddf(deploy, m, f))
     total, nonzero = count_parameters(deploy)
     rows = []
     fns = {"identity": lambda m, f: np.zeros((3, *cfg.data.shape)),
-           "trained": lambda m, f: predict_ddf(deploy, m.image, f.image)}
+           "trained": lambda m, f: register_fn(m.image, f.image)}
     all_pairs, all_labels = [], []
     for name, fn in fns.items():
         pr, lr = evaluate_pairs(subjects, cfg, fn, name, progress)
@@ -218,7 +220,7 @@ def evaluate(ckpt: Path, data_dir: Path, out: Path, cfg_expected: Config | None 
             "config": config_to_dict(cfg), "git_commit": git_commit(), "checkpoint": str(ckpt)}
     table = write_table(report / "evaluate.json", {**meta, "rows": rows})
     m, f = (1, 0) if len(subjects) > 1 else (0, 0)
-    figure3(report / "figure3.png", subjects[m], subjects[f], predict_ddf(deploy, subjects[m].image, subjects[f].image),
+    figure3(report / "figure3.png", subjects[m], subjects[f], register_fn(subjects[m].image, subjects[f].image),
             cfg.data.labels)
     return table
 

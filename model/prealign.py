@@ -73,6 +73,11 @@ def prealign(kind: str, moving: np.ndarray, fixed: np.ndarray):
     return host_warp(moving, affine_ddf(M, t, moving.shape)), M, t
 
 
+def network_input(kind: str, moving: np.ndarray, fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pair the network sees: (moving after the global stage, fixed), float32."""
+    return prealign(kind, moving, fixed)[0], np.asarray(fixed, np.float32)
+
+
 def with_global_stage(kind: str, network):
     """`network(moving, fixed) -> local (3, X, Y, Z)` as a whole registration
     `(moving, fixed) -> ddf`: pre-align, run the network on the aligned pair, compose. With

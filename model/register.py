@@ -27,6 +27,7 @@ from model.cli import run_cli
 from model.data import (apply_affine, grid_affine, grid_coords, normalise_intensity, read_volume,
                         resample, sample, volume_center, write_nifti)
 from model.evaluate import predict_ddf
+from model.prealign import with_global_stage
 from model.localnet import fold_batchnorm
 
 
@@ -42,7 +43,8 @@ def register(ckpt: Path, fixed_path: Path, moving_path: Path):
     p = cfg.data.intensity_percentiles
     fixed_w = normalise_intensity(resample(fixed.astype(np.float32), aff_f, g_f, shape, 1), *p)
     moving_w = normalise_intensity(resample(moving.astype(np.float32), aff_m, g_m, shape, 1), *p)
-    ddf = predict_ddf(net, moving_w, fixed_w)  # (3, X, Y, Z) working-grid voxels
+    # (3, X, Y, Z) working-grid voxels, the global stage (if configured) composed in
+    ddf = with_global_stage(cfg.model.prealign, lambda m, f: predict_ddf(net, m, f))(moving_w, fixed_w)
 
     world_f = apply_affine(aff_f, grid_coords(fixed.shape))  # (3, ...) mm of every fixed voxel
     q = apply_affine(np.linalg.inv(g_f), world_f)  # fixed working-grid voxels

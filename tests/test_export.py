@@ -342,6 +342,37 @@ def test_export_files_manifest_and_consumers(tiny_export):
     np.testing.assert_allclose(warped, _warp_ref(mov, ddf), atol=1e-5, rtol=0)  # tolerance: see test_warp_nodes
 
 
+def test_register_model_with_the_global_stage(tiny_export, tmp_path):
+    """With model.prealign = "moments" the register model takes the host's affine [M | t] and
+    applies the composed field: its ddf is (M x + t - x) + M local_ddf (float32 in the graph
+    against float64 here: 1e-4 voxel), its warp is model.warp's of that ddf, and local_ddf is a
+    field of the network (non-zero, on its output grid 2^-e)."""
+    import dataclasses
+
+    import onnxruntime as ort
+
+    from export.register_onnx import export_register
+    from model.prealign import compose, moments_affine
+
+    cfg_path, out, m = tiny_export
+    cfg = load_config(cfg_path)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, prealign="moments"))
+    path = export_register(out / "export" / "localnet_int8.onnx", cfg, tmp_path / "register_prealign.onnx")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["moving", "fixed", "affine"]
+    rng = np.random.default_rng(0)
+    mov, fix = (rng.random((1, 1, *cfg.data.shape), dtype=np.float32) for _ in range(2))
+    M, t = moments_affine(mov[0, 0], fix[0, 0])
+    affine = np.concatenate([M, t[:, None]], 1).astype(np.float32)
+    ddf, warped, local = sess.run(None, {"moving": mov, "fixed": fix, "affine": affine})
+    e = m["ddf_exponent"]
+    q = local * 2.0**e
+    assert np.count_nonzero(q) > 0 and np.array_equal(q, np.round(q))
+    want = compose(affine[:, :3].astype(np.float64), affine[:, 3].astype(np.float64), local[0])
+    assert np.abs(ddf[0] - want).max() < 1e-4  # float32 MatMul and sums in the graph
+    np.testing.assert_allclose(warped, _warp_ref(mov, ddf), atol=1e-5, rtol=0)  # tolerance: see test_warp_nodes
+
+
 def _warp_ref(mov, ddf):
     from model.warp import warp
 

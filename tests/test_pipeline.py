@@ -185,3 +185,46 @@ def test_cli_reports_bad_data_without_traceback(tiny_config, tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2 and "nowhere: data directory does not exist" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_key_added_later_counts_at_its_default(tiny_data, tiny_config, tmp_path):
+    """A checkpoint written before model.prealign existed (its config lacks the key) loads with a
+    config at the default ("none"), and is refused with the key named under another value."""
+    import dataclasses
+
+    import torch
+
+    from model.checkpoint import load_checkpoint
+
+    cfg = load_config(tiny_config)
+    cfg.train.steps = 2
+    path = train(cfg, tiny_data, tmp_path / "t", progress=False)
+    ck = torch.load(path, weights_only=False)
+    del ck["config"]["model"]["prealign"]
+    torch.save(ck, path)
+    load_checkpoint(path, cfg)
+    other = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, prealign="moments"))
+    with pytest.raises(ConfigError, match="model.prealign: checkpoint 'none' vs config 'moments'"):
+        load_checkpoint(path, other)
+
+
+def test_batches_all_labels_and_the_global_stage(tiny_data, tiny_config):
+    """label_sampling = "all": one channel per configured label, weight 1 wherever a label is in
+    both volumes. prealign = "moments": the same draw, with the augmented moving volumes
+    carried onto the fixed ones by their moments, lands closer (centroid distance of the images)."""
+    from model.prealign import moments
+    from model.train import load_train_data
+
+    cfg = load_config(tiny_config)
+    cfg.train.label_sampling = "all"
+    data = load_train_data(cfg, tiny_data, progress=False)
+    mi, fi, ml, fl, w = data.batch(cfg, step=3)
+    assert ml.shape[1] == fl.shape[1] == len(cfg.data.labels) and w.shape == (cfg.train.batch_size, len(cfg.data.labels))
+    present = (ml.flatten(2).amax(2) > 0) & (fl.flatten(2).amax(2) > 0)
+    assert bool((w.bool() >= present).all()) and w.sum() > 0  # warping may only thin a label away
+    cfg.model.prealign = "moments"
+    ai, af, *_ = data.batch(cfg, step=3)
+    assert torch.equal(af, fi)  # the fixed volumes are untouched
+    gap = lambda m, f: np.mean([np.linalg.norm(moments(m[k, 0].numpy())[0] - moments(f[k, 0].numpy())[0])
+                                for k in range(len(m))])
+    assert gap(ai, af) < 0.5 * gap(mi, fi)
