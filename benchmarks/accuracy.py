@@ -50,7 +50,18 @@ from model.localnet import count_parameters, fold_batchnorm
 from model.prealign import with_global_stage
 from model.train import load_train_data
 
-ROWS = ["identity", "ants_affine", "ants_syn", "trained", "pruned", "pruned_finetuned", "int8_qat", "int4_qat", "ptq_ort_int8"]
+ROWS = ["identity", "ants_affine", "ants_syn", "trained", "pruned", "pruned_finetuned", "int8_qat", "int8_deployed",
+        "int4_qat", "ptq_ort_int8"]
+# the exported int8 network as a deployment runs it, timed on the same pairs as ANTs and with
+# the same single thread: OpenVINO where installed (the fastest exact backend measured here),
+# else onnxruntime with QDQ fusion off (benchmarks/latency.py)
+DEPLOY_BACKENDS = ("openvino_int8", "ort_int8_float_kernels")
+
+
+def deployed_backend() -> str:
+    import importlib.util
+
+    return DEPLOY_BACKENDS[0] if importlib.util.find_spec("openvino") else DEPLOY_BACKENDS[1]
 
 
 def fp32_row_stats(net) -> tuple[int, int]:
@@ -122,6 +133,12 @@ def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dic
                                                                      threads=1, seed=cfg.train.seed + 1)), (0, 0))
     fns.update({k: (torch_fn(net), stats) for k, (net, stats) in models.items()})
     fns["ptq_ort_int8"] = (ptq_fn, (onnx_nonzero_params(ptq_onnx), initializer_bytes(ptq_onnx)))
+    from benchmarks.latency import make_runner
+
+    backend = deployed_backend()
+    run = make_runner(backend, out / "export", out / "train" / "model.pt", 1, list(cfg.data.shape))[0]
+    deployed = with_global_stage(cfg.model.prealign, lambda m, f: np.asarray(run(m, f), np.float64))
+    fns["int8_deployed"] = (lambda m, f: deployed(m.image, f.image), models["int8_qat"][1])
     for name, (fn, (nonzero, nbytes)) in fns.items():
         pr, _ = evaluate_pairs(subjects, cfg, fn, name, progress)
         pair_rows += pr
@@ -130,6 +147,7 @@ def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dic
     meta = {"dataset": str(data_dir), "pairs": len(test_pairs(subjects)), "labels": cfg.data.labels,
             "config": config_to_dict(cfg), "git_commit": git_commit(), "pruned_amount": first,
             "int8_sparsity": cfg.qat.int8_sparsity, "int4_sparsity": cfg.qat.int4_sparsity,
+            "int8_deployed_backend": f"{backend}, 1 thread, global stage on the host",
             "weight_bytes_note": "fp32 dense float32; QAT rows export.pack payload + int32 biases; "
                                  "ptq_ort_int8 ONNX initializer bytes"}
     table = write_table(rep / "table1.json", {**meta, "rows": sorted(rows, key=lambda r: ROWS.index(r["model"]))})

@@ -120,7 +120,10 @@ def test_pipeline_masks_scales_and_schema(tiny_data, tiny_export):
     table = report(cfg, tiny_data, out, progress=False)
     rows = {r["model"]: r for r in table["rows"]}
     assert list(rows) == ["identity", "ants_affine", "ants_syn", "trained", "pruned", "pruned_finetuned", "int8_qat",
-                          "int4_qat", "ptq_ort_int8"]
+                          "int8_deployed", "int4_qat", "ptq_ort_int8"]
+    # the deployed runtime computes the Brevitas model's integers: the same metrics, exactly
+    for k in ("dice", "tre_mm", "landmark_tre_mm", "folding_pct", "vanished_labels", "weight_bytes"):
+        assert rows["int8_deployed"][k] == rows["int8_qat"][k], k
     keys = {"model", "dice", "tre_mm", "landmark_tre_mm", "folding_pct", "vanished_labels", "seconds_per_pair",
             "nonzero_params", "weight_bytes"}
     for r in rows.values():
