@@ -10,7 +10,8 @@ weight quantises to zero, so the sparsity carries into the integers).
 
 Writes OUT/int8/model.pt (from the `qat.int8_sparsity` pruned checkpoint), OUT/int4/model.pt
 (4-bit weights, from `qat.int4_sparsity`) and, with --curve, OUT/curve/int8_sXX/model.pt
-(`qat.curve_steps` steps) for sparsity 0 and every other pruning amount; OUT/qat.json last.
+(`qat.curve_steps` steps) for sparsity 0 and every other pruning amount; OUT/qat.json after
+the first two, OUT/curve/curve.json after the curve's.
 A killed run resumes with --resume; a checkpoint of another stage, another config or one whose
 pruned weights are not zero is refused.
 """
@@ -78,22 +79,33 @@ def qat_jobs(cfg: Config, curve: bool) -> dict[str, tuple[int, float, int]]:
 
 def qat(cfg: Config, prune_dir: Path, data_dir: Path, out: Path, resume: bool = False, curve: bool = False,
         progress: bool = True) -> dict[str, Path]:
+    """The int8 and int4 models, then (with `curve`) the pruning curve's. OUT/qat.json lists the
+    first two and is written after them, only when one of them was (re)made: make's mark that
+    the stage finished, which a later --curve run must not renew (that would make every
+    export stale); OUT/curve/curve.json lists the curve's models."""
     setup_torch(cfg)
     data = load_train_data(cfg, data_dir, progress)
-    done = {}
-    for i, (name, (bits, sparsity, steps)) in enumerate(qat_jobs(cfg, curve).items()):
+    done, made = {}, set()
+    jobs = qat_jobs(cfg, curve)
+    for i, (name, (bits, sparsity, steps)) in enumerate(jobs.items()):
         d = out / name
         if resume and (d / "model.pt").exists():
             load_qat(d / "model.pt", cfg)
         else:
             src = sparsity_dir(prune_dir, sparsity) / "model.pt"
             qat_from_pruned(cfg, src, data, d, bits, steps, 200 + i, resume, progress)
+            made.add(name)
         done[name] = d / "model.pt"
-    summary = out / "qat.json"  # written last: make's mark that the stage finished
-    old = json.loads(summary.read_text())["checkpoints"] if summary.exists() else {}
-    atomic_write_json(summary, {"checkpoints": old | {k: str(v) for k, v in done.items()},
-                                "config": config_to_dict(cfg), "git_commit": git_commit()})
+        if name == "int4" and (made or not (out / "qat.json").exists()):
+            _summary(out / "qat.json", cfg, {k: v for k, v in done.items() if k in ("int8", "int4")})
+    if curve:
+        _summary(out / "curve" / "curve.json", cfg, {k: v for k, v in done.items() if k.startswith("curve/")})
     return done
+
+
+def _summary(path: Path, cfg: Config, done: dict[str, Path]) -> None:
+    atomic_write_json(path, {"checkpoints": {k: str(v) for k, v in done.items()}, "config": config_to_dict(cfg),
+                             "git_commit": git_commit()})
 
 
 def main(argv=None) -> int:

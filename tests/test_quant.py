@@ -99,6 +99,8 @@ def test_pipeline_masks_scales_and_schema(tiny_data, tiny_export):
         assert ck["step"] == cfg.prune.steps and ck["stage"] == "prune"
 
     done = json.loads((out / "qat" / "qat.json").read_text())["checkpoints"]
+    assert set(done) == {"int8", "int4"}
+    done |= json.loads((out / "qat" / "curve" / "curve.json").read_text())["checkpoints"]
     assert set(done) == {"int8", "int4", "curve/int8_s00", "curve/int8_s50"}
     x = torch.rand(1, 2, *cfg.data.shape)
     for name, path in done.items():
