@@ -1,5 +1,7 @@
-"""Opt-in (`make test-slow`): the demo's acceptance criteria on the full demo config (~25 min):
-float training (issue 2) and the compression stages and Table 1 (issue 3)."""
+"""Opt-in (`make test-slow`): the demo's acceptance criteria on the full demo config (~22 min):
+float training (issue 2), the compression stages and Table 1 (issue 3), and the parts of
+issue 10's goals the demo meets (no folding beyond 0.1 %, no vanished label, the deployed
+int8 network equal to the Brevitas one)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,3 +41,7 @@ def test_demo_meets_acceptance(tmp_path):
     assert cfg.qat.int4_sparsity >= 0.5 and rows["int4_qat"]["dice"] >= trained["dice"] - 0.03
     assert trained["weight_bytes"] / rows["int8_qat"]["weight_bytes"] >= 4
     assert trained["weight_bytes"] / rows["int4_qat"]["weight_bytes"] >= 8
+    # issue 10 (the Dice and speed goals against ANTs SyN are not met yet: README)
+    for name in ("trained", "int8_qat", "int8_deployed"):
+        assert rows[name]["folding_pct"] <= 0.1 and rows[name]["vanished_labels"] == 0, name
+    assert rows["int8_deployed"]["dice"] == rows["int8_qat"]["dice"]
