@@ -3,7 +3,7 @@
 #   make test                 the test suite (sets up .venv from pyproject.toml on first use)
 #   make train CONFIG=configs/ibsr.toml DATA=/path/to/IBSR_V2.0 OUT=runs/ibsr
 #   make prune / qat / export / golden / verify [ACCEL=dir] / bench / report   one stage (and what it needs)
-#   make scaling              opt-in: latency against grid and threads, demo and paper-scale networks (~40 min)
+#   make scaling              opt-in: latency against grid and threads, demo and paper-scale networks (~30 min)
 CONFIG ?= configs/demo.toml
 OUT    ?= runs/demo
 SYNTH  := data/synthetic
@@ -80,7 +80,7 @@ bench: $(OUT)/export/manifest.json
 # opt-in (not in demo): latency against grid (up to the paper's 128x160x128) and threads, for
 # the demo network and an untrained network of configs/ibsr.toml (latency does not depend on weights)
 scaling: $(OUT)/export/manifest.json
-	$(PY) benchmarks/scaling.py --export $(OUT)/export --out $(OUT)/bench/scaling $(SCALING_ARGS)
+	$(PY) benchmarks/scaling.py --export $(OUT)/export --out $(OUT)/bench/scaling --runs 3 $(SCALING_ARGS)
 	$(PY) benchmarks/scaling.py --untrained configs/ibsr.toml --out $(OUT)/bench/scaling_ibsr --threads 2 --runs 2 --shapes 32,32,32 64,80,64 128,160,128 \
 	    --backends ort_fp32,ort_int8_float_kernels,openvino_fp32,openvino_int8 --check-max-voxels 32768 $(SCALING_ARGS)
 
