@@ -31,6 +31,7 @@ import numpy as np
 
 from model.artifacts import atomic_write_bytes
 from model.config import DataConfig
+from model.host_warp import trilinear
 
 SUFFIXES = (".nii.gz", ".nii", ".hdr")
 SUBJECT_RE = re.compile(r"^IBSR_\d+$")
@@ -171,17 +172,7 @@ def sample(vol: np.ndarray, coords: np.ndarray, order: int, fill: float = 0.0, t
         out = np.where(inside, out, np.asarray(fill, dtype=vol.dtype))
         return out.reshape(coords.shape[1:])
     inside = np.all((c >= 0) & (c <= shape - 1), axis=0)
-    lo = np.clip(np.floor(c), 0, shape - 2).astype(np.int64)
-    t = c - lo
-    out = np.zeros(c.shape[1], dtype=np.float64)
-    v = vol.astype(np.float32, copy=False)
-    for dx in (0, 1):
-        wx = t[0] if dx else 1 - t[0]
-        for dy in (0, 1):
-            wy = t[1] if dy else 1 - t[1]
-            for dz in (0, 1):
-                wz = t[2] if dz else 1 - t[2]
-                out += wx * wy * wz * v[lo[0] + dx, lo[1] + dy, lo[2] + dz]
+    out = trilinear(vol, c)
     out[~inside] = fill
     return out.reshape(coords.shape[1:])
 

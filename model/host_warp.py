@@ -11,24 +11,29 @@ from __future__ import annotations
 import numpy as np
 
 
-def host_warp(moving: np.ndarray, ddf: np.ndarray) -> np.ndarray:
-    shape = moving.shape
-    if ddf.shape != (3, *shape):
-        raise ValueError(f"ddf {ddf.shape} does not match moving {shape}: expected (3, {', '.join(map(str, shape))})")
-    size = np.asarray(shape, np.float32).reshape(3, 1, 1, 1)
-    grid = np.indices(shape, dtype=np.float32)
-    pos = np.minimum(np.maximum(grid + ddf.astype(np.float32), 0), size - 1)
-    lo = np.minimum(np.floor(pos), np.maximum(size - 2, 0))
+def trilinear(vol: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """`vol` (X, Y, Z) read trilinearly at voxel positions `pos` (3, ...) that lie in
+    [0, size - 1] per axis (others clamp to the edge cell's weights), weights and result in
+    pos's float type; model.data.sample uses it too."""
+    size = np.asarray(vol.shape).reshape(3, *([1] * (pos.ndim - 1)))
+    lo = np.clip(np.floor(pos), 0, np.maximum(size - 2, 0)).astype(np.int64)
     t = pos - lo
-    lo = lo.astype(np.int64)
-    flat = np.ascontiguousarray(moving, np.float32).ravel()
-    sy, sx = shape[2], shape[1] * shape[2]
-    out = np.zeros(shape, np.float32)
+    v = np.asarray(vol).astype(np.float32, copy=False)
+    out = np.zeros(pos.shape[1:], pos.dtype)
     for dx in (0, 1):
         wx = t[0] if dx else 1 - t[0]
         for dy in (0, 1):
             wy = t[1] if dy else 1 - t[1]
             for dz in (0, 1):
                 wz = t[2] if dz else 1 - t[2]
-                out += wx * wy * wz * flat[(lo[0] + dx) * sx + (lo[1] + dy) * sy + lo[2] + dz]
+                out += wx * wy * wz * v[lo[0] + dx, lo[1] + dy, lo[2] + dz]
     return out
+
+
+def host_warp(moving: np.ndarray, ddf: np.ndarray) -> np.ndarray:
+    shape = moving.shape
+    if ddf.shape != (3, *shape):
+        raise ValueError(f"ddf {ddf.shape} does not match moving {shape}: expected (3, {', '.join(map(str, shape))})")
+    size = np.asarray(shape, np.float32).reshape(3, 1, 1, 1)
+    pos = np.minimum(np.maximum(np.indices(shape, dtype=np.float32) + ddf.astype(np.float32), 0), size - 1)
+    return trilinear(moving, pos)
