@@ -1,0 +1,204 @@
+"""The RTL accelerator: compiler and engine model against the reference, a tiny network simulated
+in Verilator against the reference element for element and cycle for cycle against the cycle
+model, fault injection that verify must catch, and the compiler's refusals."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hw.compiler import CompileError, LANES, compile_weights, get_tensor, put_tensor
+from hw.engine_model import run_image, total_cycles
+from hw.reference import Reference, quantize_input
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# base_channels 8: every tensor is whole groups of 8 lanes (the engine's halves need it);
+# grid 8^3 keeps the first 7^3 convolution and the simulation to seconds
+RTL_TOML = """
+[data]
+shape = [8, 8, 8]
+spacing_mm = [10.0, 10.0, 10.0]
+labels = [2, 41]
+[model]
+base_channels = 8
+levels = 2
+ddf_levels = [0, 1, 2]
+"""
+
+
+def random_weights(path: Path, seed: int = 1, sparsity: float = 0.25) -> Path:
+    """weights.bin of an untrained twin with large random weights, a fraction `sparsity` of each
+    layer zeroed, calibrated on dim random images (a quarter of the range) so that full-range
+    inputs saturate activations; ties of the rounding occur too."""
+    from export.export import weight_records
+    from export.weights import write_weights
+    from model.config import config_from_dict
+    from quant.twin import QuantLocalNet, calibrate
+
+    cfg = config_from_dict(tomllib.loads(RTL_TOML))
+    torch.manual_seed(seed)
+    twin = QuantLocalNet(cfg.model)
+    for m in twin.modules():
+        if isinstance(m, torch.nn.Conv3d):
+            torch.nn.init.uniform_(m.weight, -0.5, 0.5)
+            torch.nn.init.uniform_(m.bias, -0.5, 0.5)
+            with torch.no_grad():
+                m.weight.mul_((torch.rand_like(m.weight) >= sparsity).float())
+    xs = [0.25 * torch.rand(1, 2, *cfg.data.shape) for _ in range(2)]
+    calibrate(twin, xs)
+    write_weights(path, weight_records(twin, xs[0]), {"model": {"levels": cfg.model.levels,
+                                                                "ddf_levels": cfg.model.ddf_levels},
+                                                      "input_shape": [1, 2, *cfg.data.shape]})
+    return path
+
+
+def random_input(ref: Reference, seed: int):
+    rng = np.random.default_rng(seed)
+    return quantize_input(rng.random((8, 8, 8)), rng.random((8, 8, 8)), ref.r["input"])
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    return random_weights(tmp_path_factory.mktemp("rtl") / "weights.bin")
+
+
+def make_golden(weights: Path, out: Path, pairs: int = 2) -> dict:
+    """Golden vectors of the reference in hw.golden's layout (the manifest fields verify reads)."""
+    ref = Reference.from_file(weights)
+    man = {"weights": str(weights), "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(), "pairs": []}
+    for k in range(pairs):
+        trace: dict = {}
+        ref.run(random_input(ref, k), trace)
+        d = out / f"pair_{k:02d}"
+        d.mkdir(parents=True)
+        tensors = {}
+        for name, t in trace.items():
+            np.save(d / f"{name}.npy", t.q)
+            tensors[name] = {"shape": list(t.q.shape), "exponent": t.e}
+        man["pairs"].append({"dir": d.name, "tensors": tensors})
+    (out / "manifest.json").write_text(json.dumps(man))
+    return man
+
+
+def test_engine_model_equals_reference_on_every_tensor(weights):
+    """The compiled program, run by the engine model from the memory image, leaves every tensor
+    of the reference's trace in memory, exactly, with zero blocks skipped or stored (dense); a
+    skipped block saves its cycle at every voxel and its 9 words of weight loading."""
+    from export.weights import read_weights
+
+    wb = read_weights(weights)
+    wb.records["down.1.c1.conv"].weight[:, 8:16] = 0   # input group 1 of both output groups: 27 blocks each
+    ref = Reference(wb)
+    x = random_input(ref, 0)
+    trace: dict = {}
+    ref.run(x, trace)
+    cycles = {}
+    for dense in (False, True):
+        prog = compile_weights(wb, dense=dense)
+        mem, per = run_image(prog.image(x.q))
+        for name, t in trace.items():
+            got = get_tensor(mem, prog.tensors[name])
+            assert np.array_equal(got, t.q), f"{name}: {(got != t.q).sum()} of {t.q.size} differ"
+        assert len(trace) == len(prog.tensors) - 2  # the program also holds the two max-pool outputs
+        cycles[dense] = total_cycles(per)
+    assert cycles[True] - cycles[False] == 2 * 27 * (4 ** 3 + 9)   # 2 output groups, 64 voxels at level 1
+
+
+def test_memory_layout_by_hand():
+    """Channel-last groups of 8 as ACCEL.md states: channel c of voxel v is byte c % 8 of word
+    base + v * G + c // 8, channels beyond C zero."""
+    from hw.compiler import Tensor
+
+    t = Tensor("t", 3, 10, (1, 1, 2), 0)   # G = 2 words per voxel
+    x = np.arange(20, dtype=np.int8).reshape(1, 10, 1, 1, 2)   # x[c, w] = 2c + w
+    mem = np.zeros(8, dtype=np.uint64)
+    put_tensor(mem, t, x)
+    b = mem.view(np.int8).reshape(8, 8)
+    assert list(b[3]) == [0, 2, 4, 6, 8, 10, 12, 14]      # voxel 0, channels 0-7
+    assert list(b[4]) == [16, 18, 0, 0, 0, 0, 0, 0]       # voxel 0, channels 8-9, padding 0
+    assert list(b[5]) == [1, 3, 5, 7, 9, 11, 13, 15]      # voxel 1
+    assert np.array_equal(get_tensor(mem, t), x)
+
+
+def test_compiler_refusals(weights, tmp_path):
+    from export.weights import read_weights
+
+    wb = read_weights(weights)
+    with pytest.raises(CompileError, match="divide by 2\\^levels"):
+        compile_weights(wb, grid=(8, 8, 6))
+    wb.records["down.0.c1.conv"].e1 += 1
+    with pytest.raises(CompileError, match="down.0.c1.conv: input exponent"):
+        compile_weights(wb)
+    wb = read_weights(weights)
+    wb.records["down.0.c1.conv"].bias[0] = 2**31 - 1
+    with pytest.raises(CompileError, match="down.0.c1.conv: accumulator bound"):
+        compile_weights(wb)
+    wb = read_weights(weights)
+    wb.records["head_out.0"].e0 = 40
+    with pytest.raises(CompileError, match="heads.0: requantisation shift"):
+        compile_weights(wb)
+    # a memory plan the simulated memory cannot hold
+    with pytest.raises(CompileError, match="memory words"):
+        compile_weights(read_weights(weights), grid=(256, 256, 256))
+    # the CLI: a missing file named, exit 2, nothing written
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "hw.compiler", "--weights", str(tmp_path / "none.bin"),
+                        "--out", str(tmp_path / "o")], env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "none.bin: weights file not found" in r.stderr and not (tmp_path / "o").exists()
+
+
+def _sim(golden: Path, out: Path, *defines: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "hw.rtl_sim", "--golden", str(golden), "--out", str(out)]
+    for d in defines:
+        cmd += ["--define", d]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True)
+
+
+def _verify(golden: Path, accel: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "hw.verify", "--golden", str(golden), "--accel", str(accel),
+                           "--quiet"], env=env, capture_output=True, text=True)
+
+
+def test_rtl_equals_reference_and_cycle_model(weights, tmp_path):
+    """Verilator runs accel.v on two inputs: every tensor equals the reference's (verify PASS),
+    and the simulated cycles equal the cycle model's."""
+    golden = tmp_path / "golden"
+    man = make_golden(weights, golden)
+    r = _sim(golden, tmp_path / "rtl")
+    assert r.returncode == 0, r.stderr[-3000:]
+    v = _verify(golden, tmp_path / "rtl")
+    n = sum(len(p["tensors"]) for p in man["pairs"])
+    assert v.returncode == 0 and f"PASS: 0 mismatching elements in {n} tensors" in v.stdout, v.stdout[-2000:]
+    rep = json.loads((tmp_path / "rtl" / "cycles.json").read_text())
+    for p in rep["pairs"]:
+        assert p["cycles"] == p["model_cycles"] > 0
+        # one word written per voxel and channel group of every computed tensor, plus the max-pool
+        # outputs the golden set does not hold: 8 channels on 4^3 (64 words), 16 on 2^3 (16)
+        assert p["writes"] == sum(int(np.prod(t["shape"][2:])) * -(-t["shape"][1] // LANES)
+                                  for name, t in man["pairs"][0]["tensors"].items()
+                                  if name not in ("input", "ddf")) + 64 + 16
+
+
+@pytest.mark.parametrize("fault", ["FAULT_ROUND_HALF_UP", "FAULT_NO_SATURATION"])
+def test_rtl_fault_injection_is_caught(weights, tmp_path, fault):
+    """A requantiser that rounds ties up, or wraps instead of saturating, fails verify, which
+    names the first mismatching layer and position."""
+    golden = tmp_path / "golden"
+    make_golden(weights, golden, pairs=1)
+    r = _sim(golden, tmp_path / "rtl", fault)
+    assert r.returncode == 0, r.stderr[-3000:]
+    v = _verify(golden, tmp_path / "rtl")
+    assert v.returncode == 1 and "FAIL" in v.stdout
+    first = next(ln for ln in v.stdout.splitlines() if ln.startswith("MISMATCH"))
+    assert "first at (n, c, d, h, w) = (" in first and "expected" in first
