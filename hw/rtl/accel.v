@@ -147,10 +147,13 @@ module accel #(
             sd = vd >> 1; sh = vh >> 1; sw = vw >> 1; sgH = hH; sgW = hW;
         end
     end
-    wire [31:0] s_vox  = ({22'd0, sd} * {22'd0, sgH} + {22'd0, sh}) * {22'd0, sgW} + {22'd0, sw};
-    wire [31:0] s_addr = s_base + s_vox * s_stride + s_grp;
-    wire [31:0] o_vox  = ({22'd0, vd} * {22'd0, gH} + {22'd0, vh}) * {22'd0, gW} + {22'd0, vw};
-    wire [31:0] o_addr = o_base + o_vox * o_stride + (is_conv ? ocg : grp);
+    // addresses: voxel index (< 2^AW) x words per voxel (< 256) + group; narrow multipliers
+    wire [AW-1:0] s_vox  = ({{(AW-10){1'b0}}, sd} * {{(AW-10){1'b0}}, sgH} + {{(AW-10){1'b0}}, sh}) * {{(AW-10){1'b0}}, sgW}
+                           + {{(AW-10){1'b0}}, sw};
+    wire [AW-1:0] s_addr = s_base[AW-1:0] + s_vox * {{(AW-8){1'b0}}, s_stride[7:0]} + s_grp[AW-1:0];
+    wire [AW-1:0] o_vox  = ({{(AW-10){1'b0}}, vd} * {{(AW-10){1'b0}}, gH} + {{(AW-10){1'b0}}, vh}) * {{(AW-10){1'b0}}, gW}
+                           + {{(AW-10){1'b0}}, vw};
+    wire [AW-1:0] o_addr = o_base[AW-1:0] + o_vox * {{(AW-8){1'b0}}, o_stride[7:0]} + (is_conv ? ocg[AW-1:0] : grp[AW-1:0]);
 
     wire issue = (state == S_RUN) && !iter_done;
 
@@ -221,7 +224,7 @@ module accel #(
         rd_en = 1'b0; rd_addr = {AW{1'b0}};
         if (state == S_FETCH && fi < 4'd8) begin rd_en = 1'b1; rd_addr = {pc[AW-4:0], fi[2:0]}; end
         if (state == S_LOAD && li < lnum) begin rd_en = 1'b1; rd_addr = lptr[AW-1:0] + li[AW-1:0]; end
-        if (issue && s_rd) begin rd_en = 1'b1; rd_addr = s_addr[AW-1:0]; end
+        if (issue && s_rd) begin rd_en = 1'b1; rd_addr = s_addr; end
     end
     assign wr_en = fin_v;
     assign wr_addr = fin_addr;
@@ -313,7 +316,7 @@ module accel #(
 
             // P1: slot registered, weight block read
             p1_v <= issue; p1_rd <= issue && s_rd; p1_first <= (eslot == 0); p1_last <= last_slot;
-            p1_kind <= s_kind; p1_coef <= s_coef; p1_shift <= s_shift; p1_oaddr <= o_addr[AW-1:0];
+            p1_kind <= s_kind; p1_coef <= s_coef; p1_shift <= s_shift; p1_oaddr <= o_addr;
             // P2: partial results registered
             p2_v <= p1_v; p2_first <= p1_first; p2_last <= p1_last; p2_kind <= p1_kind; p2_oaddr <= p1_oaddr;
             for (j = 0; j < L; j = j + 1) p2_part[j] <= part[j];
