@@ -3,6 +3,7 @@
 #   make test                 the test suite (sets up .venv from pyproject.toml on first use)
 #   make train CONFIG=configs/ibsr.toml DATA=/path/to/IBSR_V2.0 OUT=runs/ibsr
 #   make prune / qat / export / golden / verify [ACCEL=dir] / bench / report   one stage (and what it needs)
+#   make rtl-sim / rtl-synth  the RTL accelerator on the golden pairs (then make verify ACCEL=$(OUT)/rtl) / on an ECP5-85F
 #   make scaling              opt-in: latency against grid and threads, demo and paper-scale networks (~30 min)
 CONFIG ?= configs/demo.toml
 OUT    ?= runs/demo
@@ -17,13 +18,13 @@ STAMP  := $(VENV)/.installed
 # the synthetic set is generated only when it is the data in use
 DATA_DEP := $(if $(filter $(SYNTH),$(DATA)),$(SYNTH)/synth_manifest.json,)
 
-.PHONY: all demo venv data train prune qat export golden golden-force verify bench scaling report evaluate test test-slow clean help
+.PHONY: all demo venv data train prune qat export golden golden-force verify rtl-sim rtl-verify rtl-synth bench scaling report evaluate test test-slow clean help
 .DELETE_ON_ERROR:
 
 help:
 	@sed -n '1,8p' Makefile
 
-all demo: report verify bench
+all demo: report verify rtl-verify rtl-synth bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -72,6 +73,22 @@ golden-force: $(OUT)/export/manifest.json
 # running the exported int8 ONNX is the device (independent of the reference)
 verify: $(OUT)/golden/manifest.json
 	$(PY) -m hw.verify --golden $(OUT)/golden --quiet $(if $(ACCEL),--accel $(ACCEL),)
+
+# the RTL accelerator (hw/rtl/, hw/ACCEL.md) simulated in Verilator on the golden pairs: every
+# tensor dumped to $(OUT)/rtl/pair_XX/ in the golden layout, cycles in $(OUT)/rtl/cycles.json
+$(OUT)/rtl/cycles.json: $(OUT)/golden/manifest.json hw/rtl/accel.v hw/rtl/accel_sim.v hw/compiler.py
+	$(PY) -m hw.rtl_sim --golden $(OUT)/golden --out $(OUT)/rtl --project configs/ibsr.toml
+
+rtl-sim: $(OUT)/rtl/cycles.json
+
+rtl-verify: $(OUT)/rtl/cycles.json
+	$(PY) -m hw.verify --golden $(OUT)/golden --accel $(OUT)/rtl --quiet
+
+# Yosys + nextpnr for the LFE5UM-85F: $(OUT)/rtl/synth.json (skipped when the RTL is unchanged)
+$(OUT)/rtl/synth.json: hw/rtl/accel.v hw/rtl/accel_top.v | $(STAMP)
+	$(PY) -m hw.rtl_synth --out $(OUT)/rtl
+
+rtl-synth: $(OUT)/rtl/synth.json
 
 # latency per backend on this machine (BENCH_ARGS, e.g. --threads 2 --runs 50)
 bench: $(OUT)/export/manifest.json

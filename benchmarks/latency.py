@@ -265,6 +265,21 @@ def match_text(r: dict) -> str:
     return f"{'yes' if r['matches_reference'] else 'NO'} (max diff {r['max_abs_diff']:.1e} voxel)"
 
 
+def fpga_projection(rtl: Path) -> dict | None:
+    """The fpga_ecp5 row: the RTL accelerator's simulated cycles per pair (OUT/rtl/cycles.json,
+    make rtl-sim) over the placed fmax of the ECP5-85F (OUT/rtl/synth.json, make rtl-synth).
+    Projected from simulation, not measured on a board; None until both files exist."""
+    try:
+        cyc = json.loads((rtl / "cycles.json").read_text())
+        syn = json.loads((rtl / "synth.json").read_text())
+    except (OSError, ValueError):
+        return None
+    cycles = max(p["cycles"] for p in cyc["pairs"])
+    return {"backend": "fpga_ecp5", "source": "projected: simulated cycles / placed fmax", "cycles": cycles,
+            "fmax_mhz": syn["fmax_mhz"], "device": syn["device"], "ms": round(cycles / (syn["fmax_mhz"] * 1e3), 2),
+            "mac_util": cyc.get("mac_util")}
+
+
 def markdown(report: dict) -> str:
     p = report["platform"]
     lines = [f"CPU: {p['cpu']} ({p['cores']} cores, ISA {', '.join(p['isa']) or 'none listed'}), {p['os']}; "
@@ -276,6 +291,10 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['backend']} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['pairs_per_s']} | "
                      f"{r['register_p50_ms']} ({r['register_warp']}) | {r['peak_rss_mb']} | {r['model_bytes']} "
                      f"| {match_text(r)} |")
+    f = report.get("fpga_ecp5")
+    if f:
+        lines += ["", f"fpga_ecp5 ({f['device']}, {f['source']}): {f['cycles']:,} cycles at {f['fmax_mhz']} MHz "
+                      f"= {f['ms']} ms per pair (network only; MAC utilisation {f['mac_util']})"]
     return "\n".join(lines) + "\n"
 
 
@@ -355,7 +374,8 @@ def main(argv=None) -> int:
             r["matches_reference"], r["max_abs_diff"] = compare(r["ddf"], r["backend"], refs)
     report = {"platform": platform_info(), "shape": shape, "threads": a.threads,
               "warmup": a.warmup, "runs": a.runs, "float_tolerance_voxels": FLOAT_TOL_VOX,
-              "results": [{k: v for k, v in r.items() if k != "ddf"} for r in results]}
+              "results": [{k: v for k, v in r.items() if k != "ddf"} for r in results],
+              "fpga_ecp5": fpga_projection(a.export.parent / "rtl")}
     from model.artifacts import atomic_write_json, atomic_write_text  # standard library only
 
     atomic_write_json(a.out / "latency.json", report)

@@ -76,6 +76,7 @@ class Desc:
     sb: int = 0
     s_out: int = 0
     entries: list[int] = field(default_factory=list)   # CONV: weight blocks per output group
+    macs: int = 0                                      # CONV: the layer's dense MACs (dense_macs); 0: data movement
 
     def fields(self) -> list[int]:
         d, h, w = self.grid
@@ -110,7 +111,7 @@ class Program:
 
     def to_json(self) -> dict:
         return {"lanes": LANES, "mem_words": int(self.act_base + self.act_words), "dense_weights": self.dense,
-                "descriptors": [{"layer": d.layer, "op": d.op, "fields": d.fields(), "entries": d.entries}
+                "descriptors": [{"layer": d.layer, "op": d.op, "fields": d.fields(), "entries": d.entries, "macs": d.macs}
                                 for d in self.descs],
                 "tensors": {n: asdict(t) for n, t in self.tensors.items()}}
 
@@ -132,10 +133,21 @@ def get_tensor(mem: np.ndarray, t: Tensor) -> np.ndarray:
     return np.ascontiguousarray(v.transpose(3, 0, 1, 2))[None]
 
 
-def conv_blocks(rec: Record, dense: bool) -> list[list[tuple[tuple[int, int, int, int], np.ndarray]]]:
+def dense_macs(grid, k: int, cin: int, cout: int) -> int:
+    """MACs of a 'same' convolution whose taps inside the volume count (padding excluded)."""
+    p = k // 2
+    per_axis = []
+    for n in grid:
+        o = np.arange(n)
+        per_axis.append(int((np.minimum(o + p, n - 1) - np.maximum(o - p, 0) + 1).sum()))
+    return int(np.prod(per_axis)) * cin * cout
+
+
+def conv_blocks(rec: Record, dense: bool, w_taps: list[int] | None = None) -> list[list[tuple[tuple[int, int, int, int], np.ndarray]]]:
     """Per output group: the weight blocks (tap a, b, c, input group g) -> (LANES, LANES) int8
     [output lane, input lane]. Sparse: all-zero blocks are left out (they cost no cycle), except
-    one block per group so that every voxel has a slot (the centre tap of group 0)."""
+    one block per group so that every voxel has a slot (the centre tap of group 0). `w_taps`:
+    the only W taps the layer has (an unfolded first layer), dense or not."""
     w = rec.weight
     cout, cin, k = w.shape[0], w.shape[1], w.shape[2]
     ocg, icg = -(-cout // LANES), -(-cin // LANES)
@@ -147,7 +159,7 @@ def conv_blocks(rec: Record, dense: bool) -> list[list[tuple[tuple[int, int, int
         blocks = []
         for a in range(k):
             for b in range(k):
-                for cc in range(k):
+                for cc in (range(k) if w_taps is None else w_taps):
                     for g in range(icg):
                         blk = wp[og * LANES:(og + 1) * LANES, g * LANES:(g + 1) * LANES, a, b, cc]
                         if dense or blk.any() or (a, b, cc, g) == (c, c, c, 0):
@@ -160,9 +172,60 @@ def _u64(b: np.ndarray) -> int:
     return int(np.ascontiguousarray(b, dtype=np.int8).view(np.uint64)[0])
 
 
+def structural_weights(base_channels: int, levels: int, ddf_levels, first_kernel: int = 7) -> WeightsFile:
+    """A WeightsFile with LocalNet's layer shapes and no zero weight (all ones, every exponent
+    0): what the cycle model needs to project a configuration no one has trained or exported
+    (cycles depend on shapes and stored blocks, not on values). Shapes as model/localnet.py
+    builds them (tests/test_rtl.py checks them against an export)."""
+    from export.weights import OP_CONV3D, OP_QUANT
+
+    recs: dict[str, Record] = {}
+
+    def conv(name, act, cin, cout, k=3, relu=True):
+        recs[name] = Record(name, OP_CONV3D, 8, 0, 0, weight=np.ones((cout, cin, k, k, k), np.int8),
+                            bias=np.zeros(cout, np.int32))
+        recs[act] = Record(act, OP_QUANT, 8, 0, relu=relu)
+
+    def quant(name, relu=False):
+        recs[name] = Record(name, OP_QUANT, 8, 0, relu=relu)
+
+    ch = [base_channels * 2 ** i for i in range(levels + 1)]
+    quant("input")
+    for i in range(levels):
+        cin = 2 if i == 0 else ch[i - 1]
+        conv(f"down.{i}.c0.conv", f"down.{i}.c0.act", cin, ch[i], first_kernel if i == 0 else 3)
+        conv(f"down.{i}.c1.conv", f"down.{i}.c1.act", ch[i], ch[i])
+        conv(f"down.{i}.c2.conv", f"down.{i}.c2.act", ch[i], ch[i], relu=False)
+        quant(f"down.{i}.add", relu=True)
+    conv("bottleneck.conv", "bottleneck.act", ch[levels - 1], ch[levels])
+    for j in range(levels):
+        lv = levels - 1 - j
+        quant(f"up.{j}.halves")
+        conv(f"up.{j}.c0.conv", f"up.{j}.c0.act", ch[lv + 1], ch[lv])
+        quant(f"up.{j}.add_up")
+        quant(f"up.{j}.add_skip")
+        conv(f"up.{j}.c1.conv", f"up.{j}.c1.act", ch[lv], ch[lv])
+        conv(f"up.{j}.c2.conv", f"up.{j}.c2.act", ch[lv], ch[lv], relu=False)
+        quant(f"up.{j}.add", relu=True)
+    have_ddf = False
+    for lv in range(levels, -1, -1):
+        if lv in ddf_levels:
+            recs[f"heads.{lv}"] = Record(f"heads.{lv}", OP_CONV3D, 8, 0, 0, weight=np.ones((3, ch[lv], 3, 3, 3), np.int8),
+                                         bias=np.zeros(3, np.int32))
+            quant(f"head_out.{lv}")
+            if have_ddf:
+                quant(f"ddf_add.{lv}")
+            have_ddf = True
+        elif have_ddf:
+            quant(f"ddf_up.{lv}")
+    return WeightsFile({"model": {"levels": levels, "ddf_levels": list(ddf_levels)}}, recs)
+
+
 class Compiler:
-    def __init__(self, wb: WeightsFile, grid: tuple[int, int, int], dense: bool = False):
+    def __init__(self, wb: WeightsFile, grid: tuple[int, int, int], dense: bool = False,
+                 wbuf_entries: int = WBUF_ENTRIES, mem_words: int = MEM_WORDS):
         self.r, self.dense = wb.records, dense
+        self.wbuf_entries, self.mem_words = wbuf_entries, mem_words
         m = wb.meta["model"]
         self.levels, self.ddf_levels = m["levels"], sorted(m["ddf_levels"])
         self.grid = tuple(int(v) for v in grid)
@@ -194,6 +257,43 @@ class Compiler:
             raise CompileError(f"{conv}: {cin} input channels, its input {x.name} has {x.channels}")
         if x.e != rec.e1:
             raise CompileError(f"{conv}: input exponent {x.e}, the layer was quantised for {rec.e1}")
+        grid = tuple(2 * v for v in x.grid) if nearest_in else x.grid
+        macs = dense_macs(grid, kd, cin, cout)
+        if 2 * cin <= LANES and kd > 1 and not nearest_in:
+            # a narrow input fills few of the 8 lanes: unfold it along W first, then run the
+            # layer on the unfolded tensor with one W tap (see unfold_w)
+            x, rec = self._unfold_w(x, rec)
+            return self._emit_conv(x, rec, conv, act, out, nearest_in, macs, w_taps=[kd // 2])
+        return self._emit_conv(x, rec, conv, act, out, nearest_in, macs)
+
+    def _unfold_w(self, x: Tensor, rec: Record) -> tuple[Tensor, Record]:
+        """The first layer's mapping: with C_in channels a word holds T = 8 // C_in taps along W, so
+        a CONV with one-hot weights (exact: weight 1, shift 0) writes U, ceil(k/T) groups of T
+        W-shifted copies of x (lane j*C_in + c of group q = x[c, d, h, w + qT + j - k//2], zero
+        outside), and the layer becomes a CONV over U whose only W tap is the centre: k^2 x
+        ceil(k/T) slots per voxel instead of k^3 (7^3 = 343 -> 98 for C_in = 2)."""
+        cout, cin, k = rec.weight.shape[:3]
+        t, p = LANES // cin, k // 2
+        nq = -(-k // t)
+        onehot = np.zeros((nq * LANES, cin, k, k, k), dtype=np.int8)
+        w2 = np.zeros((cout, nq * LANES, k, k, k), dtype=np.int8)
+        for q in range(nq):
+            for j in range(t):
+                c = q * t + j
+                if c >= k:
+                    continue
+                for ch in range(cin):
+                    onehot[q * LANES + j * cin + ch, ch, p, p, c] = 1
+                    w2[:, q * LANES + j * cin + ch, :, :, p] = rec.weight[:, ch, :, :, c]
+        name = f"{rec.name}.unfold_w"
+        u_rec = Record(name, rec.op, 8, 0, x.e, weight=onehot, bias=np.zeros(nq * LANES, dtype=np.int32))
+        u_out = Record(name, 2, 8, x.e)
+        u = self._emit_conv(x, u_rec, name, name, u_out, False, 0, dense=False)
+        return u, Record(rec.name, rec.op, rec.bits, rec.e0, rec.e1, weight=w2, bias=rec.bias)
+
+    def _emit_conv(self, x: Tensor, rec: Record, conv: str, act: str, out: Record, nearest_in: bool, macs: int,
+                   w_taps: list[int] | None = None, dense: bool | None = None) -> Tensor:
+        cout, kd = rec.weight.shape[0], rec.weight.shape[2]
         bound = int(np.abs(rec.weight.astype(np.int64)).reshape(cout, -1).sum(1).max()) * 128 + \
             int(np.abs(rec.bias.astype(np.int64)).max(initial=0))
         if bound >= ACC_LIMIT:
@@ -201,15 +301,15 @@ class Compiler:
         s_out = rec.e0 + rec.e1 - out.e0
         self._check_shift(conv, s_out)
         grid = tuple(2 * v for v in x.grid) if nearest_in else x.grid
-        blocks = conv_blocks(rec, self.dense)
+        blocks = conv_blocks(rec, self.dense if dense is None else dense, w_taps)
         for og, bl in enumerate(blocks):
-            if len(bl) > WBUF_ENTRIES:
+            if len(bl) > self.wbuf_entries:
                 raise CompileError(f"{conv}: {len(bl)} weight blocks in output group {og}, the weight buffer "
-                                   f"holds {WBUF_ENTRIES}")
+                                   f"holds {self.wbuf_entries}")
         y = self._alloc(act, cout, grid, out.e0)
         d = Desc(OP_CONV, conv, flags=(F_RELU if out.relu else 0) | (F_A_NEAREST if nearest_in else 0), grid=grid,
                  a=(x.base, x.groups, 0), o=(y.base, y.groups), ocg=len(blocks), k=kd, s_out=s_out,
-                 entries=[len(bl) for bl in blocks])
+                 entries=[len(bl) for bl in blocks], macs=macs)
         self.descs.append(d)
         self.wpending.append((d, [(rec.bias, blocks)]))
         return y
@@ -314,18 +414,19 @@ class Compiler:
                 d.b = (d.b[0] + act_base, *d.b[1:])
             d.o = (d.o[0] + act_base, d.o[1])
         total = act_base + self.act_words
-        if total > MEM_WORDS:
-            raise CompileError(f"program needs {total} memory words, the memory plan has {MEM_WORDS}")
+        if total > self.mem_words:
+            raise CompileError(f"program needs {total} memory words, the memory plan has {self.mem_words}")
         return Program(self.descs, self.tensors, words, act_base, self.act_words, self.dense)
 
 
-def compile_weights(wb: WeightsFile | str | Path, grid=None, dense: bool = False) -> Program:
-    """weights.bin (or its parsed form) -> Program for the given working grid (default: the export's)."""
+def compile_weights(wb: WeightsFile | str | Path, grid=None, dense: bool = False, **limits) -> Program:
+    """weights.bin (or its parsed form) -> Program for the given working grid (default: the
+    export's). `limits`: wbuf_entries, mem_words of a larger engine (projections)."""
     if not isinstance(wb, WeightsFile):
         wb = read_weights(wb)
     if grid is None:
         grid = wb.meta["input_shape"][-3:]
-    return Compiler(wb, grid, dense).compile()
+    return Compiler(wb, grid, dense, **limits).compile()
 
 
 def write_readmemh64(path: Path, mem: np.ndarray) -> None:

@@ -171,5 +171,25 @@ def run_image(mem: np.ndarray, max_descs: int = 4096) -> tuple[np.ndarray, list[
     raise ValueError(f"no END descriptor in the first {max_descs}")
 
 
+def cycle_model(prog) -> list[dict]:
+    """The cycles of each descriptor of a compiled Program from its fields alone (no data): what
+    run_image counts, for programs too large to execute here (projections)."""
+    per = []
+    for d in prog.descs:
+        D, H, W = d.grid
+        vox = D * H * W
+        c = {"op": d.op, "fetch": FETCH_CYCLES, "load": 0, "run": 0}
+        if d.op == OP_CONV:
+            c["load"] = sum(LOAD_FIXED + (1 + LANES) * e for e in d.entries)
+            c["run"] = sum(vox * e + DRAIN_CYCLES for e in d.entries)
+        elif d.op == OP_MAXPOOL:
+            c["run"] = vox * d.groups * 8 + DRAIN_CYCLES
+        elif d.op == OP_ADD:
+            slots = (8 if d.flags & F_A_TRILINEAR else 1) + (1 if d.flags & F_HAS_B else 0)
+            c["run"] = vox * d.groups * slots + DRAIN_CYCLES
+        per.append(c)
+    return per
+
+
 def total_cycles(per: list[dict]) -> int:
     return START_CYCLES + sum(c["fetch"] + c["load"] + c["run"] for c in per)

@@ -84,36 +84,44 @@ def simulate(runner, build_dir: Path, image: np.ndarray, work: Path, max_cycles:
     return mem, res
 
 
-def layer_report(prog: Program, per: list[dict], grid) -> list[dict]:
-    """Per descriptor: the cycle model's cycles and, for convolutions, dense MACs (taps inside the
-    volume, every weight counted: the work of a dense engine) and the array utilisation."""
+def layer_report(prog: Program, per: list[dict]) -> list[dict]:
+    """Per descriptor: the cycle model's cycles and, for convolutions, the layer's dense MACs
+    (taps inside the volume, every weight counted: the work of a dense engine; 0 for the first
+    layer's unfold, which only moves data) and the array utilisation."""
     rows = []
     for d, c in zip(prog.descs, per):
         cyc = c["fetch"] + c["load"] + c["run"]
         row = {"layer": d.layer, "op": ["end", "conv", "add", "maxpool"][d.op], "cycles": cyc}
         if d.op == OP_CONV:
-            t = prog.tensors  # output tensor is the descriptor's
-            cout = next(x.channels for x in t.values() if x.base == d.o[0])
-            cin = next(x.channels for x in t.values() if x.base == d.a[0])
-            row["macs"] = dense_macs(d.grid, d.k, cin, cout)
-            row["blocks"] = d.entries
-            row["mac_util"] = round(row["macs"] / (cyc * LANES * LANES), 4)
+            row.update(macs=d.macs, blocks=d.entries, mac_util=round(d.macs / (cyc * LANES * LANES), 4))
         rows.append(row)
     return rows
 
 
-def dense_macs(grid, k: int, cin: int, cout: int) -> int:
-    """MACs of a 'same' convolution whose taps inside the volume count (padding excluded)."""
-    p = k // 2
-    per_axis = []
-    for n in grid:
-        o = np.arange(n)
-        per_axis.append(int((np.minimum(o + p, n - 1) - np.maximum(o - p, 0) + 1).sum()))
-    return int(np.prod(per_axis)) * cin * cout
+def project(config_toml: Path) -> dict:
+    """Cycles of a configuration nobody has exported (configs/ibsr.toml), from the cycle model on
+    its layer shapes with every weight block stored (dense: no block is all-zero in a trained
+    unstructured network either), and the engine sizes it needs (weight buffer, memory)."""
+    import tomllib
+
+    from hw.compiler import WBUF_ENTRIES, structural_weights
+    from hw.engine_model import START_CYCLES, cycle_model
+
+    cfg = tomllib.loads(Path(config_toml).read_text())
+    m, grid = cfg["model"], cfg["data"]["shape"]
+    wb = structural_weights(m["base_channels"], m["levels"], m["ddf_levels"])
+    prog = compile_weights(wb, grid=grid, dense=True, wbuf_entries=1 << 30, mem_words=1 << 62)
+    per = cycle_model(prog)
+    cycles = START_CYCLES + sum(c["fetch"] + c["load"] + c["run"] for c in per)
+    macs = sum(d.macs for d in prog.descs)
+    blocks = max(max(d.entries) for d in prog.descs if d.op == OP_CONV)
+    return {"config": str(config_toml), "grid": list(grid), "cycles": cycles, "dense_macs": macs,
+            "mac_util": round(macs / (cycles * LANES * LANES), 4), "weight_buffer_blocks": blocks,
+            "fits_weight_buffer": blocks <= WBUF_ENTRIES, "memory_bytes": 8 * (prog.act_base + prog.act_words)}
 
 
 def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = False, defines: dict | None = None,
-            build_dir: Path | None = None, progress: bool = True) -> dict:
+            build_dir: Path | None = None, progress: bool = True, project_config: Path | None = None) -> dict:
     from hw.engine_model import run_image, total_cycles
     from hw.verify import check_weights, load_dump
     from model.artifacts import atomic_write_json
@@ -139,7 +147,13 @@ def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = 
         if progress:
             print(f"[rtl-sim] {pair['dir']}: {res['cycles']:,} cycles (model {res['model_cycles']:,}), "
                   f"{res['sim_s']} s simulated", file=sys.stderr)
-    layers = layer_report(prog, per, prog.tensors["input"].grid)
+    from hw.engine_model import START_CYCLES, cycle_model
+
+    fields_only = START_CYCLES + sum(c["fetch"] + c["load"] + c["run"] for c in cycle_model(prog))
+    report["cycle_model_checked"] = all(p["cycles"] == p["model_cycles"] == fields_only for p in report["pairs"])
+    if project_config is not None:
+        report["projection"] = project(project_config)
+    layers = layer_report(prog, per)
     macs = sum(r.get("macs", 0) for r in layers)
     cyc = report["pairs"][0]["cycles"]
     report.update(layers=layers, total_dense_macs=macs, mac_util=round(macs / (cyc * LANES * LANES), 4))
@@ -155,13 +169,15 @@ def main(argv=None) -> int:
     ap.add_argument("--dense", action="store_true", help="store every weight block (no zero-block skipping)")
     ap.add_argument("--define", action="append", default=[], help="Verilog define, e.g. FAULT_ROUND_HALF_UP")
     ap.add_argument("--build-dir", type=Path)
+    ap.add_argument("--project", type=Path, help="also project the cycles of this config (configs/ibsr.toml)")
     a = ap.parse_args(argv)
     from model.cli import run_cli
 
     def body():
         if not (a.golden / "manifest.json").is_file():
             raise FileNotFoundError(f"{a.golden}/manifest.json: no golden vectors (make golden)")
-        r = rtl_sim(a.golden, a.out, a.weights, a.dense, {d: 1 for d in a.define}, a.build_dir)
+        r = rtl_sim(a.golden, a.out, a.weights, a.dense, {d: 1 for d in a.define}, a.build_dir,
+                   project_config=a.project)
         for p in r["pairs"]:
             if p["cycles"] != p["model_cycles"]:
                 print(f"warning: {p['dir']}: simulated {p['cycles']} cycles, the cycle model says "

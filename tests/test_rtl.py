@@ -108,9 +108,14 @@ def test_engine_model_equals_reference_on_every_tensor(weights):
         for name, t in trace.items():
             got = get_tensor(mem, prog.tensors[name])
             assert np.array_equal(got, t.q), f"{name}: {(got != t.q).sum()} of {t.q.size} differ"
-        assert len(trace) == len(prog.tensors) - 2  # the program also holds the two max-pool outputs
+        assert len(trace) == len(prog.tensors) - 3  # the program also holds two max-pool outputs and the unfold
         cycles[dense] = total_cycles(per)
     assert cycles[True] - cycles[False] == 2 * 27 * (4 ** 3 + 9)   # 2 output groups, 64 voxels at level 1
+    # the 7^3 first layer on 2 channels runs unfolded: one-hot copies of 4 W taps per word (2
+    # groups: taps 0-3, and 4-6 plus the kept centre block), then 7 x 7 x 2 blocks instead of 343
+    descs = {d.layer: d for d in compile_weights(wb).descs}
+    assert descs["down.0.c0.conv.unfold_w"].entries == [4, 4]
+    assert descs["down.0.c0.conv"].entries == [98]
 
 
 def test_memory_layout_by_hand():
@@ -183,11 +188,12 @@ def test_rtl_equals_reference_and_cycle_model(weights, tmp_path):
     rep = json.loads((tmp_path / "rtl" / "cycles.json").read_text())
     for p in rep["pairs"]:
         assert p["cycles"] == p["model_cycles"] > 0
-        # one word written per voxel and channel group of every computed tensor, plus the max-pool
-        # outputs the golden set does not hold: 8 channels on 4^3 (64 words), 16 on 2^3 (16)
+        # one word written per voxel and channel group of every computed tensor, plus those the
+        # golden set does not hold: the max-pool outputs, 8 channels on 4^3 (64 words) and 16 on
+        # 2^3 (16), and the first layer's unfolded input, 2 groups on 8^3 (1024)
         assert p["writes"] == sum(int(np.prod(t["shape"][2:])) * -(-t["shape"][1] // LANES)
                                   for name, t in man["pairs"][0]["tensors"].items()
-                                  if name not in ("input", "ddf")) + 64 + 16
+                                  if name not in ("input", "ddf")) + 64 + 16 + 1024
 
 
 @pytest.mark.parametrize("fault", ["FAULT_ROUND_HALF_UP", "FAULT_NO_SATURATION"])
@@ -202,3 +208,25 @@ def test_rtl_fault_injection_is_caught(weights, tmp_path, fault):
     assert v.returncode == 1 and "FAIL" in v.stdout
     first = next(ln for ln in v.stdout.splitlines() if ln.startswith("MISMATCH"))
     assert "first at (n, c, d, h, w) = (" in first and "expected" in first
+
+
+def test_structural_weights_and_cycle_model(weights):
+    """The projection's inputs: structural_weights has every record and shape of an exported
+    network of the same config, and the cycle model from descriptor fields alone counts what
+    the engine model counts while executing, descriptor by descriptor."""
+    from export.weights import read_weights
+    from hw.compiler import structural_weights
+    from hw.engine_model import cycle_model
+
+    wb = read_weights(weights)
+    st = structural_weights(8, 2, [0, 1, 2])
+    assert set(st.records) == set(wb.records)
+    for n, r in wb.records.items():
+        assert (r.weight is None) == (st.records[n].weight is None), n
+        if r.weight is not None:
+            assert r.weight.shape == st.records[n].weight.shape, n
+    for w in (wb, st):
+        prog = compile_weights(w, grid=(8, 8, 8))
+        ran = run_image(prog.image(np.zeros((1, 2, 8, 8, 8), np.int8)))[1]
+        model = cycle_model(prog)
+        assert [(c["fetch"], c["load"], c["run"]) for c in ran] == [(c["fetch"], c["load"], c["run"]) for c in model]

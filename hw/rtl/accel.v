@@ -173,21 +173,25 @@ module accel #(
     reg [AW-1:0] fin_addr;
 
     // partial results of the slot in P1 (the read data arrives now)
-    reg signed [31:0] part [0:L-1];
-    integer pj, pi;
-    always @(*) begin
-        for (pj = 0; pj < L; pj = pj + 1) begin
-            part[pj] = 32'sd0;
-            if (p1_kind == K_CONV) begin
-                for (pi = 0; pi < L; pi = pi + 1)
-                    part[pj] = part[pj] + $signed(wq[64*pj + 8*pi +: 8]) * $signed(p1_rd ? rd_data[8*pi +: 8] : 8'd0);
-            end else if (p1_kind == K_SCALE) begin
-                part[pj] = ($signed(rd_data[8*pj +: 8]) * $signed({1'b0, p1_coef})) <<< p1_shift;
-            end else begin
-                part[pj] = $signed(rd_data[8*pj +: 8]);
-            end
+    function signed [31:0] dot8(input [63:0] w, input [63:0] x);   // 8 int8 products, |sum| < 2^17
+        integer i;
+        reg signed [31:0] acc8;
+        begin
+            acc8 = 32'sd0;
+            for (i = 0; i < L; i = i + 1) acc8 = acc8 + $signed(w[8*i +: 8]) * $signed(x[8*i +: 8]);
+            dot8 = acc8;
         end
-    end
+    endfunction
+    wire [63:0] xin = p1_rd ? rd_data : 64'd0;   // a tap outside the volume reads nothing: zero
+    wire signed [31:0] part [0:L-1];
+    genvar gp;
+    generate for (gp = 0; gp < L; gp = gp + 1) begin : g_part
+        wire signed [31:0] x32 = $signed(rd_data[8*gp +: 8]);
+        wire signed [31:0] c32 = $signed({27'd0, p1_coef});
+        wire signed [31:0] p_conv = dot8(wq[64*gp +: 64], xin);
+        wire signed [31:0] p_scale = (x32 * c32) <<< p1_shift;
+        assign part[gp] = (p1_kind == K_CONV) ? p_conv : (p1_kind == K_SCALE) ? p_scale : x32;
+    end endgenerate
 
     // requantise: round half to even on a right shift, exact left shift (<= 15), one clamp
     function [7:0] requant(input signed [31:0] a, input signed [7:0] s, input r);
