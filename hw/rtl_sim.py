@@ -54,6 +54,7 @@ def build(build_dir: Path, defines: dict | None = None):
     verilator_env()
     from cocotb_tools.runner import get_runner
 
+    build_dir = Path(build_dir).resolve()
     runner = get_runner("verilator")
     runner.build(sources=[str(s) for s in SOURCES], hdl_toplevel="accel_sim", build_dir=str(build_dir),
                  defines=defines or {}, build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3",
@@ -64,6 +65,8 @@ def build(build_dir: Path, defines: dict | None = None):
 
 def simulate(runner, build_dir: Path, image: np.ndarray, work: Path, max_cycles: int = 400_000_000) -> tuple[np.ndarray, dict]:
     """Run one memory image to `done`: (memory after the run, {cycles, reads, writes, sim_s})."""
+    work = work.resolve()   # the simulator runs in hw/rtl/
+    build_dir = Path(build_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     mem_in, mem_out, result = work / "mem_in.hex", work / "mem_out.hex", work / "result.json"
     for p in (mem_out, result):
