@@ -17,9 +17,9 @@ from hw.compiler import (DESC_WORDS, F_A_NEAREST, F_A_TRILINEAR, F_B_NEAREST, F_
                          OP_CONV, OP_END, OP_MAXPOOL)
 
 # cycle model (hw/ACCEL.md): fixed costs of the controller
-FETCH_CYCLES = DESC_WORDS + 2      # 8 reads, the last word's arrival, decode
-LOAD_FIXED = 1 + LANES // 2 + 1    # block count, 4 bias words, the last word's arrival
-DRAIN_CYCLES = 3                   # read -> partial -> accumulate -> requantise + write
+FETCH_CYCLES = DESC_WORDS + 3      # 8 requests, 2 cycles to the last word (registered request, read), decode
+LOAD_FIXED = 1 + LANES // 2 + 2    # block count, 4 bias words, 2 cycles to the last word
+DRAIN_CYCLES = 9                   # after the last slot: A0-A3, memory, P1-P3, P4, the write
 START_CYCLES = 1
 
 

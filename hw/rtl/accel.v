@@ -6,12 +6,14 @@
 // optionally nearest-upsampled), maxpool2_s8; every result through one requantiser (round
 // half to even, saturation, ReLU as the clamp). It knows operators, not LocalNet.
 //
-// External memory: 64-bit words, one read port and one write port, each one word per cycle
-// (the read returns the word the cycle after rd_en); nothing else reaches memory.
+// External memory: 64-bit words, one read port and one write port, each one word per cycle;
+// requests leave registered, a read's word is on rd_data the cycle after the memory sees the
+// request; nothing else reaches memory.
 // Datapath: LANES x LANES int8 MAC array (one weight block of 8 output x 8 input channels
 // against one activation word per cycle), int32 accumulators (the compiler proves every
-// bound), a 3-stage pipeline after the read issue: partial products, accumulate, requantise
-// and write.
+// bound). Pipeline per slot (hw/ACCEL.md): I0 slot, I1-I2 voxel index, I3 address (registered
+// request), M memory, P1 products, P2 lane sums, P3 accumulate, P4 requantise (registered
+// write).
 //
 // Build options (fault injection, tests/test_rtl.py): FAULT_ROUND_HALF_UP rounds ties up,
 // FAULT_NO_SATURATION wraps instead of saturating.
@@ -27,12 +29,12 @@ module accel #(
     input  wire          start,
     output reg           done,
     output reg  [63:0]   cycles,
-    output reg  [AW-1:0] rd_addr,   // combinational: the word arrives on rd_data the next cycle
+    output reg  [AW-1:0] rd_addr,   // registered; the memory returns the word on rd_data a cycle later
     output reg           rd_en,
     input  wire [63:0]   rd_data,
-    output wire [AW-1:0] wr_addr,   // combinational: written at the end of this cycle
-    output wire          wr_en,
-    output wire [63:0]   wr_data
+    output reg  [AW-1:0] wr_addr,   // registered
+    output reg           wr_en,
+    output reg  [63:0]   wr_data
 );
     localparam integer L = 8;
     localparam [2:0] S_IDLE = 3'd0, S_FETCH = 3'd1, S_DECODE = 3'd2, S_LOAD = 3'd3, S_RUN = 3'd4, S_DONE = 3'd5;
@@ -82,7 +84,6 @@ module accel #(
     reg [31:0] lptr, li, lnum;
     reg [WB_AW:0] lblk;
     reg [3:0] lsub;
-    reg l_rcv;
     reg [31:0] ocg;
 
     // ---------------------------------------------------------------- iterator
@@ -90,7 +91,8 @@ module accel #(
     reg [31:0] eslot;    // conv: weight block; elementwise: slot within (voxel, group)
     reg [31:0] grp;      // elementwise: channel group
     reg iter_done;
-    reg [1:0] drain;
+    reg [3:0] drain;
+    localparam [3:0] DRAIN = 4'd9;   // I0 .. P4 after the last slot, then the write
 
     wire [31:0] n_slots = is_conv ? {22'd0, n_entries} : is_pool ? 32'd8 :
                           ((a_tri ? 32'd8 : 32'd1) + (has_b ? 32'd1 : 32'd0));
@@ -147,17 +149,40 @@ module accel #(
             sd = vd >> 1; sh = vh >> 1; sw = vw >> 1; sgH = hH; sgW = hW;
         end
     end
-    // addresses: voxel index (< 2^AW) x words per voxel (< 256) + group; narrow multipliers
-    wire [AW-1:0] s_vox  = ({{(AW-10){1'b0}}, sd} * {{(AW-10){1'b0}}, sgH} + {{(AW-10){1'b0}}, sh}) * {{(AW-10){1'b0}}, sgW}
-                           + {{(AW-10){1'b0}}, sw};
-    wire [AW-1:0] s_addr = s_base[AW-1:0] + s_vox * {{(AW-8){1'b0}}, s_stride[7:0]} + s_grp[AW-1:0];
-    wire [AW-1:0] o_vox  = ({{(AW-10){1'b0}}, vd} * {{(AW-10){1'b0}}, gH} + {{(AW-10){1'b0}}, vh}) * {{(AW-10){1'b0}}, gW}
-                           + {{(AW-10){1'b0}}, vw};
-    wire [AW-1:0] o_addr = o_base[AW-1:0] + o_vox * {{(AW-8){1'b0}}, o_stride[7:0]} + (is_conv ? ocg[AW-1:0] : grp[AW-1:0]);
-
     wire issue = (state == S_RUN) && !iter_done;
 
-    // ---------------------------------------------------------------- pipeline
+    // ---------------------------------------------------------------- address pipeline
+    // addresses: voxel index (< 2^AW) x words per voxel (< 256) + group, one multiply per stage
+    localparam integer XW = AW - 10;
+    reg a0_v, a0_rd, a0_first, a0_last;
+    reg [1:0] a0_kind;
+    reg [4:0] a0_coef, a0_shift;
+    reg [WB_AW-1:0] a0_e;
+    reg [9:0] a0_sd, a0_sh, a0_sw, a0_sgH, a0_sgW, a0_od, a0_oh, a0_ow;
+    reg [AW-1:0] a0_base, a0_grp, a0_og;
+    reg [7:0] a0_stride;
+    reg a1_v, a1_rd, a1_first, a1_last;
+    reg [1:0] a1_kind;
+    reg [4:0] a1_coef, a1_shift;
+    reg [WB_AW-1:0] a1_e;
+    reg [9:0] a1_sw, a1_sgW, a1_ow;
+    reg [AW-1:0] a1_row, a1_orow, a1_base, a1_grp, a1_og;
+    reg [7:0] a1_stride;
+    reg a2_v, a2_rd, a2_first, a2_last;
+    reg [1:0] a2_kind;
+    reg [4:0] a2_coef, a2_shift;
+    reg [WB_AW-1:0] a2_e;
+    reg [AW-1:0] a2_vox, a2_ovox, a2_base, a2_grp, a2_og;
+    reg [7:0] a2_stride;
+    reg a3_v, a3_rd, a3_first, a3_last;
+    reg [1:0] a3_kind;
+    reg [4:0] a3_coef, a3_shift;
+    reg [WB_AW-1:0] a3_e;
+    reg [AW-1:0] a3_oaddr;
+    reg [AW-1:0] req_addr;
+    reg req_en;
+
+    // ---------------------------------------------------------------- datapath pipeline
     reg p1_v, p1_rd, p1_first, p1_last;
     reg [1:0] p1_kind;
     reg [4:0] p1_coef, p1_shift;
@@ -172,26 +197,34 @@ module accel #(
     reg fin_v;
     reg [AW-1:0] fin_addr;
 
-    // partial results of the slot in P1 (the read data arrives now)
-    function signed [31:0] dot8(input [63:0] w, input [63:0] x);   // 8 int8 products, |sum| < 2^17
-        integer i;
-        reg signed [31:0] acc8;
-        begin
-            acc8 = 32'sd0;
-            for (i = 0; i < L; i = i + 1) acc8 = acc8 + $signed(w[8*i +: 8]) * $signed(x[8*i +: 8]);
-            dot8 = acc8;
-        end
-    endfunction
+    // P1: the read word and the weight block arrive: 64 products (and the lane values scaled);
+    // P2: the 8 products of each lane summed
     wire [63:0] xin = p1_rd ? rd_data : 64'd0;   // a tap outside the volume reads nothing: zero
-    wire signed [31:0] part [0:L-1];
-    genvar gp;
+    reg signed [15:0] prod [0:L*L-1];
+    reg signed [31:0] q_lane [0:L-1];
+    reg q_v, q_first, q_last;
+    reg [1:0] q_kind;
+    reg [AW-1:0] q_oaddr;
+    genvar gp, gi;
     generate for (gp = 0; gp < L; gp = gp + 1) begin : g_part
         wire signed [31:0] x32 = $signed(rd_data[8*gp +: 8]);
         wire signed [31:0] c32 = $signed({27'd0, p1_coef});
-        wire signed [31:0] p_conv = dot8(wq[64*gp +: 64], xin);
-        wire signed [31:0] p_scale = (x32 * c32) <<< p1_shift;
-        assign part[gp] = (p1_kind == K_CONV) ? p_conv : (p1_kind == K_SCALE) ? p_scale : x32;
+        for (gi = 0; gi < L; gi = gi + 1) begin : g_prod
+            always @(posedge clk) prod[gp*L + gi] <= $signed(wq[64*gp + 8*gi +: 8]) * $signed(xin[8*gi +: 8]);
+        end
+        always @(posedge clk) q_lane[gp] <= (p1_kind == K_SCALE) ? ((x32 * c32) <<< p1_shift) : x32;
     end endgenerate
+    reg signed [31:0] part [0:L-1];
+    integer pj, pi;
+    always @(*) begin
+        for (pj = 0; pj < L; pj = pj + 1) begin
+            part[pj] = q_lane[pj];
+            if (q_kind == K_CONV) begin
+                part[pj] = 32'sd0;
+                for (pi = 0; pi < L; pi = pi + 1) part[pj] = part[pj] + prod[pj*L + pi];
+            end
+        end
+    end
 
     // requantise: round half to even on a right shift, exact left shift (<= 15), one clamp
     function [7:0] requant(input signed [31:0] a, input signed [7:0] s, input r);
@@ -225,24 +258,23 @@ module accel #(
 
     // ---------------------------------------------------------------- memory ports
     always @(*) begin
-        rd_en = 1'b0; rd_addr = {AW{1'b0}};
-        if (state == S_FETCH && fi < 4'd8) begin rd_en = 1'b1; rd_addr = {pc[AW-4:0], fi[2:0]}; end
-        if (state == S_LOAD && li < lnum) begin rd_en = 1'b1; rd_addr = lptr[AW-1:0] + li[AW-1:0]; end
-        if (issue && s_rd) begin rd_en = 1'b1; rd_addr = s_addr; end
+        req_en = 1'b0; req_addr = {AW{1'b0}};
+        if (state == S_FETCH && fi < 4'd8) begin req_en = 1'b1; req_addr = {pc[AW-4:0], fi[2:0]}; end
+        if (state == S_LOAD && li < lnum) begin req_en = 1'b1; req_addr = lptr[AW-1:0] + li[AW-1:0]; end
+        if (a2_v && a2_rd) begin
+            req_en = 1'b1;
+            req_addr = a2_base + a2_vox * {{(AW-8){1'b0}}, a2_stride} + a2_grp;
+        end
     end
-    assign wr_en = fin_v;
-    assign wr_addr = fin_addr;
     genvar gj;
-    generate for (gj = 0; gj < L; gj = gj + 1) begin : g_wr
-        assign wr_data[8*gj +: 8] = requant(fin[gj], s_out, relu);
-    end endgenerate
 
     // ---------------------------------------------------------------- control
     integer j;
     always @(posedge clk) begin
         if (rst) begin
             state <= S_IDLE; done <= 1'b0; cycles <= 64'd0;
-            p1_v <= 1'b0; p2_v <= 1'b0; fin_v <= 1'b0;
+            a0_v <= 1'b0; a1_v <= 1'b0; a2_v <= 1'b0; a3_v <= 1'b0; p1_v <= 1'b0; q_v <= 1'b0; p2_v <= 1'b0;
+            fin_v <= 1'b0; rd_en <= 1'b0; wr_en <= 1'b0;
         end else begin
             if (state != S_IDLE && state != S_DONE) cycles <= cycles + 64'd1;
             case (state)
@@ -250,41 +282,40 @@ module accel #(
                 state <= S_FETCH; pc <= 32'd0; fi <= 4'd0; done <= 1'b0; cycles <= 64'd1;
             end
             S_FETCH: begin
-                if (fi >= 4'd1) dw[fi - 4'd1] <= rd_data;
+                if (fi >= 4'd2) dw[fi - 4'd2] <= rd_data;
                 fi <= fi + 4'd1;
-                if (fi == 4'd8) state <= S_DECODE;
+                if (fi == 4'd9) state <= S_DECODE;
             end
             S_DECODE: begin
                 if (op == OP_END) begin
                     state <= S_DONE; done <= 1'b1;
                 end else if (is_conv) begin
-                    state <= S_LOAD; ocg <= 32'd0; lptr <= wbase; li <= 32'd0; lnum <= 32'd6; l_rcv <= 1'b0;
+                    state <= S_LOAD; ocg <= 32'd0; lptr <= wbase; li <= 32'd0; lnum <= 32'd6;
                     lblk <= 0; lsub <= 4'd0;
                 end else begin
-                    state <= S_RUN; vd <= 0; vh <= 0; vw <= 0; eslot <= 0; grp <= 0; iter_done <= 1'b0; drain <= 2'd0;
+                    state <= S_RUN; vd <= 0; vh <= 0; vw <= 0; eslot <= 0; grp <= 0; iter_done <= 1'b0; drain <= 4'd0;
                 end
             end
             S_LOAD: begin
-                // read lptr + li; the word read in the previous cycle (index li - 1) arrives now
+                // request lptr + li; word li - 2 arrives now
                 li <= li + 32'd1;
-                if (l_rcv) begin
-                    if (li == 32'd1) begin
+                if (li >= 32'd2) begin
+                    if (li == 32'd2) begin
                         n_entries <= rd_data[WB_AW:0];
                         lnum <= 32'd5 + 32'd9 * {22'd0, rd_data[9:0]};
-                    end else if (li <= 32'd5) begin
-                        bias[2 * (li - 2)] <= $signed(rd_data[31:0]);
-                        bias[2 * (li - 2) + 1] <= $signed(rd_data[63:32]);
+                    end else if (li <= 32'd6) begin
+                        bias[2 * (li - 3)] <= $signed(rd_data[31:0]);
+                        bias[2 * (li - 3) + 1] <= $signed(rd_data[63:32]);
                     end else begin
                         if (lsub == 4'd0) hdr[lblk[WB_AW-1:0]] <= rd_data[31:0];
                         if (lsub == 4'd8) begin lsub <= 4'd0; lblk <= lblk + 1'b1; end
                         else lsub <= lsub + 4'd1;
                     end
-                    if (li == lnum) begin  // the last word has arrived
+                    if (li == lnum + 32'd1) begin  // the last word has arrived
                         state <= S_RUN; lptr <= lptr + lnum;
-                        vd <= 0; vh <= 0; vw <= 0; eslot <= 0; grp <= 0; iter_done <= 1'b0; drain <= 2'd0;
+                        vd <= 0; vh <= 0; vw <= 0; eslot <= 0; grp <= 0; iter_done <= 1'b0; drain <= 4'd0;
                     end
                 end
-                l_rcv <= 1'b1;
             end
             S_RUN: begin
                 if (!iter_done) begin
@@ -304,10 +335,10 @@ module accel #(
                         end
                     end
                 end else begin
-                    drain <= drain + 2'd1;
-                    if (drain == 2'd2) begin
+                    drain <= drain + 4'd1;
+                    if (drain == DRAIN - 1) begin   // the last write is presented to memory now
                         if (is_conv && ocg + 32'd1 < n_ocg) begin
-                            state <= S_LOAD; ocg <= ocg + 32'd1; li <= 32'd0; lnum <= 32'd6; l_rcv <= 1'b0;
+                            state <= S_LOAD; ocg <= ocg + 32'd1; li <= 32'd0; lnum <= 32'd6;
                             lblk <= 0; lsub <= 4'd0;
                         end else begin
                             state <= S_FETCH; pc <= pc + 32'd1; fi <= 4'd0;
@@ -318,11 +349,38 @@ module accel #(
             default: ;
             endcase
 
-            // P1: slot registered, weight block read
-            p1_v <= issue; p1_rd <= issue && s_rd; p1_first <= (eslot == 0); p1_last <= last_slot;
-            p1_kind <= s_kind; p1_coef <= s_coef; p1_shift <= s_shift; p1_oaddr <= o_addr;
-            // P2: partial results registered
-            p2_v <= p1_v; p2_first <= p1_first; p2_last <= p1_last; p2_kind <= p1_kind; p2_oaddr <= p1_oaddr;
+            // I0 -> A0: the slot
+            a0_v <= issue; a0_rd <= issue && s_rd; a0_first <= (eslot == 0); a0_last <= last_slot;
+            a0_kind <= s_kind; a0_coef <= s_coef; a0_shift <= s_shift; a0_e <= eslot[WB_AW-1:0];
+            a0_sd <= sd; a0_sh <= sh; a0_sw <= sw; a0_sgH <= sgH; a0_sgW <= sgW;
+            a0_od <= vd; a0_oh <= vh; a0_ow <= vw;
+            a0_base <= s_base[AW-1:0]; a0_stride <= s_stride[7:0]; a0_grp <= s_grp[AW-1:0];
+            a0_og <= is_conv ? ocg[AW-1:0] : grp[AW-1:0];
+            // A1: row = d * H + h (operand and output)
+            a1_v <= a0_v; a1_rd <= a0_rd; a1_first <= a0_first; a1_last <= a0_last; a1_kind <= a0_kind;
+            a1_coef <= a0_coef; a1_shift <= a0_shift; a1_e <= a0_e;
+            a1_row <= {{XW{1'b0}}, a0_sd} * {{XW{1'b0}}, a0_sgH} + {{XW{1'b0}}, a0_sh};
+            a1_orow <= {{XW{1'b0}}, a0_od} * {{XW{1'b0}}, gH} + {{XW{1'b0}}, a0_oh};
+            a1_sw <= a0_sw; a1_sgW <= a0_sgW; a1_ow <= a0_ow;
+            a1_base <= a0_base; a1_stride <= a0_stride; a1_grp <= a0_grp; a1_og <= a0_og;
+            // A2: voxel = row * W + w
+            a2_v <= a1_v; a2_rd <= a1_rd; a2_first <= a1_first; a2_last <= a1_last; a2_kind <= a1_kind;
+            a2_coef <= a1_coef; a2_shift <= a1_shift; a2_e <= a1_e;
+            a2_vox <= a1_row * {{XW{1'b0}}, a1_sgW} + {{XW{1'b0}}, a1_sw};
+            a2_ovox <= a1_orow * {{XW{1'b0}}, gW} + {{XW{1'b0}}, a1_ow};
+            a2_base <= a1_base; a2_stride <= a1_stride; a2_grp <= a1_grp; a2_og <= a1_og;
+            // A3: the request leaves (memory ports above); the output address
+            rd_en <= req_en; rd_addr <= req_addr;
+            a3_v <= a2_v; a3_rd <= a2_rd; a3_first <= a2_first; a3_last <= a2_last; a3_kind <= a2_kind;
+            a3_coef <= a2_coef; a3_shift <= a2_shift; a3_e <= a2_e;
+            a3_oaddr <= o_base[AW-1:0] + a2_ovox * {{(AW-8){1'b0}}, o_stride[7:0]} + a2_og;
+            // M: the memory reads; the weight block is read from the banks (wq)
+            p1_v <= a3_v; p1_rd <= a3_rd; p1_first <= a3_first; p1_last <= a3_last;
+            p1_kind <= a3_kind; p1_coef <= a3_coef; p1_shift <= a3_shift; p1_oaddr <= a3_oaddr;
+            // P1: products registered (prod, q_lane above)
+            q_v <= p1_v; q_first <= p1_first; q_last <= p1_last; q_kind <= p1_kind; q_oaddr <= p1_oaddr;
+            // P2: lane sums registered
+            p2_v <= q_v; p2_first <= q_first; p2_last <= q_last; p2_kind <= q_kind; p2_oaddr <= q_oaddr;
             for (j = 0; j < L; j = j + 1) p2_part[j] <= part[j];
             // P3: accumulate; the last slot of an output word hands it to the requantiser
             fin_v <= 1'b0;
@@ -338,19 +396,22 @@ module accel #(
                 end
                 fin_v <= p2_last; fin_addr <= p2_oaddr;
             end
-            // P4 (combinational, memory ports above): requantise and write
+            // P4: requantise; the write leaves registered
+            wr_en <= fin_v;
+            wr_addr <= fin_addr;
+            for (j = 0; j < L; j = j + 1) wr_data[8*j +: 8] <= requant(fin[j], s_out, relu);
         end
     end
 
-    // weight banks, one per output lane: written while loading, read for the slot being issued
-    // (the block is in wq during P1)
-    wire bank_we = (state == S_LOAD) && l_rcv && (li > 32'd5);
+    // weight banks, one per output lane: written while loading, read while the memory reads the
+    // slot's word (the block is in wq during P1)
+    wire bank_we = (state == S_LOAD) && (li > 32'd6);
     generate for (gj = 0; gj < L; gj = gj + 1) begin : g_bank
         reg [63:0] mem_b [0:WBUF_DEPTH-1];
         reg [63:0] q;
         always @(posedge clk) begin
             if (bank_we && lsub == gj + 1) mem_b[lblk[WB_AW-1:0]] <= rd_data;
-            q <= mem_b[eslot[WB_AW-1:0]];
+            q <= mem_b[a3_e];
         end
         assign wq[64*gj +: 64] = q;
     end endgenerate
