@@ -230,3 +230,17 @@ def test_structural_weights_and_cycle_model(weights):
         ran = run_image(prog.image(np.zeros((1, 2, 8, 8, 8), np.int8)))[1]
         model = cycle_model(prog)
         assert [(c["fetch"], c["load"], c["run"]) for c in ran] == [(c["fetch"], c["load"], c["run"]) for c in model]
+
+
+def test_rtl_sim_bad_input(weights, tmp_path):
+    """No golden vectors, or golden vectors of other weights: one line naming the file, exit 2,
+    nothing simulated or written."""
+    r = _sim(tmp_path / "nowhere", tmp_path / "out")
+    assert r.returncode == 2 and "nowhere/manifest.json: no golden vectors" in r.stderr
+    golden = tmp_path / "golden"
+    make_golden(weights, golden, pairs=1)
+    man = json.loads((golden / "manifest.json").read_text())
+    man["weights_sha256"] = "0" * 64
+    (golden / "manifest.json").write_text(json.dumps(man))
+    r = _sim(golden, tmp_path / "out")
+    assert r.returncode == 2 and "sha256 differs" in r.stderr and not (tmp_path / "out").exists()

@@ -214,17 +214,12 @@ module accel #(
         end
         always @(posedge clk) q_lane[gp] <= (p1_kind == K_SCALE) ? ((x32 * c32) <<< p1_shift) : x32;
     end endgenerate
-    reg signed [31:0] part [0:L-1];
-    integer pj, pi;
-    always @(*) begin
-        for (pj = 0; pj < L; pj = pj + 1) begin
-            part[pj] = q_lane[pj];
-            if (q_kind == K_CONV) begin
-                part[pj] = 32'sd0;
-                for (pi = 0; pi < L; pi = pi + 1) part[pj] = part[pj] + prod[pj*L + pi];
-            end
-        end
-    end
+    wire signed [31:0] part [0:L-1];
+    generate for (gp = 0; gp < L; gp = gp + 1) begin : g_sum   // L = 8 products per lane
+        wire signed [31:0] s = prod[gp*L + 0] + prod[gp*L + 1] + prod[gp*L + 2] + prod[gp*L + 3] +
+                               prod[gp*L + 4] + prod[gp*L + 5] + prod[gp*L + 6] + prod[gp*L + 7];
+        assign part[gp] = (q_kind == K_CONV) ? s : q_lane[gp];
+    end endgenerate
 
     // requantise: round half to even on a right shift, exact left shift (<= 15), one clamp
     function [7:0] requant(input signed [31:0] a, input signed [7:0] s, input r);
