@@ -11,8 +11,8 @@
 // request; nothing else reaches memory.
 // Datapath: LANES x LANES int8 MAC array (one weight block of 8 output x 8 input channels
 // against one activation word per cycle), int32 accumulators (the compiler proves every
-// bound). Pipeline per slot (hw/ACCEL.md): I0 slot, I1-I2 voxel index, I3 address (registered
-// request), M memory, P1 products, P2 lane sums, P3 accumulate, P4 requantise (registered
+// bound). Pipeline per slot (hw/ACCEL.md): A0 slot, A1-A2 voxel index, A3 address (registered
+// request), M memory, P1 products, P2 lane sums, P3 accumulate, P4-P5 requantise (registered
 // write).
 //
 // Build options (fault injection, tests/test_rtl.py): FAULT_ROUND_HALF_UP rounds ties up,
@@ -92,7 +92,7 @@ module accel #(
     reg [31:0] grp;      // elementwise: channel group
     reg iter_done;
     reg [3:0] drain;
-    localparam [3:0] DRAIN = 4'd9;   // I0 .. P4 after the last slot, then the write
+    localparam [3:0] DRAIN = 4'd10;  // A0 .. P5 after the last slot, then the write
 
     wire [31:0] n_slots = is_conv ? {22'd0, n_entries} : is_pool ? 32'd8 :
                           ((a_tri ? 32'd8 : 32'd1) + (has_b ? 32'd1 : 32'd0));
@@ -208,11 +208,11 @@ module accel #(
     genvar gp, gi;
     generate for (gp = 0; gp < L; gp = gp + 1) begin : g_part
         wire signed [31:0] x32 = $signed(rd_data[8*gp +: 8]);
-        wire signed [31:0] c32 = $signed({27'd0, p1_coef});
+        wire signed [13:0] xc = $signed(rd_data[8*gp +: 8]) * $signed({1'b0, p1_coef});   // |x| * 27 < 2^12
         for (gi = 0; gi < L; gi = gi + 1) begin : g_prod
             always @(posedge clk) prod[gp*L + gi] <= $signed(wq[64*gp + 8*gi +: 8]) * $signed(xin[8*gi +: 8]);
         end
-        always @(posedge clk) q_lane[gp] <= (p1_kind == K_SCALE) ? ((x32 * c32) <<< p1_shift) : x32;
+        always @(posedge clk) q_lane[gp] <= (p1_kind == K_SCALE) ? ($signed({{18{xc[13]}}, xc}) <<< p1_shift) : x32;
     end endgenerate
     wire signed [31:0] part [0:L-1];
     generate for (gp = 0; gp < L; gp = gp + 1) begin : g_sum   // L = 8 products per lane
@@ -221,35 +221,40 @@ module accel #(
         assign part[gp] = (q_kind == K_CONV) ? s : q_lane[gp];
     end endgenerate
 
-    // requantise: round half to even on a right shift, exact left shift (<= 15), one clamp
-    function [7:0] requant(input signed [31:0] a, input signed [7:0] s, input r);
-        reg signed [47:0] v;
-        reg signed [31:0] fl;
-        reg [31:0] rem, half;
-        reg up;
-        reg signed [47:0] lo;
-        begin
-            if (s <= 0) begin
-                v = $signed({{16{a[31]}}, a}) <<< (-s);
-            end else begin
-                fl = a >>> s;
-                rem = a & ((32'd1 << s) - 32'd1);
-                half = 32'd1 << (s - 1);
+    // requantise in two stages (P4, P5): round half to even on a right shift, exact left shift
+    // (<= 15), one clamp. The shift's mask and half are registered at decode (rq_*).
+    reg rq_right, rq_relu;
+    reg [4:0] rq_s, rq_ls;
+    reg [31:0] rq_mask, rq_half;
+    reg r1_v;
+    reg [AW-1:0] r1_addr;
+    reg signed [31:0] r1_fl [0:L-1];
+    reg signed [47:0] r1_left [0:L-1];
+    reg r1_gt [0:L-1];
+    reg r1_eq [0:L-1];
+    wire [7:0] r2_q [0:L-1];
+    generate for (gp = 0; gp < L; gp = gp + 1) begin : g_rq
+        wire [31:0] rem = fin[gp] & rq_mask;
+        always @(posedge clk) begin   // P4: shift, remainder against the half
+            r1_fl[gp] <= fin[gp] >>> rq_s;
+            r1_left[gp] <= $signed({{16{fin[gp][31]}}, fin[gp]}) <<< rq_ls;
 `ifdef FAULT_ROUND_HALF_UP
-                up = (rem >= half);
+            r1_gt[gp] <= (rem >= rq_half);
 `else
-                up = (rem > half) || ((rem == half) && fl[0]);
+            r1_gt[gp] <= (rem > rq_half);
 `endif
-                v = $signed({{16{fl[31]}}, fl}) + $signed({47'd0, up});
-            end
-            lo = r ? 48'sd0 : -48'sd128;
-`ifdef FAULT_NO_SATURATION
-            requant = (r && v < 0) ? 8'd0 : v[7:0];
-`else
-            requant = (v > 48'sd127) ? 8'd127 : (v < lo) ? lo[7:0] : v[7:0];
-`endif
+            r1_eq[gp] <= (rem == rq_half);
         end
-    endfunction
+        // P5: round, clamp
+        wire signed [47:0] v = rq_right ? $signed({{16{r1_fl[gp][31]}}, r1_fl[gp]}) +
+                                          $signed({47'd0, r1_gt[gp] | (r1_eq[gp] & r1_fl[gp][0])}) : r1_left[gp];
+        wire signed [47:0] lo = rq_relu ? 48'sd0 : -48'sd128;
+`ifdef FAULT_NO_SATURATION
+        assign r2_q[gp] = (rq_relu && v < 0) ? 8'd0 : v[7:0];
+`else
+        assign r2_q[gp] = (v > 48'sd127) ? 8'd127 : (v < lo) ? lo[7:0] : v[7:0];
+`endif
+    end endgenerate
 
     // ---------------------------------------------------------------- memory ports
     always @(*) begin
@@ -269,7 +274,7 @@ module accel #(
         if (rst) begin
             state <= S_IDLE; done <= 1'b0; cycles <= 64'd0;
             a0_v <= 1'b0; a1_v <= 1'b0; a2_v <= 1'b0; a3_v <= 1'b0; p1_v <= 1'b0; q_v <= 1'b0; p2_v <= 1'b0;
-            fin_v <= 1'b0; rd_en <= 1'b0; wr_en <= 1'b0;
+            fin_v <= 1'b0; r1_v <= 1'b0; rd_en <= 1'b0; wr_en <= 1'b0;
         end else begin
             if (state != S_IDLE && state != S_DONE) cycles <= cycles + 64'd1;
             case (state)
@@ -282,6 +287,11 @@ module accel #(
                 if (fi == 4'd9) state <= S_DECODE;
             end
             S_DECODE: begin
+                rq_right <= (s_out > 0); rq_relu <= relu;
+                rq_s <= (s_out > 0) ? s_out[4:0] : 5'd0;
+                rq_ls <= (s_out > 0) ? 5'd0 : 5'd0 - s_out[4:0];
+                rq_mask <= (s_out > 0) ? (32'd1 << s_out[4:0]) - 32'd1 : 32'd0;
+                rq_half <= (s_out > 0) ? 32'd1 << (s_out[4:0] - 5'd1) : 32'd1;
                 if (op == OP_END) begin
                     state <= S_DONE; done <= 1'b1;
                 end else if (is_conv) begin
@@ -391,10 +401,11 @@ module accel #(
                 end
                 fin_v <= p2_last; fin_addr <= p2_oaddr;
             end
-            // P4: requantise; the write leaves registered
-            wr_en <= fin_v;
-            wr_addr <= fin_addr;
-            for (j = 0; j < L; j = j + 1) wr_data[8*j +: 8] <= requant(fin[j], s_out, relu);
+            // P4: requantise (g_rq); P5: the write leaves registered
+            r1_v <= fin_v; r1_addr <= fin_addr;
+            wr_en <= r1_v;
+            wr_addr <= r1_addr;
+            for (j = 0; j < L; j = j + 1) wr_data[8*j +: 8] <= r2_q[j];
         end
     end
 
