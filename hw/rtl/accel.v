@@ -12,8 +12,8 @@
 // Datapath: LANES x LANES int8 MAC array (one weight block of 8 output x 8 input channels
 // against one activation word per cycle), int32 accumulators (the compiler proves every
 // bound). Pipeline per slot (hw/ACCEL.md): A0 slot, A1-A2 voxel index, A3 address (registered
-// request), M memory, P1 products, P2 lane sums, P3 accumulate, P4-P5 requantise (registered
-// write).
+// request), M memory, P0 operands registered, P1 products, P2 lane sums, P3 accumulate, P4-P5
+// requantise (registered write).
 //
 // Build options (fault injection, tests/test_rtl.py): FAULT_ROUND_HALF_UP rounds ties up,
 // FAULT_NO_SATURATION wraps instead of saturating.
@@ -92,7 +92,7 @@ module accel #(
     reg [31:0] grp;      // elementwise: channel group
     reg iter_done;
     reg [3:0] drain;
-    localparam [3:0] DRAIN = 4'd10;  // A0 .. P5 after the last slot, then the write
+    localparam [3:0] DRAIN = 4'd11;  // A0 .. P5 after the last slot, then the write
 
     wire [31:0] n_slots = is_conv ? {22'd0, n_entries} : is_pool ? 32'd8 :
                           ((a_tri ? 32'd8 : 32'd1) + (has_b ? 32'd1 : 32'd0));
@@ -197,9 +197,22 @@ module accel #(
     reg fin_v;
     reg [AW-1:0] fin_addr;
 
-    // P1: the read word and the weight block arrive: 64 products (and the lane values scaled);
-    // P2: the 8 products of each lane summed
-    wire [63:0] xin = p1_rd ? rd_data : 64'd0;   // a tap outside the volume reads nothing: zero
+    // P0: the read word and the weight block arrive and are registered beside the multipliers
+    // (the block RAM's output and the pins are too far from them for one cycle);
+    // P1: 64 products (and the lane values scaled); P2: the 8 products of each lane summed
+    reg [63:0] x0;
+    reg [64*L-1:0] w0;
+    reg p0_v, p0_first, p0_last;
+    reg [1:0] p0_kind;
+    reg [4:0] p0_coef, p0_shift;
+    reg [AW-1:0] p0_oaddr;
+    always @(posedge clk) begin
+        x0 <= p1_rd ? rd_data : 64'd0;   // a tap outside the volume reads nothing: zero
+        w0 <= wq;
+        p0_v <= rst ? 1'b0 : p1_v;
+        p0_first <= p1_first; p0_last <= p1_last; p0_kind <= p1_kind;
+        p0_coef <= p1_coef; p0_shift <= p1_shift; p0_oaddr <= p1_oaddr;
+    end
     reg signed [15:0] prod [0:L*L-1];
     reg signed [31:0] q_lane [0:L-1];
     reg q_v, q_first, q_last;
@@ -207,12 +220,12 @@ module accel #(
     reg [AW-1:0] q_oaddr;
     genvar gp, gi;
     generate for (gp = 0; gp < L; gp = gp + 1) begin : g_part
-        wire signed [31:0] x32 = $signed(rd_data[8*gp +: 8]);
-        wire signed [13:0] xc = $signed(rd_data[8*gp +: 8]) * $signed({1'b0, p1_coef});   // |x| * 27 < 2^12
+        wire signed [31:0] x32 = $signed(x0[8*gp +: 8]);
+        wire signed [13:0] xc = $signed(x0[8*gp +: 8]) * $signed({1'b0, p0_coef});   // |x| * 27 < 2^12
         for (gi = 0; gi < L; gi = gi + 1) begin : g_prod
-            always @(posedge clk) prod[gp*L + gi] <= $signed(wq[64*gp + 8*gi +: 8]) * $signed(xin[8*gi +: 8]);
+            always @(posedge clk) prod[gp*L + gi] <= $signed(w0[64*gp + 8*gi +: 8]) * $signed(x0[8*gi +: 8]);
         end
-        always @(posedge clk) q_lane[gp] <= (p1_kind == K_SCALE) ? ($signed({{18{xc[13]}}, xc}) <<< p1_shift) : x32;
+        always @(posedge clk) q_lane[gp] <= (p0_kind == K_SCALE) ? ($signed({{18{xc[13]}}, xc}) <<< p0_shift) : x32;
     end endgenerate
     wire signed [31:0] part [0:L-1];
     generate for (gp = 0; gp < L; gp = gp + 1) begin : g_sum   // L = 8 products per lane
@@ -383,7 +396,7 @@ module accel #(
             p1_v <= a3_v; p1_rd <= a3_rd; p1_first <= a3_first; p1_last <= a3_last;
             p1_kind <= a3_kind; p1_coef <= a3_coef; p1_shift <= a3_shift; p1_oaddr <= a3_oaddr;
             // P1: products registered (prod, q_lane above)
-            q_v <= p1_v; q_first <= p1_first; q_last <= p1_last; q_kind <= p1_kind; q_oaddr <= p1_oaddr;
+            q_v <= p0_v; q_first <= p0_first; q_last <= p0_last; q_kind <= p0_kind; q_oaddr <= p0_oaddr;
             // P2: lane sums registered
             p2_v <= q_v; p2_first <= q_first; p2_last <= q_last; p2_kind <= q_kind; p2_oaddr <= q_oaddr;
             for (j = 0; j < L; j = j + 1) p2_part[j] <= part[j];
