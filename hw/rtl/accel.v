@@ -199,7 +199,8 @@ module accel #(
 
     // P0: the read word and the weight block arrive and are registered beside the multipliers
     // (the block RAM's output and the pins are too far from them for one cycle);
-    // P1: 64 products (and the lane values scaled); P2: the 8 products of each lane summed
+    // P1: 64 products (and the lane values times the trilinear weight); P2: the 8 products of each
+    // lane summed (or the lane value shifted into alignment)
     reg [63:0] x0;
     reg [64*L-1:0] w0;
     reg p0_v, p0_first, p0_last;
@@ -214,24 +215,26 @@ module accel #(
         p0_coef <= p1_coef; p0_shift <= p1_shift; p0_oaddr <= p1_oaddr;
     end
     reg signed [15:0] prod [0:L*L-1];
-    reg signed [31:0] q_lane [0:L-1];
+    reg signed [13:0] q_lane [0:L-1];
     reg q_v, q_first, q_last;
     reg [1:0] q_kind;
+    reg [4:0] q_shift;
     reg [AW-1:0] q_oaddr;
     genvar gp, gi;
     generate for (gp = 0; gp < L; gp = gp + 1) begin : g_part
-        wire signed [31:0] x32 = $signed(x0[8*gp +: 8]);
-        wire signed [13:0] xc = $signed(x0[8*gp +: 8]) * $signed({1'b0, p0_coef});   // |x| * 27 < 2^12
+        // lane value times the trilinear weight (1 for the other ADD and MAXPOOL slots), |x| * 27 < 2^12
+        wire signed [13:0] xc = $signed(x0[8*gp +: 8]) * $signed({1'b0, p0_coef});
         for (gi = 0; gi < L; gi = gi + 1) begin : g_prod
             always @(posedge clk) prod[gp*L + gi] <= $signed(w0[64*gp + 8*gi +: 8]) * $signed(x0[8*gi +: 8]);
         end
-        always @(posedge clk) q_lane[gp] <= (p0_kind == K_SCALE) ? ($signed({{18{xc[13]}}, xc}) <<< p0_shift) : x32;
+        always @(posedge clk) q_lane[gp] <= xc;
     end endgenerate
     wire signed [31:0] part [0:L-1];
     generate for (gp = 0; gp < L; gp = gp + 1) begin : g_sum   // L = 8 products per lane
         wire signed [31:0] s = prod[gp*L + 0] + prod[gp*L + 1] + prod[gp*L + 2] + prod[gp*L + 3] +
                                prod[gp*L + 4] + prod[gp*L + 5] + prod[gp*L + 6] + prod[gp*L + 7];
-        assign part[gp] = (q_kind == K_CONV) ? s : q_lane[gp];
+        wire signed [31:0] shifted = $signed({{18{q_lane[gp][13]}}, q_lane[gp]}) <<< q_shift;   // alignment (0 for MAXPOOL)
+        assign part[gp] = (q_kind == K_CONV) ? s : shifted;
     end endgenerate
 
     // requantise in two stages (P4, P5): round half to even on a right shift, exact left shift
@@ -397,6 +400,7 @@ module accel #(
             p1_kind <= a3_kind; p1_coef <= a3_coef; p1_shift <= a3_shift; p1_oaddr <= a3_oaddr;
             // P1: products registered (prod, q_lane above)
             q_v <= p0_v; q_first <= p0_first; q_last <= p0_last; q_kind <= p0_kind; q_oaddr <= p0_oaddr;
+            q_shift <= p0_shift;
             // P2: lane sums registered
             p2_v <= q_v; p2_first <= q_first; p2_last <= q_last; p2_kind <= q_kind; p2_oaddr <= q_oaddr;
             for (j = 0; j < L; j = j + 1) p2_part[j] <= part[j];
