@@ -120,7 +120,9 @@ module accel #(
     wire [11:0] td = tri_idx(vd, hD, eslot[2]);
     wire [11:0] th = tri_idx(vh, hH, eslot[1]);
     wire [11:0] tw = tri_idx(vw, hW, eslot[0]);
-    wire [4:0] tcoef = {3'd0, td[11:10]} * {3'd0, th[11:10]} * {3'd0, tw[11:10]};
+    // the product of three weights in {1, 3} is 3^(number of 3s): a table, not two multipliers
+    wire [1:0] n3 = {1'b0, td[11]} + {1'b0, th[11]} + {1'b0, tw[11]};
+    wire [4:0] tcoef = (n3 == 2'd0) ? 5'd1 : (n3 == 2'd1) ? 5'd3 : (n3 == 2'd2) ? 5'd9 : 5'd27;
 
     // slot: coordinates in the operand's grid, its grid, base, stride, group
     reg [9:0] sd, sh, sw, sgH, sgW;
@@ -323,7 +325,7 @@ module accel #(
                 if (li >= 32'd2) begin
                     if (li == 32'd2) begin
                         n_entries <= rd_data[WB_AW:0];
-                        lnum <= 32'd5 + 32'd9 * {22'd0, rd_data[9:0]};
+                        lnum <= 32'd5 + {19'd0, rd_data[9:0], 3'd0} + {22'd0, rd_data[9:0]};   // 5 + 9E
                     end else if (li <= 32'd6) begin
                         bias[2 * (li - 3)] <= $signed(rd_data[31:0]);
                         bias[2 * (li - 3) + 1] <= $signed(rd_data[63:32]);
