@@ -94,11 +94,13 @@ module accel #(
     reg [3:0] drain;
     localparam [3:0] DRAIN = 4'd11;  // A0 .. P5 after the last slot, then the write
 
-    wire [31:0] n_slots = is_conv ? {22'd0, n_entries} : is_pool ? 32'd8 :
-                          ((a_tri ? 32'd8 : 32'd1) + (has_b ? 32'd1 : 32'd0));
-    wire last_slot = (eslot == n_slots - 1);
-    wire last_grp  = is_conv ? 1'b1 : (grp == n_groups - 1);
-    wire last_vox  = (vd == gD - 1) && (vh == gH - 1) && (vw == gW - 1);
+    // the iterator's limits, registered when a run starts (constant during it)
+    reg [WB_AW:0] slot_last;       // slots per output word - 1
+    reg [15:0] grp_last;           // ADD / MAXPOOL: groups - 1 (CONV: 0)
+    reg [9:0] d_last, h_last, w_last;
+    wire last_slot = (eslot[WB_AW:0] == slot_last);
+    wire last_grp  = (grp[15:0] == grp_last);
+    wire last_vox  = (vd == d_last) && (vh == h_last) && (vw == w_last);
 
     // conv tap of the current block
     wire [31:0] h_cur = hdr[eslot[WB_AW-1:0]];
@@ -305,6 +307,7 @@ module accel #(
                 if (fi == 4'd9) state <= S_DECODE;
             end
             S_DECODE: begin
+                d_last <= gD - 10'd1; h_last <= gH - 10'd1; w_last <= gW - 10'd1;
                 rq_right <= (s_out > 0); rq_relu <= relu;
                 rq_s <= (s_out > 0) ? s_out[4:0] : 5'd0;
                 rq_ls <= (s_out > 0) ? 5'd0 : 5'd0 - s_out[4:0];
@@ -317,6 +320,8 @@ module accel #(
                     lblk <= 0; lsub <= 4'd0;
                 end else begin
                     state <= S_RUN; vd <= 0; vh <= 0; vw <= 0; eslot <= 0; grp <= 0; iter_done <= 1'b0; drain <= 4'd0;
+                    slot_last <= is_pool ? 10'd7 : ((a_tri ? 10'd7 : 10'd0) + (has_b ? 10'd1 : 10'd0));
+                    grp_last <= n_groups[15:0] - 16'd1;
                 end
             end
             S_LOAD: begin
@@ -336,6 +341,7 @@ module accel #(
                     end
                     if (li == lnum + 32'd1) begin  // the last word has arrived
                         state <= S_RUN; lptr <= lptr + lnum;
+                        slot_last <= n_entries - 1'b1; grp_last <= 16'd0;
                         vd <= 0; vh <= 0; vw <= 0; eslot <= 0; grp <= 0; iter_done <= 1'b0; drain <= 4'd0;
                     end
                 end
@@ -348,10 +354,10 @@ module accel #(
                         if (!last_grp) grp <= grp + 32'd1;
                         else begin
                             grp <= 32'd0;
-                            if (vw != gW - 1) vw <= vw + 10'd1;
+                            if (vw != w_last) vw <= vw + 10'd1;
                             else begin
                                 vw <= 10'd0;
-                                if (vh != gH - 1) vh <= vh + 10'd1;
+                                if (vh != h_last) vh <= vh + 10'd1;
                                 else begin vh <= 10'd0; vd <= vd + 10'd1; end
                             end
                             if (last_vox) iter_done <= 1'b1;
