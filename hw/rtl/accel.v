@@ -11,7 +11,8 @@
 // request; nothing else reaches memory.
 // Datapath: LANES x LANES int8 MAC array (one weight block of 8 output x 8 input channels
 // against one activation word per cycle), int32 accumulators (the compiler proves every
-// bound). Pipeline per slot (hw/ACCEL.md): A0 slot, A1-A2 voxel index, A3 address (registered
+// bound). Pipeline per slot (hw/ACCEL.md): I slot and block header, A0 operand coordinates,
+// A1-A2 voxel index, A3 address (registered
 // request), M memory, P0 operands registered, P1 products, P2 lane sums, P3 accumulate, P4-P5
 // requantise (registered write).
 //
@@ -92,7 +93,7 @@ module accel #(
     reg [31:0] grp;      // elementwise: channel group
     reg iter_done;
     reg [3:0] drain;
-    localparam [3:0] DRAIN = 4'd11;  // A0 .. P5 after the last slot, then the write
+    localparam [3:0] DRAIN = 4'd12;  // I, A0 .. P5 after the last slot, then the write
 
     // the iterator's limits, registered when a run starts (constant during it)
     reg [WB_AW:0] slot_last;       // slots per output word - 1
@@ -102,11 +103,24 @@ module accel #(
     wire last_grp  = (grp[15:0] == grp_last);
     wire last_vox  = (vd == d_last) && (vh == h_last) && (vw == w_last);
 
-    // conv tap of the current block
-    wire [31:0] h_cur = hdr[eslot[WB_AW-1:0]];
-    wire signed [11:0] cd = $signed({2'b0, vd}) + $signed({4'b0, h_cur[7:0]}) - $signed({8'b0, pad});
-    wire signed [11:0] ch = $signed({2'b0, vh}) + $signed({4'b0, h_cur[15:8]}) - $signed({8'b0, pad});
-    wire signed [11:0] cw = $signed({2'b0, vw}) + $signed({4'b0, h_cur[23:16]}) - $signed({8'b0, pad});
+    wire issue = (state == S_RUN) && !iter_done;
+
+    // I: the iterator's slot registered, with its block header (a synchronous read)
+    reg i_v, i_first, i_last;
+    reg [9:0] i_d, i_h, i_w;
+    reg [WB_AW-1:0] i_e;
+    reg [31:0] i_grp, i_og;
+    reg [31:0] h_cur;
+    always @(posedge clk) begin
+        i_v <= rst ? 1'b0 : issue;
+        i_first <= (eslot == 0); i_last <= last_slot;
+        i_d <= vd; i_h <= vh; i_w <= vw; i_e <= eslot[WB_AW-1:0]; i_grp <= grp;
+        i_og <= is_conv ? ocg : grp;
+        h_cur <= hdr[eslot[WB_AW-1:0]];
+    end
+    wire signed [11:0] cd = $signed({2'b0, i_d}) + $signed({4'b0, h_cur[7:0]}) - $signed({8'b0, pad});
+    wire signed [11:0] ch = $signed({2'b0, i_h}) + $signed({4'b0, h_cur[15:8]}) - $signed({8'b0, pad});
+    wire signed [11:0] cw = $signed({2'b0, i_w}) + $signed({4'b0, h_cur[23:16]}) - $signed({8'b0, pad});
     wire conv_in = (cd >= 0) && (cd < $signed({2'b0, gD})) && (ch >= 0) && (ch < $signed({2'b0, gH})) &&
                    (cw >= 0) && (cw < $signed({2'b0, gW}));
 
@@ -119,9 +133,9 @@ module accel #(
             else       tri_idx = hi ? {2'd1, (k == n - 1) ? k : k + 10'd1} : {2'd3, k};
         end
     endfunction
-    wire [11:0] td = tri_idx(vd, hD, eslot[2]);
-    wire [11:0] th = tri_idx(vh, hH, eslot[1]);
-    wire [11:0] tw = tri_idx(vw, hW, eslot[0]);
+    wire [11:0] td = tri_idx(i_d, hD, i_e[2]);
+    wire [11:0] th = tri_idx(i_h, hH, i_e[1]);
+    wire [11:0] tw = tri_idx(i_w, hW, i_e[0]);
     // the product of three weights in {1, 3} is 3^(number of 3s): a table, not two multipliers
     wire [1:0] n3 = {1'b0, td[11]} + {1'b0, th[11]} + {1'b0, tw[11]};
     wire [4:0] tcoef = (n3 == 2'd0) ? 5'd1 : (n3 == 2'd1) ? 5'd3 : (n3 == 2'd2) ? 5'd9 : 5'd27;
@@ -133,8 +147,8 @@ module accel #(
     reg [1:0] s_kind;
     reg [4:0] s_coef, s_shift;
     always @(*) begin
-        sd = vd; sh = vh; sw = vw; sgH = gH; sgW = gW;
-        s_base = a_base; s_stride = a_stride; s_grp = a_off + grp;
+        sd = i_d; sh = i_h; sw = i_w; sgH = gH; sgW = gW;
+        s_base = a_base; s_stride = a_stride; s_grp = a_off + i_grp;
         s_rd = 1'b1; s_kind = K_SCALE; s_coef = 5'd1; s_shift = sa;
         if (is_conv) begin
             s_kind = K_CONV; s_rd = conv_in; s_grp = a_off + {8'd0, h_cur[31:24]};
@@ -142,18 +156,17 @@ module accel #(
             if (a_near) begin sd = cd[10:1]; sh = ch[10:1]; sw = cw[10:1]; sgH = hH; sgW = hW; end
         end else if (is_pool) begin
             s_kind = K_MAX; s_shift = 5'd0;
-            sd = {vd[8:0], eslot[2]}; sh = {vh[8:0], eslot[1]}; sw = {vw[8:0], eslot[0]};
+            sd = {i_d[8:0], i_e[2]}; sh = {i_h[8:0], i_e[1]}; sw = {i_w[8:0], i_e[0]};
             sgH = {gH[8:0], 1'b0}; sgW = {gW[8:0], 1'b0};
-        end else if (has_b && last_slot) begin
-            s_base = b_base; s_stride = b_stride; s_grp = b_off + grp; s_shift = sb;
-            if (b_near) begin sd = vd >> 1; sh = vh >> 1; sw = vw >> 1; sgH = hH; sgW = hW; end
+        end else if (has_b && i_last) begin
+            s_base = b_base; s_stride = b_stride; s_grp = b_off + i_grp; s_shift = sb;
+            if (b_near) begin sd = i_d >> 1; sh = i_h >> 1; sw = i_w >> 1; sgH = hH; sgW = hW; end
         end else if (a_tri) begin
             sd = td[9:0]; sh = th[9:0]; sw = tw[9:0]; sgH = hH; sgW = hW; s_coef = tcoef;
         end else if (a_near) begin
-            sd = vd >> 1; sh = vh >> 1; sw = vw >> 1; sgH = hH; sgW = hW;
+            sd = i_d >> 1; sh = i_h >> 1; sw = i_w >> 1; sgH = hH; sgW = hW;
         end
     end
-    wire issue = (state == S_RUN) && !iter_done;
 
     // ---------------------------------------------------------------- address pipeline
     // addresses: voxel index (< 2^AW) x words per voxel (< 256) + group, one multiply per stage
@@ -379,12 +392,12 @@ module accel #(
             endcase
 
             // I0 -> A0: the slot
-            a0_v <= issue; a0_rd <= issue && s_rd; a0_first <= (eslot == 0); a0_last <= last_slot;
-            a0_kind <= s_kind; a0_coef <= s_coef; a0_shift <= s_shift; a0_e <= eslot[WB_AW-1:0];
+            a0_v <= i_v; a0_rd <= i_v && s_rd; a0_first <= i_first; a0_last <= i_last;
+            a0_kind <= s_kind; a0_coef <= s_coef; a0_shift <= s_shift; a0_e <= i_e;
             a0_sd <= sd; a0_sh <= sh; a0_sw <= sw; a0_sgH <= sgH; a0_sgW <= sgW;
-            a0_od <= vd; a0_oh <= vh; a0_ow <= vw;
+            a0_od <= i_d; a0_oh <= i_h; a0_ow <= i_w;
             a0_base <= s_base[AW-1:0]; a0_stride <= s_stride[7:0]; a0_grp <= s_grp[AW-1:0];
-            a0_og <= is_conv ? ocg[AW-1:0] : grp[AW-1:0];
+            a0_og <= i_og[AW-1:0];
             // A1: row = d * H + h (operand and output)
             a1_v <= a0_v; a1_rd <= a0_rd; a1_first <= a0_first; a1_last <= a0_last; a1_kind <= a0_kind;
             a1_coef <= a0_coef; a1_shift <= a0_shift; a1_e <= a0_e;
