@@ -43,6 +43,20 @@ def test_compare_refuses_a_near_zero_reference_and_missing_ones():
     assert latency.compare({"q": [[1]]}, "ort_int8", {}) == (None, None)
 
 
+def test_fpga_projection_by_hand(tmp_path):
+    """fpga_ecp5: the slower golden pair's simulated cycles over the placed fmax; absent until
+    both files exist."""
+    rtl = tmp_path / "rtl"
+    rtl.mkdir()
+    assert latency.fpga_projection(rtl) is None
+    (rtl / "cycles.json").write_text(json.dumps({"pairs": [{"cycles": 2_000_000}, {"cycles": 3_000_000}],
+                                                "mac_util": 0.5}))
+    assert latency.fpga_projection(rtl) is None
+    (rtl / "synth.json").write_text(json.dumps({"fmax_mhz": 60.0, "device": "LFE5UM-85F"}))
+    f = latency.fpga_projection(rtl)
+    assert f["ms"] == 50.0 and f["cycles"] == 3_000_000 and "projected" in f["source"]   # 3e6 / 60e6 s
+
+
 def test_latency_without_torch(tiny_export, tmp_path):
     _, out, _ = tiny_export
     block = tmp_path / "block"
