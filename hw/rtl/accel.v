@@ -11,7 +11,7 @@
 // request; nothing else reaches memory.
 // Datapath: LANES x LANES int8 MAC array (one weight block of 8 output x 8 input channels
 // against one activation word per cycle), int32 accumulators (the compiler proves every
-// bound). Pipeline per slot (hw/ACCEL.md): I slot and block header, A0 operand coordinates,
+// bound). Pipeline per slot (hw/ACCEL.md): I0-I1 slot and block header, A0 operand coordinates,
 // A1-A2 voxel index, A3 address (registered
 // request), M memory, P0 operands registered, P1 products, P2 lane sums, P3 accumulate, P4-P5
 // requantise (registered write).
@@ -93,7 +93,7 @@ module accel #(
     reg [31:0] grp;      // elementwise: channel group
     reg iter_done;
     reg [3:0] drain;
-    localparam [3:0] DRAIN = 4'd12;  // I, A0 .. P5 after the last slot, then the write
+    localparam [3:0] DRAIN = 4'd13;  // I0, I1, A0 .. P5 after the last slot, then the write
 
     // the iterator's limits, registered when a run starts (constant during it)
     reg [WB_AW:0] slot_last;       // slots per output word - 1
@@ -105,18 +105,28 @@ module accel #(
 
     wire issue = (state == S_RUN) && !iter_done;
 
-    // I: the iterator's slot registered, with its block header (a synchronous read)
+    // I0, I1: the iterator's slot registered twice while its block header is read from the
+    // header RAM and registered (the block RAM's output is slow; nothing else follows it)
+    reg j_v, j_first, j_last;
+    reg [9:0] j_d, j_h, j_w;
+    reg [WB_AW-1:0] j_e;
+    reg [31:0] j_grp, j_og;
+    reg [31:0] h_raw;
     reg i_v, i_first, i_last;
     reg [9:0] i_d, i_h, i_w;
     reg [WB_AW-1:0] i_e;
     reg [31:0] i_grp, i_og;
     reg [31:0] h_cur;
     always @(posedge clk) begin
-        i_v <= rst ? 1'b0 : issue;
-        i_first <= (eslot == 0); i_last <= last_slot;
-        i_d <= vd; i_h <= vh; i_w <= vw; i_e <= eslot[WB_AW-1:0]; i_grp <= grp;
-        i_og <= is_conv ? ocg : grp;
-        h_cur <= hdr[eslot[WB_AW-1:0]];
+        j_v <= rst ? 1'b0 : issue;
+        j_first <= (eslot == 0); j_last <= last_slot;
+        j_d <= vd; j_h <= vh; j_w <= vw; j_e <= eslot[WB_AW-1:0]; j_grp <= grp;
+        j_og <= is_conv ? ocg : grp;
+        h_raw <= hdr[eslot[WB_AW-1:0]];
+        i_v <= rst ? 1'b0 : j_v;
+        i_first <= j_first; i_last <= j_last;
+        i_d <= j_d; i_h <= j_h; i_w <= j_w; i_e <= j_e; i_grp <= j_grp; i_og <= j_og;
+        h_cur <= h_raw;
     end
     wire signed [11:0] cd = $signed({2'b0, i_d}) + $signed({4'b0, h_cur[7:0]}) - $signed({8'b0, pad});
     wire signed [11:0] ch = $signed({2'b0, i_h}) + $signed({4'b0, h_cur[15:8]}) - $signed({8'b0, pad});
