@@ -288,14 +288,17 @@ module accel #(
 `endif
             r1_eq[gp] <= (rem == rq_half);
         end
-        // P5: round, clamp
-        wire signed [47:0] v = rq_right ? $signed({{16{r1_fl[gp][31]}}, r1_fl[gp]}) +
-                                          $signed({47'd0, r1_gt[gp] | (r1_eq[gp] & r1_fl[gp][0])}) : r1_left[gp];
+        // P5: round, clamp. The clamp is decided on the shifted value before rounding: adding the
+        // rounding bit to 127 or to lo - 1 lands on 128 or lo, which clamp to the same 127 or lo.
+        wire up = r1_gt[gp] | (r1_eq[gp] & r1_fl[gp][0]);
         wire signed [47:0] lo = rq_relu ? 48'sd0 : -48'sd128;
+        wire signed [47:0] fl48 = $signed({{16{r1_fl[gp][31]}}, r1_fl[gp]});
+        wire signed [47:0] v = rq_right ? fl48 : r1_left[gp];
+        wire [7:0] low8 = rq_right ? r1_fl[gp][7:0] + {7'd0, up} : r1_left[gp][7:0];
 `ifdef FAULT_NO_SATURATION
-        assign r2_q[gp] = (rq_relu && v < 0) ? 8'd0 : v[7:0];
+        assign r2_q[gp] = (rq_relu && v < 0) ? 8'd0 : low8;
 `else
-        assign r2_q[gp] = (v > 48'sd127) ? 8'd127 : (v < lo) ? lo[7:0] : v[7:0];
+        assign r2_q[gp] = (v >= 48'sd127) ? 8'd127 : (v < lo) ? lo[7:0] : low8;
 `endif
     end endgenerate
 
