@@ -192,13 +192,15 @@ module accel #(
     reg [1:0] a1_kind;
     reg [4:0] a1_coef, a1_shift;
     reg [WB_AW-1:0] a1_e;
-    reg [AW-1:0] a1_row, a1_orow, a1_wst, a1_rst, a1_owst, a1_bg, a1_obg;
+    reg [9:0] a1_sw, a1_sgW, a1_ow;
+    reg [AW-1:0] a1_row, a1_orow, a1_base, a1_grp, a1_og;
+    reg [7:0] a1_stride;
     reg a2_v, a2_rd, a2_first, a2_last;
     reg [1:0] a2_kind;
     reg [4:0] a2_coef, a2_shift;
     reg [WB_AW-1:0] a2_e;
-    reg [AW-1:0] a2_off, a2_ooff, a2_bg, a2_obg;
-    reg [AW-1:0] ows;   // output grid W x output words per voxel, registered at decode
+    reg [AW-1:0] a2_vox, a2_ovox, a2_base, a2_grp, a2_og;
+    reg [7:0] a2_stride;
     reg a3_v, a3_rd, a3_first, a3_last;
     reg [1:0] a3_kind;
     reg [4:0] a3_coef, a3_shift;
@@ -307,7 +309,7 @@ module accel #(
         if (state == S_LOAD && li < lnum) begin req_en = 1'b1; req_addr = lptr[AW-1:0] + li[AW-1:0]; end
         if (a2_v && a2_rd) begin
             req_en = 1'b1;
-            req_addr = a2_off + a2_bg;
+            req_addr = a2_base + a2_vox * {{(AW-8){1'b0}}, a2_stride} + a2_grp;
         end
     end
     genvar gj;
@@ -332,7 +334,6 @@ module accel #(
             end
             S_DECODE: begin
                 d_last <= gD - 10'd1; h_last <= gH - 10'd1; w_last <= gW - 10'd1;
-                ows <= {{XW{1'b0}}, gW} * {{(AW-8){1'b0}}, o_stride[7:0]};
                 rq_right <= (s_out > 0); rq_relu <= relu;
                 rq_s <= (s_out > 0) ? s_out[4:0] : 5'd0;
                 rq_ls <= (s_out > 0) ? 5'd0 : 5'd0 - s_out[4:0];
@@ -413,26 +414,21 @@ module accel #(
             // A1: row = d * H + h (operand and output)
             a1_v <= a0_v; a1_rd <= a0_rd; a1_first <= a0_first; a1_last <= a0_last; a1_kind <= a0_kind;
             a1_coef <= a0_coef; a1_shift <= a0_shift; a1_e <= a0_e;
-            // (and, beside it, W x stride, w x stride, base + group: the address is
-            // base + group + row * (W * stride) + w * stride, one multiply per stage)
             a1_row <= {{XW{1'b0}}, a0_sd} * {{XW{1'b0}}, a0_sgH} + {{XW{1'b0}}, a0_sh};
             a1_orow <= {{XW{1'b0}}, a0_od} * {{XW{1'b0}}, gH} + {{XW{1'b0}}, a0_oh};
-            a1_rst <= {{XW{1'b0}}, a0_sgW} * {{(AW-8){1'b0}}, a0_stride};
-            a1_wst <= {{XW{1'b0}}, a0_sw} * {{(AW-8){1'b0}}, a0_stride};
-            a1_owst <= {{XW{1'b0}}, a0_ow} * {{(AW-8){1'b0}}, o_stride[7:0]};
-            a1_bg <= a0_base + a0_grp;
-            a1_obg <= o_base[AW-1:0] + a0_og;
-            // A2: offset = row * (W * stride) + w * stride
+            a1_sw <= a0_sw; a1_sgW <= a0_sgW; a1_ow <= a0_ow;
+            a1_base <= a0_base; a1_stride <= a0_stride; a1_grp <= a0_grp; a1_og <= a0_og;
+            // A2: voxel = row * W + w
             a2_v <= a1_v; a2_rd <= a1_rd; a2_first <= a1_first; a2_last <= a1_last; a2_kind <= a1_kind;
             a2_coef <= a1_coef; a2_shift <= a1_shift; a2_e <= a1_e;
-            a2_off <= a1_row * a1_rst + a1_wst;
-            a2_ooff <= a1_orow * ows + a1_owst;
-            a2_bg <= a1_bg; a2_obg <= a1_obg;
+            a2_vox <= a1_row * {{XW{1'b0}}, a1_sgW} + {{XW{1'b0}}, a1_sw};
+            a2_ovox <= a1_orow * {{XW{1'b0}}, gW} + {{XW{1'b0}}, a1_ow};
+            a2_base <= a1_base; a2_stride <= a1_stride; a2_grp <= a1_grp; a2_og <= a1_og;
             // A3: the request leaves (memory ports above); the output address
             rd_en <= req_en; rd_addr <= req_addr;
             a3_v <= a2_v; a3_rd <= a2_rd; a3_first <= a2_first; a3_last <= a2_last; a3_kind <= a2_kind;
             a3_coef <= a2_coef; a3_shift <= a2_shift; a3_e <= a2_e;
-            a3_oaddr <= a2_ooff + a2_obg;
+            a3_oaddr <= o_base[AW-1:0] + a2_ovox * {{(AW-8){1'b0}}, o_stride[7:0]} + a2_og;
             // M: the memory reads; the weight block is read from the banks (wq)
             p1_v <= a3_v; p1_rd <= a3_rd; p1_first <= a3_first; p1_last <= a3_last;
             p1_kind <= a3_kind; p1_coef <= a3_coef; p1_shift <= a3_shift; p1_oaddr <= a3_oaddr;
