@@ -12,7 +12,7 @@
 // Datapath: LANES x LANES int8 MAC array (one weight block of 8 output x 8 input channels
 // against one activation word per cycle), int32 accumulators (the compiler proves every
 // bound). Pipeline per slot (hw/ACCEL.md): I0-I1 slot and block header, A0 operand coordinates,
-// A1-A2 voxel index, A3 address (registered
+// A1-A2 voxel index, A3-A4 address (registered
 // request), M memory, P0 operands registered, P1 products, P2 lane sums, P3 accumulate, P4-P5
 // requantise (registered write).
 //
@@ -93,7 +93,7 @@ module accel #(
     reg [31:0] grp;      // elementwise: channel group
     reg iter_done;
     reg [3:0] drain;
-    localparam [3:0] DRAIN = 4'd13;  // I0, I1, A0 .. P5 after the last slot, then the write
+    localparam [3:0] DRAIN = 4'd14;  // I0, I1, A0 .. A4, M, P0 .. P5 after the last slot, then the write
 
     // the iterator's limits, registered when a run starts (constant during it)
     reg [WB_AW:0] slot_last;       // slots per output word - 1
@@ -201,6 +201,11 @@ module accel #(
     reg [WB_AW-1:0] a2_e;
     reg [AW-1:0] a2_vox, a2_ovox, a2_base, a2_grp, a2_og;
     reg [7:0] a2_stride;
+    reg b_v, b_rd, b_first, b_last;
+    reg [1:0] b_kind;
+    reg [4:0] b_coef, b_shift;
+    reg [WB_AW-1:0] b_e;
+    reg [AW-1:0] b_prod, b_bg, b_oprod, b_obg;
     reg a3_v, a3_rd, a3_first, a3_last;
     reg [1:0] a3_kind;
     reg [4:0] a3_coef, a3_shift;
@@ -307,9 +312,9 @@ module accel #(
         req_en = 1'b0; req_addr = {AW{1'b0}};
         if (state == S_FETCH && fi < 4'd8) begin req_en = 1'b1; req_addr = {pc[AW-4:0], fi[2:0]}; end
         if (state == S_LOAD && li < lnum) begin req_en = 1'b1; req_addr = lptr[AW-1:0] + li[AW-1:0]; end
-        if (a2_v && a2_rd) begin
+        if (b_v && b_rd) begin
             req_en = 1'b1;
-            req_addr = a2_base + a2_vox * {{(AW-8){1'b0}}, a2_stride} + a2_grp;
+            req_addr = b_prod + b_bg;
         end
     end
     genvar gj;
@@ -319,7 +324,7 @@ module accel #(
     always @(posedge clk) begin
         if (rst) begin
             state <= S_IDLE; done <= 1'b0; cycles <= 64'd0;
-            a0_v <= 1'b0; a1_v <= 1'b0; a2_v <= 1'b0; a3_v <= 1'b0; p1_v <= 1'b0; q_v <= 1'b0; p2_v <= 1'b0;
+            a0_v <= 1'b0; a1_v <= 1'b0; a2_v <= 1'b0; b_v <= 1'b0; a3_v <= 1'b0; p1_v <= 1'b0; q_v <= 1'b0; p2_v <= 1'b0;
             fin_v <= 1'b0; r1_v <= 1'b0; rd_en <= 1'b0; wr_en <= 1'b0;
         end else begin
             if (state != S_IDLE && state != S_DONE) cycles <= cycles + 64'd1;
@@ -424,11 +429,16 @@ module accel #(
             a2_vox <= a1_row * {{XW{1'b0}}, a1_sgW} + {{XW{1'b0}}, a1_sw};
             a2_ovox <= a1_orow * {{XW{1'b0}}, gW} + {{XW{1'b0}}, a1_ow};
             a2_base <= a1_base; a2_stride <= a1_stride; a2_grp <= a1_grp; a2_og <= a1_og;
-            // A3: the request leaves (memory ports above); the output address
+            // A3: voxel x words per voxel; base + group
+            b_v <= a2_v; b_rd <= a2_rd; b_first <= a2_first; b_last <= a2_last; b_kind <= a2_kind;
+            b_coef <= a2_coef; b_shift <= a2_shift; b_e <= a2_e;
+            b_prod <= a2_vox * {{(AW-8){1'b0}}, a2_stride}; b_bg <= a2_base + a2_grp;
+            b_oprod <= a2_ovox * {{(AW-8){1'b0}}, o_stride[7:0]}; b_obg <= o_base[AW-1:0] + a2_og;
+            // A4: the request leaves (memory ports above); the output address
             rd_en <= req_en; rd_addr <= req_addr;
-            a3_v <= a2_v; a3_rd <= a2_rd; a3_first <= a2_first; a3_last <= a2_last; a3_kind <= a2_kind;
-            a3_coef <= a2_coef; a3_shift <= a2_shift; a3_e <= a2_e;
-            a3_oaddr <= o_base[AW-1:0] + a2_ovox * {{(AW-8){1'b0}}, o_stride[7:0]} + a2_og;
+            a3_v <= b_v; a3_rd <= b_rd; a3_first <= b_first; a3_last <= b_last; a3_kind <= b_kind;
+            a3_coef <= b_coef; a3_shift <= b_shift; a3_e <= b_e;
+            a3_oaddr <= b_oprod + b_obg;
             // M: the memory reads; the weight block is read from the banks (wq)
             p1_v <= a3_v; p1_rd <= a3_rd; p1_first <= a3_first; p1_last <= a3_last;
             p1_kind <= a3_kind; p1_coef <= a3_coef; p1_shift <= a3_shift; p1_oaddr <= a3_oaddr;
