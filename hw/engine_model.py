@@ -19,7 +19,7 @@ from hw.compiler import (DESC_WORDS, F_A_NEAREST, F_A_TRILINEAR, F_B_NEAREST, F_
 # cycle model (hw/ACCEL.md): fixed costs of the controller
 FETCH_CYCLES = DESC_WORDS + 3      # 8 requests, 2 cycles to the last word (registered request, read), decode
 LOAD_FIXED = 1 + LANES // 2 + 2    # block count, 4 bias words, 2 cycles to the last word
-DRAIN_CYCLES = 14                  # after the last slot: I0-I1, A0-A4, memory, P0-P3, P4-P5, the write
+DRAIN_CYCLES = 15                  # after the last slot: I0-I1, A0-A4, memory, P0-P1, P2a-P2b, P3-P5, the write
 START_CYCLES = 1
 
 

@@ -13,7 +13,7 @@
 // against one activation word per cycle), int32 accumulators (the compiler proves every
 // bound). Pipeline per slot (hw/ACCEL.md): I0-I1 slot and block header, A0 operand coordinates,
 // A1-A2 voxel index, A3-A4 address (registered
-// request), M memory, P0 operands registered, P1 products, P2 lane sums, P3 accumulate, P4-P5
+// request), M memory, P0 operands registered, P1 products, P2a-P2b lane sums, P3 accumulate, P4-P5
 // requantise (registered write).
 //
 // Build options (fault injection, tests/test_rtl.py): FAULT_ROUND_HALF_UP rounds ties up,
@@ -93,7 +93,7 @@ module accel #(
     reg [31:0] grp;      // elementwise: channel group
     reg iter_done;
     reg [3:0] drain;
-    localparam [3:0] DRAIN = 4'd14;  // I0, I1, A0 .. A4, M, P0 .. P5 after the last slot, then the write
+    localparam [3:0] DRAIN = 4'd15;  // I0, I1, A0 .. A4, M, P0, P1, P2a, P2b, P3 .. P5 after the last slot, then the write
 
     // the iterator's limits, registered when a run starts (constant during it)
     reg [WB_AW:0] slot_last;       // slots per output word - 1
@@ -261,12 +261,21 @@ module accel #(
         end
         always @(posedge clk) q_lane[gp] <= xc;
     end endgenerate
+    // P2a: pairs of products summed (4 per lane), the lane value shifted into alignment (0 for
+    // MAXPOOL); P2b: the 4 partial sums added
+    reg signed [16:0] psum [0:4*L-1];
+    reg signed [31:0] q2_lane [0:L-1];
+    reg q2_v, q2_first, q2_last;
+    reg [1:0] q2_kind;
+    reg [AW-1:0] q2_oaddr;
     wire signed [31:0] part [0:L-1];
     generate for (gp = 0; gp < L; gp = gp + 1) begin : g_sum   // L = 8 products per lane
-        wire signed [31:0] s = prod[gp*L + 0] + prod[gp*L + 1] + prod[gp*L + 2] + prod[gp*L + 3] +
-                               prod[gp*L + 4] + prod[gp*L + 5] + prod[gp*L + 6] + prod[gp*L + 7];
-        wire signed [31:0] shifted = $signed({{18{q_lane[gp][13]}}, q_lane[gp]}) <<< q_shift;   // alignment (0 for MAXPOOL)
-        assign part[gp] = (q_kind == K_CONV) ? s : shifted;
+        for (gi = 0; gi < 4; gi = gi + 1) begin : g_pair
+            always @(posedge clk) psum[4*gp + gi] <= prod[gp*L + 2*gi] + prod[gp*L + 2*gi + 1];
+        end
+        always @(posedge clk) q2_lane[gp] <= $signed({{18{q_lane[gp][13]}}, q_lane[gp]}) <<< q_shift;
+        wire signed [31:0] s = psum[4*gp] + psum[4*gp + 1] + psum[4*gp + 2] + psum[4*gp + 3];
+        assign part[gp] = (q2_kind == K_CONV) ? s : q2_lane[gp];
     end endgenerate
 
     // requantise in two stages (P4, P5): round half to even on a right shift, exact left shift
@@ -324,7 +333,7 @@ module accel #(
     always @(posedge clk) begin
         if (rst) begin
             state <= S_IDLE; done <= 1'b0; cycles <= 64'd0;
-            a0_v <= 1'b0; a1_v <= 1'b0; a2_v <= 1'b0; b_v <= 1'b0; a3_v <= 1'b0; p1_v <= 1'b0; q_v <= 1'b0; p2_v <= 1'b0;
+            a0_v <= 1'b0; a1_v <= 1'b0; a2_v <= 1'b0; b_v <= 1'b0; a3_v <= 1'b0; p1_v <= 1'b0; q_v <= 1'b0; q2_v <= 1'b0; p2_v <= 1'b0;
             fin_v <= 1'b0; r1_v <= 1'b0; rd_en <= 1'b0; wr_en <= 1'b0;
         end else begin
             if (state != S_IDLE && state != S_DONE) cycles <= cycles + 64'd1;
@@ -445,8 +454,10 @@ module accel #(
             // P1: products registered (prod, q_lane above)
             q_v <= p0_v; q_first <= p0_first; q_last <= p0_last; q_kind <= p0_kind; q_oaddr <= p0_oaddr;
             q_shift <= p0_shift;
-            // P2: lane sums registered
-            p2_v <= q_v; p2_first <= q_first; p2_last <= q_last; p2_kind <= q_kind; p2_oaddr <= q_oaddr;
+            // P2a: pair sums registered (psum, q2_lane above)
+            q2_v <= q_v; q2_first <= q_first; q2_last <= q_last; q2_kind <= q_kind; q2_oaddr <= q_oaddr;
+            // P2b: lane sums registered
+            p2_v <= q2_v; p2_first <= q2_first; p2_last <= q2_last; p2_kind <= q2_kind; p2_oaddr <= q2_oaddr;
             for (j = 0; j < L; j = j + 1) p2_part[j] <= part[j];
             // P3: accumulate; the last slot of an output word hands it to the requantiser
             fin_v <= 1'b0;
