@@ -10,8 +10,9 @@ OUT/mem.hex ($readmemh, one 64-bit word per line) and OUT/program.json (descript
 memory plan: every tensor's address, channels, grid and exponent).
 
 Memory is 64-bit words (8 bytes), word-addressed. Activations are channel-last in groups of 8
-channels: tensor (C, D, H, W) at `base` has G = ceil(C/8) words per voxel, and channel c of
-voxel (d, h, w) is byte c % 8 of word base + ((d*H + h)*W + w)*G + c // 8 (missing channels 0).
+channels: tensor (C, D, H, W) at `base` has S words per voxel (ceil(C/8) rounded up to a power
+of two), and channel c of voxel (d, h, w) is byte c % 8 of word base + ((d*H + h)*W + w)*S +
+c // 8 (missing channels 0).
 """
 from __future__ import annotations
 
@@ -54,8 +55,14 @@ class Tensor:
         return -(-self.channels // LANES)
 
     @property
+    def stride(self) -> int:
+        """Words per voxel: the groups rounded up to a power of two (the engine shifts, not
+        multiplies, the voxel index; LocalNet's tensors are all 1, 2, 4, 8, ... groups already)."""
+        return 1 << (self.groups - 1).bit_length()
+
+    @property
     def words(self) -> int:
-        return self.groups * int(np.prod(self.grid))
+        return self.stride * int(np.prod(self.grid))
 
 
 @dataclass
@@ -120,8 +127,7 @@ def put_tensor(mem: np.ndarray, t: Tensor, x: np.ndarray) -> None:
     """Place int8 (1, C, D, H, W) into mem at t (channel-last, groups of LANES)."""
     if x.shape != (1, t.channels, *t.grid) or x.dtype != np.int8:
         raise CompileError(f"{t.name}: input {x.dtype} {x.shape}, the program expects int8 {(1, t.channels, *t.grid)}")
-    g = t.groups
-    v = np.zeros((*t.grid, g * LANES), dtype=np.int8)
+    v = np.zeros((*t.grid, t.stride * LANES), dtype=np.int8)
     v[..., :t.channels] = x[0].transpose(1, 2, 3, 0)
     mem[t.base:t.base + t.words] = v.reshape(-1, LANES).view(np.uint64).reshape(-1)
 
@@ -129,7 +135,7 @@ def put_tensor(mem: np.ndarray, t: Tensor, x: np.ndarray) -> None:
 def get_tensor(mem: np.ndarray, t: Tensor) -> np.ndarray:
     """The int8 tensor (1, C, D, H, W) stored at t."""
     words = np.ascontiguousarray(mem[t.base:t.base + t.words], dtype=np.uint64)
-    v = words.view(np.int8).reshape(*t.grid, t.groups * LANES)[..., :t.channels]
+    v = words.view(np.int8).reshape(*t.grid, t.stride * LANES)[..., :t.channels]
     return np.ascontiguousarray(v.transpose(3, 0, 1, 2))[None]
 
 
@@ -242,6 +248,8 @@ class Compiler:
     # memory plan: every tensor its own region (all stay readable for the dumps)
     def _alloc(self, name: str, channels: int, grid, e: int) -> Tensor:
         t = Tensor(name, self.act_words, int(channels), tuple(int(v) for v in grid), int(e))
+        if t.stride > 128:
+            raise CompileError(f"{name}: {channels} channels need {t.stride} words per voxel, the engine takes 128")
         self.act_words += t.words
         self.tensors[name] = t
         return t
@@ -308,7 +316,7 @@ class Compiler:
                                    f"holds {self.wbuf_entries}")
         y = self._alloc(act, cout, grid, out.e0)
         d = Desc(OP_CONV, conv, flags=(F_RELU if out.relu else 0) | (F_A_NEAREST if nearest_in else 0), grid=grid,
-                 a=(x.base, x.groups, 0), o=(y.base, y.groups), ocg=len(blocks), k=kd, s_out=s_out,
+                 a=(x.base, x.stride, 0), o=(y.base, y.stride), ocg=len(blocks), k=kd, s_out=s_out,
                  entries=[len(bl) for bl in blocks], macs=macs)
         self.descs.append(d)
         self.wpending.append((d, [(rec.bias, blocks)]))
@@ -340,14 +348,14 @@ class Compiler:
         y = self._alloc(name, ch, grid, out.e0)
         flags = (F_RELU if out.relu else 0) | (F_A_NEAREST if a_nearest else 0) | \
             (F_A_TRILINEAR if a_trilinear else 0) | (F_B_NEAREST if b_nearest else 0) | (F_HAS_B if b is not None else 0)
-        self.descs.append(Desc(OP_ADD, name, flags=flags, grid=grid, a=(a.base, a.groups, a_off),
-                               b=(0, 0, 0) if b is None else (b.base, b.groups, b_off), o=(y.base, y.groups),
+        self.descs.append(Desc(OP_ADD, name, flags=flags, grid=grid, a=(a.base, a.stride, a_off),
+                               b=(0, 0, 0) if b is None else (b.base, b.stride, b_off), o=(y.base, y.stride),
                                groups=y.groups, sa=sa, sb=sb, s_out=s_out))
         return y
 
     def _maxpool(self, name: str, x: Tensor) -> Tensor:
         y = self._alloc(name, x.channels, tuple(v // 2 for v in x.grid), x.e)
-        self.descs.append(Desc(OP_MAXPOOL, name, grid=y.grid, a=(x.base, x.groups, 0), o=(y.base, y.groups),
+        self.descs.append(Desc(OP_MAXPOOL, name, grid=y.grid, a=(x.base, x.stride, 0), o=(y.base, y.stride),
                                groups=y.groups))
         return y
 

@@ -132,6 +132,8 @@ def test_memory_layout_by_hand():
     assert list(b[4]) == [16, 18, 0, 0, 0, 0, 0, 0]       # voxel 0, channels 8-9, padding 0
     assert list(b[5]) == [1, 3, 5, 7, 9, 11, 13, 15]      # voxel 1
     assert np.array_equal(get_tensor(mem, t), x)
+    # 3 groups (24 channels) take 4 words per voxel: the engine shifts the voxel index
+    assert (Tensor("u", 0, 24, (2, 1, 1), 0).stride, Tensor("u", 0, 24, (2, 1, 1), 0).words) == (4, 8)
 
 
 def test_compiler_refusals(weights, tmp_path):

@@ -78,6 +78,15 @@ module accel #(
     wire [9:0] hD = {1'b0, gD[9:1]}, hH = {1'b0, gH[9:1]}, hW = {1'b0, gW[9:1]};
     wire [3:0] pad = ksize[4:1];
 
+    // words per voxel are a power of two (1 .. 128): the address shifts by its log2
+    function [2:0] log2w(input [7:0] n);
+        integer b;
+        begin
+            log2w = 3'd0;
+            for (b = 1; b < 8; b = b + 1) if (n[b]) log2w = b[2:0];
+        end
+    endfunction
+
     // ---------------------------------------------------------------- weight buffer
     reg [31:0] hdr  [0:WBUF_DEPTH-1];
     reg signed [31:0] bias [0:L-1];
@@ -152,13 +161,14 @@ module accel #(
 
     // slot: coordinates in the operand's grid, its grid, base, stride, group
     reg [9:0] sd, sh, sw, sgH, sgW;
-    reg [31:0] s_base, s_stride, s_grp;
+    reg [31:0] s_base, s_grp;
+    reg [2:0] s_lg;
     reg s_rd;
     reg [1:0] s_kind;
     reg [4:0] s_coef, s_shift;
     always @(*) begin
         sd = i_d; sh = i_h; sw = i_w; sgH = gH; sgW = gW;
-        s_base = a_base; s_stride = a_stride; s_grp = a_off + i_grp;
+        s_base = a_base; s_lg = a_lg; s_grp = a_off + i_grp;
         s_rd = 1'b1; s_kind = K_SCALE; s_coef = 5'd1; s_shift = sa;
         if (is_conv) begin
             s_kind = K_CONV; s_rd = conv_in; s_grp = a_off + {8'd0, h_cur[31:24]};
@@ -169,7 +179,7 @@ module accel #(
             sd = {i_d[8:0], i_e[2]}; sh = {i_h[8:0], i_e[1]}; sw = {i_w[8:0], i_e[0]};
             sgH = {gH[8:0], 1'b0}; sgW = {gW[8:0], 1'b0};
         end else if (has_b && i_last) begin
-            s_base = b_base; s_stride = b_stride; s_grp = b_off + i_grp; s_shift = sb;
+            s_base = b_base; s_lg = b_lg; s_grp = b_off + i_grp; s_shift = sb;
             if (b_near) begin sd = i_d >> 1; sh = i_h >> 1; sw = i_w >> 1; sgH = hH; sgW = hW; end
         end else if (a_tri) begin
             sd = td[9:0]; sh = th[9:0]; sw = tw[9:0]; sgH = hH; sgW = hW; s_coef = tcoef;
@@ -187,20 +197,21 @@ module accel #(
     reg [WB_AW-1:0] a0_e;
     reg [9:0] a0_sd, a0_sh, a0_sw, a0_sgH, a0_sgW, a0_od, a0_oh, a0_ow;
     reg [AW-1:0] a0_base, a0_grp, a0_og;
-    reg [7:0] a0_stride;
+    reg [2:0] a0_lg;
     reg a1_v, a1_rd, a1_first, a1_last;
     reg [1:0] a1_kind;
     reg [4:0] a1_coef, a1_shift;
     reg [WB_AW-1:0] a1_e;
     reg [9:0] a1_sw, a1_sgW, a1_ow;
     reg [AW-1:0] a1_row, a1_orow, a1_base, a1_grp, a1_og;
-    reg [7:0] a1_stride;
+    reg [2:0] a1_lg;
     reg a2_v, a2_rd, a2_first, a2_last;
     reg [1:0] a2_kind;
     reg [4:0] a2_coef, a2_shift;
     reg [WB_AW-1:0] a2_e;
     reg [AW-1:0] a2_vox, a2_ovox, a2_base, a2_grp, a2_og;
-    reg [7:0] a2_stride;
+    reg [2:0] a2_lg;
+    reg [2:0] a_lg, b_lg, o_lg;   // log2 of the words per voxel, registered at decode
     reg b_v, b_rd, b_first, b_last;
     reg [1:0] b_kind;
     reg [4:0] b_coef, b_shift;
@@ -348,6 +359,7 @@ module accel #(
             end
             S_DECODE: begin
                 d_last <= gD - 10'd1; h_last <= gH - 10'd1; w_last <= gW - 10'd1;
+                a_lg <= log2w(a_stride[7:0]); b_lg <= log2w(b_stride[7:0]); o_lg <= log2w(o_stride[7:0]);
                 rq_right <= (s_out > 0); rq_relu <= relu;
                 rq_s <= (s_out > 0) ? s_out[4:0] : 5'd0;
                 rq_ls <= (s_out > 0) ? 5'd0 : 5'd0 - s_out[4:0];
@@ -423,7 +435,7 @@ module accel #(
             a0_kind <= s_kind; a0_coef <= s_coef; a0_shift <= s_shift; a0_e <= i_e;
             a0_sd <= sd; a0_sh <= sh; a0_sw <= sw; a0_sgH <= sgH; a0_sgW <= sgW;
             a0_od <= i_d; a0_oh <= i_h; a0_ow <= i_w;
-            a0_base <= s_base[AW-1:0]; a0_stride <= s_stride[7:0]; a0_grp <= s_grp[AW-1:0];
+            a0_base <= s_base[AW-1:0]; a0_lg <= s_lg; a0_grp <= s_grp[AW-1:0];
             a0_og <= i_og[AW-1:0];
             // A1: row = d * H + h (operand and output)
             a1_v <= a0_v; a1_rd <= a0_rd; a1_first <= a0_first; a1_last <= a0_last; a1_kind <= a0_kind;
@@ -431,18 +443,18 @@ module accel #(
             a1_row <= {{XW{1'b0}}, a0_sd} * {{XW{1'b0}}, a0_sgH} + {{XW{1'b0}}, a0_sh};
             a1_orow <= {{XW{1'b0}}, a0_od} * {{XW{1'b0}}, gH} + {{XW{1'b0}}, a0_oh};
             a1_sw <= a0_sw; a1_sgW <= a0_sgW; a1_ow <= a0_ow;
-            a1_base <= a0_base; a1_stride <= a0_stride; a1_grp <= a0_grp; a1_og <= a0_og;
+            a1_base <= a0_base; a1_lg <= a0_lg; a1_grp <= a0_grp; a1_og <= a0_og;
             // A2: voxel = row * W + w
             a2_v <= a1_v; a2_rd <= a1_rd; a2_first <= a1_first; a2_last <= a1_last; a2_kind <= a1_kind;
             a2_coef <= a1_coef; a2_shift <= a1_shift; a2_e <= a1_e;
             a2_vox <= a1_row * {{XW{1'b0}}, a1_sgW} + {{XW{1'b0}}, a1_sw};
             a2_ovox <= a1_orow * {{XW{1'b0}}, gW} + {{XW{1'b0}}, a1_ow};
-            a2_base <= a1_base; a2_stride <= a1_stride; a2_grp <= a1_grp; a2_og <= a1_og;
+            a2_base <= a1_base; a2_lg <= a1_lg; a2_grp <= a1_grp; a2_og <= a1_og;
             // A3: voxel x words per voxel; base + group
             b_v <= a2_v; b_rd <= a2_rd; b_first <= a2_first; b_last <= a2_last; b_kind <= a2_kind;
             b_coef <= a2_coef; b_shift <= a2_shift; b_e <= a2_e;
-            b_prod <= a2_vox * {{(AW-8){1'b0}}, a2_stride}; b_bg <= a2_base + a2_grp;
-            b_oprod <= a2_ovox * {{(AW-8){1'b0}}, o_stride[7:0]}; b_obg <= o_base[AW-1:0] + a2_og;
+            b_prod <= a2_vox << a2_lg; b_bg <= a2_base + a2_grp;
+            b_oprod <= a2_ovox << o_lg; b_obg <= o_base[AW-1:0] + a2_og;
             // A4: the request leaves (memory ports above); the output address
             rd_en <= req_en; rd_addr <= req_addr;
             a3_v <= b_v; a3_rd <= b_rd; a3_first <= b_first; a3_last <= b_last; a3_kind <= b_kind;
