@@ -95,6 +95,7 @@ module accel #(
     reg [WB_AW:0] lblk;
     reg [3:0] lsub;
     reg [31:0] ocg;
+    reg more_ocg;       // CONV: another output group follows this one (registered when its run starts)
 
     // ---------------------------------------------------------------- iterator
     reg [9:0] vd, vh, vw;
@@ -394,6 +395,7 @@ module accel #(
                     if (li == lnum + 32'd1) begin  // the last word has arrived
                         state <= S_RUN; lptr <= lptr + lnum;
                         slot_last <= n_entries - 1'b1; grp_last <= 16'd0;
+                        more_ocg <= (ocg + 32'd1 < n_ocg);
                         vd <= 0; vh <= 0; vw <= 0; eslot <= 0; grp <= 0; iter_done <= 1'b0; drain <= 4'd0;
                     end
                 end
@@ -418,7 +420,7 @@ module accel #(
                 end else begin
                     drain <= drain + 4'd1;
                     if (drain == DRAIN - 1) begin   // the last write is presented to memory now
-                        if (is_conv && ocg + 32'd1 < n_ocg) begin
+                        if (is_conv && more_ocg) begin
                             state <= S_LOAD; ocg <= ocg + 32'd1; li <= 32'd0; lnum <= 32'd6;
                             lblk <= 0; lsub <= 4'd0;
                         end else begin
