@@ -266,11 +266,8 @@ module accel #(
     reg [AW-1:0] q_oaddr;
     genvar gp, gi;
     generate for (gp = 0; gp < L; gp = gp + 1) begin : g_part
-        // lane value times the trilinear weight (1 for the other ADD and MAXPOOL slots), |x| * 27 < 2^12:
-        // the weight is 1, 3, 9 or 27, so shifts and adds, not a multiplier
-        wire signed [13:0] x14 = $signed(x0[8*gp +: 8]);
-        wire signed [13:0] xc = (p0_coef == 5'd1) ? x14 : (p0_coef == 5'd3) ? (x14 <<< 1) + x14 :
-                                (p0_coef == 5'd9) ? (x14 <<< 3) + x14 : (x14 <<< 4) + (x14 <<< 3) + (x14 <<< 1) + x14;
+        // lane value times the trilinear weight (1 for the other ADD and MAXPOOL slots), |x| * 27 < 2^12
+        wire signed [13:0] xc = $signed(x0[8*gp +: 8]) * $signed({1'b0, p0_coef});
         for (gi = 0; gi < L; gi = gi + 1) begin : g_prod
             always @(posedge clk) prod[gp*L + gi] <= $signed(w0[64*gp + 8*gi +: 8]) * $signed(x0[8*gi +: 8]);
         end
