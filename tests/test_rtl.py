@@ -246,3 +246,20 @@ def test_rtl_sim_bad_input(weights, tmp_path):
     (golden / "manifest.json").write_text(json.dumps(man))
     r = _sim(golden, tmp_path / "out")
     assert r.returncode == 2 and "sha256 differs" in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_compiler_and_engine_model_run_without_torch(weights):
+    """The accelerator's host side on a board: numpy only (torch and brevitas unimportable)."""
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['brevitas'] = None\n"
+        "import numpy as np\n"
+        "from hw.compiler import compile_weights, get_tensor\n"
+        "from hw.engine_model import run_image\n"
+        "import hw.rtl_sim, hw.rtl_synth\n"
+        f"prog = compile_weights({str(weights)!r})\n"
+        "mem, per = run_image(prog.image(np.zeros((1, 2, 8, 8, 8), np.int8)))\n"
+        "print('ok', get_tensor(mem, prog.tensors['ddf']).shape)\n")
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok (1, 3, 8, 8, 8)"
