@@ -232,6 +232,12 @@ class Compiler:
                  wbuf_entries: int = WBUF_ENTRIES, mem_words: int = MEM_WORDS):
         self.r, self.dense = wb.records, dense
         self.wbuf_entries, self.mem_words = wbuf_entries, mem_words
+        from export.weights import OP_CONV3D, OP_QUANT
+
+        for name, rec in self.r.items():
+            if rec.op not in (OP_CONV3D, OP_QUANT):
+                raise CompileError(f"record {name}: op {rec.op} is not one the engine runs (conv3d {OP_CONV3D}, "
+                                   f"quant {OP_QUANT})")
         m = wb.meta["model"]
         self.levels, self.ddf_levels = m["levels"], sorted(m["ddf_levels"])
         self.grid = tuple(int(v) for v in grid)

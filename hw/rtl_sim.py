@@ -177,6 +177,7 @@ def main(argv=None) -> int:
     from model.cli import run_cli
 
     def body():
+        verilator_env()   # the tools first: nothing is compiled or written without them
         if not (a.golden / "manifest.json").is_file():
             raise FileNotFoundError(f"{a.golden}/manifest.json: no golden vectors (make golden)")
         r = rtl_sim(a.golden, a.out, a.weights, a.dense, {d: 1 for d in a.define}, a.build_dir,

@@ -82,6 +82,9 @@ def check_weights(golden: Path, weights: Path | None = None) -> Path:
     from model.artifacts import sha256_file
 
     manifest = json.loads((golden / "manifest.json").read_text())
+    missing = [k for k in ("weights", "weights_sha256", "pairs") if k not in manifest]
+    if missing:
+        raise DumpError(f"{golden}/manifest.json: not a golden-vector manifest (no {', '.join(missing)}; make golden)")
     path = Path(weights or manifest["weights"])
     if not path.is_file():
         raise DumpError(f"{path}: weights file of the golden vectors not found (--weights to name it)")

