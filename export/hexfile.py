@@ -20,9 +20,10 @@ from model.artifacts import atomic_write_text
 
 
 def to_readmemh(values: np.ndarray, digits: int) -> str:
-    """Integers (any shape, C order) as $readmemh lines of `digits` hex digits (two's complement)."""
-    mask = (1 << (4 * digits)) - 1
-    return "".join(f"{v:0{digits}x}\n" for v in (np.asarray(values).ravel().astype(np.int64) & mask).tolist())
+    """Integers (any shape, C order) as $readmemh lines of `digits` (<= 16) hex digits (two's
+    complement: signed values wrap modulo 2^64 first, then keep their low 4 * digits bits)."""
+    mask = np.uint64((1 << (4 * digits)) - 1)
+    return "".join(f"{v:0{digits}x}\n" for v in (np.asarray(values).ravel().astype(np.uint64) & mask).tolist())
 
 
 def from_readmemh(text: str, shape: tuple[int, ...], digits: int = 2) -> np.ndarray:

@@ -106,11 +106,9 @@ class Program:
     def image(self, x: np.ndarray | None = None) -> np.ndarray:
         """The external memory image (uint64 words) with the input tensor (1, C, D, H, W) int8 placed."""
         mem = np.zeros(self.act_base + self.act_words, dtype=np.uint64)
-        for i, d in enumerate(self.descs):
-            f = d.fields()
-            for j in range(DESC_WORDS):
-                mem[i * DESC_WORDS + j] = np.uint64(f[2 * j] & 0xFFFFFFFF) | (np.uint64(f[2 * j + 1] & 0xFFFFFFFF) << np.uint64(32))
-        wb = len(self.descs) * DESC_WORDS
+        wb = len(self.descs) * DESC_WORDS   # field 2k in the low half of word k (little-endian)
+        fields = np.array([f & 0xFFFFFFFF for d in self.descs for f in d.fields()], dtype="<u4")
+        mem[:wb] = fields.view("<u8")
         mem[wb:wb + len(self.weight_words)] = np.array(self.weight_words, dtype=np.uint64)
         if x is not None:
             put_tensor(mem, self.tensors[self.input_name], x)
@@ -172,10 +170,6 @@ def conv_blocks(rec: Record, dense: bool, w_taps: list[int] | None = None) -> li
                             blocks.append(((a, b, cc, g), np.ascontiguousarray(blk)))
         out.append(blocks)
     return out
-
-
-def _u64(b: np.ndarray) -> int:
-    return int(np.ascontiguousarray(b, dtype=np.int8).view(np.uint64)[0])
 
 
 def structural_weights(base_channels: int, levels: int, ddf_levels, first_kernel: int = 7) -> WeightsFile:
@@ -248,7 +242,7 @@ class Compiler:
         self.descs: list[Desc] = []
         self.tensors: dict[str, Tensor] = {}
         self.wwords: list[int] = []
-        self.wpending: list[tuple[Desc, list]] = []
+        self.wpending: list[tuple[Desc, np.ndarray, list]] = []   # (CONV, its bias, its blocks)
         self.act_words = 0
 
     # memory plan: every tensor its own region (all stay readable for the dumps)
@@ -325,7 +319,7 @@ class Compiler:
                  a=(x.base, x.stride, 0), o=(y.base, y.stride), ocg=len(blocks), k=kd, s_out=s_out,
                  entries=[len(bl) for bl in blocks], macs=macs)
         self.descs.append(d)
-        self.wpending.append((d, [(rec.bias, blocks)]))
+        self.wpending.append((d, rec.bias, blocks))
         return y
 
     def _check_shift(self, layer: str, s: int) -> None:
@@ -405,18 +399,16 @@ class Compiler:
     def _finish(self) -> Program:
         wbase = len(self.descs) * DESC_WORDS
         words: list[int] = []
-        for d, [(bias, blocks)] in self.wpending:
+        for d, bias, blocks in self.wpending:
             d.wbase = wbase + len(words)
+            bz = np.zeros(len(blocks) * LANES, dtype="<i4")   # output lanes beyond C_out: bias 0
+            bz[:len(bias)] = bias
             for og, bl in enumerate(blocks):
-                bz = np.zeros(LANES, dtype=np.int64)
-                n = min(LANES, len(bias) - og * LANES)
-                bz[:n] = bias[og * LANES:og * LANES + n]
                 words.append(len(bl))
-                b32 = bz.astype(np.int32).view(np.uint32).astype(np.uint64)
-                words += [int(b32[2 * i] | (b32[2 * i + 1] << np.uint64(32))) for i in range(LANES // 2)]
+                words += bz[og * LANES:(og + 1) * LANES].view("<u8").tolist()   # lane 2i low, 2i+1 high
                 for (a, b, c, g), blk in bl:
                     words.append(a | (b << 8) | (c << 16) | (g << 24))
-                    words += [_u64(blk[j]) for j in range(LANES)]
+                    words += blk.view("<u8").ravel().tolist()   # word j: output lane j, byte i: input lane i
         act_base = wbase + len(words)
         for t in {id(t): t for t in self.tensors.values()}.values():  # "ddf" aliases the last field
             t.base += act_base
@@ -445,9 +437,10 @@ def compile_weights(wb: WeightsFile | str | Path, grid=None, dense: bool = False
 
 def write_readmemh64(path: Path, mem: np.ndarray) -> None:
     """One 64-bit word per line, 16 hex digits (the image $readmemh loads into accel_sim.v)."""
+    from export.hexfile import to_readmemh
     from model.artifacts import atomic_write_text
 
-    atomic_write_text(path, "\n".join(f"{int(v):016x}" for v in mem) + "\n")
+    atomic_write_text(path, to_readmemh(mem, 16))
 
 
 def read_readmemh64(path: Path, words: int) -> np.ndarray:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hw.reference import requantize_shift_rne, saturate_range
 from hw.compiler import (DESC_WORDS, F_A_NEAREST, F_A_TRILINEAR, F_B_NEAREST, F_HAS_B, F_RELU, LANES, OP_ADD,
                          OP_CONV, OP_END, OP_MAXPOOL)
 
@@ -47,19 +48,6 @@ def _write(mem: np.ndarray, base: int, stride: int, grid, group: int, vals: np.n
     """vals (D, H, W, LANES) int8 -> word `group` of every voxel."""
     idx = base + np.arange(int(np.prod(grid))) * stride + group
     mem[idx] = np.ascontiguousarray(vals.astype(np.int8)).reshape(-1, LANES).view(np.uint64).reshape(-1)
-
-
-def requant_lanes(acc: np.ndarray, s: int, relu: bool) -> np.ndarray:
-    """The engine's requantiser: round half to even on a right shift, exact left shift, one clamp."""
-    acc = acc.astype(np.int64)
-    if s <= 0:
-        v = acc << -s
-    else:
-        fl = acc >> s
-        rem = acc - (fl << s)
-        half = 1 << (s - 1)
-        v = fl + ((rem > half) | ((rem == half) & (fl & 1 == 1)))
-    return np.clip(v, 0 if relu else -128, 127)
 
 
 def _nearest(v: np.ndarray) -> np.ndarray:
@@ -115,7 +103,7 @@ def _conv(mem: np.ndarray, d: dict, cyc: dict) -> None:
             acc += xs @ blk.astype(np.float64).T
             q += 1 + LANES
         acc = np.rint(acc).astype(np.int64) + bias
-        _write(mem, d["o"][0], d["o"][1], (D, H, W), og, requant_lanes(acc, d["s_out"], bool(d["flags"] & F_RELU)))
+        _write(mem, d["o"][0], d["o"][1], (D, H, W), og, requantize_shift_rne(acc, d["s_out"], *saturate_range(bool(d["flags"] & F_RELU))))
         cyc["load"] += LOAD_FIXED + (1 + LANES) * n
         cyc["run"] += nvox * n + DRAIN_CYCLES
         ptr = q
@@ -147,7 +135,7 @@ def _elementwise(mem: np.ndarray, d: dict, cyc: dict) -> None:
             if fl & F_HAS_B:
                 vb = y[..., (boff + g) * LANES:(boff + g + 1) * LANES]
                 acc = acc + ((_nearest(vb) if fl & F_B_NEAREST else vb) << d["sb"])
-        _write(mem, d["o"][0], d["o"][1], (D, H, W), g, requant_lanes(acc, d["s_out"], relu))
+        _write(mem, d["o"][0], d["o"][1], (D, H, W), g, requantize_shift_rne(acc, d["s_out"], *saturate_range(relu)))
     cyc["run"] += D * H * W * d["groups"] * slots + DRAIN_CYCLES
 
 

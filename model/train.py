@@ -91,11 +91,11 @@ class TrainData:
         else:
             ml = torch.stack([(self.labels[i] == c).float() for i, c in zip(mov_i, codes)])[:, None]
             fl = torch.stack([(self.labels[i] == c).float() for i, c in zip(fix_i, codes)])[:, None]
-        if cfg.model.prealign != "none":  # the global stage on the augmented pair, composed with
-            aug_m = prealigned_field(cfg.model.prealign, warp(mi, aug_m), warp(fi, aug_f), aug_m)  # one warp
         # one warp per volume moves image and label together
-        m = warp(torch.cat([mi, ml], 1), aug_m)
         f = warp(torch.cat([fi, fl], 1), aug_f)
+        if cfg.model.prealign != "none":  # the global stage on the augmented pair, composed with
+            aug_m = prealigned_field(cfg.model.prealign, warp(mi, aug_m), f[:, :1], aug_m)  # one warp
+        m = warp(torch.cat([mi, ml], 1), aug_m)
         return m[:, :1], f[:, :1], m[:, 1:], f[:, 1:], weight
 
 
