@@ -51,7 +51,7 @@ from model.prealign import with_global_stage
 from model.train import load_train_data
 
 ROWS = ["identity", "ants_affine", "ants_syn", "trained", "pruned", "pruned_finetuned", "int8_qat", "int8_deployed",
-        "int4_qat", "ptq_ort_int8"]
+        "int4_qat", "ptq_ort_int8"]  # then the compression rows of qat.layer_int8 / layer_int4 / nm_int8, in that order
 # the exported int8 network as a deployment runs it, timed on the same pairs as ANTs and with
 # the same single thread: OpenVINO where installed (the fastest exact backend measured here),
 # else onnxruntime with QDQ fusion off (benchmarks/latency.py)
@@ -77,6 +77,36 @@ def exported_row_stats(path: Path, cfg: Config) -> tuple[int, int]:
     if json.dumps(wb.meta.get("config"), sort_keys=True) != json.dumps(config_to_dict(cfg), sort_keys=True):
         raise ValueError(f"{path}: exported with another config; run `make export` again")
     return stored_bytes(wb.records.values())
+
+
+def twin_row_stats(twin, cfg: Config) -> tuple[int, int]:
+    """(non-zero parameters, stored bytes) of the weights.bin payload `make export` would write for
+    a QAT twin (the same records, the same packing)."""
+    import torch
+
+    from export.export import weight_records
+    from export.pack import encode_weights
+    from export.weights import OP_CONV3D, stored_bytes
+
+    records = weight_records(twin, torch.zeros(1, 2, *cfg.data.shape))
+    for r in records:
+        if r.op == OP_CONV3D:
+            r.encoding, payload = encode_weights(r.weight, r.bits)
+            r.payload_bytes = len(payload)
+    return stored_bytes(records)
+
+
+def compression_rows(cfg: Config) -> list[tuple[str, str]]:
+    """(row name, OUT/qat sub-directory) of the layer-aware and N:M QAT models of the config."""
+    from quant.qat import layer_name, nm_name
+
+    q = cfg.qat
+    rows = [(f"int{b}_layer_s{round(a * 100):02d}", layer_name(b, a)) for b, amounts in ((8, q.layer_int8),
+                                                                                         (4, q.layer_int4))
+            for a in amounts]
+    if q.nm_int8:
+        rows.append((f"int8_nm_{cfg.prune.nm[0]}of{cfg.prune.nm[1]}", nm_name(*cfg.prune.nm)))
+    return rows
 
 
 def calibration_inputs(cfg: Config, data_dir: Path, batches: int) -> list[np.ndarray]:
@@ -114,6 +144,9 @@ def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dic
     for name, sub, wfile in (("int8_qat", "int8", "weights.bin"), ("int4_qat", "int4", "weights_int4.bin")):
         twin, _ = load_qat(need(out / "qat" / sub / "model.pt", "make qat"), cfg)
         models[name] = (twin, exported_row_stats(out / "export" / wfile, cfg))
+    for name, sub in compression_rows(cfg):
+        twin, _ = load_qat(need(out / "qat" / sub / "model.pt", "python -m quant.qat --curve"), cfg)
+        models[name] = (twin, twin_row_stats(twin, cfg))
 
     fp32_onnx, ptq_onnx = rep / "localnet_fp32.onnx", rep / "ptq_ort_int8.onnx"
     rep.mkdir(parents=True, exist_ok=True)
@@ -150,7 +183,8 @@ def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dic
             "int8_deployed_backend": f"{backend}, 1 thread, global stage on the host",
             "weight_bytes_note": "fp32 dense float32; QAT rows export.pack payload + int32 biases; "
                                  "ptq_ort_int8 ONNX initializer bytes"}
-    table = write_table(rep / "table1.json", {**meta, "rows": sorted(rows, key=lambda r: ROWS.index(r["model"]))})
+    order = ROWS + [name for name, _ in compression_rows(cfg)]
+    table = write_table(rep / "table1.json", {**meta, "rows": sorted(rows, key=lambda r: order.index(r["model"]))})
 
     # pruning curve: Dice against sparsity, fp32 fine-tuned and int8 QAT
     curve = {"sparsity": [0.0, *cfg.prune.amounts], "fp32": [], "int8": [], "git_commit": git_commit()}

@@ -172,6 +172,34 @@ def conv_blocks(rec: Record, dense: bool, w_taps: list[int] | None = None) -> li
     return out
 
 
+def unfolds(cin: int, k: int) -> bool:
+    """Whether the compiler maps a convolution with `cin` input channels and kernel `k` through
+    the W unfolding of the first layer (see Compiler._unfold_w); a layer with an up-sampled
+    input never is, and none of LocalNet's narrow layers has one."""
+    return 2 * cin <= LANES and k > 1
+
+
+def block_index(shape) -> np.ndarray:
+    """For a convolution weight of `shape` (C_out, C_in, k, k, k): the id of the engine weight
+    block that holds each weight, as an int64 array of that shape. Ids run in the order the
+    engine streams the blocks of one output group (conv_blocks: taps a, b, c, then input group;
+    after the W unfolding, taps a, b, then the group q of W taps); output group og's ids are
+    og * n .. og * n + n - 1 with n blocks per group. A block whose weights are all zero costs
+    no cycle, so pruning that zeroes whole blocks (quant.prune's N:M mode) saves cycles."""
+    cout, cin, k = shape[0], shape[1], shape[2]
+    o, i, a, b, c = np.meshgrid(*(np.arange(n) for n in (cout, cin, k, k, k)), indexing="ij")
+    if unfolds(cin, k):
+        t = LANES // cin
+        nq = -(-k // t)
+        local = (a * k + b) * nq + c // t
+        per_group = k * k * nq
+    else:
+        icg = -(-cin // LANES)
+        local = ((a * k + b) * k + c) * icg + i // LANES
+        per_group = k ** 3 * icg
+    return (o // LANES) * per_group + local
+
+
 def structural_weights(base_channels: int, levels: int, ddf_levels, first_kernel: int = 7) -> WeightsFile:
     """A WeightsFile with LocalNet's layer shapes and no zero weight (all ones, every exponent
     0): what the cycle model needs to project a configuration no one has trained or exported
@@ -267,7 +295,7 @@ class Compiler:
             raise CompileError(f"{conv}: input exponent {x.e}, the layer was quantised for {rec.e1}")
         grid = tuple(2 * v for v in x.grid) if nearest_in else x.grid
         macs = dense_macs(grid, kd, cin, cout)
-        if 2 * cin <= LANES and kd > 1 and not nearest_in:
+        if unfolds(cin, kd) and not nearest_in:
             # a narrow input fills few of the 8 lanes: unfold it along W first, then run the
             # layer on the unfolded tensor with one W tap (see unfold_w)
             x, rec = self._unfold_w(x, rec)

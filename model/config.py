@@ -81,6 +81,20 @@ class PruneConfig:
     amounts: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 0.9])
     steps: int = 200  # fine-tuning steps after each pruning step
     lr: float = 1e-4
+    # layer-aware allocation (quant/prune.py): per-layer sparsity from each layer's measured Dice
+    # cost when pruned alone at `probe_levels` (on `probe_batches` training batches), the heads
+    # and the first convolution kept at >= `protected_density`; reached gradually (cubic) over
+    # `gradual_steps` with the trained network's field distilled (`distill_weight`)
+    layer_amounts: list[float] = field(default_factory=list)
+    probe_levels: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 0.9, 0.95])
+    probe_batches: int = 4
+    protected_density: float = 0.5
+    # N:M over the accelerator's weight blocks (hw.compiler.block_index): of every M consecutive
+    # blocks of an output group at most N are non-zero; [] for none
+    nm: list[int] = field(default_factory=list)
+    gradual_steps: int = 150
+    gradual_lr: float = 1e-4     # cosine to gradual_lr / 10
+    distill_weight: float = 1.0  # x mean squared displacement difference (voxels^2) to the trained field
 
 
 @dataclass
@@ -93,6 +107,11 @@ class QATConfig:
     int8_sparsity: float = 0.25  # pruned checkpoint the int8 model starts from (0.0: unpruned)
     int4_sparsity: float = 0.5  # pruned checkpoint the int4-weight model starts from
     curve_steps: int = 200  # QAT steps of the int8 models at the other sparsities (pruning curve)
+    # report models (make report): int8 / int4 QAT of the layer-aware amounts listed, and of the
+    # N:M model; `qat.steps` steps each
+    layer_int8: list[float] = field(default_factory=list)
+    layer_int4: list[float] = field(default_factory=list)
+    nm_int8: bool = False
 
 
 @dataclass
@@ -136,6 +155,24 @@ class Config:
             v = getattr(self.qat, key)
             if v != 0.0 and v not in a:
                 raise ConfigError(f"qat.{key} {v} must be 0.0 or one of prune.amounts {a}")
+        p = self.prune
+        la = p.layer_amounts
+        if any(not 0 < x < 1 for x in la) or any(x >= y for x, y in zip(la, la[1:])):
+            raise ConfigError(f"prune.layer_amounts {la} must be increasing fractions in (0, 1)")
+        if any(not 0 < x < 1 for x in p.probe_levels) or sorted(set(p.probe_levels)) != p.probe_levels:
+            raise ConfigError(f"prune.probe_levels {p.probe_levels} must be increasing fractions in (0, 1)")
+        if la and max(la) > max(p.probe_levels):
+            raise ConfigError(f"prune.layer_amounts {la} go past the highest probe level {max(p.probe_levels)}")
+        if not 0 <= p.protected_density <= 1 or p.probe_batches < 1 or p.gradual_steps < 0:
+            raise ConfigError("prune.protected_density must lie in [0, 1], probe_batches >= 1, gradual_steps >= 0")
+        if p.nm and not (len(p.nm) == 2 and 0 < p.nm[0] < p.nm[1]):
+            raise ConfigError(f"prune.nm {p.nm} must be [N, M] with 0 < N < M, or []")
+        for key in ("layer_int8", "layer_int4"):
+            bad = [x for x in getattr(self.qat, key) if x not in la]
+            if bad:
+                raise ConfigError(f"qat.{key} {bad} not in prune.layer_amounts {la}")
+        if self.qat.nm_int8 and not p.nm:
+            raise ConfigError("qat.nm_int8 needs prune.nm")
         if min(self.prune.steps, self.qat.steps, self.qat.curve_steps) < 0 or self.qat.calib_batches < 1:
             raise ConfigError("prune.steps, qat.steps, qat.curve_steps must be >= 0, qat.calib_batches >= 1")
 

@@ -113,12 +113,22 @@ def prealigned_field(kind: str, mov_img: torch.Tensor, fix_img: torch.Tensor, fi
     return torch.cat(out)
 
 
-def loss_terms(net, cfg: Config, mov_img, fix_img, mov_lab, fix_lab, weight=None):
-    """(loss, multi-scale Dice loss, bending energy) of a batch of TrainData.batch."""
-    ddf = net(torch.cat([mov_img, fix_img], 1))
+def loss_terms(net, cfg: Config, mov_img, fix_img, mov_lab, fix_lab, weight=None, teacher=None,
+               distill_weight: float = 0.0):
+    """(loss, multi-scale Dice loss, bending energy) of a batch of TrainData.batch. With a
+    `teacher` network the loss adds `distill_weight` x the mean squared difference between the
+    two displacement fields (voxels^2): the compressed network is pulled towards the field of
+    the trained one, not only towards the labels."""
+    x = torch.cat([mov_img, fix_img], 1)
+    ddf = net(x)
     dice = multiscale_dice_loss(warp(mov_lab, ddf), fix_lab, cfg.loss.dice_scales, weight)
     bend = bending_energy(ddf)
-    return dice + cfg.loss.bending_weight * bend, dice, bend
+    loss = dice + cfg.loss.bending_weight * bend
+    if teacher is not None and distill_weight > 0:
+        with torch.no_grad():
+            target = teacher(x)
+        loss = loss + distill_weight * (ddf - target).square().mean()
+    return loss, dice, bend
 
 
 def cosine_lr(step: int, steps: int, lr: float, lr_final: float) -> float:
@@ -130,12 +140,13 @@ def cosine_lr(step: int, steps: int, lr: float, lr_final: float) -> float:
 
 def fit(net: torch.nn.Module, cfg: Config, data: TrainData, out: Path, *, steps: int, lr: float,
         lr_final: float | None = None, stream: int = 0, resume: bool = False, progress: bool = True, desc: str = "train",
-        after_step=None, extra: dict | None = None) -> Path:
+        after_step=None, extra: dict | None = None, teacher=None, distill_weight: float = 0.0) -> Path:
     """The training loop shared by training, pruned fine-tuning and QAT; returns OUT/model.pt.
 
-    `stream` selects an independent sequence of batches (0: training's own), `after_step(net)`
-    runs after every optimiser step (pruning holds its masks there), `extra` goes into every
-    checkpoint. Data-parallel when launched by torchrun (the process group must be set up).
+    `stream` selects an independent sequence of batches (0: training's own), `after_step(net,
+    steps_done)` runs after every optimiser step (pruning holds its masks there), `extra` goes
+    into every checkpoint (read at each save: a caller may update it in place), `teacher` and
+    `distill_weight` as in loss_terms. Data-parallel when launched by torchrun (the process group must be set up).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -171,12 +182,12 @@ def fit(net: torch.nn.Module, cfg: Config, data: TrainData, out: Path, *, steps:
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, steps, lr, lr if lr_final is None else lr_final)
         batch = data.batch(cfg, step, rank, world, stream)
-        loss, dice, bend = loss_terms(model, cfg, *batch)
+        loss, dice, bend = loss_terms(model, cfg, *batch, teacher=teacher, distill_weight=distill_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if after_step is not None:
-            after_step(net)
+            after_step(net, step + 1)
         if world > 1:  # report the mean over ranks
             stats = torch.stack([loss.detach(), dice.detach(), bend.detach()])
             dist.all_reduce(stats)

@@ -23,9 +23,11 @@ commit; a checkpoint whose pruned weights are not all zero is refused when loade
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -64,6 +66,46 @@ def global_magnitude_masks(net: nn.Module, amount: float) -> Masks:
     return masks
 
 
+def _magnitude_keep(w: torch.Tensor, n_prune: int) -> torch.Tensor:
+    """Keep-mask of `w` without its `n_prune` smallest |w| (ties by position, zeros first)."""
+    order = torch.argsort(w.detach().abs().flatten(), stable=True)
+    keep = torch.ones(w.numel(), dtype=torch.bool)
+    keep[order[:n_prune]] = False
+    return keep.view_as(w)
+
+
+def layer_magnitude_masks(net: nn.Module, amounts: dict[str, float]) -> Masks:
+    """Keep-masks pruning round(amounts[name] x size) smallest-|w| weights of each layer on its
+    own (layers not named keep everything). Zeros rank first, so masks nest as amounts grow."""
+    return {name: _magnitude_keep(w, round(amounts.get(name, 0.0) * w.numel()))
+            for name, w in prunable_weights(net).items()}
+
+
+def nm_block_masks(net: nn.Module, n: int, m: int) -> Masks:
+    """N:M over the accelerator's weight blocks: in every output group, of each run of `m`
+    consecutive blocks (hw.compiler.block_index order; a last, shorter run keeps
+    round(n / m x its length)) the `n` with the largest L2 norm are kept (ties by position)
+    and the others zeroed whole. The engine skips an all-zero block, so the cycles of every
+    convolution drop to about n/m of dense, whatever the weights."""
+    from hw.compiler import block_index
+
+    masks = {}
+    for name, w in prunable_weights(net).items():
+        idx = torch.from_numpy(block_index(tuple(w.shape))).flatten()
+        nb = int(idx.max()) + 1
+        norm = torch.zeros(nb, dtype=torch.float64).index_add_(0, idx, w.detach().double().flatten().square())
+        per_group = nb // -(-w.shape[0] // 8)  # blocks per output group (ids are contiguous per group)
+        keep_block = torch.zeros(nb, dtype=torch.bool)
+        for g0 in range(0, nb, per_group):
+            for r0 in range(g0, g0 + per_group, m):
+                r1 = min(r0 + m, g0 + per_group)
+                k = n if r1 - r0 == m else round(n * (r1 - r0) / m)
+                top = torch.argsort(-norm[r0:r1], stable=True)[:k]
+                keep_block[r0 + top] = True
+        masks[name] = keep_block[idx].view_as(w)
+    return masks
+
+
 def apply_masks(net: nn.Module, masks: Masks) -> None:
     params = dict(net.named_parameters())
     with torch.no_grad():
@@ -95,6 +137,84 @@ def sparsity_dir(out: Path, amount: float) -> Path:
     return out / f"sparsity_{round(amount * 100):02d}"
 
 
+def layer_sensitivity(net: nn.Module, cfg: Config, data, levels: list[float], batches: int,
+                      stream: int = 90, progress: bool = True) -> dict[str, list[float]]:
+    """Per layer, the rise of the multi-scale Dice loss (on `batches` fixed training batches)
+    when that layer alone is pruned by magnitude to each of `levels`, the rest untouched."""
+    from model.train import loss_terms
+
+    probe = [data.batch(cfg, b, stream=stream) for b in range(batches)]
+
+    def dice_loss() -> float:
+        with torch.no_grad():
+            return sum(float(loss_terms(net, cfg, *b)[1]) for b in probe) / len(probe)
+
+    was_training = net.training
+    net.eval()
+    base = dice_loss()
+    out = {}
+    weights = prunable_weights(net)
+    it = weights.items()
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(it, total=len(weights), desc="sensitivity", unit="layer", dynamic_ncols=True)
+    for name, w in it:
+        orig = w.detach().clone()
+        costs = []
+        for lv in levels:
+            with torch.no_grad():
+                w.mul_(_magnitude_keep(w, round(lv * w.numel())))
+            costs.append(round(dice_loss() - base, 6))
+            with torch.no_grad():
+                w.copy_(orig)
+        out[name] = costs
+    net.train(was_training)
+    return out
+
+
+def allocate(costs: dict[str, list[float]], levels: list[float], sizes: dict[str, int], target: float,
+             caps: dict[str, float]) -> dict[str, float]:
+    """Per-layer sparsity reaching `target` of all weights at the least summed Dice cost.
+
+    Each layer's measured cost curve (0 at level 0, clipped at 0, made non-decreasing) is
+    climbed greedily: the next level of whichever layer costs least per weight pruned, layers
+    held at or below `caps[name]`; the last move stops part-way so that the total is exact.
+    The moves do not depend on the target, so a higher target's allocation contains a lower
+    one's (masks nest)."""
+    lv = [0.0, *levels]
+    curve = {k: np.maximum.accumulate(np.maximum(0.0, np.array([0.0, *v]))) for k, v in costs.items()}
+    at = {k: 0 for k in costs}
+    amounts = {k: 0.0 for k in costs}
+    need, pruned = target * sum(sizes.values()), 0.0
+    while pruned < need:
+        best = None
+        for k in costs:
+            j = at[k] + 1
+            if j >= len(lv) or lv[j] > caps.get(k, 1.0) + 1e-9:
+                continue
+            score = (curve[k][j] - curve[k][j - 1]) / (sizes[k] * (lv[j] - lv[j - 1]))
+            if best is None or score < best[0]:
+                best = (score, k)
+        if best is None:
+            raise ValueError(f"sparsity {target} is out of reach with these caps and probe levels "
+                             f"(at most {pruned / sum(sizes.values()):.3f})")
+        k = best[1]
+        j = at[k] + 1
+        dn = sizes[k] * (lv[j] - lv[j - 1])
+        if pruned + dn >= need:
+            amounts[k] = lv[j - 1] + (need - pruned) / sizes[k]
+            break
+        at[k], amounts[k], pruned = j, lv[j], pruned + dn
+    return amounts
+
+
+def cubic_ramp(step: int, steps: int, start: float, end: float) -> float:
+    """The gradual schedule: from `start` at step 0 to `end` at `steps`, fast first, then
+    slowing (the cubic schedule: start + (end - start) (1 - (1 - t)^3), t = step / steps)."""
+    t = min(1.0, step / steps) if steps > 0 else 1.0
+    return end if t == 1.0 else start + (end - start) * (1.0 - (1.0 - t) ** 3)
+
+
 def load_pruned(path: Path, cfg: Config | None = None) -> tuple[LocalNet, Config, Masks]:
     """A pruned checkpoint as (folded network, config, masks), masks checked."""
     ck = load_checkpoint(path, cfg)
@@ -105,27 +225,44 @@ def load_pruned(path: Path, cfg: Config | None = None) -> tuple[LocalNet, Config
     return net, ck_cfg, ck["masks"]
 
 
+def layer_dir(out: Path, amount: float) -> Path:
+    return out / f"layer_{round(amount * 100):02d}"
+
+
+def nm_dir(out: Path, n: int, m: int) -> Path:
+    return out / f"nm_{n}of{m}"
+
+
+def protected_layers(net: nn.Module) -> list[str]:
+    """The displacement heads and the first convolution: global ranking empties the heads first
+    (label-reg initialises them near zero) and the first layer sees the raw images."""
+    names = list(prunable_weights(net))
+    return [names[0], *[k for k in names if k.startswith("heads.")]]
+
+
 def prune(cfg: Config, ckpt: Path, data_dir: Path, out: Path, resume: bool = False,
           progress: bool = True) -> list[Path]:
-    """Run the pruning schedule; returns the fine-tuned checkpoint of each amount."""
+    """Run the pruning schedules; returns the fine-tuned checkpoint of each global amount."""
     setup_torch(cfg)
     net, _ = model_from_checkpoint(load_checkpoint(ckpt, cfg))
     net = fold_batchnorm(net)
     data = load_train_data(cfg, data_dir, progress)
+    p = cfg.prune
 
-    def meta(amount: float, masks: Masks) -> dict:
-        return {"stage": "prune", "folded": True, "masks": masks, "amount": amount,
-                "sparsity": weight_sparsity(net), "source": str(ckpt)}
+    def meta(mode: str, amount: float, masks: Masks) -> dict:
+        n_pruned = sum(int((~m).sum()) for m in masks.values())
+        return {"stage": "prune", "folded": True, "mode": mode, "masks": masks, "amount": amount,
+                "sparsity": n_pruned / sum(m.numel() for m in masks.values()), "source": str(ckpt)}
 
     def save_untrained(path: Path, info: dict) -> None:  # a pruned network before any fine-tuning
         save_checkpoint(path, cfg, {"model": net.state_dict(), "step": 0, **info})
 
     # sparsity 0: the folded, unpruned network, the start of the pruning curve and of unpruned QAT
     d0 = sparsity_dir(out, 0.0)
-    save_untrained(d0 / "model.pt", meta(0.0, {k: torch.ones_like(w, dtype=torch.bool)
-                                               for k, w in prunable_weights(net).items()}))
+    save_untrained(d0 / "model.pt", meta("global", 0.0, {k: torch.ones_like(w, dtype=torch.bool)
+                                                         for k, w in prunable_weights(net).items()}))
     done, layers = [], {}
-    for i, amount in enumerate(cfg.prune.amounts):
+    for i, amount in enumerate(p.amounts):
         d = sparsity_dir(out, amount)
         if resume and (d / "model.pt").exists():
             net, _, masks = load_pruned(d / "model.pt", cfg)
@@ -134,11 +271,11 @@ def prune(cfg: Config, ckpt: Path, data_dir: Path, out: Path, resume: bool = Fal
             continue
         masks = global_magnitude_masks(net, amount)
         apply_masks(net, masks)
-        m = meta(amount, masks)
+        m = meta("global", amount, masks)
         save_untrained(d / "pruned.pt", m)
-        path = fit(net, cfg, data, d, steps=cfg.prune.steps, lr=cfg.prune.lr, stream=100 + i, resume=resume,
+        path = fit(net, cfg, data, d, steps=p.steps, lr=p.lr, stream=100 + i, resume=resume,
                    progress=progress, desc=f"prune {round(amount * 100)}%",
-                   after_step=lambda n, mk=masks: apply_masks(n, mk), extra=m)
+                   after_step=lambda n, _, mk=masks: apply_masks(n, mk), extra=m)
         net, _, _ = load_pruned(path, cfg)  # asserts the held mask in the saved checkpoint
         s = weight_sparsity(net)
         if abs(s - amount) > 1e-3:
@@ -146,11 +283,95 @@ def prune(cfg: Config, ckpt: Path, data_dir: Path, out: Path, resume: bool = Fal
         print(f"[prune] {path}: sparsity {s:.3f}", file=sys.stderr)
         layers[str(amount)] = layer_sparsity(net)
         done.append(path)
+    summary = {"checkpoints": {str(a): str(q) for a, q in zip(p.amounts, done)}, "unpruned": str(d0 / "model.pt"),
+               "layer_sparsity": layers}
+    if p.layer_amounts or p.nm:
+        summary.update(structured_and_layer_aware(cfg, data, out, d0 / "model.pt", resume, progress, meta))
     atomic_write_json(out / "prune.json", {  # written last: make's mark that the stage finished
-        "checkpoints": {str(a): str(p) for a, p in zip(cfg.prune.amounts, done)}, "unpruned": str(d0 / "model.pt"),
-        "layer_sparsity": layers,
-        "config": config_to_dict(cfg), "git_commit": git_commit()})
+        **summary, "config": config_to_dict(cfg), "git_commit": git_commit()})
     return done
+
+
+def _recover(cfg: Config, data, d: Path, net: nn.Module, teacher: nn.Module, info: dict, masks_at, stream: int,
+             resume: bool, progress: bool, desc: str) -> LocalNet:
+    """Fine-tune `net` for prune.gradual_steps with distillation from `teacher`; after every
+    step the weights are masked by `masks_at(net, steps_done)` (the schedule), which also
+    becomes the checkpoints' masks. Returns the fine-tuned network, masks checked."""
+    p = cfg.prune
+    if resume and (d / "ckpt.pt").exists():  # the masks in force at the checkpoint
+        info["masks"] = load_checkpoint(d / "ckpt.pt", cfg, resume=True)["masks"]
+
+    def after_step(n, step):
+        masks = masks_at(n, step)
+        apply_masks(n, masks)
+        info["masks"] = masks  # fit reads `info` at each save
+        info["sparsity"] = sum(int((~m).sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+
+    path = fit(net, cfg, data, d, steps=p.gradual_steps, lr=p.gradual_lr, lr_final=p.gradual_lr / 10, stream=stream,
+               resume=resume, progress=progress, desc=desc, after_step=after_step, extra=info,
+               teacher=teacher, distill_weight=p.distill_weight)
+    return load_pruned(path, cfg)[0]
+
+
+def structured_and_layer_aware(cfg: Config, data, out: Path, unpruned: Path, resume: bool, progress: bool,
+                               meta) -> dict:
+    """The layer-aware amounts (sensitivity -> allocation -> gradual, distilled fine-tuning, each
+    amount from the previous one) and the N:M model (one shot, distilled fine-tuning)."""
+    p = cfg.prune
+    teacher, _, _ = load_pruned(unpruned, cfg)
+    teacher.eval().requires_grad_(False)
+    sizes = {k: w.numel() for k, w in prunable_weights(teacher).items()}
+    caps = {k: 1.0 - p.protected_density for k in protected_layers(teacher)}
+    summary: dict = {}
+    if p.layer_amounts:
+        sens_path = out / "sensitivity.json"
+        if resume and sens_path.exists():
+            costs = json.loads(sens_path.read_text())["dice_loss_rise"]
+        else:
+            probe, _, _ = load_pruned(unpruned, cfg)
+            costs = layer_sensitivity(probe, cfg, data, p.probe_levels, p.probe_batches, progress=progress)
+            atomic_write_json(sens_path, {"levels": p.probe_levels, "batches": p.probe_batches,
+                                          "dice_loss_rise": costs})
+        net, _, _ = load_pruned(unpruned, cfg)
+        prev = {k: 0.0 for k in sizes}
+        summary["layer_aware"] = {}
+        for i, amount in enumerate(p.layer_amounts):
+            alloc = allocate(costs, p.probe_levels, sizes, amount, caps)
+            d = layer_dir(out, amount)
+            if resume and (d / "model.pt").exists():
+                net, _, _ = load_pruned(d / "model.pt", cfg)
+            else:
+                start = dict(prev)
+                ramp = max(1, round(0.75 * p.gradual_steps))  # then held for the last quarter
+                info = meta("layer", amount, layer_magnitude_masks(net, start))
+                net = _recover(cfg, data, d, net, teacher, info,
+                               lambda n, t, s0=start, s1=alloc: layer_magnitude_masks(
+                                   n, {k: cubic_ramp(t, ramp, s0[k], s1[k]) for k in s1}),
+                               300 + i, resume, progress, f"layer-aware {round(amount * 100)}%")
+            got = layer_sparsity(net)
+            for k, a in alloc.items():  # the allocation exactly (up to rounding to whole weights)
+                if abs(got[k] - a) > 1.0 / sizes[k] + 1e-4:
+                    raise AssertionError(f"{d}: {k} sparsity {got[k]} after fine-tuning, allocated {a:.4f}")
+            print(f"[prune] {d / 'model.pt'}: layer-aware, sparsity {weight_sparsity(net):.3f}", file=sys.stderr)
+            summary["layer_aware"][str(amount)] = {"checkpoint": str(d / "model.pt"),
+                                                   "allocation": {k: round(v, 4) for k, v in alloc.items()},
+                                                   "layer_sparsity": got}
+            prev = alloc
+    if p.nm:
+        n, m = p.nm
+        d = nm_dir(out, n, m)
+        if resume and (d / "model.pt").exists():
+            net, _, _ = load_pruned(d / "model.pt", cfg)
+        else:
+            net, _, _ = load_pruned(unpruned, cfg)
+            masks = nm_block_masks(net, n, m)
+            apply_masks(net, masks)
+            net = _recover(cfg, data, d, net, teacher, meta("nm", 1 - n / m, masks), lambda _n, _t, mk=masks: mk,
+                           400, resume, progress, f"N:M {n}:{m}")
+        print(f"[prune] {d / 'model.pt'}: {n}:{m} blocks, sparsity {weight_sparsity(net):.3f}", file=sys.stderr)
+        summary["nm"] = {"n": n, "m": m, "checkpoint": str(d / "model.pt"), "sparsity": round(weight_sparsity(net), 4),
+                         "layer_sparsity": layer_sparsity(net)}
+    return summary
 
 
 def main(argv=None) -> int:

@@ -28,7 +28,7 @@ from model.checkpoint import load_checkpoint
 from model.cli import run_cli, stage_parser
 from model.config import Config, config_from_dict, config_to_dict, load_config
 from model.train import TrainData, fit, load_train_data, setup_torch
-from quant.prune import apply_masks, check_masks, load_pruned, sparsity_dir, weight_sparsity
+from quant.prune import apply_masks, check_masks, layer_dir, load_pruned, nm_dir, sparsity_dir, weight_sparsity
 from quant.twin import QuantLocalNet, calibrate, quant_twin
 
 
@@ -47,7 +47,7 @@ def qat_from_pruned(cfg: Config, pruned_ckpt: Path, data: TrainData, out: Path, 
     meta = {"stage": "qat", "weight_bits": weight_bits, "masks": masks, "sparsity": weight_sparsity(folded),
             "source": str(pruned_ckpt)}
     path = fit(twin, cfg, data, out, steps=steps, lr=cfg.qat.lr, stream=stream, resume=resume,
-               progress=progress, desc=f"qat int{weight_bits}", after_step=lambda n: apply_masks(n, masks), extra=meta)
+               progress=progress, desc=f"qat int{weight_bits}", after_step=lambda n, _: apply_masks(n, masks), extra=meta)
     load_qat(path, cfg)  # asserts the held masks in the saved checkpoint
     return path
 
@@ -68,12 +68,26 @@ def curve_name(sparsity: float) -> str:
     return f"curve/int8_s{round(sparsity * 100):02d}"
 
 
-def qat_jobs(cfg: Config, curve: bool) -> dict[str, tuple[int, float, int]]:
-    """name -> (weight bits, sparsity, steps); the curve adds int8 at every other sparsity."""
-    jobs = {"int8": (8, cfg.qat.int8_sparsity, cfg.qat.steps), "int4": (4, cfg.qat.int4_sparsity, cfg.qat.steps)}
+def layer_name(bits: int, sparsity: float) -> str:
+    return f"layer/int{bits}_s{round(sparsity * 100):02d}"
+
+
+def nm_name(n: int, m: int) -> str:
+    return f"nm/int8_{n}of{m}"
+
+
+def qat_jobs(cfg: Config, prune_dir: Path, curve: bool) -> dict[str, tuple[int, Path, int]]:
+    """name -> (weight bits, pruned checkpoint it starts from, steps); the curve adds int8 at every
+    other global sparsity and the report models of the layer-aware and N:M pruning."""
+    q, p = cfg.qat, cfg.prune
+    src = lambda a: sparsity_dir(prune_dir, a) / "model.pt"  # noqa: E731
+    jobs = {"int8": (8, src(q.int8_sparsity), q.steps), "int4": (4, src(q.int4_sparsity), q.steps)}
     if curve:
-        jobs.update({curve_name(a): (8, a, cfg.qat.curve_steps) for a in [0.0, *cfg.prune.amounts]
-                     if a != cfg.qat.int8_sparsity})
+        jobs.update({curve_name(a): (8, src(a), q.curve_steps) for a in [0.0, *p.amounts] if a != q.int8_sparsity})
+        for bits, amounts in ((8, q.layer_int8), (4, q.layer_int4)):
+            jobs.update({layer_name(bits, a): (bits, layer_dir(prune_dir, a) / "model.pt", q.steps) for a in amounts})
+        if q.nm_int8:
+            jobs[nm_name(*p.nm)] = (8, nm_dir(prune_dir, *p.nm) / "model.pt", q.steps)
     return jobs
 
 
@@ -86,20 +100,19 @@ def qat(cfg: Config, prune_dir: Path, data_dir: Path, out: Path, resume: bool = 
     setup_torch(cfg)
     data = load_train_data(cfg, data_dir, progress)
     done, made = {}, set()
-    jobs = qat_jobs(cfg, curve)
-    for i, (name, (bits, sparsity, steps)) in enumerate(jobs.items()):
+    jobs = qat_jobs(cfg, prune_dir, curve)
+    for i, (name, (bits, src, steps)) in enumerate(jobs.items()):
         d = out / name
         if resume and (d / "model.pt").exists():
             load_qat(d / "model.pt", cfg)
         else:
-            src = sparsity_dir(prune_dir, sparsity) / "model.pt"
             qat_from_pruned(cfg, src, data, d, bits, steps, 200 + i, resume, progress)
             made.add(name)
         done[name] = d / "model.pt"
         if name == "int4" and (made or not (out / "qat.json").exists()):
             _summary(out / "qat.json", cfg, {k: v for k, v in done.items() if k in ("int8", "int4")})
     if curve:
-        _summary(out / "curve" / "curve.json", cfg, {k: v for k, v in done.items() if k.startswith("curve/")})
+        _summary(out / "curve" / "curve.json", cfg, {k: v for k, v in done.items() if k not in ("int8", "int4")})
     return done
 
 

@@ -33,6 +33,11 @@ ckpt_every = 1
 amounts = [0.25, 0.5]
 steps = 2
 lr = 1e-3
+layer_amounts = [0.5]
+probe_levels = [0.5, 0.75]
+probe_batches = 1
+nm = [2, 4]
+gradual_steps = 2
 
 [qat]
 steps = 2
@@ -41,6 +46,9 @@ calib_batches = 2
 int8_sparsity = 0.25
 int4_sparsity = 0.5
 curve_steps = 1
+layer_int8 = [0.5]
+layer_int4 = [0.5]
+nm_int8 = true
 """
 
 

@@ -141,7 +141,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_data, tiny_con
 
     calls = []
 
-    def kill_in_step_3(net):  # dies after step 3's update, before its checkpoint
+    def kill_in_step_3(net, step):  # dies after step 3's update, before its checkpoint
         calls.append(1)
         if len(calls) == 3:
             raise Killed

@@ -15,7 +15,8 @@ from model.checkpoint import load_checkpoint
 from model.config import load_config
 from model.localnet import LocalNet, fold_batchnorm
 from model.train import fit, load_train_data
-from quant.prune import apply_masks, global_magnitude_masks, load_pruned, prunable_weights
+from quant.prune import (allocate, apply_masks, cubic_ramp, global_magnitude_masks, layer_magnitude_masks, load_pruned,
+                         nm_block_masks, prunable_weights)
 from quant.qat import load_qat
 from quant.twin import QuantLocalNet, calibrate, integer_params, quant_twin, quantizer_scales
 
@@ -50,6 +51,72 @@ def test_global_magnitude_masks_count_and_nesting(tiny_config, amount):
     assert all(bool((higher[k] <= masks[k]).all()) for k in masks)  # nested: pruned stays pruned
 
 
+def test_layer_magnitude_masks_per_layer_counts_and_nesting(tiny_config):
+    net = _net(load_config(tiny_config))
+    w = prunable_weights(net)
+    names = list(w)
+    amounts = {names[0]: 0.3, names[3]: 0.9}
+    masks = layer_magnitude_masks(net, amounts)
+    for k, m in masks.items():
+        assert int((~m).sum()) == round(amounts.get(k, 0.0) * w[k].numel())
+        if (~m).any():  # within the layer: every kept weight at least as large as every pruned one
+            assert w[k].detach().abs()[m].min() >= w[k].detach().abs()[~m].max()
+    apply_masks(net, masks)
+    higher = layer_magnitude_masks(net, {names[0]: 0.5, names[3]: 0.95})
+    assert all(bool((higher[k] <= masks[k]).all()) for k in masks)
+
+
+def test_allocate_by_hand():
+    levels = [0.5, 0.9]
+    sizes = {"a": 100, "b": 100, "head": 100}
+    costs = {"a": [0.0, 0.4], "b": [0.1, 0.2], "head": [0.0, 0.0]}  # cost per pruned weight decides
+    caps = {"head": 0.5}
+    # moves: a->0.5 (0), head->0.5 (0, capped there), b->0.5 (0.1/50), b->0.9 (0.1/40), a->0.9 (0.4/40)
+    assert allocate(costs, levels, sizes, 1 / 3, caps) == {"a": 0.5, "b": 0.0, "head": 0.5}
+    assert allocate(costs, levels, sizes, 0.5, caps) == {"a": 0.5, "b": 0.5, "head": 0.5}
+    got = allocate(costs, levels, sizes, 0.6, caps)
+    assert got["a"] == 0.5 and got["head"] == 0.5 and abs(got["b"] - 0.8) < 1e-12  # stops part-way
+    assert allocate(costs, levels, sizes, 0.1, caps) == {"a": 0.3, "b": 0.0, "head": 0.0}
+    costs_noisy = {"a": [-0.01, 0.4], "b": [0.1, 0.05], "head": [0.0, 0.0]}  # clipped at 0, made monotone
+    assert allocate(costs_noisy, levels, sizes, 0.5, caps) == {"a": 0.5, "b": 0.5, "head": 0.5}
+    with pytest.raises(ValueError, match="out of reach"):
+        allocate(costs, levels, sizes, 0.8, caps)  # at most (90 + 90 + 50) / 300
+
+
+def test_cubic_ramp():
+    assert cubic_ramp(0, 10, 0.2, 0.9) == 0.2 and cubic_ramp(10, 10, 0.2, 0.9) == 0.9
+    assert cubic_ramp(25, 10, 0.2, 0.9) == 0.9 and cubic_ramp(3, 0, 0.2, 0.9) == 0.9
+    v = [cubic_ramp(t, 10, 0.0, 1.0) for t in range(11)]
+    assert all(x < y for x, y in zip(v, v[1:]))
+    assert v[1] - v[0] > v[10] - v[9]  # fast first, then slowing
+
+
+def test_nm_block_masks_keep_n_of_every_m_engine_blocks(tiny_config):
+    """Of every M consecutive engine blocks of an output group, exactly N are kept (a shorter
+    last run round(N/M x its length)), the kept ones the largest by L2 norm; whole blocks."""
+    from hw.compiler import block_index
+
+    net = _net(load_config(tiny_config))
+    w = prunable_weights(net)
+    n, m = 2, 4
+    masks = nm_block_masks(net, n, m)
+    for k, mask in masks.items():
+        idx = block_index(tuple(w[k].shape))
+        nb = int(idx.max()) + 1
+        keep = np.zeros(nb, dtype=bool)
+        keep[idx[mask.numpy()]] = True
+        assert not keep[idx[~mask.numpy()]].any(), k  # a block is kept or zeroed whole
+        norm = np.bincount(idx.ravel(), weights=w[k].detach().double().numpy().ravel() ** 2, minlength=nb)
+        per_group = nb // -(-w[k].shape[0] // 8)
+        for g0 in range(0, nb, per_group):
+            for r0 in range(g0, g0 + per_group, m):
+                r = slice(r0, min(r0 + m, g0 + per_group))
+                length = r.stop - r.start
+                assert keep[r].sum() == (n if length == m else round(n * length / m)), (k, r0)
+                if keep[r].any() and (~keep[r]).any():
+                    assert norm[r][keep[r]].min() >= norm[r][~keep[r]].max()
+
+
 def test_ties_break_by_position():
     net = torch.nn.Sequential(torch.nn.Conv3d(1, 1, 2, bias=False))
     with torch.no_grad():
@@ -66,7 +133,7 @@ def test_fine_tuning_holds_the_mask(tiny_data, tiny_config, tmp_path):
     before = {k: v.clone() for k, v in net.state_dict().items()}
     data = load_train_data(cfg, tiny_data, progress=False)
     path = fit(net, cfg, data, tmp_path, steps=2, lr=1e-3, stream=1, progress=False,
-               after_step=lambda n: apply_masks(n, masks), extra={"masks": masks})
+               after_step=lambda n, _: apply_masks(n, masks), extra={"masks": masks})
     after = load_checkpoint(path)["model"]
     for k, m in masks.items():
         assert torch.count_nonzero(after[k][~m]) == 0  # pruned weights exactly zero
@@ -101,12 +168,13 @@ def test_pipeline_masks_scales_and_schema(tiny_data, tiny_export):
     done = json.loads((out / "qat" / "qat.json").read_text())["checkpoints"]
     assert set(done) == {"int8", "int4"}
     done |= json.loads((out / "qat" / "curve" / "curve.json").read_text())["checkpoints"]
-    assert set(done) == {"int8", "int4", "curve/int8_s00", "curve/int8_s50"}
+    assert set(done) == {"int8", "int4", "curve/int8_s00", "curve/int8_s50", "layer/int8_s50", "layer/int4_s50",
+                         "nm/int8_2of4"}
     x = torch.rand(1, 2, *cfg.data.shape)
     for name, path in done.items():
         twin, ck = load_qat(Path(path), cfg)
         params = integer_params(twin, x)
-        bits = 4 if name == "int4" else 8
+        bits = 4 if "int4" in name else 8
         lim = 2 ** (bits - 1) - 1
         for conv, p in params.items():
             mask = ck["masks"][f"{conv}.weight"].numpy()
@@ -122,7 +190,12 @@ def test_pipeline_masks_scales_and_schema(tiny_data, tiny_export):
     table = report(cfg, tiny_data, out, progress=False)
     rows = {r["model"]: r for r in table["rows"]}
     assert list(rows) == ["identity", "ants_affine", "ants_syn", "trained", "pruned", "pruned_finetuned", "int8_qat",
-                          "int8_deployed", "int4_qat", "ptq_ort_int8"]
+                          "int8_deployed", "int4_qat", "ptq_ort_int8", "int8_layer_s50", "int4_layer_s50",
+                          "int8_nm_2of4"]
+    # a report row's payload is counted as the export writes it (same records, same packing)
+    from benchmarks.accuracy import exported_row_stats, twin_row_stats
+    assert twin_row_stats(load_qat(out / "qat" / "int8" / "model.pt", cfg)[0], cfg) == \
+        exported_row_stats(out / "export" / "weights.bin", cfg)
     # the deployed runtime computes the Brevitas model's integers: the same metrics, exactly
     for k in ("dice", "tre_mm", "landmark_tre_mm", "folding_pct", "vanished_labels", "weight_bytes"):
         assert rows["int8_deployed"][k] == rows["int8_qat"][k], k

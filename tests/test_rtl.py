@@ -282,3 +282,33 @@ def test_missing_simulator_names_the_package(tmp_path):
     r = _sim(tmp_path, tmp_path / "o")
     assert r.returncode == 2 and "manifest.json: not a golden-vector manifest" in r.stderr, r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_block_index_is_the_engines_skipping_unit(weights):
+    """Zeroing the weights of random block ids (hw.compiler.block_index) removes exactly those
+    blocks from the program, in every layer including the unfolded first one: the unit N:M
+    pruning works in is the one the engine skips (the centre block of each output group stays)."""
+    from export.weights import read_weights
+    from hw.compiler import block_index
+
+    wb = read_weights(weights)
+    rng = np.random.default_rng(5)
+    expect = {}
+    for name, r in wb.records.items():
+        if r.weight is None:
+            continue
+        idx = block_index(r.weight.shape)
+        nb = int(idx.max()) + 1
+        groups = -(-r.weight.shape[0] // LANES)
+        per_group = nb // groups
+        assert sorted(np.unique(idx)) == list(range(nb)) and nb % groups == 0
+        r.weight[(rng.random(nb) < 0.5)[idx]] = 0
+        live = set(np.unique(idx[r.weight != 0]).tolist())
+        c = r.weight.shape[2] // 2
+        centre = int(idx[0, 0, c, c, c])
+        live |= {g * per_group + centre for g in range(groups)}
+        expect[name] = [sum(1 for b in live if g * per_group <= b < (g + 1) * per_group) for g in range(groups)]
+    descs = {d.layer: d for d in compile_weights(wb).descs}
+    assert set(expect) <= set(descs)
+    for name, e in expect.items():
+        assert descs[name].entries == e, name
