@@ -47,7 +47,7 @@ from model.config import Config, config_to_dict, load_config
 from model.data import load_dataset, test_pairs
 from model.evaluate import evaluate_pairs, predict_ddf, rows_markdown, summarise, write_csv, write_table
 from model.localnet import count_parameters, fold_batchnorm
-from model.prealign import with_global_stage
+from model.prealign import network_input, with_global_stage
 from model.train import load_train_data
 
 ROWS = ["identity", "ants_affine", "ants_syn", "trained", "pruned", "pruned_finetuned", "int8_qat", "int8_deployed",
@@ -77,23 +77,6 @@ def exported_row_stats(path: Path, cfg: Config) -> tuple[int, int]:
     if json.dumps(wb.meta.get("config"), sort_keys=True) != json.dumps(config_to_dict(cfg), sort_keys=True):
         raise ValueError(f"{path}: exported with another config; run `make export` again")
     return stored_bytes(wb.records.values())
-
-
-def twin_row_stats(twin, cfg: Config) -> tuple[int, int]:
-    """(non-zero parameters, stored bytes) of the weights.bin payload `make export` would write for
-    a QAT twin (the same records, the same packing)."""
-    import torch
-
-    from export.export import weight_records
-    from export.pack import encode_weights
-    from export.weights import OP_CONV3D, stored_bytes
-
-    records = weight_records(twin, torch.zeros(1, 2, *cfg.data.shape))
-    for r in records:
-        if r.op == OP_CONV3D:
-            r.encoding, payload = encode_weights(r.weight, r.bits)
-            r.payload_bytes = len(payload)
-    return stored_bytes(records)
 
 
 def compression_rows(cfg: Config) -> list[tuple[str, str]]:
@@ -144,9 +127,18 @@ def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dic
     for name, sub, wfile in (("int8_qat", "int8", "weights.bin"), ("int4_qat", "int4", "weights_int4.bin")):
         twin, _ = load_qat(need(out / "qat" / sub / "model.pt", "make qat"), cfg)
         models[name] = (twin, exported_row_stats(out / "export" / wfile, cfg))
+    # the compression rows, each exported (weights.bin, int8 ONNX) and checked exact on 2 test pairs
+    from export.export import export_compressed
+    pairs2 = test_pairs(subjects)[:2]
+    inputs = [np.stack(network_input(cfg.model.prealign, subjects[m].image, subjects[f].image))[None]
+              for m, f in pairs2]
+    exactness = {}
     for name, sub in compression_rows(cfg):
         twin, _ = load_qat(need(out / "qat" / sub / "model.pt", "python -m quant.qat --curve"), cfg)
-        models[name] = (twin, twin_row_stats(twin, cfg))
+        exactness[name] = export_compressed(twin, cfg, rep / "compressed" / name, inputs)
+        if any(exactness[name]["mismatches"].values()):
+            raise AssertionError(f"{name}: the exported integers differ from Brevitas: {exactness[name]}")
+        models[name] = (twin, exported_row_stats(rep / "compressed" / name / "weights.bin", cfg))
 
     fp32_onnx, ptq_onnx = rep / "localnet_fp32.onnx", rep / "ptq_ort_int8.onnx"
     rep.mkdir(parents=True, exist_ok=True)
@@ -181,6 +173,7 @@ def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dic
             "config": config_to_dict(cfg), "git_commit": git_commit(), "pruned_amount": first,
             "int8_sparsity": cfg.qat.int8_sparsity, "int4_sparsity": cfg.qat.int4_sparsity,
             "int8_deployed_backend": f"{backend}, 1 thread, global stage on the host",
+            "compression_rows_exported": exactness,
             "weight_bytes_note": "fp32 dense float32; QAT rows export.pack payload + int32 biases; "
                                  "ptq_ort_int8 ONNX initializer bytes"}
     order = ROWS + [name for name, _ in compression_rows(cfg)]

@@ -93,6 +93,46 @@ def gzip_size(path: Path) -> int:
     return len(gzip.compress(path.read_bytes(), compresslevel=9, mtime=0))
 
 
+def weights_meta(cfg: Config, weight_bits: int) -> dict:
+    """The metadata block of a weights.bin written with `cfg`."""
+    return {"model": {"base_channels": cfg.model.base_channels, "levels": cfg.model.levels,
+                      "ddf_levels": sorted(cfg.model.ddf_levels), "in_channels": 2},
+            "input_shape": cfg.data.shape, "act_bits": 8, "config": config_to_dict(cfg), "git_commit": git_commit(),
+            "weight_bits": weight_bits}
+
+
+def export_compressed(twin, cfg: Config, out: Path, inputs: list[np.ndarray]) -> dict:
+    """A report model (make report's compression rows) as a deployment gets it, and its exactness:
+    OUT/weights.bin, and for 8-bit weights OUT/localnet_int8.onnx (sparse initializers where
+    smaller) beside the all-dense OUT/localnet_int8_dense.onnx. Returns the ddf elements of
+    `inputs` where the integer reference (from weights.bin) and onnxruntime (optimisations on
+    and off) differ from the Brevitas twin (the contract: 0), and the file sizes."""
+    from hw.reference import Reference, quantize_input
+
+    out.mkdir(parents=True, exist_ok=True)
+    example = torch.from_numpy(inputs[0])
+    recs = weight_records(twin, example)
+    bits = max(r.bits for r in recs if r.op == OP_CONV3D)
+    write_weights(out / "weights.bin", recs, weights_meta(cfg, bits))
+    e_ddf = ddf_exponent(twin)
+    ref = Reference.from_file(out / "weights.bin")
+    mism = {"reference": 0}
+    with torch.no_grad():
+        for x in inputs:
+            want = np.round(twin(torch.from_numpy(x)).numpy() * 2.0 ** e_ddf).astype(np.int64)
+            q, e = ref.register(x[0, 0], x[0, 1])
+            if e != e_ddf:
+                raise AssertionError(f"{out / 'weights.bin'}: ddf exponent {e}, the twin's is {e_ddf}")
+            mism["reference"] += int((q.astype(np.int64)[None] != want).sum())
+    sizes = {"weights.bin": (out / "weights.bin").stat().st_size}
+    if bits == 8:
+        export_int8_onnx(twin, cfg, out / "localnet_int8_dense.onnx")
+        sparsify_initializers(out / "localnet_int8_dense.onnx", out / "localnet_int8.onnx", "auto")
+        mism |= ort_vs_brevitas_mismatches(twin, out / "localnet_int8.onnx", inputs, e_ddf)
+        sizes |= {f: (out / f).stat().st_size for f in ("localnet_int8.onnx", "localnet_int8_dense.onnx")}
+    return {"mismatches": mism, "pairs_checked": len(inputs), "bytes": sizes}
+
+
 def export(cfg: Config, run: Path, data_dir: Path, progress: bool = True) -> dict:
     from quant.qat import load_qat
 
@@ -116,11 +156,8 @@ def export(cfg: Config, run: Path, data_dir: Path, progress: bool = True) -> dic
     export_register(out / "localnet_int8.onnx", cfg, out / "register_int8.onnx")
 
     recs8, recs4 = weight_records(twin8, example), weight_records(twin4, example)
-    meta = {"model": {"base_channels": cfg.model.base_channels, "levels": cfg.model.levels,
-                      "ddf_levels": sorted(cfg.model.ddf_levels), "in_channels": 2},
-            "input_shape": cfg.data.shape, "act_bits": 8, "config": config_to_dict(cfg), "git_commit": git_commit()}
-    write_weights(out / "weights.bin", recs8, meta | {"weight_bits": 8})
-    write_weights(out / "weights_int4.bin", recs4, meta | {"weight_bits": 4})
+    write_weights(out / "weights.bin", recs8, weights_meta(cfg, 8))
+    write_weights(out / "weights_int4.bin", recs4, weights_meta(cfg, 4))
     write_hex_and_header(recs8, out)
 
     bounds = check_acc_bounds(recs8)
