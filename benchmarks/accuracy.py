@@ -79,6 +79,16 @@ def exported_row_stats(path: Path, cfg: Config) -> tuple[int, int]:
     return stored_bytes(wb.records.values())
 
 
+def accelerator_cycles(weights: Path) -> dict:
+    """Cycles of the RTL engine (hw/ACCEL.md's cycle model, equal to the Verilator simulation on
+    the demo network) for a weights.bin as stored (all-zero blocks skipped) and stored dense."""
+    from hw.compiler import compile_weights
+    from hw.engine_model import cycle_model, total_cycles
+
+    cyc = {k: total_cycles(cycle_model(compile_weights(weights, dense=k == "dense"))) for k in ("sparse", "dense")}
+    return cyc | {"ratio": round(cyc["sparse"] / cyc["dense"], 4)}
+
+
 def compression_rows(cfg: Config) -> list[tuple[str, str]]:
     """(row name, OUT/qat sub-directory) of the layer-aware and N:M QAT models of the config."""
     from quant.qat import layer_name, nm_name
@@ -139,6 +149,7 @@ def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dic
         if any(exactness[name]["mismatches"].values()):
             raise AssertionError(f"{name}: the exported integers differ from Brevitas: {exactness[name]}")
         models[name] = (twin, exported_row_stats(rep / "compressed" / name / "weights.bin", cfg))
+        exactness[name]["accelerator_cycles"] = accelerator_cycles(rep / "compressed" / name / "weights.bin")
 
     fp32_onnx, ptq_onnx = rep / "localnet_fp32.onnx", rep / "ptq_ort_int8.onnx"
     rep.mkdir(parents=True, exist_ok=True)

@@ -17,9 +17,25 @@ Biases are not pruned (the seed pruned them too): they are under 0.5 % of the pa
 live at the int32 accumulator scale where their magnitude is not comparable with the
 weights', and zeroing a folded BatchNorm shift moves a whole channel.
 
+Two more allocations (issue 12), each fine-tuned for `prune.gradual_steps` with the trained
+network's displacement field distilled into the loss (model.train.loss_terms):
+
+- layer-aware (`prune.layer_amounts`): each layer is pruned alone to every `probe_levels`
+  amount and the rise of the Dice loss on fixed training batches measured
+  (OUT/sensitivity.json); `allocate` climbs those cost curves greedily, cheapest Dice per
+  pruned weight first, the displacement heads and the first convolution held at
+  >= `protected_density`; the per-layer amounts are reached gradually (cubic schedule over
+  the first three quarters of the steps, masks recomputed after every step, then held). Each
+  amount starts from the previous one;
+- N:M over the accelerator's weight blocks (`prune.nm`): of every M consecutive 8x8 blocks
+  (hw.compiler.block_index) of an output group, the N of largest norm are kept; the engine
+  skips an all-zero block, so cycles fall with the sparsity whatever the weights are.
+
 Writes OUT/sparsity_XX/pruned.pt (pruned, no retraining) and OUT/sparsity_XX/model.pt
-(fine-tuned), and OUT/sparsity_00/model.pt (folded, unpruned, all-keep masks), each with the masks, the measured sparsity, the resolved config and the git
-commit; a checkpoint whose pruned weights are not all zero is refused when loaded.
+(fine-tuned), OUT/sparsity_00/model.pt (folded, unpruned, all-keep masks), OUT/layer_XX/model.pt
+and OUT/nm_NofM/model.pt, each with the masks, the measured sparsity, the resolved config and
+the git commit; a checkpoint whose pruned weights are not all zero is refused when loaded.
+OUT/prune.json lists them with the per-layer sparsity of every model.
 """
 from __future__ import annotations
 
