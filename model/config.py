@@ -92,6 +92,7 @@ class PruneConfig:
     # N:M over the accelerator's weight blocks (hw.compiler.block_index): of every M consecutive
     # blocks of an output group at most N are non-zero; [] for none
     nm: list[int] = field(default_factory=list)
+    nm_protected_dense: bool = False  # N:M leaves the heads and the first convolution dense
     gradual_steps: int = 150
     gradual_lr: float = 1e-4     # cosine to gradual_lr / 10
     distill_weight: float = 1.0  # x mean squared displacement difference (voxels^2) to the trained field
@@ -108,7 +109,7 @@ class QATConfig:
     int4_sparsity: float = 0.5  # pruned checkpoint the int4-weight model starts from
     curve_steps: int = 200  # QAT steps of the int8 models at the other sparsities (pruning curve)
     # report models (make report): int8 / int4 QAT of the layer-aware amounts listed, and of the
-    # N:M model; `qat.steps` steps each
+    # N:M model; `curve_steps` steps each
     layer_int8: list[float] = field(default_factory=list)
     layer_int4: list[float] = field(default_factory=list)
     nm_int8: bool = False

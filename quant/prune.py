@@ -29,7 +29,8 @@ network's displacement field distilled into the loss (model.train.loss_terms):
   amount starts from the previous one;
 - N:M over the accelerator's weight blocks (`prune.nm`): of every M consecutive 8x8 blocks
   (hw.compiler.block_index) of an output group, the N of largest norm are kept; the engine
-  skips an all-zero block, so cycles fall with the sparsity whatever the weights are.
+  skips an all-zero block, so cycles fall with the sparsity whatever the weights are
+  (`prune.nm_protected_dense` leaves the heads and the first convolution dense).
 
 Writes OUT/sparsity_XX/pruned.pt (pruned, no retraining) and OUT/sparsity_XX/model.pt
 (fine-tuned), OUT/sparsity_00/model.pt (folded, unpruned, all-keep masks), OUT/layer_XX/model.pt
@@ -381,6 +382,8 @@ def structured_and_layer_aware(cfg: Config, data, out: Path, unpruned: Path, res
         else:
             net, _, _ = load_pruned(unpruned, cfg)
             masks = nm_block_masks(net, n, m)
+            if p.nm_protected_dense:
+                masks.update({k: torch.ones_like(masks[k]) for k in protected_layers(net)})
             apply_masks(net, masks)
             net = _recover(cfg, data, d, net, teacher, meta("nm", 1 - n / m, masks), lambda _n, _t, mk=masks: mk,
                            400, resume, progress, f"N:M {n}:{m}")

@@ -85,9 +85,10 @@ def qat_jobs(cfg: Config, prune_dir: Path, curve: bool) -> dict[str, tuple[int, 
     if curve:
         jobs.update({curve_name(a): (8, src(a), q.curve_steps) for a in [0.0, *p.amounts] if a != q.int8_sparsity})
         for bits, amounts in ((8, q.layer_int8), (4, q.layer_int4)):
-            jobs.update({layer_name(bits, a): (bits, layer_dir(prune_dir, a) / "model.pt", q.steps) for a in amounts})
+            jobs.update({layer_name(bits, a): (bits, layer_dir(prune_dir, a) / "model.pt", q.curve_steps)
+                         for a in amounts})
         if q.nm_int8:
-            jobs[nm_name(*p.nm)] = (8, nm_dir(prune_dir, *p.nm) / "model.pt", q.steps)
+            jobs[nm_name(*p.nm)] = (8, nm_dir(prune_dir, *p.nm) / "model.pt", q.curve_steps)
     return jobs
 
 
