@@ -103,15 +103,7 @@ class LocalNet(nn.Module):
             nn.init.zeros_(head.bias)
 
     def forward(self, x):  # (N, 2, X, Y, Z) -> (N, 3, X, Y, Z) voxels
-        skips = []
-        for blk in self.down:
-            x, h0 = blk(x)
-            skips.append(h0)
-        feats = {self.cfg.levels: self.bottleneck(x)}
-        h = feats[self.cfg.levels]
-        for lv, blk in zip(reversed(range(self.cfg.levels)), self.up):
-            h = blk(h, skips[lv])
-            feats[lv] = h
+        feats = level_features(self, x)
         ddf = None
         for lv in range(self.cfg.levels, -1, -1):  # coarse to fine: ddf = sum_l U^l(head_l)
             if ddf is not None:
@@ -120,6 +112,21 @@ class LocalNet(nn.Module):
                 d = self.heads[str(lv)](feats[lv])
                 ddf = d if ddf is None else ddf + d
         return ddf
+
+
+def level_features(net: nn.Module, x):
+    """The encoder-decoder of LocalNet or its quantised twin (modules `down`, `bottleneck`, `up`):
+    {level: features}, level `levels` the bottleneck, 0 full resolution; the heads read these."""
+    skips = []
+    for blk in net.down:
+        x, h0 = blk(x)
+        skips.append(h0)
+    feats = {net.cfg.levels: net.bottleneck(x)}
+    h = feats[net.cfg.levels]
+    for lv, blk in zip(reversed(range(net.cfg.levels)), net.up):
+        h = blk(h, skips[lv])
+        feats[lv] = h
+    return feats
 
 
 def fold_batchnorm(model: LocalNet) -> LocalNet:

@@ -43,7 +43,7 @@ with warnings.catch_warnings():  # brevitas announces an optional package it doe
     from brevitas.quant_tensor import QuantTensor
 
 from model.config import ConfigError
-from model.localnet import upsample_linear2, upsample_nearest2
+from model.localnet import level_features, upsample_linear2, upsample_nearest2
 
 
 class Int8WeightPoT(Int8WeightPerTensorFixedPoint):
@@ -169,16 +169,7 @@ class QuantLocalNet(nn.Module):
         return self.get_submodule(self.output_quant_name())
 
     def forward(self, x):  # (N, 2, X, Y, Z) float -> (N, 3, X, Y, Z) voxels (dequantised)
-        x = self.input(x)
-        skips = []
-        for blk in self.down:
-            x, h0 = blk(x)
-            skips.append(h0)
-        feats = {self.cfg.levels: self.bottleneck(x)}
-        h = feats[self.cfg.levels]
-        for lv, blk in zip(reversed(range(self.cfg.levels)), self.up):
-            h = blk(h, skips[lv])
-            feats[lv] = h
+        feats = level_features(self, self.input(x))
         ddf = None
         for lv in range(self.cfg.levels, -1, -1):
             up = None if ddf is None else upsample_linear2(_value(ddf))  # exact: multiples of 2^-(e+6)
