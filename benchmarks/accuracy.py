@@ -81,11 +81,15 @@ def exported_row_stats(path: Path, cfg: Config) -> tuple[int, int]:
 
 def accelerator_cycles(weights: Path) -> dict:
     """Cycles of the RTL engine (hw/ACCEL.md's cycle model, equal to the Verilator simulation on
-    the demo network) for a weights.bin as stored (all-zero blocks skipped) and stored dense."""
-    from hw.compiler import compile_weights
+    the demo network) for a weights.bin as stored (all-zero blocks skipped) and stored dense; a
+    network the engine cannot map gets the compiler's reason instead."""
+    from hw.compiler import CompileError, compile_weights
     from hw.engine_model import cycle_model, total_cycles
 
-    cyc = {k: total_cycles(cycle_model(compile_weights(weights, dense=k == "dense"))) for k in ("sparse", "dense")}
+    try:
+        cyc = {k: total_cycles(cycle_model(compile_weights(weights, dense=k == "dense"))) for k in ("sparse", "dense")}
+    except CompileError as err:
+        return {"not_mapped": str(err)}
     return cyc | {"ratio": round(cyc["sparse"] / cyc["dense"], 4)}
 
 

@@ -199,6 +199,8 @@ def test_pipeline_masks_scales_and_schema(tiny_data, tiny_export):
         assert set(ex["mismatches"]) == ({"reference"} if "int4" in name else {"reference", "optimized", "unoptimized"})
         assert all(v == 0 for v in ex["mismatches"].values())
         assert (out / "report" / "compressed" / name / "weights.bin").stat().st_size == ex["bytes"]["weights.bin"]
+        # 4 base channels: the halves of an add are not whole groups of the engine's 8 lanes
+        assert "whole groups of 8" in ex["accelerator_cycles"]["not_mapped"]
     # the deployed runtime computes the Brevitas model's integers: the same metrics, exactly
     for k in ("dice", "tre_mm", "landmark_tre_mm", "folding_pct", "vanished_labels", "weight_bytes"):
         assert rows["int8_deployed"][k] == rows["int8_qat"][k], k
