@@ -29,6 +29,13 @@ def test_shipped_configs_load(name):
     ("[data]\nshape = [17, 16, 16]\n", "divisible"),
     ("[model]\nddf_levels = [9]\n", "ddf_levels"),
     ("[data\n", "not valid TOML"),
+    ("[prune]\nlayer_amounts = [0.9, 0.75]\n", "layer_amounts"),
+    ("[prune]\nlayer_amounts = [0.99]\n", "highest probe level"),
+    ("[prune]\nprobe_levels = [0.9, 0.5]\n", "probe_levels"),
+    ("[prune]\nnm = [4, 2]\n", "prune.nm"),
+    ("[prune]\nprotected_density = 1.5\n", "protected_density"),
+    ("[prune]\nlayer_amounts = [0.75]\n[qat]\nlayer_int8 = [0.9]\n", "qat.layer_int8"),
+    ("[qat]\nnm_int8 = true\n", "needs prune.nm"),
 ])
 def test_bad_config_is_a_clear_error(tmp_path, text, msg):
     p = tmp_path / "bad.toml"
