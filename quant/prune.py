@@ -51,7 +51,7 @@ import torch.nn as nn
 from model.artifacts import atomic_write_json, git_commit
 from model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from model.cli import run_cli, stage_parser
-from model.config import Config, config_to_dict, load_config
+from model.config import Config, ConfigError, config_to_dict, load_config
 from model.localnet import LocalNet, fold_batchnorm
 from model.train import fit, load_train_data, setup_torch
 
@@ -353,7 +353,11 @@ def structured_and_layer_aware(cfg: Config, data, out: Path, unpruned: Path, res
         prev = {k: 0.0 for k in sizes}
         summary["layer_aware"] = {}
         for i, amount in enumerate(p.layer_amounts):
-            alloc = allocate(costs, p.probe_levels, sizes, amount, caps)
+            try:
+                alloc = allocate(costs, p.probe_levels, sizes, amount, caps)
+            except ValueError as err:
+                raise ConfigError(f"prune.layer_amounts {amount}: {err}; lower it, add a higher probe level "
+                                  "or lower prune.protected_density") from None
             d = layer_dir(out, amount)
             if resume and (d / "model.pt").exists():
                 net, _, _ = load_pruned(d / "model.pt", cfg)
