@@ -5,6 +5,7 @@
 #   make prune / qat / export / golden / verify [ACCEL=dir] / bench / report   one stage (and what it needs)
 #   make rtl-sim / rtl-synth  the RTL accelerator on the golden pairs (then make verify ACCEL=$(OUT)/rtl) / on an ECP5-85F
 #   make scaling              opt-in: latency against grid and threads, demo and paper-scale networks (~30 min)
+#   make curve                opt-in: the pruning curve to 95 % (configs/curve.toml) in $(OUT)_curve (~30 min)
 CONFIG ?= configs/demo.toml
 OUT    ?= runs/demo
 SYNTH  := data/synthetic
@@ -18,11 +19,11 @@ STAMP  := $(VENV)/.installed
 # the synthetic set is generated only when it is the data in use
 DATA_DEP := $(if $(filter $(SYNTH),$(DATA)),$(SYNTH)/synth_manifest.json,)
 
-.PHONY: all demo venv data train prune qat export golden golden-force verify rtl-sim rtl-verify rtl-synth bench scaling report evaluate test test-slow clean help
+.PHONY: all demo venv data train prune qat export golden golden-force verify rtl-sim rtl-verify rtl-synth bench scaling curve report evaluate test test-slow clean help
 .DELETE_ON_ERROR:
 
 help:
-	@sed -n '1,8p' Makefile
+	@sed -n '1,9p' Makefile
 
 all demo: report verify rtl-verify rtl-synth bench
 
@@ -100,6 +101,13 @@ scaling: $(OUT)/export/manifest.json
 	$(PY) benchmarks/scaling.py --export $(OUT)/export --out $(OUT)/bench/scaling --runs 3 $(SCALING_ARGS)
 	$(PY) benchmarks/scaling.py --untrained configs/ibsr.toml --out $(OUT)/bench/scaling_ibsr --threads 2 --runs 2 --shapes 32,32,32 64,80,64 128,160,128 \
 	    --backends ort_fp32,ort_int8_float_kernels,openvino_fp32,openvino_int8 --check-max-voxels 32768 $(SCALING_ARGS)
+
+# opt-in (not in demo): the pruning curve to 95 % (configs/curve.toml: global int8, layer-aware int8
+# and int4 at 75/90/95 %) in $(OUT)_curve/report/, reusing $(OUT)'s trained network (~30 min)
+curve: $(OUT)/train/model.pt
+	mkdir -p $(OUT)_curve/train
+	test -f $(OUT)_curve/train/model.pt || cp $(OUT)/train/model.pt $(OUT)_curve/train/model.pt
+	$(MAKE) report CONFIG=configs/curve.toml OUT=$(OUT)_curve
 
 # the float stage alone: identity and trained rows, per-label CSV, figure 3
 $(OUT)/report/figure3.png: $(OUT)/train/model.pt
