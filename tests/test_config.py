@@ -8,7 +8,7 @@ from model.config import ConfigError, config_from_dict, config_to_dict, load_con
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("name", ["demo.toml", "ibsr.toml"])
+@pytest.mark.parametrize("name", ["demo.toml", "ibsr.toml", "curve.toml"])
 def test_shipped_configs_load(name):
     """Every key the file sets reaches the Config (read independently with tomllib); the
     resolved config survives its dict form (what every artifact stores)."""
@@ -50,3 +50,11 @@ def test_ints_accepted_for_floats(tmp_path):
     p.write_text("[loss]\nbending_weight = 1\n")
     cfg = load_config(p)
     assert cfg.loss.bending_weight == 1.0 and isinstance(cfg.loss.bending_weight, float)
+
+
+def test_curve_config_reuses_the_demo_training():
+    """make curve copies the demo's trained network: the sections training depends on must match."""
+    demo, curve = load_config(ROOT / "configs" / "demo.toml"), load_config(ROOT / "configs" / "curve.toml")
+    for section in ("data", "model", "loss", "train"):
+        assert getattr(curve, section) == getattr(demo, section), section
+    assert max(curve.prune.layer_amounts) == 0.95 and max(curve.prune.amounts) == 0.95
