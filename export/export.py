@@ -107,7 +107,7 @@ def export_compressed(twin, cfg: Config, out: Path, inputs: list[np.ndarray]) ->
     smaller) beside the all-dense OUT/localnet_int8_dense.onnx. Returns the ddf elements of
     `inputs` where the integer reference (from weights.bin) and onnxruntime (optimisations on
     and off) differ from the Brevitas twin (the contract: 0), and the file sizes."""
-    from hw.reference import Reference, quantize_input
+    from hw.reference import Reference
 
     out.mkdir(parents=True, exist_ok=True)
     example = torch.from_numpy(inputs[0])

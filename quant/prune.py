@@ -63,6 +63,14 @@ def prunable_weights(net: nn.Module) -> dict[str, torch.Tensor]:
     return {f"{name}.weight": m.weight for name, m in net.named_modules() if isinstance(m, nn.Conv3d)}
 
 
+def _magnitude_keep(w: torch.Tensor, n_prune: int) -> torch.Tensor:
+    """Keep-mask of `w` without its `n_prune` smallest |w| (ties by position, zeros first)."""
+    order = torch.argsort(w.detach().abs().flatten(), stable=True)
+    keep = torch.ones(w.numel(), dtype=torch.bool)
+    keep[order[:n_prune]] = False
+    return keep.view_as(w)
+
+
 def global_magnitude_masks(net: nn.Module, amount: float) -> Masks:
     """Keep-masks zeroing the `amount` fraction of all convolution weights with the smallest |w|.
 
@@ -71,24 +79,13 @@ def global_magnitude_masks(net: nn.Module, amount: float) -> Masks:
     higher amount applied to a pruned network keeps the earlier mask (masks nest).
     """
     weights = prunable_weights(net)
-    flat = torch.cat([w.detach().abs().flatten() for w in weights.values()])
-    n_prune = round(amount * flat.numel())
-    order = torch.argsort(flat, stable=True)
-    keep = torch.ones(flat.numel(), dtype=torch.bool)
-    keep[order[:n_prune]] = False
+    flat = torch.cat([w.detach().flatten() for w in weights.values()])
+    keep = _magnitude_keep(flat, round(amount * flat.numel()))
     masks, at = {}, 0
     for name, w in weights.items():
         masks[name] = keep[at:at + w.numel()].view_as(w).clone()
         at += w.numel()
     return masks
-
-
-def _magnitude_keep(w: torch.Tensor, n_prune: int) -> torch.Tensor:
-    """Keep-mask of `w` without its `n_prune` smallest |w| (ties by position, zeros first)."""
-    order = torch.argsort(w.detach().abs().flatten(), stable=True)
-    keep = torch.ones(w.numel(), dtype=torch.bool)
-    keep[order[:n_prune]] = False
-    return keep.view_as(w)
 
 
 def layer_magnitude_masks(net: nn.Module, amounts: dict[str, float]) -> Masks:
@@ -104,14 +101,14 @@ def nm_block_masks(net: nn.Module, n: int, m: int) -> Masks:
     round(n / m x its length)) the `n` with the largest L2 norm are kept (ties by position)
     and the others zeroed whole. The engine skips an all-zero block, so the cycles of every
     convolution drop to about n/m of dense, whatever the weights."""
-    from hw.compiler import block_index
+    from hw.compiler import LANES, block_index
 
     masks = {}
     for name, w in prunable_weights(net).items():
         idx = torch.from_numpy(block_index(tuple(w.shape))).flatten()
         nb = int(idx.max()) + 1
         norm = torch.zeros(nb, dtype=torch.float64).index_add_(0, idx, w.detach().double().flatten().square())
-        per_group = nb // -(-w.shape[0] // 8)  # blocks per output group (ids are contiguous per group)
+        per_group = nb // -(-w.shape[0] // LANES)  # blocks per output group (ids are contiguous per group)
         keep_block = torch.zeros(nb, dtype=torch.bool)
         for g0 in range(0, nb, per_group):
             for r0 in range(g0, g0 + per_group, m):
@@ -121,6 +118,11 @@ def nm_block_masks(net: nn.Module, n: int, m: int) -> Masks:
                 keep_block[r0 + top] = True
         masks[name] = keep_block[idx].view_as(w)
     return masks
+
+
+def mask_sparsity(masks: Masks) -> float:
+    """The fraction of all masked weights that are pruned."""
+    return sum(int((~m).sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
 
 
 def apply_masks(net: nn.Module, masks: Masks) -> None:
@@ -267,9 +269,8 @@ def prune(cfg: Config, ckpt: Path, data_dir: Path, out: Path, resume: bool = Fal
     p = cfg.prune
 
     def meta(mode: str, amount: float, masks: Masks) -> dict:
-        n_pruned = sum(int((~m).sum()) for m in masks.values())
         return {"stage": "prune", "folded": True, "mode": mode, "masks": masks, "amount": amount,
-                "sparsity": n_pruned / sum(m.numel() for m in masks.values()), "source": str(ckpt)}
+                "sparsity": mask_sparsity(masks), "source": str(ckpt)}
 
     def save_untrained(path: Path, info: dict) -> None:  # a pruned network before any fine-tuning
         save_checkpoint(path, cfg, {"model": net.state_dict(), "step": 0, **info})
@@ -322,7 +323,7 @@ def _recover(cfg: Config, data, d: Path, net: nn.Module, teacher: nn.Module, inf
         masks = masks_at(n, step)
         apply_masks(n, masks)
         info["masks"] = masks  # fit reads `info` at each save
-        info["sparsity"] = sum(int((~m).sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+        info["sparsity"] = mask_sparsity(masks)
 
     path = fit(net, cfg, data, d, steps=p.gradual_steps, lr=p.gradual_lr, lr_final=p.gradual_lr / 10, stream=stream,
                resume=resume, progress=progress, desc=desc, after_step=after_step, extra=info,
@@ -342,14 +343,13 @@ def structured_and_layer_aware(cfg: Config, data, out: Path, unpruned: Path, res
     summary: dict = {}
     if p.layer_amounts:
         sens_path = out / "sensitivity.json"
+        net, _, _ = load_pruned(unpruned, cfg)
         if resume and sens_path.exists():
             costs = json.loads(sens_path.read_text())["dice_loss_rise"]
-        else:
-            probe, _, _ = load_pruned(unpruned, cfg)
-            costs = layer_sensitivity(probe, cfg, data, p.probe_levels, p.probe_batches, progress=progress)
+        else:  # leaves `net` as it was: every probed layer is restored
+            costs = layer_sensitivity(net, cfg, data, p.probe_levels, p.probe_batches, progress=progress)
             atomic_write_json(sens_path, {"levels": p.probe_levels, "batches": p.probe_batches,
                                           "dice_loss_rise": costs})
-        net, _, _ = load_pruned(unpruned, cfg)
         prev = {k: 0.0 for k in sizes}
         summary["layer_aware"] = {}
         for i, amount in enumerate(p.layer_amounts):
@@ -362,7 +362,7 @@ def structured_and_layer_aware(cfg: Config, data, out: Path, unpruned: Path, res
             if resume and (d / "model.pt").exists():
                 net, _, _ = load_pruned(d / "model.pt", cfg)
             else:
-                start = dict(prev)
+                start = prev
                 ramp = max(1, round(0.75 * p.gradual_steps))  # then held for the last quarter
                 info = meta("layer", amount, layer_magnitude_masks(net, start))
                 net = _recover(cfg, data, d, net, teacher, info,
