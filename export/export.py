@@ -60,7 +60,9 @@ def weight_records(twin, example: torch.Tensor) -> list[Record]:
     for name, m in twin.named_modules():
         if isinstance(m, qnn.QuantConv3d):
             p = params[name]
-            recs.append(Record(name, OP_CONV3D, p["bits"], p["e_w"], p["e_in"], weight=p["weight"], bias=p["bias"]))
+            per_channel = isinstance(p["e_w"], np.ndarray)
+            recs.append(Record(name, OP_CONV3D, p["bits"], 0 if per_channel else p["e_w"], p["e_in"], weight=p["weight"],
+                               bias=p["bias"], e_ch=p["e_w"] if per_channel else None))
         elif isinstance(m, (qnn.QuantIdentity, qnn.QuantReLU)):
             e = pot_exponent(m.act_quant.scale().detach())
             recs.append(Record(name, OP_QUANT, 8, e, relu=isinstance(m, qnn.QuantReLU)))
@@ -179,8 +181,9 @@ def export(cfg: Config, run: Path, data_dir: Path, progress: bool = True) -> dic
     for r in recs8:
         if r.op == OP_CONV3D:
             bound = bounds[r.name]
+            e_w = r.e0 if r.e_ch is None else r.e_w.tolist()  # a list: one exponent per output channel
             layers.append({"name": r.name, "op": "conv3d", "shape": list(r.weight.shape), "bits": r.bits,
-                           "e_w": r.e0, "e_in": r.e1, "e_acc": r.e0 + r.e1,
+                           "e_w": e_w, "e_in": r.e1, "e_acc": (r.e_w + r.e1).tolist() if r.e_ch is not None else r.e0 + r.e1,
                            "sparsity": round(1 - np.count_nonzero(r.weight) / r.weight.size, 4),
                            "acc_bound": bound, "acc_bits": int(bound).bit_length() + 1})
         else:

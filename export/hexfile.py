@@ -54,7 +54,11 @@ def write_hex_and_header(records: list[Record], out: Path) -> list[Path]:
             atomic_write_text(f, to_readmemh(vals, digits))
             files.append(f)
         shape = "x".join(map(str, r.weight.shape))
-        h += [f"#define {c}_E_W {r.e0}", f"#define {c}_E_IN {r.e1}",
+        if r.e_ch is None:
+            h.append(f"#define {c}_E_W {r.e0}")
+        else:  # per-channel weight scales: one exponent per output channel
+            h.append(f"static const int8_t {c.lower()}_e_w[{r.e_ch.size}] = {{" + ", ".join(map(str, r.e_ch.tolist())) + "};")
+        h += [f"#define {c}_E_IN {r.e1}",
               f"static const int8_t {c.lower()}_weight[{r.weight.size}] = {{ /* {shape}, C order */",
               "  " + ", ".join(map(str, r.weight.ravel().tolist())) + "};",
               f"static const int32_t {c.lower()}_bias[{r.bias.size}] = {{" + ", ".join(map(str, r.bias.tolist())) + "};",

@@ -22,10 +22,11 @@ import numpy as np
 from export.pack import decode_weights, encode_weights
 
 MAGIC = b"LNWB"
-VERSION = 1
+VERSION = 2              # written; READ_VERSIONS are read (version 1: per-tensor weight exponents only)
+READ_VERSIONS = (1, 2)
 ALIGN = 16
 OP_CONV3D, OP_QUANT = 1, 2
-FLAG_RELU = 1
+FLAG_RELU, FLAG_PER_CHANNEL = 1, 2
 
 # file header: magic, version, header bytes, record count, file bytes, meta bytes, meta crc, 0, header crc
 HEADER = struct.Struct("<4sHHIIIIII")
@@ -42,7 +43,8 @@ class WeightsError(ValueError):
 @dataclass
 class Record:
     """One quantised layer. conv3d: e0 = e_w (weight scale 2^-e_w), e1 = e_in (input scale),
-    weight int8 (C_out, C_in, kD, kH, kW) of `bits`, bias int32 (C_out,) at scale 2^-(e_in + e_w).
+    weight int8 (C_out, C_in, kD, kH, kW) of `bits`, bias int32 (C_out,) at scale 2^-(e_in + e_w);
+    with per-channel weight scales `e_ch` holds e_w per output channel (C_out,) and e0 is 0.
     quant: requantisation to int`bits` at scale 2^-e0 (e1 unused, 0), optional ReLU."""
     name: str
     op: int
@@ -52,8 +54,16 @@ class Record:
     relu: bool = False
     weight: np.ndarray | None = None
     bias: np.ndarray | None = None
+    e_ch: np.ndarray | None = None  # conv3d with per-channel weight scales: e_w per output channel
     encoding: int = 0  # filled in when written / read
     payload_bytes: int = 0  # packed weight bytes as stored (filled in when written / read)
+
+    @property
+    def e_w(self) -> np.ndarray:
+        """conv3d: the weight exponent of every output channel, int64 (C_out,)."""
+        if self.e_ch is not None:
+            return np.asarray(self.e_ch, dtype=np.int64)
+        return np.full(self.weight.shape[0], self.e0, dtype=np.int64)
 
 
 @dataclass
@@ -90,7 +100,8 @@ def _record_bytes(r: Record) -> bytes:
     if not 0 < len(name) < 256:
         raise WeightsError(f"record name {r.name!r}: length must be 1..255 bytes")
     payload, nnz, shape = b"", 0, (0, 0, 0, 0, 0)
-    bias = b""
+    bias = exps = b""
+    flags = FLAG_RELU if r.relu else 0
     if r.op == OP_CONV3D:
         w = np.asarray(r.weight)
         if w.ndim != 5:
@@ -102,12 +113,20 @@ def _record_bytes(r: Record) -> bytes:
         if b.shape != (w.shape[0],) or b.dtype != np.int32:
             raise WeightsError(f"record {r.name}: bias must be int32 of shape ({w.shape[0]},)")
         bias = b.astype("<i4").tobytes()
+        if r.e_ch is not None:
+            e = np.asarray(r.e_ch)
+            if e.shape != (w.shape[0],) or e.min() < -128 or e.max() > 127 or r.e0 != 0:
+                raise WeightsError(f"record {r.name}: per-channel exponents must be {w.shape[0]} int8 values "
+                                   f"(and e0 0), got shape {e.shape}, e0 {r.e0}")
+            flags |= FLAG_PER_CHANNEL
+            exps = e.astype(np.int8).tobytes()
+            exps += b"\0" * (_pad(len(exps), 4) - len(exps))
     elif r.op != OP_QUANT:
         raise WeightsError(f"record {r.name}: unknown op {r.op}")
-    body = name + b"\0" * (_pad(len(name), 4) - len(name)) + bias + payload
+    body = name + b"\0" * (_pad(len(name), 4) - len(name)) + bias + exps + payload
     total = _pad(RECORD.size + len(body))
     body += b"\0" * (total - RECORD.size - len(body))
-    head_wo_crc = RECORD.pack(total, 0, r.op, FLAG_RELU if r.relu else 0, r.bits, r.encoding, len(name), r.e0, r.e1,
+    head_wo_crc = RECORD.pack(total, 0, r.op, flags, r.bits, r.encoding, len(name), r.e0, r.e1,
                               0, shape[0], shape[1], shape[2], shape[3], shape[4], 0, len(payload), nnz)
     crc = zlib.crc32(head_wo_crc[8:] + body)
     return RECORD.pack(total, crc, *RECORD.unpack(head_wo_crc)[2:]) + body
@@ -143,8 +162,9 @@ def read_weights(path: str | Path) -> WeightsFile:
         raise WeightsError(f"{path}: wrong magic {magic!r}, expected {MAGIC!r}: not a weights.bin")
     if zlib.crc32(data[:HEADER.size - 4]) != head_crc:
         raise WeightsError(f"{path}: file header CRC mismatch: the header is corrupted")
-    if version != VERSION:
-        raise WeightsError(f"{path}: format version {version}, this reader understands {VERSION}")
+    if version not in READ_VERSIONS:
+        raise WeightsError(f"{path}: format version {version}, this reader understands versions "
+                           f"{', '.join(map(str, READ_VERSIONS))}")
     if len(data) != total:
         raise WeightsError(f"{path}: {len(data)} bytes, the header says {total}: file truncated or extended")
     if header_size != HEADER.size:
@@ -169,11 +189,17 @@ def read_weights(path: str | Path) -> WeightsFile:
         name = body[:name_len].decode()
         where = f"{path}: record {i} ({name})"
         r = Record(name, op, bits, e0, e1, relu=bool(flags & FLAG_RELU), encoding=enc, payload_bytes=n_payload)
+        if flags & ~(FLAG_RELU | (FLAG_PER_CHANNEL if version >= 2 and op == OP_CONV3D else 0)):
+            raise WeightsError(f"{where}: flags {flags:#x} not defined for this op in format version {version}")
         if op == OP_CONV3D:
             shape = (c_out, c_in, kd, kh, kw)
             off = _pad(name_len, 4)
             r.bias = np.frombuffer(body[off:off + 4 * c_out], dtype="<i4").astype(np.int32)
-            payload = body[off + 4 * c_out:off + 4 * c_out + n_payload]
+            off += 4 * c_out
+            if flags & FLAG_PER_CHANNEL:
+                r.e_ch = np.frombuffer(body[off:off + c_out], dtype=np.int8).astype(np.int64)
+                off += _pad(c_out, 4)
+            payload = body[off:off + n_payload]
             try:
                 r.weight = decode_weights(enc, payload, shape, bits)
             except ValueError as e:

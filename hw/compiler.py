@@ -270,7 +270,7 @@ class Compiler:
         self.descs: list[Desc] = []
         self.tensors: dict[str, Tensor] = {}
         self.wwords: list[int] = []
-        self.wpending: list[tuple[Desc, np.ndarray, list]] = []   # (CONV, its bias, its blocks)
+        self.wpending: list[tuple[Desc, np.ndarray, np.ndarray, list]] = []   # (CONV, bias, shifts, blocks)
         self.act_words = 0
 
     # memory plan: every tensor its own region (all stay readable for the dumps)
@@ -325,7 +325,7 @@ class Compiler:
         u_rec = Record(name, rec.op, 8, 0, x.e, weight=onehot, bias=np.zeros(nq * LANES, dtype=np.int32))
         u_out = Record(name, 2, 8, x.e)
         u = self._emit_conv(x, u_rec, name, name, u_out, False, 0, dense=False)
-        return u, Record(rec.name, rec.op, rec.bits, rec.e0, rec.e1, weight=w2, bias=rec.bias)
+        return u, Record(rec.name, rec.op, rec.bits, rec.e0, rec.e1, weight=w2, bias=rec.bias, e_ch=rec.e_ch)
 
     def _emit_conv(self, x: Tensor, rec: Record, conv: str, act: str, out: Record, nearest_in: bool, macs: int,
                    w_taps: list[int] | None = None, dense: bool | None = None) -> Tensor:
@@ -334,8 +334,9 @@ class Compiler:
             int(np.abs(rec.bias.astype(np.int64)).max(initial=0))
         if bound >= ACC_LIMIT:
             raise CompileError(f"{conv}: accumulator bound {bound} does not fit int32")
-        s_out = rec.e0 + rec.e1 - out.e0
-        self._check_shift(conv, s_out)
+        shifts = rec.e_w + rec.e1 - out.e0   # per output channel (all equal with a per-tensor weight scale)
+        for c, s in enumerate(shifts):
+            self._check_shift(f"{conv} output channel {c}", int(s))
         grid = tuple(2 * v for v in x.grid) if nearest_in else x.grid
         blocks = conv_blocks(rec, self.dense if dense is None else dense, w_taps)
         for og, bl in enumerate(blocks):
@@ -344,10 +345,10 @@ class Compiler:
                                    f"holds {self.wbuf_entries}")
         y = self._alloc(act, cout, grid, out.e0)
         d = Desc(OP_CONV, conv, flags=(F_RELU if out.relu else 0) | (F_A_NEAREST if nearest_in else 0), grid=grid,
-                 a=(x.base, x.stride, 0), o=(y.base, y.stride), ocg=len(blocks), k=kd, s_out=s_out,
+                 a=(x.base, x.stride, 0), o=(y.base, y.stride), ocg=len(blocks), k=kd,
                  entries=[len(bl) for bl in blocks], macs=macs)
         self.descs.append(d)
-        self.wpending.append((d, rec.bias, blocks))
+        self.wpending.append((d, rec.bias, shifts, blocks))
         return y
 
     def _check_shift(self, layer: str, s: int) -> None:
@@ -427,13 +428,16 @@ class Compiler:
     def _finish(self) -> Program:
         wbase = len(self.descs) * DESC_WORDS
         words: list[int] = []
-        for d, bias, blocks in self.wpending:
+        for d, bias, shifts, blocks in self.wpending:
             d.wbase = wbase + len(words)
-            bz = np.zeros(len(blocks) * LANES, dtype="<i4")   # output lanes beyond C_out: bias 0
+            bz = np.zeros(len(blocks) * LANES, dtype="<i4")   # output lanes beyond C_out: bias 0, shift 0
             bz[:len(bias)] = bias
+            sz = np.zeros(len(blocks) * LANES, dtype=np.int8)
+            sz[:len(shifts)] = shifts
             for og, bl in enumerate(blocks):
                 words.append(len(bl))
                 words += bz[og * LANES:(og + 1) * LANES].view("<u8").tolist()   # lane 2i low, 2i+1 high
+                words.append(int(sz[og * LANES:(og + 1) * LANES].view("<u8")[0]))  # byte j: lane j's shift
                 for (a, b, c, g), blk in bl:
                     words.append(a | (b << 8) | (c << 16) | (g << 24))
                     words += blk.view("<u8").ravel().tolist()   # word j: output lane j, byte i: input lane i

@@ -19,7 +19,7 @@ from hw.compiler import (DESC_WORDS, F_A_NEAREST, F_A_TRILINEAR, F_B_NEAREST, F_
 
 # cycle model (hw/ACCEL.md): fixed costs of the controller
 FETCH_CYCLES = DESC_WORDS + 3      # 8 requests, 2 cycles to the last word (registered request, read), decode
-LOAD_FIXED = 1 + LANES // 2 + 2    # block count, 4 bias words, 2 cycles to the last word
+LOAD_FIXED = 1 + LANES // 2 + 1 + 2    # block count, 4 bias words, the shift word, 2 cycles to the last word
 DRAIN_CYCLES = 15                  # after the last slot: I0-I1, A0-A4, memory, P0-P1, P2a-P2b, P3-P5, the write
 START_CYCLES = 1
 
@@ -92,8 +92,9 @@ def _conv(mem: np.ndarray, d: dict, cyc: dict) -> None:
     for og in range(d["ocg"]):
         n = int(mem[ptr])
         bias = np.ascontiguousarray(mem[ptr + 1:ptr + 1 + LANES // 2], dtype=np.uint64).view(np.int32).astype(np.int64)
+        shifts = np.array([int(mem[ptr + 1 + LANES // 2])], dtype="<u8").view(np.int8).astype(np.int64)
         acc = np.zeros((D, H, W, LANES), dtype=np.float64)
-        q = ptr + 1 + LANES // 2
+        q = ptr + 2 + LANES // 2
         for e in range(n):
             hdr = int(mem[q])
             a, b, c, g = hdr & 0xFF, (hdr >> 8) & 0xFF, (hdr >> 16) & 0xFF, (hdr >> 24) & 0xFF
@@ -103,7 +104,7 @@ def _conv(mem: np.ndarray, d: dict, cyc: dict) -> None:
             acc += xs @ blk.astype(np.float64).T
             q += 1 + LANES
         acc = np.rint(acc).astype(np.int64) + bias
-        _write(mem, d["o"][0], d["o"][1], (D, H, W), og, requantize_shift_rne(acc, d["s_out"], *saturate_range(bool(d["flags"] & F_RELU))))
+        _write(mem, d["o"][0], d["o"][1], (D, H, W), og, requantize_shift_rne(acc, shifts, *saturate_range(bool(d["flags"] & F_RELU))))
         cyc["load"] += LOAD_FIXED + (1 + LANES) * n
         cyc["run"] += nvox * n + DRAIN_CYCLES
         ptr = q

@@ -34,21 +34,21 @@ class QTensor:
         self.q, self.e = q, int(e)
 
 
-def requantize_shift_rne(acc: np.ndarray, shift: int, lo: int = INT8_MIN, hi: int = INT8_MAX) -> np.ndarray:
+def requantize_shift_rne(acc: np.ndarray, shift, lo: int = INT8_MIN, hi: int = INT8_MAX) -> np.ndarray:
     """round(acc / 2^shift) with ties to even, then saturate to [lo, hi]; int64 in, int8 out.
 
     shift > 0: arithmetic right shift with round-half-to-even on the dropped bits;
     shift <= 0: exact left shift (the output scale is finer than the accumulator's).
+    `shift` is an int, or an integer array that broadcasts against `acc` (one per channel).
     """
     acc = np.asarray(acc, dtype=np.int64)
-    if shift <= 0:
-        out = acc << -shift
-    else:
-        floor = acc >> shift  # arithmetic: floor division by 2^shift
-        rem = acc - (floor << shift)  # in [0, 2^shift)
-        half = np.int64(1) << (shift - 1)
-        up = (rem > half) | ((rem == half) & (floor & 1 == 1))
-        out = floor + up
+    shift = np.asarray(shift, dtype=np.int64)
+    right = np.maximum(shift, 0)
+    floor = acc >> right  # arithmetic: floor division by 2^shift
+    rem = acc - (floor << right)  # in [0, 2^shift)
+    half = np.int64(1) << np.maximum(right - 1, 0)  # (for shift <= 0, rem is 0 < half: no rounding)
+    up = (rem > half) | ((rem == half) & (floor & 1 == 1) & (right > 0))
+    out = (floor + up) << np.maximum(-shift, 0)
     return np.clip(out, lo, hi).astype(np.int8)
 
 
@@ -95,14 +95,15 @@ def conv3d_acc_s8_loops(x: np.ndarray, w: np.ndarray, bias: np.ndarray) -> np.nd
 
 
 def conv3d_s8(x: QTensor, rec: Record, out: Record) -> QTensor:
-    """Convolution `rec` then the requantisation `out` (its exponent and ReLU)."""
+    """Convolution `rec` then the requantisation `out` (its exponent and ReLU); with per-channel
+    weight exponents each output channel shifts by its own e_in + e_w[c] - e_out."""
     if x.e != rec.e1:
         raise ValueError(f"{rec.name}: input exponent {x.e}, the layer was quantised for {rec.e1}")
     acc = conv3d_acc_s8(x.q, rec.weight, rec.bias)
     if acc.min() < INT32_MIN or acc.max() > INT32_MAX:
         raise OverflowError(f"{rec.name}: accumulator leaves int32")
-    e_acc = rec.e0 + rec.e1
-    return QTensor(requantize_shift_rne(acc, e_acc - out.e0, *saturate_range(out.relu)), out.e0)
+    shift = (rec.e_w + rec.e1 - out.e0)[None, :, None, None, None]
+    return QTensor(requantize_shift_rne(acc, shift, *saturate_range(out.relu)), out.e0)
 
 
 def add_acc(a: np.ndarray, e_a: int, b: np.ndarray, e_b: int, out: Record) -> QTensor:

@@ -113,6 +113,9 @@ class QATConfig:
     layer_int8: list[float] = field(default_factory=list)
     layer_int4: list[float] = field(default_factory=list)
     nm_int8: bool = False
+    # weight scales of every QAT model: "tensor" (one power of two per layer) or "channel" (one
+    # per output channel; weights.bin format 2 carries the exponents)
+    weight_scale: str = "tensor"
 
 
 @dataclass
@@ -172,6 +175,8 @@ class Config:
             bad = [x for x in getattr(self.qat, key) if x not in la]
             if bad:
                 raise ConfigError(f"qat.{key} {bad} not in prune.layer_amounts {la}")
+        if self.qat.weight_scale not in ("tensor", "channel"):
+            raise ConfigError(f"qat.weight_scale {self.qat.weight_scale!r} must be \"tensor\" or \"channel\"")
         if self.qat.nm_int8 and not p.nm:
             raise ConfigError("qat.nm_int8 needs prune.nm")
         if min(self.prune.steps, self.qat.steps, self.qat.curve_steps) < 0 or self.qat.calib_batches < 1:

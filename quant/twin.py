@@ -10,8 +10,10 @@ The twin is built from the same config with the same parameter names as the fold
 tensor that crosses a layer boundary is quantised (the numeric contract of hw/SPEC.md):
 
     input            Int8ActPoT        the 2-channel (moving, fixed) image, int8
-    convolution      Int8WeightPoT / Int4WeightPoT weights (narrow: [-127, 127] / [-7, 7]),
-                     Int32Bias at the accumulator scale 2^-(e_in + e_w), then an int8
+    convolution      Int8WeightPoT / Int4WeightPoT weights (narrow: [-127, 127] / [-7, 7]), one
+                     scale per tensor, or (`weight_scale="channel"`) Int8/Int4WeightPoTPerChannel,
+                     one per output channel; Int32Bias at the accumulator scale 2^-(e_in + e_w)
+                     (per channel where e_w is), then an int8
                      requantisation, with ReLU where the float network has one
     add              both int8 inputs aligned exactly, summed, requantised once to int8
                      (with ReLU where the float network has one)
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Optional
 
 import numpy as np
 import torch
@@ -37,9 +40,11 @@ import torch.nn.functional as F
 
 with warnings.catch_warnings():  # brevitas announces an optional package it does not need here
     warnings.filterwarnings("ignore", message="fast_hadamard_transform")
+    import brevitas
     import brevitas.nn as qnn
     from brevitas.graph.calibrate import calibration_mode
     from brevitas.quant import Int8ActPerTensorFixedPoint, Int8WeightPerTensorFixedPoint, Int32Bias
+    from brevitas.quant.fixed_point import Int8WeightPerChannelFixedPoint
     from brevitas.quant_tensor import QuantTensor
 
 from model.config import ConfigError
@@ -47,17 +52,57 @@ from model.localnet import level_features, upsample_linear2, upsample_nearest2
 
 
 class Int8WeightPoT(Int8WeightPerTensorFixedPoint):
-    """int8 weights in [-127, 127], per-tensor scale 2^-e from the max |w| (ceil), e <= 16.
+    """int8 weights in [-127, 127], per-tensor scale 2^-e from the max |w| (ceil).
 
-    The floor on the scale keeps the int32 bias (scale 2^-(e_in + e_w)) in range when a
-    layer's weights are tiny or pruned away: with e_w <= 16 and e_in <= 10 a bias up to
-    2^31 * 2^-26 = 32 fits."""
+    The floor applies to the max |w| before the division by 127: e <= 23. It only matters for a
+    layer whose weights are all (nearly) zero, whose bias then quantises at 2^-(e_in + 23)."""
     scaling_min_val = 2.0**-16
 
 
 class Int4WeightPoT(Int8WeightPoT):
-    """int4 weights in [-7, 7], per-tensor scale 2^-e from the max |w| (ceil), e <= 16."""
+    """int4 weights in [-7, 7], per-tensor scale 2^-e from the max |w| (ceil)."""
     bit_width = 4
+
+
+CHANNEL_SPREAD = 2.0**-6  # a channel's max |w| counts as at least 1/64 of the layer's (below)
+
+
+class ChannelAbsMaxFloored(brevitas.jit.ScriptModule):
+    """Per-output-channel max |w|, floored at CHANNEL_SPREAD times the layer's max |w|.
+
+    Without the floor an (almost) empty channel, e.g. one pruned away, gets a scale 2^-23 and
+    its int32 bias at 2^-(e_in + 23) overflows; with it every channel's exponent lies within 6
+    of the finest a per-tensor scale would give the layer, so biases stay as far inside int32
+    as per-tensor ones (within a factor 64) and the requantisation shifts stay bounded. A
+    channel that small would hold integers below 2 at the per-tensor scale anyway."""
+    __constants__ = ["stats_reduce_dim"]
+
+    def __init__(self, stats_reduce_dim: Optional[int] = None, keepdim: bool = False) -> None:
+        super().__init__()
+        self.stats_reduce_dim = stats_reduce_dim
+        self.keepdim = keepdim
+
+    @brevitas.jit.script_method
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = torch.max(torch.abs(x), dim=self.stats_reduce_dim, keepdim=self.keepdim)[0]
+        return torch.maximum(m, torch.max(m) * CHANNEL_SPREAD)
+
+
+class Int8WeightPoTPerChannel(Int8WeightPerChannelFixedPoint):
+    """int8 weights in [-127, 127], one scale 2^-e per output channel from its max |w| (ceil),
+    floored as ChannelAbsMaxFloored says."""
+    scaling_min_val = 2.0**-16
+    scaling_stats_impl = ChannelAbsMaxFloored
+
+
+class Int4WeightPoTPerChannel(Int8WeightPoTPerChannel):
+    """int4 weights in [-7, 7], one scale 2^-e per output channel."""
+    bit_width = 4
+
+
+WEIGHT_QUANT = {("tensor", 8): Int8WeightPoT, ("tensor", 4): Int4WeightPoT,
+                ("channel", 8): Int8WeightPoTPerChannel, ("channel", 4): Int4WeightPoTPerChannel}
+WEIGHT_SCALES = ("tensor", "channel")
 
 
 class Int8ActPoT(Int8ActPerTensorFixedPoint):
@@ -84,11 +129,13 @@ class QConv(nn.Module):
 class QuantSpec:
     """The quantisers of one twin; `on=False` builds the float twin (every quantiser None)."""
 
-    def __init__(self, weight_bits: int = 8, on: bool = True):
+    def __init__(self, weight_bits: int = 8, on: bool = True, weight_scale: str = "tensor"):
         if weight_bits not in (4, 8):
             raise ConfigError(f"weight bits must be 4 or 8, got {weight_bits}")
+        if weight_scale not in WEIGHT_SCALES:
+            raise ConfigError(f"weight scale must be one of {WEIGHT_SCALES}, got {weight_scale!r}")
         self.on = on
-        self.weight = (Int8WeightPoT if weight_bits == 8 else Int4WeightPoT) if on else None
+        self.weight = WEIGHT_QUANT[weight_scale, weight_bits] if on else None
         self.bias = Int32Bias if on else None
         self.act = Int8ActPoT if on else None
 
@@ -134,10 +181,11 @@ class QUpBlock(nn.Module):
 class QuantLocalNet(nn.Module):
     """The integer twin of fold_batchnorm(LocalNet(cfg)); forward returns the dequantised ddf (voxels)."""
 
-    def __init__(self, cfg, weight_bits: int = 8, quantize: bool = True, in_channels: int = 2):
+    def __init__(self, cfg, weight_bits: int = 8, quantize: bool = True, in_channels: int = 2,
+                 weight_scale: str = "tensor"):
         super().__init__()
-        q = QuantSpec(weight_bits, quantize)
-        self.cfg, self.weight_bits = cfg, weight_bits
+        q = QuantSpec(weight_bits, quantize, weight_scale)
+        self.cfg, self.weight_bits, self.weight_scale = cfg, weight_bits, weight_scale
         nc = [cfg.base_channels * 2**i for i in range(cfg.levels + 1)]
         self.input = q.act_layer(relu=False)
         self.down = nn.ModuleList([QDownBlock(in_channels if i == 0 else nc[i - 1], nc[i], 7 if i == 0 else 3, q)
@@ -181,9 +229,10 @@ class QuantLocalNet(nn.Module):
         return _value(ddf)
 
 
-def quant_twin(folded: nn.Module, cfg, weight_bits: int = 8, quantize: bool = True) -> QuantLocalNet:
+def quant_twin(folded: nn.Module, cfg, weight_bits: int = 8, quantize: bool = True,
+               weight_scale: str = "tensor") -> QuantLocalNet:
     """A QuantLocalNet holding the weights of a BatchNorm-folded LocalNet."""
-    twin = QuantLocalNet(cfg, weight_bits, quantize)
+    twin = QuantLocalNet(cfg, weight_bits, quantize, weight_scale=weight_scale)
     missing, unexpected = twin.load_state_dict(folded.state_dict(), strict=False)
     own = {k for k, _ in folded.named_parameters()}
     if unexpected or any(k in own for k in missing):
@@ -196,7 +245,7 @@ def quantizer_scales(twin: QuantLocalNet) -> dict[str, float]:
     scales = {}
     for name, m in twin.named_modules():
         if isinstance(m, qnn.QuantConv3d):
-            scales[f"{name}.weight"] = float(m.quant_weight().scale.detach())
+            scales[f"{name}.weight"] = float(m.quant_weight().scale.detach().max())
         elif isinstance(m, (qnn.QuantIdentity, qnn.QuantReLU)):
             scales[name] = float(m.act_quant.scale().detach())
     return scales
@@ -210,7 +259,8 @@ def pot_exponent(scale) -> int:
 def integer_params(twin: QuantLocalNet, example: torch.Tensor) -> dict[str, dict]:
     """The integers a deployment stores, per convolution (module name):
 
-    {"weight": int8 array (C_out, C_in, kD, kH, kW), "bits": 4|8, "e_w": int, "e_in": int,
+    {"weight": int8 array (C_out, C_in, kD, kH, kW), "bits": 4|8, "e_in": int,
+     "e_w": int (per-tensor scale) or int array (C_out,) (per-channel: twin.weight_scale == "channel"),
      "bias": int32 array (C_out,) at the accumulator scale 2^-(e_in + e_w)}, scale = 2^-e.
     `example` (1, 2, X, Y, Z) is run once to read each convolution's input scale.
     """
@@ -229,12 +279,18 @@ def integer_params(twin: QuantLocalNet, example: torch.Tensor) -> dict[str, dict
             if not isinstance(m, qnn.QuantConv3d):
                 continue
             qw = m.quant_weight()
-            s_w, s_in = float(qw.scale), float(e_in[name])
-            w = torch.round(qw.value / s_w)
-            b = torch.clamp(torch.round(m.bias / (s_w * s_in)), -2**31, 2**31 - 1)  # Int32Bias: RNE, saturate
+            s_w = qw.scale.detach().double()  # () or (C_out, 1, 1, 1, 1)
+            s_in = float(e_in[name])
+            w = torch.round(qw.value.double() / s_w)
+            s_b = (s_w * s_in).reshape(-1)
+            b = torch.clamp(torch.round(m.bias.double() / s_b), -2**31, 2**31 - 1)  # Int32Bias: RNE, saturate
+            e_w = -torch.round(torch.log2(s_w.reshape(-1))).to(torch.int64)
+            if not torch.equal(torch.exp2(-e_w.double()), s_w.reshape(-1)):
+                raise ValueError(f"{name}: weight scale is not a power of two")
+            per_channel = twin.weight_scale == "channel"
             out[name] = {"weight": w.to(torch.int8).numpy(), "bits": twin.weight_bits,
-                         "e_w": pot_exponent(s_w), "e_in": pot_exponent(s_in),
-                         "bias": b.to(torch.int64).numpy().astype(np.int32)}
+                         "e_w": e_w.numpy().astype(np.int64) if per_channel else int(e_w[0]),
+                         "e_in": pot_exponent(s_in), "bias": b.to(torch.int64).numpy().astype(np.int32)}
     return out
 
 

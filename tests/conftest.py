@@ -49,6 +49,7 @@ curve_steps = 1
 layer_int8 = [0.5]
 layer_int4 = [0.5]
 nm_int8 = true
+weight_scale = "channel"
 """
 
 

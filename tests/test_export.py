@@ -66,7 +66,10 @@ def _records(seed=0, bits=8):
     w[rng.random(w.shape) < 0.6] = 0
     return [Record("in", OP_QUANT, 8, 7),
             Record("c0.conv", OP_CONV3D, bits, 9, 7, weight=w, bias=rng.integers(-2**31, 2**31, 3).astype(np.int32)),
-            Record("c0.act", OP_QUANT, 8, 5, relu=True)]
+            Record("c0.act", OP_QUANT, 8, 5, relu=True),
+            Record("c1.conv", OP_CONV3D, bits, 0, 5, weight=w[:, :, :, ::-1].copy(),  # per-channel exponents
+                   bias=rng.integers(-2**31, 2**31, 3).astype(np.int32), e_ch=np.array([9, -3, 16])),
+            Record("c1.act", OP_QUANT, 8, 4)]
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -75,13 +78,15 @@ def test_weights_bin_round_trip(tmp_path, bits):
     n = write_weights(tmp_path / "w.bin", recs, {"model": {"levels": 1}})
     assert n == (tmp_path / "w.bin").stat().st_size and n % 16 == 0
     wb = read_weights(tmp_path / "w.bin")
-    assert wb.meta == {"model": {"levels": 1}} and list(wb.records) == ["in", "c0.conv", "c0.act"]
+    assert wb.meta == {"model": {"levels": 1}} and list(wb.records) == ["in", "c0.conv", "c0.act", "c1.conv", "c1.act"]
     for r in recs:
         got = wb.records[r.name]
         assert (got.op, got.bits, got.e0, got.e1, got.relu) == (r.op, r.bits, r.e0, r.e1, r.relu)
         if r.op == OP_CONV3D:
             assert np.array_equal(got.weight, r.weight) and np.array_equal(got.bias, r.bias)
             assert got.weight.dtype == np.int8 and got.bias.dtype == np.int32
+            assert (got.e_ch is None) == (r.e_ch is None) and got.e_w.tolist() == r.e_w.tolist()
+    assert wb.records["c0.conv"].e_w.tolist() == [9, 9, 9] and wb.records["c1.conv"].e_w.tolist() == [9, -3, 16]
 
 
 def test_every_flipped_bit_is_caught(tmp_path):
@@ -107,27 +112,35 @@ def test_truncation_magic_version_named(tmp_path):
     bad.write_bytes(b"XXXX" + data[4:])
     with pytest.raises(WeightsError, match="wrong magic"):
         read_weights(bad)
-    # version 2 with a valid header CRC: refused for its version, not its CRC
+    # version 3 with a valid header CRC: refused for its version, not its CRC
     head = bytearray(data[:HEADER.size])
-    struct.pack_into("<H", head, 4, 2)
+    struct.pack_into("<H", head, 4, 3)
     struct.pack_into("<I", head, 28, zlib.crc32(bytes(head[:28])))
     bad.write_bytes(bytes(head) + data[HEADER.size:])
-    with pytest.raises(WeightsError, match="format version 2"):
+    with pytest.raises(WeightsError, match="format version 3, this reader understands versions 1, 2"):
+        read_weights(bad)
+    # version 1 has no per-channel exponents: a version-1 header on this file is refused at that record
+    struct.pack_into("<H", head, 4, 1)
+    struct.pack_into("<I", head, 28, zlib.crc32(bytes(head[:28])))
+    bad.write_bytes(bytes(head) + data[HEADER.size:])
+    with pytest.raises(WeightsError, match=r"record 3 \(c1.conv\): flags 0x2 not defined .* version 1"):
         read_weights(bad)
     # a corrupted record is named
     flipped = bytearray(data)
     flipped[-5] ^= 0x10
     bad.write_bytes(bytes(flipped))
-    with pytest.raises(WeightsError, match=r"record 2 at byte \d+: CRC mismatch"):
+    with pytest.raises(WeightsError, match=r"record 4 at byte \d+: CRC mismatch"):
         read_weights(bad)
 
 
 
-def test_weights_bin_built_by_hand_from_format_md(tmp_path):
-    """A file assembled here from FORMAT.md's byte layout alone (struct + zlib, not the writer)."""
-    def record(op, flags, bits, enc, name, e0, e1, shape=(0, 0, 0, 0, 0), bias=b"", payload=b"", nnz=0):
+def _hand_file(path, version, per_channel):
+    """A weights.bin assembled from FORMAT.md's byte layout alone (struct + zlib, not the writer):
+    input, one 1x1x1 convolution with two output channels (bitmask weights [0, 5 | 0, -1]) and
+    its requantisation; per-tensor e_w 9, or per-channel exponents 9 and 11."""
+    def record(op, flags, bits, enc, name, e0, e1, shape=(0, 0, 0, 0, 0), extra=b"", payload=b"", nnz=0):
         n = name.encode()
-        body = n + b"\0" * (-len(n) % 4) + bias + payload
+        body = n + b"\0" * (-len(n) % 4) + extra + payload
         size = (32 + len(body) + 15) // 16 * 16
         body += b"\0" * (size - 32 - len(body))
         tail = struct.pack("<BBBBBbbBHHBBBBII", op, flags, bits, enc, len(n), e0, e1, 0, *shape, 0, len(payload), nnz)
@@ -135,24 +148,32 @@ def test_weights_bin_built_by_hand_from_format_md(tmp_path):
 
     meta = b'{"model": {"levels": 1}}'
     meta += b" " * (-len(meta) % 16)
-    recs = (record(2, 0, 8, 0, "in", 7, 0)
-            + record(1, 0, 8, 1, "c.conv", 9, 7, (1, 1, 1, 1, 4), struct.pack("<i", -3), bytes([0x0A, 0x05, 0xFF]), 2)
-            + record(2, 1, 8, 0, "c.act", 5, 0))
+    bias = struct.pack("<ii", -3, 70000)
+    conv = (record(1, 2, 8, 1, "c.conv", 0, 7, (2, 1, 1, 1, 2), bias + bytes([9, 11, 0, 0]), bytes([0x0A, 0x05, 0xFF]), 2)
+            if per_channel else record(1, 0, 8, 1, "c.conv", 9, 7, (2, 1, 1, 1, 2), bias, bytes([0x0A, 0x05, 0xFF]), 2))
+    recs = record(2, 0, 8, 0, "in", 7, 0) + conv + record(2, 1, 8, 0, "c.act", 5, 0)
     total = 32 + len(meta) + len(recs)
-    head = struct.pack("<4sHHIIIII", b"LNWB", 1, 32, 3, total, len(meta), zlib.crc32(meta), 0)
-    (tmp_path / "hand.bin").write_bytes(head + struct.pack("<I", zlib.crc32(head)) + meta + recs)
+    head = struct.pack("<4sHHIIIII", b"LNWB", version, 32, 3, total, len(meta), zlib.crc32(meta), 0)
+    path.write_bytes(head + struct.pack("<I", zlib.crc32(head)) + meta + recs)
+    return path
 
-    wb = read_weights(tmp_path / "hand.bin")
+
+@pytest.mark.parametrize("version, per_channel", [(1, False), (2, False), (2, True)])
+def test_weights_bin_built_by_hand_from_format_md(tmp_path, version, per_channel):
+    """Format 2 as FORMAT.md lays it out, and format 1 (no per-channel exponents) still read."""
+    wb = read_weights(_hand_file(tmp_path / "hand.bin", version, per_channel))
     assert wb.meta == {"model": {"levels": 1}} and list(wb.records) == ["in", "c.conv", "c.act"]
     conv = wb.records["c.conv"]
-    assert (conv.op, conv.bits, conv.e0, conv.e1, conv.encoding, conv.payload_bytes) == (OP_CONV3D, 8, 9, 7, 1, 3)
-    assert conv.weight.shape == (1, 1, 1, 1, 4) and conv.weight.ravel().tolist() == [0, 5, 0, -1]
-    assert conv.bias.tolist() == [-3]
+    assert (conv.op, conv.bits, conv.e0, conv.e1, conv.encoding, conv.payload_bytes) == \
+        (OP_CONV3D, 8, 0 if per_channel else 9, 7, 1, 3)
+    assert conv.e_w.tolist() == ([9, 11] if per_channel else [9, 9])
+    assert conv.weight.shape == (2, 1, 1, 1, 2) and conv.weight.ravel().tolist() == [0, 5, 0, -1]
+    assert conv.bias.tolist() == [-3, 70000]
     assert (wb.records["in"].e0, wb.records["in"].relu, wb.records["c.act"].e0, wb.records["c.act"].relu) == (7, False, 5, True)
-    # and the writer produces exactly these bytes from the same records
-    write_weights(tmp_path / "w.bin", [Record("in", OP_QUANT, 8, 7), conv, Record("c.act", OP_QUANT, 8, 5, relu=True)],
-                  {"model": {"levels": 1}})
-    assert (tmp_path / "w.bin").read_bytes() == (tmp_path / "hand.bin").read_bytes()
+    if version == 2:  # the writer produces exactly these bytes from the same records
+        write_weights(tmp_path / "w.bin", [Record("in", OP_QUANT, 8, 7), conv, Record("c.act", OP_QUANT, 8, 5, relu=True)],
+                      {"model": {"levels": 1}})
+        assert (tmp_path / "w.bin").read_bytes() == (tmp_path / "hand.bin").read_bytes()
 
 
 def test_readmemh_and_c_header_by_hand(tmp_path):
@@ -164,7 +185,9 @@ def test_readmemh_and_c_header_by_hand(tmp_path):
     assert from_readmemh("fffffffe\n0000012c\n", (2,), 8).tolist() == [-2, 300]
     recs = [Record("l.conv", OP_CONV3D, 8, 9, 7, weight=np.array([-1, 5], np.int8).reshape(2, 1, 1, 1, 1),
                    bias=np.array([-2, 300], np.int32)),
-            Record("l.act", OP_QUANT, 8, 4, relu=True)]
+            Record("l.act", OP_QUANT, 8, 4, relu=True),
+            Record("m", OP_CONV3D, 8, 0, 4, weight=np.array([3, -3], np.int8).reshape(2, 1, 1, 1, 1),
+                   bias=np.array([0, 1], np.int32), e_ch=np.array([10, 12]))]
     write_hex_and_header(recs, tmp_path)
     assert (tmp_path / "hex" / "l.conv.weight.hex").read_text() == "ff\n05\n"
     assert (tmp_path / "hex" / "l.conv.bias.hex").read_text() == "fffffffe\n0000012c\n"
@@ -179,7 +202,13 @@ def test_readmemh_and_c_header_by_hand(tmp_path):
         "  -1, 5};\n"
         "static const int32_t l_conv_bias[2] = {-2, 300};\n"
         "\n"
-        "#define L_ACT_E_OUT 4  /* scale 2^-4, ReLU */\n")
+        "#define L_ACT_E_OUT 4  /* scale 2^-4, ReLU */\n"
+        "static const int8_t m_e_w[2] = {10, 12};\n"
+        "#define M_E_IN 4\n"
+        "static const int8_t m_weight[2] = { /* 2x1x1x1x1, C order */\n"
+        "  3, -3};\n"
+        "static const int32_t m_bias[2] = {0, 1};\n"
+        "\n")
 
 
 @pytest.fixture(scope="module")
@@ -322,6 +351,11 @@ def test_export_files_manifest_and_consumers(tiny_export):
     assert wb.meta["model"]["levels"] == cfg.model.levels
     convs = [r for r in wb.records.values() if r.op == OP_CONV3D]
     assert len(convs) == 16 and [lay["name"] for lay in saved["layers"] if lay["op"] == "conv3d"] == [r.name for r in convs]
+    # the tiny config quantises per output channel: format 2 records with one exponent per channel
+    assert cfg.qat.weight_scale == "channel" and all(r.e_ch is not None and r.e0 == 0 for r in convs)
+    # (3 training steps leave every channel near its initial bound, so their exponents may all agree
+    # here; the large random networks of tests/test_hw.py and tests/test_rtl.py have differing ones)
+    assert all(lay["e_w"] == wb.records[lay["name"]].e_w.tolist() for lay in saved["layers"] if lay["op"] == "conv3d")
 
     # every ONNX variant of the int8 network gives the same ddf, element for element
     rng = np.random.default_rng(0)

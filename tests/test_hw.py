@@ -147,9 +147,12 @@ def test_onnxruntime_requantisation_departs_above_2p24():
     assert y.item() == 64
 
 
-def test_reference_equals_brevitas_on_large_random_weights(tmp_path, tiny_toml):
+@pytest.mark.parametrize("weight_scale", ["tensor", "channel"])
+def test_reference_equals_brevitas_on_large_random_weights(tmp_path, tiny_toml, weight_scale):
     """An untrained twin with large random weights (every layer, not only the trained model's
-    small ones): every requantised tensor of the reference equals Brevitas' integers."""
+    small ones; output channels 2^-3..2^1 apart, so per-channel exponents differ): every
+    requantised tensor of the reference equals Brevitas' integers, and onnxruntime's ddf
+    (QCDQ export, optimisations on and off) equals both."""
     import tomllib
 
     import brevitas.nn as qnn
@@ -158,20 +161,31 @@ def test_reference_equals_brevitas_on_large_random_weights(tmp_path, tiny_toml):
     from export.weights import write_weights
     from hw.reference import Reference, quantize_input
     from model.config import config_from_dict
+    from export.export import ddf_exponent
+    from export.gate import ort_vs_brevitas_mismatches
+    from export.onnx import export_int8_onnx
     from quant.twin import QuantLocalNet, calibrate, pot_exponent
 
     cfg = config_from_dict(tomllib.loads(tiny_toml))
     torch.manual_seed(1)
-    twin = QuantLocalNet(cfg.model)
+    twin = QuantLocalNet(cfg.model, weight_scale=weight_scale)
     for m in twin.modules():
         if isinstance(m, torch.nn.Conv3d):
             torch.nn.init.uniform_(m.weight, -0.5, 0.5)  # several times the trained weights' size
             torch.nn.init.uniform_(m.bias, -0.5, 0.5)
+            with torch.no_grad():
+                m.weight.mul_(torch.exp2(4 * torch.rand(m.weight.shape[0], 1, 1, 1, 1) - 3))
     xs = [torch.rand(1, 2, *cfg.data.shape) for _ in range(2)]
     calibrate(twin, xs)
     write_weights(tmp_path / "w.bin", weight_records(twin, xs[0]), {"model": {"levels": cfg.model.levels,
                                                                               "ddf_levels": cfg.model.ddf_levels}})
     ref = Reference.from_file(tmp_path / "w.bin")
+    e_w = [len(set(r.e_w.tolist())) for r in ref.r.values() if r.weight is not None]
+    assert max(e_w) == 1 if weight_scale == "tensor" else min(e_w) > 1  # per-channel: exponents differ
+    cfg.data.shape = list(xs[0].shape[2:])
+    export_int8_onnx(twin, cfg, tmp_path / "int8.onnx")
+    mism = ort_vs_brevitas_mismatches(twin, tmp_path / "int8.onnx", [x.numpy() for x in xs], ddf_exponent(twin))
+    assert mism == {"optimized": 0, "unoptimized": 0}
     quantisers = {name: m for name, m in twin.named_modules() if isinstance(m, (qnn.QuantIdentity, qnn.QuantReLU))}
     saturated = compared = 0
     for x in xs:

@@ -35,10 +35,12 @@ ddf_levels = [0, 1, 2]
 """
 
 
-def random_weights(path: Path, seed: int = 1, sparsity: float = 0.25) -> Path:
+def random_weights(path: Path, seed: int = 1, sparsity: float = 0.25, weight_scale: str = "channel") -> Path:
     """weights.bin of an untrained twin with large random weights, a fraction `sparsity` of each
     layer zeroed, calibrated on dim random images (a quarter of the range) so that full-range
-    inputs saturate activations; ties of the rounding occur too."""
+    inputs saturate activations; ties of the rounding occur too. Output channels are scaled by
+    2^u, u uniform in [-3, 1], so per-channel weight exponents (the default) differ from lane to
+    lane and the requantiser's per-lane shifts are exercised."""
     from export.export import weight_records
     from export.weights import write_weights
     from model.config import config_from_dict
@@ -46,13 +48,14 @@ def random_weights(path: Path, seed: int = 1, sparsity: float = 0.25) -> Path:
 
     cfg = config_from_dict(tomllib.loads(RTL_TOML))
     torch.manual_seed(seed)
-    twin = QuantLocalNet(cfg.model)
+    twin = QuantLocalNet(cfg.model, weight_scale=weight_scale)
     for m in twin.modules():
         if isinstance(m, torch.nn.Conv3d):
             torch.nn.init.uniform_(m.weight, -0.5, 0.5)
             torch.nn.init.uniform_(m.bias, -0.5, 0.5)
             with torch.no_grad():
                 m.weight.mul_((torch.rand_like(m.weight) >= sparsity).float())
+                m.weight.mul_(torch.exp2(4 * torch.rand(m.weight.shape[0], 1, 1, 1, 1) - 3))
     xs = [0.25 * torch.rand(1, 2, *cfg.data.shape) for _ in range(2)]
     calibrate(twin, xs)
     write_weights(path, weight_records(twin, xs[0]), {"model": {"levels": cfg.model.levels,
@@ -96,6 +99,7 @@ def test_engine_model_equals_reference_on_every_tensor(weights):
     from export.weights import read_weights
 
     wb = read_weights(weights)
+    assert all(len(set(r.e_w.tolist())) > 1 for r in wb.records.values() if r.weight is not None and r.weight.shape[0] > 3)
     wb.records["down.1.c1.conv"].weight[:, 8:16] = 0   # input group 1 of both output groups: 27 blocks each
     ref = Reference(wb)
     x = random_input(ref, 0)
@@ -116,6 +120,23 @@ def test_engine_model_equals_reference_on_every_tensor(weights):
     descs = {d.layer: d for d in compile_weights(wb).descs}
     assert descs["down.0.c0.conv.unfold_w"].entries == [4, 4]
     assert descs["down.0.c0.conv"].entries == [98]
+
+
+def test_engine_model_per_tensor_scales(tmp_path):
+    """A per-tensor weights.bin (one exponent per layer, as format 1 had) runs through the same
+    per-lane shifts: every tensor equal to the reference's."""
+    from export.weights import read_weights
+
+    wb = read_weights(random_weights(tmp_path / "w.bin", seed=2, weight_scale="tensor"))
+    assert all(r.e_ch is None for r in wb.records.values())
+    ref = Reference(wb)
+    x = random_input(ref, 1)
+    trace: dict = {}
+    ref.run(x, trace)
+    prog = compile_weights(wb)
+    mem, _ = run_image(prog.image(x.q))
+    for name, t in trace.items():
+        assert np.array_equal(get_tensor(mem, prog.tensors[name]), t.q), name
 
 
 def test_memory_layout_by_hand():
@@ -151,7 +172,7 @@ def test_compiler_refusals(weights, tmp_path):
         compile_weights(wb)
     wb = read_weights(weights)
     wb.records["head_out.0"].e0 = 40
-    with pytest.raises(CompileError, match="heads.0: requantisation shift"):
+    with pytest.raises(CompileError, match="heads.0 output channel 0: requantisation shift"):
         compile_weights(wb)
     wb = read_weights(weights)
     wb.records["up.0.add"].op = 9

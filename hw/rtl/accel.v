@@ -291,10 +291,15 @@ module accel #(
     end endgenerate
 
     // requantise in two stages (P4, P5): round half to even on a right shift, exact left shift
-    // (<= 15), one clamp. The shift's mask and half are registered at decode (rq_*).
-    reg rq_right, rq_relu;
-    reg [4:0] rq_s, rq_ls;
-    reg [31:0] rq_mask, rq_half;
+    // (<= 15), one clamp. Each output lane has its own shift (a CONV's come from its group
+    // header, one signed byte per lane: per-channel weight scales; ADD and MAXPOOL set every
+    // lane from the descriptor); the shift's mask and half are registered with it (rq_*).
+    reg rq_relu;
+    reg rq_right [0:L-1];
+    reg [4:0] rq_s [0:L-1];
+    reg [4:0] rq_ls [0:L-1];
+    reg [31:0] rq_mask [0:L-1];
+    reg [31:0] rq_half [0:L-1];
     reg r1_v;
     reg [AW-1:0] r1_addr;
     reg signed [31:0] r1_fl [0:L-1];
@@ -303,24 +308,24 @@ module accel #(
     reg r1_eq [0:L-1];
     wire [7:0] r2_q [0:L-1];
     generate for (gp = 0; gp < L; gp = gp + 1) begin : g_rq
-        wire [31:0] rem = fin[gp] & rq_mask;
+        wire [31:0] rem = fin[gp] & rq_mask[gp];
         always @(posedge clk) begin   // P4: shift, remainder against the half
-            r1_fl[gp] <= fin[gp] >>> rq_s;
-            r1_left[gp] <= $signed({{16{fin[gp][31]}}, fin[gp]}) <<< rq_ls;
+            r1_fl[gp] <= fin[gp] >>> rq_s[gp];
+            r1_left[gp] <= $signed({{16{fin[gp][31]}}, fin[gp]}) <<< rq_ls[gp];
 `ifdef FAULT_ROUND_HALF_UP
-            r1_gt[gp] <= (rem >= rq_half);
+            r1_gt[gp] <= (rem >= rq_half[gp]);
 `else
-            r1_gt[gp] <= (rem > rq_half);
+            r1_gt[gp] <= (rem > rq_half[gp]);
 `endif
-            r1_eq[gp] <= (rem == rq_half);
+            r1_eq[gp] <= (rem == rq_half[gp]);
         end
         // P5: round, clamp. The clamp is decided on the shifted value before rounding: adding the
         // rounding bit to 127 or to lo - 1 lands on 128 or lo, which clamp to the same 127 or lo.
         wire up = r1_gt[gp] | (r1_eq[gp] & r1_fl[gp][0]);
         wire signed [47:0] lo = rq_relu ? 48'sd0 : -48'sd128;
         wire signed [47:0] fl48 = $signed({{16{r1_fl[gp][31]}}, r1_fl[gp]});
-        wire signed [47:0] v = rq_right ? fl48 : r1_left[gp];
-        wire [7:0] low8 = rq_right ? r1_fl[gp][7:0] + {7'd0, up} : r1_left[gp][7:0];
+        wire signed [47:0] v = rq_right[gp] ? fl48 : r1_left[gp];
+        wire [7:0] low8 = rq_right[gp] ? r1_fl[gp][7:0] + {7'd0, up} : r1_left[gp][7:0];
 `ifdef FAULT_NO_SATURATION
         assign r2_q[gp] = (rq_relu && v < 0) ? 8'd0 : low8;
 `else
@@ -342,6 +347,16 @@ module accel #(
 
     // ---------------------------------------------------------------- control
     integer j;
+    // lane k's requantiser set up for the signed shift sh (> 0: right with rounding, <= 0: left)
+    task set_shift(input integer k, input [7:0] sh);
+        begin
+            rq_right[k] <= ($signed(sh) > 0);
+            rq_s[k] <= ($signed(sh) > 0) ? sh[4:0] : 5'd0;
+            rq_ls[k] <= ($signed(sh) > 0) ? 5'd0 : 5'd0 - sh[4:0];
+            rq_mask[k] <= ($signed(sh) > 0) ? (32'd1 << sh[4:0]) - 32'd1 : 32'd0;
+            rq_half[k] <= ($signed(sh) > 0) ? 32'd1 << (sh[4:0] - 5'd1) : 32'd1;
+        end
+    endtask
     always @(posedge clk) begin
         if (rst) begin
             state <= S_IDLE; done <= 1'b0; cycles <= 64'd0;
@@ -361,11 +376,8 @@ module accel #(
             S_DECODE: begin
                 d_last <= gD - 10'd1; h_last <= gH - 10'd1; w_last <= gW - 10'd1;
                 a_lg <= log2w(a_stride[7:0]); b_lg <= log2w(b_stride[7:0]); o_lg <= log2w(o_stride[7:0]);
-                rq_right <= (s_out > 0); rq_relu <= relu;
-                rq_s <= (s_out > 0) ? s_out[4:0] : 5'd0;
-                rq_ls <= (s_out > 0) ? 5'd0 : 5'd0 - s_out[4:0];
-                rq_mask <= (s_out > 0) ? (32'd1 << s_out[4:0]) - 32'd1 : 32'd0;
-                rq_half <= (s_out > 0) ? 32'd1 << (s_out[4:0] - 5'd1) : 32'd1;
+                rq_relu <= relu;
+                for (j = 0; j < L; j = j + 1) set_shift(j, s_out);
                 if (op == OP_END) begin
                     state <= S_DONE; done <= 1'b1;
                 end else if (is_conv) begin
@@ -383,10 +395,12 @@ module accel #(
                 if (li >= 32'd2) begin
                     if (li == 32'd2) begin
                         n_entries <= rd_data[WB_AW:0];
-                        lnum <= 32'd5 + {19'd0, rd_data[9:0], 3'd0} + {22'd0, rd_data[9:0]};   // 5 + 9E
+                        lnum <= 32'd6 + {19'd0, rd_data[9:0], 3'd0} + {22'd0, rd_data[9:0]};   // 6 + 9E
                     end else if (li <= 32'd6) begin
                         bias[2 * (li - 3)] <= $signed(rd_data[31:0]);
                         bias[2 * (li - 3) + 1] <= $signed(rd_data[63:32]);
+                    end else if (li == 32'd7) begin   // the group's requantiser shifts, byte j = lane j
+                        for (j = 0; j < L; j = j + 1) set_shift(j, rd_data[8*j +: 8]);
                     end else begin
                         if (lsub == 4'd0) hdr[lblk[WB_AW-1:0]] <= rd_data[31:0];
                         if (lsub == 4'd8) begin lsub <= 4'd0; lblk <= lblk + 1'b1; end
@@ -497,7 +511,7 @@ module accel #(
 
     // weight banks, one per output lane: written while loading, read while the memory reads the
     // slot's word (the block is in wq during P1)
-    wire bank_we = (state == S_LOAD) && (li > 32'd6);
+    wire bank_we = (state == S_LOAD) && (li > 32'd7);
     generate for (gj = 0; gj < L; gj = gj + 1) begin : g_bank
         reg [63:0] mem_b [0:WBUF_DEPTH-1];
         reg [63:0] q;
