@@ -44,8 +44,8 @@ def qat_from_pruned(cfg: Config, pruned_ckpt: Path, data: TrainData, out: Path, 
     folded, _, masks = load_pruned(pruned_ckpt, cfg)
     twin = quant_twin(folded, cfg.model, weight_bits, weight_scale=cfg.qat.weight_scale)
     calibrate(twin, calibration_batches(cfg, data, cfg.qat.calib_batches, stream))
-    meta = {"stage": "qat", "weight_bits": weight_bits, "weight_scale": cfg.qat.weight_scale, "masks": masks,
-            "sparsity": weight_sparsity(folded), "source": str(pruned_ckpt)}
+    meta = {"stage": "qat", "weight_bits": weight_bits, "masks": masks, "sparsity": weight_sparsity(folded),
+            "source": str(pruned_ckpt)}
     path = fit(twin, cfg, data, out, steps=steps, lr=cfg.qat.lr, stream=stream, resume=resume,
                progress=progress, desc=f"qat int{weight_bits}", after_step=lambda n, _: apply_masks(n, masks), extra=meta)
     load_qat(path, cfg)  # asserts the held masks in the saved checkpoint
@@ -59,7 +59,7 @@ def load_qat(path: Path, cfg: Config | None = None) -> tuple[QuantLocalNet, dict
         raise ValueError(f"{path}: not a QAT checkpoint (stage {ck.get('stage')!r})")
     check_masks(ck["model"], ck["masks"], str(path))
     ck_cfg = config_from_dict(ck["config"], f"{path} config")
-    twin = QuantLocalNet(ck_cfg.model, ck["weight_bits"], weight_scale=ck.get("weight_scale", "tensor"))
+    twin = QuantLocalNet(ck_cfg.model, ck["weight_bits"], weight_scale=ck_cfg.qat.weight_scale)
     twin.load_state_dict(ck["model"])
     return twin.eval(), ck
 
