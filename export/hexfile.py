@@ -5,9 +5,10 @@
 
 $readmemh text: one element per line, C order, lower-case hex of the two's complement with a
 fixed number of digits (int8: 2, int32: 8). The C header defines per convolution its
-exponents (`<NAME>_E_W`, `<NAME>_E_IN`), `int8_t <name>_weight[]` (C order, the shape in a
-comment) and `int32_t <name>_bias[]`, and per requantisation `<NAME>_E_OUT`; names are the
-weights.bin record names with '.' replaced by '_'.
+exponents (`<NAME>_E_W`, or `int8_t <name>_e_w[]` per output channel with per-channel weight
+scales, and `<NAME>_E_IN`), `int8_t <name>_weight[]` (C order, the shape in a comment) and
+`int32_t <name>_bias[]`, and per requantisation `<NAME>_E_OUT`; names are the weights.bin
+record names with '.' replaced by '_'. Per-channel exponents also get `<record>.e_w.hex`.
 """
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def write_hex_and_header(records: list[Record], out: Path) -> list[Path]:
         if r.op == OP_QUANT:
             h.append(f"#define {c}_E_OUT {r.e0}  /* scale 2^-{r.e0}{', ReLU' if r.relu else ''} */")
             continue
-        for suffix, vals, digits in (("weight", r.weight, 2), ("bias", r.bias, 8)):
+        per_channel = () if r.e_ch is None else (("e_w", r.e_ch, 2),)
+        for suffix, vals, digits in (("weight", r.weight, 2), ("bias", r.bias, 8), *per_channel):
             f = hexdir / f"{r.name}.{suffix}.hex"
             atomic_write_text(f, to_readmemh(vals, digits))
             files.append(f)
