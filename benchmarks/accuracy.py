@@ -43,7 +43,7 @@ from export.onnx import INPUT, export_fp32, ort_session
 from model.artifacts import atomic_path, atomic_write_json, git_commit
 from model.checkpoint import load_checkpoint, model_from_checkpoint
 from model.cli import run_cli, stage_parser
-from model.config import Config, config_to_dict, load_config
+from model.config import Config, ConfigError, config_from_dict, config_to_dict, load_config
 from model.data import load_dataset, test_pairs
 from model.evaluate import evaluate_pairs, predict_ddf, rows_markdown, summarise, write_csv, write_table
 from model.localnet import count_parameters, fold_batchnorm
@@ -74,7 +74,11 @@ def exported_row_stats(path: Path, cfg: Config) -> tuple[int, int]:
     from export.weights import read_weights, stored_bytes
 
     wb = read_weights(need(path, "make export"))
-    if json.dumps(wb.meta.get("config"), sort_keys=True) != json.dumps(config_to_dict(cfg), sort_keys=True):
+    try:  # keys added to the toolchain since the export count at their defaults (as for checkpoints)
+        same = config_from_dict(wb.meta.get("config") or {}, f"{path} config") == cfg
+    except ConfigError:
+        same = False
+    if not same:
         raise ValueError(f"{path}: exported with another config; run `make export` again")
     return stored_bytes(wb.records.values())
 
@@ -94,15 +98,18 @@ def accelerator_cycles(weights: Path) -> dict:
 
 
 def compression_rows(cfg: Config) -> list[tuple[str, str]]:
-    """(row name, OUT/qat sub-directory) of the layer-aware and N:M QAT models of the config."""
-    from quant.qat import layer_name, nm_name
+    """(row name, OUT/qat sub-directory) of the layer-aware, N:M and global int4 QAT models of the
+    config (Table 1's compression rows)."""
+    from quant.qat import global_int4_name, layer_name, nm_name
 
     q = cfg.qat
     rows = [(f"int{b}_layer_s{round(a * 100):02d}", layer_name(b, a)) for b, amounts in ((8, q.layer_int8),
                                                                                          (4, q.layer_int4))
             for a in amounts]
-    if q.nm_int8:
-        rows.append((f"int8_nm_{cfg.prune.nm[0]}of{cfg.prune.nm[1]}", nm_name(*cfg.prune.nm)))
+    rows += [(f"int4_global_s{round(a * 100):02d}", global_int4_name(a)) for a in q.global_int4]
+    p = cfg.prune
+    for n, m in [p.nm, *p.nm_more] if p.nm else []:
+        rows += [(f"int{b}_nm_{n}of{m}", nm_name(n, m, b)) for b in [8] * q.nm_int8 + [4] * q.nm_int4]
     return rows
 
 

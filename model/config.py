@@ -92,6 +92,7 @@ class PruneConfig:
     # N:M over the accelerator's weight blocks (hw.compiler.block_index): of every M consecutive
     # blocks of an output group at most N are non-zero; [] for none
     nm: list[int] = field(default_factory=list)
+    nm_more: list[list[int]] = field(default_factory=list)  # further [N, M] ratios (the pruning curve)
     nm_protected_dense: bool = False  # N:M leaves the heads and the first convolution dense
     gradual_steps: int = 150
     gradual_lr: float = 1e-4     # cosine to gradual_lr / 10
@@ -113,6 +114,8 @@ class QATConfig:
     layer_int8: list[float] = field(default_factory=list)
     layer_int4: list[float] = field(default_factory=list)
     nm_int8: bool = False
+    nm_int4: bool = False  # int4 QAT of every N:M model too
+    global_int4: list[float] = field(default_factory=list)  # int4 QAT of these global prune.amounts
     # weight scales of every QAT model: "tensor" (one power of two per layer) or "channel" (one
     # per output channel; weights.bin format 2 carries the exponents)
     weight_scale: str = "tensor"
@@ -171,14 +174,22 @@ class Config:
             raise ConfigError("prune.protected_density must lie in [0, 1], probe_batches >= 1, gradual_steps >= 0")
         if p.nm and not (len(p.nm) == 2 and 0 < p.nm[0] < p.nm[1]):
             raise ConfigError(f"prune.nm {p.nm} must be [N, M] with 0 < N < M, or []")
+        if p.nm_more and not p.nm:
+            raise ConfigError("prune.nm_more needs prune.nm")
+        for r in p.nm_more:
+            if not (isinstance(r, list) and len(r) == 2 and 0 < r[0] < r[1]) or r == p.nm or p.nm_more.count(r) > 1:
+                raise ConfigError(f"prune.nm_more {p.nm_more}: each entry must be a new [N, M] with 0 < N < M")
         for key in ("layer_int8", "layer_int4"):
             bad = [x for x in getattr(self.qat, key) if x not in la]
             if bad:
                 raise ConfigError(f"qat.{key} {bad} not in prune.layer_amounts {la}")
         if self.qat.weight_scale not in ("tensor", "channel"):
             raise ConfigError(f"qat.weight_scale {self.qat.weight_scale!r} must be \"tensor\" or \"channel\"")
-        if self.qat.nm_int8 and not p.nm:
-            raise ConfigError("qat.nm_int8 needs prune.nm")
+        if (self.qat.nm_int8 or self.qat.nm_int4) and not p.nm:
+            raise ConfigError("qat.nm_int8 and qat.nm_int4 need prune.nm")
+        bad = [x for x in self.qat.global_int4 if x not in p.amounts]
+        if bad:
+            raise ConfigError(f"qat.global_int4 {bad} not in prune.amounts {p.amounts}")
         if min(self.prune.steps, self.qat.steps, self.qat.curve_steps) < 0 or self.qat.calib_batches < 1:
             raise ConfigError("prune.steps, qat.steps, qat.curve_steps must be >= 0, qat.calib_batches >= 1")
 

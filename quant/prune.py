@@ -334,7 +334,7 @@ def _recover(cfg: Config, data, d: Path, net: nn.Module, teacher: nn.Module, inf
 def structured_and_layer_aware(cfg: Config, data, out: Path, unpruned: Path, resume: bool, progress: bool,
                                meta) -> dict:
     """The layer-aware amounts (sensitivity -> allocation -> gradual, distilled fine-tuning, each
-    amount from the previous one) and the N:M model (one shot, distilled fine-tuning)."""
+    amount from the previous one) and the N:M models (one shot each, distilled fine-tuning)."""
     p = cfg.prune
     teacher, _, _ = load_pruned(unpruned, cfg)
     teacher.eval().requires_grad_(False)
@@ -378,8 +378,7 @@ def structured_and_layer_aware(cfg: Config, data, out: Path, unpruned: Path, res
                                                    "allocation": {k: round(v, 4) for k, v in alloc.items()},
                                                    "layer_sparsity": got}
             prev = alloc
-    if p.nm:
-        n, m = p.nm
+    for i, (n, m) in enumerate([p.nm, *p.nm_more] if p.nm else []):
         d = nm_dir(out, n, m)
         if resume and (d / "model.pt").exists():
             net, _, _ = load_pruned(d / "model.pt", cfg)
@@ -390,10 +389,14 @@ def structured_and_layer_aware(cfg: Config, data, out: Path, unpruned: Path, res
                 masks.update({k: torch.ones_like(masks[k]) for k in protected_layers(net)})
             apply_masks(net, masks)
             net = _recover(cfg, data, d, net, teacher, meta("nm", 1 - n / m, masks), lambda _n, _t, mk=masks: mk,
-                           400, resume, progress, f"N:M {n}:{m}")
+                           400 + i, resume, progress, f"N:M {n}:{m}")
         print(f"[prune] {d / 'model.pt'}: {n}:{m} blocks, sparsity {weight_sparsity(net):.3f}", file=sys.stderr)
-        summary["nm"] = {"n": n, "m": m, "checkpoint": str(d / "model.pt"), "sparsity": round(weight_sparsity(net), 4),
-                         "layer_sparsity": layer_sparsity(net)}
+        entry = {"n": n, "m": m, "checkpoint": str(d / "model.pt"), "sparsity": round(weight_sparsity(net), 4),
+                 "layer_sparsity": layer_sparsity(net)}
+        if i == 0:
+            summary["nm"] = entry
+        else:
+            summary.setdefault("nm_more", {})[f"{n}of{m}"] = entry
     return summary
 
 

@@ -72,13 +72,18 @@ def layer_name(bits: int, sparsity: float) -> str:
     return f"layer/int{bits}_s{round(sparsity * 100):02d}"
 
 
-def nm_name(n: int, m: int) -> str:
-    return f"nm/int8_{n}of{m}"
+def nm_name(n: int, m: int, bits: int = 8) -> str:
+    return f"nm/int{bits}_{n}of{m}"
+
+
+def global_int4_name(sparsity: float) -> str:
+    return f"curve/int4_s{round(sparsity * 100):02d}"
 
 
 def qat_jobs(cfg: Config, prune_dir: Path, curve: bool) -> dict[str, tuple[int, Path, int]]:
     """name -> (weight bits, pruned checkpoint it starts from, steps); the curve adds int8 at every
-    other global sparsity and the report models of the layer-aware and N:M pruning."""
+    other global sparsity, int4 at `qat.global_int4`, and the report models of the layer-aware
+    and N:M pruning (every N:M ratio, int8 and/or int4)."""
     q, p = cfg.qat, cfg.prune
     src = lambda a: sparsity_dir(prune_dir, a) / "model.pt"  # noqa: E731
     jobs = {"int8": (8, src(q.int8_sparsity), q.steps), "int4": (4, src(q.int4_sparsity), q.steps)}
@@ -87,8 +92,10 @@ def qat_jobs(cfg: Config, prune_dir: Path, curve: bool) -> dict[str, tuple[int, 
         for bits, amounts in ((8, q.layer_int8), (4, q.layer_int4)):
             jobs.update({layer_name(bits, a): (bits, layer_dir(prune_dir, a) / "model.pt", q.curve_steps)
                          for a in amounts})
-        if q.nm_int8:
-            jobs[nm_name(*p.nm)] = (8, nm_dir(prune_dir, *p.nm) / "model.pt", q.curve_steps)
+        jobs.update({global_int4_name(a): (4, src(a), q.curve_steps) for a in q.global_int4})
+        for n, m in [p.nm, *p.nm_more] if p.nm else []:
+            for bits in [8] * q.nm_int8 + [4] * q.nm_int4:
+                jobs[nm_name(n, m, bits)] = (bits, nm_dir(prune_dir, n, m) / "model.pt", q.curve_steps)
     return jobs
 
 

@@ -37,6 +37,7 @@ layer_amounts = [0.5]
 probe_levels = [0.5, 0.75]
 probe_batches = 1
 nm = [2, 4]
+nm_more = [[1, 4]]
 gradual_steps = 2
 
 [qat]
@@ -49,6 +50,8 @@ curve_steps = 1
 layer_int8 = [0.5]
 layer_int4 = [0.5]
 nm_int8 = true
+nm_int4 = true
+global_int4 = [0.5]
 weight_scale = "channel"
 """
 

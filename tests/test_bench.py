@@ -126,3 +126,22 @@ def test_scaling_of_an_untrained_network(tmp_path, tiny_toml):
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--untrained", str(cfg),
                           "--out", str(out), "--shapes", "8,8"], capture_output=True, text=True)
     assert bad.returncode == 2 and "each grid is X,Y,Z" in bad.stderr
+
+
+def test_exported_row_stats_checks_the_config(tmp_path, tiny_cfg):
+    """Table 1 reads sizes from a weights.bin only if it was exported with the config in use; a
+    config key added to the toolchain since the export counts at its default (as for checkpoints)."""
+    from benchmarks.accuracy import exported_row_stats
+    from export.weights import OP_CONV3D, Record, write_weights
+    from model.config import config_to_dict
+
+    rec = Record("c", OP_CONV3D, 8, 9, 7, weight=np.array([0, 3, -2, 0], np.int8).reshape(1, 1, 1, 1, 4),
+                 bias=np.array([5], np.int32))
+    tiny_cfg.qat.global_int4 = []  # the default
+    old = config_to_dict(tiny_cfg)
+    del old["qat"]["global_int4"]  # as an export made before the key existed
+    write_weights(tmp_path / "w.bin", [rec], {"config": old})
+    assert exported_row_stats(tmp_path / "w.bin", tiny_cfg) == (3, 3 + 4)  # 2 weights + 1 bias; bitmask payload 1 + 2 bytes, bias 4
+    tiny_cfg.qat.steps += 1
+    with pytest.raises(ValueError, match="w.bin: exported with another config"):
+        exported_row_stats(tmp_path / "w.bin", tiny_cfg)

@@ -35,7 +35,14 @@ def test_shipped_configs_load(name):
     ("[prune]\nnm = [4, 2]\n", "prune.nm"),
     ("[prune]\nprotected_density = 1.5\n", "protected_density"),
     ("[prune]\nlayer_amounts = [0.75]\n[qat]\nlayer_int8 = [0.9]\n", "qat.layer_int8"),
-    ("[qat]\nnm_int8 = true\n", "needs prune.nm"),
+    ("[qat]\nnm_int8 = true\n", "need prune.nm"),
+    ("[qat]\nnm_int4 = true\n", "need prune.nm"),
+    ("[prune]\nnm_more = [[1, 4]]\n", "prune.nm_more needs prune.nm"),
+    ("[prune]\nnm = [2, 4]\nnm_more = [[2, 4]]\n", "prune.nm_more"),
+    ("[prune]\nnm = [2, 4]\nnm_more = [[1, 4], [4, 1]]\n", "prune.nm_more"),
+    ("[prune]\nnm = [2, 4]\nnm_more = [1, 4]\n", "expected a list"),
+    ("[qat]\nglobal_int4 = [0.3]\n", "qat.global_int4"),
+    ("[qat]\nweight_scale = \"row\"\n", "qat.weight_scale"),
 ])
 def test_bad_config_is_a_clear_error(tmp_path, text, msg):
     p = tmp_path / "bad.toml"
