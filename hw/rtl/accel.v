@@ -245,14 +245,16 @@ module accel #(
     // (the block RAM's output and the pins are too far from them for one cycle);
     // P1: 64 products (and the lane values times the trilinear weight); P2: the 8 products of each
     // lane summed (or the lane value shifted into alignment)
-    reg [63:0] x0;
+    // the read word, one copy per output lane, each beside that lane's 8 multipliers (one register
+    // feeding all 64 was the critical path: its routing across the die); separate instances, so
+    // synthesis does not merge the copies back into one
+    wire [63:0] x0 [0:L-1];
     reg [64*L-1:0] w0;
     reg p0_v, p0_first, p0_last;
     reg [1:0] p0_kind;
     reg [4:0] p0_coef, p0_shift;
     reg [AW-1:0] p0_oaddr;
     always @(posedge clk) begin
-        x0 <= p1_rd ? rd_data : 64'd0;   // a tap outside the volume reads nothing: zero
         w0 <= wq;
         p0_v <= rst ? 1'b0 : p1_v;
         p0_first <= p1_first; p0_last <= p1_last; p0_kind <= p1_kind;
@@ -265,11 +267,22 @@ module accel #(
     reg [4:0] q_shift;
     reg [AW-1:0] q_oaddr;
     genvar gp, gi;
+    generate for (gp = 0; gp < L; gp = gp + 1) begin : g_x0
+        // a tap outside the volume reads nothing: zero
+        accel_word_reg u_x0 (.clk(clk), .zero(!p1_rd), .d(rd_data), .q(x0[gp]));
+    end endgenerate
     generate for (gp = 0; gp < L; gp = gp + 1) begin : g_part
-        // lane value times the trilinear weight (1 for the other ADD and MAXPOOL slots), |x| * 27 < 2^12
-        wire signed [13:0] xc = $signed(x0[8*gp +: 8]) * $signed({1'b0, p0_coef});
+        // lane value times the trilinear weight 1, 3, 9 or 27 (1 for the other ADD and MAXPOOL
+        // slots), |x| * 27 < 2^12, by shifts and adds in logic: a multiplier block here sat on the
+        // critical path (its input routed from x0 across the die)
+        wire signed [13:0] xv = $signed(x0[gp][8*gp +: 8]);
+        wire signed [13:0] x3 = xv + (xv <<< 1);
+        wire signed [13:0] x9 = xv + (xv <<< 3);
+        wire signed [13:0] x27 = x9 + (x9 <<< 1);
+        // the weights' bits tell them apart: 1 = 00001, 3 = 00011, 9 = 01001, 27 = 11011
+        wire signed [13:0] xc = p0_coef[4] ? x27 : p0_coef[3] ? x9 : p0_coef[1] ? x3 : xv;
         for (gi = 0; gi < L; gi = gi + 1) begin : g_prod
-            always @(posedge clk) prod[gp*L + gi] <= $signed(w0[64*gp + 8*gi +: 8]) * $signed(x0[8*gi +: 8]);
+            always @(posedge clk) prod[gp*L + gi] <= $signed(w0[64*gp + 8*gi +: 8]) * $signed(x0[gp][8*gi +: 8]);
         end
         always @(posedge clk) q_lane[gp] <= xc;
     end endgenerate
@@ -347,6 +360,11 @@ module accel #(
 
     // ---------------------------------------------------------------- control
     integer j;
+    // the lanes' shifts arrive in lane_sh (at decode: the descriptor's for every lane; at a CONV
+    // group's load: its shift word) and set the requantisers one cycle later, from registers:
+    // decoding them straight from the load counter and the memory word was the critical path
+    reg [63:0] lane_sh;
+    reg sh_pending, li_is7;
     // lane k's requantiser set up for the signed shift sh (> 0: right with rounding, <= 0: left)
     task set_shift(input integer k, input [7:0] sh);
         begin
@@ -361,9 +379,12 @@ module accel #(
         if (rst) begin
             state <= S_IDLE; done <= 1'b0; cycles <= 64'd0;
             a0_v <= 1'b0; a1_v <= 1'b0; a2_v <= 1'b0; b_v <= 1'b0; a3_v <= 1'b0; p1_v <= 1'b0; q_v <= 1'b0; q2_v <= 1'b0; p2_v <= 1'b0;
-            fin_v <= 1'b0; r1_v <= 1'b0; rd_en <= 1'b0; wr_en <= 1'b0;
+            fin_v <= 1'b0; r1_v <= 1'b0; rd_en <= 1'b0; wr_en <= 1'b0; sh_pending <= 1'b0; li_is7 <= 1'b0;
         end else begin
             if (state != S_IDLE && state != S_DONE) cycles <= cycles + 64'd1;
+            li_is7 <= (state == S_LOAD) && (li == 32'd6);   // the shift word (word 5) arrives at li == 7
+            sh_pending <= 1'b0;   // (set again below when new shifts arrive)
+            if (sh_pending) for (j = 0; j < L; j = j + 1) set_shift(j, lane_sh[8*j +: 8]);
             case (state)
             S_IDLE: if (start) begin
                 state <= S_FETCH; pc <= 32'd0; fi <= 4'd0; done <= 1'b0; cycles <= 64'd1;
@@ -377,7 +398,7 @@ module accel #(
                 d_last <= gD - 10'd1; h_last <= gH - 10'd1; w_last <= gW - 10'd1;
                 a_lg <= log2w(a_stride[7:0]); b_lg <= log2w(b_stride[7:0]); o_lg <= log2w(o_stride[7:0]);
                 rq_relu <= relu;
-                for (j = 0; j < L; j = j + 1) set_shift(j, s_out);
+                lane_sh <= {L{s_out}}; sh_pending <= 1'b1;
                 if (op == OP_END) begin
                     state <= S_DONE; done <= 1'b1;
                 end else if (is_conv) begin
@@ -399,8 +420,8 @@ module accel #(
                     end else if (li <= 32'd6) begin
                         bias[2 * (li - 3)] <= $signed(rd_data[31:0]);
                         bias[2 * (li - 3) + 1] <= $signed(rd_data[63:32]);
-                    end else if (li == 32'd7) begin   // the group's requantiser shifts, byte j = lane j
-                        for (j = 0; j < L; j = j + 1) set_shift(j, rd_data[8*j +: 8]);
+                    end else if (li_is7) begin   // the group's requantiser shifts, byte j = lane j
+                        lane_sh <= rd_data; sh_pending <= 1'b1;
                     end else begin
                         if (lsub == 4'd0) hdr[lblk[WB_AW-1:0]] <= rd_data[31:0];
                         if (lsub == 4'd8) begin lsub <= 4'd0; lblk <= lblk + 1'b1; end
@@ -521,5 +542,17 @@ module accel #(
         end
         assign wq[64*gj +: 64] = q;
     end endgenerate
+endmodule
+
+// A 64-bit register (zeroed when `zero`), kept as its own instance so that synthesis leaves
+// copies of it apart and placement can put each beside the logic it feeds.
+(* keep_hierarchy *)
+module accel_word_reg (
+    input  wire        clk,
+    input  wire        zero,
+    input  wire [63:0] d,
+    output reg  [63:0] q
+);
+    always @(posedge clk) q <= zero ? 64'd0 : d;
 endmodule
 `default_nettype wire
