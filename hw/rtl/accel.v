@@ -160,51 +160,59 @@ module accel #(
     wire [1:0] n3 = {1'b0, td[11]} + {1'b0, th[11]} + {1'b0, tw[11]};
     wire [4:0] tcoef = (n3 == 2'd0) ? 5'd1 : (n3 == 2'd1) ? 5'd3 : (n3 == 2'd2) ? 5'd9 : 5'd27;
 
-    // slot: coordinates in the operand's grid, its grid, base, stride, group
-    reg [9:0] sd, sh, sw, sgH, sgW;
+    // the voxel index d*H*W + h*W + w needs H*W of the operand's grid: the full grid's, the half
+    // grid's (nearest / trilinear operands) and the double grid's (max-pool), registered at decode
+    reg [AW-1:0] hw_full, hw_half, hw_dbl;
+
+    // slot: coordinates in the operand's grid, its grid (W and H*W), base, stride, group
+    reg [9:0] sd, sh, sw, sgW;
+    reg [AW-1:0] s_hw;
     reg [31:0] s_base, s_grp;
     reg [2:0] s_lg;
     reg s_rd;
     reg [1:0] s_kind;
     reg [4:0] s_coef, s_shift;
     always @(*) begin
-        sd = i_d; sh = i_h; sw = i_w; sgH = gH; sgW = gW;
+        sd = i_d; sh = i_h; sw = i_w; s_hw = hw_full; sgW = gW;
         s_base = a_base; s_lg = a_lg; s_grp = a_off + i_grp;
         s_rd = 1'b1; s_kind = K_SCALE; s_coef = 5'd1; s_shift = sa;
         if (is_conv) begin
             s_kind = K_CONV; s_rd = conv_in; s_grp = a_off + {8'd0, h_cur[31:24]};
             sd = cd[9:0]; sh = ch[9:0]; sw = cw[9:0];
-            if (a_near) begin sd = cd[10:1]; sh = ch[10:1]; sw = cw[10:1]; sgH = hH; sgW = hW; end
+            if (a_near) begin sd = cd[10:1]; sh = ch[10:1]; sw = cw[10:1]; s_hw = hw_half; sgW = hW; end
         end else if (is_pool) begin
             s_kind = K_MAX; s_shift = 5'd0;
             sd = {i_d[8:0], i_e[2]}; sh = {i_h[8:0], i_e[1]}; sw = {i_w[8:0], i_e[0]};
-            sgH = {gH[8:0], 1'b0}; sgW = {gW[8:0], 1'b0};
+            s_hw = hw_dbl; sgW = {gW[8:0], 1'b0};
         end else if (has_b && i_last) begin
             s_base = b_base; s_lg = b_lg; s_grp = b_off + i_grp; s_shift = sb;
-            if (b_near) begin sd = i_d >> 1; sh = i_h >> 1; sw = i_w >> 1; sgH = hH; sgW = hW; end
+            if (b_near) begin sd = i_d >> 1; sh = i_h >> 1; sw = i_w >> 1; s_hw = hw_half; sgW = hW; end
         end else if (a_tri) begin
-            sd = td[9:0]; sh = th[9:0]; sw = tw[9:0]; sgH = hH; sgW = hW; s_coef = tcoef;
+            sd = td[9:0]; sh = th[9:0]; sw = tw[9:0]; s_hw = hw_half; sgW = hW; s_coef = tcoef;
         end else if (a_near) begin
-            sd = i_d >> 1; sh = i_h >> 1; sw = i_w >> 1; sgH = hH; sgW = hW;
+            sd = i_d >> 1; sh = i_h >> 1; sw = i_w >> 1; s_hw = hw_half; sgW = hW;
         end
     end
 
     // ---------------------------------------------------------------- address pipeline
-    // addresses: voxel index (< 2^AW) x words per voxel (< 256) + group, one multiply per stage
+    // addresses: voxel index (< 2^AW) x words per voxel (< 256) + group: the two products d*(H*W)
+    // and h*W in A1, straight into registers, their sum with w in A2 (a multiply followed by an
+    // add in one stage was the critical path)
     localparam integer XW = AW - 10;
     reg a0_v, a0_rd, a0_first, a0_last;
     reg [1:0] a0_kind;
     reg [4:0] a0_coef, a0_shift;
     reg [WB_AW-1:0] a0_e;
-    reg [9:0] a0_sd, a0_sh, a0_sw, a0_sgH, a0_sgW, a0_od, a0_oh, a0_ow;
+    reg [9:0] a0_sd, a0_sh, a0_sw, a0_sgW, a0_od, a0_oh, a0_ow;
+    reg [AW-1:0] a0_hw;
     reg [AW-1:0] a0_base, a0_grp, a0_og;
     reg [2:0] a0_lg;
     reg a1_v, a1_rd, a1_first, a1_last;
     reg [1:0] a1_kind;
     reg [4:0] a1_coef, a1_shift;
     reg [WB_AW-1:0] a1_e;
-    reg [9:0] a1_sw, a1_sgW, a1_ow;
-    reg [AW-1:0] a1_row, a1_orow, a1_base, a1_grp, a1_og;
+    reg [9:0] a1_sw, a1_ow;
+    reg [AW-1:0] a1_pd, a1_ph, a1_opd, a1_oph, a1_base, a1_grp, a1_og;
     reg [2:0] a1_lg;
     reg a2_v, a2_rd, a2_first, a2_last;
     reg [1:0] a2_kind;
@@ -396,6 +404,9 @@ module accel #(
             end
             S_DECODE: begin
                 d_last <= gD - 10'd1; h_last <= gH - 10'd1; w_last <= gW - 10'd1;
+                hw_full <= {{XW{1'b0}}, gH} * {{XW{1'b0}}, gW};
+                hw_half <= {{XW{1'b0}}, hH} * {{XW{1'b0}}, hW};
+                hw_dbl <= ({{XW{1'b0}}, gH} * {{XW{1'b0}}, gW}) << 2;
                 a_lg <= log2w(a_stride[7:0]); b_lg <= log2w(b_stride[7:0]); o_lg <= log2w(o_stride[7:0]);
                 rq_relu <= relu;
                 lane_sh <= {L{s_out}}; sh_pending <= 1'b1;
@@ -470,22 +481,24 @@ module accel #(
             // I0 -> A0: the slot
             a0_v <= i_v; a0_rd <= i_v && s_rd; a0_first <= i_first; a0_last <= i_last;
             a0_kind <= s_kind; a0_coef <= s_coef; a0_shift <= s_shift; a0_e <= i_e;
-            a0_sd <= sd; a0_sh <= sh; a0_sw <= sw; a0_sgH <= sgH; a0_sgW <= sgW;
+            a0_sd <= sd; a0_sh <= sh; a0_sw <= sw; a0_hw <= s_hw; a0_sgW <= sgW;
             a0_od <= i_d; a0_oh <= i_h; a0_ow <= i_w;
             a0_base <= s_base[AW-1:0]; a0_lg <= s_lg; a0_grp <= s_grp[AW-1:0];
             a0_og <= i_og[AW-1:0];
-            // A1: row = d * H + h (operand and output)
+            // A1: d * (H*W) and h * W (operand and output)
             a1_v <= a0_v; a1_rd <= a0_rd; a1_first <= a0_first; a1_last <= a0_last; a1_kind <= a0_kind;
             a1_coef <= a0_coef; a1_shift <= a0_shift; a1_e <= a0_e;
-            a1_row <= {{XW{1'b0}}, a0_sd} * {{XW{1'b0}}, a0_sgH} + {{XW{1'b0}}, a0_sh};
-            a1_orow <= {{XW{1'b0}}, a0_od} * {{XW{1'b0}}, gH} + {{XW{1'b0}}, a0_oh};
-            a1_sw <= a0_sw; a1_sgW <= a0_sgW; a1_ow <= a0_ow;
+            a1_pd <= {{XW{1'b0}}, a0_sd} * a0_hw;
+            a1_ph <= {{XW{1'b0}}, a0_sh} * {{XW{1'b0}}, a0_sgW};
+            a1_opd <= {{XW{1'b0}}, a0_od} * hw_full;
+            a1_oph <= {{XW{1'b0}}, a0_oh} * {{XW{1'b0}}, gW};
+            a1_sw <= a0_sw; a1_ow <= a0_ow;
             a1_base <= a0_base; a1_lg <= a0_lg; a1_grp <= a0_grp; a1_og <= a0_og;
-            // A2: voxel = row * W + w
+            // A2: voxel = d*H*W + h*W + w
             a2_v <= a1_v; a2_rd <= a1_rd; a2_first <= a1_first; a2_last <= a1_last; a2_kind <= a1_kind;
             a2_coef <= a1_coef; a2_shift <= a1_shift; a2_e <= a1_e;
-            a2_vox <= a1_row * {{XW{1'b0}}, a1_sgW} + {{XW{1'b0}}, a1_sw};
-            a2_ovox <= a1_orow * {{XW{1'b0}}, gW} + {{XW{1'b0}}, a1_ow};
+            a2_vox <= a1_pd + a1_ph + {{XW{1'b0}}, a1_sw};
+            a2_ovox <= a1_opd + a1_oph + {{XW{1'b0}}, a1_ow};
             a2_base <= a1_base; a2_lg <= a1_lg; a2_grp <= a1_grp; a2_og <= a1_og;
             // A3: voxel x words per voxel; base + group
             b_v <= a2_v; b_rd <= a2_rd; b_first <= a2_first; b_last <= a2_last; b_kind <= a2_kind;
