@@ -106,7 +106,8 @@ scaling: $(OUT)/export/manifest.json
 # and int4 at 75/90/95 %) in $(OUT)_curve/report/, reusing $(OUT)'s trained network (~26 min)
 curve: $(OUT)/train/model.pt
 	mkdir -p $(OUT)_curve/train
-	test -f $(OUT)_curve/train/model.pt || cp $(OUT)/train/model.pt $(OUT)_curve/train/model.pt
+	# the final checkpoint too: when configs/curve.toml is newer, train --resume finishes at once
+	test -f $(OUT)_curve/train/model.pt || cp $(OUT)/train/model.pt $(OUT)/train/ckpt.pt $(OUT)_curve/train/
 	$(MAKE) report CONFIG=configs/curve.toml OUT=$(OUT)_curve
 
 # the float stage alone: identity and trained rows, per-label CSV, figure 3

@@ -3,8 +3,9 @@
 // It executes a list of descriptors from external memory (programmer's model: hw/ACCEL.md):
 // conv3d_s8 (odd cubic kernels, input optionally nearest-upsampled x2), add_s8 (exponent
 // alignment by left shifts, operand A optionally nearest- or trilinear-upsampled x2, operand B
-// optionally nearest-upsampled), maxpool2_s8; every result through one requantiser (round
-// half to even, saturation, ReLU as the clamp). It knows operators, not LocalNet.
+// optionally nearest-upsampled), maxpool2_s8; every result through a requantiser per output
+// lane (its own shift: per-channel weight scales; round half to even, saturation, ReLU as the
+// clamp). It knows operators, not LocalNet.
 //
 // External memory: 64-bit words, one read port and one write port, each one word per cycle;
 // requests leave registered, a read's word is on rd_data the cycle after the memory sees the
