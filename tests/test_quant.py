@@ -165,6 +165,10 @@ def test_pipeline_masks_scales_and_schema(tiny_data, tiny_export):
         ck = load_checkpoint(path)
         assert ck["step"] == cfg.prune.steps and ck["stage"] == "prune"
 
+    summary = json.loads((out / "prune" / "prune.json").read_text())
+    nm, more = summary["nm"], summary["nm_more"]["1of4"]  # 2:4, then the further ratio 1:4
+    assert (nm["n"], nm["m"], more["n"], more["m"]) == (2, 4, 1, 4)
+    assert 0.4 < nm["sparsity"] < more["sparsity"] < 0.8  # whole blocks; a short last run keeps round(n/m x len)
     done = json.loads((out / "qat" / "qat.json").read_text())["checkpoints"]
     assert set(done) == {"int8", "int4"}
     done |= json.loads((out / "qat" / "curve" / "curve.json").read_text())["checkpoints"]
