@@ -2,17 +2,20 @@
 
     python -m model.synth --out data/synthetic            # 18 subjects, half IBSR resolution
     python -m model.synth --out D --subjects 8 --shape 256 128 256 --seed 1
+    python -m model.synth --out D --variation 0           # one template anatomy for every subject
 
-Each subject is one analytic template anatomy (brain, cortex, white matter,
-lateral ventricles, thalamus, caudate, putamen, hippocampus, left and right
-under their CMA codes; CSF, skull and scalp around them) seen through a
-subject-specific smooth random deformation and a small affine change, imaged
+Each subject has its own analytic anatomy (brain, cortex, white matter, lateral
+ventricles, thalamus, caudate, putamen, hippocampus, left and right under their CMA
+codes; CSF, skull and scalp around them): the template's structures with
+subject-specific sizes, positions, ventricle enlargement and cortical folding
+(`Anatomy`), seen through a subject-specific smooth random deformation and a small
+affine change, imaged
 with T1-like contrast, a multiplicative bias field and Rician-like noise. Files
 are written with a per-subject voxel order, axis flips and spacing jitter (the
 header says which), and odd subjects carry the trailing singleton 4th axis real
 IBSR label files have, so the real loader is what reads them. Landmarks (world
-mm) are points of the template mapped through each subject's deformation, so
-true landmark TRE is measurable.
+mm) are points of the subject's anatomy (structure centres, ventricle tips, lobe
+poles) mapped through its deformation, so true landmark TRE is measurable.
 """
 from __future__ import annotations
 
@@ -47,11 +50,40 @@ def _ellipsoid_radius(p: np.ndarray, centre, axes) -> np.ndarray:
     return np.sqrt((q * q).sum(0))
 
 
-def template_anatomy(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Labels (CMA codes, int16) and T1 intensity (float32) at template points p (3, N) in mm."""
+class Anatomy:
+    """One subject's anatomy in template space (mm): the template's structures with their own
+    sizes, positions and cortical folding. Real brains differ in more than a smooth warp of one
+    template: structure volumes vary by 10-20 % between adults and the lateral ventricles by a
+    factor of two or more, and no two cortices fold alike. `variation` scales every departure
+    (0: the template itself, every subject the same anatomy up to its deformation)."""
+
+    def __init__(self, rng: np.random.Generator | None = None, variation: float = 1.0):
+        v = 0.0 if rng is None else variation
+        r = rng if rng is not None else np.random.default_rng(0)
+        self.brain_axes = BRAIN_AXES * (1 + v * np.clip(r.normal(0, 0.04, 3), -0.1, 0.1))
+        # folding: frequencies +-15 %, phases anywhere, depth +-30 %
+        self.fold_period = np.array([5.0, 6.0, 4.5]) / (1 + v * r.uniform(-0.15, 0.15, 3))
+        self.fold_phase = v * r.uniform(-np.pi, np.pi, 3)
+        self.fold_amp = 0.035 * (1 + v * r.uniform(-0.3, 0.3))
+        self.deep = []
+        for name, code_l, code_r, centre, axes, val in DEEP:
+            for sign, code in ((-1.0, code_l), (1.0, code_r)):
+                c = np.array([sign * centre[0], centre[1], centre[2]]) + v * np.clip(r.normal(0, 2.5, 3), -6, 6)
+                size = 1 + v * np.clip(r.normal(0, 0.12, 3), -0.3, 0.3)
+                if name == "lateral_ventricle":  # ventricles: one log-normal factor on width and height
+                    size = size * np.exp(v * np.clip(r.normal(0, 0.3), -0.7, 0.7)) ** np.array([1.0, 0.3, 1.0])
+                self.deep.append((name, "L" if sign < 0 else "R", c, np.asarray(axes) * size, val))
+
+
+TEMPLATE = Anatomy()
+
+
+def template_anatomy(p: np.ndarray, anat: Anatomy = TEMPLATE) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (CMA codes, int16) and T1 intensity (float32) at points p (3, N) in mm of `anat`'s space."""
     x, y, z = p
-    rho = _ellipsoid_radius(p, (0, 0, 0), BRAIN_AXES)
-    fold = 0.035 * np.sin(x / 5.0) * np.sin(y / 6.0) * np.sin(z / 4.5)  # cortical folding
+    rho = _ellipsoid_radius(p, (0, 0, 0), anat.brain_axes)
+    f, ph = anat.fold_period, anat.fold_phase
+    fold = anat.fold_amp * np.sin(x / f[0] + ph[0]) * np.sin(y / f[1] + ph[1]) * np.sin(z / f[2] + ph[2])
     brain = rho + fold < 1.0
     wm = rho + 2.5 * fold < 0.8
     left = x < 0
@@ -65,29 +97,29 @@ def template_anatomy(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     label[brain] = np.where(left[brain], 3, 42)
     t1[wm] = WM_T1
     label[wm] = np.where(left[wm], 2, 41)
-    for _, code_l, code_r, (cx, cy, cz), axes, val in DEEP:
-        for sign, code in ((-1.0, code_l), (1.0, code_r)):
-            inside = _ellipsoid_radius(p, (sign * cx, cy, cz), axes) < 1.0
-            label[inside] = code
-            t1[inside] = val
+    codes = {(n, "L"): cl for n, cl, _, *_ in DEEP} | {(n, "R"): cr for n, _, cr, *_ in DEEP}
+    for name, side, centre, axes, val in anat.deep:
+        code = codes[name, side]
+        inside = _ellipsoid_radius(p, centre, axes) < 1.0
+        label[inside] = code
+        t1[inside] = val
     return label, t1
 
 
-def template_landmarks() -> tuple[list[str], np.ndarray]:
-    """Named template points (mm): structure centres, ventricle tips, lobe poles."""
+def template_landmarks(anat: Anatomy = TEMPLATE) -> tuple[list[str], np.ndarray]:
+    """Named points (mm) of `anat`: structure centres, ventricle tips, lobe poles."""
     names, pts = [], []
-    for name, _, _, (cx, cy, cz), axes, _ in DEEP:
-        for side, sign in (("L", -1.0), ("R", 1.0)):
-            names.append(f"{name}_{side}")
-            pts.append((sign * cx, cy, cz))
-    for side, sign in (("L", -1.0), ("R", 1.0)):
-        cx, cy, cz = DEEP[0][3]
-        ay = DEEP[0][4][1]
+    for name, side, c, axes, _ in anat.deep:
+        names.append(f"{name}_{side}")
+        pts.append(tuple(c))
+    ventricles = [(c, axes) for name, _, c, axes, _ in anat.deep if name == "lateral_ventricle"]
+    b = anat.brain_axes
+    for (side, sign), (c, axes) in zip((("L", -1.0), ("R", 1.0)), ventricles):
         names += [f"ventricle_anterior_tip_{side}", f"ventricle_posterior_tip_{side}"]
-        pts += [(sign * cx, cy + 0.85 * ay, cz), (sign * cx, cy - 0.85 * ay, cz)]
+        pts += [(c[0], c[1] + 0.85 * axes[1], c[2]), (c[0], c[1] - 0.85 * axes[1], c[2])]
         names += [f"frontal_pole_{side}", f"occipital_pole_{side}", f"temporal_pole_{side}"]
-        pts += [(sign * 25.0, 0.7 * BRAIN_AXES[1], 10.0), (sign * 20.0, -0.72 * BRAIN_AXES[1], 5.0),
-                (sign * 0.6 * BRAIN_AXES[0], 10.0, -25.0)]
+        pts += [(sign * 25.0 * b[0] / BRAIN_AXES[0], 0.7 * b[1], 10.0), (sign * 20.0 * b[0] / BRAIN_AXES[0], -0.72 * b[1], 5.0),
+                (sign * 0.6 * b[0], 10.0, -25.0)]
     return names, np.asarray(pts, dtype=np.float64)
 
 
@@ -142,13 +174,15 @@ def subject_geometry(idx: int, rng: np.random.Generator, base_shape, base_spacin
     return shape, aff
 
 
-def make_subject(idx: int, seed: int, base_shape, base_spacing):
+def make_subject(idx: int, seed: int, base_shape, base_spacing, variation: float = 1.0):
     rng = np.random.default_rng([seed, idx])
     shape, aff = subject_geometry(idx, rng, base_shape, base_spacing)
     warp = SubjectWarp(rng)
+    # the subject's own anatomy from a stream of its own: with variation 0 the set is the template's
+    anat = Anatomy(np.random.default_rng([seed, idx, 1]), variation)
     grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")).reshape(3, -1)
     world = aff[:3, :3].astype(np.float32) @ grid + aff[:3, 3].astype(np.float32)[:, None]
-    label, t1 = template_anatomy(warp.to_template(world))
+    label, t1 = template_anatomy(warp.to_template(world), anat)
     # bias field: smooth multiplicative, up to about +-15% across the head
     c = rng.normal(0, 1, 6).astype(np.float32)
     w = world / 100.0
@@ -162,18 +196,18 @@ def make_subject(idx: int, seed: int, base_shape, base_spacing):
     img = np.sqrt((t1 + n1) ** 2 + n2**2)  # Rician magnitude noise
     img = np.clip(np.rint(img), 0, 32767).astype(np.int16).reshape(shape)
     label = label.reshape(shape)
-    names, tpl = template_landmarks()
+    names, tpl = template_landmarks(anat)
     lm = warp.to_subject(tpl.T).T
     return img, label, aff, names, lm
 
 
 def write_dataset(out: Path, subjects: int = 18, seed: int = 0, shape=(128, 64, 128),
-                  spacing=(1.875, 3.0, 1.875), progress: bool = True) -> None:
+                  spacing=(1.875, 3.0, 1.875), progress: bool = True, variation: float = 1.0) -> None:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     for i in range(subjects):
         name = f"IBSR_{i + 1:02d}"
-        img, lab, aff, names, lm = make_subject(i, seed, shape, spacing)
+        img, lab, aff, names, lm = make_subject(i, seed, shape, spacing, variation)
         if i % 2:  # as real IBSR label files: trailing singleton 4th axis
             lab = lab[..., None]
         folder = out / name
@@ -192,7 +226,7 @@ def write_dataset(out: Path, subjects: int = 18, seed: int = 0, shape=(128, 64, 
         print(file=sys.stderr)
     atomic_write_json(out / "synth_manifest.json", {
         "generator": "model.synth", "git_commit": git_commit(), "seed": seed, "subjects": subjects,
-        "shape": list(shape), "spacing_mm": list(spacing),
+        "shape": list(shape), "spacing_mm": list(spacing), "anatomy_variation": variation,
         "labels": sorted({c for _, l, r, *_ in DEEP for c in (l, r)} | {2, 41, 3, 42}),
     })
 
@@ -204,10 +238,14 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shape", type=int, nargs=3, default=[128, 64, 128], help="voxels (x, y, z) before per-subject reordering")
     ap.add_argument("--spacing", type=float, nargs=3, default=[1.875, 3.0, 1.875], help="mm (x, y, z) before jitter")
+    ap.add_argument("--variation", type=float, default=1.0,
+                    help="scale of the per-subject anatomy (sizes, positions, folding); 0: one template for all")
     a = ap.parse_args(argv)
     if a.subjects < 2:
         ap.error("--subjects must be at least 2")
-    write_dataset(a.out, a.subjects, a.seed, a.shape, a.spacing)
+    if a.variation < 0:
+        ap.error("--variation must be >= 0")
+    write_dataset(a.out, a.subjects, a.seed, a.shape, a.spacing, variation=a.variation)
     return 0
 
 

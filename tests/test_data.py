@@ -108,6 +108,31 @@ def test_synthetic_generator_is_deterministic(tiny_data, tmp_path):
             assert np.array_equal(np.asarray(a.dataobj), np.asarray(nib.load(tmp_path / f).dataobj))
 
 
+def _template_space_volumes(anat) -> dict[int, int]:
+    """Voxel count of every label of `anat` on a 2 mm grid of template space (no deformation)."""
+    from model.synth import template_anatomy
+
+    axes = [np.arange(-80.0, 80.0, 2.0)] * 3
+    p = np.stack(np.meshgrid(*axes, indexing="ij")).reshape(3, -1).astype(np.float32)
+    codes, counts = np.unique(template_anatomy(p, anat)[0], return_counts=True)
+    return dict(zip(codes.tolist(), counts.tolist()))
+
+
+def test_synthetic_anatomy_varies_by_subject():
+    from model.synth import TEMPLATE, Anatomy
+
+    a, b = (Anatomy(np.random.default_rng([0, i, 1])) for i in (1, 2))
+    va, vb, vt = _template_space_volumes(a), _template_space_volumes(b), _template_space_volumes(TEMPLATE)
+    # with variation every deep structure of one subject differs in size from the other's
+    for code in (4, 43, 10, 49, 11, 50, 12, 51, 17, 53):
+        assert va[code] != vb[code], code
+    # the lateral ventricles by more than 10 % somewhere (their log-normal size factor)
+    assert max(abs(va[c] / vt[c] - 1) for c in (4, 43)) > 0.1
+    # variation 0 is the template itself, whatever the draws
+    z = Anatomy(np.random.default_rng([0, 1, 1]), variation=0.0)
+    assert _template_space_volumes(z) == vt
+
+
 # ---- bad input: a DataError naming the file and the problem ----
 
 def test_missing_directory(tmp_path):
