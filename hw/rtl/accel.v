@@ -108,7 +108,7 @@ module accel #(
     reg [31:0] grp;      // elementwise: channel group
     reg iter_done;
     reg [4:0] drain;
-    localparam [4:0] DRAIN = 5'd16;  // I0, I1, A0 .. A4, M, P0, P1, P2a .. P2c, P3 .. P5 after the last slot, then the write
+    localparam [4:0] DRAIN = 5'd18;  // I0, I1, A0 .. A4, M, P0, P1a .. P1c, P2a .. P2c, P3 .. P5 after the last slot, then the write
 
     // the iterator's limits, registered when a run starts (constant during it)
     reg [WB_AW:0] slot_last;       // slots per output word - 1
@@ -338,12 +338,12 @@ module accel #(
         p0_first <= p1_first; p0_last <= p1_last; p0_kind <= p1_kind;
         p0_coef <= p1_coef; p0_shift <= p1_shift; p0_oaddr <= p1_oaddr;
     end
-    reg signed [15:0] prod [0:TP*L*L-1];   // ((L*t + lane) * L + input lane)
+    reg signed [15:0] prod [0:TP*L*L-1];   // ((L*t + lane) * L + input lane): accel_mul8 outputs (P1a-P1c)
     reg signed [13:0] q_lane [0:L-1];
-    reg q_v, q_first, q_last;
-    reg [1:0] q_kind;
-    reg [4:0] q_shift;
-    reg [AW-1:0] q_oaddr;
+    reg q_v, q_first, q_last, qa_v, qa_first, qa_last, qb_v, qb_first, qb_last;
+    reg [1:0] q_kind, qa_kind, qb_kind;
+    reg [4:0] q_shift, qa_shift, qb_shift;
+    reg [AW-1:0] q_oaddr, qa_oaddr, qb_oaddr;
     genvar gp, gi, gq;
     generate for (gq = 0; gq < TP; gq = gq + 1) begin : g_xp
         for (gp = 0; gp < L; gp = gp + 1) begin : g_x0
@@ -351,8 +351,9 @@ module accel #(
             wire no_rd = (gq == 0) ? !p1_rd : !p1x_rd[(gq == 0) ? 0 : gq - 1];
             accel_word_reg u_x0 (.clk(clk), .zero(no_rd), .d(rd_data[64*gq +: 64]), .q(x0[L*gq + gp]));
             for (gi = 0; gi < L; gi = gi + 1) begin : g_prod
-                always @(posedge clk) prod[(L*gq + gp)*L + gi] <= $signed(w0[64*(L*gq + gp) + 8*gi +: 8]) *
-                                                              $signed(x0[L*gq + gp][8*gi +: 8]);
+                wire signed [15:0] pq;
+                accel_mul8 u_mul (.clk(clk), .a(w0[64*(L*gq + gp) + 8*gi +: 8]), .b(x0[L*gq + gp][8*gi +: 8]), .p(pq));
+                always @(*) prod[(L*gq + gp)*L + gi] = pq;
             end
         end
     end endgenerate
@@ -366,7 +367,8 @@ module accel #(
         wire signed [13:0] x27 = x9 + (x9 <<< 1);
         // the weights' bits tell them apart: 1 = 00001, 3 = 00011, 9 = 01001, 27 = 11011
         wire signed [13:0] xc = p0_coef[4] ? x27 : p0_coef[3] ? x9 : p0_coef[1] ? x3 : xv;
-        always @(posedge clk) q_lane[gp] <= xc;
+        reg signed [13:0] xa, xb;   // beside the products' P1a and P1b
+        always @(posedge clk) begin xa <= xc; xb <= xa; q_lane[gp] <= xb; end
     end endgenerate
     // P2a: pairs of products summed (4 per lane and port), the lane value shifted into alignment
     // (0 for MAXPOOL); P2b: each port's 4 pair sums added; P2c: the TP port sums added
@@ -467,7 +469,7 @@ module accel #(
     always @(posedge clk) begin
         if (rst) begin
             state <= S_IDLE; done <= 1'b0; cycles <= 64'd0;
-            a0_v <= 1'b0; a1_v <= 1'b0; a2_v <= 1'b0; b_v <= 1'b0; a3_v <= 1'b0; p1_v <= 1'b0; q_v <= 1'b0; q2_v <= 1'b0; q3_v <= 1'b0; p2_v <= 1'b0;
+            a0_v <= 1'b0; a1_v <= 1'b0; a2_v <= 1'b0; b_v <= 1'b0; a3_v <= 1'b0; p1_v <= 1'b0; qa_v <= 1'b0; qb_v <= 1'b0; q_v <= 1'b0; q2_v <= 1'b0; q3_v <= 1'b0; p2_v <= 1'b0;
             fin_v <= 1'b0; r1_v <= 1'b0; rd0_en <= 1'b0; wr_en <= 1'b0; sh_pending <= 1'b0; li_is7 <= 1'b0;
         end else begin
             if (state != S_IDLE && state != S_DONE) cycles <= cycles + 64'd1;
@@ -594,9 +596,14 @@ module accel #(
             // M: the memory reads; the weight block is read from the banks (wq)
             p1_v <= a3_v; p1_rd <= a3_rd; p1_first <= a3_first; p1_last <= a3_last;
             p1_kind <= a3_kind; p1_coef <= a3_coef; p1_shift <= a3_shift; p1_oaddr <= a3_oaddr;
-            // P1: products registered (prod, q_lane above)
-            q_v <= p0_v; q_first <= p0_first; q_last <= p0_last; q_kind <= p0_kind; q_oaddr <= p0_oaddr;
-            q_shift <= p0_shift;
+            // P1a .. P1c: operands registered beside each multiplier, product, product again (accel_mul8;
+            // q_lane above)
+            qa_v <= p0_v; qa_first <= p0_first; qa_last <= p0_last; qa_kind <= p0_kind; qa_oaddr <= p0_oaddr;
+            qa_shift <= p0_shift;
+            qb_v <= qa_v; qb_first <= qa_first; qb_last <= qa_last; qb_kind <= qa_kind; qb_oaddr <= qa_oaddr;
+            qb_shift <= qa_shift;
+            q_v <= qb_v; q_first <= qb_first; q_last <= qb_last; q_kind <= qb_kind; q_oaddr <= qb_oaddr;
+            q_shift <= qb_shift;
             // P2a: pair sums registered (psum, q2_lane above)
             q2_v <= q_v; q2_first <= q_first; q2_last <= q_last; q2_kind <= q_kind; q2_oaddr <= q_oaddr;
             // P2b: each port's lane sums registered (ps_b, q3_lane above); P2c: the ports' sum registered
@@ -640,6 +647,26 @@ module accel #(
             assign wq[64*(L*gq + gj) +: 64] = q;
         end
     end endgenerate
+endmodule
+
+// An int8 x int8 product with its operands registered in front of the multiplier and the product
+// registered twice behind it (P1a, P1b, P1c): kept as its own instance, so that placement puts
+// the registers beside the multiplier block wherever that lands (with 128 of them the array
+// spreads over the die, and the routing to and from a far multiplier was the critical path).
+(* keep_hierarchy *)
+module accel_mul8 (
+    input  wire              clk,
+    input  wire        [7:0] a,
+    input  wire        [7:0] b,
+    output reg  signed [15:0] p
+);
+    reg signed [7:0] ar, br;
+    reg signed [15:0] pr;
+    always @(posedge clk) begin
+        ar <= a; br <= b;
+        pr <= ar * br;
+        p <= pr;
+    end
 endmodule
 
 // A 64-bit register (zeroed when `zero`), kept as its own instance so that synthesis leaves
