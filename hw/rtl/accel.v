@@ -7,14 +7,14 @@
 // lane (its own shift: per-channel weight scales; round half to even, saturation, ReLU as the
 // clamp). It knows operators, not LocalNet.
 //
-// External memory: 64-bit words, one read port and one write port, each one word per cycle;
+// External memory: 64-bit words, TP read ports and one write port, each one word per cycle;
 // requests leave registered, a read's word is on rd_data the cycle after the memory sees the
 // request; nothing else reaches memory.
-// Datapath: LANES x LANES int8 MAC array (one weight block of 8 output x 8 input channels
-// against one activation word per cycle), int32 accumulators (the compiler proves every
-// bound). Pipeline per slot (hw/ACCEL.md): I0-I1 slot and block header, A0 operand coordinates,
-// A1-A2 voxel index, A3-A4 address (registered
-// request), M memory, P0 operands registered, P1 products, P2a-P2b lane sums, P3 accumulate, P4-P5
+// Datapath: TP x LANES x LANES int8 MACs (TP weight blocks of 8 output x 8 input channels, each
+// against its own activation word, per cycle: the parallelism parameter), int32 accumulators
+// (the compiler proves every bound). Pipeline per slot (hw/ACCEL.md): I0-I1 slot and block
+// headers, A0 operand coordinates, A1-A2 voxel index, A3-A4 address (registered request), M
+// memory, P0 operands registered, P1 products, P2a-P2c lane sums, P3 accumulate, P4-P5
 // requantise (registered write).
 //
 // Build options (fault injection, tests/test_rtl.py): FAULT_ROUND_HALF_UP rounds ties up,
@@ -23,6 +23,7 @@
 
 module accel #(
     parameter integer AW = 20,          // word address bits
+    parameter integer TP = 2,           // weight blocks per slot (1 or 2): TP x 64 MACs, TP read ports
     parameter integer WBUF_DEPTH = 512, // weight blocks per output-channel group
     parameter integer WB_AW = 9
 ) (
@@ -31,14 +32,17 @@ module accel #(
     input  wire          start,
     output reg           done,
     output reg  [63:0]   cycles,
-    output reg  [AW-1:0] rd_addr,   // registered; the memory returns the word on rd_data a cycle later
-    output reg           rd_en,
-    input  wire [63:0]   rd_data,
+    output wire [TP*AW-1:0] rd_addr,   // port t in bits t*AW +: AW; registered, the word a cycle later
+    output wire [TP-1:0]    rd_en,
+    input  wire [64*TP-1:0] rd_data,   // port t in bits 64t +: 64
     output reg  [AW-1:0] wr_addr,   // registered
     output reg           wr_en,
     output reg  [63:0]   wr_data
 );
     localparam integer L = 8;
+    localparam integer TPL = (TP == 2) ? 1 : 0;    // log2(TP)
+    localparam integer XP = (TP > 1) ? TP - 1 : 1; // ports beyond 0 (vectors need a width >= 1)
+    wire [63:0] rd0 = rd_data[63:0];                 // descriptors and weight blocks come through port 0
     localparam [2:0] S_IDLE = 3'd0, S_FETCH = 3'd1, S_DECODE = 3'd2, S_LOAD = 3'd3, S_RUN = 3'd4, S_DONE = 3'd5;
     localparam [7:0] OP_END = 8'd0, OP_CONV = 8'd1, OP_ADD = 8'd2, OP_MAXPOOL = 8'd3;
     localparam [1:0] K_CONV = 2'd0, K_SCALE = 2'd1, K_MAX = 2'd2;
@@ -89,7 +93,7 @@ module accel #(
     endfunction
 
     // ---------------------------------------------------------------- weight buffer
-    reg [31:0] hdr  [0:WBUF_DEPTH-1];
+    reg [31:0] hdr  [0:WBUF_DEPTH/TP-1];   // port 0's block headers (block e in bank e % TP at e / TP)
     reg signed [31:0] bias [0:L-1];
     reg [WB_AW:0] n_entries;
     reg [31:0] lptr, li, lnum;
@@ -103,8 +107,8 @@ module accel #(
     reg [31:0] eslot;    // conv: weight block; elementwise: slot within (voxel, group)
     reg [31:0] grp;      // elementwise: channel group
     reg iter_done;
-    reg [3:0] drain;
-    localparam [3:0] DRAIN = 4'd15;  // I0, I1, A0 .. A4, M, P0, P1, P2a, P2b, P3 .. P5 after the last slot, then the write
+    reg [4:0] drain;
+    localparam [4:0] DRAIN = 5'd18;  // I0, I1, A0 .. A4, M, P0, P1a .. P1c, P2a .. P2c, P3 .. P5 after the last slot, then the write
 
     // the iterator's limits, registered when a run starts (constant during it)
     reg [WB_AW:0] slot_last;       // slots per output word - 1
@@ -133,7 +137,7 @@ module accel #(
         j_first <= (eslot == 0); j_last <= last_slot;
         j_d <= vd; j_h <= vh; j_w <= vw; j_e <= eslot[WB_AW-1:0]; j_grp <= grp;
         j_og <= is_conv ? ocg : grp;
-        h_raw <= hdr[eslot[WB_AW-1:0]];
+        h_raw <= hdr[eslot[WB_AW-1-TPL:0]];
         i_v <= rst ? 1'b0 : j_v;
         i_first <= j_first; i_last <= j_last;
         i_d <= j_d; i_h <= j_h; i_w <= j_w; i_e <= j_e; i_grp <= j_grp; i_og <= j_og;
@@ -195,6 +199,71 @@ module accel #(
         end
     end
 
+    // ---------------------------------------------------------------- ports 1 .. TP-1
+    // A CONV slot holds TP weight blocks: block e = TP * slot + t goes to port t (port 0's path is
+    // the one above and below, shared with ADD and MAXPOOL). Each further port has its own header
+    // bank, operand coordinates, bounds, voxel index and read request, in the same stages as port
+    // 0's and sharing its grid, base and group offset; a block past the group's last (E not a
+    // multiple of TP) reads nothing and contributes zero.
+    reg  [32*XP-1:0] hx_raw, hx_cur;
+    reg  [XP-1:0]    jx_v, ix_v, a0x_rd, a1x_rd, a2x_rd, bx_rd, a3x_rd, p1x_rd;
+    reg  [10*XP-1:0] a0x_sd, a0x_sh, a0x_sw, a1x_sw;
+    reg  [AW*XP-1:0] a0x_grp, a1x_grp, a2x_grp, a1x_pd, a1x_ph, a2x_vox, bx_prod, bx_bg, rdx_addr;
+    reg  [XP-1:0]    rdx_en;
+    reg  rd0_en;
+    reg  [AW-1:0] rd0_addr;
+    generate if (TP > 1) begin : g_rd
+        assign rd_en = {rdx_en[TP-2:0], rd0_en};
+        assign rd_addr = {rdx_addr[AW*(TP-1)-1:0], rd0_addr};
+    end else begin : g_rd1
+        assign rd_en = rd0_en;
+        assign rd_addr = rd0_addr;
+    end endgenerate
+    genvar gt;
+    generate for (gt = 1; gt < TP; gt = gt + 1) begin : g_port
+        localparam integer U = gt - 1;
+        reg [31:0] hdr_x [0:WBUF_DEPTH/TP-1];
+        always @(posedge clk)
+            if ((state == S_LOAD) && li >= 32'd8 && lsub == 4'd0 && (lblk & (TP - 1)) == gt)
+                hdr_x[lblk[WB_AW-1:0] >> TPL] <= rd0[31:0];
+        wire [31:0] hc = hx_cur[32*U +: 32];
+        wire signed [11:0] xd = $signed({2'b0, i_d}) + $signed({4'b0, hc[7:0]}) - $signed({8'b0, pad});
+        wire signed [11:0] xh = $signed({2'b0, i_h}) + $signed({4'b0, hc[15:8]}) - $signed({8'b0, pad});
+        wire signed [11:0] xw = $signed({2'b0, i_w}) + $signed({4'b0, hc[23:16]}) - $signed({8'b0, pad});
+        wire x_in = (xd >= 0) && (xd < $signed({2'b0, gD})) && (xh >= 0) && (xh < $signed({2'b0, gH})) &&
+                    (xw >= 0) && (xw < $signed({2'b0, gW}));
+        always @(posedge clk) begin
+            // I0, I1: the header of block TP * slot + gt; valid while inside the group's E blocks
+            hx_raw[32*U +: 32] <= hdr_x[eslot[WB_AW-1-TPL:0]];
+            jx_v[U] <= is_conv && (({1'b0, eslot[WB_AW-1:0]} << TPL) + gt < n_entries);
+            hx_cur[32*U +: 32] <= hx_raw[32*U +: 32];
+            ix_v[U] <= jx_v[U];
+            // A0: coordinates (halved on the half grid), bounds, group
+            a0x_rd[U] <= i_v && ix_v[U] && x_in;
+            a0x_sd[10*U +: 10] <= a_near ? xd[10:1] : xd[9:0];
+            a0x_sh[10*U +: 10] <= a_near ? xh[10:1] : xh[9:0];
+            a0x_sw[10*U +: 10] <= a_near ? xw[10:1] : xw[9:0];
+            a0x_grp[AW*U +: AW] <= a_off[AW-1:0] + {{(AW-8){1'b0}}, hc[31:24]};
+            // A1: d * (H*W), h * W with port 0's grid of this slot
+            a1x_rd[U] <= a0x_rd[U];
+            a1x_pd[AW*U +: AW] <= {{XW{1'b0}}, a0x_sd[10*U +: 10]} * a0_hw;
+            a1x_ph[AW*U +: AW] <= {{XW{1'b0}}, a0x_sh[10*U +: 10]} * {{XW{1'b0}}, a0_sgW};
+            a1x_sw[10*U +: 10] <= a0x_sw[10*U +: 10];
+            a1x_grp[AW*U +: AW] <= a0x_grp[AW*U +: AW];
+            // A2: voxel; A3: x words per voxel, base + group; A4: the request leaves registered
+            a2x_rd[U] <= a1x_rd[U];
+            a2x_vox[AW*U +: AW] <= a1x_pd[AW*U +: AW] + a1x_ph[AW*U +: AW] + {{XW{1'b0}}, a1x_sw[10*U +: 10]};
+            a2x_grp[AW*U +: AW] <= a1x_grp[AW*U +: AW];
+            bx_rd[U] <= a2x_rd[U];
+            bx_prod[AW*U +: AW] <= a2x_vox[AW*U +: AW] << a2_lg;
+            bx_bg[AW*U +: AW] <= a2_base + a2x_grp[AW*U +: AW];
+            rdx_en[U] <= !rst && b_v && bx_rd[U];
+            rdx_addr[AW*U +: AW] <= bx_prod[AW*U +: AW] + bx_bg[AW*U +: AW];
+            a3x_rd[U] <= bx_rd[U];
+            p1x_rd[U] <= a3x_rd[U];
+        end
+    end endgenerate
+
     // ---------------------------------------------------------------- address pipeline
     // addresses: voxel index (< 2^AW) x words per voxel (< 256) + group: the two products d*(H*W)
     // and h*W in A1, straight into registers, their sum with w in A2 (a multiply followed by an
@@ -240,7 +309,7 @@ module accel #(
     reg [1:0] p1_kind;
     reg [4:0] p1_coef, p1_shift;
     reg [AW-1:0] p1_oaddr;
-    wire [64*L-1:0] wq;      // the weight block of the slot in P1, lane j = wq[64j +: 64]
+    wire [64*L*TP-1:0] wq;   // the slot's weight blocks in P1: port t, lane j = wq[64(Lt + j) +: 64]
     reg p2_v, p2_first, p2_last;
     reg [1:0] p2_kind;
     reg [AW-1:0] p2_oaddr;
@@ -250,15 +319,15 @@ module accel #(
     reg fin_v;
     reg [AW-1:0] fin_addr;
 
-    // P0: the read word and the weight block arrive and are registered beside the multipliers
+    // P0: the read words and the weight blocks arrive and are registered beside the multipliers
     // (the block RAM's output and the pins are too far from them for one cycle);
-    // P1: 64 products (and the lane values times the trilinear weight); P2: the 8 products of each
-    // lane summed (or the lane value shifted into alignment)
-    // the read word, one copy per output lane, each beside that lane's 8 multipliers (one register
+    // P1: TP x 64 products (and port 0's lane values times the trilinear weight); P2a-P2c: the
+    // 8 TP products of each lane summed (or the lane value shifted into alignment)
+    // each read word, one copy per output lane, each beside that lane's 8 multipliers (one register
     // feeding all 64 was the critical path: its routing across the die); separate instances, so
     // synthesis does not merge the copies back into one
-    wire [63:0] x0 [0:L-1];
-    reg [64*L-1:0] w0;
+    wire [63:0] x0 [0:L*TP-1];   // port t, lane j at L*t + j
+    reg [64*L*TP-1:0] w0;
     reg p0_v, p0_first, p0_last;
     reg [1:0] p0_kind;
     reg [4:0] p0_coef, p0_shift;
@@ -269,16 +338,24 @@ module accel #(
         p0_first <= p1_first; p0_last <= p1_last; p0_kind <= p1_kind;
         p0_coef <= p1_coef; p0_shift <= p1_shift; p0_oaddr <= p1_oaddr;
     end
-    reg signed [15:0] prod [0:L*L-1];
+    reg signed [15:0] prod [0:TP*L*L-1];   // ((L*t + lane) * L + input lane): accel_mul8 outputs (P1a-P1c)
     reg signed [13:0] q_lane [0:L-1];
-    reg q_v, q_first, q_last;
-    reg [1:0] q_kind;
-    reg [4:0] q_shift;
-    reg [AW-1:0] q_oaddr;
-    genvar gp, gi;
-    generate for (gp = 0; gp < L; gp = gp + 1) begin : g_x0
-        // a tap outside the volume reads nothing: zero
-        accel_word_reg u_x0 (.clk(clk), .zero(!p1_rd), .d(rd_data), .q(x0[gp]));
+    reg q_v, q_first, q_last, qa_v, qa_first, qa_last, qb_v, qb_first, qb_last;
+    reg [1:0] q_kind, qa_kind, qb_kind;
+    reg [4:0] q_shift, qa_shift, qb_shift;
+    reg [AW-1:0] q_oaddr, qa_oaddr, qb_oaddr;
+    genvar gp, gi, gq;
+    generate for (gq = 0; gq < TP; gq = gq + 1) begin : g_xp
+        for (gp = 0; gp < L; gp = gp + 1) begin : g_x0
+            // a tap outside the volume (or a block past the group's last) reads nothing: zero
+            wire no_rd = (gq == 0) ? !p1_rd : !p1x_rd[(gq == 0) ? 0 : gq - 1];
+            accel_word_reg u_x0 (.clk(clk), .zero(no_rd), .d(rd_data[64*gq +: 64]), .q(x0[L*gq + gp]));
+            for (gi = 0; gi < L; gi = gi + 1) begin : g_prod
+                wire signed [15:0] pq;
+                accel_mul8 u_mul (.clk(clk), .a(w0[64*(L*gq + gp) + 8*gi +: 8]), .b(x0[L*gq + gp][8*gi +: 8]), .p(pq));
+                always @(*) prod[(L*gq + gp)*L + gi] = pq;
+            end
+        end
     end endgenerate
     generate for (gp = 0; gp < L; gp = gp + 1) begin : g_part
         // lane value times the trilinear weight 1, 3, 9 or 27 (1 for the other ADD and MAXPOOL
@@ -290,26 +367,31 @@ module accel #(
         wire signed [13:0] x27 = x9 + (x9 <<< 1);
         // the weights' bits tell them apart: 1 = 00001, 3 = 00011, 9 = 01001, 27 = 11011
         wire signed [13:0] xc = p0_coef[4] ? x27 : p0_coef[3] ? x9 : p0_coef[1] ? x3 : xv;
-        for (gi = 0; gi < L; gi = gi + 1) begin : g_prod
-            always @(posedge clk) prod[gp*L + gi] <= $signed(w0[64*gp + 8*gi +: 8]) * $signed(x0[gp][8*gi +: 8]);
-        end
-        always @(posedge clk) q_lane[gp] <= xc;
+        reg signed [13:0] xa, xb;   // beside the products' P1a and P1b
+        always @(posedge clk) begin xa <= xc; xb <= xa; q_lane[gp] <= xb; end
     end endgenerate
-    // P2a: pairs of products summed (4 per lane), the lane value shifted into alignment (0 for
-    // MAXPOOL); P2b: the 4 partial sums added
-    reg signed [16:0] psum [0:4*L-1];
+    // P2a: pairs of products summed (4 per lane and port), the lane value shifted into alignment
+    // (0 for MAXPOOL); P2b: each port's 4 pair sums added; P2c: the TP port sums added
+    reg signed [16:0] psum [0:4*L*TP-1];   // ((L*t + lane) * 4 + pair)
+    reg signed [19:0] ps_b [0:L*TP-1];     // port t, lane j at L*t + j: |sum| <= 8 x 127 x 128
     reg signed [31:0] q2_lane [0:L-1];
-    reg q2_v, q2_first, q2_last;
-    reg [1:0] q2_kind;
-    reg [AW-1:0] q2_oaddr;
+    reg signed [31:0] q3_lane [0:L-1];
+    reg q2_v, q2_first, q2_last, q3_v, q3_first, q3_last;
+    reg [1:0] q2_kind, q3_kind;
+    reg [AW-1:0] q2_oaddr, q3_oaddr;
     wire signed [31:0] part [0:L-1];
-    generate for (gp = 0; gp < L; gp = gp + 1) begin : g_sum   // L = 8 products per lane
-        for (gi = 0; gi < 4; gi = gi + 1) begin : g_pair
-            always @(posedge clk) psum[4*gp + gi] <= prod[gp*L + 2*gi] + prod[gp*L + 2*gi + 1];
+    generate for (gp = 0; gp < L; gp = gp + 1) begin : g_sum   // L = 8 products per lane and port
+        for (gq = 0; gq < TP; gq = gq + 1) begin : g_port_sum
+            for (gi = 0; gi < 4; gi = gi + 1) begin : g_pair
+                always @(posedge clk) psum[(L*gq + gp)*4 + gi] <= prod[(L*gq + gp)*L + 2*gi] + prod[(L*gq + gp)*L + 2*gi + 1];
+            end
+            always @(posedge clk) ps_b[L*gq + gp] <= psum[(L*gq + gp)*4] + psum[(L*gq + gp)*4 + 1] +
+                                                     psum[(L*gq + gp)*4 + 2] + psum[(L*gq + gp)*4 + 3];
         end
         always @(posedge clk) q2_lane[gp] <= $signed({{18{q_lane[gp][13]}}, q_lane[gp]}) <<< q_shift;
-        wire signed [31:0] s = psum[4*gp] + psum[4*gp + 1] + psum[4*gp + 2] + psum[4*gp + 3];
-        assign part[gp] = (q2_kind == K_CONV) ? s : q2_lane[gp];
+        always @(posedge clk) q3_lane[gp] <= q2_lane[gp];
+        wire signed [31:0] s = (TP > 1) ? ps_b[gp] + ps_b[L*(TP - 1) + gp] : ps_b[gp];
+        assign part[gp] = (q3_kind == K_CONV) ? s : q3_lane[gp];
     end endgenerate
 
     // requantise in two stages (P4, P5): round half to even on a right shift, exact left shift
@@ -387,8 +469,8 @@ module accel #(
     always @(posedge clk) begin
         if (rst) begin
             state <= S_IDLE; done <= 1'b0; cycles <= 64'd0;
-            a0_v <= 1'b0; a1_v <= 1'b0; a2_v <= 1'b0; b_v <= 1'b0; a3_v <= 1'b0; p1_v <= 1'b0; q_v <= 1'b0; q2_v <= 1'b0; p2_v <= 1'b0;
-            fin_v <= 1'b0; r1_v <= 1'b0; rd_en <= 1'b0; wr_en <= 1'b0; sh_pending <= 1'b0; li_is7 <= 1'b0;
+            a0_v <= 1'b0; a1_v <= 1'b0; a2_v <= 1'b0; b_v <= 1'b0; a3_v <= 1'b0; p1_v <= 1'b0; qa_v <= 1'b0; qb_v <= 1'b0; q_v <= 1'b0; q2_v <= 1'b0; q3_v <= 1'b0; p2_v <= 1'b0;
+            fin_v <= 1'b0; r1_v <= 1'b0; rd0_en <= 1'b0; wr_en <= 1'b0; sh_pending <= 1'b0; li_is7 <= 1'b0;
         end else begin
             if (state != S_IDLE && state != S_DONE) cycles <= cycles + 64'd1;
             li_is7 <= (state == S_LOAD) && (li == 32'd6);   // the shift word (word 5) arrives at li == 7
@@ -399,7 +481,7 @@ module accel #(
                 state <= S_FETCH; pc <= 32'd0; fi <= 4'd0; done <= 1'b0; cycles <= 64'd1;
             end
             S_FETCH: begin
-                if (fi >= 4'd2) dw[fi - 4'd2] <= rd_data;
+                if (fi >= 4'd2) dw[fi - 4'd2] <= rd0;
                 fi <= fi + 4'd1;
                 if (fi == 4'd9) state <= S_DECODE;
             end
@@ -417,7 +499,7 @@ module accel #(
                     state <= S_LOAD; ocg <= 32'd0; lptr <= wbase; li <= 32'd0; lnum <= 32'd6;
                     lblk <= 0; lsub <= 4'd0;
                 end else begin
-                    state <= S_RUN; vd <= 0; vh <= 0; vw <= 0; eslot <= 0; grp <= 0; iter_done <= 1'b0; drain <= 4'd0;
+                    state <= S_RUN; vd <= 0; vh <= 0; vw <= 0; eslot <= 0; grp <= 0; iter_done <= 1'b0; drain <= 5'd0;
                     slot_last <= is_pool ? 10'd7 : ((a_tri ? 10'd7 : 10'd0) + (has_b ? 10'd1 : 10'd0));
                     grp_last <= n_groups[15:0] - 16'd1;
                 end
@@ -427,23 +509,23 @@ module accel #(
                 li <= li + 32'd1;
                 if (li >= 32'd2) begin
                     if (li == 32'd2) begin
-                        n_entries <= rd_data[WB_AW:0];
-                        lnum <= 32'd6 + {19'd0, rd_data[9:0], 3'd0} + {22'd0, rd_data[9:0]};   // 6 + 9E
+                        n_entries <= rd0[WB_AW:0];
+                        lnum <= 32'd6 + {19'd0, rd0[9:0], 3'd0} + {22'd0, rd0[9:0]};   // 6 + 9E
                     end else if (li <= 32'd6) begin
-                        bias[2 * (li - 3)] <= $signed(rd_data[31:0]);
-                        bias[2 * (li - 3) + 1] <= $signed(rd_data[63:32]);
+                        bias[2 * (li - 3)] <= $signed(rd0[31:0]);
+                        bias[2 * (li - 3) + 1] <= $signed(rd0[63:32]);
                     end else if (li_is7) begin   // the group's requantiser shifts, byte j = lane j
-                        lane_sh <= rd_data; sh_pending <= 1'b1;
+                        lane_sh <= rd0; sh_pending <= 1'b1;
                     end else begin
-                        if (lsub == 4'd0) hdr[lblk[WB_AW-1:0]] <= rd_data[31:0];
+                        if (lsub == 4'd0 && (lblk & (TP - 1)) == 0) hdr[lblk[WB_AW-1:0] >> TPL] <= rd0[31:0];
                         if (lsub == 4'd8) begin lsub <= 4'd0; lblk <= lblk + 1'b1; end
                         else lsub <= lsub + 4'd1;
                     end
                     if (li == lnum + 32'd1) begin  // the last word has arrived
                         state <= S_RUN; lptr <= lptr + lnum;
-                        slot_last <= n_entries - 1'b1; grp_last <= 16'd0;
+                        slot_last <= ((n_entries + TP - 1) >> TPL) - 1'b1; grp_last <= 16'd0;
                         more_ocg <= (ocg + 32'd1 < n_ocg);
-                        vd <= 0; vh <= 0; vw <= 0; eslot <= 0; grp <= 0; iter_done <= 1'b0; drain <= 4'd0;
+                        vd <= 0; vh <= 0; vw <= 0; eslot <= 0; grp <= 0; iter_done <= 1'b0; drain <= 5'd0;
                     end
                 end
             end
@@ -465,7 +547,7 @@ module accel #(
                         end
                     end
                 end else begin
-                    drain <= drain + 4'd1;
+                    drain <= drain + 5'd1;
                     if (drain == DRAIN - 1) begin   // the last write is presented to memory now
                         if (is_conv && more_ocg) begin
                             state <= S_LOAD; ocg <= ocg + 32'd1; li <= 32'd0; lnum <= 32'd6;
@@ -507,20 +589,26 @@ module accel #(
             b_prod <= a2_vox << a2_lg; b_bg <= a2_base + a2_grp;
             b_oprod <= a2_ovox << o_lg; b_obg <= o_base[AW-1:0] + a2_og;
             // A4: the request leaves (memory ports above); the output address
-            rd_en <= req_en; rd_addr <= req_addr;
+            rd0_en <= req_en; rd0_addr <= req_addr;
             a3_v <= b_v; a3_rd <= b_rd; a3_first <= b_first; a3_last <= b_last; a3_kind <= b_kind;
             a3_coef <= b_coef; a3_shift <= b_shift; a3_e <= b_e;
             a3_oaddr <= b_oprod + b_obg;
             // M: the memory reads; the weight block is read from the banks (wq)
             p1_v <= a3_v; p1_rd <= a3_rd; p1_first <= a3_first; p1_last <= a3_last;
             p1_kind <= a3_kind; p1_coef <= a3_coef; p1_shift <= a3_shift; p1_oaddr <= a3_oaddr;
-            // P1: products registered (prod, q_lane above)
-            q_v <= p0_v; q_first <= p0_first; q_last <= p0_last; q_kind <= p0_kind; q_oaddr <= p0_oaddr;
-            q_shift <= p0_shift;
+            // P1a .. P1c: operands registered beside each multiplier, product, product again (accel_mul8;
+            // q_lane above)
+            qa_v <= p0_v; qa_first <= p0_first; qa_last <= p0_last; qa_kind <= p0_kind; qa_oaddr <= p0_oaddr;
+            qa_shift <= p0_shift;
+            qb_v <= qa_v; qb_first <= qa_first; qb_last <= qa_last; qb_kind <= qa_kind; qb_oaddr <= qa_oaddr;
+            qb_shift <= qa_shift;
+            q_v <= qb_v; q_first <= qb_first; q_last <= qb_last; q_kind <= qb_kind; q_oaddr <= qb_oaddr;
+            q_shift <= qb_shift;
             // P2a: pair sums registered (psum, q2_lane above)
             q2_v <= q_v; q2_first <= q_first; q2_last <= q_last; q2_kind <= q_kind; q2_oaddr <= q_oaddr;
-            // P2b: lane sums registered
-            p2_v <= q2_v; p2_first <= q2_first; p2_last <= q2_last; p2_kind <= q2_kind; p2_oaddr <= q2_oaddr;
+            // P2b: each port's lane sums registered (ps_b, q3_lane above); P2c: the ports' sum registered
+            q3_v <= q2_v; q3_first <= q2_first; q3_last <= q2_last; q3_kind <= q2_kind; q3_oaddr <= q2_oaddr;
+            p2_v <= q3_v; p2_first <= q3_first; p2_last <= q3_last; p2_kind <= q3_kind; p2_oaddr <= q3_oaddr;
             for (j = 0; j < L; j = j + 1) p2_part[j] <= part[j];
             // P3: accumulate; the last slot of an output word hands it to the requantiser
             fin_v <= 1'b0;
@@ -544,18 +632,41 @@ module accel #(
         end
     end
 
-    // weight banks, one per output lane: written while loading, read while the memory reads the
-    // slot's word (the block is in wq during P1)
+    // weight banks, one per port and output lane (block e of a group in port e % TP's banks at
+    // e / TP): written while loading, read while the memory reads the slot's words (the blocks
+    // are in wq during P1)
     wire bank_we = (state == S_LOAD) && (li > 32'd7);
-    generate for (gj = 0; gj < L; gj = gj + 1) begin : g_bank
-        reg [63:0] mem_b [0:WBUF_DEPTH-1];
-        reg [63:0] q;
-        always @(posedge clk) begin
-            if (bank_we && lsub == gj + 1) mem_b[lblk[WB_AW-1:0]] <= rd_data;
-            q <= mem_b[a3_e];
+    generate for (gq = 0; gq < TP; gq = gq + 1) begin : g_bank_port
+        for (gj = 0; gj < L; gj = gj + 1) begin : g_bank
+            reg [63:0] mem_b [0:WBUF_DEPTH/TP-1];
+            reg [63:0] q;
+            always @(posedge clk) begin
+                if (bank_we && lsub == gj + 1 && (lblk & (TP - 1)) == gq) mem_b[lblk[WB_AW-1:0] >> TPL] <= rd0;
+                q <= mem_b[a3_e[WB_AW-1-TPL:0]];
+            end
+            assign wq[64*(L*gq + gj) +: 64] = q;
         end
-        assign wq[64*gj +: 64] = q;
     end endgenerate
+endmodule
+
+// An int8 x int8 product with its operands registered in front of the multiplier and the product
+// registered twice behind it (P1a, P1b, P1c): kept as its own instance, so that placement puts
+// the registers beside the multiplier block wherever that lands (with 128 of them the array
+// spreads over the die, and the routing to and from a far multiplier was the critical path).
+(* keep_hierarchy *)
+module accel_mul8 (
+    input  wire              clk,
+    input  wire        [7:0] a,
+    input  wire        [7:0] b,
+    output reg  signed [15:0] p
+);
+    reg signed [7:0] ar, br;
+    reg signed [15:0] pr;
+    always @(posedge clk) begin
+        ar <= a; br <= b;
+        pr <= ar * br;
+        p <= pr;
+    end
 endmodule
 
 // A 64-bit register (zeroed when `zero`), kept as its own instance so that synthesis leaves

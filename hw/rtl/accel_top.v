@@ -2,20 +2,22 @@
 // as the device's pins (a memory controller would sit there); the cycle counter stays inside.
 `default_nettype none
 
-module accel_top (
+module accel_top #(
+    parameter integer TP = 2
+) (
     input  wire        clk,
     input  wire        rst,
     input  wire        start,
     output wire        done,
-    output wire [19:0] rd_addr,
-    output wire        rd_en,
-    input  wire [63:0] rd_data,
+    output wire [20*TP-1:0] rd_addr,
+    output wire [TP-1:0]    rd_en,
+    input  wire [64*TP-1:0] rd_data,
     output wire [19:0] wr_addr,
     output wire        wr_en,
     output wire [63:0] wr_data
 );
     wire [63:0] cycles_unused;
-    accel #(.AW(20)) u_accel (
+    accel #(.AW(20), .TP(TP)) u_accel (
         .clk(clk), .rst(rst), .start(start), .done(done), .cycles(cycles_unused),
         .rd_addr(rd_addr), .rd_en(rd_en), .rd_data(rd_data),
         .wr_addr(wr_addr), .wr_en(wr_en), .wr_data(wr_data));
