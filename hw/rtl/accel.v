@@ -96,7 +96,10 @@ module accel #(
     reg [31:0] hdr  [0:WBUF_DEPTH/TP-1];   // port 0's block headers (block e in bank e % TP at e / TP)
     reg signed [31:0] bias [0:L-1];
     reg [WB_AW:0] n_entries;
-    reg [31:0] lptr, li, lnum;
+    reg [31:0] lptr;
+    reg [15:0] li, lnum;   // load: word counter and words to request (6 + 9E <= 4,614)
+    reg l_end;             // li == lnum + 1 this cycle (registered from li == lnum: no adder in the state logic)
+    wire [AW-1:0] li_a = li;
     reg [WB_AW:0] lblk;
     reg [3:0] lsub;
     reg [31:0] ocg;
@@ -224,7 +227,7 @@ module accel #(
         localparam integer U = gt - 1;
         reg [31:0] hdr_x [0:WBUF_DEPTH/TP-1];
         always @(posedge clk)
-            if ((state == S_LOAD) && li >= 32'd8 && lsub == 4'd0 && (lblk & (TP - 1)) == gt)
+            if ((state == S_LOAD) && li >= 16'd8 && lsub == 4'd0 && (lblk & (TP - 1)) == gt)
                 hdr_x[lblk[WB_AW-1:0] >> TPL] <= rd0[31:0];
         wire [31:0] hc = hx_cur[32*U +: 32];
         wire signed [11:0] xd = $signed({2'b0, i_d}) + $signed({4'b0, hc[7:0]}) - $signed({8'b0, pad});
@@ -441,7 +444,7 @@ module accel #(
     always @(*) begin
         req_en = 1'b0; req_addr = {AW{1'b0}};
         if (state == S_FETCH && fi < 4'd8) begin req_en = 1'b1; req_addr = {pc[AW-4:0], fi[2:0]}; end
-        if (state == S_LOAD && li < lnum) begin req_en = 1'b1; req_addr = lptr[AW-1:0] + li[AW-1:0]; end
+        if (state == S_LOAD && li < lnum) begin req_en = 1'b1; req_addr = lptr[AW-1:0] + li_a; end
         if (b_v && b_rd) begin
             req_en = 1'b1;
             req_addr = b_prod + b_bg;
@@ -470,10 +473,11 @@ module accel #(
         if (rst) begin
             state <= S_IDLE; done <= 1'b0; cycles <= 64'd0;
             a0_v <= 1'b0; a1_v <= 1'b0; a2_v <= 1'b0; b_v <= 1'b0; a3_v <= 1'b0; p1_v <= 1'b0; qa_v <= 1'b0; qb_v <= 1'b0; q_v <= 1'b0; q2_v <= 1'b0; q3_v <= 1'b0; p2_v <= 1'b0;
-            fin_v <= 1'b0; r1_v <= 1'b0; rd0_en <= 1'b0; wr_en <= 1'b0; sh_pending <= 1'b0; li_is7 <= 1'b0;
+            fin_v <= 1'b0; r1_v <= 1'b0; rd0_en <= 1'b0; wr_en <= 1'b0; sh_pending <= 1'b0; li_is7 <= 1'b0; l_end <= 1'b0;
         end else begin
             if (state != S_IDLE && state != S_DONE) cycles <= cycles + 64'd1;
-            li_is7 <= (state == S_LOAD) && (li == 32'd6);   // the shift word (word 5) arrives at li == 7
+            li_is7 <= (state == S_LOAD) && (li == 16'd6);
+            l_end <= (state == S_LOAD) && (li == lnum);   // the shift word (word 5) arrives at li == 7
             sh_pending <= 1'b0;   // (set again below when new shifts arrive)
             if (sh_pending) for (j = 0; j < L; j = j + 1) set_shift(j, lane_sh[8*j +: 8]);
             case (state)
@@ -496,7 +500,7 @@ module accel #(
                 if (op == OP_END) begin
                     state <= S_DONE; done <= 1'b1;
                 end else if (is_conv) begin
-                    state <= S_LOAD; ocg <= 32'd0; lptr <= wbase; li <= 32'd0; lnum <= 32'd6;
+                    state <= S_LOAD; ocg <= 32'd0; lptr <= wbase; li <= 16'd0; lnum <= 16'd6;
                     lblk <= 0; lsub <= 4'd0;
                 end else begin
                     state <= S_RUN; vd <= 0; vh <= 0; vw <= 0; eslot <= 0; grp <= 0; iter_done <= 1'b0; drain <= 5'd0;
@@ -506,12 +510,12 @@ module accel #(
             end
             S_LOAD: begin
                 // request lptr + li; word li - 2 arrives now
-                li <= li + 32'd1;
-                if (li >= 32'd2) begin
-                    if (li == 32'd2) begin
+                li <= li + 16'd1;
+                if (li >= 16'd2) begin
+                    if (li == 16'd2) begin
                         n_entries <= rd0[WB_AW:0];
-                        lnum <= 32'd6 + {19'd0, rd0[9:0], 3'd0} + {22'd0, rd0[9:0]};   // 6 + 9E
-                    end else if (li <= 32'd6) begin
+                        lnum <= 16'd6 + {3'd0, rd0[9:0], 3'd0} + {6'd0, rd0[9:0]};   // 6 + 9E
+                    end else if (li <= 16'd6) begin
                         bias[2 * (li - 3)] <= $signed(rd0[31:0]);
                         bias[2 * (li - 3) + 1] <= $signed(rd0[63:32]);
                     end else if (li_is7) begin   // the group's requantiser shifts, byte j = lane j
@@ -521,7 +525,7 @@ module accel #(
                         if (lsub == 4'd8) begin lsub <= 4'd0; lblk <= lblk + 1'b1; end
                         else lsub <= lsub + 4'd1;
                     end
-                    if (li == lnum + 32'd1) begin  // the last word has arrived
+                    if (l_end) begin  // the last word has arrived (li == lnum + 1)
                         state <= S_RUN; lptr <= lptr + lnum;
                         slot_last <= ((n_entries + TP - 1) >> TPL) - 1'b1; grp_last <= 16'd0;
                         more_ocg <= (ocg + 32'd1 < n_ocg);
@@ -550,7 +554,7 @@ module accel #(
                     drain <= drain + 5'd1;
                     if (drain == DRAIN - 1) begin   // the last write is presented to memory now
                         if (is_conv && more_ocg) begin
-                            state <= S_LOAD; ocg <= ocg + 32'd1; li <= 32'd0; lnum <= 32'd6;
+                            state <= S_LOAD; ocg <= ocg + 32'd1; li <= 16'd0; lnum <= 16'd6;
                             lblk <= 0; lsub <= 4'd0;
                         end else begin
                             state <= S_FETCH; pc <= pc + 32'd1; fi <= 4'd0;
@@ -635,7 +639,7 @@ module accel #(
     // weight banks, one per port and output lane (block e of a group in port e % TP's banks at
     // e / TP): written while loading, read while the memory reads the slot's words (the blocks
     // are in wq during P1)
-    wire bank_we = (state == S_LOAD) && (li > 32'd7);
+    wire bank_we = (state == S_LOAD) && (li > 16'd7);
     generate for (gq = 0; gq < TP; gq = gq + 1) begin : g_bank_port
         for (gj = 0; gj < L; gj = gj + 1) begin : g_bank
             reg [63:0] mem_b [0:WBUF_DEPTH/TP-1];
@@ -650,23 +654,53 @@ module accel #(
 endmodule
 
 // An int8 x int8 product with its operands registered in front of the multiplier and the product
-// registered twice behind it (P1a, P1b, P1c): kept as its own instance, so that placement puts
-// the registers beside the multiplier block wherever that lands (with 128 of them the array
-// spreads over the die, and the routing to and from a far multiplier was the critical path).
+// registered twice behind it (P1a, P1b, P1c), kept as its own instance. Synthesised for the ECP5
+// (`hw.rtl_synth` defines ECP5_DSP) it is one MULT18X18D with its own input, pipeline and output
+// registers in that order, the same three cycles: with 128 multipliers spread over the die, the
+// routing from fabric registers to a far multiplier and back was the critical path, and the
+// block's own registers have none. Elsewhere (Verilator, other tools) the same registers in
+// fabric logic; the DSP configuration has no simulation model in the open tools, so the
+// simulated engine is the fabric form (hw/ACCEL.md).
 (* keep_hierarchy *)
 module accel_mul8 (
     input  wire              clk,
     input  wire        [7:0] a,
     input  wire        [7:0] b,
-    output reg  signed [15:0] p
+    output wire signed [15:0] p
 );
+`ifdef ECP5_DSP
+    wire [17:0] ax = {{10{a[7]}}, a};
+    wire [17:0] bx = {{10{b[7]}}, b};
+    wire [35:0] px;
+    MULT18X18D #(
+        .REG_INPUTA_CLK("CLK0"), .REG_INPUTB_CLK("CLK0"), .REG_PIPELINE_CLK("CLK0"), .REG_OUTPUT_CLK("CLK0"),
+        .REG_INPUTA_CE("CE0"), .REG_INPUTB_CE("CE0"), .REG_PIPELINE_CE("CE0"), .REG_OUTPUT_CE("CE0"),
+        .REG_INPUTA_RST("RST0"), .REG_INPUTB_RST("RST0"), .REG_PIPELINE_RST("RST0"), .REG_OUTPUT_RST("RST0"),
+        .REG_INPUTC_CLK("NONE"), .GSR("DISABLED"), .SOURCEB_MODE("B_INPUT"), .MULT_BYPASS("DISABLED"), .RESETMODE("SYNC")
+    ) u_dsp (
+        .A0(ax[0]), .A1(ax[1]), .A2(ax[2]), .A3(ax[3]), .A4(ax[4]), .A5(ax[5]), .A6(ax[6]), .A7(ax[7]), .A8(ax[8]),
+        .A9(ax[9]), .A10(ax[10]), .A11(ax[11]), .A12(ax[12]), .A13(ax[13]), .A14(ax[14]), .A15(ax[15]), .A16(ax[16]), .A17(ax[17]),
+        .B0(bx[0]), .B1(bx[1]), .B2(bx[2]), .B3(bx[3]), .B4(bx[4]), .B5(bx[5]), .B6(bx[6]), .B7(bx[7]), .B8(bx[8]),
+        .B9(bx[9]), .B10(bx[10]), .B11(bx[11]), .B12(bx[12]), .B13(bx[13]), .B14(bx[14]), .B15(bx[15]), .B16(bx[16]), .B17(bx[17]),
+        .C0(1'b0), .C1(1'b0), .C2(1'b0), .C3(1'b0), .C4(1'b0), .C5(1'b0), .C6(1'b0), .C7(1'b0), .C8(1'b0),
+        .C9(1'b0), .C10(1'b0), .C11(1'b0), .C12(1'b0), .C13(1'b0), .C14(1'b0), .C15(1'b0), .C16(1'b0), .C17(1'b0),
+        .SIGNEDA(1'b1), .SIGNEDB(1'b1), .SOURCEA(1'b0), .SOURCEB(1'b0),
+        .CLK0(clk), .CLK1(1'b0), .CLK2(1'b0), .CLK3(1'b0), .CE0(1'b1), .CE1(1'b0), .CE2(1'b0), .CE3(1'b0),
+        .RST0(1'b0), .RST1(1'b0), .RST2(1'b0), .RST3(1'b0),
+        .P0(px[0]), .P1(px[1]), .P2(px[2]), .P3(px[3]), .P4(px[4]), .P5(px[5]), .P6(px[6]), .P7(px[7]), .P8(px[8]),
+        .P9(px[9]), .P10(px[10]), .P11(px[11]), .P12(px[12]), .P13(px[13]), .P14(px[14]), .P15(px[15])
+    );
+    assign p = px[15:0];
+`else
     reg signed [7:0] ar, br;
-    reg signed [15:0] pr;
+    reg signed [15:0] pr, pq;
     always @(posedge clk) begin
         ar <= a; br <= b;
         pr <= ar * br;
-        p <= pr;
+        pq <= pr;
     end
+    assign p = pq;
+`endif
 endmodule
 
 // A 64-bit register (zeroed when `zero`), kept as its own instance so that synthesis leaves
