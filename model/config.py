@@ -72,11 +72,6 @@ class TrainConfig:
     # fraction of pairs whose moving and fixed volumes are the same subject in two independent
     # augmented poses (the field must undo the relative affine; self-registration gives zero)
     same_subject_prob: float = 0.0
-    # random smooth (elastic) deformation per volume on top of the affine: standard deviation of
-    # the displacement at control points `aug_elastic_spacing_vox` apart, interpolated
-    # trilinearly (0: off)
-    aug_elastic_vox: float = 0.0
-    aug_elastic_spacing_vox: int = 8
 
 
 @dataclass
@@ -161,8 +156,6 @@ class Config:
             raise ConfigError(f"train.label_sampling {self.train.label_sampling!r} must be 'one' or 'all'")
         if not 0.0 <= self.train.same_subject_prob <= 1.0:
             raise ConfigError(f"train.same_subject_prob {self.train.same_subject_prob} must lie in [0, 1]")
-        if self.train.aug_elastic_vox < 0 or self.train.aug_elastic_spacing_vox < 1:
-            raise ConfigError("train.aug_elastic_vox must be >= 0 and train.aug_elastic_spacing_vox >= 1")
         a = self.prune.amounts
         if not a or any(not 0 < x < 1 for x in a) or any(x >= y for x, y in zip(a, a[1:])):
             raise ConfigError(f"prune.amounts {a} must be increasing fractions in (0, 1)")

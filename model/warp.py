@@ -61,15 +61,3 @@ def random_affine_ddf(shape, rng, n: int, rot_deg: float, scale: float, trans_vo
         out.append((pos - grid).reshape(3, *shape))
     return torch.stack(out).float()
 
-
-def random_elastic_ddf(shape, rng, n: int, sd_vox: float, spacing_vox: int) -> torch.Tensor:
-    """(n, 3, X, Y, Z) smooth random displacement fields (augmentation): normal(0, sd_vox) at
-    control points every `spacing_vox` voxels (one more than fits, so the lattice covers the
-    volume), interpolated trilinearly."""
-    import torch.nn.functional as F
-
-    ctrl = [s // spacing_vox + 2 for s in shape]
-    coarse = torch.from_numpy(rng.normal(0.0, sd_vox, (n, 3, *ctrl))).float()
-    full = F.interpolate(coarse, size=[(c - 1) * spacing_vox + 1 for c in ctrl], mode="trilinear",
-                         align_corners=True)
-    return full[:, :, : shape[0], : shape[1], : shape[2]].contiguous()
