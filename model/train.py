@@ -37,7 +37,7 @@ from model.config import Config, ConfigError, load_config
 from model.data import DataError, Subject, load_dataset
 from model.localnet import LocalNet
 from model.losses import bending_energy, multiscale_dice_loss
-from model.warp import random_affine_ddf, warp
+from model.warp import random_affine_ddf, warp_grid_sample
 
 
 class TrainData:
@@ -92,10 +92,10 @@ class TrainData:
             ml = torch.stack([(self.labels[i] == c).float() for i, c in zip(mov_i, codes)])[:, None]
             fl = torch.stack([(self.labels[i] == c).float() for i, c in zip(fix_i, codes)])[:, None]
         # one warp per volume moves image and label together
-        f = warp(torch.cat([fi, fl], 1), aug_f)
+        f = warp_grid_sample(torch.cat([fi, fl], 1), aug_f)
         if cfg.model.prealign != "none":  # the global stage on the augmented pair, composed with
-            aug_m = prealigned_field(cfg.model.prealign, warp(mi, aug_m), f[:, :1], aug_m)  # one warp
-        m = warp(torch.cat([mi, ml], 1), aug_m)
+            aug_m = prealigned_field(cfg.model.prealign, warp_grid_sample(mi, aug_m), f[:, :1], aug_m)  # one warp
+        m = warp_grid_sample(torch.cat([mi, ml], 1), aug_m)
         return m[:, :1], f[:, :1], m[:, 1:], f[:, 1:], weight
 
 
@@ -109,7 +109,7 @@ def prealigned_field(kind: str, mov_img: torch.Tensor, fix_img: torch.Tensor, fi
     for k in range(field.shape[0]):
         M, t = moments_affine(mov_img[k, 0].numpy(), fix_img[k, 0].numpy())
         a = torch.from_numpy(affine_ddf(M, t, field.shape[2:])).float()[None]
-        out.append(a + warp(field[k:k + 1], a))
+        out.append(a + warp_grid_sample(field[k:k + 1], a))
     return torch.cat(out)
 
 
@@ -121,7 +121,7 @@ def loss_terms(net, cfg: Config, mov_img, fix_img, mov_lab, fix_lab, weight=None
     the trained one, not only towards the labels."""
     x = torch.cat([mov_img, fix_img], 1)
     ddf = net(x)
-    dice = multiscale_dice_loss(warp(mov_lab, ddf), fix_lab, cfg.loss.dice_scales, weight)
+    dice = multiscale_dice_loss(warp_grid_sample(mov_lab, ddf), fix_lab, cfg.loss.dice_scales, weight)
     bend = bending_energy(ddf)
     loss = dice + cfg.loss.bending_weight * bend
     if teacher is not None and distill_weight > 0:

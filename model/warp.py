@@ -45,6 +45,23 @@ def warp(moving: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def warp_grid_sample(moving: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:
+    """`warp` through torch's fused GridSample kernel (trilinear, border padding,
+    align_corners=True: the same clamped map), for training. On the training loss's label batch
+    (4 x 14 labels at 32x40x32) forward + backward take 0.18 s against 0.95 s for `warp` (one
+    thread). The positions pass through the [-1, 1] normalisation and back, so it equals `warp`
+    only within float32 rounding (about 1e-6 of the values; tests/test_model.py), not bit for bit:
+    evaluation, figures and the exported register models keep `warp`."""
+    n, c, *shape = moving.shape
+    assert ddf.shape == (n, 3, *shape), f"ddf {tuple(ddf.shape)} does not match moving {tuple(moving.shape)}"
+    pos = identity_grid(shape, ddf.device, ddf.dtype) + ddf  # (N, 3, X, Y, Z) voxels
+    scale = torch.tensor([2.0 / max(s - 1, 1) for s in shape], device=ddf.device, dtype=ddf.dtype)
+    grid = pos.permute(0, 2, 3, 4, 1) * scale - 1  # (N, X, Y, Z, 3) in [-1, 1], (x, y, z) order
+    # GridSample reads grid[..., 0] along the last axis (W = Z) and grid[..., 2] along D = X
+    return torch.nn.functional.grid_sample(moving, grid.flip(-1), mode="bilinear", padding_mode="border",
+                                           align_corners=True)
+
+
 def random_affine_ddf(shape, rng, n: int, rot_deg: float, scale: float, trans_vox: float) -> torch.Tensor:
     """(n, 3, X, Y, Z) displacement fields of random affine maps about the grid centre (augmentation)."""
     grid = identity_grid(shape).reshape(3, -1).double()
