@@ -100,7 +100,7 @@ def accelerator_cycles(weights: Path) -> dict:
 def compression_rows(cfg: Config) -> list[tuple[str, str]]:
     """(row name, OUT/qat sub-directory) of the layer-aware, N:M and global int4 QAT models of the
     config (Table 1's compression rows)."""
-    from quant.qat import global_int4_name, layer_name, nm_name
+    from quant.qat import global_int4_name, layer_name, nm_layer_name, nm_name
 
     q = cfg.qat
     rows = [(f"int{b}_layer_s{round(a * 100):02d}", layer_name(b, a)) for b, amounts in ((8, q.layer_int8),
@@ -110,6 +110,9 @@ def compression_rows(cfg: Config) -> list[tuple[str, str]]:
     p = cfg.prune
     for n, m in [p.nm, *p.nm_more] if p.nm else []:
         rows += [(f"int{b}_nm_{n}of{m}", nm_name(n, m, b)) for b in [8] * q.nm_int8 + [4] * q.nm_int4]
+    if p.nm_layer:
+        a = p.nm_layer
+        rows += [(f"int{b}_nm_layer_s{round(a * 100):02d}", nm_layer_name(b, a)) for b in [8] * q.nm_int8 + [4] * q.nm_int4]
     return rows
 
 

@@ -95,6 +95,9 @@ class PruneConfig:
     nm: list[int] = field(default_factory=list)
     nm_more: list[list[int]] = field(default_factory=list)  # further [N, M] ratios (the pruning curve)
     nm_protected_dense: bool = False  # N:M leaves the heads and the first convolution dense
+    # N:M with each layer's own N, from the layer-aware allocation at this amount (one of
+    # `layer_amounts`): N = max(1, round(M x the layer's allocated density)), M of `nm`; 0: none
+    nm_layer: float = 0.0
     gradual_steps: int = 150
     gradual_lr: float = 1e-4     # cosine to gradual_lr / 10
     distill_weight: float = 1.0  # x mean squared displacement difference (voxels^2) to the trained field
@@ -175,6 +178,8 @@ class Config:
             raise ConfigError("prune.protected_density must lie in [0, 1], probe_batches >= 1, gradual_steps >= 0")
         if p.nm and not (len(p.nm) == 2 and 0 < p.nm[0] < p.nm[1]):
             raise ConfigError(f"prune.nm {p.nm} must be [N, M] with 0 < N < M, or []")
+        if p.nm_layer and (not p.nm or p.nm_layer not in p.layer_amounts):
+            raise ConfigError(f"prune.nm_layer {p.nm_layer} needs prune.nm and must be one of prune.layer_amounts")
         if p.nm_more and not p.nm:
             raise ConfigError("prune.nm_more needs prune.nm")
         for r in p.nm_more:

@@ -30,12 +30,14 @@ network's displacement field distilled into the loss (model.train.loss_terms):
 - N:M over the accelerator's weight blocks (`prune.nm`): of every M consecutive 8x8 blocks
   (hw.compiler.block_index) of an output group, the N of largest norm are kept; the engine
   skips an all-zero block, so cycles fall with the sparsity whatever the weights are
-  (`prune.nm_protected_dense` leaves the heads and the first convolution dense).
+  (`prune.nm_protected_dense` leaves the heads and the first convolution dense); with
+  `prune.nm_layer` one more N:M model takes each layer's N from the layer-aware allocation
+  (a layer the allocation prunes to 75 % or more gets 1 of 4, one it leaves dense 4 of 4).
 
 Writes OUT/sparsity_XX/pruned.pt (pruned, no retraining) and OUT/sparsity_XX/model.pt
-(fine-tuned), OUT/sparsity_00/model.pt (folded, unpruned, all-keep masks), OUT/layer_XX/model.pt
-and OUT/nm_NofM/model.pt, each with the masks, the measured sparsity, the resolved config and
-the git commit; a checkpoint whose pruned weights are not all zero is refused when loaded.
+(fine-tuned), OUT/sparsity_00/model.pt (folded, unpruned, all-keep masks), OUT/layer_XX/model.pt,
+OUT/nm_NofM/model.pt and OUT/nm_layer_sXX/model.pt, each with the masks, the measured sparsity,
+the resolved config and the git commit; a checkpoint whose pruned weights are not all zero is refused when loaded.
 OUT/prune.json lists them with the per-layer sparsity of every model.
 """
 from __future__ import annotations
@@ -95,16 +97,21 @@ def layer_magnitude_masks(net: nn.Module, amounts: dict[str, float]) -> Masks:
             for name, w in prunable_weights(net).items()}
 
 
-def nm_block_masks(net: nn.Module, n: int, m: int) -> Masks:
+def nm_block_masks(net: nn.Module, n: int | dict[str, int], m: int) -> Masks:
     """N:M over the accelerator's weight blocks: in every output group, of each run of `m`
     consecutive blocks (hw.compiler.block_index order; a last, shorter run keeps
     round(n / m x its length)) the `n` with the largest L2 norm are kept (ties by position)
     and the others zeroed whole. The engine skips an all-zero block, so the cycles of every
-    convolution drop to about n/m of dense, whatever the weights."""
+    convolution drop to about n/m of dense, whatever the weights. `n` may be per layer (by
+    weight name; n = m keeps the layer dense)."""
     from hw.compiler import LANES, block_index
 
     masks = {}
     for name, w in prunable_weights(net).items():
+        n_layer = n[name] if isinstance(n, dict) else n
+        if n_layer >= m:
+            masks[name] = torch.ones_like(w, dtype=torch.bool)
+            continue
         idx = torch.from_numpy(block_index(tuple(w.shape))).flatten()
         nb = int(idx.max()) + 1
         norm = torch.zeros(nb, dtype=torch.float64).index_add_(0, idx, w.detach().double().flatten().square())
@@ -113,7 +120,7 @@ def nm_block_masks(net: nn.Module, n: int, m: int) -> Masks:
         for g0 in range(0, nb, per_group):
             for r0 in range(g0, g0 + per_group, m):
                 r1 = min(r0 + m, g0 + per_group)
-                k = n if r1 - r0 == m else round(n * (r1 - r0) / m)
+                k = n_layer if r1 - r0 == m else round(n_layer * (r1 - r0) / m)
                 top = torch.argsort(-norm[r0:r1], stable=True)[:k]
                 keep_block[r0 + top] = True
         masks[name] = keep_block[idx].view_as(w)
@@ -252,6 +259,16 @@ def nm_dir(out: Path, n: int, m: int) -> Path:
     return out / f"nm_{n}of{m}"
 
 
+def nm_layer_dir(out: Path, amount: float) -> Path:
+    return out / f"nm_layer_s{round(amount * 100):02d}"
+
+
+def nm_layer_ratios(alloc: dict[str, float], m: int, dense: list[str]) -> dict[str, int]:
+    """Each layer's N of M from its allocated sparsity: max(1, round(M x density)); `dense`
+    layers keep N = M."""
+    return {k: m if k in dense else max(1, min(m, round(m * (1.0 - a)))) for k, a in alloc.items()}
+
+
 def protected_layers(net: nn.Module) -> list[str]:
     """The displacement heads and the first convolution: global ranking empties the heads first
     (label-reg initialises them near zero) and the first layer sees the raw images."""
@@ -341,6 +358,7 @@ def structured_and_layer_aware(cfg: Config, data, out: Path, unpruned: Path, res
     sizes = {k: w.numel() for k, w in prunable_weights(teacher).items()}
     caps = {k: 1.0 - p.protected_density for k in protected_layers(teacher)}
     summary: dict = {}
+    allocs: dict[float, dict[str, float]] = {}  # layer-aware amount -> per-layer sparsity
     if p.layer_amounts:
         sens_path = out / "sensitivity.json"
         net, _, _ = load_pruned(unpruned, cfg)
@@ -369,6 +387,7 @@ def structured_and_layer_aware(cfg: Config, data, out: Path, unpruned: Path, res
                                lambda n, t, s0=start, s1=alloc: layer_magnitude_masks(
                                    n, {k: cubic_ramp(t, ramp, s0[k], s1[k]) for k in s1}),
                                300 + i, resume, progress, f"layer-aware {round(amount * 100)}%")
+            allocs[amount] = alloc
             got = layer_sparsity(net)
             for k, a in alloc.items():  # the allocation exactly (up to rounding to whole weights)
                 if abs(got[k] - a) > 1.0 / sizes[k] + 1e-4:
@@ -378,22 +397,28 @@ def structured_and_layer_aware(cfg: Config, data, out: Path, unpruned: Path, res
                                                    "allocation": {k: round(v, 4) for k, v in alloc.items()},
                                                    "layer_sparsity": got}
             prev = alloc
-    for i, (n, m) in enumerate([p.nm, *p.nm_more] if p.nm else []):
-        d = nm_dir(out, n, m)
+    dense = protected_layers(teacher) if p.nm_protected_dense else []
+    ratios = [(p.nm, None), *[(r, None) for r in p.nm_more]] if p.nm else []
+    if p.nm_layer:  # each layer its own N, from the layer-aware allocation
+        ratios.append(([nm_layer_ratios(allocs[p.nm_layer], p.nm[1], dense), p.nm[1]], p.nm_layer))
+    for i, ((n, m), amount) in enumerate(ratios):
+        d = nm_dir(out, n, m) if amount is None else nm_layer_dir(out, amount)
+        what = f"{n}:{m}" if amount is None else f"per-layer N of {m} (layer-aware {round(amount * 100)} %)"
         if resume and (d / "model.pt").exists():
             net, _, _ = load_pruned(d / "model.pt", cfg)
         else:
             net, _, _ = load_pruned(unpruned, cfg)
             masks = nm_block_masks(net, n, m)
-            if p.nm_protected_dense:
-                masks.update({k: torch.ones_like(masks[k]) for k in protected_layers(net)})
+            masks.update({k: torch.ones_like(masks[k]) for k in dense})
             apply_masks(net, masks)
-            net = _recover(cfg, data, d, net, teacher, meta("nm", 1 - n / m, masks), lambda _n, _t, mk=masks: mk,
-                           400 + i, resume, progress, f"N:M {n}:{m}")
-        print(f"[prune] {d / 'model.pt'}: {n}:{m} blocks, sparsity {weight_sparsity(net):.3f}", file=sys.stderr)
+            net = _recover(cfg, data, d, net, teacher, meta("nm", 1 - n / m if amount is None else amount, masks),
+                           lambda _n, _t, mk=masks: mk, 400 + i, resume, progress, f"N:M {what}")
+        print(f"[prune] {d / 'model.pt'}: N:M {what}, sparsity {weight_sparsity(net):.3f}", file=sys.stderr)
         entry = {"n": n, "m": m, "checkpoint": str(d / "model.pt"), "sparsity": round(weight_sparsity(net), 4),
                  "layer_sparsity": layer_sparsity(net)}
-        if i == 0:
+        if amount is not None:
+            summary["nm_layer"] = {**entry, "amount": amount}
+        elif i == 0:
             summary["nm"] = entry
         else:
             summary.setdefault("nm_more", {})[f"{n}of{m}"] = entry

@@ -28,7 +28,8 @@ from model.checkpoint import load_checkpoint
 from model.cli import run_cli, stage_parser
 from model.config import Config, config_from_dict, config_to_dict, load_config
 from model.train import TrainData, fit, load_train_data, setup_torch
-from quant.prune import apply_masks, check_masks, layer_dir, load_pruned, nm_dir, sparsity_dir, weight_sparsity
+from quant.prune import (apply_masks, check_masks, layer_dir, load_pruned, nm_dir, nm_layer_dir, sparsity_dir,
+                         weight_sparsity)
 from quant.twin import QuantLocalNet, calibrate, quant_twin
 
 
@@ -76,6 +77,10 @@ def nm_name(n: int, m: int, bits: int = 8) -> str:
     return f"nm/int{bits}_{n}of{m}"
 
 
+def nm_layer_name(bits: int, amount: float) -> str:
+    return f"nm/int{bits}_layer_s{round(amount * 100):02d}"
+
+
 def global_int4_name(sparsity: float) -> str:
     return f"curve/int4_s{round(sparsity * 100):02d}"
 
@@ -96,6 +101,10 @@ def qat_jobs(cfg: Config, prune_dir: Path, curve: bool) -> dict[str, tuple[int, 
         for n, m in [p.nm, *p.nm_more] if p.nm else []:
             for bits in [8] * q.nm_int8 + [4] * q.nm_int4:
                 jobs[nm_name(n, m, bits)] = (bits, nm_dir(prune_dir, n, m) / "model.pt", q.curve_steps)
+        if p.nm_layer:
+            for bits in [8] * q.nm_int8 + [4] * q.nm_int4:
+                jobs[nm_layer_name(bits, p.nm_layer)] = (bits, nm_layer_dir(prune_dir, p.nm_layer) / "model.pt",
+                                                         q.curve_steps)
     return jobs
 
 

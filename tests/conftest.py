@@ -38,6 +38,7 @@ probe_levels = [0.5, 0.75]
 probe_batches = 1
 nm = [2, 4]
 nm_more = [[1, 4]]
+nm_layer = 0.5
 gradual_steps = 2
 
 [qat]

@@ -169,11 +169,16 @@ def test_pipeline_masks_scales_and_schema(tiny_data, tiny_export):
     nm, more = summary["nm"], summary["nm_more"]["1of4"]  # 2:4, then the further ratio 1:4
     assert (nm["n"], nm["m"], more["n"], more["m"]) == (2, 4, 1, 4)
     assert 0.4 < nm["sparsity"] < more["sparsity"] < 0.8  # whole blocks; a short last run keeps round(n/m x len)
+    # per-layer N from the layer-aware allocation at 50 %: N = max(1, round(4 x density))
+    alloc, lay = summary["layer_aware"]["0.5"]["allocation"], summary["nm_layer"]
+    assert lay["n"] == {k: max(1, round(4 * (1 - a))) for k, a in alloc.items()} and lay["m"] == 4
+    assert len(set(lay["n"].values())) > 1  # the allocation is uneven, so are the ratios
     done = json.loads((out / "qat" / "qat.json").read_text())["checkpoints"]
     assert set(done) == {"int8", "int4"}
     done |= json.loads((out / "qat" / "curve" / "curve.json").read_text())["checkpoints"]
     assert set(done) == {"int8", "int4", "curve/int8_s00", "curve/int8_s50", "curve/int4_s50", "layer/int8_s50",
-                         "layer/int4_s50", "nm/int8_2of4", "nm/int4_2of4", "nm/int8_1of4", "nm/int4_1of4"}
+                         "layer/int4_s50", "nm/int8_2of4", "nm/int4_2of4", "nm/int8_1of4", "nm/int4_1of4",
+                         "nm/int8_layer_s50", "nm/int4_layer_s50"}
     x = torch.rand(1, 2, *cfg.data.shape)
     for name, path in done.items():
         twin, ck = load_qat(Path(path), cfg)
@@ -195,7 +200,8 @@ def test_pipeline_masks_scales_and_schema(tiny_data, tiny_export):
     rows = {r["model"]: r for r in table["rows"]}
     assert list(rows) == ["identity", "ants_affine", "ants_syn", "trained", "pruned", "pruned_finetuned", "int8_qat",
                           "int8_deployed", "int4_qat", "ptq_ort_int8", "int8_layer_s50", "int4_layer_s50",
-                          "int4_global_s50", "int8_nm_2of4", "int4_nm_2of4", "int8_nm_1of4", "int4_nm_1of4"]
+                          "int4_global_s50", "int8_nm_2of4", "int4_nm_2of4", "int8_nm_1of4", "int4_nm_1of4",
+                          "int8_nm_layer_s50", "int4_nm_layer_s50"]
     # every compression row exported, and its integers exact: reference and onnxruntime == Brevitas
     for name in list(rows)[10:]:
         ex = table["compression_rows_exported"][name]
