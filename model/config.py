@@ -96,8 +96,9 @@ class PruneConfig:
     nm_more: list[list[int]] = field(default_factory=list)  # further [N, M] ratios (the pruning curve)
     nm_protected_dense: bool = False  # N:M leaves the heads and the first convolution dense
     # N:M with each layer's own N, from the layer-aware allocation at this amount (one of
-    # `layer_amounts`): N = max(1, round(M x the layer's allocated density)), M of `nm`; 0: none
+    # `layer_amounts`): N = max(1, round(M x the layer's allocated density)); 0: none
     nm_layer: float = 0.0
+    nm_layer_m: int = 4
     gradual_steps: int = 150
     gradual_lr: float = 1e-4     # cosine to gradual_lr / 10
     distill_weight: float = 1.0  # x mean squared displacement difference (voxels^2) to the trained field
@@ -178,8 +179,10 @@ class Config:
             raise ConfigError("prune.protected_density must lie in [0, 1], probe_batches >= 1, gradual_steps >= 0")
         if p.nm and not (len(p.nm) == 2 and 0 < p.nm[0] < p.nm[1]):
             raise ConfigError(f"prune.nm {p.nm} must be [N, M] with 0 < N < M, or []")
-        if p.nm_layer and (not p.nm or p.nm_layer not in p.layer_amounts):
-            raise ConfigError(f"prune.nm_layer {p.nm_layer} needs prune.nm and must be one of prune.layer_amounts")
+        if p.nm_layer and p.nm_layer not in p.layer_amounts:
+            raise ConfigError(f"prune.nm_layer {p.nm_layer} must be one of prune.layer_amounts {p.layer_amounts}")
+        if p.nm_layer_m < 2:
+            raise ConfigError(f"prune.nm_layer_m {p.nm_layer_m} must be at least 2")
         if p.nm_more and not p.nm:
             raise ConfigError("prune.nm_more needs prune.nm")
         for r in p.nm_more:
@@ -191,8 +194,8 @@ class Config:
                 raise ConfigError(f"qat.{key} {bad} not in prune.layer_amounts {la}")
         if self.qat.weight_scale not in ("tensor", "channel"):
             raise ConfigError(f"qat.weight_scale {self.qat.weight_scale!r} must be \"tensor\" or \"channel\"")
-        if (self.qat.nm_int8 or self.qat.nm_int4) and not p.nm:
-            raise ConfigError("qat.nm_int8 and qat.nm_int4 need prune.nm")
+        if (self.qat.nm_int8 or self.qat.nm_int4) and not (p.nm or p.nm_layer):
+            raise ConfigError("qat.nm_int8 and qat.nm_int4 need prune.nm or prune.nm_layer")
         bad = [x for x in self.qat.global_int4 if x not in p.amounts]
         if bad:
             raise ConfigError(f"qat.global_int4 {bad} not in prune.amounts {p.amounts}")

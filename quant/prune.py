@@ -400,7 +400,7 @@ def structured_and_layer_aware(cfg: Config, data, out: Path, unpruned: Path, res
     dense = protected_layers(teacher) if p.nm_protected_dense else []
     ratios = [(p.nm, None), *[(r, None) for r in p.nm_more]] if p.nm else []
     if p.nm_layer:  # each layer its own N, from the layer-aware allocation
-        ratios.append(([nm_layer_ratios(allocs[p.nm_layer], p.nm[1], dense), p.nm[1]], p.nm_layer))
+        ratios.append(([nm_layer_ratios(allocs[p.nm_layer], p.nm_layer_m, dense), p.nm_layer_m], p.nm_layer))
     for i, ((n, m), amount) in enumerate(ratios):
         d = nm_dir(out, n, m) if amount is None else nm_layer_dir(out, amount)
         what = f"{n}:{m}" if amount is None else f"per-layer N of {m} (layer-aware {round(amount * 100)} %)"

@@ -41,8 +41,8 @@ def test_shipped_configs_load(name):
     ("[prune]\nnm = [2, 4]\nnm_more = [[2, 4]]\n", "prune.nm_more"),
     ("[prune]\nnm = [2, 4]\nnm_more = [[1, 4], [4, 1]]\n", "prune.nm_more"),
     ("[prune]\nnm = [2, 4]\nnm_more = [1, 4]\n", "expected a list"),
-    ("[prune]\nlayer_amounts = [0.75]\nnm_layer = 0.75\n", "prune.nm_layer"),
-    ("[prune]\nlayer_amounts = [0.75]\nnm = [2, 4]\nnm_layer = 0.9\n", "prune.nm_layer"),
+    ("[prune]\nlayer_amounts = [0.75]\nnm_layer = 0.75\nnm_layer_m = 1\n", "prune.nm_layer_m"),
+    ("[prune]\nlayer_amounts = [0.75]\nnm_layer = 0.9\n", "prune.nm_layer"),
     ("[qat]\nglobal_int4 = [0.3]\n", "qat.global_int4"),
     ("[qat]\nweight_scale = \"row\"\n", "qat.weight_scale"),
 ])
