@@ -13,6 +13,8 @@ test pairs (model.evaluate's metrics):
     trained           fp32, BatchNorm folded               OUT/train/model.pt
     pruned            first prune.amounts step, no retraining   OUT/prune/sparsity_XX/pruned.pt
     pruned_finetuned  the same, fine-tuned with the mask held   OUT/prune/sparsity_XX/model.pt
+    blocks_finetuned  with qat.int8_blocks: int8_sparsity in whole accelerator blocks, fine-tuned
+                      (the int8 model's start)             OUT/prune/block_sXX/model.pt
     int8_qat          Brevitas int8 QAT                    OUT/qat/int8/model.pt
     int4_qat          Brevitas int4-weight QAT             OUT/qat/int4/model.pt
     ptq_ort_int8      onnxruntime quantize_static of the trained fp32 ONNX (QDQ, s8s8,
@@ -50,8 +52,8 @@ from model.localnet import count_parameters, fold_batchnorm
 from model.prealign import network_input, with_global_stage
 from model.train import load_train_data
 
-ROWS = ["identity", "ants_affine", "ants_syn", "trained", "pruned", "pruned_finetuned", "int8_qat", "int8_deployed",
-        "int4_qat", "ptq_ort_int8"]  # then the compression rows of qat.layer_int8 / layer_int4 / nm_int8, in that order
+ROWS = ["identity", "ants_affine", "ants_syn", "trained", "pruned", "pruned_finetuned", "blocks_finetuned", "int8_qat",
+        "int8_deployed", "int4_qat", "ptq_ort_int8"]  # then the compression rows of qat.layer_int8 / layer_int4 / nm_int8, in that order
 # the exported int8 network as a deployment runs it, timed on the same pairs as ANTs and with
 # the same single thread: OpenVINO where installed (the fastest exact backend measured here),
 # else onnxruntime with QDQ fusion off (benchmarks/latency.py)
@@ -131,7 +133,7 @@ def need(path: Path, target: str) -> Path:
 
 
 def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dict:
-    from quant.prune import sparsity_dir
+    from quant.prune import block_dir, sparsity_dir
     from quant.qat import curve_name, load_qat
 
     rep = out / "report"
@@ -148,6 +150,10 @@ def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dic
     for name, file in (("pruned", "pruned.pt"), ("pruned_finetuned", "model.pt")):
         net, _ = model_from_checkpoint(load_checkpoint(need(sparsity_dir(out / "prune", first) / file, "make prune"), cfg))
         models[name] = (net, fp32_row_stats(net))
+    if cfg.qat.int8_blocks:
+        path = need(block_dir(out / "prune", cfg.qat.int8_sparsity) / "model.pt", "make prune")
+        net, _ = model_from_checkpoint(load_checkpoint(path, cfg))
+        models["blocks_finetuned"] = (net, fp32_row_stats(net))
     for name, sub, wfile in (("int8_qat", "int8", "weights.bin"), ("int4_qat", "int4", "weights_int4.bin")):
         twin, _ = load_qat(need(out / "qat" / sub / "model.pt", "make qat"), cfg)
         models[name] = (twin, exported_row_stats(out / "export" / wfile, cfg))
@@ -198,6 +204,7 @@ def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dic
             "config": config_to_dict(cfg), "git_commit": git_commit(), "pruned_amount": first,
             "int8_sparsity": cfg.qat.int8_sparsity, "int4_sparsity": cfg.qat.int4_sparsity,
             "int8_deployed_backend": f"{backend}, 1 thread, global stage on the host",
+            "int8_accelerator_cycles": accelerator_cycles(out / "export" / "weights.bin"),
             "compression_rows_exported": exactness,
             "weight_bytes_note": "fp32 dense float32; QAT rows export.pack payload + int32 biases; "
                                  "ptq_ort_int8 ONNX initializer bytes"}
@@ -210,7 +217,7 @@ def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dic
         net, _ = model_from_checkpoint(load_checkpoint(need(sparsity_dir(out / "prune", a) / "model.pt", "make prune"), cfg))
         curve["fp32"].append(summarise(evaluate_pairs(subjects, cfg, torch_fn(net), f"fp32 {a:.0%}", progress)[0],
                                        "", 0, 0)["dice"])
-        sub = "int8" if a == cfg.qat.int8_sparsity else curve_name(a)
+        sub = "int8" if a == cfg.qat.int8_sparsity and not cfg.qat.int8_blocks else curve_name(a)
         twin, _ = load_qat(need(out / "qat" / sub / "model.pt", "python -m quant.qat --curve"), cfg)
         curve["int8"].append(summarise(evaluate_pairs(subjects, cfg, torch_fn(twin), f"int8 {a:.0%}", progress)[0],
                                        "", 0, 0)["dice"])

@@ -152,6 +152,9 @@ def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = 
             print(f"[rtl-sim] {pair['dir']}: {res['cycles']:,} cycles (model {res['model_cycles']:,}), "
                   f"{res['sim_s']} s simulated", file=sys.stderr)
     report["cycle_model_checked"] = all(p["cycles"] == model_cycles for p in report["pairs"])
+    if not dense:  # what skipping the all-zero blocks saves: the same weights stored dense (cycle model)
+        report["dense_model_cycles"] = total_cycles(cycle_model(compile_weights(weights, dense=True), tp))
+        report["sparse_vs_dense"] = round(model_cycles / report["dense_model_cycles"], 4)
     if project_config is not None:
         report["projection"] = project(project_config)
     layers = layer_report(prog, per, tp)

@@ -99,6 +99,10 @@ class PruneConfig:
     # `layer_amounts`): N = max(1, round(M x the layer's allocated density)); 0: none
     nm_layer: float = 0.0
     nm_layer_m: int = 4
+    # block pruning: each layer loses the given fraction of its weights in whole accelerator
+    # blocks (8x8 weights at one tap, hw.compiler.block_index), smallest RMS first, so every
+    # layer's engine cycles fall by about that fraction; reached gradually with distillation
+    block_amounts: list[float] = field(default_factory=list)
     gradual_steps: int = 150
     gradual_lr: float = 1e-4     # cosine to gradual_lr / 10
     distill_weight: float = 1.0  # x mean squared displacement difference (voxels^2) to the trained field
@@ -113,6 +117,10 @@ class QATConfig:
     calib_batches: int = 8  # training batches that set the activation scales before fine-tuning
     int8_sparsity: float = 0.25  # pruned checkpoint the int8 model starts from (0.0: unpruned)
     int4_sparsity: float = 0.5  # pruned checkpoint the int4-weight model starts from
+    # the int8 model (the deployed one: export, golden vectors, RTL) starts from the block-pruned
+    # checkpoint at int8_sparsity (prune.block_amounts) instead of the global one; the pruning
+    # curve's int8 point at that sparsity is then a global QAT of its own
+    int8_blocks: bool = False
     curve_steps: int = 200  # QAT steps of the int8 models at the other sparsities (pruning curve)
     # report models (make report): int8 / int4 QAT of the layer-aware amounts listed, and of the
     # N:M model; `curve_steps` steps each
@@ -181,6 +189,12 @@ class Config:
             raise ConfigError(f"prune.nm {p.nm} must be [N, M] with 0 < N < M, or []")
         if p.nm_layer and p.nm_layer not in p.layer_amounts:
             raise ConfigError(f"prune.nm_layer {p.nm_layer} must be one of prune.layer_amounts {p.layer_amounts}")
+        b = p.block_amounts
+        if any(not 0 < x < 1 for x in b) or any(x >= y for x, y in zip(b, b[1:])):
+            raise ConfigError(f"prune.block_amounts {b} must be increasing fractions in (0, 1)")
+        if self.qat.int8_blocks and self.qat.int8_sparsity not in b:
+            raise ConfigError(f"qat.int8_blocks needs qat.int8_sparsity {self.qat.int8_sparsity} in "
+                              f"prune.block_amounts {b}")
         if p.nm_layer_m < 2:
             raise ConfigError(f"prune.nm_layer_m {p.nm_layer_m} must be at least 2")
         if p.nm_more and not p.nm:

@@ -32,11 +32,15 @@ network's displacement field distilled into the loss (model.train.loss_terms):
   skips an all-zero block, so cycles fall with the sparsity whatever the weights are
   (`prune.nm_protected_dense` leaves the heads and the first convolution dense); with
   `prune.nm_layer` one more N:M model takes each layer's N from the layer-aware allocation
-  (a layer the allocation prunes to 75 % or more gets 1 of 4, one it leaves dense 4 of 4).
+  (a layer the allocation prunes to 75 % or more gets 1 of 4, one it leaves dense 4 of 4);
+- blocks (`prune.block_amounts`): every layer loses that fraction of its weights in whole
+  accelerator blocks, smallest RMS first (`layer_block_masks`), reached gradually like the
+  layer-aware amounts; the deployed int8 model starts here with `qat.int8_blocks`, so the
+  engine's cycles fall with its sparsity (unstructured 25 % almost never empties a block).
 
 Writes OUT/sparsity_XX/pruned.pt (pruned, no retraining) and OUT/sparsity_XX/model.pt
 (fine-tuned), OUT/sparsity_00/model.pt (folded, unpruned, all-keep masks), OUT/layer_XX/model.pt,
-OUT/nm_NofM/model.pt and OUT/nm_layer_sXX/model.pt, each with the masks, the measured sparsity,
+OUT/nm_NofM/model.pt, OUT/nm_layer_sXX/model.pt and OUT/block_sXX/model.pt, each with the masks, the measured sparsity,
 the resolved config and the git commit; a checkpoint whose pruned weights are not all zero is refused when loaded.
 OUT/prune.json lists them with the per-layer sparsity of every model.
 """
@@ -124,6 +128,28 @@ def nm_block_masks(net: nn.Module, n: int | dict[str, int], m: int) -> Masks:
                 top = torch.argsort(-norm[r0:r1], stable=True)[:k]
                 keep_block[r0 + top] = True
         masks[name] = keep_block[idx].view_as(w)
+    return masks
+
+
+def layer_block_masks(net: nn.Module, amount: float) -> Masks:
+    """Block pruning: in each layer on its own, whole accelerator blocks (hw.compiler.block_index)
+    are zeroed in order of rising RMS (ties by position) while that brings the layer's pruned
+    weights nearer `amount` of its size; the engine skips an all-zero block, so each layer's
+    cycles fall by about `amount`. All-zero blocks rank first, so masks nest as amounts grow."""
+    from hw.compiler import block_index
+
+    masks = {}
+    for name, w in prunable_weights(net).items():
+        idx = torch.from_numpy(block_index(tuple(w.shape))).flatten()
+        nb = int(idx.max()) + 1
+        square = torch.zeros(nb, dtype=torch.float64).index_add_(0, idx, w.detach().double().flatten().square())
+        count = torch.bincount(idx, minlength=nb).double()
+        order = torch.argsort(square / count, stable=True)
+        size = count[order]
+        pruned = order[torch.cumsum(size, 0) - size / 2 <= amount * w.numel()]  # a prefix: cumsum rises
+        keep = torch.ones(nb, dtype=torch.bool)
+        keep[pruned] = False
+        masks[name] = keep[idx].view_as(w)
     return masks
 
 
@@ -259,6 +285,10 @@ def nm_dir(out: Path, n: int, m: int) -> Path:
     return out / f"nm_{n}of{m}"
 
 
+def block_dir(out: Path, amount: float) -> Path:
+    return out / f"block_s{round(amount * 100):02d}"
+
+
 def nm_layer_dir(out: Path, amount: float) -> Path:
     return out / f"nm_layer_s{round(amount * 100):02d}"
 
@@ -320,7 +350,7 @@ def prune(cfg: Config, ckpt: Path, data_dir: Path, out: Path, resume: bool = Fal
         done.append(path)
     summary = {"checkpoints": {str(a): str(q) for a, q in zip(p.amounts, done)}, "unpruned": str(d0 / "model.pt"),
                "layer_sparsity": layers}
-    if p.layer_amounts or p.nm:
+    if p.layer_amounts or p.nm or p.block_amounts:
         summary.update(structured_and_layer_aware(cfg, data, out, d0 / "model.pt", resume, progress, meta))
     atomic_write_json(out / "prune.json", {  # written last: make's mark that the stage finished
         **summary, "config": config_to_dict(cfg), "git_commit": git_commit()})
@@ -397,6 +427,22 @@ def structured_and_layer_aware(cfg: Config, data, out: Path, unpruned: Path, res
                                                    "allocation": {k: round(v, 4) for k, v in alloc.items()},
                                                    "layer_sparsity": got}
             prev = alloc
+    prev = 0.0
+    for i, amount in enumerate(p.block_amounts):  # each from the previous one, masks nested
+        d = block_dir(out, amount)
+        if resume and (d / "model.pt").exists():
+            net, _, _ = load_pruned(d / "model.pt", cfg)
+        else:
+            net, _, _ = load_pruned(unpruned, cfg) if i == 0 else (net, None, None)
+            ramp = max(1, round(0.75 * p.gradual_steps))
+            net = _recover(cfg, data, d, net, teacher, meta("block", amount, layer_block_masks(net, prev)),
+                           lambda n, t, a0=prev, a1=amount: layer_block_masks(n, cubic_ramp(t, ramp, a0, a1)),
+                           500 + i, resume, progress, f"blocks {round(amount * 100)}%")
+        print(f"[prune] {d / 'model.pt'}: blocks, sparsity {weight_sparsity(net):.3f}", file=sys.stderr)
+        summary.setdefault("blocks", {})[str(amount)] = {"checkpoint": str(d / "model.pt"),
+                                                         "sparsity": round(weight_sparsity(net), 4),
+                                                         "layer_sparsity": layer_sparsity(net)}
+        prev = amount
     dense = protected_layers(teacher) if p.nm_protected_dense else []
     ratios = [(p.nm, None), *[(r, None) for r in p.nm_more]] if p.nm else []
     if p.nm_layer:  # each layer its own N, from the layer-aware allocation

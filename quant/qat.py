@@ -8,7 +8,8 @@ activation scales are calibrated on `qat.calib_batches` training batches, then i
 fine-tuned for `qat.steps` steps with the pruning masks re-applied after every step (a zero
 weight quantises to zero, so the sparsity carries into the integers).
 
-Writes OUT/int8/model.pt (from the `qat.int8_sparsity` pruned checkpoint), OUT/int4/model.pt
+Writes OUT/int8/model.pt (from the `qat.int8_sparsity` pruned checkpoint: the global one, or
+the block-pruned one with `qat.int8_blocks`), OUT/int4/model.pt
 (4-bit weights, from `qat.int4_sparsity`) and, with --curve, OUT/curve/int8_sXX/model.pt
 (`qat.curve_steps` steps) for sparsity 0 and every other pruning amount; OUT/qat.json after
 the first two, OUT/curve/curve.json after the curve's.
@@ -28,7 +29,7 @@ from model.checkpoint import load_checkpoint
 from model.cli import run_cli, stage_parser
 from model.config import Config, config_from_dict, config_to_dict, load_config
 from model.train import TrainData, fit, load_train_data, setup_torch
-from quant.prune import (apply_masks, check_masks, layer_dir, load_pruned, nm_dir, nm_layer_dir, sparsity_dir,
+from quant.prune import (apply_masks, block_dir, check_masks, layer_dir, load_pruned, nm_dir, nm_layer_dir, sparsity_dir,
                          weight_sparsity)
 from quant.twin import QuantLocalNet, calibrate, quant_twin
 
@@ -91,9 +92,11 @@ def qat_jobs(cfg: Config, prune_dir: Path, curve: bool) -> dict[str, tuple[int, 
     and N:M pruning (every N:M ratio, int8 and/or int4)."""
     q, p = cfg.qat, cfg.prune
     src = lambda a: sparsity_dir(prune_dir, a) / "model.pt"  # noqa: E731
-    jobs = {"int8": (8, src(q.int8_sparsity), q.steps), "int4": (4, src(q.int4_sparsity), q.steps)}
-    if curve:
-        jobs.update({curve_name(a): (8, src(a), q.curve_steps) for a in [0.0, *p.amounts] if a != q.int8_sparsity})
+    int8_src = block_dir(prune_dir, q.int8_sparsity) / "model.pt" if q.int8_blocks else src(q.int8_sparsity)
+    jobs = {"int8": (8, int8_src, q.steps), "int4": (4, src(q.int4_sparsity), q.steps)}
+    if curve:  # the curve is the global ranking's: its own int8 at int8_sparsity when int8 is block-pruned
+        jobs.update({curve_name(a): (8, src(a), q.curve_steps) for a in [0.0, *p.amounts]
+                     if a != q.int8_sparsity or q.int8_blocks})
         for bits, amounts in ((8, q.layer_int8), (4, q.layer_int4)):
             jobs.update({layer_name(bits, a): (bits, layer_dir(prune_dir, a) / "model.pt", q.curve_steps)
                          for a in amounts})

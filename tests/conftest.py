@@ -39,6 +39,7 @@ probe_batches = 1
 nm = [2, 4]
 nm_more = [[1, 4]]
 nm_layer = 0.5
+block_amounts = [0.25]
 gradual_steps = 2
 
 [qat]
@@ -47,6 +48,7 @@ lr = 1e-4
 calib_batches = 2
 int8_sparsity = 0.25
 int4_sparsity = 0.5
+int8_blocks = true
 curve_steps = 1
 layer_int8 = [0.5]
 layer_int4 = [0.5]

@@ -44,6 +44,9 @@ def test_shipped_configs_load(name):
     ("[prune]\nlayer_amounts = [0.75]\nnm_layer = 0.75\nnm_layer_m = 1\n", "prune.nm_layer_m"),
     ("[prune]\nlayer_amounts = [0.75]\nnm_layer = 0.9\n", "prune.nm_layer"),
     ("[qat]\nglobal_int4 = [0.3]\n", "qat.global_int4"),
+    ("[prune]\nblock_amounts = [0.5, 0.25]\n", "prune.block_amounts"),
+    ("[prune]\nblock_amounts = [1.0]\n", "prune.block_amounts"),
+    ("[qat]\nint8_blocks = true\n", "qat.int8_blocks needs"),
     ("[qat]\nweight_scale = \"row\"\n", "qat.weight_scale"),
 ])
 def test_bad_config_is_a_clear_error(tmp_path, text, msg):

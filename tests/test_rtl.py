@@ -222,6 +222,7 @@ def test_rtl_equals_reference_and_cycle_model(weights, tmp_path, tp):
     rep = json.loads((tmp_path / "rtl" / "cycles.json").read_text())
     for p in rep["pairs"]:
         assert p["cycles"] == p["model_cycles"] > 0
+        assert p["cycles"] <= rep["dense_model_cycles"]  # skipping zero blocks never adds a cycle
         # one word written per voxel and channel group of every computed tensor, plus those the
         # golden set does not hold: the max-pool outputs, 8 channels on 4^3 (64 words) and 16 on
         # 2^3 (16), and the first layer's unfolded input, 2 groups on 8^3 (1024)
