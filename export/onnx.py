@@ -113,7 +113,8 @@ def export_qonnx(twin, cfg: Config, path: Path) -> Path:
 def sparsify_initializers(src: Path, dst: Path, mode: str = "auto") -> list[dict]:
     """Rewrite the int8 convolution weights of `src` as sparse_initializers: `auto` where that is
     smaller (nnz * (1 + 8) < numel: values int8 plus int64 indices), `all`, or `none`.
-    Records the choice and sparsity per tensor in the model metadata; returns that list."""
+    The model metadata `sparse_initializers` names the tensors stored sparse (absent when none
+    is, so `auto` is never larger than `src`); returns the choice and sparsity per tensor."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -138,8 +139,10 @@ def sparsify_initializers(src: Path, dst: Path, mode: str = "auto") -> list[dict
         g.sparse_initializer.append(helper.make_sparse_tensor(values, indices, list(a.shape)))
     del g.initializer[:]
     g.initializer.extend(keep)
-    p = model.metadata_props.add()
-    p.key, p.value = "sparse_initializers", json.dumps(chosen)
+    stored = [c["name"] for c in chosen if c["stored"] == "sparse"]
+    if stored:  # the names only: a per-tensor record here once cost more bytes than sparsity saved
+        p = model.metadata_props.add()
+        p.key, p.value = "sparse_initializers", ",".join(stored)
     with atomic_path(dst) as tmp:
         onnx.save(model, str(tmp))
     return chosen

@@ -321,6 +321,14 @@ def test_sparse_initializers_chosen_by_size(tmp_path):
     assert [t.values.name for t in m.graph.sparse_initializer] == ["few"]
     got = ort.InferenceSession(str(tmp_path / "auto.onnx"), providers=["CPUExecutionProvider"]).run(None, {})[0]
     assert np.array_equal(got, w["few"].astype(np.float32) + w["many"].astype(np.float32))
+    assert {p.key: p.value for p in m.metadata_props} == {"sparse_initializers": "few"}
+    # nothing worth storing sparse: the file is not one byte larger than the dense one
+    m.graph.ClearField("sparse_initializer")
+    m.graph.initializer.extend([numpy_helper.from_array(w["many"], "few")])
+    m.ClearField("metadata_props")
+    onnx.save(m, str(tmp_path / "dense2.onnx"))
+    assert all(c["stored"] == "dense" for c in sparsify_initializers(tmp_path / "dense2.onnx", tmp_path / "auto2.onnx"))
+    assert (tmp_path / "auto2.onnx").stat().st_size <= (tmp_path / "dense2.onnx").stat().st_size
 
 
 def test_export_files_manifest_and_consumers(tiny_export):
