@@ -60,19 +60,24 @@ def conv3d_acc_s8(x: np.ndarray, w: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """3-D convolution, stride 1, zero 'same' padding k//2: int8 x (N, C_in, D, H, W), int8 w
     (C_out, C_in, kD, kH, kW), int32 bias (C_out,) -> int64 accumulator (N, C_out, D, H, W).
 
-    Computed as an im2col matrix product in float64: every product is below 2^14 and every
-    sum below 2^31 (the export's bound), far inside float64's exact 2^53, so the result is
-    the exact integer (tests/test_hw.py checks it against conv3d_acc_s8_loops).
+    Computed as an im2col matrix product in floating point, exact: every product is an integer
+    below 2^14 and every partial sum, in whatever order the BLAS adds, an integer no larger than
+    the layer's bound max_c sum |w| x 128; below 2^24 float32 holds all of them exactly, else
+    float64 (exact below 2^53; the export keeps accumulators below 2^31). tests/test_hw.py checks
+    both routes against conv3d_acc_s8_loops. The columns are laid out (C_in k^3, voxels), so the
+    gather copies runs along W instead of runs of k.
     """
     n, cin, d, h, wd = x.shape
     cout, cin2, kd, kh, kw = w.shape
     assert cin == cin2, (x.shape, w.shape)
+    bound = int(np.abs(w.astype(np.int64)).reshape(cout, -1).sum(axis=1).max(initial=0)) * 128
+    ft = np.float32 if bound < 2 ** 24 else np.float64
     pd, ph, pw = kd // 2, kh // 2, kw // 2
-    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pd, pd), (ph, ph), (pw, pw)))
+    xp = np.pad(x.astype(ft), ((0, 0), (0, 0), (pd, pd), (ph, ph), (pw, pw)))
     win = np.lib.stride_tricks.sliding_window_view(xp, (kd, kh, kw), axis=(2, 3, 4))  # (N, C, D, H, W, kd, kh, kw)
-    cols = win.transpose(0, 2, 3, 4, 1, 5, 6, 7).reshape(n * d * h * wd, cin * kd * kh * kw)
-    acc = cols @ w.reshape(cout, -1).astype(np.float64).T  # (N*D*H*W, C_out)
-    acc = acc.reshape(n, d, h, wd, cout).transpose(0, 4, 1, 2, 3)
+    cols = win.transpose(1, 5, 6, 7, 0, 2, 3, 4).reshape(cin * kd * kh * kw, n * d * h * wd)
+    acc = w.reshape(cout, -1).astype(ft) @ cols  # (C_out, N*D*H*W)
+    acc = acc.reshape(cout, n, d, h, wd).transpose(1, 0, 2, 3, 4)
     return np.rint(acc).astype(np.int64) + bias.astype(np.int64)[None, :, None, None, None]
 
 

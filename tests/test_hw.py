@@ -65,6 +65,18 @@ def test_conv_fast_route_equals_loops(k):
     assert fast.dtype == np.int64 and np.array_equal(fast, slow)
 
 
+def test_conv_float64_route_above_2_24():
+    """A bound of 64 x 27 x 127 x 128 = 28.1M >= 2^24 takes the float64 route, exact; float32
+    would not be: the centre voxel sums 1,728 odd products 127 x -127 to -27,870,912, and a
+    float32 matrix product of exactly these operands gave -27,870,224 here."""
+    x = np.full((1, 64, 3, 3, 3), -127, np.int8)
+    w = np.full((2, 64, 3, 3, 3), 127, np.int8)
+    w[1, ::2] = -127
+    b = np.array([5, -5], np.int32)
+    fast, slow = conv3d_acc_s8(x, w, b), conv3d_acc_s8_loops(x, w, b)
+    assert slow[0, 0, 1, 1, 1] == -27_870_912 + 5 and np.array_equal(fast, slow)
+
+
 def test_conv_by_hand():
     x = np.zeros((1, 1, 3, 3, 3), np.int8)
     x[0, 0, 1, 1, 1] = 2
