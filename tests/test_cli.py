@@ -16,7 +16,7 @@ CASES = [
     ("quant.prune", "--config {cfg} --ckpt {tmp}/none.pt --data {data} --out {tmp}/prune",
      "{tmp}/none.pt: checkpoint not found"),
     ("quant.qat", "--config {cfg} --prune {tmp}/prune --data {data} --out {tmp}/qat",
-     "{tmp}/prune/sparsity_25/model.pt: checkpoint not found"),
+     "{tmp}/prune/block_s25/model.pt: checkpoint not found"),  # the tiny config: qat.int8_blocks
     ("export.export", "--config {cfg} --run {tmp}/run --data {data}",
      "{tmp}/run/train/model.pt: checkpoint not found"),
     ("model.evaluate", "--ckpt {tmp}/none.pt --data {data} --out {tmp}/out",
