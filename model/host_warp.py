@@ -8,7 +8,18 @@ Computed in float32 like the torch warp; the two agree to float32 rounding (test
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
+
+
+@lru_cache(maxsize=8)
+def voxel_grid(shape: tuple, dtype=np.float32) -> np.ndarray:
+    """np.indices(shape, dtype), made once per shape and dtype and read-only (every registration
+    on one grid needs the same one: the pre-alignment and the warps)."""
+    g = np.indices(shape, dtype=dtype)
+    g.flags.writeable = False
+    return g
 
 
 def trilinear(vol: np.ndarray, pos: np.ndarray) -> np.ndarray:
@@ -42,5 +53,5 @@ def host_warp(moving: np.ndarray, ddf: np.ndarray) -> np.ndarray:
     if ddf.shape != (3, *shape):
         raise ValueError(f"ddf {ddf.shape} does not match moving {shape}: expected (3, {', '.join(map(str, shape))})")
     size = np.asarray(shape, np.float32).reshape(3, 1, 1, 1)
-    pos = np.minimum(np.maximum(np.indices(shape, dtype=np.float32) + ddf.astype(np.float32), 0), size - 1)
+    pos = np.minimum(np.maximum(voxel_grid(tuple(shape), np.float32) + ddf.astype(np.float32), 0), size - 1)
     return trilinear(moving, pos)

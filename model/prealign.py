@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from model.host_warp import voxel_grid
+
 KINDS = ("none", "moments")
 
 
@@ -27,7 +29,7 @@ def moments(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     total = w.sum()
     if not np.isfinite(total) or total <= 0:
         raise ValueError("pre-alignment needs an image with positive intensities (all are <= 0 or not finite)")
-    grid = np.indices(w.shape, dtype=np.float64).reshape(3, -1)
+    grid = voxel_grid(w.shape, np.float64).reshape(3, -1)
     p = w.ravel() / total
     c = grid @ p
     d = grid - c[:, None]
@@ -50,7 +52,7 @@ def moments_affine(moving: np.ndarray, fixed: np.ndarray) -> tuple[np.ndarray, n
 
 def affine_ddf(M: np.ndarray, t: np.ndarray, shape) -> np.ndarray:
     """(3, X, Y, Z) float64 displacement M x + t - x in voxels."""
-    grid = np.indices(shape, dtype=np.float64).reshape(3, -1)
+    grid = voxel_grid(tuple(shape), np.float64).reshape(3, -1)
     return (M @ grid + t[:, None] - grid).reshape(3, *shape)
 
 
