@@ -29,7 +29,8 @@ def test_demo_meets_acceptance(tmp_path):
     prune(cfg, tmp_path / "train" / "model.pt", data, tmp_path / "prune", progress=False)
     qat(cfg, tmp_path / "prune", data, tmp_path / "qat", curve=True, progress=False)
     export(cfg, tmp_path, data, progress=False)
-    rows = {r["model"]: r for r in report(cfg, data, tmp_path, progress=False)["rows"]}
+    table = report(cfg, data, tmp_path, progress=False)
+    rows = {r["model"]: r for r in table["rows"]}
     ident, trained = rows["identity"], rows["trained"]
     # issue 2
     assert trained["dice"] >= ident["dice"] + 0.10
@@ -45,7 +46,11 @@ def test_demo_meets_acceptance(tmp_path):
     for name in ("trained", "int8_qat", "int8_deployed"):
         assert rows[name]["folding_pct"] <= 0.1 and rows[name]["vanished_labels"] == 0, name
     assert rows["int8_deployed"]["dice"] == rows["int8_qat"]["dice"]
-    # issue 12 (the goals the demo meets; per-channel scales and the curve to 95 % are not built)
+    # issue 11: the deployed int8 model, pruned 25 % in whole engine blocks, takes <= 0.8x the
+    # engine cycles of the same weights stored dense, at the global 25 %'s Dice
+    assert table["int8_accelerator_cycles"]["ratio"] <= 0.8
+    assert rows["blocks_finetuned"]["dice"] >= rows["pruned_finetuned"]["dice"] - 0.01
+    # issue 12 (the goals the demo meets; the curve to 95 % is make curve's)
     int4 = rows["int4_layer_s90"]
     assert int4["dice"] >= trained["dice"] - 0.02 and trained["weight_bytes"] / int4["weight_bytes"] >= 20
     assert rows["int8_layer_s75"]["dice"] >= trained["dice"] - 0.01
