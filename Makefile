@@ -5,7 +5,7 @@
 #   make prune / qat / export / golden / verify [ACCEL=dir] / bench / report   one stage (and what it needs)
 #   make rtl-sim / rtl-synth  the RTL accelerator on the golden pairs (then make verify ACCEL=$(OUT)/rtl) / on an ECP5-85F
 #   make scaling              opt-in: latency against grid and threads, demo and paper-scale networks (~30 min)
-#   make curve                opt-in: the pruning curve to 95 % (configs/curve.toml) in $(OUT)_curve (~26 min)
+#   make curve                opt-in: the pruning curve to 95 % (configs/curve.toml) in $(OUT)_curve (about an hour)
 CONFIG ?= configs/demo.toml
 OUT    ?= runs/demo
 SYNTH  := data/synthetic
@@ -109,7 +109,7 @@ scaling: $(OUT)/export/manifest.json
 	    --backends ort_fp32,ort_int8_float_kernels,openvino_fp32,openvino_int8 --check-max-voxels 32768 $(SCALING_ARGS)
 
 # opt-in (not in demo): the pruning curve to 95 % (configs/curve.toml: global int8, layer-aware int8
-# and int4 at 75/90/95 %) in $(OUT)_curve/report/, reusing $(OUT)'s trained network (~26 min)
+# and int4 at 75/90/95 %) in $(OUT)_curve/report/, reusing $(OUT)'s trained network (about an hour)
 curve: $(OUT)/train/model.pt
 	mkdir -p $(OUT)_curve/train
 	# the final checkpoint too: when configs/curve.toml is newer, train --resume finishes at once
