@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.host_warp import voxel_grid
+from model.host_warp import host_warp, voxel_grid
 
 KINDS = ("none", "moments")
 
@@ -65,8 +65,6 @@ def compose(M: np.ndarray, t: np.ndarray, local: np.ndarray) -> np.ndarray:
 def prealign(kind: str, moving: np.ndarray, fixed: np.ndarray):
     """(moving image resampled onto the fixed grid by the global stage (float32), M, t); `none`
     gives the moving image unchanged and the identity."""
-    from model.host_warp import host_warp
-
     if kind not in KINDS:
         raise ValueError(f"pre-alignment {kind!r}: expected one of {KINDS}")
     if kind == "none":

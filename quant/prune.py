@@ -101,6 +101,16 @@ def layer_magnitude_masks(net: nn.Module, amounts: dict[str, float]) -> Masks:
             for name, w in prunable_weights(net).items()}
 
 
+def _block_squares(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the engine block id of every weight of `w`, flattened (hw.compiler.block_index), and
+    each block's sum of squared weights, float64)."""
+    from hw.compiler import block_index
+
+    idx = torch.from_numpy(block_index(tuple(w.shape))).flatten()
+    square = torch.zeros(int(idx.max()) + 1, dtype=torch.float64)
+    return idx, square.index_add_(0, idx, w.detach().double().flatten().square())
+
+
 def nm_block_masks(net: nn.Module, n: int | dict[str, int], m: int) -> Masks:
     """N:M over the accelerator's weight blocks: in every output group, of each run of `m`
     consecutive blocks (hw.compiler.block_index order; a last, shorter run keeps
@@ -108,7 +118,7 @@ def nm_block_masks(net: nn.Module, n: int | dict[str, int], m: int) -> Masks:
     and the others zeroed whole. The engine skips an all-zero block, so the cycles of every
     convolution drop to about n/m of dense, whatever the weights. `n` may be per layer (by
     weight name; n = m keeps the layer dense)."""
-    from hw.compiler import LANES, block_index
+    from hw.compiler import LANES
 
     masks = {}
     for name, w in prunable_weights(net).items():
@@ -116,9 +126,8 @@ def nm_block_masks(net: nn.Module, n: int | dict[str, int], m: int) -> Masks:
         if n_layer >= m:
             masks[name] = torch.ones_like(w, dtype=torch.bool)
             continue
-        idx = torch.from_numpy(block_index(tuple(w.shape))).flatten()
-        nb = int(idx.max()) + 1
-        norm = torch.zeros(nb, dtype=torch.float64).index_add_(0, idx, w.detach().double().flatten().square())
+        idx, norm = _block_squares(w)
+        nb = len(norm)
         per_group = nb // -(-w.shape[0] // LANES)  # blocks per output group (ids are contiguous per group)
         keep_block = torch.zeros(nb, dtype=torch.bool)
         for g0 in range(0, nb, per_group):
@@ -136,13 +145,10 @@ def layer_block_masks(net: nn.Module, amount: float) -> Masks:
     are zeroed in order of rising RMS (ties by position) while that brings the layer's pruned
     weights nearer `amount` of its size; the engine skips an all-zero block, so each layer's
     cycles fall by about `amount`. All-zero blocks rank first, so masks nest as amounts grow."""
-    from hw.compiler import block_index
-
     masks = {}
     for name, w in prunable_weights(net).items():
-        idx = torch.from_numpy(block_index(tuple(w.shape))).flatten()
-        nb = int(idx.max()) + 1
-        square = torch.zeros(nb, dtype=torch.float64).index_add_(0, idx, w.detach().double().flatten().square())
+        idx, square = _block_squares(w)
+        nb = len(square)
         count = torch.bincount(idx, minlength=nb).double()
         order = torch.argsort(square / count, stable=True)
         size = count[order]

@@ -91,22 +91,30 @@ def test_cubic_ramp():
     assert v[1] - v[0] > v[10] - v[9]  # fast first, then slowing
 
 
+def _kept_blocks(w: torch.Tensor, mask: torch.Tensor, name: str):
+    """(block id of every weight, kept per block, squared-weight sum per block, weights per
+    block) of a mask, asserting that every engine block is kept or zeroed whole."""
+    from hw.compiler import block_index
+
+    idx = block_index(tuple(w.shape))
+    nb = int(idx.max()) + 1
+    keep = np.zeros(nb, dtype=bool)
+    keep[idx[mask.numpy()]] = True
+    assert not keep[idx[~mask.numpy()]].any(), name  # a block is kept or zeroed whole
+    square = np.bincount(idx.ravel(), weights=w.detach().double().numpy().ravel() ** 2, minlength=nb)
+    return idx, keep, square, np.bincount(idx.ravel(), minlength=nb)
+
+
 def test_nm_block_masks_keep_n_of_every_m_engine_blocks(tiny_config):
     """Of every M consecutive engine blocks of an output group, exactly N are kept (a shorter
     last run round(N/M x its length)), the kept ones the largest by L2 norm; whole blocks."""
-    from hw.compiler import block_index
-
     net = _net(load_config(tiny_config))
     w = prunable_weights(net)
     n, m = 2, 4
     masks = nm_block_masks(net, n, m)
     for k, mask in masks.items():
-        idx = block_index(tuple(w[k].shape))
-        nb = int(idx.max()) + 1
-        keep = np.zeros(nb, dtype=bool)
-        keep[idx[mask.numpy()]] = True
-        assert not keep[idx[~mask.numpy()]].any(), k  # a block is kept or zeroed whole
-        norm = np.bincount(idx.ravel(), weights=w[k].detach().double().numpy().ravel() ** 2, minlength=nb)
+        _, keep, norm, _ = _kept_blocks(w[k], mask, k)
+        nb = len(keep)
         per_group = nb // -(-w[k].shape[0] // 8)
         for g0 in range(0, nb, per_group):
             for r0 in range(g0, g0 + per_group, m):
@@ -120,19 +128,12 @@ def test_nm_block_masks_keep_n_of_every_m_engine_blocks(tiny_config):
 def test_layer_block_masks_whole_blocks_smallest_rms_nested():
     """Block pruning: each layer loses whole engine blocks, smallest RMS first, its pruned weights
     within half a block of the amount; zeroed blocks rank first, so a higher amount nests."""
-    from hw.compiler import block_index
-
     net = _net(load_config("configs/demo.toml"))
     w = prunable_weights(net)
     masks = layer_block_masks(net, 0.25)
     for k, mask in masks.items():
-        idx = block_index(tuple(w[k].shape))
-        nb = int(idx.max()) + 1
-        keep = np.zeros(nb, dtype=bool)
-        keep[idx[mask.numpy()]] = True
-        assert not keep[idx[~mask.numpy()]].any(), k  # a block is kept or zeroed whole
-        count = np.bincount(idx.ravel(), minlength=nb)
-        rms = np.sqrt(np.bincount(idx.ravel(), weights=w[k].detach().double().numpy().ravel() ** 2, minlength=nb) / count)
+        _, keep, square, count = _kept_blocks(w[k], mask, k)
+        rms = np.sqrt(square / count)
         assert rms[keep].min() >= rms[~keep].max(), k
         assert abs(int((~mask).sum()) - 0.25 * mask.numel()) <= count.max() / 2, k
     apply_masks(net, masks)
