@@ -18,6 +18,7 @@ float ones still against onnxruntime fp32 when it is among the backends.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -36,11 +37,12 @@ DEPLOYABLE = ["torch_fp32", "ort_fp32", "ort_int8", "ort_int8_float_kernels", "o
 
 def export_untrained(config: Path, out: Path, seed: int = 0) -> Path:
     """An untrained network of `config` as the files latency.py reads (fp32 and int8 ONNX, the
-    all-QLinearConv int8 file, weights.bin, a checkpoint for torch, a manifest with the config)."""
+    all-QLinearConv and the OpenVINO int8 files, weights.bin, a checkpoint for torch, a manifest
+    with the config and, where OpenVINO is installed, its int8 mismatches on the small grid)."""
     import torch
 
     from export.export import weight_records
-    from export.onnx import export_fp32, export_int8_onnx, write_qlinear
+    from export.onnx import export_fp32, export_int8_onnx, write_openvino, write_qlinear
     from export.weights import write_weights
     from model.artifacts import atomic_write_json, git_commit
     from model.checkpoint import save_checkpoint
@@ -61,6 +63,14 @@ def export_untrained(config: Path, out: Path, seed: int = 0) -> Path:
     calibrate(twin, [torch.rand(1, 2, *small) for _ in range(2)])
     export_int8_onnx(twin, cfg, exp / "localnet_int8.onnx")
     write_qlinear(exp / "localnet_int8.onnx", exp / "localnet_int8_qlinear.onnx")
+    write_openvino(exp / "localnet_int8.onnx", exp / "localnet_int8_openvino.onnx")
+    ov_mism = None
+    if importlib.util.find_spec("openvino"):
+        from export.export import ddf_exponent
+        from export.gate import openvino_vs_brevitas_mismatches
+
+        ov_mism = openvino_vs_brevitas_mismatches(twin, exp / "localnet_int8_openvino.onnx",
+                                                  [torch.rand(1, 2, *small).numpy()], ddf_exponent(twin))
     recs = weight_records(twin, torch.rand(1, 2, *small))
     meta = {"model": {"base_channels": cfg.model.base_channels, "levels": cfg.model.levels,
                       "ddf_levels": sorted(cfg.model.ddf_levels), "in_channels": 2},
@@ -69,6 +79,7 @@ def export_untrained(config: Path, out: Path, seed: int = 0) -> Path:
     write_weights(exp / "weights.bin", recs, meta)
     atomic_write_json(exp / "manifest.json", {"config": config_to_dict(cfg), "git_commit": git_commit(),
                                               "untrained": True, "seed": seed,
+                                              "openvino_vs_brevitas_mismatches": ov_mism,
                                               "files": sorted(p.name for p in exp.iterdir())})
     return exp
 

@@ -12,6 +12,8 @@ Reads RUN/train/model.pt and RUN/qat/{int8,int4}/model.pt, writes RUN/export/:
                            every weight sparse, so both sizes can be compared
     localnet_int8_qlinear.onnx  localnet_int8.onnx reshaped so that onnxruntime runs every
                            convolution as QLinearConv (export.onnx.qlinear_graph; same integers)
+    localnet_int8_openvino.onnx  the dense file reshaped so that OpenVINO runs every convolution
+                           on int8, exactly (export.onnx.openvino_graph; same integers)
     localnet_qonnx.onnx    QONNX export of the int8 model, for FINN-style flows
     register_int8.onnx     inputs moving, fixed (1, 1, X, Y, Z); outputs ddf (voxels) and the
                            moving image warped by GridSample (opset 20, trilinear, border)
@@ -23,18 +25,22 @@ Reads RUN/train/model.pt and RUN/qat/{int8,int4}/model.pt, writes RUN/export/:
 
 Before writing the manifest it checks that onnxruntime's int8 output equals the Brevitas
 model's integers on the test pairs, graph optimisations on and off; a mismatch is an error.
+Where OpenVINO is installed, its mismatches on localnet_int8_openvino.onnx are recorded
+(`openvino_vs_brevitas_mismatches`; benchmarks/latency.py runs that file only when they are 0).
 """
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from export.gate import ort_vs_brevitas_mismatches
+from export.gate import openvino_vs_brevitas_mismatches, ort_vs_brevitas_mismatches
 from export.hexfile import write_hex_and_header
-from export.onnx import export_fp32, export_int8_onnx, export_qonnx, sparsify_initializers, write_qlinear
+from export.onnx import (export_fp32, export_int8_onnx, export_qonnx, sparsify_initializers, write_openvino,
+                         write_qlinear)
 from export.register_onnx import export_register
 from export.weights import OP_CONV3D, OP_QUANT, Record, acc_bound, write_weights
 from model.artifacts import atomic_write_json, git_commit, sha256_file, tool_versions
@@ -154,6 +160,7 @@ def export(cfg: Config, run: Path, data_dir: Path, progress: bool = True) -> dic
     sparse_choice = sparsify_initializers(raw, out / "localnet_int8.onnx", "auto")
     sparsify_initializers(raw, out / "localnet_int8_sparse.onnx", "all")
     write_qlinear(out / "localnet_int8.onnx", out / "localnet_int8_qlinear.onnx")
+    openvino_rewrites = write_openvino(raw, out / "localnet_int8_openvino.onnx")
     export_qonnx(twin8, cfg, out / "localnet_qonnx.onnx")
     export_register(out / "localnet_int8.onnx", cfg, out / "register_int8.onnx")
 
@@ -173,9 +180,18 @@ def export(cfg: Config, run: Path, data_dir: Path, progress: bool = True) -> dic
         "optimized_x86_default_u8s8": {"keep_s8": False}})
     mism |= ort_vs_brevitas_mismatches(twin8, out / "localnet_int8_qlinear.onnx", inputs, e_ddf,
                                        modes={"qlinear_optimized": {}})
-    exact = ("optimized", "unoptimized", "float_kernels", "qlinear_optimized")
+    mism |= {f"openvino_file_{k}": v for k, v in ort_vs_brevitas_mismatches(
+        twin8, out / "localnet_int8_openvino.onnx", inputs, e_ddf).items()}
+    exact = ("optimized", "unoptimized", "float_kernels", "qlinear_optimized", "openvino_file_optimized",
+             "openvino_file_unoptimized")
     if any(mism[k] for k in exact):
         raise AssertionError(f"onnxruntime int8 (s8s8) differs from Brevitas on {mism} ddf elements")
+
+    # OpenVINO's int8 kernels are the CPU's (measured exact here, AVX-512 VNNI): recorded, not
+    # required, so an export on another CPU still completes and the benchmark falls back
+    ov_mism = None
+    if importlib.util.find_spec("openvino"):
+        ov_mism = openvino_vs_brevitas_mismatches(twin8, out / "localnet_int8_openvino.onnx", inputs, e_ddf)
 
     layers = []
     for r in recs8:
@@ -193,7 +209,8 @@ def export(cfg: Config, run: Path, data_dir: Path, progress: bool = True) -> dic
                             "int4": str(run / "qat" / "int4" / "model.pt")},
                 "int8_sparsity": ck8["sparsity"], "int4_sparsity": ck4["sparsity"],
                 "ddf_exponent": e_ddf, "ort_vs_brevitas_mismatches": mism, "test_pairs_checked": len(inputs),
-                "sparse_initializers": sparse_choice, "layers": layers}
+                "sparse_initializers": sparse_choice, "openvino_rewrites": openvino_rewrites,
+                "openvino_vs_brevitas_mismatches": ov_mism, "layers": layers}
     manifest["files"] = {str(p.relative_to(out)): {"bytes": p.stat().st_size, "gzip_bytes": gzip_size(p),
                                                    "sha256": sha256_file(p)}
                          for p in sorted(out.rglob("*")) if p.is_file() and p.name != "manifest.json"}

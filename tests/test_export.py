@@ -274,6 +274,63 @@ def test_float_kernels_and_qlinear_graph_exact(random_twin_onnx, tmp_path):
     assert ort_vs_brevitas_mismatches(twin, q, xs, e_out) == {"optimized": 0, "unoptimized": 0}
 
 
+def _cpu_has_vnni() -> bool:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return "vnni" in flags or "amx" in flags
+
+
+def test_openvino_graph_int8_and_exact(random_twin_onnx, tmp_path):
+    """export.onnx.openvino_graph, counted by hand for L levels and D displacement levels: the
+    Clip of every convolution's weight goes; a copy goes before each add input that is a
+    convolution's requantised output: 2 per down block (its first and third convolutions), 3
+    per up block (one convolution in each of its three adds after the channel halves), 1 per
+    sum of a coarse displacement field: 5L + D - 1. The ONNX semantics are unchanged
+    (onnxruntime on it equals Brevitas); OpenVINO runs every convolution of it on int8 (its
+    runtime graph, counted), where the file as Brevitas wrote it runs them in f32, and, on a CPU
+    with VNNI (the one measured), gives the Brevitas integers element for element."""
+    pytest.importorskip("openvino")
+    import openvino as ov
+
+    from export.gate import openvino_vs_brevitas_mismatches, ort_vs_brevitas_mismatches
+    from export.onnx import write_openvino
+
+    twin, path, xs, e_out, cfg = random_twin_onnx
+    dst = tmp_path / "ov.onnx"
+    n_conv = sum(n.op_type == "Conv" for n in onnx.load(str(path)).graph.node)
+    levels, d = cfg.model.levels, len(cfg.model.ddf_levels)
+    assert write_openvino(path, dst) == {"weight_clip_removed": n_conv, "add_copy": 5 * levels + d - 1}
+    onnx.checker.check_model(onnx.load(str(dst)))
+    assert ort_vs_brevitas_mismatches(twin, dst, xs, e_out) == {"optimized": 0, "unoptimized": 0}
+
+    def int8_convs(f):
+        core = ov.Core()
+        net = core.read_model(str(f))
+        net.reshape({0: list(xs[0].shape)})
+        rt = core.compile_model(net, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).get_runtime_model()
+        info = [op.get_rt_info() for op in rt.get_ordered_ops()]
+        return sum(i["layerType"].astype(str) == "Convolution" and i["runtimePrecision"].astype(str) in ("u8", "i8")
+                   for i in info)
+    assert int8_convs(dst) == n_conv and int8_convs(path) == 0
+    if _cpu_has_vnni():
+        assert openvino_vs_brevitas_mismatches(twin, dst, xs, e_out) == 0
+
+
+def test_openvino_graph_refuses_a_weight_outside_its_clip(random_twin_onnx, tmp_path):
+    """A stored weight outside its Clip would make removing the Clip change the network: refused,
+    naming the file and the tensor."""
+    from onnx import numpy_helper
+
+    from export.onnx import openvino_graph
+
+    _, path, *_ = random_twin_onnx
+    model = onnx.load(str(path))
+    clip = next(n for n in model.graph.node if n.op_type == "Clip")
+    lo = next(t for t in model.graph.initializer if t.name == clip.input[1])
+    lo.CopyFrom(numpy_helper.from_array(np.array(0, dtype=numpy_helper.to_array(lo).dtype), lo.name))
+    with pytest.raises(ValueError, match=rf"some.onnx: weight {clip.input[0]} has values in \[-"):
+        openvino_graph(model, "some.onnx")
+
+
 def test_ort_x86_uint8_rewrite_departs_without_vnni(random_twin_onnx):
     """onnxruntime's x86 default rewrites int8 activations to uint8 for its U8S8 kernels; without
     VNNI those saturate int16 pair sums (2 x 255 x 127 > 32767): this large-weight network then
