@@ -48,6 +48,10 @@ class ModelConfig:
 class LossConfig:
     dice_scales: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0, 16.0])
     bending_weight: float = 0.5
+    # weight of an image term, 1 - local NCC of the warped moving and the fixed image in cubic
+    # windows of `image_window` voxels (0: labels only, as label-reg)
+    image_weight: float = 0.0
+    image_window: int = 5
 
 
 @dataclass
@@ -162,6 +166,9 @@ class Config:
             raise ConfigError("model.base_channels must be even (additive up-sampling halves channels)")
         if self.train.batch_size < 1 or self.train.steps < 0:
             raise ConfigError("train.batch_size must be >= 1 and train.steps >= 0")
+        if self.loss.image_weight < 0 or self.loss.image_window < 1 or self.loss.image_window % 2 == 0:
+            raise ConfigError(f"loss.image_weight {self.loss.image_weight} must be >= 0 and loss.image_window "
+                              f"{self.loss.image_window} an odd number of voxels")
         if m.prealign not in ("none", "moments"):
             raise ConfigError(f"model.prealign {m.prealign!r} must be 'none' or 'moments'")
         if self.train.label_sampling not in ("one", "all"):

@@ -92,3 +92,16 @@ def bending_energy(ddf: torch.Tensor) -> torch.Tensor:
 
     terms = [crop(t) ** 2 for t in (dxx, dyy, dzz)] + [2 * crop(t) ** 2 for t in (dxy, dxz, dyz)]
     return torch.stack([t.sum(1) for t in terms]).sum(0).mean()
+
+
+def local_ncc(a: torch.Tensor, b: torch.Tensor, window: int, eps: float = 1e-5) -> torch.Tensor:
+    """Mean over voxels of the squared local normalised cross-correlation of two (N, 1, X, Y, Z)
+    images in cubic windows of `window` voxels (zero padding at the borders): 1 where one image
+    is an affine function of the other in every window (either sign: the correlation is squared)."""
+    pool = lambda t: torch.nn.functional.avg_pool3d(t, window, stride=1, padding=window // 2,
+                                                    count_include_pad=False)
+    ma, mb = pool(a), pool(b)
+    cov = pool(a * b) - ma * mb
+    va = (pool(a * a) - ma * ma).clamp_min(0)
+    vb = (pool(b * b) - mb * mb).clamp_min(0)
+    return (cov * cov / (va * vb + eps)).mean()

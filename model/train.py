@@ -36,7 +36,7 @@ from model.cli import run_cli, stage_parser
 from model.config import Config, ConfigError, load_config
 from model.data import DataError, Subject, load_dataset
 from model.localnet import LocalNet
-from model.losses import bending_energy, multiscale_dice_loss
+from model.losses import bending_energy, local_ncc, multiscale_dice_loss
 from model.warp import random_affine_ddf, warp_grid_sample
 
 
@@ -124,6 +124,8 @@ def loss_terms(net, cfg: Config, mov_img, fix_img, mov_lab, fix_lab, weight=None
     dice = multiscale_dice_loss(warp_grid_sample(mov_lab, ddf), fix_lab, cfg.loss.dice_scales, weight)
     bend = bending_energy(ddf)
     loss = dice + cfg.loss.bending_weight * bend
+    if cfg.loss.image_weight > 0:
+        loss = loss + cfg.loss.image_weight * (1 - local_ncc(warp_grid_sample(mov_img, ddf), fix_img, cfg.loss.image_window))
     if teacher is not None and distill_weight > 0:
         with torch.no_grad():
             target = teacher(x)

@@ -48,6 +48,8 @@ def test_shipped_configs_load(name):
     ("[prune]\nblock_amounts = [1.0]\n", "prune.block_amounts"),
     ("[qat]\nint8_blocks = true\n", "qat.int8_blocks needs"),
     ("[qat]\nweight_scale = \"row\"\n", "qat.weight_scale"),
+    ("[loss]\nimage_weight = -1.0\n", "loss.image_weight"),
+    ("[loss]\nimage_window = 4\n", "loss.image_window"),
 ])
 def test_bad_config_is_a_clear_error(tmp_path, text, msg):
     p = tmp_path / "bad.toml"

@@ -7,7 +7,7 @@ import torch
 
 from model.config import ModelConfig, load_config
 from model.localnet import LocalNet, count_parameters, fold_batchnorm
-from model.losses import bending_energy, gaussian_smooth, multiscale_dice_loss
+from model.losses import bending_energy, gaussian_smooth, local_ncc, multiscale_dice_loss
 from model.metrics import centroid_distance_mm, dice, folding_pct, jacobian_determinant, landmark_tre_mm
 from model.warp import identity_grid, warp, warp_grid_sample
 
@@ -135,6 +135,25 @@ def test_gaussian_smooth_matches_direct_convolution():
     k3 = k.view(-1, 1, 1) * k.view(1, -1, 1) * k.view(1, 1, -1)
     direct = torch.nn.functional.conv3d(x, k3[None, None], padding=r)
     torch.testing.assert_close(y, direct, rtol=0, atol=1e-12)  # float64 summation order only
+
+
+def test_local_ncc_by_hand():
+    """Squared local correlation: 1 for an affine image of either sign; 0 for two images that
+    vary along different axes (x and y) in every window; and by hand on a 3x3x3 volume with
+    3-voxel windows (the border windows see 2 voxels along x): a = (0, 1, 2) along x,
+    b = (0, 1, 1): at x = 0 the window sees (0, 1) and (0, 1): cc^2 = 1; at x = 1 all three:
+    cov 1/3, variances 2/3 and 2/9, cc^2 = (1/9) / (4/27) = 3/4; at x = 2, (1, 2) and (1, 1),
+    b constant: 0. Mean (1 + 3/4 + 0) / 3 = 7/12."""
+    g = torch.arange(6.0)
+    a = g[:, None, None].expand(6, 6, 6)[None, None].contiguous()
+    b = g[None, :, None].expand(6, 6, 6)[None, None].contiguous()
+    # tolerances: eps 1e-5 in the denominator against variance products of order 0.1-1
+    assert local_ncc(a, 2 * a + 1, 3).item() == pytest.approx(1.0, abs=1e-3)
+    assert local_ncc(a, -a, 3).item() == pytest.approx(1.0, abs=1e-3)
+    assert local_ncc(a, b, 3).item() == pytest.approx(0.0, abs=1e-6)
+    x = torch.tensor([0.0, 1.0, 2.0])[:, None, None].expand(3, 3, 3)[None, None].contiguous()
+    y = torch.tensor([0.0, 1.0, 1.0])[:, None, None].expand(3, 3, 3)[None, None].contiguous()
+    assert local_ncc(x, y, 3).item() == pytest.approx(7 / 12, abs=1e-3)
 
 
 def test_bending_energy_of_affine_field_is_zero():
