@@ -18,22 +18,30 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.host_warp import host_warp, voxel_grid
+from model.host_warp import host_warp
 
 KINDS = ("none", "moments")
 
 
 def moments(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(centroid (3,), covariance (3, 3)) of voxel coordinates weighted by max(image, 0)."""
+    """(centroid (3,), covariance (3, 3)) of voxel coordinates weighted by max(image, 0).
+
+    From the image's projections (sums over one or two axes): every first and second moment
+    of the coordinates is a product of 1-D coordinate vectors with a 1-D or 2-D projection."""
     w = np.clip(np.asarray(image, np.float64), 0, None)
     total = w.sum()
     if not np.isfinite(total) or total <= 0:
         raise ValueError("pre-alignment needs an image with positive intensities (all are <= 0 or not finite)")
-    grid = voxel_grid(w.shape, np.float64).reshape(3, -1)
-    p = w.ravel() / total
-    c = grid @ p
-    d = grid - c[:, None]
-    return c, (d * p) @ d.T
+    ix, iy, iz = (np.arange(n, dtype=np.float64) for n in w.shape)
+    wxy, wxz, wyz = w.sum(2), w.sum(1), w.sum(0)  # (X, Y), (X, Z), (Y, Z)
+    wx, wy, wz = wxy.sum(1), wxy.sum(0), wxz.sum(0)
+    c = np.array([ix @ wx, iy @ wy, iz @ wz]) / total
+    S = np.empty((3, 3))
+    S[0, 0], S[1, 1], S[2, 2] = ix**2 @ wx, iy**2 @ wy, iz**2 @ wz
+    S[0, 1] = S[1, 0] = ix @ wxy @ iy
+    S[0, 2] = S[2, 0] = ix @ wxz @ iz
+    S[1, 2] = S[2, 1] = iy @ wyz @ iz
+    return c, S / total - np.outer(c, c)
 
 
 def _sqrt_spd(C: np.ndarray, inverse: bool = False) -> np.ndarray:
@@ -52,8 +60,10 @@ def moments_affine(moving: np.ndarray, fixed: np.ndarray) -> tuple[np.ndarray, n
 
 def affine_ddf(M: np.ndarray, t: np.ndarray, shape) -> np.ndarray:
     """(3, X, Y, Z) float64 displacement M x + t - x in voxels."""
-    grid = voxel_grid(tuple(shape), np.float64).reshape(3, -1)
-    return (M @ grid + t[:, None] - grid).reshape(3, *shape)
+    x, y, z = (np.arange(n, dtype=np.float64) for n in shape)
+    A = np.asarray(M, np.float64) - np.eye(3)
+    return (A[:, 0, None, None, None] * x[:, None, None] + A[:, 1, None, None, None] * y[:, None]
+            + A[:, 2, None, None, None] * z + np.asarray(t, np.float64)[:, None, None, None])
 
 
 def compose(M: np.ndarray, t: np.ndarray, local: np.ndarray) -> np.ndarray:
