@@ -119,7 +119,7 @@ def loss_terms(net, cfg: Config, mov_img, fix_img, mov_lab, fix_lab, weight=None
     `teacher` network the loss adds `distill_weight` x the mean squared difference between the
     two displacement fields (voxels^2): the compressed network is pulled towards the field of
     the trained one, not only towards the labels."""
-    x = torch.cat([mov_img, fix_img], 1)
+    x = torch.cat([mov_img, fix_img], 1).contiguous(memory_format=torch.channels_last_3d)  # as fit's nets
     ddf = net(x)
     dice = multiscale_dice_loss(warp_grid_sample(mov_lab, ddf), fix_lab, cfg.loss.dice_scales, weight)
     bend = bending_energy(ddf)
@@ -154,6 +154,12 @@ def fit(net: torch.nn.Module, cfg: Config, data: TrainData, out: Path, *, steps:
     rank = int(os.environ.get("RANK", "0"))
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path, final_path = out / "ckpt.pt", out / "log.jsonl", out / "model.pt"
+    # channels-last (NDHWC) activations and weights: oneDNN's 3-D convolutions run a training step
+    # of the demo network in 0.49 s instead of 0.76 (one thread; the Brevitas twin 0.51 against
+    # 0.77 with two); checkpoints are written in the default layout
+    net.to(memory_format=torch.channels_last_3d)
+    if teacher is not None:
+        teacher.to(memory_format=torch.channels_last_3d)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     start = 0
     log_lines: list[str] = []
@@ -171,7 +177,8 @@ def fit(net: torch.nn.Module, cfg: Config, data: TrainData, out: Path, *, steps:
     model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
 
     def save(step: int, path: Path):
-        save_checkpoint(path, cfg, {"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
+        state = {k: v.contiguous() for k, v in net.state_dict().items()}
+        save_checkpoint(path, cfg, {"model": state, "optimizer": opt.state_dict(), "step": step,
                                     "world_size": world, **(extra or {})})
 
     bar = None
