@@ -94,22 +94,14 @@ def bending_energy(ddf: torch.Tensor) -> torch.Tensor:
     return torch.stack([t.sum(1) for t in terms]).sum(0).mean()
 
 
-def box_mean(t: torch.Tensor, window: int) -> torch.Tensor:
-    """Mean of (N, C, X, Y, Z) over the cubic `window` (odd) around each voxel, over the voxels
-    inside the volume: three 1-D passes, one per axis (a box is separable, and so is its count
-    of inside voxels), 3 x window additions per voxel instead of window^3."""
-    pool = torch.nn.functional.avg_pool3d
-    for k in ((window, 1, 1), (1, window, 1), (1, 1, window)):
-        t = pool(t, k, stride=1, padding=tuple(x // 2 for x in k), count_include_pad=False)
-    return t
-
-
 def local_ncc(a: torch.Tensor, b: torch.Tensor, window: int, eps: float = 1e-5) -> torch.Tensor:
     """Mean over voxels of the squared local normalised cross-correlation of two (N, 1, X, Y, Z)
     images in cubic windows of `window` voxels (clipped at the borders): 1 where one image is
     an affine function of the other in every window (either sign: the correlation is squared)."""
-    ma, mb = box_mean(a, window), box_mean(b, window)
-    cov = box_mean(a * b, window) - ma * mb
-    va = (box_mean(a * a, window) - ma * ma).clamp_min(0)
-    vb = (box_mean(b * b, window) - mb * mb).clamp_min(0)
+    pool = lambda t: torch.nn.functional.avg_pool3d(t, window, stride=1, padding=window // 2,
+                                                    count_include_pad=False)
+    ma, mb = pool(a), pool(b)
+    cov = pool(a * b) - ma * mb
+    va = (pool(a * a) - ma * ma).clamp_min(0)
+    vb = (pool(b * b) - mb * mb).clamp_min(0)
     return (cov * cov / (va * vb + eps)).mean()

@@ -148,7 +148,8 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_data, tiny_con
 
     setup_torch(cfg)
     data = load_train_data(cfg, tiny_data, progress=False)
-    kw = dict(steps=cfg.train.steps, lr=cfg.train.lr, lr_final=cfg.train.lr_final, progress=False)
+    kw = dict(steps=cfg.train.steps, lr=cfg.train.lr, lr_final=cfg.train.lr_final, progress=False,
+              channels_last=False)  # as train() runs it
     with pytest.raises(Killed):
         fit(LocalNet(cfg.model), cfg, data, tmp_path / "cut", after_step=kill_in_step_3, **kw)
     assert load_checkpoint(tmp_path / "cut" / "ckpt.pt")["step"] == 2 and not (tmp_path / "cut" / "model.pt").exists()
