@@ -281,7 +281,7 @@ def _cpu_has_vnni() -> bool:
 
 def test_openvino_graph_int8_and_exact(random_twin_onnx, tmp_path):
     """export.onnx.openvino_graph, counted by hand for L levels and D displacement levels: the
-    Clip of every convolution's weight goes; a copy goes before each add input that is a
+    Clip of every convolution's weight goes; a barrier Max(x, x) goes before each add input that is a
     convolution's requantised output: 2 per down block (its first and third convolutions), 3
     per up block (one convolution in each of its three adds after the channel halves), 1 per
     sum of a coarse displacement field: 5L + D - 1. The ONNX semantics are unchanged
@@ -298,7 +298,7 @@ def test_openvino_graph_int8_and_exact(random_twin_onnx, tmp_path):
     dst = tmp_path / "ov.onnx"
     n_conv = sum(n.op_type == "Conv" for n in onnx.load(str(path)).graph.node)
     levels, d = cfg.model.levels, len(cfg.model.ddf_levels)
-    assert write_openvino(path, dst) == {"weight_clip_removed": n_conv, "add_copy": 5 * levels + d - 1}
+    assert write_openvino(path, dst) == {"weight_clip_removed": n_conv, "add_barrier": 5 * levels + d - 1}
     onnx.checker.check_model(onnx.load(str(dst)))
     assert ort_vs_brevitas_mismatches(twin, dst, xs, e_out) == {"optimized": 0, "unoptimized": 0}
 
