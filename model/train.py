@@ -145,13 +145,15 @@ def cosine_lr(step: int, steps: int, lr: float, lr_final: float) -> float:
 def fit(net: torch.nn.Module, cfg: Config, data: TrainData, out: Path, *, steps: int, lr: float,
         lr_final: float | None = None, stream: int = 0, resume: bool = False, progress: bool = True, desc: str = "train",
         after_step=None, extra: dict | None = None, teacher=None, distill_weight: float = 0.0,
-        channels_last: bool = True) -> Path:
+        channels_last: bool = True, ema_decay: float = 0.0) -> Path:
     """The training loop shared by training, pruned fine-tuning and QAT; returns OUT/model.pt.
 
     `stream` selects an independent sequence of batches (0: training's own), `after_step(net,
     steps_done)` runs after every optimiser step (pruning holds its masks there), `extra` goes
     into every checkpoint (read at each save: a caller may update it in place), `teacher` and
-    `distill_weight` as in loss_terms. Data-parallel when launched by torchrun (the process group must be set up).
+    `distill_weight` as in loss_terms. With `ema_decay` d > 0, OUT/model.pt holds the moving
+    average ema <- d ema + (1 - d) w of the weights and buffers after each step (from the
+    first step's), ckpt.pt the last weights and the average. Data-parallel when launched by torchrun (the process group must be set up).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -167,11 +169,14 @@ def fit(net: torch.nn.Module, cfg: Config, data: TrainData, out: Path, *, steps:
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     start = 0
     log_lines: list[str] = []
+    ema: dict[str, torch.Tensor] | None = None
     if resume and ckpt_path.exists():
         ck = load_checkpoint(ckpt_path, cfg, resume=True)
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         start = min(ck["step"], steps)
+        if ema_decay and ck.get("ema") is not None:
+            ema = ck["ema"]
         if log_path.exists():  # drop log lines past the checkpoint: they will be redone
             log_lines = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
         if rank == 0:
@@ -180,10 +185,23 @@ def fit(net: torch.nn.Module, cfg: Config, data: TrainData, out: Path, *, steps:
         ckpt_path.unlink(missing_ok=True)
     model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
 
-    def save(step: int, path: Path):
-        state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    def save(step: int, path: Path, final: bool = False):
+        state = {k: v.contiguous() for k, v in (ema if final and ema else net.state_dict()).items()}
+        more = {"ema": {k: v.contiguous() for k, v in ema.items()}} if ema and not final else {}
         save_checkpoint(path, cfg, {"model": state, "optimizer": opt.state_dict(), "step": step,
-                                    "world_size": world, **(extra or {})})
+                                    "world_size": world, **more, **(extra or {})})
+
+    def update_ema():
+        nonlocal ema
+        with torch.no_grad():
+            if ema is None:
+                ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                return
+            for k, v in net.state_dict().items():
+                if v.is_floating_point():
+                    ema[k].mul_(ema_decay).add_(v.detach(), alpha=1 - ema_decay)
+                else:
+                    ema[k].copy_(v)
 
     bar = None
     if progress and rank == 0:
@@ -201,6 +219,8 @@ def fit(net: torch.nn.Module, cfg: Config, data: TrainData, out: Path, *, steps:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if ema_decay:
+            update_ema()
         if after_step is not None:
             after_step(net, step + 1)
         if world > 1:  # report the mean over ranks
@@ -221,7 +241,7 @@ def fit(net: torch.nn.Module, cfg: Config, data: TrainData, out: Path, *, steps:
     if bar is not None:
         bar.close()
     if rank == 0:
-        save(steps, final_path)
+        save(steps, final_path, final=True)
         if steps == start and not ckpt_path.exists():
             save(start, ckpt_path)
     return final_path
@@ -254,7 +274,7 @@ def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, progress
     # folding against 0.441 and 0.054 % (README, Registration quality: a 700-step training is
     # known to a few hundredths); the later stages fine-tune from it in channels-last
     path = fit(LocalNet(cfg.model), cfg, data, out, steps=cfg.train.steps, lr=cfg.train.lr,
-               lr_final=cfg.train.lr_final, resume=resume, channels_last=False,
+               lr_final=cfg.train.lr_final, resume=resume, channels_last=False, ema_decay=cfg.train.ema_decay,
                progress=progress, extra={"data": str(data_dir), "stage": "train"})
     if dist.is_initialized():
         dist.barrier()

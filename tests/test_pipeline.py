@@ -134,6 +134,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_data, tiny_con
 
     cfg = load_config(tiny_config)
     assert cfg.train.lr != cfg.train.lr_final  # the cosine schedule is part of what must resume
+    cfg.train.ema_decay = 0.5  # and the weights' moving average
     full = train(cfg, tiny_data, tmp_path / "full", progress=False)
 
     class Killed(Exception):
@@ -149,7 +150,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_data, tiny_con
     setup_torch(cfg)
     data = load_train_data(cfg, tiny_data, progress=False)
     kw = dict(steps=cfg.train.steps, lr=cfg.train.lr, lr_final=cfg.train.lr_final, progress=False,
-              channels_last=False)  # as train() runs it
+              channels_last=False, ema_decay=cfg.train.ema_decay)  # as train() runs it
     with pytest.raises(Killed):
         fit(LocalNet(cfg.model), cfg, data, tmp_path / "cut", after_step=kill_in_step_3, **kw)
     assert load_checkpoint(tmp_path / "cut" / "ckpt.pt")["step"] == 2 and not (tmp_path / "cut" / "model.pt").exists()
@@ -158,6 +159,32 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_data, tiny_con
     assert all(torch.equal(a[k], b[k]) for k in a)
     log = [json.loads(x)["step"] for x in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
     assert log == [1, 2, 3]
+
+
+def test_ema_is_the_moving_average_of_each_steps_weights(tiny_data, tiny_config, tmp_path):
+    """With train.ema_decay d = 0.5 and 3 steps the saved network is 0.25 w1 + 0.25 w2 + 0.5 w3
+    (w_i: every weight and BatchNorm statistic after step i), the last weights stay in ckpt.pt."""
+    from model.localnet import LocalNet
+    from model.train import fit, load_train_data, setup_torch
+
+    cfg = load_config(tiny_config)
+    cfg.train.ema_decay = 0.5
+    assert cfg.train.steps == 3
+    setup_torch(cfg)
+    seen = []
+    fit(LocalNet(cfg.model), cfg, load_train_data(cfg, tiny_data, progress=False), tmp_path / "e",
+        steps=3, lr=cfg.train.lr, progress=False, channels_last=False, ema_decay=0.5,
+        after_step=lambda net, step: seen.append({k: v.detach().clone() for k, v in net.state_dict().items()}))
+    got = load_checkpoint(tmp_path / "e" / "model.pt")["model"]
+    last = load_checkpoint(tmp_path / "e" / "ckpt.pt")["model"]
+    for k, v in got.items():
+        if v.is_floating_point():  # three float32 products summed in another order: rounding only
+            want = 0.25 * seen[0][k] + 0.25 * seen[1][k] + 0.5 * seen[2][k]
+            assert torch.allclose(v, want, rtol=1e-6, atol=1e-7), k
+            assert torch.equal(last[k], seen[2][k])
+        else:
+            assert torch.equal(v, seen[2][k])
+    assert any(not torch.equal(got[k], last[k]) for k in got if got[k].is_floating_point())
 
 
 def test_resume_with_another_config_is_refused(tiny_data, tiny_config, tmp_path):
