@@ -44,7 +44,8 @@ if str(ROOT) not in sys.path:  # runnable as a script from a checkout, without i
 # onnxruntime: file and session options (export/onnx.py); ort_int8 is the file as shipped with
 # the default session (QDQ fusion on: some convolutions QLinearConv), float_kernels the same
 # file with QDQ fusion off (float convolutions on the integers, exact below 2^24), qlinear the
-# graph reshaped so that every convolution is a QLinearConv
+# graph reshaped so that every convolution is a 2-D QLinearConv on uint8 activations (exact
+# where export.onnx.u8s8_exact_cpu holds; the check below compares it like every int8 backend)
 ORT_RUNS = {"ort_fp32": ("localnet_fp32.onnx", {}), "ort_int8": ("localnet_int8.onnx", {}),
             "ort_int8_float_kernels": ("localnet_int8.onnx", {"qdq_fusion": False}),
             "ort_int8_qlinear": ("localnet_int8_qlinear.onnx", {})}

@@ -148,75 +148,183 @@ def sparsify_initializers(src: Path, dst: Path, mode: str = "auto") -> list[dict
     return chosen
 
 
-def qlinear_graph(model) -> dict[str, int]:
-    """Reshape a Brevitas QCDQ graph (in place) so that onnxruntime's QDQ fusion turns every
-    convolution into QLinearConv and every add of two int8 tensors into QLinearAdd, with the
-    same integers out. Two rewrites, both exact:
+def u8s8_exact_cpu() -> bool:
+    """Whether onnxruntime's U8S8 kernels sum exactly on this CPU: everywhere but x86 without
+    VNNI, where they add pairs of u8 x s8 products in int16 with saturation (AVX2 vpmaddubsw:
+    2 x 255 x 127 > 32767)."""
+    import platform
 
-    - `Conv|Add -> Relu -> Q(s, 0)` becomes `Conv|Add -> Q(s, 0) -> DQ -> Relu -> Q(s, 0)`:
-      relu(sat(rne(x / s))) = sat_[0,127](rne(relu(x) / s)) for every x (round half to even
-      maps (-0.5, 0] to 0), and the second Q re-quantises integers at their own scale.
-      onnxruntime fuses Relu into Q only when the zero point is the type's lowest value, which
-      an int8 ReLU output at zero point 0 is not, so without this those convs stay float.
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "vnni" in flags or "amx_int8" in flags
+
+
+def qlinear_graph(model, where: str = "model") -> dict[str, int]:
+    """Reshape a dense Brevitas QCDQ graph (in place) so that onnxruntime's QDQ fusion turns
+    every convolution into QLinearConv and every add of two int8 tensors into QLinearAdd, in
+    the layout and types its fast integer kernels take, with the same integers out. Four
+    rewrites, all exact under ONNX semantics:
+
+    - u8 activations: every activation QuantizeLinear / DequantizeLinear pair goes from int8 to
+      uint8 with the zero point + 128 (the same integers, shifted), weights stay int8: the U8S8
+      kernels are onnxruntime's native x86 and ARM int8 path (its s8s8 kernels run about twice
+      as slow here). They are exact wherever `u8s8_exact_cpu()` holds.
+    - ReLU on the integers: `Conv|Add -> Relu -> Q(s, z)` becomes `Conv|Add -> Q(s, z) ->
+      Clip(z, 255)`: relu(sat(rne(x / s))) = sat(rne(relu(x) / s)) for every x (round half to
+      even maps (-0.5, 0] to 0). onnxruntime fuses a Relu into its Q only at the type's lowest
+      zero point, which a ReLU output here is not, so without this those convs stay float.
     - a copy (MaxPool, nearest Resize, Slice) of a DQ(s, z) output that feeds anything but a
       Q gets `Q(s, z) -> DQ` after it: it copies values on the grid, so the pair is an identity.
+    - every 3-D convolution becomes a 2-D one: the input (1, C, X, Y, Z) is laid out as X
+      images (X, C, Y, Z) on the integers, padded along X with the zero point, and its k-th
+      X-shifted copies (k < kernel extent along X) are stacked as channels (X, K*C, Y, Z); the
+      weight (O, C, K, Ky, Kz) becomes (O, K*C, Ky, Kz) in the same order, so every output
+      sums the same integer products. onnxruntime's 3-D QLinearConv is an im2col product on
+      one thread (its first 7^3 convolution 191 ms, README, Latency); its 2-D one is its
+      threaded NHWC kernel. Needs batch 1 (the exported files fix it) and stride 1.
 
     The trilinear up-sampling of the coarse displacement fields stays float: its outputs lie
     on a 64x finer grid than int8 opset 17 can carry, so the three adds it feeds stay float
     (exact: hw/SPEC.md). Returns the number of each rewrite."""
-    from onnx import helper
+    from onnx import helper, numpy_helper
 
     g = model.graph
-    producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list] = {}
+    if len(g.sparse_initializer):
+        raise ValueError(f"{where}: has sparse initializers; write the all-QLinearConv graph from the dense file")
+    inits = {t.name: t for t in g.initializer}
+    counts = {"u8_activations": 0, "relu_clip": 0, "copy_requant": 0, "conv_folded": 0}
+
+    def graph_maps():
+        producer = {o: n for n in g.node for o in n.output}
+        consumers: dict[str, list] = {}
+        for n in g.node:
+            for i in n.input:
+                consumers.setdefault(i, []).append(n)
+        return producer, consumers
+
+    def const(name: str, value) -> str:
+        if name not in inits:
+            inits[name] = numpy_helper.from_array(np.asarray(value), name)
+            g.initializer.append(inits[name])
+        return name
+
+    def splice(new: dict[int, list]) -> None:  # each node by id -> the nodes that replace it
+        nodes = [m for n in g.node for m in new.get(id(n), [n])]
+        del g.node[:]
+        g.node.extend(nodes)
+
+    # 1. int8 activations -> uint8
+    producer, consumers = graph_maps()
     for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    after: dict[int, list] = {}
-    counts = {"relu_requant": 0, "copy_requant": 0}
+        if n.op_type != "QuantizeLinear" or n.input[0] in inits:
+            continue
+        outs = consumers.get(n.output[0], [])
+        if any(c.op_type != "DequantizeLinear" or c.input[1:] != n.input[1:] for c in outs):
+            raise ValueError(f"{where}: the int8 activation {n.output[0]} feeds something other than its "
+                             "DequantizeLinear")
+        z = numpy_helper.to_array(inits[n.input[2]]) if n.input[2] in inits else None
+        if z is None or z.dtype != np.int8 or z.size != 1:
+            raise ValueError(f"{where}: {n.name} has no int8 per-tensor zero point")
+        zu = const(f"{n.input[2]}/u8", (z.astype(np.int16) + 128).astype(np.uint8))
+        for m in (n, *outs):
+            m.input[2] = zu
+        counts["u8_activations"] += 1
 
-    def pair(src: str, scale: str, zp: str, tag: str) -> str:
-        k = sum(counts.values())
-        q, dq = f"{src}/qlinear_q{k}", f"{src}/qlinear_dq{k}"
-        after[id(producer[src])] = [helper.make_node("QuantizeLinear", [src, scale, zp], [q], name=f"{tag}/qlinear_Q"),
-                                    helper.make_node("DequantizeLinear", [q, scale, zp], [dq], name=f"{tag}/qlinear_DQ")]
-        return dq
-
-    for n in list(g.node):
+    # 2. ReLU on the integers, 3. copies requantised
+    producer, consumers = graph_maps()
+    new: dict[int, list] = {}
+    u8_max = const("qlinear/u8_max", np.uint8(255))
+    for n in g.node:
         outs = consumers.get(n.output[0], [])
         if n.op_type in ("Conv", "Add") and len(outs) == 1 and outs[0].op_type == "Relu":
             qs = consumers.get(outs[0].output[0], [])
-            if not qs or any(q.op_type != "QuantizeLinear" or q.input[1:] != qs[0].input[1:] for q in qs):
+            if len(qs) != 1 or qs[0].op_type != "QuantizeLinear":
                 continue
-            outs[0].input[0] = pair(n.output[0], qs[0].input[1], qs[0].input[2], n.name)
-            counts["relu_requant"] += 1
+            q = qs[0]
+            y = f"{n.output[0]}/qlinear_q"
+            new[id(outs[0])] = [helper.make_node("QuantizeLinear", [n.output[0], *q.input[1:]], [y], name=f"{n.name}/qlinear_Q"),
+                                helper.make_node("Clip", [y, q.input[2], u8_max], [q.output[0]], name=f"{n.name}/qlinear_relu")]
+            new[id(q)] = []
+            counts["relu_clip"] += 1
         elif n.op_type in ("MaxPool", "Resize", "Slice"):
             nearest = any(a.name == "mode" and a.s == b"nearest" for a in n.attribute)
             d = producer.get(n.input[0])
             if ((n.op_type == "Resize" and not nearest) or d is None or d.op_type != "DequantizeLinear"
                     or all(c.op_type == "QuantizeLinear" for c in outs)):
                 continue
-            dq = pair(n.output[0], d.input[1], d.input[2], n.name)
+            k = counts["copy_requant"]
+            q, dq = f"{n.output[0]}/qlinear_q{k}", f"{n.output[0]}/qlinear_dq{k}"
             for c in outs:
                 for j, x in enumerate(c.input):
                     if x == n.output[0]:
                         c.input[j] = dq
+            new[id(n)] = [n, helper.make_node("QuantizeLinear", [n.output[0], *d.input[1:]], [q], name=f"{n.name}/qlinear_Q"),
+                          helper.make_node("DequantizeLinear", [q, *d.input[1:]], [dq], name=f"{n.name}/qlinear_DQ")]
             counts["copy_requant"] += 1
-    nodes = []
+    splice(new)
+
+    # 4. 3-D convolutions as 2-D ones
+    producer, consumers = graph_maps()
+    new = {}
+    axis0 = const("qlinear/axis0", np.array([0], np.int64))
     for n in g.node:
-        nodes.append(n)
-        nodes.extend(after.get(id(n), []))
-    del g.node[:]
-    g.node.extend(nodes)
+        if n.op_type != "Conv":
+            continue
+        a = {x.name: list(x.ints) if x.ints else x.i for x in n.attribute}
+        d, wdq, outs = producer.get(n.input[0]), producer.get(n.input[1]), consumers.get(n.output[0], [])
+        if d is None or d.op_type != "DequantizeLinear" or wdq is None or wdq.op_type != "DequantizeLinear":
+            raise ValueError(f"{where}: {n.name} does not take dequantised integers")
+        if len(outs) != 1 or outs[0].op_type != "QuantizeLinear":
+            raise ValueError(f"{where}: {n.name}'s output is not requantised")
+        if set(a.get("strides", [1])) | set(a.get("dilations", [1])) != {1} or a.get("group", 1) != 1:
+            raise ValueError(f"{where}: {n.name} has a stride, dilation or group the 2-D form does not carry")
+        w_clip = producer.get(wdq.input[0])
+        w_name = w_clip.input[0] if w_clip is not None else wdq.input[0]
+        w = numpy_helper.to_array(inits[w_name])
+        if w.ndim != 5:
+            raise ValueError(f"{where}: {n.name}'s weight {w_name} is {w.ndim}-D, not 3-D convolution")
+        o, c, k = w.shape[:3]
+        inits[w_name].CopyFrom(numpy_helper.from_array(
+            np.ascontiguousarray(w.transpose(0, 2, 1, 3, 4).reshape(o, k * c, *w.shape[3:])), w_name))
+        pads = a.get("pads", [0] * 6)
+        t, q = f"{n.name}/qlinear_2d", outs[0]
+        nodes = [helper.make_node("Squeeze", [d.input[0], axis0], [f"{t}/x"], name=f"{t}/Squeeze"),
+                 helper.make_node("Transpose", [f"{t}/x"], [f"{t}/xt"], name=f"{t}/Transpose_in", perm=[1, 0, 2, 3]),
+                 helper.make_node("Pad", [f"{t}/xt", const(f"{t}/pads", np.array([pads[0], 0, 0, 0, pads[3], 0, 0, 0])),
+                                          d.input[2]], [f"{t}/xp"], name=f"{t}/Pad")]
+        span = pads[0] + pads[3]
+        for j in range(k):  # copy j: padded rows j .. j + X - 1
+            end = const(f"qlinear/end{j - span}", np.array([j - span if j < span else 2**62], np.int64))
+            nodes.append(helper.make_node("Slice", [f"{t}/xp", const(f"qlinear/start{j}", np.array([j], np.int64)),
+                                                    end, axis0], [f"{t}/x{j}"], name=f"{t}/Slice{j}"))
+        nodes += [helper.make_node("Concat", [f"{t}/x{j}" for j in range(k)], [f"{t}/xc"], name=f"{t}/Concat", axis=1),
+                  helper.make_node("DequantizeLinear", [f"{t}/xc", *d.input[1:]], [f"{t}/xd"], name=f"{t}/DQ"),
+                  helper.make_node("Conv", [f"{t}/xd", *n.input[1:]], [f"{t}/y"], name=f"{t}/Conv",
+                                   kernel_shape=list(w.shape[3:]), pads=[pads[1], pads[2], pads[4], pads[5]])]
+        new[id(n)] = nodes
+        new[id(q)] = [helper.make_node("QuantizeLinear", [f"{t}/y", *q.input[1:]], [f"{t}/yq"], name=f"{t}/Q"),
+                      helper.make_node("Transpose", [f"{t}/yq"], [f"{t}/yt"], name=f"{t}/Transpose_out", perm=[1, 0, 2, 3]),
+                      helper.make_node("Unsqueeze", [f"{t}/yt", axis0], [q.output[0]], name=f"{t}/Unsqueeze")]
+        counts["conv_folded"] += 1
+    splice(new)
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    dead = [n for n in g.node if n.op_type == "DequantizeLinear" and n.output[0] not in used]
+    for n in dead:  # the 3-D convolutions' input DQs
+        g.node.remove(n)
     return counts
 
 
 def write_qlinear(src: Path, dst: Path) -> dict[str, int]:
-    """`src` through `qlinear_graph`, written to `dst`; the counts go to its metadata."""
+    """`src` (a dense int8 QCDQ file) through `qlinear_graph`, written to `dst`; the counts go to
+    its metadata."""
     import onnx
 
     model = onnx.load(str(src))
-    counts = qlinear_graph(model)
+    counts = qlinear_graph(model, str(src))
     _set_metadata(model, {"qlinear_rewrites": json.dumps(counts)})
     with atomic_path(dst) as tmp:
         onnx.save(model, str(tmp))

@@ -251,27 +251,47 @@ def test_ort_int8_equals_brevitas_on_a_large_weight_model(random_twin_onnx):
 def test_float_kernels_and_qlinear_graph_exact(random_twin_onnx, tmp_path):
     """The two other ways onnxruntime runs the int8 graph give the same integers: QDQ fusion
     off (float kernels on the dequantised integers, exact below 2^24) and the rewritten graph in
-    which every convolution is a QLinearConv. Counted by hand for L levels: ReLU requantisers
-    after 2 convs + 1 residual add per down and per up block, and the bottleneck conv: 6L + 1;
-    copies requantised: L max-pools, and per up block 2 channel halves + 2 nearest up-samplings:
-    5L. In onnxruntime's optimised graph no float Conv is left, and the only float Adds are the
-    len(ddf_levels) - 1 sums of the trilinear-upsampled coarse displacement fields."""
+    which every convolution is a 2-D QLinearConv on uint8 activations. Counted by hand for L
+    levels and D displacement levels: activation quantisers: the input, 4 per down block (3
+    convs, the residual add), the bottleneck, 7 per up block (the channel halves, 3 convs, the
+    up-sampled, skip and residual adds), D heads and D - 1 field sums: 11L + 2D + 1; ReLUs on
+    the integers after 2 convs + 1 residual add per down and per up block, and the bottleneck
+    conv: 6L + 1; copies requantised: L max-pools, and per up block 2 channel halves + 2 nearest
+    up-samplings: 5L; every convolution folded to 2-D. In onnxruntime's optimised graph no float
+    Conv or Relu is left, and the only float Adds are the D - 1 sums of the trilinear-upsampled
+    coarse displacement fields. The U8S8 kernels are exact where `u8s8_exact_cpu` says so (this
+    machine: AVX-512 VNNI); without VNNI they saturate (the test after next)."""
     from export.gate import ort_vs_brevitas_mismatches
-    from export.onnx import optimized_op_counts, write_qlinear
+    from export.onnx import optimized_op_counts, u8s8_exact_cpu, write_qlinear
 
     twin, path, xs, e_out, cfg = random_twin_onnx
     q = tmp_path / "qlinear.onnx"
-    levels = cfg.model.levels
-    assert write_qlinear(path, q) == {"relu_requant": 6 * levels + 1, "copy_requant": 5 * levels}
-    onnx.checker.check_model(onnx.load(str(q)))
+    levels, d = cfg.model.levels, len(cfg.model.ddf_levels)
     n_conv = sum(n.op_type == "Conv" for n in onnx.load(str(path)).graph.node)
+    assert write_qlinear(path, q) == {"u8_activations": 11 * levels + 2 * d + 1, "relu_clip": 6 * levels + 1,
+                                      "copy_requant": 5 * levels, "conv_folded": n_conv}
+    onnx.checker.check_model(onnx.load(str(q)))
     ops = optimized_op_counts(q)
-    assert ops.get("QLinearConv") == n_conv and "Conv" not in ops and "FusedConv" not in ops
-    assert ops.get("Add", 0) == len(cfg.model.ddf_levels) - 1
+    assert ops.get("QLinearConv") == n_conv and "Conv" not in ops and "FusedConv" not in ops and "Relu" not in ops
+    assert ops.get("Add", 0) == d - 1 and ops.get("QLinearAdd") == 5 * levels
     assert optimized_op_counts(path).get("QLinearConv", 0) < n_conv  # what the rewrite is for
     assert ort_vs_brevitas_mismatches(twin, path, xs, e_out, modes={"float_kernels": {"qdq_fusion": False}}) == \
         {"float_kernels": 0}
+    if not u8s8_exact_cpu():
+        pytest.skip("onnxruntime's U8S8 kernels saturate on an x86 CPU without VNNI")
     assert ort_vs_brevitas_mismatches(twin, q, xs, e_out) == {"optimized": 0, "unoptimized": 0}
+
+
+def test_qlinear_graph_refuses_sparse_initializers(random_twin_onnx, tmp_path):
+    """The 2-D fold re-lays out each weight, so the rewrite takes the dense file; a sparse one is
+    refused, naming the file."""
+    from export.onnx import qlinear_graph, sparsify_initializers
+
+    _, path, *_ = random_twin_onnx
+    sparse = tmp_path / "sparse.onnx"
+    sparsify_initializers(path, sparse, "all")
+    with pytest.raises(ValueError, match="sparse.onnx: has sparse initializers"):
+        qlinear_graph(onnx.load(str(sparse)), str(sparse))
 
 
 def _cpu_has_vnni() -> bool:
