@@ -106,7 +106,7 @@ bench: $(OUT)/export/manifest.json
 scaling: $(OUT)/export/manifest.json
 	$(PY) benchmarks/scaling.py --export $(OUT)/export --out $(OUT)/bench/scaling --runs 3 $(SCALING_ARGS)
 	$(PY) benchmarks/scaling.py --untrained configs/ibsr.toml --out $(OUT)/bench/scaling_ibsr --threads 2 --runs 2 --shapes 32,32,32 64,80,64 128,160,128 \
-	    --backends ort_fp32,ort_int8_float_kernels,openvino_fp32,openvino_int8 --check-max-voxels 32768 $(SCALING_ARGS)
+	    --backends ort_fp32,ort_int8_float_kernels,ort_int8_qlinear,openvino_fp32,openvino_int8 --check-max-voxels 32768 $(SCALING_ARGS)
 
 # opt-in (not in demo): the pruning curve to 95 % (configs/curve.toml: global int8, layer-aware int8
 # and int4 at 75/90/95 %) in $(OUT)_curve/report/, reusing $(OUT)'s trained network (about an hour)

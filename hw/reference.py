@@ -60,12 +60,15 @@ def conv3d_acc_s8(x: np.ndarray, w: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """3-D convolution, stride 1, zero 'same' padding k//2: int8 x (N, C_in, D, H, W), int8 w
     (C_out, C_in, kD, kH, kW), int32 bias (C_out,) -> int64 accumulator (N, C_out, D, H, W).
 
-    Computed as an im2col matrix product in floating point, exact: every product is an integer
-    below 2^14 and every partial sum, in whatever order the BLAS adds, an integer no larger than
-    the layer's bound max_c sum |w| x 128; below 2^24 float32 holds all of them exactly, else
-    float64 (exact below 2^53; the export keeps accumulators below 2^31). tests/test_hw.py checks
-    both routes against conv3d_acc_s8_loops. The columns are laid out (C_in k^3, voxels), so the
-    gather copies runs along W instead of runs of k.
+    Computed as matrix products in floating point, exact: every product is an integer below
+    2^14 and every partial sum, in whatever order the BLAS adds, an integer no larger than the
+    layer's bound max_c sum |w| x 128; below 2^24 float32 holds all of them exactly, else
+    float64 (exact below 2^53; the export keeps accumulators below 2^31). The columns gather
+    only the (C_in, kD, kH) taps over the W-padded rows: one product with the kW taps stacked
+    as output rows gives, per tap e, a partial sum at every padded position, and the output is
+    the sum of those kW partial sums shifted by e along W (each a subset of the products, so
+    bounded like the whole). The columns are kW times smaller than a full im2col's (7x for
+    the first 7^3 layer). tests/test_hw.py checks both number types against conv3d_acc_s8_loops.
     """
     n, cin, d, h, wd = x.shape
     cout, cin2, kd, kh, kw = w.shape
@@ -74,11 +77,15 @@ def conv3d_acc_s8(x: np.ndarray, w: np.ndarray, bias: np.ndarray) -> np.ndarray:
     ft = np.float32 if bound < 2 ** 24 else np.float64
     pd, ph, pw = kd // 2, kh // 2, kw // 2
     xp = np.pad(x.astype(ft), ((0, 0), (0, 0), (pd, pd), (ph, ph), (pw, pw)))
-    win = np.lib.stride_tricks.sliding_window_view(xp, (kd, kh, kw), axis=(2, 3, 4))  # (N, C, D, H, W, kd, kh, kw)
-    cols = win.transpose(1, 5, 6, 7, 0, 2, 3, 4).reshape(cin * kd * kh * kw, n * d * h * wd)
-    acc = w.reshape(cout, -1).astype(ft) @ cols  # (C_out, N*D*H*W)
-    acc = acc.reshape(cout, n, d, h, wd).transpose(1, 0, 2, 3, 4)
-    return np.rint(acc).astype(np.int64) + bias.astype(np.int64)[None, :, None, None, None]
+    wp = wd + 2 * pw
+    win = np.lib.stride_tricks.sliding_window_view(xp, (kd, kh), axis=(2, 3))  # (N, C, D, H, W + 2pw, kd, kh)
+    cols = win.transpose(1, 5, 6, 0, 2, 3, 4).reshape(cin * kd * kh, n * d * h * wp)
+    taps = w.transpose(4, 0, 1, 2, 3).reshape(kw * cout, cin * kd * kh).astype(ft)  # rows (e, C_out)
+    part = (taps @ cols).reshape(kw, cout, n, d, h, wp)
+    acc = part[0, ..., :wd].copy()
+    for e in range(1, kw):
+        acc += part[e, ..., e:e + wd]
+    return acc.transpose(1, 0, 2, 3, 4).astype(np.int64) + bias.astype(np.int64)[None, :, None, None, None]
 
 
 def conv3d_acc_s8_loops(x: np.ndarray, w: np.ndarray, bias: np.ndarray) -> np.ndarray:
