@@ -4,7 +4,7 @@
 #   make train CONFIG=configs/ibsr.toml DATA=/path/to/IBSR_V2.0 OUT=runs/ibsr
 #   make prune / qat / export / golden / verify [ACCEL=dir] / bench / report   one stage (and what it needs)
 #   make rtl-sim / rtl-synth  the RTL accelerator on the golden pairs (then make verify ACCEL=$(OUT)/rtl) / on an ECP5-85F
-#   make scaling              opt-in: latency against grid and threads, demo and paper-scale networks (~30 min)
+#   make scaling              opt-in: latency against grid and threads, demo and paper-scale networks (~35 min)
 #   make curve                opt-in: the pruning curve to 95 % (configs/curve.toml) in $(OUT)_curve (about an hour)
 CONFIG ?= configs/demo.toml
 OUT    ?= runs/demo
