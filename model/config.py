@@ -139,6 +139,9 @@ class QATConfig:
     # weight scales of every QAT model: "tensor" (one power of two per layer) or "channel" (one
     # per output channel; weights.bin format 2 carries the exponents)
     weight_scale: str = "tensor"
+    # x mean squared displacement difference (voxels^2) to the trained fp32 network's field, added
+    # to the label loss of every QAT model (0: none)
+    distill_weight: float = 0.0
 
 
 @dataclass
@@ -218,6 +221,8 @@ class Config:
             bad = [x for x in getattr(self.qat, key) if x not in la]
             if bad:
                 raise ConfigError(f"qat.{key} {bad} not in prune.layer_amounts {la}")
+        if self.qat.distill_weight < 0:
+            raise ConfigError(f"qat.distill_weight {self.qat.distill_weight} must be >= 0")
         if self.qat.weight_scale not in ("tensor", "channel"):
             raise ConfigError(f"qat.weight_scale {self.qat.weight_scale!r} must be \"tensor\" or \"channel\"")
         if (self.qat.nm_int8 or self.qat.nm_int4) and not (p.nm or p.nm_layer):

@@ -42,14 +42,17 @@ def calibration_batches(cfg: Config, data: TrainData, batches: int, stream: int)
 
 
 def qat_from_pruned(cfg: Config, pruned_ckpt: Path, data: TrainData, out: Path, weight_bits: int, steps: int,
-                    stream: int, resume: bool, progress: bool) -> Path:
+                    stream: int, resume: bool, progress: bool, teacher=None) -> Path:
+    """Brevitas QAT of a pruned checkpoint, masks held; with `teacher` (the trained fp32 network)
+    its field is distilled at qat.distill_weight."""
     folded, _, masks = load_pruned(pruned_ckpt, cfg)
     twin = quant_twin(folded, cfg.model, weight_bits, weight_scale=cfg.qat.weight_scale)
     calibrate(twin, calibration_batches(cfg, data, cfg.qat.calib_batches, stream))
     meta = {"stage": "qat", "weight_bits": weight_bits, "masks": masks, "sparsity": weight_sparsity(folded),
-            "source": str(pruned_ckpt)}
+            "source": str(pruned_ckpt), "distill_weight": cfg.qat.distill_weight if teacher is not None else 0.0}
     path = fit(twin, cfg, data, out, steps=steps, lr=cfg.qat.lr, stream=stream, resume=resume,
-               progress=progress, desc=f"qat int{weight_bits}", after_step=lambda n, _: apply_masks(n, masks), extra=meta)
+               progress=progress, desc=f"qat int{weight_bits}", after_step=lambda n, _: apply_masks(n, masks), extra=meta,
+               teacher=teacher, distill_weight=cfg.qat.distill_weight if teacher is not None else 0.0)
     load_qat(path, cfg)  # asserts the held masks in the saved checkpoint
     return path
 
@@ -121,12 +124,16 @@ def qat(cfg: Config, prune_dir: Path, data_dir: Path, out: Path, resume: bool = 
     data = load_train_data(cfg, data_dir, progress)
     done, made = {}, set()
     jobs = qat_jobs(cfg, prune_dir, curve)
+    teacher = None
+    if cfg.qat.distill_weight > 0:  # the trained network, folded and unpruned: the start of every pruning
+        teacher, _, _ = load_pruned(sparsity_dir(prune_dir, 0.0) / "model.pt", cfg)
+        teacher.eval().requires_grad_(False)
     for i, (name, (bits, src, steps)) in enumerate(jobs.items()):
         d = out / name
         if resume and (d / "model.pt").exists():
             load_qat(d / "model.pt", cfg)
         else:
-            qat_from_pruned(cfg, src, data, d, bits, steps, 200 + i, resume, progress)
+            qat_from_pruned(cfg, src, data, d, bits, steps, 200 + i, resume, progress, teacher)
             made.add(name)
         done[name] = d / "model.pt"
         if name == "int4" and (made or not (out / "qat.json").exists()):

@@ -44,6 +44,7 @@ gradual_steps = 2
 
 [qat]
 steps = 2
+distill_weight = 1.0
 lr = 1e-4
 calib_batches = 2
 int8_sparsity = 0.25

@@ -27,6 +27,7 @@ def test_shipped_configs_load(name):
     ("[dta]\n", "unknown key"),
     ("[train]\nsteps = 'ten'\n", "expected int"),
     ("[train]\nema_decay = 1.0\n", "train.ema_decay 1.0 must lie in \\[0, 1\\)"),
+    ("[qat]\ndistill_weight = -1.0\n", "qat.distill_weight -1.0 must be >= 0"),
     ("[data]\nshape = [17, 16, 16]\n", "divisible"),
     ("[model]\nddf_levels = [9]\n", "ddf_levels"),
     ("[data\n", "not valid TOML"),

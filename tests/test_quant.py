@@ -233,6 +233,7 @@ def test_pipeline_masks_scales_and_schema(tiny_data, tiny_export):
     x = torch.rand(1, 2, *cfg.data.shape)
     for name, path in done.items():
         twin, ck = load_qat(Path(path), cfg)
+        assert ck["distill_weight"] == cfg.qat.distill_weight > 0  # every QAT model distils the trained field
         params = integer_params(twin, x)
         bits = 4 if "int4" in name else 8
         lim = 2 ** (bits - 1) - 1
