@@ -43,9 +43,11 @@ def calibration_batches(cfg: Config, data: TrainData, batches: int, stream: int)
 
 def qat_from_pruned(cfg: Config, pruned_ckpt: Path, data: TrainData, out: Path, weight_bits: int, steps: int,
                     stream: int, resume: bool, progress: bool, teacher=None) -> Path:
-    """Brevitas QAT of a pruned checkpoint, masks held; with `teacher` (the trained fp32 network)
-    its field is distilled at qat.distill_weight."""
+    """Brevitas QAT of a pruned checkpoint, masks held; with `teacher` (a function returning the
+    trained fp32 network, called once the checkpoint has loaded) its field is distilled at
+    qat.distill_weight."""
     folded, _, masks = load_pruned(pruned_ckpt, cfg)
+    teacher = teacher() if teacher is not None else None
     twin = quant_twin(folded, cfg.model, weight_bits, weight_scale=cfg.qat.weight_scale)
     calibrate(twin, calibration_batches(cfg, data, cfg.qat.calib_batches, stream))
     meta = {"stage": "qat", "weight_bits": weight_bits, "masks": masks, "sparsity": weight_sparsity(folded),
@@ -124,16 +126,20 @@ def qat(cfg: Config, prune_dir: Path, data_dir: Path, out: Path, resume: bool = 
     data = load_train_data(cfg, data_dir, progress)
     done, made = {}, set()
     jobs = qat_jobs(cfg, prune_dir, curve)
-    teacher = None
-    if cfg.qat.distill_weight > 0:  # the trained network, folded and unpruned: the start of every pruning
-        teacher, _, _ = load_pruned(sparsity_dir(prune_dir, 0.0) / "model.pt", cfg)
-        teacher.eval().requires_grad_(False)
+    loaded: list = []
+
+    def teacher():  # the trained network, folded and unpruned (every pruning's start), loaded once
+        if not loaded:
+            net, _, _ = load_pruned(sparsity_dir(prune_dir, 0.0) / "model.pt", cfg)
+            loaded.append(net.eval().requires_grad_(False))
+        return loaded[0]
     for i, (name, (bits, src, steps)) in enumerate(jobs.items()):
         d = out / name
         if resume and (d / "model.pt").exists():
             load_qat(d / "model.pt", cfg)
         else:
-            qat_from_pruned(cfg, src, data, d, bits, steps, 200 + i, resume, progress, teacher)
+            qat_from_pruned(cfg, src, data, d, bits, steps, 200 + i, resume, progress,
+                            teacher if cfg.qat.distill_weight > 0 else None)
             made.add(name)
         done[name] = d / "model.pt"
         if name == "int4" and (made or not (out / "qat.json").exists()):
