@@ -218,7 +218,7 @@ def qlinear_graph(model, where: str = "model") -> dict[str, int]:
         g.node.extend(nodes)
 
     # 1. int8 activations -> uint8
-    producer, consumers = graph_maps()
+    _, consumers = graph_maps()
     for n in g.node:
         if n.op_type != "QuantizeLinear" or n.input[0] in inits:
             continue
@@ -298,9 +298,10 @@ def qlinear_graph(model, where: str = "model") -> dict[str, int]:
                                           d.input[2]], [f"{t}/xp"], name=f"{t}/Pad")]
         span = pads[0] + pads[3]
         for j in range(k):  # copy j: padded rows j .. j + X - 1
-            end = const(f"qlinear/end{j - span}", np.array([j - span if j < span else 2**62], np.int64))
+            end = j - span if j < span else 2**62  # negative: counted from the padded end
             nodes.append(helper.make_node("Slice", [f"{t}/xp", const(f"qlinear/start{j}", np.array([j], np.int64)),
-                                                    end, axis0], [f"{t}/x{j}"], name=f"{t}/Slice{j}"))
+                                                    const(f"qlinear/end{end}", np.array([end], np.int64)), axis0],
+                                          [f"{t}/x{j}"], name=f"{t}/Slice{j}"))
         nodes += [helper.make_node("Concat", [f"{t}/x{j}" for j in range(k)], [f"{t}/xc"], name=f"{t}/Concat", axis=1),
                   helper.make_node("DequantizeLinear", [f"{t}/xc", *d.input[1:]], [f"{t}/xd"], name=f"{t}/DQ"),
                   helper.make_node("Conv", [f"{t}/xd", *n.input[1:]], [f"{t}/y"], name=f"{t}/Conv",
@@ -318,17 +319,21 @@ def qlinear_graph(model, where: str = "model") -> dict[str, int]:
     return counts
 
 
-def write_qlinear(src: Path, dst: Path) -> dict[str, int]:
-    """`src` (a dense int8 QCDQ file) through `qlinear_graph`, written to `dst`; the counts go to
-    its metadata."""
+def _write_rewritten(src: Path, dst: Path, rewrite, key: str) -> dict[str, int]:
+    """`src` through `rewrite(model, where)`, written to `dst`; the counts go to its metadata `key`."""
     import onnx
 
     model = onnx.load(str(src))
-    counts = qlinear_graph(model, str(src))
-    _set_metadata(model, {"qlinear_rewrites": json.dumps(counts)})
+    counts = rewrite(model, str(src))
+    _set_metadata(model, {key: json.dumps(counts)})
     with atomic_path(dst) as tmp:
         onnx.save(model, str(tmp))
     return counts
+
+
+def write_qlinear(src: Path, dst: Path) -> dict[str, int]:
+    """`src` (a dense int8 QCDQ file) through `qlinear_graph`, written to `dst`."""
+    return _write_rewritten(src, dst, qlinear_graph, "qlinear_rewrites")
 
 
 def openvino_graph(model, where: str = "model") -> dict[str, int]:
@@ -403,16 +408,8 @@ def openvino_graph(model, where: str = "model") -> dict[str, int]:
 
 
 def write_openvino(src: Path, dst: Path) -> dict[str, int]:
-    """`src` (a dense int8 QCDQ file) through `openvino_graph`, written to `dst`; the counts go
-    to its metadata."""
-    import onnx
-
-    model = onnx.load(str(src))
-    counts = openvino_graph(model, str(src))
-    _set_metadata(model, {"openvino_rewrites": json.dumps(counts)})
-    with atomic_path(dst) as tmp:
-        onnx.save(model, str(tmp))
-    return counts
+    """`src` (a dense int8 QCDQ file) through `openvino_graph`, written to `dst`."""
+    return _write_rewritten(src, dst, openvino_graph, "openvino_rewrites")
 
 
 def optimized_op_counts(path: Path, keep_s8: bool = True) -> dict[str, int]:

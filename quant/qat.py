@@ -18,6 +18,7 @@ pruned weights are not zero is refused.
 """
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -47,14 +48,15 @@ def qat_from_pruned(cfg: Config, pruned_ckpt: Path, data: TrainData, out: Path, 
     trained fp32 network, called once the checkpoint has loaded) its field is distilled at
     qat.distill_weight."""
     folded, _, masks = load_pruned(pruned_ckpt, cfg)
+    distill = cfg.qat.distill_weight if teacher is not None else 0.0
     teacher = teacher() if teacher is not None else None
     twin = quant_twin(folded, cfg.model, weight_bits, weight_scale=cfg.qat.weight_scale)
     calibrate(twin, calibration_batches(cfg, data, cfg.qat.calib_batches, stream))
     meta = {"stage": "qat", "weight_bits": weight_bits, "masks": masks, "sparsity": weight_sparsity(folded),
-            "source": str(pruned_ckpt), "distill_weight": cfg.qat.distill_weight if teacher is not None else 0.0}
+            "source": str(pruned_ckpt), "distill_weight": distill}
     path = fit(twin, cfg, data, out, steps=steps, lr=cfg.qat.lr, stream=stream, resume=resume,
                progress=progress, desc=f"qat int{weight_bits}", after_step=lambda n, _: apply_masks(n, masks), extra=meta,
-               teacher=teacher, distill_weight=cfg.qat.distill_weight if teacher is not None else 0.0)
+               teacher=teacher, distill_weight=distill)
     load_qat(path, cfg)  # asserts the held masks in the saved checkpoint
     return path
 
@@ -126,13 +128,9 @@ def qat(cfg: Config, prune_dir: Path, data_dir: Path, out: Path, resume: bool = 
     data = load_train_data(cfg, data_dir, progress)
     done, made = {}, set()
     jobs = qat_jobs(cfg, prune_dir, curve)
-    loaded: list = []
-
-    def teacher():  # the trained network, folded and unpruned (every pruning's start), loaded once
-        if not loaded:
-            net, _, _ = load_pruned(sparsity_dir(prune_dir, 0.0) / "model.pt", cfg)
-            loaded.append(net.eval().requires_grad_(False))
-        return loaded[0]
+    # the trained network, folded and unpruned (every pruning's start), loaded once when first needed
+    teacher = functools.cache(lambda: load_pruned(sparsity_dir(prune_dir, 0.0) / "model.pt", cfg)[0]
+                              .eval().requires_grad_(False))
     for i, (name, (bits, src, steps)) in enumerate(jobs.items()):
         d = out / name
         if resume and (d / "model.pt").exists():

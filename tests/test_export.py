@@ -355,12 +355,10 @@ def test_ort_x86_uint8_rewrite_departs_without_vnni(random_twin_onnx):
     """onnxruntime's x86 default rewrites int8 activations to uint8 for its U8S8 kernels; without
     VNNI those saturate int16 pair sums (2 x 255 x 127 > 32767): this large-weight network then
     differs by 1 LSB in a few ddf elements. Hence export/onnx.py keeps the graph s8s8."""
-    import platform
-
     from export.gate import ort_vs_brevitas_mismatches
+    from export.onnx import u8s8_exact_cpu
 
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    if platform.machine() not in ("x86_64", "AMD64") or "vnni" in flags or "amx" in flags:
+    if u8s8_exact_cpu():
         pytest.skip("the u8s8 saturation needs an x86 CPU without VNNI")
     twin, path, xs, e_out, _ = random_twin_onnx
     res = ort_vs_brevitas_mismatches(twin, path, xs, e_out, keep_s8=False)
