@@ -45,11 +45,11 @@ def calibration_batches(cfg: Config, data: TrainData, batches: int, stream: int)
 def qat_from_pruned(cfg: Config, pruned_ckpt: Path, data: TrainData, out: Path, weight_bits: int, steps: int,
                     stream: int, resume: bool, progress: bool, teacher=None) -> Path:
     """Brevitas QAT of a pruned checkpoint, masks held; with `teacher` (a function returning the
-    trained fp32 network, called once the checkpoint has loaded) its field is distilled at
-    qat.distill_weight."""
+    trained fp32 network, called once the checkpoint has loaded, and only if qat.distill_weight
+    > 0) its field is distilled at qat.distill_weight."""
     folded, _, masks = load_pruned(pruned_ckpt, cfg)
     distill = cfg.qat.distill_weight if teacher is not None else 0.0
-    teacher = teacher() if teacher is not None else None
+    teacher = teacher() if distill > 0 else None
     twin = quant_twin(folded, cfg.model, weight_bits, weight_scale=cfg.qat.weight_scale)
     calibrate(twin, calibration_batches(cfg, data, cfg.qat.calib_batches, stream))
     meta = {"stage": "qat", "weight_bits": weight_bits, "masks": masks, "sparsity": weight_sparsity(folded),
@@ -136,8 +136,7 @@ def qat(cfg: Config, prune_dir: Path, data_dir: Path, out: Path, resume: bool = 
         if resume and (d / "model.pt").exists():
             load_qat(d / "model.pt", cfg)
         else:
-            qat_from_pruned(cfg, src, data, d, bits, steps, 200 + i, resume, progress,
-                            teacher if cfg.qat.distill_weight > 0 else None)
+            qat_from_pruned(cfg, src, data, d, bits, steps, 200 + i, resume, progress, teacher)
             made.add(name)
         done[name] = d / "model.pt"
         if name == "int4" and (made or not (out / "qat.json").exists()):
