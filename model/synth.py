@@ -203,10 +203,15 @@ def make_subject(idx: int, seed: int, base_shape, base_spacing, variation: float
 
 
 def write_dataset(out: Path, subjects: int = 18, seed: int = 0, shape=(128, 64, 128),
-                  spacing=(1.875, 3.0, 1.875), progress: bool = True, variation: float = 1.0) -> None:
+                  spacing=(1.875, 3.0, 1.875), progress: bool = True, variation: float = 1.0,
+                  first: int = 1) -> None:
+    """Subjects IBSR_<first> .. IBSR_<subjects> (each depends only on its number and the
+    arguments: a larger set repeats a smaller one's subjects byte for byte)."""
+    if not 1 <= first <= subjects:
+        raise ValueError(f"subjects {first}..{subjects}: need 1 <= first <= subjects")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    for i in range(subjects):
+    for i in range(first - 1, subjects):
         name = f"IBSR_{i + 1:02d}"
         img, lab, aff, names, lm = make_subject(i, seed, shape, spacing, variation)
         if i % 2:  # as real IBSR label files: trailing singleton 4th axis
@@ -226,7 +231,7 @@ def write_dataset(out: Path, subjects: int = 18, seed: int = 0, shape=(128, 64, 
     if progress:
         print(file=sys.stderr)
     atomic_write_json(out / "synth_manifest.json", {
-        "generator": "model.synth", "git_commit": git_commit(), "seed": seed, "subjects": subjects,
+        "generator": "model.synth", "git_commit": git_commit(), "seed": seed, "subjects": subjects, "first": first,
         "shape": list(shape), "spacing_mm": list(spacing), "anatomy_variation": variation,
         "labels": sorted({c for _, l, r, *_ in DEEP for c in (l, r)} | {2, 41, 3, 42}),
     })

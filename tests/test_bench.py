@@ -145,3 +145,34 @@ def test_exported_row_stats_checks_the_config(tmp_path, tiny_cfg):
     tiny_cfg.qat.steps += 1
     with pytest.raises(ValueError, match="w.bin: exported with another config"):
         exported_row_stats(tmp_path / "w.bin", tiny_cfg)
+
+
+def test_validation_run_on_generated_held_out_subjects(tiny_data, tiny_config, tmp_path, capsys):
+    """benchmarks/validation.py: the held-out subjects are the ones a larger `make data` would
+    have written (byte for byte), a config change reaches the training, and the table lists the run."""
+    from benchmarks.validation import main
+    from model.config import ConfigError, load_config
+    from model.synth import write_dataset
+
+    out = tmp_path / "runs" / "steps2_s1"
+    assert main(["--config", str(tiny_config), "--data", str(tiny_data), "--out", str(out), "--val-subjects", "2",
+                 "--set", "train.steps=2", "--set", "train.seed=1", "--no-progress"]) == 0
+    larger = tmp_path / "larger"
+    man = json.loads((tiny_data / "synth_manifest.json").read_text())
+    write_dataset(larger, 7, man["seed"], tuple(man["shape"]), tuple(man["spacing_mm"]), progress=False)
+    val = tmp_path / "runs" / "data_val"
+    assert sorted(p.name for p in val.iterdir() if p.is_dir()) == ["IBSR_06", "IBSR_07"]
+    for name in ("IBSR_06", "IBSR_07"):
+        for f in (larger / name).iterdir():
+            assert (val / name / f.name).read_bytes() == f.read_bytes()
+    r = json.loads((out / "validation.json").read_text())
+    assert r["validation_subjects"] == ["IBSR_06", "IBSR_07"] and r["validation"]["pairs"] == 2
+    assert r["test"]["pairs"] == 2 and 0 <= r["validation"]["dice"] <= 1
+    assert json.loads((out / "train" / "log.jsonl").read_text().splitlines()[-1])["step"] == 2
+    assert load_config(tiny_config).train.steps == 3  # the change went to this run only
+    capsys.readouterr()
+    assert main(["--table", str(tmp_path / "runs")]) == 0
+    assert "| steps2_s1 | train.steps=2 | 1 |" in capsys.readouterr().out
+    # a key the config does not have is refused, naming it
+    assert main(["--config", str(tiny_config), "--data", str(tiny_data), "--out", str(out), "--set", "train.stepz=2"]) == 2
+    assert "train.stepz=2" in capsys.readouterr().err
