@@ -47,7 +47,7 @@ from model.checkpoint import load_checkpoint, model_from_checkpoint
 from model.cli import run_cli, stage_parser
 from model.config import Config, ConfigError, config_from_dict, config_to_dict, load_config
 from model.data import load_dataset, test_pairs
-from model.evaluate import evaluate_pairs, predict_ddf, rows_markdown, summarise, write_csv, write_table
+from model.evaluate import evaluate_pairs, registration_fn, rows_markdown, summarise, write_csv, write_table
 from model.localnet import count_parameters, fold_batchnorm
 from model.prealign import network_input, with_global_stage
 from model.train import load_train_data
@@ -139,10 +139,6 @@ def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dic
     rep = out / "report"
     subjects = load_dataset(data_dir, cfg.data, "test", progress=progress)
 
-    def torch_fn(net):  # the whole registration: the global stage (if configured) composed in
-        reg = with_global_stage(cfg.model.prealign, lambda m, f: predict_ddf(net, m, f))
-        return lambda m, f: reg(m.image, f.image)
-
     first = cfg.prune.amounts[0]
     trained, _ = model_from_checkpoint(load_checkpoint(need(out / "train/model.pt", "make train"), cfg))
     trained = fold_batchnorm(trained)
@@ -187,7 +183,7 @@ def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dic
     for kind in ("Affine", "SyN"):
         fns[f"ants_{kind.lower()}"] = ((lambda m, f, k=kind: ants_ddf(m.image, f.image, cfg.data.spacing_mm, k,
                                                                      threads=1, seed=cfg.train.seed + 1)), (0, 0))
-    fns.update({k: (torch_fn(net), stats) for k, (net, stats) in models.items()})
+    fns.update({k: (registration_fn(net, cfg), stats) for k, (net, stats) in models.items()})
     fns["ptq_ort_int8"] = (ptq_fn, (onnx_nonzero_params(ptq_onnx), initializer_bytes(ptq_onnx)))
     from benchmarks.latency import make_runner
 
@@ -215,11 +211,11 @@ def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dic
     curve = {"sparsity": [0.0, *cfg.prune.amounts], "fp32": [], "int8": [], "git_commit": git_commit()}
     for a in curve["sparsity"]:
         net, _ = model_from_checkpoint(load_checkpoint(need(sparsity_dir(out / "prune", a) / "model.pt", "make prune"), cfg))
-        curve["fp32"].append(summarise(evaluate_pairs(subjects, cfg, torch_fn(net), f"fp32 {a:.0%}", progress)[0],
+        curve["fp32"].append(summarise(evaluate_pairs(subjects, cfg, registration_fn(net, cfg), f"fp32 {a:.0%}", progress)[0],
                                        "", 0, 0)["dice"])
         sub = "int8" if a == cfg.qat.int8_sparsity and not cfg.qat.int8_blocks else curve_name(a)
         twin, _ = load_qat(need(out / "qat" / sub / "model.pt", "python -m quant.qat --curve"), cfg)
-        curve["int8"].append(summarise(evaluate_pairs(subjects, cfg, torch_fn(twin), f"int8 {a:.0%}", progress)[0],
+        curve["int8"].append(summarise(evaluate_pairs(subjects, cfg, registration_fn(twin, cfg), f"int8 {a:.0%}", progress)[0],
                                        "", 0, 0)["dice"])
     curve["identity_dice"] = rows[0]["dice"]
     atomic_write_json(rep / "pruning_curve.json", curve)

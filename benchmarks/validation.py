@@ -54,7 +54,7 @@ def apply_sets(cfg: Config, sets: list[str]) -> Config:
 
 def ensure_val_data(data: Path, val: Path, count: int) -> Path:
     """`val` holding the generator's `count` subjects after `data`'s (written once, atomically)."""
-    if (val / "synth_manifest.json").is_file() or (val.is_dir() and any(val.iterdir())):
+    if val.is_dir() and any(val.iterdir()):
         return val
     man_path = data / "synth_manifest.json"
     if not man_path.is_file():
@@ -75,14 +75,11 @@ def ensure_val_data(data: Path, val: Path, count: int) -> Path:
 
 def evaluate_net(cfg: Config, model_path: Path, subjects) -> dict:
     from model.checkpoint import load_checkpoint, model_from_checkpoint
-    from model.evaluate import evaluate_pairs, predict_ddf, summarise
+    from model.evaluate import evaluate_pairs, registration_fn, summarise
     from model.localnet import fold_batchnorm
-    from model.prealign import with_global_stage
 
     net, _ = model_from_checkpoint(load_checkpoint(model_path, cfg))
-    net = fold_batchnorm(net)
-    reg = with_global_stage(cfg.model.prealign, lambda m, f: predict_ddf(net, m, f))
-    rows, _ = evaluate_pairs(subjects, cfg, lambda m, f: reg(m.image, f.image), "validation", progress=False)
+    rows, _ = evaluate_pairs(subjects, cfg, registration_fn(fold_batchnorm(net), cfg), "validation", progress=False)
     s = summarise(rows, "", 0, 0)
     return {k: s[k] for k in METRICS} | {"pairs": len(rows)}
 

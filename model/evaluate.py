@@ -45,6 +45,13 @@ def predict_ddf(net, moving: np.ndarray, fixed: np.ndarray) -> np.ndarray:
         return net(x)[0].double().numpy()
 
 
+def registration_fn(net, cfg: Config):
+    """(moving Subject, fixed Subject) -> (3, X, Y, Z) voxel displacement of the whole
+    registration: the global stage (if configured) composed with `net`'s field."""
+    reg = with_global_stage(cfg.model.prealign, lambda m, f: predict_ddf(net, m, f))
+    return lambda m, f: reg(m.image, f.image)
+
+
 def warp_labels_soft(label: np.ndarray, codes: list[int], ddf: np.ndarray) -> np.ndarray:
     """One-hot masks of `codes` warped trilinearly -> (L, X, Y, Z) float32 in [0, 1]."""
     onehot = torch.from_numpy(np.stack([label == c for c in codes]).astype(np.float32))[None]
@@ -203,11 +210,11 @@ def evaluate(ckpt: Path, data_dir: Path, out: Path, cfg_expected: Config | None 
     subjects = load_dataset(data_dir, cfg.data, "test", progress=progress)
     report = out / "report"
     deploy = fold_batchnorm(net)
-    register_fn = with_global_stage(cfg.model.prealign, lambda m, f: predict_ddf(deploy, m, f))
+    register_fn = registration_fn(deploy, cfg)
     total, nonzero = count_parameters(deploy)
     rows = []
     fns = {"identity": lambda m, f: np.zeros((3, *cfg.data.shape)),
-           "trained": lambda m, f: register_fn(m.image, f.image)}
+           "trained": register_fn}
     all_pairs, all_labels = [], []
     for name, fn in fns.items():
         pr, lr = evaluate_pairs(subjects, cfg, fn, name, progress)
@@ -220,7 +227,7 @@ def evaluate(ckpt: Path, data_dir: Path, out: Path, cfg_expected: Config | None 
             "config": config_to_dict(cfg), "git_commit": git_commit(), "checkpoint": str(ckpt)}
     table = write_table(report / "evaluate.json", {**meta, "rows": rows})
     m, f = (1, 0) if len(subjects) > 1 else (0, 0)
-    figure3(report / "figure3.png", subjects[m], subjects[f], register_fn(subjects[m].image, subjects[f].image),
+    figure3(report / "figure3.png", subjects[m], subjects[f], register_fn(subjects[m], subjects[f]),
             cfg.data.labels)
     return table
 

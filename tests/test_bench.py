@@ -151,7 +151,7 @@ def test_validation_run_on_generated_held_out_subjects(tiny_data, tiny_config, t
     """benchmarks/validation.py: the held-out subjects are the ones a larger `make data` would
     have written (byte for byte), a config change reaches the training, and the table lists the run."""
     from benchmarks.validation import main
-    from model.config import ConfigError, load_config
+    from model.config import load_config
     from model.synth import write_dataset
 
     out = tmp_path / "runs" / "steps2_s1"
