@@ -76,6 +76,10 @@ class TrainConfig:
     # fraction of pairs whose moving and fixed volumes are the same subject in two independent
     # augmented poses (the field must undo the relative affine; self-registration gives zero)
     same_subject_prob: float = 0.0
+    # those same-subject pairs get a random smooth deformation on the fixed volume: each
+    # component N(0, self_elastic_vox^2) at control points every 8 voxels, interpolated
+    # trilinearly (a registration problem with a known answer that no training anatomy explains)
+    self_elastic_vox: float = 0.0
     # the trained network is an exponential moving average of the weights (and BatchNorm
     # statistics), ema <- d ema + (1 - d) w after every step from the first; 0: the last step's
     ema_decay: float = 0.0
@@ -181,6 +185,8 @@ class Config:
             raise ConfigError(f"train.label_sampling {self.train.label_sampling!r} must be 'one' or 'all'")
         if not 0.0 <= self.train.same_subject_prob <= 1.0:
             raise ConfigError(f"train.same_subject_prob {self.train.same_subject_prob} must lie in [0, 1]")
+        if self.train.self_elastic_vox < 0:
+            raise ConfigError(f"train.self_elastic_vox {self.train.self_elastic_vox} must be >= 0")
         if not 0.0 <= self.train.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay {self.train.ema_decay} must lie in [0, 1)")
         a = self.prune.amounts

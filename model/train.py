@@ -37,7 +37,7 @@ from model.config import Config, ConfigError, load_config
 from model.data import DataError, Subject, load_dataset
 from model.localnet import LocalNet
 from model.losses import bending_energy, local_ncc, multiscale_dice_loss
-from model.warp import random_affine_ddf, warp_grid_sample
+from model.warp import random_affine_ddf, random_smooth_ddf, warp_grid_sample
 
 
 class TrainData:
@@ -79,6 +79,9 @@ class TrainData:
                 codes.append(both[rng.integers(len(both))] if both else self.codes[rng.integers(len(self.codes))])
         aug = random_affine_ddf(self.images.shape[2:], rng, 2 * b, t.aug_rotation_deg, t.aug_scale,
                                 t.aug_translation_vox)
+        if t.same_subject_prob > 0 and t.self_elastic_vox > 0:
+            aug[b:] += random_smooth_ddf(self.images.shape[2:], rng, b, t.self_elastic_vox) * \
+                torch.tensor(same, dtype=torch.float32).view(b, 1, 1, 1, 1)
         sl = slice(rank * b // world, (rank + 1) * b // world)
         mov_i, fix_i, codes, aug_m, aug_f = mov_i[sl], fix_i[sl], codes[sl], aug[:b][sl], aug[b:][sl]
         mi = self.images[mov_i]

@@ -78,3 +78,11 @@ def random_affine_ddf(shape, rng, n: int, rot_deg: float, scale: float, trans_vo
         out.append((pos - grid).reshape(3, *shape))
     return torch.stack(out).float()
 
+
+
+def random_smooth_ddf(shape, rng, n: int, sigma_vox: float, spacing: int = 8) -> torch.Tensor:
+    """(n, 3, X, Y, Z) random smooth displacements: each component N(0, sigma_vox^2) at control
+    points every `spacing` voxels (both ends included), interpolated trilinearly."""
+    ctrl = [max(2, -(-(s - 1) // spacing) + 1) for s in shape]
+    coarse = torch.from_numpy(rng.normal(0.0, sigma_vox, (n, 3, *ctrl))).float()
+    return torch.nn.functional.interpolate(coarse, size=tuple(shape), mode="trilinear", align_corners=True)

@@ -256,3 +256,35 @@ def test_batches_all_labels_and_the_global_stage(tiny_data, tiny_config):
     gap = lambda m, f: np.mean([np.linalg.norm(moments(m[k, 0].numpy())[0] - moments(f[k, 0].numpy())[0])
                                 for k in range(len(m))])
     assert gap(ai, af) < 0.5 * gap(mi, fi)
+
+
+def test_elastic_self_pairs_deform_only_the_fixed_volume_of_self_pairs(tiny_data, tiny_config):
+    """train.self_elastic_vox adds a random smooth field to the fixed volume of same-subject
+    pairs only: without them (same_subject_prob 0) the batch is the default one, draw for draw;
+    with them the moving volumes stay as drawn and only the fixed ones change."""
+    from model.train import load_train_data
+
+    cfg = load_config(tiny_config)
+    data = load_train_data(cfg, tiny_data, progress=False)
+    plain = data.batch(cfg, step=2)
+    cfg.train.self_elastic_vox = 2.0
+    assert all(torch.equal(a, b) for a, b in zip(plain[:4], data.batch(cfg, step=2)[:4]))
+    cfg.train.same_subject_prob = 1.0
+    cfg.train.self_elastic_vox = 0.0
+    rigid = data.batch(cfg, step=2)
+    cfg.train.self_elastic_vox = 2.0
+    bent = data.batch(cfg, step=2)
+    assert torch.equal(rigid[0], bent[0]) and torch.equal(rigid[2], bent[2])
+    assert not torch.equal(rigid[1], bent[1])
+    cfg.train.self_elastic_vox = -1.0
+    with pytest.raises(ConfigError, match="train.self_elastic_vox -1.0 must be >= 0"):
+        cfg.validate()
+
+
+def test_random_smooth_ddf_passes_through_its_control_points():
+    from model.warp import random_smooth_ddf
+
+    d = random_smooth_ddf((33, 17, 9), np.random.default_rng(5), 2, 2.0)
+    coarse = np.random.default_rng(5).normal(0.0, 2.0, (2, 3, 5, 3, 2)).astype(np.float32)
+    assert d.shape == (2, 3, 33, 17, 9)
+    assert np.array_equal(d[:, :, ::8, ::8, ::8].numpy(), coarse)
