@@ -17,7 +17,8 @@ subjects a larger `make data` would have written. For other data, `--val-data` m
 IBSR-layout directory of held-out subjects.
 
 Writes OUT/train/ (as make train) and OUT/validation.json: the config changes, the metrics of
-both pair sets (model.evaluate's), training minutes and the git commit. --table ROOT prints one
+both pair sets (model.evaluate's), those of no registration and of ANTs SyN (Table 1's settings) on the same pairs in
+the same run, training minutes and the git commit. --table ROOT prints one
 markdown row per ROOT/*/validation.json.
 """
 from __future__ import annotations
@@ -73,15 +74,34 @@ def ensure_val_data(data: Path, val: Path, count: int) -> Path:
     return val
 
 
-def evaluate_net(cfg: Config, model_path: Path, subjects) -> dict:
+def evaluate_fn(cfg: Config, ddf_fn, subjects) -> dict:
+    from model.evaluate import evaluate_pairs, summarise
+
+    rows, _ = evaluate_pairs(subjects, cfg, ddf_fn, "validation", progress=False)
+    s = summarise(rows, "", 0, 0)
+    return {k: s[k] for k in METRICS} | {"pairs": len(rows)}
+
+
+def network_fn(cfg: Config, model_path: Path):
     from model.checkpoint import load_checkpoint, model_from_checkpoint
-    from model.evaluate import evaluate_pairs, registration_fn, summarise
+    from model.evaluate import registration_fn
     from model.localnet import fold_batchnorm
 
     net, _ = model_from_checkpoint(load_checkpoint(model_path, cfg))
-    rows, _ = evaluate_pairs(subjects, cfg, registration_fn(fold_batchnorm(net), cfg), "validation", progress=False)
-    s = summarise(rows, "", 0, 0)
-    return {k: s[k] for k in METRICS} | {"pairs": len(rows)}
+    return registration_fn(fold_batchnorm(net), cfg)
+
+
+def identity_fn(cfg: Config):
+    import numpy as np
+
+    return lambda m, f: np.zeros((3, *cfg.data.shape))
+
+
+def syn_fn(cfg: Config):
+    """ANTs SyN with Table 1's settings (one thread, random seed train.seed + 1)."""
+    from benchmarks.classical import ants_ddf
+
+    return lambda m, f: ants_ddf(m.image, f.image, cfg.data.spacing_mm, "SyN", threads=1, seed=cfg.train.seed + 1)
 
 
 def validate(cfg: Config, sets: list[str], data: Path, val: Path, out: Path, resume: bool = False,
@@ -96,8 +116,13 @@ def validate(cfg: Config, sets: list[str], data: Path, val: Path, out: Path, res
     model_path = train(cfg, data, out / "train", resume=resume, progress=progress)
     result = {"set": sets, "seed": cfg.train.seed, "train_min": round((time.time() - t0) / 60, 1),
               "validation_subjects": [s.name for s in val_subjects],
-              "validation": evaluate_net(cfg, model_path, val_subjects),
-              "test": evaluate_net(cfg, model_path, test_subjects),
+              "validation": evaluate_fn(cfg, network_fn(cfg, model_path), val_subjects),
+              "test": evaluate_fn(cfg, network_fn(cfg, model_path), test_subjects),
+              # no registration, and the classical peer, on the same pairs in the same run
+              "identity": {"validation": evaluate_fn(cfg, identity_fn(cfg), val_subjects),
+                           "test": evaluate_fn(cfg, identity_fn(cfg), test_subjects)},
+              "ants_syn": {"validation": evaluate_fn(cfg, syn_fn(cfg), val_subjects),
+                           "test": evaluate_fn(cfg, syn_fn(cfg), test_subjects)},
               "data": str(data), "val_data": str(val), "git_commit": git_commit()}
     atomic_write_json(out / "validation.json", result)
     return result
@@ -107,12 +132,15 @@ def table(root: Path) -> str:
     runs = sorted(root.glob("*/validation.json"))
     if not runs:
         raise FileNotFoundError(f"{root}: no */validation.json")
-    lines = ["| run | changes | seed | val Dice | val folding % | test Dice | train min |", "|---|---|---|---|---|---|---|"]
+    lines = ["| run | changes | seed | val Dice | val folding % | test Dice | ANTs SyN val / test | train min |",
+             "|---|---|---|---|---|---|---|---|"]
     for p in runs:
         r = json.loads(p.read_text())
         changes = ", ".join(s for s in r["set"] if not s.startswith("train.seed=")) or "none"
+        peer = r.get("ants_syn")  # runs made before the peer was added have none
+        syn = f"{peer['validation']['dice']:.4f} / {peer['test']['dice']:.4f}" if peer else ""
         lines.append(f"| {p.parent.name} | {changes} | {r['seed']} | {r['validation']['dice']:.4f} | "
-                     f"{r['validation']['folding_pct']:.3f} | {r['test']['dice']:.4f} | {r['train_min']} |")
+                     f"{r['validation']['folding_pct']:.3f} | {r['test']['dice']:.4f} | {syn} | {r['train_min']} |")
     return "\n".join(lines)
 
 

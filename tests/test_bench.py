@@ -168,6 +168,9 @@ def test_validation_run_on_generated_held_out_subjects(tiny_data, tiny_config, t
     r = json.loads((out / "validation.json").read_text())
     assert r["validation_subjects"] == ["IBSR_06", "IBSR_07"] and r["validation"]["pairs"] == 2
     assert r["test"]["pairs"] == 2 and 0 <= r["validation"]["dice"] <= 1
+    assert r["ants_syn"]["validation"]["pairs"] == 2 and r["ants_syn"]["test"]["pairs"] == 2
+    # SyN registers these pairs better than leaving them alone
+    assert r["ants_syn"]["validation"]["dice"] > r["identity"]["validation"]["dice"]
     assert json.loads((out / "train" / "log.jsonl").read_text().splitlines()[-1])["step"] == 2
     assert load_config(tiny_config).train.steps == 3  # the change went to this run only
     capsys.readouterr()
