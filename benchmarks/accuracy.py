@@ -177,12 +177,11 @@ def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dic
     ptq_fn = lambda m, f: ptq_reg(m.image, f.image)
 
     rows, pair_rows = [], []
-    from benchmarks.classical import ants_ddf
+    from benchmarks.classical import table1_peer
 
     fns = {"identity": (lambda m, f: np.zeros((3, *cfg.data.shape)), (0, 0))}
     for kind in ("Affine", "SyN"):
-        fns[f"ants_{kind.lower()}"] = ((lambda m, f, k=kind: ants_ddf(m.image, f.image, cfg.data.spacing_mm, k,
-                                                                     threads=1, seed=cfg.train.seed + 1)), (0, 0))
+        fns[f"ants_{kind.lower()}"] = (table1_peer(cfg, kind), (0, 0))
     fns.update({k: (registration_fn(net, cfg), stats) for k, (net, stats) in models.items()})
     fns["ptq_ort_int8"] = (ptq_fn, (onnx_nonzero_params(ptq_onnx), initializer_bytes(ptq_onnx)))
     from benchmarks.latency import make_runner

@@ -24,6 +24,13 @@ import numpy as np
 KINDS = ("Affine", "SyN")
 
 
+def table1_peer(cfg, kind: str):
+    """(moving Subject, fixed Subject) -> ants_ddf with Table 1's settings: one thread (like the
+    deployed network's runtime), random seed train.seed + 1 (repeatable). Table 1 and
+    benchmarks/validation.py both run the peer through this."""
+    return lambda m, f: ants_ddf(m.image, f.image, cfg.data.spacing_mm, kind, threads=1, seed=cfg.train.seed + 1)
+
+
 def ants_ddf(moving: np.ndarray, fixed: np.ndarray, spacing_mm, kind: str = "SyN", threads: int = 2,
              seed: int = 1) -> np.ndarray:
     """(X, Y, Z) float images -> (3, X, Y, Z) float64 displacement in voxels (see the module docstring).

@@ -17,9 +17,9 @@ subjects a larger `make data` would have written. For other data, `--val-data` m
 IBSR-layout directory of held-out subjects.
 
 Writes OUT/train/ (as make train) and OUT/validation.json: the config changes, the metrics of
-both pair sets (model.evaluate's), those of no registration and of ANTs SyN (Table 1's settings) on the same pairs in
-the same run, training minutes and the git commit. --table ROOT prints one
-markdown row per ROOT/*/validation.json.
+both pair sets (model.evaluate's), those of no registration and of ANTs SyN (Table 1's
+settings) on the same pairs in the same run, training minutes and the git commit. --table ROOT
+prints one markdown row per ROOT/*/validation.json.
 """
 from __future__ import annotations
 
@@ -91,21 +91,11 @@ def network_fn(cfg: Config, model_path: Path):
     return registration_fn(fold_batchnorm(net), cfg)
 
 
-def identity_fn(cfg: Config):
-    import numpy as np
-
-    return lambda m, f: np.zeros((3, *cfg.data.shape))
-
-
-def syn_fn(cfg: Config):
-    """ANTs SyN with Table 1's settings (one thread, random seed train.seed + 1)."""
-    from benchmarks.classical import ants_ddf
-
-    return lambda m, f: ants_ddf(m.image, f.image, cfg.data.spacing_mm, "SyN", threads=1, seed=cfg.train.seed + 1)
-
-
 def validate(cfg: Config, sets: list[str], data: Path, val: Path, out: Path, resume: bool = False,
              progress: bool = True) -> dict:
+    import numpy as np
+
+    from benchmarks.classical import table1_peer
     from model.train import train
 
     val_subjects = load_dataset(val, cfg.data, "all")
@@ -116,14 +106,13 @@ def validate(cfg: Config, sets: list[str], data: Path, val: Path, out: Path, res
     model_path = train(cfg, data, out / "train", resume=resume, progress=progress)
     result = {"set": sets, "seed": cfg.train.seed, "train_min": round((time.time() - t0) / 60, 1),
               "validation_subjects": [s.name for s in val_subjects],
-              "validation": evaluate_fn(cfg, network_fn(cfg, model_path), val_subjects),
-              "test": evaluate_fn(cfg, network_fn(cfg, model_path), test_subjects),
-              # no registration, and the classical peer, on the same pairs in the same run
-              "identity": {"validation": evaluate_fn(cfg, identity_fn(cfg), val_subjects),
-                           "test": evaluate_fn(cfg, identity_fn(cfg), test_subjects)},
-              "ants_syn": {"validation": evaluate_fn(cfg, syn_fn(cfg), val_subjects),
-                           "test": evaluate_fn(cfg, syn_fn(cfg), test_subjects)},
               "data": str(data), "val_data": str(val), "git_commit": git_commit()}
+    pair_sets = {"validation": val_subjects, "test": test_subjects}
+    net = network_fn(cfg, model_path)
+    result.update({k: evaluate_fn(cfg, net, subjects) for k, subjects in pair_sets.items()})
+    # no registration, and the classical peer, on the same pairs in the same run
+    for name, fn in (("identity", lambda m, f: np.zeros((3, *cfg.data.shape))), ("ants_syn", table1_peer(cfg, "SyN"))):
+        result[name] = {k: evaluate_fn(cfg, fn, subjects) for k, subjects in pair_sets.items()}
     atomic_write_json(out / "validation.json", result)
     return result
 

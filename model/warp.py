@@ -79,7 +79,6 @@ def random_affine_ddf(shape, rng, n: int, rot_deg: float, scale: float, trans_vo
     return torch.stack(out).float()
 
 
-
 def random_smooth_ddf(shape, rng, n: int, sigma_vox: float, spacing: int = 8) -> torch.Tensor:
     """(n, 3, X, Y, Z) random smooth displacements: each component N(0, sigma_vox^2) at control
     points every `spacing` voxels (both ends included), interpolated trilinearly."""
