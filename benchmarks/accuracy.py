@@ -3,19 +3,23 @@
     python -m benchmarks.accuracy --config configs/demo.toml --data data/synthetic --out runs/demo
 
 Reads what make train / prune / qat left in OUT and evaluates every model on all ordered
-test pairs (model.evaluate's metrics):
+test pairs (model.evaluate's metrics). Every network row is the whole registration: the global
+stage, the network, then the test-time refinement of [refine] (model/refine.py) on the host:
 
     identity          no registration
     ants_affine       ANTs affine registration (benchmarks/classical.py: antspyx defaults, on the
                       same pairs, working grid and intensities; 1 thread and a fixed seed, since
                       ANTs' affine stage is not repeatable otherwise)
     ants_syn          ANTs SyN (affine + symmetric diffeomorphic), likewise
+    trained_unrefined the trained network without the test-time refinement (only with refine.iters > 0)
     trained           fp32, BatchNorm folded               OUT/train/model.pt
     pruned            first prune.amounts step, no retraining   OUT/prune/sparsity_XX/pruned.pt
     pruned_finetuned  the same, fine-tuned with the mask held   OUT/prune/sparsity_XX/model.pt
     blocks_finetuned  with qat.int8_blocks: int8_sparsity in whole accelerator blocks, fine-tuned
                       (the int8 model's start)             OUT/prune/block_sXX/model.pt
     int8_qat          Brevitas int8 QAT                    OUT/qat/int8/model.pt
+    int8_deployed_unrefined, int8_deployed
+                      the exported int8 network as deployed (see below), without and with the refinement
     int4_qat          Brevitas int4-weight QAT             OUT/qat/int4/model.pt
     ptq_ort_int8      onnxruntime quantize_static of the trained fp32 ONNX (QDQ, s8s8,
                       per-tensor, min-max calibrated on training batches), run in onnxruntime
@@ -50,10 +54,11 @@ from model.data import load_dataset, test_pairs
 from model.evaluate import evaluate_pairs, registration_fn, rows_markdown, summarise, write_csv, write_table
 from model.localnet import count_parameters, fold_batchnorm
 from model.prealign import network_input, with_global_stage
+from model.refine import with_refinement
 from model.train import load_train_data
 
-ROWS = ["identity", "ants_affine", "ants_syn", "trained", "pruned", "pruned_finetuned", "blocks_finetuned", "int8_qat",
-        "int8_deployed", "int4_qat", "ptq_ort_int8"]  # then the compression rows of qat.layer_int8 / layer_int4 / nm_int8, in that order
+ROWS = ["identity", "ants_affine", "ants_syn", "trained_unrefined", "trained", "pruned", "pruned_finetuned",
+        "blocks_finetuned", "int8_qat", "int8_deployed_unrefined", "int8_deployed", "int4_qat", "ptq_ort_int8"]  # then the compression rows of qat.layer_int8 / layer_int4 / nm_int8, in that order
 # the exported int8 network as a deployment runs it, timed on the same pairs as ANTs and with
 # the same single thread: OpenVINO where installed (the fastest exact backend measured here),
 # else onnxruntime with QDQ fusion off (benchmarks/latency.py)
@@ -172,8 +177,8 @@ def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dic
     export_fp32(trained, cfg, fp32_onnx, dynamic=False)  # PTQ is calibrated and evaluated at the working grid
     quantize_ort_static(fp32_onnx, ptq_onnx, calibration_inputs(cfg, data_dir, cfg.qat.calib_batches))
     sess = ort_session(ptq_onnx)
-    ptq_reg = with_global_stage(cfg.model.prealign,
-                                lambda m, f: sess.run(None, {INPUT: np.stack([m, f])[None].astype(np.float32)})[0][0])
+    ptq_reg = with_refinement(cfg.refine, with_global_stage(
+        cfg.model.prealign, lambda m, f: sess.run(None, {INPUT: np.stack([m, f])[None].astype(np.float32)})[0][0]))
     ptq_fn = lambda m, f: ptq_reg(m.image, f.image)
 
     rows, pair_rows = [], []
@@ -188,8 +193,12 @@ def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dic
 
     backend = deployed_backend()
     run = make_runner(backend, out / "export", out / "train" / "model.pt", 1, list(cfg.data.shape))[0]
-    deployed = with_global_stage(cfg.model.prealign, lambda m, f: np.asarray(run(m, f), np.float64))
+    network_only = with_global_stage(cfg.model.prealign, lambda m, f: np.asarray(run(m, f), np.float64))
+    deployed = with_refinement(cfg.refine, network_only)
     fns["int8_deployed"] = (lambda m, f: deployed(m.image, f.image), models["int8_qat"][1])
+    if cfg.refine.iters:  # what the refinement adds: the trained and the deployed network without it
+        fns["trained_unrefined"] = (registration_fn(trained, cfg, refine=False), models["trained"][1])
+        fns["int8_deployed_unrefined"] = (lambda m, f: network_only(m.image, f.image), models["int8_qat"][1])
     for name, (fn, (nonzero, nbytes)) in fns.items():
         pr, _ = evaluate_pairs(subjects, cfg, fn, name, progress)
         pair_rows += pr
@@ -198,7 +207,7 @@ def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dic
     meta = {"dataset": str(data_dir), "pairs": len(test_pairs(subjects)), "labels": cfg.data.labels,
             "config": config_to_dict(cfg), "git_commit": git_commit(), "pruned_amount": first,
             "int8_sparsity": cfg.qat.int8_sparsity, "int4_sparsity": cfg.qat.int4_sparsity,
-            "int8_deployed_backend": f"{backend}, 1 thread, global stage on the host",
+            "int8_deployed_backend": f"{backend}, 1 thread, global stage and refinement on the host",
             "int8_accelerator_cycles": accelerator_cycles(out / "export" / "weights.bin"),
             "compression_rows_exported": exactness,
             "weight_bytes_note": "fp32 dense float32; QAT rows export.pack payload + int32 biases; "

@@ -149,6 +149,18 @@ class QATConfig:
 
 
 @dataclass
+class RefineConfig:
+    """The test-time refinement after the network (model/refine.py): `iters` Adam steps of size
+    `lr` (voxels) on 1 - squared local NCC (`window` cells of the half-resolution grid) plus
+    `bending` x the bending energy; 0 steps: none. Not a training input, so editing it keeps
+    every checkpoint valid (STAGE_SECTIONS)."""
+    iters: int = 0
+    lr: float = 0.2
+    bending: float = 0.5
+    window: int = 3
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -156,9 +168,15 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     qat: QATConfig = field(default_factory=QATConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
 
     def validate(self) -> None:
         d, m = self.data, self.model
+        r = self.refine
+        if r.iters < 0 or r.lr <= 0 or r.bending < 0 or r.window < 1 or r.window % 2 == 0:
+            raise ConfigError(f"refine: need iters >= 0, lr > 0, bending >= 0 and an odd window >= 1, got {r}")
+        if r.iters and min(d.shape) < 10:
+            raise ConfigError(f"refine: the working grid {d.shape} needs at least 10 voxels per axis")
         if len(d.shape) != 3 or len(d.spacing_mm) != 3:
             raise ConfigError("data.shape and data.spacing_mm need 3 entries each")
         step = 2 ** m.levels

@@ -34,6 +34,7 @@ from model.config import Config, config_to_dict, load_config
 from model.data import DataError, Subject, load_dataset, test_pairs
 from model.localnet import count_parameters, fold_batchnorm
 from model.prealign import with_global_stage
+from model.refine import with_refinement
 from model.metrics import centroid_distance_mm, dice, folding_pct, landmark_tre_mm, rms, weighted_centroid_distance_mm
 from model.warp import warp
 
@@ -45,10 +46,13 @@ def predict_ddf(net, moving: np.ndarray, fixed: np.ndarray) -> np.ndarray:
         return net(x)[0].double().numpy()
 
 
-def registration_fn(net, cfg: Config):
+def registration_fn(net, cfg: Config, refine: bool = True):
     """(moving Subject, fixed Subject) -> (3, X, Y, Z) voxel displacement of the whole
-    registration: the global stage (if configured) composed with `net`'s field."""
+    registration: the global stage (if configured) composed with `net`'s field, then the
+    test-time refinement (if configured, model/refine.py); `refine=False` leaves it out."""
     reg = with_global_stage(cfg.model.prealign, lambda m, f: predict_ddf(net, m, f))
+    if refine:
+        reg = with_refinement(cfg.refine, reg)
     return lambda m, f: reg(m.image, f.image)
 
 

@@ -5,7 +5,8 @@
 
 Inputs may have any size, spacing and orientation (the headers are trusted). Both are
 resampled to the checkpoint's working grid (each centred on its own volume), the network
-predicts the displacement there, and the moving image is then resampled once, trilinearly
+predicts the displacement there (the global stage before it and the test-time refinement after
+it, if configured), and the moving image is then resampled once, trilinearly
 from its original voxels, onto the fixed image's own grid: W has the fixed image's shape
 and affine, so any NIfTI viewer overlays it on F. Outside the working grid's field of view
 the displacement is continued from the nearest edge voxel (the warp's border rule); moving
@@ -28,6 +29,7 @@ from model.data import (apply_affine, grid_affine, grid_coords, normalise_intens
                         resample, sample, volume_center, write_nifti)
 from model.evaluate import predict_ddf
 from model.prealign import with_global_stage
+from model.refine import with_refinement
 from model.localnet import fold_batchnorm
 
 
@@ -44,7 +46,9 @@ def register(ckpt: Path, fixed_path: Path, moving_path: Path):
     fixed_w = normalise_intensity(resample(fixed.astype(np.float32), aff_f, g_f, shape, 1), *p)
     moving_w = normalise_intensity(resample(moving.astype(np.float32), aff_m, g_m, shape, 1), *p)
     # (3, X, Y, Z) working-grid voxels, the global stage (if configured) composed in
-    ddf = with_global_stage(cfg.model.prealign, lambda m, f: predict_ddf(net, m, f))(moving_w, fixed_w)
+    # and the test-time refinement (if configured)
+    ddf = with_refinement(cfg.refine, with_global_stage(cfg.model.prealign,
+                                                        lambda m, f: predict_ddf(net, m, f)))(moving_w, fixed_w)
 
     world_f = apply_affine(aff_f, grid_coords(fixed.shape))  # (3, ...) mm of every fixed voxel
     q = apply_affine(np.linalg.inv(g_f), world_f)  # fixed working-grid voxels
