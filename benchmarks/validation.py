@@ -17,7 +17,8 @@ subjects a larger `make data` would have written. For other data, `--val-data` m
 IBSR-layout directory of held-out subjects.
 
 Writes OUT/train/ (as make train) and OUT/validation.json: the config changes, the metrics of
-both pair sets (model.evaluate's), those of no registration and of ANTs SyN (Table 1's
+both pair sets (model.evaluate's; with [refine] steps, also of the network without them under
+`unrefined`), those of no registration and of ANTs SyN (Table 1's
 settings) on the same pairs in the same run, training minutes and the git commit. --table ROOT
 prints one markdown row per ROOT/*/validation.json.
 """
@@ -82,13 +83,13 @@ def evaluate_fn(cfg: Config, ddf_fn, subjects) -> dict:
     return {k: s[k] for k in METRICS} | {"pairs": len(rows)}
 
 
-def network_fn(cfg: Config, model_path: Path):
+def network_fn(cfg: Config, model_path: Path, refine: bool = True):
     from model.checkpoint import load_checkpoint, model_from_checkpoint
     from model.evaluate import registration_fn
     from model.localnet import fold_batchnorm
 
     net, _ = model_from_checkpoint(load_checkpoint(model_path, cfg))
-    return registration_fn(fold_batchnorm(net), cfg)
+    return registration_fn(fold_batchnorm(net), cfg, refine)
 
 
 def validate(cfg: Config, sets: list[str], data: Path, val: Path, out: Path, resume: bool = False,
@@ -110,6 +111,9 @@ def validate(cfg: Config, sets: list[str], data: Path, val: Path, out: Path, res
     pair_sets = {"validation": val_subjects, "test": test_subjects}
     net = network_fn(cfg, model_path)
     result.update({k: evaluate_fn(cfg, net, subjects) for k, subjects in pair_sets.items()})
+    if cfg.refine.iters:  # the same network without the test-time refinement
+        bare = network_fn(cfg, model_path, refine=False)
+        result["unrefined"] = {k: evaluate_fn(cfg, bare, subjects) for k, subjects in pair_sets.items()}
     # no registration, and the classical peer, on the same pairs in the same run
     for name, fn in (("identity", lambda m, f: np.zeros((3, *cfg.data.shape))), ("ants_syn", table1_peer(cfg, "SyN"))):
         result[name] = {k: evaluate_fn(cfg, fn, subjects) for k, subjects in pair_sets.items()}
@@ -121,15 +125,16 @@ def table(root: Path) -> str:
     runs = sorted(root.glob("*/validation.json"))
     if not runs:
         raise FileNotFoundError(f"{root}: no */validation.json")
-    lines = ["| run | changes | seed | val Dice | val folding % | test Dice | ANTs SyN val / test | train min |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | changes | seed | val Dice | val folding % | test Dice | unrefined val / test "
+             "| ANTs SyN val / test | train min |", "|---|---|---|---|---|---|---|---|---|"]
     for p in runs:
         r = json.loads(p.read_text())
         changes = ", ".join(s for s in r["set"] if not s.startswith("train.seed=")) or "none"
         peer = r.get("ants_syn")  # runs made before the peer was added have none
-        syn = f"{peer['validation']['dice']:.4f} / {peer['test']['dice']:.4f}" if peer else ""
+        both = lambda r: f"{r['validation']['dice']:.4f} / {r['test']['dice']:.4f}" if r else ""
+        syn, bare = both(peer), both(r.get("unrefined"))
         lines.append(f"| {p.parent.name} | {changes} | {r['seed']} | {r['validation']['dice']:.4f} | "
-                     f"{r['validation']['folding_pct']:.3f} | {r['test']['dice']:.4f} | {syn} | {r['train_min']} |")
+                     f"{r['validation']['folding_pct']:.3f} | {r['test']['dice']:.4f} | {bare} | {syn} | {r['train_min']} |")
     return "\n".join(lines)
 
 

@@ -103,41 +103,29 @@ class LocalNCC:
         return float(cc.mean()), (g1 + b * g_ab + 2 * a * g_aa) / a.size
 
 
-def _d(f: np.ndarray, ax: int) -> np.ndarray:
-    """Central difference along spatial axis ax (0..2) of (C, X, Y, Z), the valid part (model.losses._d)."""
-    n = f.shape[1 + ax]
-    sl = lambda s: tuple([slice(None)] * (1 + ax) + [s])
-    return (f[sl(slice(2, n))] - f[sl(slice(0, n - 2))]) / 2
+def bending_and_grad(d: np.ndarray, energy: bool = True) -> tuple[float | None, np.ndarray]:
+    """model.losses.bending_energy of (3, X, Y, Z) and its gradient (the energy only if asked).
 
-
-def _d_t(g: np.ndarray, ax: int) -> np.ndarray:
-    """The adjoint of _d: (C, ..., n - 2, ...) -> (C, ..., n, ...)."""
-    shape = list(g.shape)
-    shape[1 + ax] += 2
-    out = np.zeros(shape, g.dtype)
-    n = shape[1 + ax]
-    sl = lambda s: tuple([slice(None)] * (1 + ax) + [s])
-    out[sl(slice(2, n))] += g / 2
-    out[sl(slice(0, n - 2))] -= g / 2
-    return out
-
-
-def bending_and_grad(d: np.ndarray) -> tuple[float, np.ndarray]:
-    """model.losses.bending_energy of (3, X, Y, Z) and its gradient."""
-    inner = [k - 4 for k in d.shape[1:]]
-    first = [_d(d, a) for a in range(3)]
-    energy, grad = 0.0, np.zeros_like(d)
-    for i, j, coef in ((0, 0, 1), (1, 1, 1), (2, 2, 1), (0, 1, 2), (0, 2, 2), (1, 2, 2)):
-        t = _d(first[i], j)
-        start = [(t.shape[1 + a] - inner[a]) // 2 for a in range(3)]
-        crop = (slice(None),) + tuple(slice(s, s + k) for s, k in zip(start, inner))
-        tc = t[crop]
-        energy += coef * float((tc * tc).sum())
-        g = np.zeros_like(t)
-        g[crop] = 2 * coef * tc
-        grad += _d_t(_d_t(g, j), i)
-    m = float(np.prod(inner))
-    return energy / m, grad / m
+    That loss takes each second derivative as two central differences, cropped to the voxels 2
+    or more from every face, so each is a stencil read there directly: along one axis
+    (f[x + 2] - 2 f[x] + f[x - 2]) / 4, across two (f[+1, +1] - f[+1, -1] - f[-1, +1] + f[-1, -1]) / 4;
+    the gradient scatters each back through the same stencil."""
+    n = d.shape[1:]
+    m = float(np.prod([k - 4 for k in n]))
+    at = lambda off: (slice(None),) + tuple(slice(2 + o, k - 2 + o) for o, k in zip(off, n))
+    unit = np.eye(3, dtype=int)
+    stencils = [(1.0, ((2 * unit[i], 1), (0 * unit[i], -2), (-2 * unit[i], 1))) for i in range(3)]
+    stencils += [(2.0, ((unit[i] + unit[j], 1), (unit[i] - unit[j], -1), (unit[j] - unit[i], -1), (-unit[i] - unit[j], 1)))
+                 for i in range(3) for j in range(i + 1, 3)]
+    total, grad = 0.0, np.zeros_like(d)
+    for coef, taps in stencils:
+        t = sum(w * d[at(off)] for off, w in taps) * np.float32(0.25)
+        if energy:
+            total += coef * float((t * t).sum())
+        g = t * np.float32(0.5 * coef / m)  # d(coef t^2 / m)/dt x the stencil's 1/4
+        for off, w in taps:
+            grad[at(off)] += g if w == 1 else w * g
+    return (total / m if energy else None), grad
 
 
 def warp_and_grad(vol: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -176,12 +164,12 @@ class Refiner:
         nc = self.fixed_c.shape
         self.base = (2 * np.indices(nc, dtype=np.float32))  # + 0.5 - 0.5: the cell centre in moving_b's index
 
-    def loss_and_grad(self, u: np.ndarray) -> tuple[float, np.ndarray]:
+    def loss_and_grad(self, u: np.ndarray, energy: bool = True) -> tuple[float | None, np.ndarray]:
         d = self.d0_c + u
         warped, gw = warp_and_grad(self.moving_b, self.base + d)
         ncc, g_a = self.ncc(warped)
-        be, g_be = bending_and_grad(d)
-        return 1 - ncc + self.cfg.bending * be, -g_a * gw + self.cfg.bending * g_be
+        be, g_be = bending_and_grad(d, energy)
+        return (1 - ncc + self.cfg.bending * be if energy else None), -g_a * gw + np.float32(self.cfg.bending) * g_be
 
 
 def refine(moving: np.ndarray, fixed: np.ndarray, ddf0: np.ndarray, cfg: RefineConfig) -> np.ndarray:
@@ -196,7 +184,7 @@ def refine(moving: np.ndarray, fixed: np.ndarray, ddf0: np.ndarray, cfg: RefineC
     m, v = np.zeros_like(u), np.zeros_like(u)
     (b1, b2) = ADAM_BETAS
     for k in range(1, cfg.iters + 1):
-        _, g = r.loss_and_grad(u)
+        _, g = r.loss_and_grad(u, energy=False)
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g * g
         u = u - np.float32(cfg.lr / (1 - b1 ** k)) * m / (np.sqrt(v / np.float32(1 - b2 ** k)) + ADAM_EPS)

@@ -156,7 +156,7 @@ def test_validation_run_on_generated_held_out_subjects(tiny_data, tiny_config, t
 
     out = tmp_path / "runs" / "steps2_s1"
     assert main(["--config", str(tiny_config), "--data", str(tiny_data), "--out", str(out), "--val-subjects", "2",
-                 "--set", "train.steps=2", "--set", "train.seed=1", "--no-progress"]) == 0
+                 "--set", "train.steps=2", "--set", "train.seed=1", "--set", "refine.iters=2", "--no-progress"]) == 0
     larger = tmp_path / "larger"
     man = json.loads((tiny_data / "synth_manifest.json").read_text())
     write_dataset(larger, 7, man["seed"], tuple(man["shape"]), tuple(man["spacing_mm"]), progress=False)
@@ -168,6 +168,8 @@ def test_validation_run_on_generated_held_out_subjects(tiny_data, tiny_config, t
     r = json.loads((out / "validation.json").read_text())
     assert r["validation_subjects"] == ["IBSR_06", "IBSR_07"] and r["validation"]["pairs"] == 2
     assert r["test"]["pairs"] == 2 and 0 <= r["validation"]["dice"] <= 1
+    # with refinement steps the network is also scored without them, on the same pairs
+    assert r["unrefined"]["validation"]["pairs"] == 2 and r["unrefined"]["validation"] != r["validation"]
     assert r["ants_syn"]["validation"]["pairs"] == 2 and r["ants_syn"]["test"]["pairs"] == 2
     # SyN registers these pairs better than leaving them alone
     assert r["ants_syn"]["validation"]["dice"] > r["identity"]["validation"]["dice"]
@@ -175,7 +177,7 @@ def test_validation_run_on_generated_held_out_subjects(tiny_data, tiny_config, t
     assert load_config(tiny_config).train.steps == 3  # the change went to this run only
     capsys.readouterr()
     assert main(["--table", str(tmp_path / "runs")]) == 0
-    assert "| steps2_s1 | train.steps=2 | 1 |" in capsys.readouterr().out
+    assert "| steps2_s1 | train.steps=2, refine.iters=2 | 1 |" in capsys.readouterr().out
     # a key the config does not have is refused, naming it
     assert main(["--config", str(tiny_config), "--data", str(tiny_data), "--out", str(out), "--set", "train.stepz=2"]) == 2
     assert "train.stepz=2" in capsys.readouterr().err

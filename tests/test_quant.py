@@ -246,16 +246,23 @@ def test_pipeline_masks_scales_and_schema(tiny_data, tiny_export):
         for where, s in scales.items():  # every quantiser: a power of two
             assert s > 0 and math.log2(s) == round(math.log2(s)), (where, s)
 
-    from benchmarks.accuracy import report
+    import dataclasses
 
+    from benchmarks.accuracy import report
+    from model.config import RefineConfig
+
+    # with the test-time refinement (not a training input: the checkpoints stay valid), which adds
+    # the trained and the deployed network without it as rows of their own
+    cfg = dataclasses.replace(cfg, refine=RefineConfig(iters=2))
     table = report(cfg, tiny_data, out, progress=False)
     rows = {r["model"]: r for r in table["rows"]}
-    assert list(rows) == ["identity", "ants_affine", "ants_syn", "trained", "pruned", "pruned_finetuned",
-                          "blocks_finetuned", "int8_qat", "int8_deployed", "int4_qat", "ptq_ort_int8", "int8_layer_s50", "int4_layer_s50",
+    assert list(rows) == ["identity", "ants_affine", "ants_syn", "trained_unrefined", "trained", "pruned", "pruned_finetuned",
+                          "blocks_finetuned", "int8_qat", "int8_deployed_unrefined", "int8_deployed", "int4_qat",
+                          "ptq_ort_int8", "int8_layer_s50", "int4_layer_s50",
                           "int4_global_s50", "int8_nm_2of4", "int4_nm_2of4", "int8_nm_1of4", "int4_nm_1of4",
                           "int8_nm_layer_s50", "int4_nm_layer_s50"]
     # every compression row exported, and its integers exact: reference and onnxruntime == Brevitas
-    for name in list(rows)[11:]:
+    for name in list(rows)[13:]:
         ex = table["compression_rows_exported"][name]
         assert ex["pairs_checked"] == 2 and ex["mismatches"]["reference"] == 0
         assert set(ex["mismatches"]) == ({"reference"} if "int4" in name else {"reference", "optimized", "unoptimized"})
@@ -266,6 +273,7 @@ def test_pipeline_masks_scales_and_schema(tiny_data, tiny_export):
     # the deployed runtime computes the Brevitas model's integers: the same metrics, exactly
     for k in ("dice", "tre_mm", "landmark_tre_mm", "folding_pct", "vanished_labels", "weight_bytes"):
         assert rows["int8_deployed"][k] == rows["int8_qat"][k], k
+    assert rows["trained"]["dice"] != rows["trained_unrefined"]["dice"]  # the refinement moved the field
     keys = {"model", "dice", "tre_mm", "landmark_tre_mm", "folding_pct", "vanished_labels", "seconds_per_pair",
             "nonzero_params", "weight_bytes"}
     for r in rows.values():
