@@ -39,6 +39,7 @@ pruning_curve.png (Dice against sparsity, fp32 fine-tuned and int8 QAT; needs
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -82,7 +83,9 @@ def exported_row_stats(path: Path, cfg: Config) -> tuple[int, int]:
 
     wb = read_weights(need(path, "make export"))
     try:  # keys added to the toolchain since the export count at their defaults (as for checkpoints)
-        same = config_from_dict(wb.meta.get("config") or {}, f"{path} config") == cfg
+        # the refinement runs after the network and is no input of the export
+        same = dataclasses.replace(config_from_dict(wb.meta.get("config") or {}, f"{path} config"),
+                                   refine=cfg.refine) == cfg
     except ConfigError:
         same = False
     if not same:
