@@ -22,7 +22,9 @@ integer backends (the int8 QAT network) must give the integer reference's ddf
 FLOAT_TOL_VOX of onnxruntime's fp32 run of the same file (`max_abs_diff`, voxels), the
 float reference. The two references themselves are not compared with themselves (None);
 the fp32 and int8 networks are different models (pruned, fine-tuned), so no row compares
-one with the other. Writes OUT/latency.json, latency.md and latency.png.
+one with the other. Also the p50 of the float host steps around the network (`host_steps`:
+pre-alignment, composition, test-time refinement, as the exported config has them). Writes
+OUT/latency.json, latency.md and latency.png.
 """
 from __future__ import annotations
 
@@ -223,6 +225,30 @@ def worker(backend: str, export: Path, ckpt: Path, threads: int, warmup: int, ru
             "peak_rss_mb": round(rss_kb / 1024, 1), "model_bytes": nbytes, "ddf": out}
 
 
+def host_steps(config: dict, shape: list[int], warmup: int, runs: int) -> dict:
+    """p50 ms of the float host steps around the network for the exported config, on a fixed
+    random pair (their time does not depend on the content): the global stage's pre-alignment
+    (moments + warp of the moving image), composing its affine with the network's field, and
+    the test-time refinement's [refine] steps (model/refine.py). numpy, this process."""
+    from model.config import RefineConfig
+    from model.prealign import compose, prealign
+    from model.refine import refine
+
+    rng = np.random.default_rng(0)
+    mov, fix = rng.random(shape, dtype=np.float32), rng.random(shape, dtype=np.float32)
+    local = rng.normal(0, 1, (3, *shape)).astype(np.float32)  # stands in for the network's field
+    p50 = lambda fn: round(float(np.percentile(timed(fn, (), warmup, runs)[0], 50)), 2)
+    out, kind = {}, config["model"].get("prealign", "none")
+    if kind != "none":
+        _, M, t = prealign(kind, mov, fix)
+        out["prealign_ms"] = p50(lambda: prealign(kind, mov, fix))
+        out["compose_ms"] = p50(lambda: compose(M, t, local))
+    rc = RefineConfig(**config.get("refine", {}))
+    if rc.iters:
+        out["refine_ms"], out["refine_steps"] = p50(lambda: refine(mov, fix, local, rc)), rc.iters
+    return out
+
+
 def available(backend: str, export: Path, ckpt: Path) -> bool:
     import importlib.util
 
@@ -301,6 +327,12 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['backend']} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['pairs_per_s']} | "
                      f"{r['register_p50_ms']} ({r['register_warp']}) | {r['peak_rss_mb']} | {r['model_bytes']} "
                      f"| {match_text(r)} |")
+    h = report.get("host_steps")
+    if h:
+        names = {"prealign_ms": "pre-alignment", "compose_ms": "composing the fields",
+                 "refine_ms": f"refinement ({h.get('refine_steps')} steps)"}
+        lines += ["", "host steps around the network (numpy, p50): " +
+                  ", ".join(f"{names[k]} {v} ms" for k, v in h.items() if k in names)]
     f = report.get("fpga_ecp5")
     if f:
         lines += ["", f"fpga_ecp5 ({f['device']}, {f['source']}): {f['cycles']:,} cycles at {f['fmax_mhz']} MHz "
@@ -385,7 +417,8 @@ def main(argv=None) -> int:
     report = {"platform": platform_info(), "shape": shape, "threads": a.threads,
               "warmup": a.warmup, "runs": a.runs, "float_tolerance_voxels": FLOAT_TOL_VOX,
               "results": [{k: v for k, v in r.items() if k != "ddf"} for r in results],
-              "fpga_ecp5": fpga_projection(a.export.parent / "rtl")}
+              "fpga_ecp5": fpga_projection(a.export.parent / "rtl"),
+              "host_steps": host_steps(manifest["config"], shape, a.warmup, a.runs)}
     from model.artifacts import atomic_write_json, atomic_write_text  # standard library only
 
     atomic_write_json(a.out / "latency.json", report)

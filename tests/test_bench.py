@@ -71,7 +71,7 @@ def test_latency_without_torch(tiny_export, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "torch_fp32: not available here" in r.stderr
     rep = json.loads((tmp_path / "bench" / "latency.json").read_text())
-    assert set(rep) >= {"platform", "shape", "threads", "results"}
+    assert set(rep) >= {"platform", "shape", "threads", "results", "host_steps"}
     assert set(rep["platform"]) >= {"cpu", "cores", "isa", "os", "versions"} and rep["shape"] == [16, 24, 32]
     got = {x["backend"]: x for x in rep["results"]}
     int8 = ("ort_int8", "ort_int8_float_kernels", "ort_int8_qlinear")
@@ -87,6 +87,18 @@ def test_latency_without_torch(tiny_export, tmp_path):
         assert got[b]["matches_reference"] is True and got[b]["max_abs_diff"] is None, b
     md = (tmp_path / "bench" / "latency.md").read_text()
     assert "(the integer reference)" in md and "(the float reference)" in md and "yes, exactly" in md
+
+
+def test_host_steps_follow_the_config():
+    """The host steps timed are the config's: none for a network alone; the pre-alignment and
+    composition with a global stage; the refinement with [refine] steps."""
+    assert latency.host_steps({"model": {"prealign": "none"}}, [16, 24, 32], 0, 1) == {}
+    h = latency.host_steps({"model": {"prealign": "moments"}, "refine": {"iters": 2}}, [16, 24, 32], 0, 2)
+    assert set(h) == {"prealign_ms", "compose_ms", "refine_ms", "refine_steps"} and h["refine_steps"] == 2
+    assert all(h[k] > 0 for k in ("prealign_ms", "compose_ms", "refine_ms"))
+    md = latency.markdown({"platform": {"cpu": "c", "cores": 2, "isa": [], "os": "o"}, "shape": [16, 24, 32],
+                           "threads": 1, "results": [], "host_steps": h})
+    assert "refinement (2 steps)" in md
 
 
 def test_torch_fp32_matches_the_float_reference(tiny_export, tmp_path):
