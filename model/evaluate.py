@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import sys
@@ -211,6 +212,8 @@ def figure3(path: Path, mov: Subject, fix: Subject, ddf: np.ndarray, codes: list
 def evaluate(ckpt: Path, data_dir: Path, out: Path, cfg_expected: Config | None = None, progress: bool = True) -> dict:
     ck = load_checkpoint(ckpt, cfg_expected)
     net, cfg = model_from_checkpoint(ck)
+    if cfg_expected is not None:  # [refine] is no training input: the given config's applies
+        cfg = dataclasses.replace(cfg, refine=cfg_expected.refine)
     subjects = load_dataset(data_dir, cfg.data, "test", progress=progress)
     report = out / "report"
     deploy = fold_batchnorm(net)

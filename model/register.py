@@ -6,7 +6,7 @@
 Inputs may have any size, spacing and orientation (the headers are trusted). Both are
 resampled to the checkpoint's working grid (each centred on its own volume), the network
 predicts the displacement there (the global stage before it and the test-time refinement after
-it, if configured), and the moving image is then resampled once, trilinearly
+it, as the checkpoint's config has them), and the moving image is then resampled once, trilinearly
 from its original voxels, onto the fixed image's own grid: W has the fixed image's shape
 and affine, so any NIfTI viewer overlays it on F. Outside the working grid's field of view
 the displacement is continued from the nearest edge voxel (the warp's border rule); moving
