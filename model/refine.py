@@ -59,8 +59,10 @@ def upsample_matrix(n: int, nc: int) -> np.ndarray:
 
 def upsample(u: np.ndarray, shape) -> np.ndarray:
     """(3, nx, ny, nz) coarse -> (3, X, Y, Z) working grid (separable, the adjoint is the transpose)."""
+    (X, Y, Z), (c, a, b, _) = shape, u.shape
     Ax, Ay, Az = (upsample_matrix(n, nc) for n, nc in zip(shape, u.shape[1:]))
-    return np.einsum("xi,yj,zk,cijk->cxyz", Ax, Ay, Az, u, optimize=True)
+    v = np.matmul(Ay, u @ Az.T)  # (c, a, Y, Z): along z, then y
+    return (Ax @ v.reshape(c, a, Y * Z)).reshape(c, X, Y, Z)
 
 
 def box_sum(x: np.ndarray, w: int) -> np.ndarray:
@@ -110,22 +112,37 @@ def bending_and_grad(d: np.ndarray, energy: bool = True) -> tuple[float | None, 
     or more from every face, so each is a stencil read there directly: along one axis
     (f[x + 2] - 2 f[x] + f[x - 2]) / 4, across two (f[+1, +1] - f[+1, -1] - f[-1, +1] + f[-1, -1]) / 4;
     the gradient scatters each back through the same stencil."""
-    n = d.shape[1:]
-    m = float(np.prod([k - 4 for k in n]))
-    at = lambda off: (slice(None),) + tuple(slice(2 + o, k - 2 + o) for o, k in zip(off, n))
-    unit = np.eye(3, dtype=int)
-    stencils = [(1.0, ((2 * unit[i], 1), (0 * unit[i], -2), (-2 * unit[i], 1))) for i in range(3)]
-    stencils += [(2.0, ((unit[i] + unit[j], 1), (unit[i] - unit[j], -1), (unit[j] - unit[i], -1), (-unit[i] - unit[j], 1)))
-                 for i in range(3) for j in range(i + 1, 3)]
+    m, stencils = _bending_stencils(d.shape[1:])
     total, grad = 0.0, np.zeros_like(d)
-    for coef, taps in stencils:
-        t = sum(w * d[at(off)] for off, w in taps) * np.float32(0.25)
+    for coef, (first, *taps) in stencils:
+        t = d[first[0]].copy()  # every stencil's first tap has weight 1
+        for at, w in taps:
+            if w == 1:
+                t += d[at]
+            else:
+                t -= d[at] if w == -1 else 2 * d[at]
+        t *= np.float32(0.25)
         if energy:
             total += coef * float((t * t).sum())
-        g = t * np.float32(0.5 * coef / m)  # d(coef t^2 / m)/dt x the stencil's 1/4
-        for off, w in taps:
-            grad[at(off)] += g if w == 1 else w * g
+        t *= np.float32(0.5 * coef / m)  # d(coef t^2 / m)/dt x the stencil's 1/4
+        grad[first[0]] += t
+        for at, w in taps:
+            if w == 1:
+                grad[at] += t
+            else:
+                grad[at] -= t if w == -1 else 2 * t
     return (total / m if energy else None), grad
+
+
+@lru_cache(maxsize=8)
+def _bending_stencils(n: tuple) -> tuple[float, list]:
+    """(interior voxel count, [(coefficient, ((slice of the tap, weight), ...))]) for a grid n."""
+    at = lambda off: (slice(None),) + tuple(slice(2 + o, k - 2 + o) for o, k in zip(off, n))
+    unit = np.eye(3, dtype=int)
+    stencils = [(1.0, ((at(2 * unit[i]), 1), (at(-2 * unit[i]), 1), (at(0 * unit[i]), -2))) for i in range(3)]
+    stencils += [(2.0, ((at(unit[i] + unit[j]), 1), (at(-unit[i] - unit[j]), 1), (at(unit[i] - unit[j]), -1),
+                        (at(unit[j] - unit[i]), -1))) for i in range(3) for j in range(i + 1, 3)]
+    return float(np.prod([k - 4 for k in n])), stencils
 
 
 def warp_and_grad(vol: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
