@@ -69,7 +69,10 @@ def box_sum(x: np.ndarray, w: int) -> np.ndarray:
     """Sum over the w^3 window centred on each voxel of the last three axes, zeros outside
     (separable: w shifted slices per axis of one zero-padded copy)."""
     r = w // 2
-    x = np.pad(x, [(0, 0)] * (x.ndim - 3) + [(r, r)] * 3)
+    if r:  # np.pad's generality costs more than the sums at these sizes
+        padded = np.zeros((*x.shape[:-3], *(k + 2 * r for k in x.shape[-3:])), x.dtype)
+        padded[..., r:-r, r:-r, r:-r] = x
+        x = padded
     for ax in range(x.ndim - 3, x.ndim):
         n = x.shape[ax] - 2 * r
         sl = lambda k: (slice(None),) * ax + (slice(k, k + n),)
@@ -80,13 +83,21 @@ def box_sum(x: np.ndarray, w: int) -> np.ndarray:
     return x
 
 
+@lru_cache(maxsize=8)
+def _inverse_counts(shape: tuple, w: int) -> np.ndarray:
+    """1 / the number of voxels of each w^3 window inside the volume (read-only, one per grid)."""
+    inv = 1 / box_sum(np.ones(shape, np.float32), w)
+    inv.flags.writeable = False
+    return inv
+
+
 class LocalNCC:
     """model.losses.local_ncc(a, fixed, w) as a function of a, with its gradient; the fixed
     image's window statistics are computed once."""
 
     def __init__(self, fixed: np.ndarray, w: int):
         self.w, self.b = w, fixed
-        self.inv_cnt = 1 / box_sum(np.ones_like(fixed), w)
+        self.inv_cnt = _inverse_counts(fixed.shape, w)
         self.mb = box_sum(fixed, w) * self.inv_cnt
         self.vb = np.maximum(box_sum(fixed * fixed, w) * self.inv_cnt - self.mb * self.mb, 0)
 
