@@ -76,7 +76,9 @@ def evaluate_pairs(subjects: list[Subject], cfg: Config, ddf_fn, name: str, prog
     samples it at >= 0.5) counts: Dice 0, `vanished` in its pair's count, and in the centroid
     TRE the distance to the centroid of the warped soft mask (the label's mass wherever the
     field smeared it), or, if no fixed voxel samples it at all, to the moving label's own
-    centroid (as if unregistered). Seconds per pair time `ddf_fn` alone."""
+    centroid (as if unregistered). Seconds per pair time `ddf_fn` alone: every pair is registered
+    back to back before any is scored, so the scoring's torch threads (the label warps) do not
+    compete with the next registration (measured: they added 1.4 ms to a 19 ms deployed pair)."""
     codes, spacing = cfg.data.labels, cfg.data.spacing_mm
     pair_rows, label_rows = [], []
     pairs = test_pairs(subjects)
@@ -84,11 +86,13 @@ def evaluate_pairs(subjects: list[Subject], cfg: Config, ddf_fn, name: str, prog
     if progress:
         from tqdm import tqdm
         it = tqdm(pairs, desc=f"eval {name}", unit="pair", leave=False)
+    fields = []
     for mi, fi in it:
-        mov, fix = subjects[mi], subjects[fi]
         t0 = time.perf_counter()
-        ddf = ddf_fn(mov, fix)
-        seconds = time.perf_counter() - t0
+        ddf = ddf_fn(subjects[mi], subjects[fi])
+        fields.append((ddf, time.perf_counter() - t0))
+    for (mi, fi), (ddf, seconds) in zip(pairs, fields):
+        mov, fix = subjects[mi], subjects[fi]
         soft = warp_labels_soft(mov.label, codes, ddf)
         warped = soft >= 0.5
         dices, dists, vanished = [], [], 0
