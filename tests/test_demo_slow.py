@@ -42,10 +42,14 @@ def test_demo_meets_acceptance(tmp_path):
     assert cfg.qat.int4_sparsity >= 0.5 and rows["int4_qat"]["dice"] >= trained["dice"] - 0.03
     assert trained["weight_bytes"] / rows["int8_qat"]["weight_bytes"] >= 4
     assert trained["weight_bytes"] / rows["int4_qat"]["weight_bytes"] >= 8
-    # issue 10 (the Dice and speed goals against ANTs SyN are not met yet: README)
+    # issue 10: trained and int8 Dice >= ANTs SyN on the same pairs (with the test-time
+    # refinement; the speed goal is a benchmark's, Table 1's seconds per pair: README)
     for name in ("trained", "int8_qat", "int8_deployed"):
         assert rows[name]["folding_pct"] <= 0.1 and rows[name]["vanished_labels"] == 0, name
+        assert rows[name]["dice"] >= rows["ants_syn"]["dice"], name
     assert rows["int8_deployed"]["dice"] == rows["int8_qat"]["dice"]
+    assert rows["trained"]["dice"] > rows["trained_unrefined"]["dice"]
+    assert rows["int8_deployed"]["dice"] > rows["int8_deployed_unrefined"]["dice"]
     # issue 11: the deployed int8 model, pruned 25 % in whole engine blocks, takes <= 0.8x the
     # engine cycles of the same weights stored dense, at the global 25 %'s Dice
     assert table["int8_accelerator_cycles"]["ratio"] <= 0.8
