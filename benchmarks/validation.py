@@ -127,12 +127,12 @@ def table(root: Path) -> str:
         raise FileNotFoundError(f"{root}: no */validation.json")
     lines = ["| run | changes | seed | val Dice | val folding % | test Dice | unrefined val / test "
              "| ANTs SyN val / test | train min |", "|---|---|---|---|---|---|---|---|---|"]
+    both = lambda x: f"{x['validation']['dice']:.4f} / {x['test']['dice']:.4f}" if x else ""
     for p in runs:
         r = json.loads(p.read_text())
         changes = ", ".join(s for s in r["set"] if not s.startswith("train.seed=")) or "none"
-        peer = r.get("ants_syn")  # runs made before the peer was added have none
-        both = lambda r: f"{r['validation']['dice']:.4f} / {r['test']['dice']:.4f}" if r else ""
-        syn, bare = both(peer), both(r.get("unrefined"))
+        # runs made before the peer or the refinement have no ants_syn / unrefined
+        syn, bare = both(r.get("ants_syn")), both(r.get("unrefined"))
         lines.append(f"| {p.parent.name} | {changes} | {r['seed']} | {r['validation']['dice']:.4f} | "
                      f"{r['validation']['folding_pct']:.3f} | {r['test']['dice']:.4f} | {bare} | {syn} | {r['train_min']} |")
     return "\n".join(lines)

@@ -171,14 +171,13 @@ class Config:
     refine: RefineConfig = field(default_factory=RefineConfig)
 
     def validate(self) -> None:
-        d, m = self.data, self.model
-        r = self.refine
+        d, m, r = self.data, self.model, self.refine
+        if len(d.shape) != 3 or len(d.spacing_mm) != 3:
+            raise ConfigError("data.shape and data.spacing_mm need 3 entries each")
         if r.iters < 0 or r.lr <= 0 or r.bending < 0 or r.window < 1 or r.window % 2 == 0:
             raise ConfigError(f"refine: need iters >= 0, lr > 0, bending >= 0 and an odd window >= 1, got {r}")
         if r.iters and min(d.shape) < 10:
             raise ConfigError(f"refine: the working grid {d.shape} needs at least 10 voxels per axis")
-        if len(d.shape) != 3 or len(d.spacing_mm) != 3:
-            raise ConfigError("data.shape and data.spacing_mm need 3 entries each")
         step = 2 ** m.levels
         if any(s % step for s in d.shape):
             raise ConfigError(f"data.shape {d.shape} must be divisible by 2**model.levels = {step}")

@@ -33,14 +33,11 @@ def block_mean(x: np.ndarray, stride: int) -> np.ndarray:
     """Means of 2 x 2 x 2 blocks over the last three axes: stride 1, every overlapping block
     (n - 1 per axis); stride 2, the disjoint blocks (n // 2 per axis, an odd last voxel dropped)."""
     n = x.shape[-3:]
-    stop = [k - 1 if stride == 1 else k // 2 * 2 for k in n]
-    out = 0
-    for a in (0, 1):
-        for b in (0, 1):
-            for c in (0, 1):
-                out = out + x[..., a:stop[0] + a if stride == 1 else stop[0]:stride,
-                              b:stop[1] + b if stride == 1 else stop[1]:stride,
-                              c:stop[2] + c if stride == 1 else stop[2]:stride]
+    if stride == 1:
+        part = lambda o: tuple(slice(a, k - 1 + a) for a, k in zip(o, n))
+    else:
+        part = lambda o: tuple(slice(a, k // 2 * 2, 2) for a, k in zip(o, n))
+    out = sum(x[(...,) + part((a, b, c))] for a in (0, 1) for b in (0, 1) for c in (0, 1))
     return out * np.float32(0.125)
 
 
@@ -190,7 +187,7 @@ class Refiner:
         self.d0_c = block_mean(f32(ddf0), 2)
         self.ncc = LocalNCC(self.fixed_c, cfg.window)
         nc = self.fixed_c.shape
-        self.base = (2 * np.indices(nc, dtype=np.float32))  # + 0.5 - 0.5: the cell centre in moving_b's index
+        self.base = 2 * np.indices(nc, dtype=np.float32)  # cell centre 2i + 0.5 is moving_b's index 2i
 
     def loss_and_grad(self, u: np.ndarray, energy: bool = True) -> tuple[float | None, np.ndarray]:
         d = self.d0_c + u
