@@ -16,6 +16,9 @@ OUT/../data_val): the generator makes each subject from its number alone, so the
 subjects a larger `make data` would have written. For other data, `--val-data` must name an
 IBSR-layout directory of held-out subjects.
 
+[refine] is no training input: --resume on a finished run with other `refine.*` settings keeps
+the trained network and only scores it again (overwriting OUT/validation.json).
+
 Writes OUT/train/ (as make train) and OUT/validation.json: the config changes, the metrics of
 both pair sets (model.evaluate's; with [refine] steps, also of the network without them under
 `unrefined`), those of no registration and of ANTs SyN (Table 1's
