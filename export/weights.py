@@ -172,7 +172,12 @@ def read_weights(path: str | Path) -> WeightsFile:
     meta_raw = data[header_size:header_size + meta_len]
     if zlib.crc32(meta_raw) != meta_crc:
         raise WeightsError(f"{path}: metadata CRC mismatch: the metadata block is corrupted")
-    meta = json.loads(meta_raw)
+    try:
+        meta = json.loads(meta_raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightsError(f"{path}: metadata is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise WeightsError(f"{path}: metadata must be a JSON object, got {type(meta).__name__}")
     out = WeightsFile(meta)
     at = header_size + meta_len
     for i in range(count):
@@ -186,14 +191,25 @@ def read_weights(path: str | Path) -> WeightsFile:
         if zlib.crc32(data[at + 8:at + size]) != crc:
             raise WeightsError(f"{where}: CRC mismatch: record corrupted")
         body = data[at + RECORD.size:at + size]
-        name = body[:name_len].decode()
+        try:
+            name = body[:name_len].decode()
+        except UnicodeDecodeError:
+            raise WeightsError(f"{where}: record name is not UTF-8") from None
+        if not 0 < name_len <= len(body) or "\0" in name:
+            raise WeightsError(f"{where}: record name length {name_len} is invalid")
         where = f"{path}: record {i} ({name})"
+        if op == OP_CONV3D and bits not in (4, 8) or op == OP_QUANT and bits != 8:
+            raise WeightsError(f"{where}: {bits} bits is not a width this op takes")
         r = Record(name, op, bits, e0, e1, relu=bool(flags & FLAG_RELU), encoding=enc, payload_bytes=n_payload)
         if flags & ~(FLAG_RELU | (FLAG_PER_CHANNEL if version >= 2 and op == OP_CONV3D else 0)):
             raise WeightsError(f"{where}: flags {flags:#x} not defined for this op in format version {version}")
         if op == OP_CONV3D:
             shape = (c_out, c_in, kd, kh, kw)
+            if min(shape) < 1:
+                raise WeightsError(f"{where}: weight shape {shape} has an empty axis")
             off = _pad(name_len, 4)
+            if off + 4 * c_out + (_pad(c_out, 4) if flags & FLAG_PER_CHANNEL else 0) + n_payload > len(body):
+                raise WeightsError(f"{where}: bias, exponents and payload run past the record's {size} bytes")
             r.bias = np.frombuffer(body[off:off + 4 * c_out], dtype="<i4").astype(np.int32)
             off += 4 * c_out
             if flags & FLAG_PER_CHANNEL:
@@ -206,6 +222,10 @@ def read_weights(path: str | Path) -> WeightsFile:
                 raise WeightsError(f"{where}: {e}") from None
             if int(np.count_nonzero(r.weight)) != nnz:
                 raise WeightsError(f"{where}: {np.count_nonzero(r.weight)} non-zero weights, header says {nnz}")
+            wmax = 2 ** (bits - 1) - 1   # narrow range: int8 [-127, 127], int4 [-7, 7] (FORMAT.md)
+            if r.weight.min() < -wmax:
+                raise WeightsError(f"{where}: weight {int(r.weight.min())} outside the narrow int{bits} range "
+                                   f"[-{wmax}, {wmax}]")
         elif op != OP_QUANT:
             raise WeightsError(f"{where}: unknown op {op}")
         if name in out.records:

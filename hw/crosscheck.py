@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from export.weights import OP_QUANT
 from hw.reference import QTensor, Reference, quantize_input
 from model.prealign import network_input
 
@@ -80,7 +81,7 @@ def crosscheck(cfg, run: Path, data_dir: Path) -> dict:
     for mi, fi in pairs:
         mov, fix = network_input(cfg.model.prealign, subjects[mi].image, subjects[fi].image)
         trace: dict = {}
-        x = quantize_input(mov, fix, ref.r["input"])
+        x = quantize_input(mov, fix, ref.rec("input", OP_QUANT))
         ref.run(x, trace)
         got = {}
         hooks = [m.register_forward_hook(lambda mod, i, o, name=name: got.__setitem__(name, o))

@@ -13,19 +13,21 @@ Files: `.npy` int8, layout NCDHW (N = 1). `.hex` is for $readmemh: one element p
 C order (W fastest), two hex digits of the int8 two's complement (-1 -> ff, 5 -> 05).
 
 Existing golden vectors are never overwritten silently: regenerating is the explicit
-`--force` (make golden FORCE=1).
+`--force` (make golden FORCE=1), which deletes only the files the old manifest lists. A
+directory holding anything else is refused, with or without --force.
 """
 from __future__ import annotations
 
 import argparse
 import io
-import shutil
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from export.hexfile import to_readmemh
+from export.weights import OP_QUANT
 from hw.reference import Reference, quantize_input
 from model.prealign import network_input
 from model.artifacts import sha256_file
@@ -38,11 +40,20 @@ def golden(weights: Path, cfg, data_dir: Path, out: Path, pairs: int = 2, force:
 
     if (out / "manifest.json").exists() and not force:
         raise FileExistsError(f"{out}: golden vectors exist; regenerate explicitly with --force (make golden FORCE=1)")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out}: exists and is not a directory")
+    foreign = _foreign_entries(out)
+    if foreign:
+        raise FileExistsError(f"{out}: holds {', '.join(sorted(foreign)[:3])}, which are not golden vectors; "
+                              "choose a new or empty directory (nothing is deleted that hw.golden did not write)")
     ref = Reference.from_file(weights)
     subjects = load_dataset(data_dir, cfg.data, "test", progress=False)
-    order = test_pairs(subjects)[:pairs]
-    if force and out.exists():
-        shutil.rmtree(out)
+    order = test_pairs(subjects)
+    if not 1 <= pairs <= len(order):
+        raise ValueError(f"--pairs {pairs}: must lie in [1, {len(order)}] (the test split's ordered pairs)")
+    order = order[:pairs]
+    if force and (out / "manifest.json").exists():
+        _remove_golden(out)
     manifest = {"weights": str(weights), "weights_sha256": sha256_file(weights),
                 "layout": "NCDHW, C order; .hex: one two's-complement int8 per line, 2 hex digits",
                 "config": config_to_dict(cfg), "seed": cfg.train.seed, "git_commit": git_commit(),
@@ -50,7 +61,7 @@ def golden(weights: Path, cfg, data_dir: Path, out: Path, pairs: int = 2, force:
     for k, (mi, fi) in enumerate(order):
         trace: dict = {}
         mov, fix = network_input(cfg.model.prealign, subjects[mi].image, subjects[fi].image)
-        ref.run(quantize_input(mov, fix, ref.r["input"]), trace)
+        ref.run(quantize_input(mov, fix, ref.rec("input", OP_QUANT)), trace)
         d = out / f"pair_{k:02d}"
         tensors = {}
         for name, t in trace.items():
@@ -62,6 +73,34 @@ def golden(weights: Path, cfg, data_dir: Path, out: Path, pairs: int = 2, force:
                                   "tensors": tensors})
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
+
+
+_PAIR_DIR = re.compile(r"^pair_\d{2,}$")
+
+
+def _foreign_entries(out: Path) -> list[str]:
+    """Entries of `out` that hw.golden did not write: anything but manifest.json and pair_XX
+    directories (a killed run leaves pair directories without a manifest)."""
+    if not out.is_dir():
+        return []
+    return [p.name for p in out.iterdir()
+            if not (p.name == "manifest.json" and p.is_file()) and not (_PAIR_DIR.match(p.name) and p.is_dir())]
+
+
+def _remove_golden(out: Path) -> None:
+    """Delete the golden vectors that `out`'s manifest lists (each tensor's .npy and .hex, then
+    each pair directory if that left it empty, then the manifest), and nothing else."""
+    from hw.verify import read_manifest  # checks that every listed path is a plain name inside `out`
+
+    m = read_manifest(out)
+    for pair in m["pairs"]:
+        d = out / pair["dir"]
+        for name in pair["tensors"]:
+            for ext in (".npy", ".hex"):
+                (d / f"{name}{ext}").unlink(missing_ok=True)
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+    (out / "manifest.json").unlink()
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:

@@ -15,15 +15,19 @@ boundary of the integer path, not part of it.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from export.weights import OP_CONV3D, OP_QUANT, Record, WeightsFile, read_weights
+from export.weights import OP_CONV3D, OP_QUANT, Record, WeightsFile, acc_bound, read_weights
 
 INT8_MIN, INT8_MAX = -128, 127
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+# requantisation shifts a weights file may ask for (hw/SPEC.md): right by at most 31 (an int32
+# accumulator), left by at most 15 (the engine's requantiser: int32 << 15 fits its 48-bit datapath)
+MAX_RIGHT_SHIFT, MAX_LEFT_SHIFT = 31, 15
 
 
 class QTensor:
@@ -50,6 +54,16 @@ def requantize_shift_rne(acc: np.ndarray, shift, lo: int = INT8_MIN, hi: int = I
     up = (rem > half) | ((rem == half) & (floor & 1 == 1) & (right > 0))
     out = (floor + up) << np.maximum(-shift, 0)
     return np.clip(out, lo, hi).astype(np.int8)
+
+
+def check_shift(shift, name: str):
+    """`shift` (an int or per-channel array) within [-MAX_LEFT_SHIFT, MAX_RIGHT_SHIFT], else a
+    ValueError naming the layer: exponents from a file never shift silently out of range."""
+    s = np.asarray(shift)
+    if s.min() < -MAX_LEFT_SHIFT or s.max() > MAX_RIGHT_SHIFT:
+        raise ValueError(f"{name}: requantisation shift {int(s.min())}..{int(s.max())} outside "
+                         f"[-{MAX_LEFT_SHIFT}, {MAX_RIGHT_SHIFT}]")
+    return shift
 
 
 def saturate_range(relu: bool) -> tuple[int, int]:
@@ -114,7 +128,7 @@ def conv3d_s8(x: QTensor, rec: Record, out: Record) -> QTensor:
     acc = conv3d_acc_s8(x.q, rec.weight, rec.bias)
     if acc.min() < INT32_MIN or acc.max() > INT32_MAX:
         raise OverflowError(f"{rec.name}: accumulator leaves int32")
-    shift = (rec.e_w + rec.e1 - out.e0)[None, :, None, None, None]
+    shift = check_shift(rec.e_w + rec.e1 - out.e0, rec.name)[None, :, None, None, None]
     return QTensor(requantize_shift_rne(acc, shift, *saturate_range(out.relu)), out.e0)
 
 
@@ -123,7 +137,7 @@ def add_acc(a: np.ndarray, e_a: int, b: np.ndarray, e_b: int, out: Record) -> QT
     rounded once to out.e0 and saturated."""
     e = max(e_a, e_b)
     acc = (a.astype(np.int64) << (e - e_a)) + (b.astype(np.int64) << (e - e_b))
-    return QTensor(requantize_shift_rne(acc, e - out.e0, *saturate_range(out.relu)), out.e0)
+    return QTensor(requantize_shift_rne(acc, check_shift(e - out.e0, out.name), *saturate_range(out.relu)), out.e0)
 
 
 def add_s8(a: QTensor, b: QTensor, out: Record) -> QTensor:
@@ -160,7 +174,8 @@ def upsample_linear2_acc(q: np.ndarray) -> np.ndarray:
 
 def upsample_linear2_s8(x: QTensor, out: Record) -> QTensor:
     acc = upsample_linear2_acc(x.q)  # scale 2^-(e + 6)
-    return QTensor(requantize_shift_rne(acc, x.e + 6 - out.e0, *saturate_range(out.relu)), out.e0)
+    return QTensor(requantize_shift_rne(acc, check_shift(x.e + 6 - out.e0, out.name), *saturate_range(out.relu)),
+                   out.e0)
 
 
 def quantize_input(moving: np.ndarray, fixed: np.ndarray, rec: Record) -> QTensor:
@@ -170,23 +185,50 @@ def quantize_input(moving: np.ndarray, fixed: np.ndarray, rec: Record) -> QTenso
     return QTensor(np.clip(np.rint(x), INT8_MIN, INT8_MAX).astype(np.int8), rec.e0)
 
 
+class _Quants:
+    """r[name]: the quant record `name` of a Reference (missing: a ValueError naming the file)."""
+
+    def __init__(self, ref: "Reference"):
+        self.ref = ref
+
+    def __getitem__(self, name: str) -> Record:
+        return self.ref.rec(name, OP_QUANT)
+
+
 class Reference:
     """Integer LocalNet from weights.bin; `run` returns the ddf and, optionally, every tensor."""
 
-    def __init__(self, wb: WeightsFile):
+    def __init__(self, wb: WeightsFile, where: str = "weights file"):
         self.wb, self.r = wb, wb.records
-        m = wb.meta["model"]
-        self.levels, self.ddf_levels = m["levels"], sorted(m["ddf_levels"])
+        m = wb.meta.get("model") if isinstance(wb.meta, dict) else None
+        if (not isinstance(m, dict) or type(m.get("levels")) is not int or not 1 <= m["levels"] <= 8
+                or not isinstance(m.get("ddf_levels"), list) or not m["ddf_levels"]
+                or any(type(v) is not int or not 0 <= v <= m["levels"] for v in m["ddf_levels"])):
+            raise ValueError(f"{where}: metadata lacks a valid 'model' table (levels 1..8, ddf_levels in "
+                             "[0, levels])")
+        self.levels, self.ddf_levels = m["levels"], sorted(set(m["ddf_levels"]))
         for name, rec in self.r.items():
             if rec.op not in (OP_CONV3D, OP_QUANT):
-                raise ValueError(f"record {name}: unknown op {rec.op}")
+                raise ValueError(f"{where}: record {name}: unknown op {rec.op}")
+        for name, rec in self.r.items():  # contract at entry: no accumulator can leave int32
+            if rec.op == OP_CONV3D and acc_bound(rec) > INT32_MAX:
+                raise ValueError(f"{where}: record {name}: accumulator bound {acc_bound(rec)} does not fit int32")
+        self.where = where
+
+    def rec(self, name: str, op: int) -> Record:
+        """The record `name`, which the graph needs with op `op`."""
+        r = self.r.get(name)
+        if r is None or r.op != op:
+            kind = "conv3d" if op == OP_CONV3D else "quant"
+            raise ValueError(f"{self.where}: record {name} ({kind}) is {'missing' if r is None else 'of another op'}")
+        return r
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Reference":
-        return cls(read_weights(path))
+        return cls(read_weights(path), str(path))
 
     def _conv(self, x: QTensor, block: str, trace: dict) -> QTensor:
-        y = conv3d_s8(x, self.r[f"{block}.conv"], self.r[f"{block}.act"])
+        y = conv3d_s8(x, self.rec(f"{block}.conv", OP_CONV3D), self.rec(f"{block}.act", OP_QUANT))
         trace[f"{block}.act"] = y
         return y
 
@@ -198,7 +240,7 @@ class Reference:
         """x: the quantised input (1, 2, X, Y, Z); returns the ddf (1, 3, X, Y, Z) int8 at 2^-e
         in voxels. `trace`, if given, receives every layer's output by record name."""
         t = {} if trace is None else trace
-        r = self.r
+        r = _Quants(self)
         t["input"] = x
         skips = []
         for i in range(self.levels):
@@ -225,7 +267,7 @@ class Reference:
         ddf = None
         for lv in range(self.levels, -1, -1):
             if lv in self.ddf_levels:
-                d = conv3d_s8(feats[lv], r[f"heads.{lv}"], r[f"head_out.{lv}"])
+                d = conv3d_s8(feats[lv], self.rec(f"heads.{lv}", OP_CONV3D), r[f"head_out.{lv}"])
                 t[f"head_out.{lv}"] = d
                 if ddf is None:
                     ddf = d
@@ -239,7 +281,7 @@ class Reference:
 
     def register(self, moving: np.ndarray, fixed: np.ndarray) -> tuple[np.ndarray, int]:
         """Float images (X, Y, Z) -> (ddf int8 (3, X, Y, Z), exponent e): voxels = q * 2^-e."""
-        ddf = self.run(quantize_input(moving, fixed, self.r["input"]))
+        ddf = self.run(quantize_input(moving, fixed, self.rec("input", OP_QUANT)))
         return ddf.q[0], ddf.e
 
 
@@ -250,15 +292,26 @@ def main(argv=None) -> int:
     ap.add_argument("--fixed", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path, help=".npy int8 ddf (3, X, Y, Z); exponent printed")
     a = ap.parse_args(argv)
-    try:
+    from hw.npy import read_npy
+    from model.artifacts import atomic_write_bytes
+    from model.cli import check_outputs, run_cli
+
+    def body():
+        check_outputs({"--out": a.out}, {"--weights": a.weights, "--moving": a.moving, "--fixed": a.fixed})
         ref = Reference.from_file(a.weights)
-        q, e = ref.register(np.load(a.moving), np.load(a.fixed))
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    np.save(a.out, q)
-    print(f"ddf int8 {q.shape}, voxels = q * 2^-{e}")
-    return 0
+        moving, fixed = (read_npy(p, kinds="iuf", ndim=3) for p in (a.moving, a.fixed))
+        if moving.shape != fixed.shape:
+            raise ValueError(f"{a.moving}: shape {moving.shape}, {a.fixed}: shape {fixed.shape}: they must be equal")
+        step = 1 << ref.levels
+        if any(n < step or n % step for n in moving.shape):
+            raise ValueError(f"{a.moving}: shape {moving.shape}: every axis must be a positive multiple of "
+                             f"2^levels = {step}")
+        q, e = ref.register(moving, fixed)
+        buf = io.BytesIO()
+        np.save(buf, q)
+        atomic_write_bytes(a.out, buf.getvalue())  # exactly --out (np.save would append .npy)
+        print(f"ddf int8 {q.shape}, voxels = q * 2^-{e}")
+    return run_cli(body)
 
 
 if __name__ == "__main__":

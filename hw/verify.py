@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from hw.npy import NpyError, read_npy
 
 
 class DumpError(ValueError):
@@ -43,22 +47,65 @@ def compare(expected: np.ndarray, actual: np.ndarray) -> dict:
 
 
 def load_dump(path: Path, shape: list[int]) -> np.ndarray:
+    """A device's (or the golden) int8 dump of the expected shape (hw.npy.read_npy checks)."""
     if not path.is_file():
         raise DumpError(f"{path}: missing dump")
     try:
-        a = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DumpError(f"{path}: not a readable .npy ({e})") from None
-    if a.dtype != np.int8:
-        raise DumpError(f"{path}: dtype {a.dtype}, expected int8")
-    if list(a.shape) != shape:
-        raise DumpError(f"{path}: shape {list(a.shape)}, expected {shape}")
-    return a
+        return read_npy(path, dtypes=("int8",), shape=shape, kinds="i")
+    except NpyError as e:
+        raise DumpError(str(e)) from None
+
+
+# a pair directory or tensor name in a manifest: one plain path component, so that every
+# path the manifest names stays inside the golden (and the device's) directory
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_MAX_ELEMENTS = 1 << 31
+
+
+def read_manifest(golden: Path) -> dict:
+    """The golden manifest of `golden`, checked: weights, weights_sha256 and a non-empty list of
+    pairs, each with a plain directory name and a table of tensors (plain names, positive
+    integer shapes, integer exponents) that includes `input` and `ddf`. A DumpError names the file and the key."""
+    path = golden / "manifest.json"
+    if not path.is_file():
+        raise DumpError(f"{path}: no golden vectors (make golden)")
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DumpError(f"{path}: not a readable JSON manifest ({e})") from None
+    if not isinstance(m, dict):
+        raise DumpError(f"{path}: not a golden-vector manifest (a JSON object is expected)")
+    missing = [k for k in ("weights", "weights_sha256", "pairs") if k not in m]
+    if missing:
+        raise DumpError(f"{path}: not a golden-vector manifest (no {', '.join(missing)}; make golden)")
+    if not isinstance(m["weights"], str) or not isinstance(m["weights_sha256"], str):
+        raise DumpError(f"{path}: weights and weights_sha256 must be strings")
+    if not isinstance(m["pairs"], list) or not m["pairs"]:
+        raise DumpError(f"{path}: pairs is empty or not a list: nothing to verify")
+    dirs = set()
+    for i, p in enumerate(m["pairs"]):
+        where = f"{path}: pairs[{i}]"
+        if not isinstance(p, dict) or not isinstance(p.get("dir"), str) or not isinstance(p.get("tensors"), dict):
+            raise DumpError(f"{where}: needs a 'dir' string and a 'tensors' table")
+        if not _NAME.match(p["dir"]) or p["dir"] in (".", "..") or p["dir"] in dirs:
+            raise DumpError(f"{where}: dir {p['dir']!r} must be a new plain directory name inside {golden}")
+        dirs.add(p["dir"])
+        if "input" not in p["tensors"] or "ddf" not in p["tensors"]:
+            raise DumpError(f"{where}: lists no 'input' or no 'ddf' tensor")
+        for name, t in p["tensors"].items():
+            if not _NAME.match(name):
+                raise DumpError(f"{where}: tensor name {name!r} is not a plain file name")
+            shp = t.get("shape") if isinstance(t, dict) else None
+            if (not isinstance(shp, list) or not shp or any(type(n) is not int or n < 1 for n in shp)
+                    or math.prod(shp) > _MAX_ELEMENTS or type(t.get("exponent")) is not int):
+                raise DumpError(f"{where}: tensor {name}: needs a shape of positive integers "
+                                f"(at most 2^31 elements) and an integer exponent")
+    return m
 
 
 def verify(golden: Path, accel: Path) -> tuple[int, list[str]]:
     """(total mismatches, report lines)."""
-    manifest = json.loads((golden / "manifest.json").read_text())
+    manifest = read_manifest(golden)
     total, lines = 0, []
     for pair in manifest["pairs"]:
         for name, meta in pair["tensors"].items():
@@ -73,6 +120,8 @@ def verify(golden: Path, accel: Path) -> tuple[int, list[str]]:
                              f"actual {f['actual']}; max |diff| {c['max_lsb']} LSB")
             else:
                 lines.append(f"ok       {pair['dir']}/{name}: {c['elements']} elements")
+    if not lines:  # read_manifest refuses this already; a PASS must have compared something
+        raise DumpError(f"{golden}/manifest.json: no tensor compared")
     return total, lines
 
 
@@ -81,10 +130,7 @@ def check_weights(golden: Path, weights: Path | None = None) -> Path:
     against the golden manifest's: a device loading other weights cannot be verified."""
     from model.artifacts import sha256_file
 
-    manifest = json.loads((golden / "manifest.json").read_text())
-    missing = [k for k in ("weights", "weights_sha256", "pairs") if k not in manifest]
-    if missing:
-        raise DumpError(f"{golden}/manifest.json: not a golden-vector manifest (no {', '.join(missing)}; make golden)")
+    manifest = read_manifest(golden)
     path = Path(weights or manifest["weights"])
     if not path.is_file():
         raise DumpError(f"{path}: weights file of the golden vectors not found (--weights to name it)")
@@ -99,7 +145,7 @@ def onnx_dumps(golden: Path, onnx_path: Path, out: Path) -> None:
     from hw.crosscheck import OnnxDevice
     from hw.reference import QTensor
 
-    manifest = json.loads((golden / "manifest.json").read_text())
+    manifest = read_manifest(golden)
     dev = OnnxDevice(onnx_path)
     for pair in manifest["pairs"]:
         tensors = pair["tensors"]
@@ -126,9 +172,13 @@ def main(argv=None) -> int:
     from model.cli import run_cli
 
     def body():
-        if not (a.golden / "manifest.json").is_file():
-            raise DumpError(f"{a.golden}/manifest.json: no golden vectors (make golden)")
         weights = check_weights(a.golden, a.weights)
+        if a.accel is not None:
+            if not a.accel.is_dir():
+                raise DumpError(f"--accel {a.accel}: no such directory of device dumps")
+            if a.accel.resolve() == a.golden.resolve():
+                raise DumpError(f"--accel {a.accel} is the golden directory: the vectors would be compared "
+                                "with themselves")
         if a.accel is None:
             onnx_path = a.onnx or weights.parent / "localnet_int8.onnx"
             if not onnx_path.is_file():

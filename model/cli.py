@@ -1,4 +1,5 @@
-"""What every command-line entry point shares: the error handling, and a stage's common arguments.
+"""What every command-line entry point shares: the error handling, a stage's common arguments,
+and the guard that keeps an output from overwriting an input.
 
     def main(argv=None) -> int:
         a = parser.parse_args(argv)
@@ -6,15 +7,21 @@
 
 Bad input (a missing or corrupted file, a config or data error: every such error of this
 toolchain is a ValueError or an OSError carrying the file name) becomes one line
-`error: <message>` on stderr and exit code 2, without a traceback. Standard library only:
-board-side tools use it too.
+`error: <message>` on stderr and exit code 2, without a traceback. Anything else is a bug of
+the toolchain and keeps its traceback: readers validate what they read, so no crafted file
+reaches one. Standard library only: board-side tools use it too.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable
+
+
+class UsageError(ValueError):
+    """A command line that contradicts itself (an output that is one of the inputs, ...)."""
 
 
 def stage_parser(doc: str, resume: str | None = None) -> argparse.ArgumentParser:
@@ -28,6 +35,34 @@ def stage_parser(doc: str, resume: str | None = None) -> argparse.ArgumentParser
         ap.add_argument("--out", required=True, type=Path, help="output directory of the stage")
         ap.add_argument("--resume", action="store_true", help=resume)
     return ap
+
+
+def _same(a: Path, b: Path) -> bool:
+    """The same file: equal resolved paths, or (both existing) the same inode."""
+    if Path(os.path.abspath(a)).resolve() == Path(os.path.abspath(b)).resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_outputs(outputs: dict[str, Path | None], inputs: dict[str, Path | None]) -> None:
+    """Refuse, before anything is written, an output file that is one of the inputs (by path or
+    inode), that is named twice, or that is an existing directory. Keys are the option names."""
+    outs = {k: Path(v) for k, v in outputs.items() if v is not None}
+    ins = {k: Path(v) for k, v in inputs.items() if v is not None}
+    for k, p in outs.items():
+        if p.is_dir():
+            raise UsageError(f"{k} {p}: is a directory, expected a file name")
+        for ki, q in ins.items():
+            if _same(p, q):
+                raise UsageError(f"{k} {p}: is the input {ki} {q}; refusing to overwrite an input")
+    names = list(outs.items())
+    for i, (k, p) in enumerate(names):
+        for k2, p2 in names[i + 1:]:
+            if _same(p, p2):
+                raise UsageError(f"{k} and {k2} name the same file {p}")
 
 
 def run_cli(body: Callable[[], int | None]) -> int:
