@@ -395,7 +395,7 @@ def main(argv=None) -> int:
     for ref in (INT_REFERENCE, FLOAT_REFERENCE):  # matches_reference needs them
         if ref not in wanted and not a.no_check:
             wanted.append(ref)
-    results = []
+    results, failed = [], []
     for b in wanted:
         if not available(b, a.export, ckpt):
             print(f"[bench] {b}: not available here, skipped", file=sys.stderr)
@@ -407,14 +407,20 @@ def main(argv=None) -> int:
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode:
             print(f"[bench] {b}: failed:\n{r.stderr[-2000:]}", file=sys.stderr)
+            failed.append(b)
             continue
         results.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    requested = {b.strip() for b in a.backends.split(",")}
+    if not any(r["backend"] in requested for r in results):  # an empty table must not replace a good one
+        print(f"error: no backend was measured (failed: {', '.join(failed) or 'none'}; the others are not "
+              f"available here); {a.out} left as it was", file=sys.stderr)
+        return 1
     refs = {r["backend"]: r["ddf"] for r in results if r["backend"] in (INT_REFERENCE, FLOAT_REFERENCE)}
     for r in results:
         r["matches_reference"], r["max_abs_diff"] = None, None
         if r["backend"] not in refs:
             r["matches_reference"], r["max_abs_diff"] = compare(r["ddf"], r["backend"], refs)
-    report = {"platform": platform_info(), "shape": shape, "threads": a.threads,
+    report = {"platform": platform_info(), "shape": shape, "threads": a.threads, "failed_backends": failed,
               "warmup": a.warmup, "runs": a.runs, "float_tolerance_voxels": FLOAT_TOL_VOX,
               "results": [{k: v for k, v in r.items() if k != "ddf"} for r in results],
               "fpga_ecp5": fpga_projection(a.export.parent / "rtl"),

@@ -6,10 +6,13 @@
     net, cfg = model_from_checkpoint(ck)       # LocalNet (BatchNorm-folded if the checkpoint is)
 
 A checkpoint is a dict written atomically by torch.save: the stage's own entries plus
-`config` (the resolved config), `git_commit` and `versions`.
+`config` (the resolved config, a plain dict), `git_commit` and `versions`. It holds tensors
+and plain data only, and is read with `torch.load(weights_only=True)`: a file that needs
+anything else to unpickle (a class, a function: code that would run on load) is refused.
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -36,11 +39,18 @@ def load_checkpoint(path: Path, cfg: Config | None = None, resume: bool = False)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ck, dict) or "config" not in ck or "model" not in ck:
-        raise ValueError(f"{path}: not a checkpoint of this toolchain (no config/model)")
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: refused: it holds objects other than tensors and plain data, which "
+                         f"would run code when loaded ({first[:200]}); this toolchain's checkpoints never "
+                         "do: re-create it with the stage that makes it") from None
+    except Exception as e:  # torch raises many types for a file that is not a checkpoint
+        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(ck, dict) or not isinstance(ck.get("config"), dict) or not isinstance(ck.get("model"), dict):
+        raise ValueError(f"{path}: not a checkpoint of this toolchain (no config/model tables)")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ck["model"].items()):
+        raise ValueError(f"{path}: 'model' must map parameter names to tensors")
     if cfg is not None:
         sections = STAGE_SECTIONS[ck.get("stage", "train")]
         want = {k: v for k, v in config_to_dict(cfg).items() if k in sections}
@@ -72,11 +82,15 @@ def config_diff(a: dict, b: dict, prefix: str = "") -> str:
     return "; ".join(out)
 
 
-def model_from_checkpoint(ck: dict) -> tuple[LocalNet, Config]:
-    """The float network of a train or prune checkpoint, in eval mode, and its config."""
-    cfg = config_from_dict(ck["config"], "checkpoint config")
+def model_from_checkpoint(ck: dict, where: str = "checkpoint") -> tuple[LocalNet, Config]:
+    """The float network of a train or prune checkpoint, in eval mode, and its config; `where`
+    (the file) starts every error message."""
+    cfg = config_from_dict(ck["config"], f"{where}: config")
     net = LocalNet(cfg.model)
     if ck.get("folded"):  # pruned checkpoints hold the BatchNorm-folded network
         net = fold_batchnorm(net)
-    net.load_state_dict(ck["model"])
+    try:
+        net.load_state_dict(ck["model"])
+    except RuntimeError as e:  # missing, unexpected or mis-shaped parameters
+        raise ValueError(f"{where}: parameters do not fit its config's network: {str(e)[:300]}") from None
     return net.eval(), cfg

@@ -11,6 +11,7 @@ defaults included) is what goes into checkpoints, manifests and reports, via
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -171,6 +172,19 @@ class Config:
     refine: RefineConfig = field(default_factory=RefineConfig)
 
     def validate(self) -> None:
+        """Every key's range (RANGES), then the rules between keys; a ConfigError names the key."""
+        for key, (lo, hi, lo_open, hi_open) in RANGES.items():
+            sec, name = key.split(".")
+            v = getattr(getattr(self, sec), name)
+            for x in (v if isinstance(v, list) else [v]):
+                for y in (x if isinstance(x, list) else [x]):
+                    if (not math.isfinite(y) or y < lo or y > hi or (lo_open and y == lo)
+                            or (hi_open and y == hi)):
+                        raise ConfigError(f"{key} = {v!r}: each value must lie in {'(' if lo_open else '['}"
+                                          f"{lo}, {hi}{')' if hi_open else ']'}")
+        p0 = self.data.intensity_percentiles
+        if len(p0) != 2 or p0[0] >= p0[1]:
+            raise ConfigError(f"data.intensity_percentiles = {p0!r}: need [low, high] with low < high")
         d, m, r = self.data, self.model, self.refine
         if len(d.shape) != 3 or len(d.spacing_mm) != 3:
             raise ConfigError("data.shape and data.spacing_mm need 3 entries each")
@@ -181,12 +195,8 @@ class Config:
         step = 2 ** m.levels
         if any(s % step for s in d.shape):
             raise ConfigError(f"data.shape {d.shape} must be divisible by 2**model.levels = {step}")
-        if any(s <= 0 for s in d.spacing_mm):
-            raise ConfigError(f"data.spacing_mm {d.spacing_mm} must be positive")
         if not d.labels:
             raise ConfigError("data.labels is empty")
-        if d.n_train < 1 or d.n_test < 1:
-            raise ConfigError("data.n_train and data.n_test must be at least 1")
         if not m.ddf_levels or any(not 0 <= lv <= m.levels for lv in m.ddf_levels):
             raise ConfigError(f"model.ddf_levels {m.ddf_levels} must lie in [0, {m.levels}]")
         if m.base_channels < 2 or m.base_channels % 2:
@@ -200,12 +210,6 @@ class Config:
             raise ConfigError(f"model.prealign {m.prealign!r} must be 'none' or 'moments'")
         if self.train.label_sampling not in ("one", "all"):
             raise ConfigError(f"train.label_sampling {self.train.label_sampling!r} must be 'one' or 'all'")
-        if not 0.0 <= self.train.same_subject_prob <= 1.0:
-            raise ConfigError(f"train.same_subject_prob {self.train.same_subject_prob} must lie in [0, 1]")
-        if self.train.self_elastic_vox < 0:
-            raise ConfigError(f"train.self_elastic_vox {self.train.self_elastic_vox} must be >= 0")
-        if not 0.0 <= self.train.ema_decay < 1.0:
-            raise ConfigError(f"train.ema_decay {self.train.ema_decay} must lie in [0, 1)")
         a = self.prune.amounts
         if not a or any(not 0 < x < 1 for x in a) or any(x >= y for x, y in zip(a, a[1:])):
             raise ConfigError(f"prune.amounts {a} must be increasing fractions in (0, 1)")
@@ -233,8 +237,6 @@ class Config:
         if self.qat.int8_blocks and self.qat.int8_sparsity not in b:
             raise ConfigError(f"qat.int8_blocks needs qat.int8_sparsity {self.qat.int8_sparsity} in "
                               f"prune.block_amounts {b}")
-        if p.nm_layer_m < 2:
-            raise ConfigError(f"prune.nm_layer_m {p.nm_layer_m} must be at least 2")
         if p.nm_more and not p.nm:
             raise ConfigError("prune.nm_more needs prune.nm")
         for r in p.nm_more:
@@ -244,8 +246,6 @@ class Config:
             bad = [x for x in getattr(self.qat, key) if x not in la]
             if bad:
                 raise ConfigError(f"qat.{key} {bad} not in prune.layer_amounts {la}")
-        if self.qat.distill_weight < 0:
-            raise ConfigError(f"qat.distill_weight {self.qat.distill_weight} must be >= 0")
         if self.qat.weight_scale not in ("tensor", "channel"):
             raise ConfigError(f"qat.weight_scale {self.qat.weight_scale!r} must be \"tensor\" or \"channel\"")
         if (self.qat.nm_int8 or self.qat.nm_int4) and not (p.nm or p.nm_layer):
@@ -253,9 +253,71 @@ class Config:
         bad = [x for x in self.qat.global_int4 if x not in p.amounts]
         if bad:
             raise ConfigError(f"qat.global_int4 {bad} not in prune.amounts {p.amounts}")
-        if min(self.prune.steps, self.qat.steps, self.qat.curve_steps) < 0 or self.qat.calib_batches < 1:
-            raise ConfigError("prune.steps, qat.steps, qat.curve_steps must be >= 0, qat.calib_batches >= 1")
 
+
+INF = float("inf")
+# the range of every numeric key (and of each item of a numeric list): (low, high, low open,
+# high open); Config.validate applies it after every override, so no value reaches a stage
+# unchecked. Counts of steps may be 0 (none); intervals between events must be >= 1.
+RANGES = {
+    "data.shape": (1, 4096, False, False),
+    "data.spacing_mm": (0, 100, True, False),
+    "data.labels": (1, 65535, False, False),
+    "data.n_train": (1, 100_000, False, False),
+    "data.n_test": (1, 100_000, False, False),
+    "data.intensity_percentiles": (0, 100, False, False),
+    "model.base_channels": (2, 1024, False, False),
+    "model.levels": (1, 8, False, False),
+    "model.ddf_levels": (0, 8, False, False),
+    "loss.dice_scales": (0, 1000, False, False),
+    "loss.bending_weight": (0, INF, False, True),
+    "loss.image_weight": (0, INF, False, True),
+    "loss.image_window": (1, 99, False, False),
+    "train.steps": (0, 10**9, False, False),
+    "train.batch_size": (1, 4096, False, False),
+    "train.lr": (0, 10, True, False),
+    "train.lr_final": (0, 10, True, False),
+    "train.warmup_steps": (0, 10**9, False, False),
+    "train.seed": (0, 2**63 - 1, False, False),
+    "train.aug_rotation_deg": (0, 180, False, False),
+    "train.aug_scale": (0, 1, False, True),
+    "train.aug_translation_vox": (0, 4096, False, False),
+    "train.log_every": (1, 10**9, False, False),
+    "train.ckpt_every": (1, 10**9, False, False),
+    "train.threads": (0, 4096, False, False),
+    "train.same_subject_prob": (0, 1, False, False),
+    "train.self_elastic_vox": (0, 4096, False, False),
+    "train.ema_decay": (0, 1, False, True),
+    "prune.amounts": (0, 1, True, True),
+    "prune.steps": (0, 10**9, False, False),
+    "prune.lr": (0, 10, True, False),
+    "prune.layer_amounts": (0, 1, True, True),
+    "prune.probe_levels": (0, 1, True, True),
+    "prune.probe_batches": (1, 10**6, False, False),
+    "prune.protected_density": (0, 1, False, False),
+    "prune.nm": (1, 4096, False, False),
+    "prune.nm_more": (1, 4096, False, False),
+    "prune.nm_layer": (0, 1, False, True),
+    "prune.nm_layer_m": (2, 4096, False, False),
+    "prune.block_amounts": (0, 1, True, True),
+    "prune.gradual_steps": (0, 10**9, False, False),
+    "prune.gradual_lr": (0, 10, True, False),
+    "prune.distill_weight": (0, INF, False, True),
+    "qat.steps": (0, 10**9, False, False),
+    "qat.lr": (0, 10, True, False),
+    "qat.calib_batches": (1, 10**6, False, False),
+    "qat.int8_sparsity": (0, 1, False, True),
+    "qat.int4_sparsity": (0, 1, False, True),
+    "qat.curve_steps": (0, 10**9, False, False),
+    "qat.layer_int8": (0, 1, True, True),
+    "qat.layer_int4": (0, 1, True, True),
+    "qat.global_int4": (0, 1, True, True),
+    "qat.distill_weight": (0, INF, False, True),
+    "refine.iters": (0, 10**6, False, False),
+    "refine.lr": (0, 100, True, False),
+    "refine.bending": (0, INF, False, True),
+    "refine.window": (1, 99, False, False),
+}
 
 # the config sections each stage's artifacts depend on: a checkpoint is refused only when one
 # of these differs, so that editing, say, [qat] does not invalidate a trained network

@@ -23,6 +23,7 @@ import csv
 import gzip
 import re
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,8 +91,23 @@ def find_subjects(root: str | Path) -> list[SubjectFiles]:
     return subjects
 
 
+def check_gzip(path: Path) -> None:
+    """Read a gzip file to its end, so that its CRC32 and length trailer are checked (nibabel
+    reads only the bytes it needs and never reaches them): a flipped bit is a DataError."""
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 24):
+                pass
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: cannot read: corrupted gzip stream ({e})") from None
+
+
 def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(array, affine) of a NIfTI/Analyze file; a trailing singleton 4th axis is dropped."""
+    path = Path(path)
+    for p in (path, path.with_name(path.name.replace(".hdr", ".img"))):
+        if p.name.endswith(".gz") and p.is_file():
+            check_gzip(p)
     try:
         img = nib.load(str(path))
         data = np.asarray(img.dataobj)
@@ -108,6 +124,25 @@ def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise DataError(f"{path}: header has no usable voxel-to-world affine")
     return data, np.asarray(affine, dtype=np.float64)
+
+
+def world_box(shape, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(min, max) world mm corners of the box spanned by a volume's voxel centres."""
+    corners = np.array(np.meshgrid(*[[0, n - 1] for n in shape[:3]], indexing="ij")).reshape(3, -1)
+    w = affine[:3, :3] @ corners + affine[:3, 3:4]
+    return w.min(1), w.max(1)
+
+
+def check_overlap(path_a: Path, shape_a, aff_a, path_b: Path, shape_b, aff_b) -> None:
+    """Refuse two volumes whose fields of view do not overlap in world space (a registration of
+    them would be a pure translation read from headers, not anatomy): a DataError naming both
+    files and the distance between their centres."""
+    lo_a, hi_a = world_box(shape_a, aff_a)
+    lo_b, hi_b = world_box(shape_b, aff_b)
+    if np.any(hi_a < lo_b) or np.any(hi_b < lo_a):
+        dist = float(np.linalg.norm(volume_center(shape_a, aff_a) - volume_center(shape_b, aff_b)))
+        raise DataError(f"{path_a} and {path_b}: their fields of view do not overlap in world space "
+                        f"(centres {dist:.0f} mm apart); check the headers' affines")
 
 
 def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray, intent: str | None = None) -> None:

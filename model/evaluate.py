@@ -215,7 +215,7 @@ def figure3(path: Path, mov: Subject, fix: Subject, ddf: np.ndarray, codes: list
 
 def evaluate(ckpt: Path, data_dir: Path, out: Path, cfg_expected: Config | None = None, progress: bool = True) -> dict:
     ck = load_checkpoint(ckpt, cfg_expected)
-    net, cfg = model_from_checkpoint(ck)
+    net, cfg = model_from_checkpoint(ck, str(ckpt))
     if cfg_expected is not None:  # [refine] is no training input: the given config's applies
         cfg = dataclasses.replace(cfg, refine=cfg_expected.refine)
     subjects = load_dataset(data_dir, cfg.data, "test", progress=progress)

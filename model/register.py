@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from model.checkpoint import load_checkpoint, model_from_checkpoint
-from model.cli import run_cli
-from model.data import (apply_affine, grid_affine, grid_coords, normalise_intensity, read_volume,
+from model.cli import check_outputs, run_cli
+from model.data import (DataError, apply_affine, check_overlap, grid_affine, grid_coords, normalise_intensity, read_volume,
                         resample, sample, volume_center, write_nifti)
 from model.evaluate import predict_ddf
 from model.prealign import with_global_stage
@@ -35,16 +35,21 @@ from model.localnet import fold_batchnorm
 
 def register(ckpt: Path, fixed_path: Path, moving_path: Path):
     """-> (warped moving on the fixed grid (float32), world displacement (X, Y, Z, 3) mm, fixed affine)."""
-    net, cfg = model_from_checkpoint(load_checkpoint(ckpt))
+    net, cfg = model_from_checkpoint(load_checkpoint(ckpt), str(ckpt))
     net = fold_batchnorm(net)
     fixed, aff_f = read_volume(fixed_path)
     moving, aff_m = read_volume(moving_path)
+    check_overlap(fixed_path, fixed.shape, aff_f, moving_path, moving.shape, aff_m)
     shape, spacing = cfg.data.shape, cfg.data.spacing_mm
     g_f = grid_affine(volume_center(fixed.shape, aff_f), shape, spacing)
     g_m = grid_affine(volume_center(moving.shape, aff_m), shape, spacing)
     p = cfg.data.intensity_percentiles
     fixed_w = normalise_intensity(resample(fixed.astype(np.float32), aff_f, g_f, shape, 1), *p)
     moving_w = normalise_intensity(resample(moving.astype(np.float32), aff_m, g_m, shape, 1), *p)
+    for path, img in ((fixed_path, fixed_w), (moving_path, moving_w)):
+        if not img.any():
+            raise DataError(f"{path}: the image is constant on the working grid (its {p[0]} and {p[1]} "
+                            "percentiles are equal): nothing to register")
     # (3, X, Y, Z) working-grid voxels, the global stage (if configured) composed in
     # and the test-time refinement (if configured)
     ddf = with_refinement(cfg.refine, with_global_stage(cfg.model.prealign,
@@ -69,6 +74,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     def body():
+        check_outputs({"--out": a.out, "--ddf": a.ddf}, {"--ckpt": a.ckpt, "--fixed": a.fixed, "--moving": a.moving})
         warped, disp, aff = register(a.ckpt, a.fixed, a.moving)
         write_nifti(a.out, warped, aff)
         if a.ddf:

@@ -175,6 +175,10 @@ def fit(net: torch.nn.Module, cfg: Config, data: TrainData, out: Path, *, steps:
     ema: dict[str, torch.Tensor] | None = None
     if resume and ckpt_path.exists():
         ck = load_checkpoint(ckpt_path, cfg, resume=True)
+        was, now = ck.get("data"), (extra or {}).get("data")
+        if was is not None and now is not None and Path(was).resolve() != Path(now).resolve():
+            raise ConfigError(f"{ckpt_path}: was trained on data {was}, resumed with {now}: resume with "
+                              "the same --data, or start afresh without --resume")
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         start = min(ck["step"], steps)
@@ -270,6 +274,9 @@ def load_train_data(cfg: Config, data_dir: Path, progress: bool = True) -> Train
 
 
 def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, progress: bool = True) -> Path:
+    cfg.validate()  # whatever the command line overrode
+    if cfg.train.steps < 1:
+        raise ConfigError(f"train.steps = {cfg.train.steps}: training needs at least 1 step")
     setup_torch(cfg)
     data = load_train_data(cfg, data_dir, progress)
     # the default layout: the float path the demo's configuration was chosen on. Changing only
@@ -278,7 +285,7 @@ def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, progress
     # known to a few hundredths); the later stages fine-tune from it in channels-last
     path = fit(LocalNet(cfg.model), cfg, data, out, steps=cfg.train.steps, lr=cfg.train.lr,
                lr_final=cfg.train.lr_final, resume=resume, channels_last=False, ema_decay=cfg.train.ema_decay,
-               progress=progress, extra={"data": str(data_dir), "stage": "train"})
+               progress=progress, extra={"data": str(Path(data_dir).resolve()), "stage": "train"})
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

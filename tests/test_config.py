@@ -26,8 +26,20 @@ def test_shipped_configs_load(name):
     ("[data]\nshap = [16, 16, 16]\n", "unknown key"),
     ("[dta]\n", "unknown key"),
     ("[train]\nsteps = 'ten'\n", "expected int"),
-    ("[train]\nema_decay = 1.0\n", "train.ema_decay 1.0 must lie in \\[0, 1\\)"),
-    ("[qat]\ndistill_weight = -1.0\n", "qat.distill_weight -1.0 must be >= 0"),
+    ("[train]\nema_decay = 1.0\n", "train.ema_decay = 1.0: each value must lie in \\[0, 1\\)"),
+    ("[qat]\ndistill_weight = -1.0\n", "qat.distill_weight = -1.0: each value must lie in \\[0, inf\\)"),
+    # the ranges of issue 30: each once accepted, then divided by zero or trained silently wrong
+    ("[train]\nlog_every = 0\n", "train.log_every = 0: each value must lie in \\[1, "),
+    ("[train]\nckpt_every = 0\n", "train.ckpt_every = 0"),
+    ("[train]\nwarmup_steps = -10\n", "train.warmup_steps = -10"),
+    ("[train]\nsteps = -5\n", "train.steps = -5"),
+    ("[train]\naug_rotation_deg = 1e30\n", "train.aug_rotation_deg = 1e\\+30: each value must lie in \\[0, 180\\]"),
+    ("[train]\nlr = 0.0\n", "train.lr = 0.0: each value must lie in \\(0, 10\\]"),
+    ("[train]\nlr = nan\n", "train.lr = nan"),
+    ("[loss]\ndice_scales = [0.0, -1.0]\n", "loss.dice_scales = \\[0.0, -1.0\\]"),
+    ("[prune]\ndistill_weight = -1.0\n", "prune.distill_weight = -1.0"),
+    ("[data]\nintensity_percentiles = [99.0, 1.0]\n", "data.intensity_percentiles = \\[99.0, 1.0\\]: need"),
+    ("[data]\nintensity_percentiles = [1.0, 200.0]\n", "data.intensity_percentiles = \\[1.0, 200.0\\]: each"),
     ("[data]\nshape = [17, 16, 16]\n", "divisible"),
     ("[model]\nddf_levels = [9]\n", "ddf_levels"),
     ("[data\n", "not valid TOML"),
@@ -59,6 +71,38 @@ def test_bad_config_is_a_clear_error(tmp_path, text, msg):
     with pytest.raises(ConfigError, match=msg) as e:
         load_config(p)
     assert str(p) in str(e.value)
+
+
+def test_every_numeric_key_has_a_range():
+    """RANGES covers every int and float field (and numeric list), so a new key cannot skip
+    validation; a value just outside each range is refused by name (the range's own ends read
+    from the table, the refusal from Config.validate)."""
+    import dataclasses
+    import math
+    import typing
+
+    from model.config import RANGES, Config
+
+    cfg = Config()
+    numeric = []
+    for sec in dataclasses.fields(Config):
+        for f in dataclasses.fields(getattr(cfg, sec.name)):
+            tp = typing.get_type_hints(type(getattr(cfg, sec.name)))[f.name]
+            if tp in (int, float) or typing.get_origin(tp) is list:
+                numeric.append(f"{sec.name}.{f.name}")
+    assert sorted(numeric) == sorted(RANGES)
+    for key, (lo, hi, lo_open, _) in RANGES.items():
+        sec, name = key.split(".")
+        c = Config()
+        v = getattr(getattr(c, sec), name)
+        bad = lo if lo_open else lo - 1
+        if isinstance(v, list):
+            bad = [[bad, bad]] if v and isinstance(v[0], list) or key == "prune.nm_more" else [bad]
+        elif isinstance(v, float) or key.endswith(("lr", "weight")):
+            bad = float(bad)
+        setattr(getattr(c, sec), name, bad)
+        with pytest.raises(ConfigError, match=f"^{key} = "):
+            c.validate()
 
 
 def test_ints_accepted_for_floats(tmp_path):
