@@ -19,7 +19,7 @@ STAMP  := $(VENV)/.installed
 # the synthetic set is generated only when it is the data in use
 DATA_DEP := $(if $(filter $(SYNTH),$(DATA)),$(SYNTH)/synth_manifest.json,)
 
-.PHONY: all demo venv data train prune qat export golden golden-force verify rtl-sim rtl-verify rtl-synth bench scaling curve report evaluate test test-slow clean help
+.PHONY: all demo venv data train prune qat export golden golden-force verify rtl-sim rtl-verify rtl-synth bench scaling curve report evaluate test test-slow test-fuzz clean help
 .DELETE_ON_ERROR:
 
 help:
@@ -135,6 +135,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# opt-in: the long fuzz run of every file reader (FUZZ_CASES per reader, 5 readers; FUZZ_SEED)
+test-fuzz: $(STAMP)
+	FUZZ_CASES=$${FUZZ_CASES:-250} $(PY) -m pytest -q -m fuzz tests/test_fuzz.py
 
 clean:
 	rm -rf runs $(SYNTH)

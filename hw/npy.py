@@ -41,8 +41,8 @@ def read_npy(path: str | Path, dtypes: tuple[str, ...] | None = None, shape: lis
                     shp, fortran, dtype = np.lib.format.read_array_header_2_0(f)
                 else:
                     raise ValueError(f"format version {version}")
-            except (ValueError, EOFError, SyntaxError, TypeError, OverflowError) as e:
-                raise NpyError(f"{path}: not a readable .npy file ({e})") from None
+            except Exception as e:  # numpy's header parser raises ValueError, SyntaxError, tokenize errors...
+                raise NpyError(f"{path}: not a readable .npy file ({type(e).__name__}: {e})") from None
             if dtype.hasobject or dtype.fields is not None or dtype.kind not in kinds:
                 raise NpyError(f"{path}: dtype {dtype} is not allowed here (kinds {kinds!r})")
             if dtypes is not None and dtype.name not in dtypes:
@@ -64,4 +64,4 @@ def read_npy(path: str | Path, dtypes: tuple[str, ...] | None = None, shape: lis
     a = a.reshape(shp, order="F" if fortran else "C")
     if dtype.kind == "f" and not np.all(np.isfinite(a)):
         raise NpyError(f"{path}: {int(np.count_nonzero(~np.isfinite(a)))} NaN or inf value(s)")
-    return np.ascontiguousarray(a)
+    return a.copy(order="C")  # writable, C order (ascontiguousarray would turn a 0-d array 1-d)

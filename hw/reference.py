@@ -125,6 +125,10 @@ def conv3d_s8(x: QTensor, rec: Record, out: Record) -> QTensor:
     weight exponents each output channel shifts by its own e_in + e_w[c] - e_out."""
     if x.e != rec.e1:
         raise ValueError(f"{rec.name}: input exponent {x.e}, the layer was quantised for {rec.e1}")
+    c_out, c_in, *k = rec.weight.shape
+    if c_in != x.q.shape[1] or any(n % 2 == 0 for n in k) or rec.bias.shape != (c_out,):
+        raise ValueError(f"{rec.name}: weight {rec.weight.shape} and bias {rec.bias.shape} do not fit an input "
+                         f"of {x.q.shape[1]} channels with an odd kernel")
     acc = conv3d_acc_s8(x.q, rec.weight, rec.bias)
     if acc.min() < INT32_MIN or acc.max() > INT32_MAX:
         raise OverflowError(f"{rec.name}: accumulator leaves int32")
@@ -136,12 +140,19 @@ def add_acc(a: np.ndarray, e_a: int, b: np.ndarray, e_b: int, out: Record) -> QT
     """a * 2^-e_a + b * 2^-e_b (integers): aligned exactly to the finer exponent, summed,
     rounded once to out.e0 and saturated."""
     e = max(e_a, e_b)
+    # the aligned operands must keep the sum inside int32 (hw/SPEC.md): an int8 operand is at most
+    # 128 in magnitude, upsample_linear2's accumulator 64 x 128; checked from the exponents alone
+    lim = sum((128 if x.dtype == np.int8 else 64 * 128) << (e - ex) for x, ex in ((a, e_a), (b, e_b)))
+    if lim > INT32_MAX:
+        raise ValueError(f"{out.name}: aligned sum bound {lim} does not fit int32 (exponents {e_a}, {e_b})")
     acc = (a.astype(np.int64) << (e - e_a)) + (b.astype(np.int64) << (e - e_b))
     return QTensor(requantize_shift_rne(acc, check_shift(e - out.e0, out.name), *saturate_range(out.relu)), out.e0)
 
 
 def add_s8(a: QTensor, b: QTensor, out: Record) -> QTensor:
     """a + b of two int8 tensors (add_acc)."""
+    if a.q.shape != b.q.shape:
+        raise ValueError(f"{out.name}: operands of shapes {a.q.shape} and {b.q.shape}")
     return add_acc(a.q, a.e, b.q, b.e, out)
 
 
@@ -238,7 +249,15 @@ class Reference:
 
     def run(self, x: QTensor, trace: dict | None = None) -> QTensor:
         """x: the quantised input (1, 2, X, Y, Z); returns the ddf (1, 3, X, Y, Z) int8 at 2^-e
-        in voxels. `trace`, if given, receives every layer's output by record name."""
+        in voxels. `trace`, if given, receives every layer's output by record name. A contract a
+        layer's exponents break is a ValueError naming the weights file and the layer."""
+        try:
+            return self._run(x, trace)
+        except ValueError as e:
+            msg = str(e)
+            raise ValueError(msg if msg.startswith(self.where) else f"{self.where}: {msg}") from None
+
+    def _run(self, x: QTensor, trace: dict | None) -> QTensor:
         t = {} if trace is None else trace
         r = _Quants(self)
         t["input"] = x

@@ -223,8 +223,8 @@ class Config:
             raise ConfigError(f"prune.layer_amounts {la} must be increasing fractions in (0, 1)")
         if any(not 0 < x < 1 for x in p.probe_levels) or sorted(set(p.probe_levels)) != p.probe_levels:
             raise ConfigError(f"prune.probe_levels {p.probe_levels} must be increasing fractions in (0, 1)")
-        if la and max(la) > max(p.probe_levels):
-            raise ConfigError(f"prune.layer_amounts {la} go past the highest probe level {max(p.probe_levels)}")
+        if la and (not p.probe_levels or max(la) > max(p.probe_levels)):
+            raise ConfigError(f"prune.layer_amounts {la} go past the highest of prune.probe_levels {p.probe_levels}")
         if not 0 <= p.protected_density <= 1 or p.probe_batches < 1 or p.gradual_steps < 0:
             raise ConfigError("prune.protected_density must lie in [0, 1], probe_batches >= 1, gradual_steps >= 0")
         if p.nm and not (len(p.nm) == 2 and 0 < p.nm[0] < p.nm[1]):

@@ -44,7 +44,7 @@ def test_shipped_configs_load(name):
     ("[model]\nddf_levels = [9]\n", "ddf_levels"),
     ("[data\n", "not valid TOML"),
     ("[prune]\nlayer_amounts = [0.9, 0.75]\n", "layer_amounts"),
-    ("[prune]\nlayer_amounts = [0.99]\n", "highest probe level"),
+    ("[prune]\nlayer_amounts = [0.99]\n", "highest of prune.probe_levels"),
     ("[prune]\nprobe_levels = [0.9, 0.5]\n", "probe_levels"),
     ("[prune]\nnm = [4, 2]\n", "prune.nm"),
     ("[prune]\nprotected_density = 1.5\n", "protected_density"),
