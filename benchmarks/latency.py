@@ -385,7 +385,11 @@ def main(argv=None) -> int:
         print(f"error: --shape {shape}: every axis must be a positive multiple of {step} (2^levels)", file=sys.stderr)
         return 2
     if a.worker:
-        print(json.dumps(worker(a.worker, a.export, ckpt, a.threads, a.warmup, a.runs, shape)))
+        try:
+            print(json.dumps(worker(a.worker, a.export, ckpt, a.threads, a.warmup, a.runs, shape)))
+        except (ValueError, OSError) as e:  # one line for the parent's report, no traceback
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         return 0
     wanted = [b.strip() for b in a.backends.split(",") if b.strip()]
     unknown = sorted(set(wanted) - set(BACKENDS))
@@ -406,7 +410,7 @@ def main(argv=None) -> int:
         print(f"[bench] {b} ...", file=sys.stderr)
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode:
-            print(f"[bench] {b}: failed:\n{r.stderr[-2000:]}", file=sys.stderr)
+            print(f"[bench] {b}: failed: {r.stderr.strip()[-2000:]}", file=sys.stderr)
             failed.append(b)
             continue
         results.append(json.loads(r.stdout.strip().splitlines()[-1]))
