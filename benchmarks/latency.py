@@ -375,27 +375,43 @@ def main(argv=None) -> int:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     ckpt = a.ckpt or a.export.parent / "train" / "model.pt"
-    if not (a.export / "manifest.json").is_file():
-        print(f"error: {a.export}/manifest.json: not an export directory (make export)", file=sys.stderr)
-        return 2
-    manifest = json.loads((a.export / "manifest.json").read_text())
+    from model.cli import run_cli
+
+    return run_cli(lambda: bench(a, ckpt))
+
+
+def read_export_manifest(export: Path) -> dict:
+    """The export's manifest.json, with the keys the benchmark reads checked (a ValueError
+    naming the file and the key otherwise)."""
+    path = export / "manifest.json"
+    if not path.is_file():
+        raise ValueError(f"{path}: not an export directory (make export)")
+    try:
+        m = json.loads(path.read_text())
+        shape, levels = m["config"]["data"]["shape"], m["config"]["model"]["levels"]
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except (KeyError, TypeError):
+        raise ValueError(f"{path}: lacks config.data.shape or config.model.levels") from None
+    if (not isinstance(shape, list) or len(shape) != 3 or any(type(n) is not int or n < 1 for n in shape)
+            or type(levels) is not int or not 1 <= levels <= 8):
+        raise ValueError(f"{path}: config.data.shape {shape!r} or config.model.levels {levels!r} is invalid")
+    return m
+
+
+def bench(a, ckpt: Path) -> int:
+    manifest = read_export_manifest(a.export)
     shape = a.shape or manifest["config"]["data"]["shape"]
     step = 2 ** manifest["config"]["model"]["levels"]
     if any(n <= 0 or n % step for n in shape):
-        print(f"error: --shape {shape}: every axis must be a positive multiple of {step} (2^levels)", file=sys.stderr)
-        return 2
-    if a.worker:
-        try:
-            print(json.dumps(worker(a.worker, a.export, ckpt, a.threads, a.warmup, a.runs, shape)))
-        except (ValueError, OSError) as e:  # one line for the parent's report, no traceback
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        raise ValueError(f"--shape {shape}: every axis must be a positive multiple of {step} (2^levels)")
+    if a.worker:  # errors: one line (run_cli) for the parent's report
+        print(json.dumps(worker(a.worker, a.export, ckpt, a.threads, a.warmup, a.runs, shape)))
         return 0
     wanted = [b.strip() for b in a.backends.split(",") if b.strip()]
     unknown = sorted(set(wanted) - set(BACKENDS))
     if unknown:
-        print(f"error: unknown backend(s) {unknown}; known: {BACKENDS}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--backends: unknown backend(s) {unknown}; known: {BACKENDS}")
     for ref in (INT_REFERENCE, FLOAT_REFERENCE):  # matches_reference needs them
         if ref not in wanted and not a.no_check:
             wanted.append(ref)

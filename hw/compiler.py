@@ -493,6 +493,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--dense", action="store_true", help="store every weight block (no zero-block skipping)")
     a = ap.parse_args(argv)
+    from hw.npy import read_npy
     from model.artifacts import atomic_write_json
     from model.cli import run_cli
 
@@ -500,7 +501,7 @@ def main(argv=None) -> int:
         if not a.weights.is_file():
             raise CompileError(f"{a.weights}: weights file not found")
         prog = compile_weights(a.weights, dense=a.dense)
-        x = np.load(a.input, allow_pickle=False) if a.input else None
+        x = read_npy(a.input, dtypes=("int8",), ndim=5) if a.input else None
         write_readmemh64(a.out / "mem.hex", prog.image(x))
         atomic_write_json(a.out / "program.json", prog.to_json())
         print(f"[compiler] {len(prog.descs)} descriptors, {prog.act_base + prog.act_words} words -> {a.out}",
