@@ -88,7 +88,7 @@ def make_runner(backend: str, export: Path, ckpt: Path, threads: int, shape: lis
     """(run(moving, fixed) -> ddf float (3, X, Y, Z) voxels or (int8, e), model bytes,
     register(moving, fixed) -> warped moving image, how register warps)."""
     from model.host_warp import host_warp
-    from model.prealign import moments_affine, with_global_stage
+    from model.prealign import global_affine, with_global_stage
 
     prealign = json.loads((export / "manifest.json").read_text())["config"]["model"].get("prealign", "none")
 
@@ -115,7 +115,7 @@ def make_runner(backend: str, export: Path, ckpt: Path, threads: int, shape: lis
             def register(m, f):
                 feed = {"moving": m[None, None], "fixed": f[None, None]}
                 if prealign != "none":  # the host computes the 12 numbers, the graph the rest
-                    M, t = moments_affine(m, f)
+                    M, t = global_affine(prealign, m, f)
                     feed["affine"] = np.concatenate([M, t[:, None]], 1).astype(np.float32)
                 return rsess.run(["warped"], feed)[0][0, 0]
             return run, path.stat().st_size, register, "GridSample in the graph"

@@ -41,7 +41,7 @@ class ModelConfig:
     base_channels: int = 32
     levels: int = 4  # number of down-sampling blocks (label-reg: 4)
     ddf_levels: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
-    # the global stage before the network: "none", or "moments" (model/prealign.py)
+    # the global stage before the network: "none", "moments" or "affine" (model/prealign.py)
     prealign: str = "none"
 
 
@@ -206,8 +206,8 @@ class Config:
         if self.loss.image_weight < 0 or self.loss.image_window < 1 or self.loss.image_window % 2 == 0:
             raise ConfigError(f"loss.image_weight {self.loss.image_weight} must be >= 0 and loss.image_window "
                               f"{self.loss.image_window} an odd number of voxels")
-        if m.prealign not in ("none", "moments"):
-            raise ConfigError(f"model.prealign {m.prealign!r} must be 'none' or 'moments'")
+        if m.prealign not in ("none", "moments", "affine"):
+            raise ConfigError(f"model.prealign {m.prealign!r} must be 'none', 'moments' or 'affine'")
         if self.train.label_sampling not in ("one", "all"):
             raise ConfigError(f"train.label_sampling {self.train.label_sampling!r} must be 'one' or 'all'")
         a = self.prune.amounts

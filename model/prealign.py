@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.host_warp import host_warp
+from model.host_warp import host_warp, trilinear
 
-KINDS = ("none", "moments")
+KINDS = ("none", "moments", "affine")
 
 
 def moments(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -58,6 +58,100 @@ def moments_affine(moving: np.ndarray, fixed: np.ndarray) -> tuple[np.ndarray, n
     return M, cm - M @ cf
 
 
+def smooth_binomial(img: np.ndarray, passes: int) -> np.ndarray:
+    """`passes` times the separable [1, 2, 1] / 4 filter along every axis, edges replicated
+    (each pass adds variance 1/2 voxel^2: 2 passes ~ a Gaussian of sigma 1 voxel)."""
+    out = np.asarray(img, np.float32)
+    for _ in range(passes):
+        for ax in range(3):
+            p = np.concatenate([out.take([0], ax), out, out.take([-1], ax)], ax)
+            n = out.shape[ax]
+            sl = lambda a, b: tuple(slice(a, b) if i == ax else slice(None) for i in range(3))  # noqa: E731
+            out = 0.25 * p[sl(0, n)] + 0.5 * p[sl(1, n + 1)] + 0.25 * p[sl(2, n + 2)]
+    return out
+
+
+# the intensity-based affine stage: (sample stride, smoothing passes, Levenberg-Marquardt iterations)
+# per pyramid level, coarse to fine, and the relative cost change that ends a level early
+AFFINE_LEVELS = ((4, 2, 30), (2, 1, 15))
+AFFINE_TOL = 1e-5
+
+
+def affine_register(moving: np.ndarray, fixed: np.ndarray, M0: np.ndarray | None = None,
+                    t0: np.ndarray | None = None, levels=AFFINE_LEVELS) -> tuple[np.ndarray, np.ndarray]:
+    """(M, t) fixed voxel -> moving voxel, fitted to the intensities: Levenberg-Marquardt on the sum
+    of squared differences between the moving image read at M x + t and a x fixed + b, over
+    the 12 affine and the 2 intensity parameters (so it maximises their correlation, blind to
+    contrast scale and offset). Coarse to fine (`levels`: fixed samples every `stride` voxels,
+    both images smoothed first), from (M0, t0) (default: the moments affine). Samples whose
+    moving position leaves the volume are left out. float64 parameters, float32 images;
+    deterministic."""
+    if M0 is None or t0 is None:
+        M0, t0 = moments_affine(moving, fixed)
+    shape = np.asarray(fixed.shape)
+    c = (shape - 1) / 2.0
+    # parameters: A (3 x 3) and u (3) with y = A (x - c) + c + u, then the intensity gain and offset
+    A, u = np.asarray(M0, np.float64).copy(), np.asarray(t0, np.float64) + np.asarray(M0) @ c - c
+    for stride, passes, iters in levels:
+        ms, fs = smooth_binomial(moving, passes), smooth_binomial(fixed, passes)
+        grads = np.gradient(ms)  # (3) central differences in voxels, float32
+        idx = tuple(np.arange(stride // 2, n, stride) for n in fixed.shape)
+        X = np.stack(np.meshgrid(*idx, indexing="ij")).reshape(3, -1).astype(np.float64)
+        f = fs[np.ix_(*idx)].reshape(-1).astype(np.float64)
+        Xc = X - c[:, None]
+        hi = (shape - 1)[:, None]
+
+        def residual(A_, u_):
+            Y = A_ @ Xc + (c + u_)[:, None]
+            ok = np.all((Y >= 0) & (Y <= hi), 0)
+            Yf = Y[:, ok].astype(np.float32)
+            w = trilinear(ms, Yf).astype(np.float64)
+            # the best gain and offset for these parameters (linear least squares in closed form)
+            fo = f[ok]
+            fm, wm = fo.mean(), w.mean()
+            var = ((fo - fm) ** 2).sum()
+            a = ((fo - fm) * (w - wm)).sum() / var if var > 0 else 0.0
+            r = w - (a * (fo - fm) + wm)
+            return r, ok, Yf, fo, a, wm
+
+        r, ok, Yf, fo, a, b = residual(A, u)
+        cost, lam = float(r @ r) / max(ok.sum(), 1), 1e-3
+        for _ in range(iters):
+            g = np.stack([trilinear(gr, Yf) for gr in grads]).astype(np.float64)  # (3, n)
+            xc = Xc[:, ok]
+            J = np.concatenate([(g[i] * xc).T for i in range(3)] + [g.T, -(fo - fo.mean())[:, None],
+                                                                   -np.ones((xc.shape[1], 1))], 1)
+            H, grad = J.T @ J, J.T @ r
+            improved = False
+            for _ in range(8):
+                step = np.linalg.solve(H + lam * np.diag(np.diag(H) + 1e-12), -grad)
+                A2, u2 = A + step[:9].reshape(3, 3), u + step[9:12]
+                r2, ok2, Yf2, fo2, a2, b2 = residual(A2, u2)
+                cost2 = float(r2 @ r2) / max(ok2.sum(), 1)
+                if ok2.sum() >= 0.5 * ok.size and cost2 < cost:
+                    improved = True
+                    break
+                lam *= 10
+            if not improved:
+                break
+            rel = (cost - cost2) / max(cost, 1e-30)
+            A, u, r, ok, Yf, fo, cost, lam = A2, u2, r2, ok2, Yf2, fo2, cost2, max(lam / 10, 1e-7)
+            if rel < AFFINE_TOL:
+                break
+    return A, c + u - A @ c
+
+
+def global_affine(kind: str, moving: np.ndarray, fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(M, t) of the global stage `kind` (fixed voxel -> moving voxel)."""
+    if kind not in KINDS:
+        raise ValueError(f"pre-alignment {kind!r}: expected one of {KINDS}")
+    if kind == "none":
+        return np.eye(3), np.zeros(3)
+    if kind == "moments":
+        return moments_affine(moving, fixed)
+    return affine_register(moving, fixed)
+
+
 def affine_ddf(M: np.ndarray, t: np.ndarray, shape) -> np.ndarray:
     """(3, X, Y, Z) float64 displacement M x + t - x in voxels."""
     x, y, z = (np.arange(n, dtype=np.float64) for n in shape)
@@ -75,11 +169,9 @@ def compose(M: np.ndarray, t: np.ndarray, local: np.ndarray) -> np.ndarray:
 def prealign(kind: str, moving: np.ndarray, fixed: np.ndarray):
     """(moving image resampled onto the fixed grid by the global stage (float32), M, t); `none`
     gives the moving image unchanged and the identity."""
-    if kind not in KINDS:
-        raise ValueError(f"pre-alignment {kind!r}: expected one of {KINDS}")
     if kind == "none":
         return np.asarray(moving, np.float32), np.eye(3), np.zeros(3)
-    M, t = moments_affine(moving, fixed)
+    M, t = global_affine(kind, moving, fixed)
     return host_warp(moving, affine_ddf(M, t, moving.shape)), M, t
 
 

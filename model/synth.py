@@ -127,15 +127,16 @@ def template_landmarks(anat: Anatomy = TEMPLATE) -> tuple[list[str], np.ndarray]
 class SubjectWarp:
     """Subject world (mm) -> template (mm): x -> A x + t + u(x), u a sum of Gaussian bumps."""
 
-    def __init__(self, rng: np.random.Generator, amp_mm: float = 4.0, width_mm: float = 28.0, bumps: int = 20):
-        ang = np.deg2rad(rng.uniform(-6, 6, 3))
+    def __init__(self, rng: np.random.Generator, amp_mm: float = 4.0, width_mm: float = 28.0, bumps: int = 20,
+                 rot_deg: float = 6.0, scale: float = 0.07, shift_mm: float = 5.0):
+        ang = np.deg2rad(rng.uniform(-rot_deg, rot_deg, 3))
         cx, cy, cz = np.cos(ang)
         sx, sy, sz = np.sin(ang)
         rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
         ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
         rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-        self.A = rx @ ry @ rz @ np.diag(rng.uniform(0.93, 1.07, 3))
-        self.t = rng.uniform(-5, 5, 3)
+        self.A = rx @ ry @ rz @ np.diag(rng.uniform(1 - scale, 1 + scale, 3))
+        self.t = rng.uniform(-shift_mm, shift_mm, 3)
         self.centres = rng.uniform(-1, 1, (bumps, 3)) * BRAIN_AXES
         self.amps = rng.normal(0, amp_mm, (bumps, 3))
         self.inv_2s2 = 1.0 / (2 * width_mm**2)
@@ -160,7 +161,7 @@ class SubjectWarp:
         return y
 
 
-def subject_geometry(idx: int, rng: np.random.Generator, base_shape, base_spacing):
+def subject_geometry(idx: int, rng: np.random.Generator, base_shape, base_spacing, centre_mm: float = 4.0):
     """Voxel order, flips, spacing and affine of one subject's files (varies by subject)."""
     perm = [0, 1, 2] if idx % 3 else [2, 1, 0]  # every third subject stores z first
     flips = [(idx >> k) & 1 for k in range(3)]
@@ -170,28 +171,48 @@ def subject_geometry(idx: int, rng: np.random.Generator, base_shape, base_spacin
     aff[3, 3] = 1
     for ax, world_axis in enumerate(perm):
         aff[world_axis, ax] = spacing[world_axis] * (-1 if flips[ax] else 1)
-    centre = rng.uniform(-4, 4, 3)
+    centre = rng.uniform(-centre_mm, centre_mm, 3)
     aff[:3, 3] = centre - aff[:3, :3] @ ((np.asarray(shape) - 1) / 2.0)
     return shape, aff
 
 
-def make_subject(idx: int, seed: int, base_shape, base_spacing, variation: float = 1.0):
+# the generator's styles: "demo" (the demo's training and test domain) and "shifted", a
+# validation domain no setting is tuned on: larger pose differences (rotation 15 degrees, scale
+# 12 %, shift 12 mm; the brain up to 20 mm off the field of view's centre), another deformation
+# model (fewer, narrower, stronger bumps), a neck of its own size and intensity below the brain
+# (tissue that moves image moments but carries no label), another T1 contrast per subject
+# (each tissue's intensity scaled by N(1, 0.12), then a gamma of 0.7-1.4), a bias field twice
+# as strong and noise of 2-8 (demo: 4)
+STYLES = {
+    "demo": dict(warp={}, centre_mm=4.0, bias=1.0),
+    "shifted": dict(warp=dict(amp_mm=6.0, width_mm=20.0, bumps=12, rot_deg=15.0, scale=0.12, shift_mm=12.0),
+                    centre_mm=20.0, bias=2.0),
+}
+
+
+def make_subject(idx: int, seed: int, base_shape, base_spacing, variation: float = 1.0, style: str = "demo"):
+    if style not in STYLES:
+        raise ValueError(f"synthetic style {style!r}: expected one of {sorted(STYLES)}")
+    st = STYLES[style]
     rng = np.random.default_rng([seed, idx])
-    shape, aff = subject_geometry(idx, rng, base_shape, base_spacing)
-    warp = SubjectWarp(rng)
+    shape, aff = subject_geometry(idx, rng, base_shape, base_spacing, st["centre_mm"])
+    warp = SubjectWarp(rng, **st["warp"])
     # the subject's own anatomy from a stream of its own: with variation 0 the set is the template's
     anat = Anatomy(np.random.default_rng([seed, idx, 1]), variation)
     grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")).reshape(3, -1)
     world = aff[:3, :3].astype(np.float32) @ grid + aff[:3, 3].astype(np.float32)[:, None]
-    label, t1 = template_anatomy(warp.to_template(world), anat)
-    # bias field: smooth multiplicative, up to about +-15% across the head
-    c = rng.normal(0, 1, 6).astype(np.float32)
+    q = warp.to_template(world)
+    label, t1 = template_anatomy(q, anat)
+    if style == "shifted":
+        t1 = _shifted_contrast(q, label, t1, np.random.default_rng([seed, idx, 2]))
+    # bias field: smooth multiplicative, up to about +-15% across the head (demo style)
+    c = rng.normal(0, 1, 6).astype(np.float32) * np.float32(st["bias"])
     w = world / 100.0
     bias = np.exp(0.07 * (c[0] * w[0] + c[1] * w[1] + c[2] * w[2])
                   + 0.05 * (c[3] * w[0] * w[1] + c[4] * w[1] * w[2] + c[5] * w[2] ** 2))
     gain = rng.uniform(0.8, 1.25)  # scanner scale, undone by the loader's normalisation
     t1 = t1 * bias * gain
-    noise_sd = 4.0
+    noise_sd = 4.0 if style == "demo" else float(np.random.default_rng([seed, idx, 3]).uniform(2.0, 8.0))
     n1 = rng.normal(0, noise_sd, t1.shape).astype(np.float32)
     n2 = rng.normal(0, noise_sd, t1.shape).astype(np.float32)
     img = np.sqrt((t1 + n1) ** 2 + n2**2)  # Rician magnitude noise
@@ -202,9 +223,22 @@ def make_subject(idx: int, seed: int, base_shape, base_spacing, variation: float
     return img, label, aff, names, lm
 
 
+def _shifted_contrast(q: np.ndarray, label: np.ndarray, t1: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The "shifted" style's intensities: a neck below the brain (unlabelled, its own size and
+    intensity), each intensity level (tissue) scaled by its own N(1, 0.12) factor, then a gamma."""
+    neck_axes = np.array([38.0, 42.0, 40.0]) * rng.uniform(0.8, 1.3, 3)
+    neck = (_ellipsoid_radius(q, (0.0, -15.0, -BRAIN_AXES[2] - 0.6 * neck_axes[2]), neck_axes) < 1.0) & (label == 0)
+    t1 = np.where(neck & (t1 == 0), np.float32(rng.uniform(60, 110)), t1)
+    levels = np.unique(t1)
+    factors = np.clip(rng.normal(1.0, 0.12, levels.size), 0.6, 1.4).astype(np.float32)
+    t1 = t1 * factors[np.searchsorted(levels, t1)]
+    gamma = rng.uniform(0.7, 1.4)
+    return (130.0 * (np.clip(t1, 0, None) / 130.0) ** gamma).astype(np.float32)
+
+
 def write_dataset(out: Path, subjects: int = 18, seed: int = 0, shape=(128, 64, 128),
                   spacing=(1.875, 3.0, 1.875), progress: bool = True, variation: float = 1.0,
-                  first: int = 1) -> None:
+                  first: int = 1, style: str = "demo") -> None:
     """Subjects IBSR_<first> .. IBSR_<subjects> (each depends only on its number and the
     arguments: a larger set repeats a smaller one's subjects byte for byte)."""
     if not 1 <= first <= subjects:
@@ -213,7 +247,7 @@ def write_dataset(out: Path, subjects: int = 18, seed: int = 0, shape=(128, 64, 
     t0 = time.time()
     for i in range(first - 1, subjects):
         name = f"IBSR_{i + 1:02d}"
-        img, lab, aff, names, lm = make_subject(i, seed, shape, spacing, variation)
+        img, lab, aff, names, lm = make_subject(i, seed, shape, spacing, variation, style)
         if i % 2:  # as real IBSR label files: trailing singleton 4th axis
             lab = lab[..., None]
         folder = out / name
@@ -233,7 +267,7 @@ def write_dataset(out: Path, subjects: int = 18, seed: int = 0, shape=(128, 64, 
     atomic_write_json(out / "synth_manifest.json", {
         "generator": "model.synth", "git_commit": git_commit(), "seed": seed, "subjects": subjects, "first": first,
         "shape": list(shape), "spacing_mm": list(spacing), "anatomy_variation": variation,
-        "labels": sorted({c for _, l, r, *_ in DEEP for c in (l, r)} | {2, 41, 3, 42}),
+        "style": style, "labels": sorted({c for _, l, r, *_ in DEEP for c in (l, r)} | {2, 41, 3, 42}),
     })
 
 
@@ -244,6 +278,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shape", type=int, nargs=3, default=[128, 64, 128], help="voxels (x, y, z) before per-subject reordering")
     ap.add_argument("--spacing", type=float, nargs=3, default=[1.875, 3.0, 1.875], help="mm (x, y, z) before jitter")
+    ap.add_argument("--style", choices=sorted(STYLES), default="demo",
+                    help="demo: the demo's domain; shifted: the validation domain no setting is tuned on")
     ap.add_argument("--variation", type=float, default=1.0,
                     help="scale of the per-subject anatomy (sizes, positions, folding); 0: one template for all")
     a = ap.parse_args(argv)
@@ -251,7 +287,7 @@ def main(argv=None) -> int:
         ap.error("--subjects must be at least 2")
     if a.variation < 0:
         ap.error("--variation must be >= 0")
-    write_dataset(a.out, a.subjects, a.seed, a.shape, a.spacing, variation=a.variation)
+    write_dataset(a.out, a.subjects, a.seed, a.shape, a.spacing, variation=a.variation, style=a.style)
     return 0
 
 

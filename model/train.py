@@ -106,11 +106,11 @@ def prealigned_field(kind: str, mov_img: torch.Tensor, fix_img: torch.Tensor, fi
     """`field` (the augmentation of the moving volumes) followed by the global stage fitted to the
     augmented pair: sampling the result reads moving at A(x) + field(A(x)), so the moving
     volumes are interpolated once."""
-    from model.prealign import affine_ddf, moments_affine
+    from model.prealign import affine_ddf, global_affine
 
     out = []
     for k in range(field.shape[0]):
-        M, t = moments_affine(mov_img[k, 0].numpy(), fix_img[k, 0].numpy())
+        M, t = global_affine(kind, mov_img[k, 0].numpy(), fix_img[k, 0].numpy())
         a = torch.from_numpy(affine_ddf(M, t, field.shape[2:])).float()[None]
         out.append(a + warp_grid_sample(field[k:k + 1], a))
     return torch.cat(out)
