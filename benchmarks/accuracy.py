@@ -7,6 +7,7 @@ test pairs (model.evaluate's metrics). Every network row is the whole registrati
 stage, the network, then the test-time refinement of [refine] (model/refine.py) on the host:
 
     identity          no registration
+    global_stage      the global stage alone (model.prealign, `model.prealign`; only when it is not "none")
     ants_affine       ANTs affine registration (benchmarks/classical.py: antspyx defaults, on the
                       same pairs, working grid and intensities; 1 thread and a fixed seed, since
                       ANTs' affine stage is not repeatable otherwise)
@@ -57,7 +58,7 @@ from model.prealign import network_input, with_global_stage
 from model.refine import with_refinement
 from model.train import load_train_data
 
-ROWS = ["identity", "ants_affine", "ants_syn", "trained_unrefined", "trained", "pruned", "pruned_finetuned",
+ROWS = ["identity", "global_stage", "ants_affine", "ants_syn", "trained_unrefined", "trained", "pruned", "pruned_finetuned",
         "blocks_finetuned", "int8_qat", "int8_deployed_unrefined", "int8_deployed", "int4_qat", "ptq_ort_int8"]  # then the compression rows of qat.layer_int8 / layer_int4 / nm_int8, in that order
 # the exported int8 network as a deployment runs it, timed on the same pairs as ANTs and with
 # the same single thread: OpenVINO where installed (the fastest exact backend measured here),
@@ -187,6 +188,9 @@ def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dic
     from benchmarks.classical import table1_peer
 
     fns = {"identity": (lambda m, f: np.zeros((3, *cfg.data.shape)), (0, 0))}
+    if cfg.model.prealign != "none":  # the global stage alone, beside ANTs' affine stage
+        from benchmarks.global_stage import global_stage_fn
+        fns["global_stage"] = (global_stage_fn(cfg.model.prealign), (0, 0))
     for kind in ("Affine", "SyN"):
         fns[f"ants_{kind.lower()}"] = (table1_peer(cfg, kind), (0, 0))
     fns.update({k: (registration_fn(net, cfg), stats) for k, (net, stats) in models.items()})
