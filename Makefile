@@ -4,6 +4,7 @@
 #   make train CONFIG=configs/ibsr.toml DATA=/path/to/IBSR_V2.0 OUT=runs/ibsr
 #   make prune / qat / export / golden / verify [ACCEL=dir] / bench / report   one stage (and what it needs)
 #   make rtl-sim / rtl-synth  the RTL accelerator on the golden pairs (then make verify ACCEL=$(OUT)/rtl) / on an ECP5-85F
+#   make docs                 the README's measured tables from $(OUT) (after make demo)
 #   make scaling              opt-in: latency against grid and threads, demo and paper-scale networks (~35 min)
 #   make curve                opt-in: the pruning curve to 95 % (configs/curve.toml) in $(OUT)_curve (about an hour)
 CONFIG ?= configs/demo.toml
@@ -19,7 +20,7 @@ STAMP  := $(VENV)/.installed
 # the synthetic set is generated only when it is the data in use
 DATA_DEP := $(if $(filter $(SYNTH),$(DATA)),$(SYNTH)/synth_manifest.json,)
 
-.PHONY: all demo venv data train prune qat export golden golden-force verify rtl-sim rtl-verify rtl-synth bench scaling curve report evaluate test test-slow test-fuzz clean help
+.PHONY: all demo venv data train prune qat export golden golden-force verify rtl-sim rtl-verify rtl-synth bench scaling curve report evaluate docs test test-slow test-fuzz clean help
 .DELETE_ON_ERROR:
 
 help:
@@ -129,6 +130,10 @@ $(OUT)/report/pruning_curve.json: $(OUT)/qat/qat.json $(OUT)/report/figure3.png 
 	$(PY) -m benchmarks.accuracy --config $(CONFIG) --data $(DATA) --out $(OUT)
 
 report: $(OUT)/report/pruning_curve.json
+
+# the README's measured tables, written from $(OUT)'s files (benchmarks/docs_tables.py)
+docs: | $(STAMP)
+	$(PY) -m benchmarks.docs_tables --run $(OUT) --readme README.md
 
 test: $(STAMP)
 	$(PY) -m pytest -q

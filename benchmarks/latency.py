@@ -440,7 +440,10 @@ def bench(a, ckpt: Path) -> int:
         r["matches_reference"], r["max_abs_diff"] = None, None
         if r["backend"] not in refs:
             r["matches_reference"], r["max_abs_diff"] = compare(r["ddf"], r["backend"], refs)
-    report = {"platform": platform_info(), "shape": shape, "threads": a.threads, "failed_backends": failed,
+    from model.artifacts import git_commit  # standard library only
+
+    report = {"platform": platform_info(), "git_commit": git_commit(), "shape": shape, "threads": a.threads,
+              "failed_backends": failed,
               "warmup": a.warmup, "runs": a.runs, "float_tolerance_voxels": FLOAT_TOL_VOX,
               "results": [{k: v for k, v in r.items() if k != "ddf"} for r in results],
               "fpga_ecp5": fpga_projection(a.export.parent / "rtl"),

@@ -139,7 +139,9 @@ def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = 
     runner = build(build_dir, defines, tp)
     per = cycle_model(prog, tp)   # cycles depend on the program, not on the data
     model_cycles = total_cycles(per)
-    report = {"weights": str(weights), "dense_weights": dense, "defines": sorted((defines or {}).keys()),
+    from model.artifacts import git_commit
+
+    report = {"weights": str(weights), "git_commit": git_commit(), "dense_weights": dense, "defines": sorted((defines or {}).keys()),
               "lanes": LANES, "blocks_per_slot": tp, "array_macs": tp * LANES * LANES, "pairs": []}
     def run_pair(pair: dict) -> dict:  # its own copy of the runner: test() keeps per-run state on it
         tensors = pair["tensors"]

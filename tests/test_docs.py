@@ -1,0 +1,96 @@
+"""benchmarks/docs_tables.py: the README's tables come from a run directory's files, byte for
+byte the same on every re-run, with nothing outside the generated blocks touched."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from benchmarks.docs_tables import main, render
+
+README = """# T
+
+intro text
+<!-- generated:quality -->
+old numbers 0.123
+<!-- /generated:quality -->
+middle
+<!-- generated:latency -->
+<!-- /generated:latency -->
+<!-- generated:size -->
+x
+<!-- /generated:size -->
+<!-- generated:accelerator -->
+<!-- /generated:accelerator -->
+end
+"""
+
+
+def _run(tmp: Path) -> Path:
+    run = tmp / "run"
+    for d in ("report", "bench", "export", "rtl"):
+        (run / d).mkdir(parents=True)
+    row = lambda m, dice, s: {"model": m, "dice": dice, "tre_mm": 8.5, "landmark_tre_mm": 9.0, "folding_pct": 0.01,
+                              "vanished_labels": 0, "seconds_per_pair": s, "nonzero_params": 0, "weight_bytes": 0}
+    (run / "report" / "table1.json").write_text(json.dumps({
+        "dataset": "d", "pairs": 20, "labels": [2, 41], "git_commit": "abcdef1234567890",
+        "rows": [row("identity", 0.314, 0.0001), row("ants_syn", 0.453, 0.5), row("int8_deployed", 0.5012, 0.025)]}))
+    (run / "bench" / "latency.json").write_text(json.dumps({
+        "platform": {"cpu": "cpu X"}, "threads": 2, "shape": [32, 40, 32], "runs": 30,
+        "results": [{"backend": "openvino_int8", "p50_ms": 9.1, "p90_ms": 9.9, "matches_reference": True,
+                     "max_abs_diff": 0}],
+        "host_steps": {"prealign_ms": 15.2, "refine_ms": 0.9}}))
+    (run / "export" / "manifest.json").write_text(json.dumps({
+        "git_commit": "abcdef1234567890", "files": {"weights.bin": {"bytes": 270688, "gzip_bytes": 200001}}}))
+    (run / "rtl" / "cycles.json").write_text(json.dumps({
+        "pairs": [{"cycles": 7871501}, {"cycles": 7871500}], "cycle_model_checked": True, "sparse_vs_dense": 0.785,
+        "array_macs": 128}))
+    (run / "rtl" / "synth.json").write_text(json.dumps({"fmax_mhz": 100.0, "device": "LFE5UM-85F"}))
+    for p in run.rglob("*.json"):  # a fixed date: the stamp reads the file's time
+        os.utime(p, (1796000000, 1796000000))
+    return run
+
+
+def test_tables_from_a_run(tmp_path):
+    run = _run(tmp_path)
+    out = render(README, run)
+    assert out.startswith("# T\n\nintro text\n<!-- generated:quality -->\n") and out.endswith("end\n")
+    assert "middle" in out and "0.123" not in out
+    # the values of the fixture, formatted by hand
+    assert "| **int8 deployed** (+ refinement) | 0.501 | 8.50 | 0.010 | 0 | 0.0250 | 20.0x |" in out
+    assert "| ANTs SyN (1 thread) | 0.453 | 8.50 | 0.010 | 0 | 0.5000 |  |" in out
+    assert "| openvino_int8 | 9.1 | 9.9 | exactly |" in out
+    assert "global stage 15.2 ms, refinement 0.9 ms" in out
+    assert "| `weights.bin` | 270,688 | 200,001 |" in out
+    assert "| cycles per pair (simulated, ideal memory) | 7,871,501 |" in out
+    assert "| ms per pair at that fmax (ideal memory: a lower bound on a board) | 78.7 |" in out
+    assert "commit abcdef123456, 2026-11-30" in out  # 1796000000 s after the epoch
+    assert render(out, run) == out  # a second run changes nothing
+
+
+def test_cli_writes_then_checks(tmp_path, capsys):
+    run = _run(tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    assert main(["--run", str(run), "--readme", str(readme), "--check"]) == 1
+    assert main(["--run", str(run), "--readme", str(readme)]) == 0
+    first = readme.read_bytes()
+    assert main(["--run", str(run), "--readme", str(readme)]) == 0 and readme.read_bytes() == first
+    assert main(["--run", str(run), "--readme", str(readme), "--check"]) == 0
+    (run / "bench" / "latency.json").unlink()   # a missing file says so, no stale numbers
+    main(["--run", str(run), "--readme", str(readme)])
+    assert "(no `" in readme.read_text() and "| openvino_int8 |" not in readme.read_text()
+
+
+def test_bad_run_is_a_clear_error(tmp_path, capsys):
+    assert main(["--run", str(tmp_path / "none"), "--readme", str(tmp_path / "R.md")]) == 2
+    assert "--run" in capsys.readouterr().err
+    run = _run(tmp_path)
+    (run / "report" / "table1.json").write_text("{bad")
+    (tmp_path / "R.md").write_text(README)
+    assert main(["--run", str(run), "--readme", str(tmp_path / "R.md")]) == 2
+    assert "table1.json: not readable JSON" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown"):
+        render("<!-- generated:nope -->\n<!-- /generated:nope -->", run)
