@@ -54,6 +54,9 @@ def _load(path: Path):
 
 
 def _stamp(path: Path, commit: str | None) -> str:
+    if not commit:  # files written before they carried a commit: the run's export says which
+        m = _load(path.parent.parent / "export" / "manifest.json")
+        commit = m.get("git_commit") if isinstance(m, dict) else None
     day = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc).strftime("%Y-%m-%d")
     return f"From `{path.parent.name}/{path.name}` of a run at commit {str(commit or 'unknown')[:12]}, {day}."
 
