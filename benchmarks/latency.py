@@ -227,15 +227,16 @@ def worker(backend: str, export: Path, ckpt: Path, threads: int, warmup: int, ru
 
 def host_steps(config: dict, shape: list[int], warmup: int, runs: int) -> dict:
     """p50 ms of the float host steps around the network for the exported config, on a fixed
-    random pair (their time does not depend on the content): the global stage's pre-alignment
-    (moments + warp of the moving image), composing its affine with the network's field, and
-    the test-time refinement's [refine] steps (model/refine.py). numpy, this process."""
+    phantom pair (phantom_pair: the iterative affine stage's time depends on how soon it
+    converges, so the pair must be one it can register): the global stage (fit + warp of the
+    moving image), composing its affine with the network's field, and the test-time
+    refinement's [refine] steps (model/refine.py). numpy, this process."""
     from model.config import RefineConfig
     from model.prealign import compose, prealign
     from model.refine import refine
 
     rng = np.random.default_rng(0)
-    mov, fix = rng.random(shape, dtype=np.float32), rng.random(shape, dtype=np.float32)
+    mov, fix = phantom_pair(shape)
     local = rng.normal(0, 1, (3, *shape)).astype(np.float32)  # stands in for the network's field
     p50 = lambda fn: round(float(np.percentile(timed(fn, (), warmup, runs)[0], 50)), 2)
     out, kind = {}, config["model"].get("prealign", "none")
@@ -247,6 +248,27 @@ def host_steps(config: dict, shape: list[int], warmup: int, runs: int) -> dict:
     if rc.iters:
         out["refine_ms"], out["refine_steps"] = p50(lambda: refine(mov, fix, local, rc)), rc.iters
     return out
+
+
+def phantom_pair(shape) -> tuple[np.ndarray, np.ndarray]:
+    """(moving, fixed) float32 in [0, 1]: a head-like phantom (a bright shell, a darker core,
+    two inner blobs) and the same phantom rotated by 6 degrees, scaled by 5 % and shifted by 2
+    voxels, with a little noise: a pair any global stage can register."""
+    g = np.indices(shape, dtype=np.float32)
+    c = (np.asarray(shape, np.float32) - 1) / 2
+
+    def head(p):
+        r = lambda ctr, ax: np.sqrt(sum(((p[i] - ctr[i]) / ax[i]) ** 2 for i in range(3)))  # noqa: E731
+        s = np.asarray(shape, np.float32)
+        img = 0.4 * (r(c, 0.42 * s) < 1) + 0.5 * (r(c, 0.36 * s) < 1)
+        img = img + 0.3 * (r(c + [0.1 * s[0], 0.1 * s[1], 0], 0.08 * s) < 1) - 0.3 * (r(c - 0.1 * s, 0.07 * s) < 1)
+        return img.astype(np.float32)
+    a = np.deg2rad(6.0)
+    M = 1.05 * np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]], np.float32)
+    p = np.einsum("ij,j...->i...", M, g - c[:, None, None, None]) + c[:, None, None, None] + 2.0
+    rng = np.random.default_rng(0)
+    noise = lambda: rng.normal(0, 0.02, shape).astype(np.float32)  # noqa: E731
+    return np.clip(head(p) + noise(), 0, 1), np.clip(head(g) + noise(), 0, 1)
 
 
 def available(backend: str, export: Path, ckpt: Path) -> bool:
