@@ -8,6 +8,8 @@ import torch
 from benchmarks.classical import ants_ddf
 from model.warp import warp
 
+pytestmark = pytest.mark.ants  # ANTs (antspyx) registrations: `pytest -m "not ants"` leaves them out
+
 
 def _blobs(shape, shift=0.0):
     """Smooth test image: three Gaussian blobs, moved by `shift` voxels along axis 0."""

@@ -19,6 +19,8 @@ from hw.compiler import CompileError, LANES, compile_weights, get_tensor, put_te
 from hw.engine_model import run_image, total_cycles
 from hw.reference import Reference, quantize_input
 
+pytestmark = pytest.mark.rtl  # the RTL engine, its compiler and Verilator simulations: `pytest -m "not rtl"` leaves them out
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # base_channels 8: every tensor is whole groups of 8 lanes (the engine's halves need it);
