@@ -68,6 +68,9 @@ class TrainConfig:
     aug_rotation_deg: float = 5.0
     aug_scale: float = 0.05
     aug_translation_vox: float = 2.0
+    # per-volume contrast randomisation of the training images (model.train.random_contrast):
+    # strength of the remap, gamma, bias field and noise; 0: none
+    aug_intensity: float = 0.0
     log_every: int = 10
     ckpt_every: int = 50
     threads: int = 0  # 0: torch's default
@@ -282,6 +285,7 @@ RANGES = {
     "train.aug_rotation_deg": (0, 180, False, False),
     "train.aug_scale": (0, 1, False, True),
     "train.aug_translation_vox": (0, 4096, False, False),
+    "train.aug_intensity": (0, 4, False, False),
     "train.log_every": (1, 10**9, False, False),
     "train.ckpt_every": (1, 10**9, False, False),
     "train.threads": (0, 4096, False, False),

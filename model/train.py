@@ -86,6 +86,9 @@ class TrainData:
         mov_i, fix_i, codes, aug_m, aug_f = mov_i[sl], fix_i[sl], codes[sl], aug[:b][sl], aug[b:][sl]
         mi = self.images[mov_i]
         fi = self.images[fix_i]
+        if t.aug_intensity > 0:  # a generator of its own: the default sequence stays as it was
+            irng = np.random.default_rng([t.seed, stream, step, 1])
+            mi, fi = random_contrast(mi, irng, t.aug_intensity), random_contrast(fi, irng, t.aug_intensity)
         weight = None
         if t.label_sampling == "all":  # (B, L) one-hot of every configured label; absent ones weigh 0
             ml = torch.stack([torch.stack([(self.labels[i] == c).float() for c in self.codes]) for i in mov_i])
@@ -100,6 +103,37 @@ class TrainData:
             aug_m = prealigned_field(cfg.model.prealign, warp_grid_sample(mi, aug_m), f[:, :1], aug_m)  # one warp
         m = warp_grid_sample(torch.cat([mi, ml], 1), aug_m)
         return m[:, :1], f[:, :1], m[:, 1:], f[:, 1:], weight
+
+
+def random_contrast(images: torch.Tensor, rng: np.random.Generator, strength: float) -> torch.Tensor:
+    """Each volume of `images` (B, 1, X, Y, Z), intensities in [0, 1], seen in a contrast of its
+    own (SynthMorph's lesson: a network that never sees one contrast twice cannot overfit to
+    it), all scaled by `strength`:
+    - a monotone piecewise-linear remap through 6 knots at 0, 0.2, ..., 1, each moved by up to
+      +-0.12 x strength and then sorted (tissue classes change their relative brightness);
+    - a gamma exp(N(0, 0.25 x strength));
+    - a smooth multiplicative bias, exp(0.1 x strength x a linear + quadratic field of the
+      normalised coordinates with N(0, 1) coefficients);
+    - Gaussian noise of sd 0.02 x strength; then clipped to [0, 1]."""
+    b, _, *shape = images.shape
+    knots = np.linspace(0.0, 1.0, 6)
+    g = [torch.linspace(-1.0, 1.0, n) for n in shape]
+    x, y, z = torch.meshgrid(*g, indexing="ij")
+    terms = torch.stack([x, y, z, x * y, y * z, z * z])  # (6, X, Y, Z)
+    out = []
+    for k in range(b):
+        v = np.sort(np.clip(knots + rng.uniform(-0.12, 0.12, 6) * strength, 0.0, 1.0))
+        img = images[k, 0]
+        seg = torch.clamp((img * 5).long(), 0, 4)   # the knot interval of each voxel
+        lo, hi = torch.tensor(v[:-1], dtype=img.dtype), torch.tensor(v[1:], dtype=img.dtype)
+        frac = img * 5 - seg.to(img.dtype)
+        img = lo[seg] + (hi[seg] - lo[seg]) * frac
+        img = img.clamp(0, 1) ** float(np.exp(rng.normal(0, 0.25 * strength)))
+        coef = torch.tensor(rng.normal(0, 1, 6), dtype=img.dtype)
+        img = img * torch.exp(0.1 * strength * torch.einsum("t,txyz->xyz", coef, terms))
+        img = img + torch.from_numpy(rng.normal(0, 0.02 * strength, img.shape).astype(np.float32))
+        out.append(img.clamp(0, 1))
+    return torch.stack(out)[:, None]
 
 
 def prealigned_field(kind: str, mov_img: torch.Tensor, fix_img: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
