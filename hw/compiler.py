@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from export.weights import Record, WeightsFile, read_weights
+from hw.reference import MAX_LEFT_SHIFT, MAX_RIGHT_SHIFT
 
 LANES = 8                      # bytes per memory word = channels per group = MAC array rows and columns
 TP = 2                         # weight blocks per slot = read ports: the MAC array is TP x LANES x LANES
@@ -36,7 +37,7 @@ WBUF_ENTRIES = 512             # weight-buffer blocks per output-channel group (
 MEM_WORDS = 1 << 20            # the simulated external memory (8 MiB; hw/rtl/accel_sim.v MEM_WORDS)
 MAX_DIM = 1023                 # 10-bit grid fields
 ACC_LIMIT = 2**31              # accumulators are int32
-MAX_LEFT_SHIFT = 15            # requantiser: int32 << 15 still fits its 48-bit datapath
+# requantisation shifts: the reference's limits (hw/reference.py; the requantiser's 48-bit datapath)
 
 
 class CompileError(ValueError):
@@ -354,8 +355,8 @@ class Compiler:
         return y
 
     def _check_shift(self, layer: str, s: int) -> None:
-        if not -MAX_LEFT_SHIFT <= s <= 31:
-            raise CompileError(f"{layer}: requantisation shift {s} outside [-{MAX_LEFT_SHIFT}, 31]")
+        if not -MAX_LEFT_SHIFT <= s <= MAX_RIGHT_SHIFT:
+            raise CompileError(f"{layer}: requantisation shift {s} outside [-{MAX_LEFT_SHIFT}, {MAX_RIGHT_SHIFT}]")
 
     def _add(self, name: str, a: Tensor, b: Tensor | None, *, a_off: int = 0, b_off: int = 0, channels: int | None = None,
              a_nearest: bool = False, b_nearest: bool = False, a_trilinear: bool = False) -> Tensor:

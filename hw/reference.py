@@ -196,16 +196,6 @@ def quantize_input(moving: np.ndarray, fixed: np.ndarray, rec: Record) -> QTenso
     return QTensor(np.clip(np.rint(x), INT8_MIN, INT8_MAX).astype(np.int8), rec.e0)
 
 
-class _Quants:
-    """r[name]: the quant record `name` of a Reference (missing: a ValueError naming the file)."""
-
-    def __init__(self, ref: "Reference"):
-        self.ref = ref
-
-    def __getitem__(self, name: str) -> Record:
-        return self.ref.rec(name, OP_QUANT)
-
-
 class Reference:
     """Integer LocalNet from weights.bin; `run` returns the ddf and, optionally, every tensor."""
 
@@ -218,10 +208,9 @@ class Reference:
             raise ValueError(f"{where}: metadata lacks a valid 'model' table (levels 1..8, ddf_levels in "
                              "[0, levels])")
         self.levels, self.ddf_levels = m["levels"], sorted(set(m["ddf_levels"]))
-        for name, rec in self.r.items():
+        for name, rec in self.r.items():  # contract at entry: known ops, no accumulator leaves int32
             if rec.op not in (OP_CONV3D, OP_QUANT):
                 raise ValueError(f"{where}: record {name}: unknown op {rec.op}")
-        for name, rec in self.r.items():  # contract at entry: no accumulator can leave int32
             if rec.op == OP_CONV3D and acc_bound(rec) > INT32_MAX:
                 raise ValueError(f"{where}: record {name}: accumulator bound {acc_bound(rec)} does not fit int32")
         self.where = where
@@ -259,14 +248,14 @@ class Reference:
 
     def _run(self, x: QTensor, trace: dict | None) -> QTensor:
         t = {} if trace is None else trace
-        r = _Quants(self)
+        r = lambda name: self.rec(name, OP_QUANT)  # noqa: E731  (a missing record: named error)
         t["input"] = x
         skips = []
         for i in range(self.levels):
             p = f"down.{i}"
             h0 = self._conv(x, f"{p}.c0", t)
             u = self._conv(self._conv(h0, f"{p}.c1", t), f"{p}.c2", t)
-            rr = self._quant(f"{p}.add", add_s8(u, h0, r[f"{p}.add"]), t)
+            rr = self._quant(f"{p}.add", add_s8(u, h0, r(f"{p}.add")), t)
             x = maxpool2_s8(rr)
             skips.append(h0)
         feats = {self.levels: self._conv(x, "bottleneck", t)}
@@ -276,25 +265,25 @@ class Reference:
             c = h.q.shape[1] // 2
             halves = self._quant(f"{p}.halves", add_s8(QTensor(np.ascontiguousarray(h.q[:, :c]), h.e),
                                                        QTensor(np.ascontiguousarray(h.q[:, c:]), h.e),
-                                                       r[f"{p}.halves"]), t)
+                                                       r(f"{p}.halves")), t)
             a = self._conv(upsample_nearest2_s8(h), f"{p}.c0", t)
-            h0 = self._quant(f"{p}.add_up", add_s8(a, upsample_nearest2_s8(halves), r[f"{p}.add_up"]), t)
-            r1 = self._quant(f"{p}.add_skip", add_s8(h0, skips[lv], r[f"{p}.add_skip"]), t)
+            h0 = self._quant(f"{p}.add_up", add_s8(a, upsample_nearest2_s8(halves), r(f"{p}.add_up")), t)
+            r1 = self._quant(f"{p}.add_skip", add_s8(h0, skips[lv], r(f"{p}.add_skip")), t)
             u = self._conv(self._conv(h0, f"{p}.c1", t), f"{p}.c2", t)
-            h = self._quant(f"{p}.add", add_s8(u, r1, r[f"{p}.add"]), t)
+            h = self._quant(f"{p}.add", add_s8(u, r1, r(f"{p}.add")), t)
             feats[lv] = h
         ddf = None
         for lv in range(self.levels, -1, -1):
             if lv in self.ddf_levels:
-                d = conv3d_s8(feats[lv], self.rec(f"heads.{lv}", OP_CONV3D), r[f"head_out.{lv}"])
+                d = conv3d_s8(feats[lv], self.rec(f"heads.{lv}", OP_CONV3D), r(f"head_out.{lv}"))
                 t[f"head_out.{lv}"] = d
                 if ddf is None:
                     ddf = d
                 else:  # trilinear x2 of the coarser field (at 64x its scale) + the head, rounded once
                     up = upsample_linear2_acc(ddf.q)
-                    ddf = self._quant(f"ddf_add.{lv}", add_acc(up, ddf.e + 6, d.q, d.e, r[f"ddf_add.{lv}"]), t)
+                    ddf = self._quant(f"ddf_add.{lv}", add_acc(up, ddf.e + 6, d.q, d.e, r(f"ddf_add.{lv}")), t)
             elif ddf is not None:
-                ddf = self._quant(f"ddf_up.{lv}", upsample_linear2_s8(ddf, r[f"ddf_up.{lv}"]), t)
+                ddf = self._quant(f"ddf_up.{lv}", upsample_linear2_s8(ddf, r(f"ddf_up.{lv}")), t)
         t["ddf"] = ddf
         return ddf
 

@@ -64,8 +64,6 @@ def _valid_weights(path: Path, rng) -> None:
             r.weight[rng.random(r.weight.shape) < 0.3] = 0
             r.bias = rng.integers(-1000, 1000, r.bias.shape).astype(np.int32)
             r.e0, r.e1 = 7, 4
-        elif r.name != "input":
-            r.e0 = 4
         else:
             r.e0 = 4
     meta = {"model": {"base_channels": 4, "levels": 2, "ddf_levels": [0, 1, 2]}, "format": "fuzz"}
@@ -264,7 +262,7 @@ def _fuzz_npy(tmp: Path, n: int, seed: int) -> dict:
                 ["(10**15,)", "(-1, 2)", "(1000000, 1000000)", "()", "(2, 'a')", "(0,)"])), 1) if rng.random() < 0.5 \
                 else head.replace(np.lib.format.dtype_to_descr(a.dtype), str(rng.choice(["|O", "<c16", "<f8", "|V8", "xx"])))
             head = head.ljust(hlen - 10)[: max(hlen - 10, len(head))]
-            raw = raw[:10] + struct.pack("<H", len(head)) [0:0] + head.encode("latin-1") + raw[hlen:]
+            raw = raw[:10] + head.encode("latin-1") + raw[hlen:]
             struct.pack_into("<H", raw, 8, len(head))
         elif r == 1:    # truncated
             raw = raw[: int(rng.integers(0, len(raw)))]
