@@ -20,8 +20,15 @@ STAMP  := $(VENV)/.installed
 # the synthetic set is generated only when it is the data in use
 DATA_DEP := $(if $(filter $(SYNTH),$(DATA)),$(SYNTH)/synth_manifest.json,)
 
-.PHONY: all demo venv data train prune qat export golden golden-force verify rtl-sim rtl-verify rtl-synth bench scaling curve report evaluate docs test test-slow test-fuzz clean help
+.PHONY: all demo venv data train prune qat export golden golden-force verify rtl-sim rtl-verify rtl-synth bench scaling curve report evaluate docs test test-slow test-fuzz clean help FORCE
 .DELETE_ON_ERROR:
+
+# The config sections each stage reads, resolved, in $(CFG)/<stage>.json: checked on every run and
+# rewritten only when they change (model.config.write_stamp), so editing a section re-runs the
+# stages that read it and no other ([refine]: the report, registration.json and the benchmark)
+CFG := $(OUT)/config
+$(CFG)/%.json: FORCE | $(STAMP)
+	@$(PY) -m model.config $(CONFIG) --stamp $* --out $@
 
 help:
 	@sed -n '1,9p' Makefile
@@ -48,17 +55,17 @@ $(SYNTH)/synth_manifest.json: model/synth.py | $(STAMP)
 
 data: $(SYNTH)/synth_manifest.json
 
-$(OUT)/train/model.pt: $(CONFIG) $(DATA_DEP) | $(STAMP)
+$(OUT)/train/model.pt: $(CFG)/train.json $(DATA_DEP) | $(STAMP)
 	$(PY) -m model.train --config $(CONFIG) --data $(DATA) --out $(OUT)/train --resume
 
 train: $(OUT)/train/model.pt
 
-$(OUT)/prune/prune.json: $(OUT)/train/model.pt
+$(OUT)/prune/prune.json: $(OUT)/train/model.pt $(CFG)/prune.json
 	$(PY) -m quant.prune --config $(CONFIG) --ckpt $< --data $(DATA) --out $(OUT)/prune --resume
 
 prune: $(OUT)/prune/prune.json
 
-$(OUT)/qat/qat.json: $(OUT)/prune/prune.json
+$(OUT)/qat/qat.json: $(OUT)/prune/prune.json $(CFG)/qat.json
 	$(PY) -m quant.qat --config $(CONFIG) --prune $(OUT)/prune --data $(DATA) --out $(OUT)/qat --resume
 
 qat: $(OUT)/qat/qat.json
@@ -66,7 +73,12 @@ qat: $(OUT)/qat/qat.json
 $(OUT)/export/manifest.json: $(OUT)/qat/qat.json
 	$(PY) -m export.export --config $(CONFIG) --run $(OUT) --data $(DATA)
 
-export: $(OUT)/export/manifest.json
+# the settings around the exported network (pre-alignment, [refine], grid: hw/runtime.py), checked
+# against it on every run and rewritten only when the config's change
+$(OUT)/export/registration.json: $(OUT)/export/manifest.json FORCE
+	@$(PY) -m hw.runtime --config $(CONFIG) --export $(OUT)/export
+
+export: $(OUT)/export/registration.json
 
 # golden vectors are made once; regenerating them is explicit: make golden FORCE=1
 $(OUT)/golden/manifest.json: | $(OUT)/export/manifest.json
@@ -99,7 +111,7 @@ $(OUT)/rtl/synth.json: hw/rtl/accel.v hw/rtl/accel_top.v | $(STAMP)
 rtl-synth: $(OUT)/rtl/synth.json
 
 # latency per backend on this machine (BENCH_ARGS, e.g. --threads 2 --runs 50)
-bench: $(OUT)/export/manifest.json
+bench: $(OUT)/export/registration.json
 	$(PY) benchmarks/latency.py --export $(OUT)/export --out $(OUT)/bench $(BENCH_ARGS)
 
 # opt-in (not in demo): latency against grid (up to the paper's 128x160x128) and threads, for
@@ -118,14 +130,14 @@ curve: $(OUT)/train/model.pt
 	$(MAKE) report CONFIG=configs/curve.toml OUT=$(OUT)_curve
 
 # the float stage alone: identity and trained rows, per-label CSV, figure 3
-$(OUT)/report/figure3.png: $(OUT)/train/model.pt
+$(OUT)/report/figure3.png: $(OUT)/train/model.pt $(CFG)/all.json
 	$(PY) -m model.evaluate --config $(CONFIG) --ckpt $< --data $(DATA) --out $(OUT)
 
 evaluate: $(OUT)/report/figure3.png
 
 # every row of Table 1 (sizes as make export wrote them) and the pruning curve (which adds the
 # int8 QAT models at each sparsity)
-$(OUT)/report/pruning_curve.json: $(OUT)/qat/qat.json $(OUT)/report/figure3.png $(OUT)/export/manifest.json
+$(OUT)/report/pruning_curve.json: $(OUT)/qat/qat.json $(OUT)/report/figure3.png $(OUT)/export/registration.json
 	$(PY) -m quant.qat --config $(CONFIG) --prune $(OUT)/prune --data $(DATA) --out $(OUT)/qat --resume --curve
 	$(PY) -m benchmarks.accuracy --config $(CONFIG) --data $(DATA) --out $(OUT)
 

@@ -3,8 +3,9 @@
     python -m benchmarks.accuracy --config configs/demo.toml --data data/synthetic --out runs/demo
 
 Reads what make train / prune / qat left in OUT and evaluates every model on all ordered
-test pairs (model.evaluate's metrics). Every network row is the whole registration: the global
-stage, the network, then the test-time refinement of [refine] (model/refine.py) on the host:
+test pairs (model.evaluate's metrics). Every network row is the whole registration as deployed
+(model/registration.py: the global stage, the network, then the test-time refinement of
+[refine] on the host), only the network differs:
 
     identity          no registration
     global_stage      the global stage alone (model.prealign, `model.prealign`; only when it is not "none")
@@ -20,7 +21,9 @@ stage, the network, then the test-time refinement of [refine] (model/refine.py) 
                       (the int8 model's start)             OUT/prune/block_sXX/model.pt
     int8_qat          Brevitas int8 QAT                    OUT/qat/int8/model.pt
     int8_deployed_unrefined, int8_deployed
-                      the exported int8 network as deployed (see below), without and with the refinement
+                      the exported int8 network as deployed: hw.runtime.load(OUT/export), the
+                      backend `python -m hw.register` picks by default (OpenVINO where installed
+                      and exact, else onnxruntime), 1 thread; without and with the refinement
     int4_qat          Brevitas int4-weight QAT             OUT/qat/int4/model.pt
     ptq_ort_int8      onnxruntime quantize_static of the trained fp32 ONNX (QDQ, s8s8,
                       per-tensor, min-max calibrated on training batches), run in onnxruntime
@@ -30,9 +33,10 @@ as the fp32 ONNX holds them: a float format has no zero-skipping here); QAT rows
 export` wrote them in OUT/export/weights.bin and weights_int4.bin (per tensor the packed
 payload, the smaller of dense and bitmask + non-zeros, int4 two per byte, plus 4 bytes per
 int32 bias; export.weights.stored_bytes); the onnxruntime row the bytes of its ONNX
-initializers. Non-zero parameters count integer weights and biases that are not zero. Seconds per pair time
-the displacement field alone (ANTs: its registration; networks: one forward pass, PyTorch eager
-or onnxruntime for the PTQ row, 2 threads), on this machine in the same run.
+initializers. Non-zero parameters count integer weights and biases that are not zero. Seconds per
+pair time the displacement field alone (ANTs: its registration; networks: the whole
+registration, PyTorch eager, onnxruntime for the PTQ row, the runtime for int8_deployed), on
+this machine in the same run.
 
 Writes OUT/report/: table1.json / table1.md (all rows), pairs_all.csv, pruning_curve.json and
 pruning_curve.png (Dice against sparsity, fp32 fine-tuned and int8 QAT; needs
@@ -46,30 +50,34 @@ from pathlib import Path
 
 import numpy as np
 
-from export.onnx import INPUT, export_fp32, ort_session
+from export.onnx import INPUT, export_fp32
+from hw.runtime import onnxruntime_network
 from model.artifacts import atomic_path, atomic_write_json, git_commit
 from model.checkpoint import load_checkpoint, model_from_checkpoint
 from model.cli import run_cli, stage_parser
 from model.config import STAGE_SECTIONS, Config, ConfigError, config_from_dict, config_to_dict, load_config
 from model.data import load_dataset, test_pairs
-from model.evaluate import evaluate_pairs, registration_fn, rows_markdown, summarise, write_csv, write_table
+from model.evaluate import (evaluate_pairs, network_registration, registration_fn, rows_markdown, summarise, write_csv,
+                            write_table)
 from model.localnet import count_parameters, fold_batchnorm
-from model.prealign import network_input, with_global_stage
-from model.refine import with_refinement
+from model.prealign import network_input
+from model.registration import Registration, Settings
 from model.train import load_train_data
 
 ROWS = ["identity", "global_stage", "ants_affine", "ants_syn", "trained_unrefined", "trained", "pruned", "pruned_finetuned",
         "blocks_finetuned", "int8_qat", "int8_deployed_unrefined", "int8_deployed", "int4_qat", "ptq_ort_int8"]  # then the compression rows of qat.layer_int8 / layer_int4 / nm_int8, in that order
-# the exported int8 network as a deployment runs it, timed on the same pairs as ANTs and with
-# the same single thread: OpenVINO where installed (the fastest exact backend measured here),
-# else onnxruntime with QDQ fusion off (benchmarks/latency.py)
-DEPLOY_BACKENDS = ("openvino_int8", "ort_int8_float_kernels")
 
 
-def deployed_backend() -> str:
-    import importlib.util
+def load_deployed(export: Path, cfg: Config):
+    """hw.runtime's registration of the export (backend auto: OpenVINO where installed and exact,
+    else onnxruntime), one thread, as the ANTs rows run; its settings must be `cfg`'s."""
+    from hw.runtime import load, settings_config
+    from model.config import config_to_dict
 
-    return DEPLOY_BACKENDS[0] if importlib.util.find_spec("openvino") else DEPLOY_BACKENDS[1]
+    if config_to_dict(settings_config(export)) != config_to_dict(cfg):
+        raise ValueError(f"{export / 'registration.json'}: written from another config than this report's; "
+                         "run make export (it rewrites the file when the config changes)")
+    return load(export, "auto", threads=1)
 
 
 def fp32_row_stats(net) -> tuple[int, int]:
@@ -179,11 +187,8 @@ def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dic
     rep.mkdir(parents=True, exist_ok=True)
     export_fp32(trained, cfg, fp32_onnx, dynamic=False)  # PTQ is calibrated and evaluated at the working grid
     quantize_ort_static(fp32_onnx, ptq_onnx, calibration_inputs(cfg, data_dir, cfg.qat.calib_batches))
-    sess = ort_session(ptq_onnx)
-    ptq_reg = with_refinement(cfg.refine, with_global_stage(
-        cfg.model.prealign, lambda m, f: sess.run(None, {INPUT: np.stack([m, f])[None].astype(np.float32)})[0][0]))
-    ptq_fn = lambda m, f: ptq_reg(m.image, f.image)
-
+    settings = Settings.from_config(cfg)
+    ptq = Registration(settings, onnxruntime_network(ptq_onnx))
     rows, pair_rows = [], []
     from benchmarks.classical import table1_peer
 
@@ -193,18 +198,14 @@ def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dic
         fns["global_stage"] = (global_stage_fn(cfg.model.prealign), (0, 0))
     for kind in ("Affine", "SyN"):
         fns[f"ants_{kind.lower()}"] = (table1_peer(cfg, kind), (0, 0))
-    fns.update({k: (registration_fn(net, cfg), stats) for k, (net, stats) in models.items()})
-    fns["ptq_ort_int8"] = (ptq_fn, (onnx_nonzero_params(ptq_onnx), initializer_bytes(ptq_onnx)))
-    from benchmarks.latency import make_runner
-
-    backend = deployed_backend()
-    run = make_runner(backend, out / "export", out / "train" / "model.pt", 1, list(cfg.data.shape))[0]
-    network_only = with_global_stage(cfg.model.prealign, lambda m, f: np.asarray(run(m, f), np.float64))
-    deployed = with_refinement(cfg.refine, network_only)
-    fns["int8_deployed"] = (lambda m, f: deployed(m.image, f.image), models["int8_qat"][1])
+    fns.update({k: (registration_fn(network_registration(net, cfg)), stats) for k, (net, stats) in models.items()})
+    fns["ptq_ort_int8"] = (registration_fn(ptq), (onnx_nonzero_params(ptq_onnx), initializer_bytes(ptq_onnx)))
+    # the exported int8 network as deployed: hw.runtime's registration of OUT/export, one thread
+    deployed = load_deployed(out / "export", cfg)
+    fns["int8_deployed"] = (registration_fn(deployed), models["int8_qat"][1])
     if cfg.refine.iters:  # what the refinement adds: the trained and the deployed network without it
-        fns["trained_unrefined"] = (registration_fn(trained, cfg, refine=False), models["trained"][1])
-        fns["int8_deployed_unrefined"] = (lambda m, f: network_only(m.image, f.image), models["int8_qat"][1])
+        fns["trained_unrefined"] = (registration_fn(network_registration(trained, cfg), False), models["trained"][1])
+        fns["int8_deployed_unrefined"] = (registration_fn(deployed, False), models["int8_qat"][1])
     for name, (fn, (nonzero, nbytes)) in fns.items():
         pr, _ = evaluate_pairs(subjects, cfg, fn, name, progress)
         pair_rows += pr
@@ -213,7 +214,7 @@ def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dic
     meta = {"dataset": str(data_dir), "pairs": len(test_pairs(subjects)), "labels": cfg.data.labels,
             "config": config_to_dict(cfg), "git_commit": git_commit(), "pruned_amount": first,
             "int8_sparsity": cfg.qat.int8_sparsity, "int4_sparsity": cfg.qat.int4_sparsity,
-            "int8_deployed_backend": f"{backend}, 1 thread, global stage and refinement on the host",
+            "int8_deployed_backend": f"{deployed.name}, 1 thread (hw.runtime), global stage and refinement on the host",
             "int8_accelerator_cycles": accelerator_cycles(out / "export" / "weights.bin"),
             "compression_rows_exported": exactness,
             "weight_bytes_note": "fp32 dense float32; QAT rows export.pack payload + int32 biases; "
@@ -225,11 +226,13 @@ def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dic
     curve = {"sparsity": [0.0, *cfg.prune.amounts], "fp32": [], "int8": [], "git_commit": git_commit()}
     for a in curve["sparsity"]:
         net, _ = model_from_checkpoint(load_checkpoint(need(sparsity_dir(out / "prune", a) / "model.pt", "make prune"), cfg))
-        curve["fp32"].append(summarise(evaluate_pairs(subjects, cfg, registration_fn(net, cfg), f"fp32 {a:.0%}", progress)[0],
+        reg = registration_fn(network_registration(net, cfg))
+        curve["fp32"].append(summarise(evaluate_pairs(subjects, cfg, reg, f"fp32 {a:.0%}", progress)[0],
                                        "", 0, 0)["dice"])
         sub = "int8" if a == cfg.qat.int8_sparsity and not cfg.qat.int8_blocks else curve_name(a)
         twin, _ = load_qat(need(out / "qat" / sub / "model.pt", "python -m quant.qat --curve"), cfg)
-        curve["int8"].append(summarise(evaluate_pairs(subjects, cfg, registration_fn(twin, cfg), f"int8 {a:.0%}", progress)[0],
+        reg = registration_fn(network_registration(twin, cfg))
+        curve["int8"].append(summarise(evaluate_pairs(subjects, cfg, reg, f"int8 {a:.0%}", progress)[0],
                                        "", 0, 0)["dice"])
     curve["identity_dice"] = rows[0]["dice"]
     atomic_write_json(rep / "pruning_curve.json", curve)

@@ -3,7 +3,8 @@
     python benchmarks/latency.py --export runs/demo/export --out runs/demo/bench [--threads 2]
         [--shape 64 80 64] [--warmup 3] [--runs 20] [--backends ort_fp32,ort_int8,reference_int] [--no-check]
 
-Runs on an edge board from the files in OUT/export/ with numpy and onnxruntime only; PyTorch
+Runs on an edge board from the files in OUT/export/ with numpy and onnxruntime only (the
+torch-free install, README); PyTorch
 fp32 eager is timed when torch is importable (its checkpoint: --ckpt, default
 EXPORT/../train/model.pt), OpenVINO fp32/int8 when the `openvino` package is. Each backend
 runs in its own subprocess, so its peak resident memory is its own and thread settings do
@@ -12,10 +13,9 @@ grid; any shape divisible by 2^levels: the ONNX files have dynamic spatial axes)
 does not depend on the content.
 
 Per backend: p50/p90/p99 latency (ms), pairs per second (1000 / p50), the p50 of a whole
-registration (`register_p50_ms`: the network plus the warp of the moving image, by GridSample
-inside onnxruntime's register_int8.onnx at the exported grid, by model.warp in torch, and on
-the host with model.host_warp elsewhere: OpenVINO has no 5-D GridSample; with a global stage
-in the config, its pre-alignment on the host included), peak RSS (MB),
+registration (`register_p50_ms`: model/registration.py around the backend's network, with the
+export's registration.json: global stage, network, composition, refinement and the warp of
+the moving image, on a phantom pair the global stage can register), peak RSS (MB),
 model file bytes, and `matches_reference`, each backend against the reference of its own model:
 integer backends (the int8 QAT network) must give the integer reference's ddf
 (hw/reference.py) exactly; float backends (the trained fp32 network) must lie within
@@ -23,7 +23,7 @@ FLOAT_TOL_VOX of onnxruntime's fp32 run of the same file (`max_abs_diff`, voxels
 float reference. The two references themselves are not compared with themselves (None);
 the fp32 and int8 networks are different models (pruned, fine-tuned), so no row compares
 one with the other. Also the p50 of the float host steps around the network (`host_steps`:
-pre-alignment, composition, test-time refinement, as the exported config has them). Writes
+pre-alignment, composition, test-time refinement, as registration.json has them). Writes
 OUT/latency.json, latency.md and latency.png.
 """
 from __future__ import annotations
@@ -84,54 +84,25 @@ def platform_info() -> dict:
             "os": f"{platform.system()} {platform.release()}", "machine": platform.machine(), "versions": versions}
 
 
-def make_runner(backend: str, export: Path, ckpt: Path, threads: int, shape: list[int]):
-    """(run(moving, fixed) -> ddf float (3, X, Y, Z) voxels or (int8, e), model bytes,
-    register(moving, fixed) -> warped moving image, how register warps)."""
-    from model.host_warp import host_warp
-    from model.prealign import global_affine, with_global_stage
-
-    prealign = json.loads((export / "manifest.json").read_text())["config"]["model"].get("prealign", "none")
-
-    def on_host(run):
-        as_float = lambda m, f: (lambda d: d[0] * np.float32(2.0 ** -d[1]) if isinstance(d, tuple) else d)(run(m, f))
-        whole = with_global_stage(prealign, as_float)  # the global stage (if any) on the host
-
-        def register(m, f):
-            return host_warp(m, whole(m, f))
-        return register, "host (numpy)"
+def make_network(backend: str, export: Path, ckpt: Path, threads: int, shape: list[int]):
+    """The network of a benchmark row as a hw.runtime.Network (the int8 rows: the runtime's own
+    backends; the fp32 rows: the trained network's ONNX file, or its checkpoint in torch)."""
+    from hw.runtime import Network, onnxruntime_network, openvino_int8_file, openvino_network, reference_network
 
     if backend in ORT_RUNS:
-        from export.onnx import ort_session  # s8s8 kept: exact (export/onnx.py says why)
-
         name, options = ORT_RUNS[backend]
-        path = export / name
-        sess = ort_session(path, threads=threads, **options)
-        run = lambda m, f: sess.run(None, {"moving_fixed": np.stack([m, f])[None]})[0][0]
-        reg_path = export / "register_int8.onnx"  # built on localnet_int8.onnx at the exported grid
-        if backend == "ort_int8" and reg_path.is_file() and list(shape) == json.loads(
-                (export / "manifest.json").read_text())["config"]["data"]["shape"]:
-            rsess = ort_session(reg_path, threads=threads, **options)
-
-            def register(m, f):
-                feed = {"moving": m[None, None], "fixed": f[None, None]}
-                if prealign != "none":  # the host computes the 12 numbers, the graph the rest
-                    M, t = global_affine(prealign, m, f)
-                    feed["affine"] = np.concatenate([M, t[:, None]], 1).astype(np.float32)
-                return rsess.run(["warped"], feed)[0][0, 0]
-            return run, path.stat().st_size, register, "GridSample in the graph"
-        return run, path.stat().st_size, *on_host(run)
+        return onnxruntime_network(export / name, threads, **options)
     if backend == "reference_int":
-        from hw.reference import Reference
-
-        path = export / "weights.bin"
-        ref = Reference.from_file(path)
-        return ref.register, path.stat().st_size, *on_host(ref.register)
+        return reference_network(export / "weights.bin")
+    if backend == "openvino_fp32":
+        return openvino_network(export / "localnet_fp32.onnx", threads, shape)
+    if backend == "openvino_int8":
+        return openvino_network(export / openvino_int8_file(export), threads, shape, quantiser=export / "weights.bin")
     if backend == "torch_fp32":
         import torch
 
         from model.checkpoint import load_checkpoint, model_from_checkpoint
         from model.localnet import fold_batchnorm
-        from model.warp import warp
 
         torch.set_num_threads(threads)
         net = fold_batchnorm(model_from_checkpoint(load_checkpoint(ckpt))[0]).eval()
@@ -139,59 +110,8 @@ def make_runner(backend: str, export: Path, ckpt: Path, threads: int, shape: lis
         def run(m, f):
             with torch.no_grad():
                 return net(torch.from_numpy(np.stack([m, f])[None]))[0].numpy()
-
-        def local(m, f):
-            with torch.no_grad():
-                return net(torch.from_numpy(np.stack([m, f])[None]))[0]
-
-        whole = with_global_stage(prealign, lambda m, f: local(m, f).numpy())
-
-        def register(m, f):
-            with torch.no_grad():
-                d = local(m, f) if prealign == "none" else torch.from_numpy(whole(m, f)).float()
-                return warp(torch.from_numpy(m)[None, None], d[None])[0, 0].numpy()
-        return run, ckpt.stat().st_size, register, "torch (model.warp)"
-    if backend in ("openvino_fp32", "openvino_int8"):
-        import openvino as ov
-
-        path = export / ("localnet_fp32.onnx" if backend == "openvino_fp32" else openvino_int8_file(export))
-        core = ov.Core()
-        net = core.read_model(str(path))
-        net.reshape({0: [1, 2, *shape]})  # compile for the benchmarked grid: static shapes run faster
-        # on CPUs with bf16 support (AVX-512 BF16, AMX) OpenVINO's default inference precision is
-        # bf16, which breaks int8 exactness (measured: 24,595 of 122,880 ddf elements off by up
-        # to 3 LSB); f32 keeps the QDQ graph's arithmetic exact
-        model = core.compile_model(net, "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"})
-        req = model.create_infer_request()
-        host_input = lambda m, f: np.stack([m, f])[None]
-        if backend == "openvino_int8":
-            # the input quantised on the host (hw.reference.quantize_input: x 2^e, round half to
-            # even): OpenVINO's FakeQuantize shifts by its low bound before rounding, in float32,
-            # and so rounds a value within ~1e-7 of a tie the wrong way (measured: one input
-            # element of 81,920, x 2^6 = 9.4999924 -> 10, which then spread to 47,845 ddf
-            # elements). Values already on the grid pass through it exactly.
-            from hw.reference import Reference, quantize_input
-
-            rec = Reference.from_file(export / "weights.bin").r["input"]
-            host_input = lambda m, f: (lambda x: (x.q * 2.0 ** -x.e).astype(np.float32))(quantize_input(m, f, rec))
-
-        def run(m, f):
-            return req.infer({0: host_input(m, f)})[model.output(0)][0]
-        return run, path.stat().st_size, *on_host(run)  # OpenVINO has no 5-D GridSample
+        return Network("torch_fp32", ckpt, run)
     raise ValueError(f"unknown backend {backend}")
-
-
-def openvino_int8_file(export: Path) -> str:
-    """The int8 file OpenVINO runs: localnet_int8_openvino.onnx (every convolution on int8,
-    export.onnx.openvino_graph) when the export found it exact on its CPU, else the dense QCDQ
-    file (its convolutions run in f32: slower, exact everywhere). OpenVINO's ONNX reader does not
-    take the sparse_initializers of localnet_int8.onnx, so that file is the last resort."""
-    manifest = export / "manifest.json"
-    checked = json.loads(manifest.read_text()).get("openvino_vs_brevitas_mismatches") if manifest.is_file() else None
-    for name, ok in (("localnet_int8_openvino.onnx", checked == 0), ("localnet_int8_dense.onnx", True)):
-        if ok and (export / name).is_file():
-            return name
-    return "localnet_int8.onnx"
 
 
 def timed(fn, args, warmup: int, runs: int) -> tuple[list[float], object]:
@@ -208,11 +128,18 @@ def timed(fn, args, warmup: int, runs: int) -> tuple[list[float], object]:
 def worker(backend: str, export: Path, ckpt: Path, threads: int, warmup: int, runs: int, shape: list[int]) -> dict:
     import resource
 
+    from hw.runtime import settings_config
+    from model.registration import Registration, Settings
+
     rng = np.random.default_rng(0)
     mov, fix = rng.random(shape, dtype=np.float32), rng.random(shape, dtype=np.float32)
-    run, nbytes, register, warp_kind = make_runner(backend, export, ckpt, threads, shape)
-    times, out = timed(run, (mov, fix), warmup, runs)
-    reg_times, _ = timed(register, (mov, fix), warmup, runs)
+    net = make_network(backend, export, ckpt, threads, shape)
+    reg = Registration(Settings.from_config(settings_config(export)), net, backend)
+    times, out = timed(net.raw, (mov, fix), warmup, runs)
+    # the whole registration on a pair the global stage can register (its time depends on how
+    # soon it converges): pre-alignment, network, composition, refinement, warp
+    pm, pf = phantom_pair(shape)
+    reg_times, _ = timed(lambda m, f: reg.warp(m, reg.field(m, f)), (pm, pf), warmup, runs)
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if isinstance(out, tuple):  # the reference: (int8, exponent)
         out = {"q": out[0].tolist(), "e": out[1]}
@@ -221,30 +148,28 @@ def worker(backend: str, export: Path, ckpt: Path, threads: int, warmup: int, ru
     p = np.percentile(times, [50, 90, 99])
     return {"backend": backend, "p50_ms": round(float(p[0]), 2), "p90_ms": round(float(p[1]), 2),
             "p99_ms": round(float(p[2]), 2), "pairs_per_s": round(1000 / float(p[0]), 2),
-            "register_p50_ms": round(float(np.percentile(reg_times, 50)), 2), "register_warp": warp_kind,
-            "peak_rss_mb": round(rss_kb / 1024, 1), "model_bytes": nbytes, "ddf": out}
+            "register_p50_ms": round(float(np.percentile(reg_times, 50)), 2),
+            "peak_rss_mb": round(rss_kb / 1024, 1), "model_bytes": net.model_bytes, "ddf": out}
 
 
-def host_steps(config: dict, shape: list[int], warmup: int, runs: int) -> dict:
-    """p50 ms of the float host steps around the network for the exported config, on a fixed
-    phantom pair (phantom_pair: the iterative affine stage's time depends on how soon it
-    converges, so the pair must be one it can register): the global stage (fit + warp of the
-    moving image), composing its affine with the network's field, and the test-time
+def host_steps(settings, shape: list[int], warmup: int, runs: int) -> dict:
+    """p50 ms of the float host steps around the network (model.registration.Settings: the
+    export's), on a fixed phantom pair (phantom_pair: the iterative affine stage's time depends
+    on how soon it converges, so the pair must be one it can register): the global stage (fit +
+    warp of the moving image), composing its affine with the network's field, and the test-time
     refinement's [refine] steps (model/refine.py). numpy, this process."""
-    from model.config import RefineConfig
     from model.prealign import compose, prealign
     from model.refine import refine
 
     rng = np.random.default_rng(0)
     mov, fix = phantom_pair(shape)
     local = rng.normal(0, 1, (3, *shape)).astype(np.float32)  # stands in for the network's field
-    p50 = lambda fn: round(float(np.percentile(timed(fn, (), warmup, runs)[0], 50)), 2)
-    out, kind = {}, config["model"].get("prealign", "none")
+    p50 = lambda fn: round(float(np.percentile(timed(fn, (), warmup, runs)[0], 50)), 2)  # noqa: E731
+    out, kind, rc = {}, settings.prealign, settings.refine
     if kind != "none":
         _, M, t = prealign(kind, mov, fix)
         out["prealign_ms"] = p50(lambda: prealign(kind, mov, fix))
         out["compose_ms"] = p50(lambda: compose(M, t, local))
-    rc = RefineConfig(**config.get("refine", {}))
     if rc.iters:
         out["refine_ms"], out["refine_steps"] = p50(lambda: refine(mov, fix, local, rc)), rc.iters
     return out
@@ -342,12 +267,12 @@ def markdown(report: dict) -> str:
     p = report["platform"]
     lines = [f"CPU: {p['cpu']} ({p['cores']} cores, ISA {', '.join(p['isa']) or 'none listed'}), {p['os']}; "
              f"shape {report['shape']}, {report['threads']} threads", "",
-             "| backend | p50 ms | p90 ms | p99 ms | pairs/s | register p50 ms (warp) | peak RSS MB | model bytes "
+             "| backend | p50 ms | p90 ms | p99 ms | pairs/s | register p50 ms | peak RSS MB | model bytes "
              "| matches reference |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         lines.append(f"| {r['backend']} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['pairs_per_s']} | "
-                     f"{r['register_p50_ms']} ({r['register_warp']}) | {r['peak_rss_mb']} | {r['model_bytes']} "
+                     f"{r['register_p50_ms']} | {r['peak_rss_mb']} | {r['model_bytes']} "
                      f"| {match_text(r)} |")
     h = report.get("host_steps")
     if h:
@@ -422,7 +347,11 @@ def read_export_manifest(export: Path) -> dict:
 
 
 def bench(a, ckpt: Path) -> int:
+    from hw.runtime import settings_config
+    from model.registration import Settings
+
     manifest = read_export_manifest(a.export)
+    settings = Settings.from_config(settings_config(a.export))  # registration.json, checked
     shape = a.shape or manifest["config"]["data"]["shape"]
     step = 2 ** manifest["config"]["model"]["levels"]
     if any(n <= 0 or n % step for n in shape):
@@ -469,7 +398,7 @@ def bench(a, ckpt: Path) -> int:
               "warmup": a.warmup, "runs": a.runs, "float_tolerance_voxels": FLOAT_TOL_VOX,
               "results": [{k: v for k, v in r.items() if k != "ddf"} for r in results],
               "fpga_ecp5": fpga_projection(a.export.parent / "rtl"),
-              "host_steps": host_steps(manifest["config"], shape, a.warmup, a.runs)}
+              "host_steps": host_steps(settings, shape, a.warmup, a.runs)}
     from model.artifacts import atomic_write_json, atomic_write_text  # standard library only
 
     atomic_write_json(a.out / "latency.json", report)

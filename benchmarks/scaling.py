@@ -65,9 +65,10 @@ def export_untrained(config: Path, out: Path, seed: int = 0) -> Path:
     export_int8_onnx(twin, cfg, exp / "localnet_int8.onnx")
     write_qlinear(exp / "localnet_int8.onnx", exp / "localnet_int8_qlinear.onnx")
     write_openvino(exp / "localnet_int8.onnx", exp / "localnet_int8_openvino.onnx")
+    from export.export import ddf_exponent
+
     ov_mism = None
     if importlib.util.find_spec("openvino"):
-        from export.export import ddf_exponent
         from export.gate import openvino_vs_brevitas_mismatches
 
         ov_mism = openvino_vs_brevitas_mismatches(twin, exp / "localnet_int8_openvino.onnx",
@@ -79,9 +80,12 @@ def export_untrained(config: Path, out: Path, seed: int = 0) -> Path:
             "weight_bits": 8, "untrained": True}
     write_weights(exp / "weights.bin", recs, meta)
     atomic_write_json(exp / "manifest.json", {"config": config_to_dict(cfg), "git_commit": git_commit(),
-                                              "untrained": True, "seed": seed,
+                                              "untrained": True, "seed": seed, "ddf_exponent": ddf_exponent(twin),
                                               "openvino_vs_brevitas_mismatches": ov_mism,
                                               "files": sorted(p.name for p in exp.iterdir())})
+    from hw.runtime import write_settings
+
+    write_settings(cfg, exp, str(config))  # the registration around it, as make export writes it
     return exp
 
 

@@ -88,11 +88,11 @@ def evaluate_fn(cfg: Config, ddf_fn, subjects) -> dict:
 
 def network_fn(cfg: Config, model_path: Path, refine: bool = True):
     from model.checkpoint import load_checkpoint, model_from_checkpoint
-    from model.evaluate import registration_fn
+    from model.evaluate import network_registration, registration_fn
     from model.localnet import fold_batchnorm
 
     net, _ = model_from_checkpoint(load_checkpoint(model_path, cfg))
-    return registration_fn(fold_batchnorm(net), cfg, refine)
+    return registration_fn(network_registration(fold_batchnorm(net), cfg), refine)
 
 
 def validate(cfg: Config, sets: list[str], data: Path, val: Path, out: Path, resume: bool = False,

@@ -21,8 +21,11 @@ Reads RUN/train/model.pt and RUN/qat/{int8,int4}/model.pt, writes RUN/export/:
     weights.bin            int8 weights + int32 biases + exponents (export/FORMAT.md)
     weights_int4.bin       the int4-weight QAT model in the same format
     hex/                   per-layer $readmemh files of the int8 model; localnet_int8.h (C)
-    manifest.json          config, layers (shapes, exponents, bits, sparsity, accumulator
-                           bounds), sha256 of every file, tool versions, git commit
+    manifest.json          config (without [refine]), layers (shapes, exponents, bits, sparsity,
+                           accumulator bounds), sha256 of every file, tool versions, git commit
+
+`python -m hw.runtime --config C --export RUN/export` then writes registration.json beside it:
+the settings of the registration around the network (hw/runtime.py; make export runs both).
 
 Before writing the manifest it checks that onnxruntime's int8 output equals the Brevitas
 model's integers on the test pairs, graph optimisations on and off; a mismatch is an error.
@@ -206,7 +209,10 @@ def export(cfg: Config, run: Path, data_dir: Path, progress: bool = True) -> dic
                            "acc_bound": bound, "acc_bits": int(bound).bit_length() + 1})
         else:
             layers.append({"name": r.name, "op": "quant", "bits": r.bits, "e_out": r.e0, "relu": r.relu})
-    manifest = {"config": config_to_dict(cfg), "git_commit": git_commit(), "versions": tool_versions(),
+    # the network's config: [refine] runs after the network and lives in registration.json
+    # (hw/runtime.py), which make writes beside this file from the config in use
+    net_config = {k: v for k, v in config_to_dict(cfg).items() if k != "refine"}
+    manifest = {"config": net_config, "git_commit": git_commit(), "versions": tool_versions(),
                 "sources": {"train": str(run / "train" / "model.pt"), "int8": str(run / "qat" / "int8" / "model.pt"),
                             "int4": str(run / "qat" / "int4" / "model.pt")},
                 "int8_sparsity": ck8["sparsity"], "int4_sparsity": ck4["sparsity"],
@@ -215,7 +221,7 @@ def export(cfg: Config, run: Path, data_dir: Path, progress: bool = True) -> dic
                 "openvino_vs_brevitas_mismatches": ov_mism, "layers": layers}
     manifest["files"] = {str(p.relative_to(out)): {"bytes": p.stat().st_size, "gzip_bytes": gzip_size(p),
                                                    "sha256": sha256_file(p)}
-                         for p in sorted(out.rglob("*")) if p.is_file() and p.name != "manifest.json"}
+                         for p in sorted(out.rglob("*")) if p.is_file() and p.name not in ("manifest.json", "registration.json")}
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
 

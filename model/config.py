@@ -387,3 +387,47 @@ def load_config(path: str | Path) -> Config:
 
 def config_to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def write_stamp(cfg: Config, stage: str, path: Path) -> bool:
+    """Write the resolved sections a stage reads (STAGE_SECTIONS; `all`: every section) to `path`
+    as JSON, only when they differ from what it holds: make's prerequisite for that stage, so
+    that editing a section re-runs the stages that read it and no other. True if written."""
+    import json
+
+    from model.artifacts import atomic_write_text
+
+    sections = STAGE_SECTIONS.get(stage) or (tuple(f.name for f in dataclasses.fields(Config)) if stage == "all" else None)
+    if sections is None:
+        raise ConfigError(f"stage {stage!r}: expected one of {[*STAGE_SECTIONS, 'all']}")
+    text = json.dumps({s: dataclasses.asdict(getattr(cfg, s)) for s in sections}, indent=1, sort_keys=True) + "\n"
+    path = Path(path)
+    try:
+        if path.read_text() == text:
+            return False
+    except (OSError, UnicodeDecodeError):
+        pass
+    atomic_write_text(path, text)
+    return True
+
+
+def main(argv=None) -> int:
+    """python -m model.config CONFIG --stamp STAGE --out FILE  (write_stamp; validates CONFIG)."""
+    import argparse
+    import sys
+
+    from model.cli import run_cli
+
+    ap = argparse.ArgumentParser(description=write_stamp.__doc__)
+    ap.add_argument("config")
+    ap.add_argument("--stamp", required=True, metavar="STAGE", help=f"one of {[*STAGE_SECTIONS, 'all']}")
+    ap.add_argument("--out", required=True, type=Path)
+    a = ap.parse_args(argv)
+    return run_cli(lambda: print(f"[config] {a.out} {'written' if write_stamp(load_config(a.config), a.stamp, a.out) else 'unchanged'}",
+                                 file=sys.stderr))
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

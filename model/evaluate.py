@@ -26,47 +26,34 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from model.artifacts import atomic_path, atomic_write_json, atomic_write_text, git_commit
-from model.checkpoint import load_checkpoint, model_from_checkpoint
 from model.cli import run_cli
 from model.config import Config, config_to_dict, load_config
 from model.data import DataError, Subject, load_dataset, test_pairs
-from model.localnet import count_parameters, fold_batchnorm
-from model.prealign import with_global_stage
-from model.refine import with_refinement
 from model.metrics import centroid_distance_mm, dice, folding_pct, landmark_tre_mm, rms, weighted_centroid_distance_mm
-from model.warp import warp
+from model.registration import Registration, Settings
 
 
-def predict_ddf(net, moving: np.ndarray, fixed: np.ndarray) -> np.ndarray:
-    """(X, Y, Z) float images -> (3, X, Y, Z) voxel displacement."""
-    with torch.no_grad():
-        x = torch.from_numpy(np.stack([moving, fixed])[None]).float()
-        return net(x)[0].double().numpy()
+def torch_network(net):
+    """A torch network as a Registration's network: (X, Y, Z) float images -> (3, X, Y, Z) voxels."""
+    import torch
+
+    def run(moving: np.ndarray, fixed: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return net(torch.from_numpy(np.stack([moving, fixed])[None]).float())[0].double().numpy()
+    return run
 
 
-def registration_fn(net, cfg: Config, refine: bool = True):
-    """(moving Subject, fixed Subject) -> (3, X, Y, Z) voxel displacement of the whole
-    registration: the global stage (if configured) composed with `net`'s field, then the
-    test-time refinement (if configured, model/refine.py); `refine=False` leaves it out."""
-    reg = with_global_stage(cfg.model.prealign, lambda m, f: predict_ddf(net, m, f))
-    if refine:
-        reg = with_refinement(cfg.refine, reg)
-    return lambda m, f: reg(m.image, f.image)
+def registration_fn(reg: Registration, refine: bool = True):
+    """`reg` as evaluate_pairs calls it: (moving Subject, fixed Subject) -> (3, X, Y, Z) voxel
+    displacement of the whole registration; `refine=False` leaves the refinement out."""
+    return lambda m, f: reg.field(m.image, f.image, refine)
 
 
-def warp_labels_soft(label: np.ndarray, codes: list[int], ddf: np.ndarray) -> np.ndarray:
-    """One-hot masks of `codes` warped trilinearly -> (L, X, Y, Z) float32 in [0, 1]."""
-    onehot = torch.from_numpy(np.stack([label == c for c in codes]).astype(np.float32))[None]
-    with torch.no_grad():
-        return warp(onehot, torch.from_numpy(ddf).float()[None])[0].numpy()
-
-
-def warp_labels(label: np.ndarray, codes: list[int], ddf: np.ndarray) -> np.ndarray:
-    """Warped one-hot masks thresholded at 0.5 -> (L, X, Y, Z) bool."""
-    return warp_labels_soft(label, codes, ddf) >= 0.5
+def network_registration(net, cfg: Config) -> Registration:
+    """The deployed registration (model/registration.py) around a torch network and `cfg`'s settings."""
+    return Registration(Settings.from_config(cfg), torch_network(net))
 
 
 def evaluate_pairs(subjects: list[Subject], cfg: Config, ddf_fn, name: str, progress: bool = True):
@@ -76,9 +63,10 @@ def evaluate_pairs(subjects: list[Subject], cfg: Config, ddf_fn, name: str, prog
     samples it at >= 0.5) counts: Dice 0, `vanished` in its pair's count, and in the centroid
     TRE the distance to the centroid of the warped soft mask (the label's mass wherever the
     field smeared it), or, if no fixed voxel samples it at all, to the moving label's own
-    centroid (as if unregistered). Seconds per pair time `ddf_fn` alone: every pair is registered
-    back to back before any is scored, so the scoring's torch threads (the label warps) do not
-    compete with the next registration (measured: they added 1.4 ms to a 19 ms deployed pair)."""
+    centroid (as if unregistered). Labels are warped as the deployed registration warps them
+    (model.registration: numpy, trilinear one-hot masks). Seconds per pair time `ddf_fn` alone:
+    every pair is registered back to back before any is scored, so scoring never runs between
+    two timed registrations."""
     codes, spacing = cfg.data.labels, cfg.data.spacing_mm
     pair_rows, label_rows = [], []
     pairs = test_pairs(subjects)
@@ -93,7 +81,7 @@ def evaluate_pairs(subjects: list[Subject], cfg: Config, ddf_fn, name: str, prog
         fields.append((ddf, time.perf_counter() - t0))
     for (mi, fi), (ddf, seconds) in zip(pairs, fields):
         mov, fix = subjects[mi], subjects[fi]
-        soft = warp_labels_soft(mov.label, codes, ddf)
+        soft = Registration.warp_labels_soft(mov.label, codes, ddf)
         warped = soft >= 0.5
         dices, dists, vanished = [], [], 0
         for k, c in enumerate(codes):
@@ -181,8 +169,8 @@ def figure3(path: Path, mov: Subject, fix: Subject, ddf: np.ndarray, codes: list
     import matplotlib.pyplot as plt
 
     z = fix.image.shape[2] // 2
-    warped_img = warp(torch.from_numpy(mov.image)[None, None], torch.from_numpy(ddf).float()[None])[0, 0].numpy()
-    warped_lab = warp_labels(mov.label, codes, ddf)
+    warped_img = Registration.warp(mov.image, ddf)
+    warped_lab = Registration.warp_labels_soft(mov.label, codes, ddf) >= 0.5
     lab_w = np.zeros(mov.label.shape, np.int16)
     for k, c in enumerate(codes):
         lab_w[warped_lab[k]] = c
@@ -214,6 +202,9 @@ def figure3(path: Path, mov: Subject, fix: Subject, ddf: np.ndarray, codes: list
 
 
 def evaluate(ckpt: Path, data_dir: Path, out: Path, cfg_expected: Config | None = None, progress: bool = True) -> dict:
+    from model.checkpoint import load_checkpoint, model_from_checkpoint
+    from model.localnet import count_parameters, fold_batchnorm
+
     ck = load_checkpoint(ckpt, cfg_expected)
     net, cfg = model_from_checkpoint(ck, str(ckpt))
     if cfg_expected is not None:  # [refine] is no training input: the given config's applies
@@ -221,7 +212,7 @@ def evaluate(ckpt: Path, data_dir: Path, out: Path, cfg_expected: Config | None 
     subjects = load_dataset(data_dir, cfg.data, "test", progress=progress)
     report = out / "report"
     deploy = fold_batchnorm(net)
-    register_fn = registration_fn(deploy, cfg)
+    register_fn = registration_fn(network_registration(deploy, cfg))
     total, nonzero = count_parameters(deploy)
     rows = []
     fns = {"identity": lambda m, f: np.zeros((3, *cfg.data.shape)),

@@ -11,8 +11,9 @@ by eigendecomposition), t = c_m - M c_f: the affine that carries the fixed image
 and second moments onto the moving image's, whichever of the many such maps stays closest to
 a pure scaling. float64 throughout; 12 numbers cross the host boundary, the network's input
 is then quantised by its own input quantiser as before (hw/SPEC.md). No training, no
-iterations: a few milliseconds per pair on the demo grid. Measured on the demo's 20 test
-pairs without a network: Dice 0.453 (centroid alone 0.438, identity 0.350).
+iterations: a few milliseconds per pair on the demo grid. model/registration.py runs it
+before the network (`model.prealign` = "moments" or "affine"); benchmarks/global_stage.py
+measures each stage alone against ANTs' affine stage.
 """
 from __future__ import annotations
 
@@ -178,15 +179,3 @@ def network_input(kind: str, moving: np.ndarray, fixed: np.ndarray) -> tuple[np.
     """The pair the network sees: (moving after the global stage, fixed), float32."""
     return prealign(kind, moving, fixed)[0], np.asarray(fixed, np.float32)
 
-
-def with_global_stage(kind: str, network):
-    """`network(moving, fixed) -> local (3, X, Y, Z)` as a whole registration
-    `(moving, fixed) -> ddf`: pre-align, run the network on the aligned pair, compose. With
-    `none` the network itself (the same numbers as without this wrapper)."""
-    if kind == "none":
-        return network
-
-    def register(moving: np.ndarray, fixed: np.ndarray) -> np.ndarray:
-        aligned, M, t = prealign(kind, moving, fixed)
-        return compose(M, t, network(aligned, np.asarray(fixed, np.float32)))
-    return register

@@ -215,9 +215,3 @@ def refine(moving: np.ndarray, fixed: np.ndarray, ddf0: np.ndarray, cfg: RefineC
         u = u - np.float32(cfg.lr / (1 - b1 ** k)) * m / (np.sqrt(v / np.float32(1 - b2 ** k)) + ADAM_EPS)
     return ddf0 + upsample(u, r.shape).astype(ddf0.dtype)
 
-
-def with_refinement(cfg: RefineConfig, registration):
-    """`registration(moving, fixed) -> (3, X, Y, Z)` followed by `refine` (itself when cfg.iters is 0)."""
-    if cfg.iters == 0:
-        return registration
-    return lambda moving, fixed: refine(moving, fixed, registration(moving, fixed), cfg)

@@ -94,12 +94,14 @@ def tiny_run(tiny_data, tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_export(tiny_data, tiny_run) -> tuple[Path, Path, dict]:
-    """(config, OUT, manifest) after `make export` on the tiny run."""
+    """(config, OUT, manifest) after `make export` on the tiny run (registration.json included)."""
     from export.export import export
+    from hw.runtime import write_settings
     from model.config import load_config
 
     cfg_path, out = tiny_run
     manifest = export(load_config(cfg_path), out, tiny_data, progress=False)
+    write_settings(load_config(cfg_path), out / "export", str(cfg_path))
     return cfg_path, out, manifest
 
 

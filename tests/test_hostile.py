@@ -263,10 +263,14 @@ def test_latency_that_measured_nothing_fails_and_keeps_results(tmp_path, capsys)
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from latency import main
 
+    from hw.runtime import write_settings
+    from model.config import config_from_dict, config_to_dict
+
     export = tmp_path / "export"
     export.mkdir()
-    (export / "manifest.json").write_text(json.dumps({"config": {"data": {"shape": [16, 16, 16]},
-                                                                 "model": {"levels": 2}}}))
+    cfg = config_from_dict({"data": {"shape": [16, 16, 16]}, "model": {"levels": 2, "ddf_levels": [0, 1, 2]}})
+    (export / "manifest.json").write_text(json.dumps({"config": config_to_dict(cfg), "ddf_exponent": 4}))
+    write_settings(cfg, export)  # an export without weights.bin: the reference_int worker fails
     bench = tmp_path / "bench"
     bench.mkdir()
     (bench / "latency.json").write_text('{"earlier": "results"}')
@@ -274,6 +278,9 @@ def test_latency_that_measured_nothing_fails_and_keeps_results(tmp_path, capsys)
                           "--warmup", "0"], capsys)
     assert rc == 1 and "no backend was measured" in _one_error(err)
     assert (bench / "latency.json").read_text() == '{"earlier": "results"}' and len(list(bench.iterdir())) == 1
+    (export / "registration.json").unlink()  # an export of the format before it: refused before any run
+    rc, err = _run(main, ["--export", export, "--out", bench, "--backends", "reference_int"], capsys)
+    assert rc == 2 and "registration.json: missing" in _one_error(err)
 
 
 def test_train_refuses_negative_steps_and_another_data_dir(tiny_config, tiny_data, tmp_path, capsys):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.prealign import affine_ddf, compose, moments, moments_affine, prealign, with_global_stage
+from model.prealign import affine_ddf, compose, moments, moments_affine, prealign
 
 
 def ellipsoid(shape, centre, radii):
@@ -51,9 +51,7 @@ def test_compose_by_hand():
     assert np.array_equal(affine_ddf(np.eye(3), np.zeros(3), shape), np.zeros((3, *shape)))
 
 
-def test_without_global_stage_the_network_is_unchanged():
-    net = lambda m, f: np.full((3, *m.shape), 0.25)
-    assert with_global_stage("none", net) is net
+def test_unknown_global_stage_is_refused():
     with pytest.raises(ValueError, match="expected one of"):
         prealign("rigid", np.ones((2, 2, 2)), np.ones((2, 2, 2)))
 

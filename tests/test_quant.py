@@ -253,8 +253,14 @@ def test_pipeline_masks_scales_and_schema(tiny_data, tiny_export):
 
     # with the test-time refinement (not a training input: the checkpoints stay valid), which adds
     # the trained and the deployed network without it as rows of their own
-    cfg = dataclasses.replace(cfg, refine=RefineConfig(iters=2))
-    table = report(cfg, tiny_data, out, progress=False)
+    from hw.runtime import write_settings
+
+    plain, cfg = cfg, dataclasses.replace(cfg, refine=RefineConfig(iters=2))
+    write_settings(cfg, out / "export")  # as make export does when [refine] changes
+    try:
+        table = report(cfg, tiny_data, out, progress=False)
+    finally:
+        write_settings(plain, out / "export")
     rows = {r["model"]: r for r in table["rows"]}
     assert list(rows) == ["identity", "ants_affine", "ants_syn", "trained_unrefined", "trained", "pruned", "pruned_finetuned",
                           "blocks_finetuned", "int8_qat", "int8_deployed_unrefined", "int8_deployed", "int4_qat",
