@@ -281,7 +281,10 @@ def fit(net: torch.nn.Module, cfg: Config, data: TrainData, out: Path, *, steps:
                 save(done, ckpt_path)
     if bar is not None:
         bar.close()
-    if rank == 0:
+    # a finished run is left as it is (make re-runs a stage whose config sections changed; this
+    # one had nothing to do, so nothing downstream should see a new file)
+    finished = start == steps and final_path.exists() and load_checkpoint(final_path, cfg, resume=True)["step"] == steps
+    if rank == 0 and not finished:
         save(steps, final_path, final=True)
         if steps == start and not ckpt_path.exists():
             save(start, ckpt_path)

@@ -159,6 +159,10 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_data, tiny_con
     assert all(torch.equal(a[k], b[k]) for k in a)
     log = [json.loads(x)["step"] for x in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
     assert log == [1, 2, 3]
+    # resuming the finished run leaves its model untouched (make's later stages see no new file)
+    before = (tmp_path / "cut" / "model.pt").stat().st_mtime_ns
+    train(cfg, tiny_data, tmp_path / "cut", resume=True, progress=False)
+    assert (tmp_path / "cut" / "model.pt").stat().st_mtime_ns == before
 
 
 def test_ema_is_the_moving_average_of_each_steps_weights(tiny_data, tiny_config, tmp_path):
