@@ -45,7 +45,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0   # the local CPU wheel first: nothing pulls CUDA
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[toolchain,dev]'
 	touch $@
 
 venv: $(STAMP)

@@ -1,0 +1,185 @@
+"""Write the README's measured tables from a run directory, so that no measured number is typed.
+
+    python -m benchmarks.docs_tables --run runs/demo [--readme README.md] [--check]
+    make docs                                     # the same for OUT (default runs/demo)
+
+The README holds blocks between `<!-- generated:NAME -->` and `<!-- /generated:NAME -->`;
+each is replaced by the table NAME made from the run's own files, headed by the run's commit
+and the date of the file it was read from:
+
+    quality      OUT/report/table1.json    (make report): Table 1's main rows
+    size         OUT/export/manifest.json  (make export): the deployed files' bytes
+    latency      OUT/bench/latency.json    (make bench): p50 per backend and the host steps
+    accelerator  OUT/rtl/cycles.json, synth.json (make rtl-sim, rtl-synth)
+
+A block whose file is missing says so rather than keeping old numbers. Re-running on the
+same run directory writes the same bytes (tests/test_docs.py). --check exits 1 if the
+README differs from what the run gives (nothing is written).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import sys
+from pathlib import Path
+
+from benchmarks.latency import match_text
+
+# Table 1's rows shown in the README, in order, with their labels (the full table:
+# OUT/report/table1.md)
+QUALITY_ROWS = [
+    ("identity", "no registration"),
+    ("global_stage", "global stage alone (host)"),
+    ("ants_affine", "ANTs affine (1 thread)"),
+    ("ants_syn", "ANTs SyN (1 thread)"),
+    ("trained_unrefined", "trained network alone (fp32)"),
+    ("trained", "trained (fp32, + refinement)"),
+    ("int8_qat", "int8 QAT (Brevitas)"),
+    ("int8_deployed_unrefined", "int8 deployed network alone"),
+    ("int8_deployed", "**int8 deployed** (+ refinement)"),
+    ("int4_layer_s90", "int4 QAT, layer-aware 90 % sparse"),
+]
+# rows timed as deployed (host numpy, the exported network in its runtime, ANTs), where a
+# speed against SyN means something; the others run PyTorch eager
+SPEED_ROWS = ("global_stage", "ants_affine", "int8_deployed_unrefined", "int8_deployed")
+SIZE_FILES = ["weights.bin", "weights_int4.bin", "localnet_fp32.onnx", "localnet_int8.onnx",
+              "localnet_int8_openvino.onnx", "register_int8.onnx"]
+BLOCK = re.compile(r"(<!-- generated:(\w+) -->\n)(.*?)(<!-- /generated:\2 -->)", re.S)
+
+
+def _load(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not readable JSON ({e})") from None
+
+
+def _stamp(path: Path, commit: str | None) -> str:
+    if not commit:  # files written before they carried a commit: the run's export says which
+        m = _load(path.parent.parent / "export" / "manifest.json")
+        commit = m.get("git_commit") if isinstance(m, dict) else None
+    day = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc).strftime("%Y-%m-%d")
+    return f"From `{path.parent.name}/{path.name}` of a run at commit {str(commit or 'unknown')[:12]}, {day}."
+
+
+def _fmt(v, nd=3):
+    return "" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v))
+
+
+def quality(run: Path) -> str:
+    path = run / "report" / "table1.json"
+    t = _load(path)
+    if t is None:
+        return f"(no `{path}`: run `make report`)\n"
+    rows = {r["model"]: r for r in t["rows"]}
+    syn = rows.get("ants_syn", {}).get("seconds_per_pair")
+    out = [_stamp(path, t.get("git_commit")) + f" {t['pairs']} ordered test pairs, {len(t['labels'])} labels.", "",
+           "| registration | Dice | centroid TRE mm | folding % | vanished labels | s / pair | vs SyN |",
+           "|---|---|---|---|---|---|---|"]
+    for name, label in QUALITY_ROWS:
+        r = rows.get(name)
+        if r is None:
+            continue
+        s = r.get("seconds_per_pair")
+        speed = f"{syn / s:.1f}x" if syn and s and name in SPEED_ROWS else ""
+        out.append(f"| {label} | {_fmt(r['dice'])} | {_fmt(r['tre_mm'], 2)} | {_fmt(r['folding_pct'])} | "
+                   f"{r['vanished_labels']} | {_fmt(s, 4)} | {speed} |")
+    return "\n".join(out) + "\n"
+
+
+def size(run: Path) -> str:
+    path = run / "export" / "manifest.json"
+    m = _load(path)
+    if m is None:
+        return f"(no `{path}`: run `make export`)\n"
+    files = m.get("files", {})
+    out = [_stamp(path, m.get("git_commit")), "", "| file | bytes | gzip -9 bytes |", "|---|---|---|"]
+    for name in SIZE_FILES:
+        f = files.get(name)
+        if f:
+            out.append(f"| `{name}` | {f['bytes']:,} | {f['gzip_bytes']:,} |")
+    return "\n".join(out) + "\n"
+
+
+def latency(run: Path) -> str:
+    path = run / "bench" / "latency.json"
+    rep = _load(path)
+    if rep is None:
+        return f"(no `{path}`: run `make bench`)\n"
+    p = rep["platform"]
+    out = [_stamp(path, rep.get("git_commit")) + f" {p['cpu']}, {rep['threads']} threads, grid {rep['shape']}, "
+           f"{rep['runs']} runs.", "", "| backend | p50 ms | p90 ms | matches the reference |", "|---|---|---|---|"]
+    for r in rep["results"]:
+        out.append(f"| {r['backend']} | {r['p50_ms']} | {r['p90_ms']} | {match_text(r)} |")
+    h = rep.get("host_steps") or {}
+    names = {"prealign_ms": "global stage", "compose_ms": "composition", "refine_ms": "refinement"}
+    steps = [f"{names[k]} {v} ms" for k, v in h.items() if k in names]
+    if steps:
+        out += ["", "Host steps around the network (numpy, p50): " + ", ".join(steps) + "."]
+    return "\n".join(out) + "\n"
+
+
+def accelerator(run: Path) -> str:
+    cyc_path, syn_path = run / "rtl" / "cycles.json", run / "rtl" / "synth.json"
+    cyc, syn = _load(cyc_path), _load(syn_path)
+    if cyc is None:
+        return f"(no `{cyc_path}`: run `make rtl-sim`)\n"
+    cycles = max(p["cycles"] for p in cyc["pairs"])
+    out = [_stamp(cyc_path, cyc.get("git_commit")), "", "| quantity | value |", "|---|---|",
+           f"| cycles per pair (simulated, ideal memory) | {cycles:,} |",
+           f"| cycle model equal to simulation | {cyc.get('cycle_model_checked')} |",
+           f"| sparse / dense cycles | {cyc.get('sparse_vs_dense')} |",
+           f"| MAC array | {cyc.get('array_macs')} |"]
+    if syn is not None:
+        fmax = syn.get("fmax_mhz")
+        out.append(f"| placed fmax ({syn.get('device')}) | {fmax} MHz |")
+        if fmax:
+            out.append(f"| ms per pair at that fmax (ideal memory: a lower bound on a board) | {cycles / (fmax * 1e3):.1f} |")
+    return "\n".join(out) + "\n"
+
+
+TABLES = {"quality": quality, "size": size, "latency": latency, "accelerator": accelerator}
+
+
+def render(text: str, run: Path) -> str:
+    """`text` with every generated block replaced by its table from `run`."""
+    def block(m: re.Match) -> str:
+        name = m.group(2)
+        if name not in TABLES:
+            raise ValueError(f"generated block {name!r}: unknown; known: {sorted(TABLES)}")
+        return m.group(1) + TABLES[name](run) + m.group(4)
+    return BLOCK.sub(block, text)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, type=Path, help="a run directory (OUT of make demo)")
+    ap.add_argument("--readme", type=Path, default=Path("README.md"))
+    ap.add_argument("--check", action="store_true", help="exit 1 if the file differs from what the run gives")
+    a = ap.parse_args(argv)
+    from model.artifacts import atomic_write_text
+    from model.cli import run_cli
+
+    def body():
+        if not a.run.is_dir():
+            raise ValueError(f"--run {a.run}: no such run directory")
+        try:
+            old = a.readme.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"{a.readme}: cannot read ({e})") from None
+        new = render(old, a.run)
+        if a.check:
+            print(f"{a.readme}: {'up to date' if new == old else 'differs from ' + str(a.run)}")
+            return 0 if new == old else 1
+        if new != old:
+            atomic_write_text(a.readme, new)
+        print(f"[docs] {a.readme}: {len(BLOCK.findall(new))} tables from {a.run}", file=sys.stderr)
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

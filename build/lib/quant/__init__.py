@@ -1,0 +1,1 @@
+"""Compression of the trained network: pruning with held masks, the Brevitas integer twin, QAT."""
