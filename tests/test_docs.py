@@ -39,8 +39,8 @@ def _run(tmp: Path) -> Path:
         "rows": [row("identity", 0.314, 0.0001), row("ants_syn", 0.453, 0.5), row("int8_deployed", 0.5012, 0.025)]}))
     (run / "bench" / "latency.json").write_text(json.dumps({
         "platform": {"cpu": "cpu X"}, "threads": 2, "shape": [32, 40, 32], "runs": 30,
-        "results": [{"backend": "openvino_int8", "p50_ms": 9.1, "p90_ms": 9.9, "matches_reference": True,
-                     "max_abs_diff": None}],
+        "results": [{"backend": "openvino_int8", "p50_ms": 9.1, "p90_ms": 9.9, "register_p50_ms": 31.5,
+                     "matches_reference": True, "max_abs_diff": None}],
         "host_steps": {"prealign_ms": 15.2, "refine_ms": 0.9}}))
     (run / "export" / "manifest.json").write_text(json.dumps({
         "git_commit": "abcdef1234567890", "files": {"weights.bin": {"bytes": 270688, "gzip_bytes": 200001}}}))
@@ -61,7 +61,7 @@ def test_tables_from_a_run(tmp_path):
     # the values of the fixture, formatted by hand
     assert "| **int8 deployed** (+ refinement) | 0.501 | 8.50 | 0.010 | 0 | 0.0250 | 20.0x |" in out
     assert "| ANTs SyN (1 thread) | 0.453 | 8.50 | 0.010 | 0 | 0.5000 |  |" in out
-    assert "| openvino_int8 | 9.1 | 9.9 | yes, exactly |" in out
+    assert "| openvino_int8 | 9.1 | 9.9 | 31.5 | yes, exactly |" in out
     assert "global stage 15.2 ms, refinement 0.9 ms" in out
     assert "| `weights.bin` | 270,688 | 200,001 |" in out
     assert "| cycles per pair (simulated, ideal memory) | 7,871,501 |" in out
