@@ -154,14 +154,19 @@ class QATConfig:
 
 @dataclass
 class RefineConfig:
-    """The test-time refinement after the network (model/refine.py): `iters` Adam steps of size
-    `lr` (voxels) on 1 - squared local NCC (`window` cells of the half-resolution grid) plus
-    `bending` x the bending energy; 0 steps: none. Not a training input, so editing it keeps
-    every checkpoint valid (STAGE_SECTIONS)."""
+    """The test-time refinement after the network (model/refine.py): at most `iters` Adam steps
+    of size `lr` (voxels) on 1 - squared local NCC (`window` cells of the half-resolution grid)
+    plus `bending` x the bending energy; 0 steps: none. It stops early once a step changes the
+    similarity (the mean squared local NCC) by less than `tol` relative to its value (0: never),
+    or, with `budget_ms` > 0, once that many milliseconds have passed (a deployment's time
+    budget: the result then depends on the machine's speed, so reports leave it 0). Not a
+    training input, so editing it keeps every checkpoint valid (STAGE_SECTIONS)."""
     iters: int = 0
     lr: float = 0.2
     bending: float = 0.5
     window: int = 3
+    tol: float = 0.0
+    budget_ms: float = 0.0
 
 
 @dataclass
@@ -321,6 +326,8 @@ RANGES = {
     "refine.lr": (0, 100, True, False),
     "refine.bending": (0, INF, False, True),
     "refine.window": (1, 99, False, False),
+    "refine.tol": (0, 1, False, False),
+    "refine.budget_ms": (0, INF, False, True),
 }
 
 # the config sections each stage's artifacts depend on: a checkpoint is refused only when one

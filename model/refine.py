@@ -19,6 +19,7 @@ gradient against torch's autograd of the same loss.
 """
 from __future__ import annotations
 
+import time
 from functools import lru_cache
 
 import numpy as np
@@ -189,29 +190,50 @@ class Refiner:
         nc = self.fixed_c.shape
         self.base = 2 * np.indices(nc, dtype=np.float32)  # cell centre 2i + 0.5 is moving_b's index 2i
 
-    def loss_and_grad(self, u: np.ndarray, energy: bool = True) -> tuple[float | None, np.ndarray]:
+    def similarity_and_grad(self, u: np.ndarray, energy: bool = False):
+        """(mean squared local NCC, the loss's gradient in u[, the loss]): the loss itself (with
+        the bending energy's value) only if `energy`."""
         d = self.d0_c + u
         warped, gw = warp_and_grad(self.moving_b, self.base + d)
         ncc, g_a = self.ncc(warped)
         be, g_be = bending_and_grad(d, energy)
-        return (1 - ncc + self.cfg.bending * be if energy else None), -g_a * gw + np.float32(self.cfg.bending) * g_be
+        grad = -g_a * gw + np.float32(self.cfg.bending) * g_be
+        return (ncc, grad, 1 - ncc + self.cfg.bending * be) if energy else (ncc, grad)
+
+    def loss_and_grad(self, u: np.ndarray) -> tuple[float, np.ndarray]:
+        ncc, grad, loss = self.similarity_and_grad(u, energy=True)
+        return loss, grad
 
 
-def refine(moving: np.ndarray, fixed: np.ndarray, ddf0: np.ndarray, cfg: RefineConfig) -> np.ndarray:
+def refine(moving: np.ndarray, fixed: np.ndarray, ddf0: np.ndarray, cfg: RefineConfig,
+           stats: dict | None = None) -> np.ndarray:
     """(X, Y, Z) images and the (3, X, Y, Z) voxel field of the registration so far -> the refined
-    field, ddf0 plus the interpolated correction (ddf0's dtype)."""
+    field, ddf0 plus the interpolated correction (ddf0's dtype). Stops after cfg.iters steps, or
+    earlier by cfg.tol or cfg.budget_ms (RefineConfig). `stats`, if given, receives the steps
+    taken and the similarity (mean squared local NCC on the coarse grid) before each step."""
     if cfg.iters == 0:
         return ddf0
     if ddf0.shape != (3, *moving.shape) or fixed.shape != moving.shape:
         raise ValueError(f"refine: moving {moving.shape}, fixed {fixed.shape} and ddf {ddf0.shape} do not match")
+    t0 = time.perf_counter()
     r = Refiner(moving, fixed, ddf0, cfg)
     u = np.zeros_like(r.d0_c)
     m, v = np.zeros_like(u), np.zeros_like(u)
     (b1, b2) = ADAM_BETAS
+    similarity = []
+    k = 0
     for k in range(1, cfg.iters + 1):
-        _, g = r.loss_and_grad(u, energy=False)
+        ncc, g = r.similarity_and_grad(u)
+        if similarity and abs(ncc - similarity[-1]) < cfg.tol * abs(similarity[-1]):
+            k -= 1  # the last step changed the similarity by less than tol: stop before this one
+            similarity.append(ncc)
+            break
+        similarity.append(ncc)
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g * g
         u = u - np.float32(cfg.lr / (1 - b1 ** k)) * m / (np.sqrt(v / np.float32(1 - b2 ** k)) + ADAM_EPS)
+        if cfg.budget_ms and (time.perf_counter() - t0) * 1e3 >= cfg.budget_ms:
+            break
+    if stats is not None:
+        stats.update(steps=k, similarity=similarity)
     return ddf0 + upsample(u, r.shape).astype(ddf0.dtype)
-

@@ -104,3 +104,23 @@ def test_no_steps_is_the_registration_itself():
 def test_config_refuses_bad_refinement(bad):
     with pytest.raises(ConfigError, match="refine"):
         config_from_dict({"data": {"shape": [32, 32, 32]}, "model": {"levels": 3}, "refine": {"iters": 3, **bad}})
+
+
+def test_stopping_by_the_similarity_is_the_same_as_that_many_steps():
+    """With `tol` the refinement stops once a step changes the similarity by less than tol
+    relative to it; what it returns is then, bit for bit, the refinement of that many steps."""
+    shape = (32, 40, 32)
+    fixed = blobs(shape, (15.0, 20.0, 16.0))
+    moving = blobs(shape, (15.0, 20.0, 16.0), shift=(2.0, -1.5, 1.0))
+    ddf0 = np.zeros((3, *shape))
+    full = {}
+    refine(moving, fixed, ddf0, RefineConfig(iters=40, lr=0.2), full)
+    sim = full["similarity"]
+    assert full["steps"] == 40 and len(sim) == 40 and sim[-1] > sim[0]  # the similarity grows
+    rel = [abs(b - a) / abs(a) for a, b in zip(sim, sim[1:])]
+    tol = sorted(rel)[len(rel) // 2]  # a threshold some step's change falls below
+    stop = next(i for i, r in enumerate(rel) if r < tol) + 1  # steps taken before the first small change
+    st = {}
+    out = refine(moving, fixed, ddf0, RefineConfig(iters=40, lr=0.2, tol=tol), st)
+    assert st["steps"] == stop < 40 and st["similarity"] == sim[:stop + 1]
+    assert np.array_equal(out, refine(moving, fixed, ddf0, RefineConfig(iters=stop, lr=0.2)))

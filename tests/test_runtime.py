@@ -176,7 +176,8 @@ def _nifti(path, data, aff=None):
     return path
 
 
-@pytest.mark.parametrize("case", ["not_nifti", "multi_volume", "nan", "no_overlap", "out_is_input", "old_export"])
+@pytest.mark.parametrize("case", ["not_nifti", "two_d", "multi_volume", "nan", "no_overlap", "out_is_input",
+                                  "old_export"])
 def test_cli_bad_input(case, export_dir, tiny_data, tmp_path, capsys):
     from hw.register import main
 
@@ -185,10 +186,13 @@ def test_cli_bad_input(case, export_dir, tiny_data, tmp_path, capsys):
     moving = _nifti(tmp_path / "m.nii.gz", rng.random((12, 12, 12)).astype(np.float32))
     export, out = export_dir, tmp_path / "w.nii.gz"
     want = {"not_nifti": "m.nii.gz: cannot read", "multi_volume": "m.nii.gz: expected a 3-D volume",
+            "two_d": "m.nii.gz: expected a 3-D volume",
             "nan": "NaN", "no_overlap": "do not overlap", "out_is_input": "refusing to overwrite an input",
             "old_export": "registration.json: missing"}[case]
     if case == "not_nifti":
         moving.write_bytes(b"not a NIfTI file")
+    elif case == "two_d":
+        _nifti(moving, rng.random((12, 12)).astype(np.float32))
     elif case == "multi_volume":
         _nifti(moving, rng.random((12, 12, 12, 2)).astype(np.float32))
     elif case == "nan":
