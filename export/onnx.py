@@ -184,7 +184,8 @@ def qlinear_graph(model, where: str = "model") -> dict[str, int]:
       X-shifted copies (k < kernel extent along X) are stacked as channels (X, K*C, Y, Z); the
       weight (O, C, K, Ky, Kz) becomes (O, K*C, Ky, Kz) in the same order, so every output
       sums the same integer products. onnxruntime's 3-D QLinearConv is an im2col product on
-      one thread (its first 7^3 convolution 191 ms, README, Latency); its 2-D one is its
+      one thread (its first 7^3 convolution alone several times the float one: docs/experiments.md,
+      Latency); its 2-D one is its
       threaded NHWC kernel. Needs batch 1 (the exported files fix it) and stride 1.
 
     The trilinear up-sampling of the coarse displacement fields stays float: its outputs lie
@@ -344,16 +345,14 @@ def openvino_graph(model, where: str = "model") -> dict[str, int]:
       emits it to narrow int8 weights to [-127, 127] (int4 to [-7, 7]), which the stored
       integers already are (checked: a weight outside its Clip is a ValueError naming `where`
       and the tensor). OpenVINO's low-precision pass does not look through the Clip and runs
-      every convolution in f32 (measured on the demo network, one thread: 42.6 ms with the
-      Clips, 23.2 without).
+      every convolution in f32 (about twice as slow on the demo network: docs/experiments.md).
     - a barrier, Max(x, x), between an Add and each input that is a convolution's re-quantised
       output. Without it OpenVINO fuses the convolution, its re-quantisation and the add into
       one node that rounds once where the graph rounds twice, and its integers differ by one LSB
-      (measured: the first residual add, down.0.add, 59,201 of 327,680 elements; 132,907 ddf
-      elements of the two golden pairs); the barrier keeps them apart and every element equal.
-      OpenVINO runs Max(x, x) inside its element-wise kernels: the earlier barrier, a MaxPool of
-      kernel 1, was a pooling pass of its own per add (the demo network, one thread: 21.4 ms
-      with MaxPools, 17.2 with Max; README, Latency).
+      (from the first residual add on: docs/experiments.md); the barrier keeps them apart and
+      every element equal. OpenVINO runs Max(x, x) inside its element-wise kernels: the earlier
+      barrier, a MaxPool of kernel 1, was a pooling pass of its own per add (slower: the same
+      log).
 
     Returns the number of each rewrite."""
     from onnx import helper, numpy_helper

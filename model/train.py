@@ -316,10 +316,9 @@ def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, progress
         raise ConfigError(f"train.steps = {cfg.train.steps}: training needs at least 1 step")
     setup_torch(cfg)
     data = load_train_data(cfg, data_dir, progress)
-    # the default layout: the float path the demo's configuration was chosen on. Changing only
-    # the layout (same seed, same data) trained a network of test Dice 0.398 and 0.155 %
-    # folding against 0.441 and 0.054 % (README, Registration quality: a 700-step training is
-    # known to a few hundredths); the later stages fine-tune from it in channels-last
+    # the default layout: the float path the demo's configuration was chosen on (changing only
+    # the layout trains another network of the same seed: docs/experiments.md); the later
+    # stages fine-tune from it in channels-last
     path = fit(LocalNet(cfg.model), cfg, data, out, steps=cfg.train.steps, lr=cfg.train.lr,
                lr_final=cfg.train.lr_final, resume=resume, channels_last=False, ema_decay=cfg.train.ema_decay,
                progress=progress, extra={"data": str(Path(data_dir).resolve()), "stage": "train"})
