@@ -137,7 +137,10 @@ def accelerator(run: Path) -> str:
            f"| cycles per pair (simulated, ideal memory) | {cycles:,} |",
            f"| cycle model equal to simulation | {cyc.get('cycle_model_checked')} |",
            f"| sparse / dense cycles | {cyc.get('sparse_vs_dense')} |",
-           f"| MAC array | {cyc.get('array_macs')} |"]
+           f"| MAC array | {cyc.get('array_macs')} |",
+           f"| executed-MAC utilisation (stored blocks at taps inside the volume / array capacity) "
+           f"| {cyc.get('executed_mac_util', 'n/a')} |",
+           f"| dense-equivalent utilisation (every weight's MACs / array capacity) | {cyc.get('dense_equiv_util', 'n/a')} |"]
     if syn is not None:
         fmax = syn.get("fmax_mhz")
         out.append(f"| placed fmax ({syn.get('device')}) | {fmax} MHz |")

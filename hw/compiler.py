@@ -87,6 +87,7 @@ class Desc:
     s_out: int = 0
     entries: list[int] = field(default_factory=list)   # CONV: weight blocks per output group
     macs: int = 0                                      # CONV: the layer's dense MACs (dense_macs); 0: data movement
+    executed_macs: int = 0                             # CONV: MACs of its stored blocks at taps inside the volume
 
     def fields(self) -> list[int]:
         d, h, w = self.grid
@@ -119,7 +120,8 @@ class Program:
 
     def to_json(self) -> dict:
         return {"lanes": LANES, "mem_words": int(self.act_base + self.act_words), "dense_weights": self.dense,
-                "descriptors": [{"layer": d.layer, "op": d.op, "fields": d.fields(), "entries": d.entries, "macs": d.macs}
+                "descriptors": [{"layer": d.layer, "op": d.op, "fields": d.fields(), "entries": d.entries, "macs": d.macs,
+                 "executed_macs": d.executed_macs}
                                 for d in self.descs],
                 "tensors": {n: asdict(t) for n, t in self.tensors.items()}}
 
@@ -148,6 +150,16 @@ def dense_macs(grid, k: int, cin: int, cout: int) -> int:
         o = np.arange(n)
         per_axis.append(int((np.minimum(o + p, n - 1) - np.maximum(o - p, 0) + 1).sum()))
     return int(np.prod(per_axis)) * cin * cout
+
+
+def executed_macs(grid, k: int, blocks) -> int:
+    """MACs the engine executes for a layer: every stored 8x8 block (all 64 products, zeros
+    inside it included) at every output voxel whose tap lies inside the volume. Skipped blocks
+    and taps in the padding count nothing."""
+    p = k // 2
+    inside = lambda n, t: max(n - abs(t - p), 0)  # noqa: E731  (voxels o with 0 <= o + t - p < n)
+    return sum(LANES * LANES * inside(grid[0], a) * inside(grid[1], b) * inside(grid[2], c)
+               for bl in blocks for (a, b, c, _g), _w in bl)
 
 
 def conv_blocks(rec: Record, dense: bool, w_taps: list[int] | None = None) -> list[list[tuple[tuple[int, int, int, int], np.ndarray]]]:
@@ -349,7 +361,8 @@ class Compiler:
         y = self._alloc(act, cout, grid, out.e0)
         d = Desc(OP_CONV, conv, flags=(F_RELU if out.relu else 0) | (F_A_NEAREST if nearest_in else 0), grid=grid,
                  a=(x.base, x.stride, 0), o=(y.base, y.stride), ocg=len(blocks), k=kd,
-                 entries=[len(bl) for bl in blocks], macs=macs)
+                 entries=[len(bl) for bl in blocks], macs=macs,
+                 executed_macs=executed_macs(grid, kd, blocks) if macs else 0)
         self.descs.append(d)
         self.wpending.append((d, rec.bias, shifts, blocks))
         return y

@@ -15,13 +15,43 @@ import numpy as np
 
 from hw.reference import requantize_shift_rne, saturate_range
 from hw.compiler import (DESC_WORDS, F_A_NEAREST, F_A_TRILINEAR, F_B_NEAREST, F_HAS_B, F_RELU, LANES, OP_ADD,
-                         OP_CONV, OP_END, OP_MAXPOOL, TP)
+                         OP_CONV, OP_END, OP_MAXPOOL, TP, WBUF_ENTRIES)
 
 # cycle model (hw/ACCEL.md): fixed costs of the controller
 FETCH_CYCLES = DESC_WORDS + 3      # 8 requests, 2 cycles to the last word (registered request, read), decode
 LOAD_FIXED = 1 + LANES // 2 + 1 + 2    # block count, 4 bias words, the shift word, 2 cycles to the last word
 DRAIN_CYCLES = 18                  # after the last slot: I0-I1, A0-A4, memory, P0, P1a-P1c, P2a-P2c, P3-P5, the write
 START_CYCLES = 1
+
+
+# the engine's error codes (hw/ACCEL.md, "Errors"): the run stops, done rises with the code
+E_OPCODE, E_GRID, E_STRIDE, E_KERNEL, E_BLOCKS, E_GROUPS = 1, 2, 3, 4, 5, 6
+
+
+class EngineError(ValueError):
+    """A descriptor the engine stops on, with its error code."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(f"engine error {code}: {message}")
+        self.code = code
+
+
+def decode_error(d: dict) -> tuple[int, str] | None:
+    """The error the engine raises when it decodes `d` (None: it runs), in the RTL's order."""
+    pow2 = lambda n: 1 <= n <= 128 and n & (n - 1) == 0  # noqa: E731
+    if d["op"] > OP_MAXPOOL:
+        return E_OPCODE, f"undefined opcode {d['op']}"
+    if d["op"] == OP_END:
+        return None
+    if 0 in d["grid"]:
+        return E_GRID, f"grid {d['grid']} has a zero extent"
+    if not pow2(d["a"][1]) or not pow2(d["o"][1]) or (d["flags"] & F_HAS_B and not pow2(d["b"][1])):
+        return E_STRIDE, "a words-per-voxel field that is not a power of two in 1 .. 128"
+    if d["op"] == OP_CONV and (d["k"] % 2 == 0 or d["k"] > 31):
+        return E_KERNEL, f"kernel size {d['k']}: odd, at most 31"
+    if (d["ocg"] if d["op"] == OP_CONV else d["groups"]) == 0:
+        return E_GROUPS, "no channel groups to compute"
+    return None
 
 
 def decode(mem: np.ndarray, pc: int) -> dict:
@@ -96,6 +126,8 @@ def _conv(mem: np.ndarray, d: dict, cyc: dict, tp: int) -> None:
     nvox = D * H * W
     for og in range(d["ocg"]):
         n = int(mem[ptr])
+        if not 1 <= (n & 0xFFFFFFFF) <= WBUF_ENTRIES:
+            raise EngineError(E_BLOCKS, f"output group {og}: {n & 0xFFFFFFFF} weight blocks, not 1 .. {WBUF_ENTRIES}")
         bias = np.ascontiguousarray(mem[ptr + 1:ptr + 1 + LANES // 2], dtype=np.uint64).view(np.int32).astype(np.int64)
         shifts = np.array([int(mem[ptr + 1 + LANES // 2])], dtype="<u8").view(np.int8).astype(np.int64)
         acc = np.zeros((D, H, W, LANES), dtype=np.float64)
@@ -152,16 +184,17 @@ def run_image(mem: np.ndarray, max_descs: int = 4096, tp: int = TP) -> tuple[np.
     per = []
     for pc in range(max_descs):
         d = decode(mem, pc)
+        err = decode_error(d)
+        if err:
+            raise EngineError(err[0], f"descriptor {pc}: {err[1]}")
         cyc = {"pc": pc, "op": d["op"], "fetch": FETCH_CYCLES, "load": 0, "run": 0}
         if d["op"] == OP_END:
             per.append(cyc)
             return mem, per
         if d["op"] == OP_CONV:
             _conv(mem, d, cyc, tp)
-        elif d["op"] in (OP_ADD, OP_MAXPOOL):
-            _elementwise(mem, d, cyc)
         else:
-            raise ValueError(f"descriptor {pc}: unknown op {d['op']}")
+            _elementwise(mem, d, cyc)
         per.append(cyc)
     raise ValueError(f"no END descriptor in the first {max_descs}")
 

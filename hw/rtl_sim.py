@@ -66,8 +66,11 @@ def build(build_dir: Path, defines: dict | None = None, tp: int = TP):
     return runner
 
 
-def simulate(runner, build_dir: Path, image: np.ndarray, work: Path, max_cycles: int = 400_000_000) -> tuple[np.ndarray, dict]:
-    """Run one memory image to `done`: (memory after the run, {cycles, reads, writes, sim_s})."""
+def simulate(runner, build_dir: Path, image: np.ndarray, work: Path, max_cycles: int = 400_000_000, runs: int = 1,
+             check_error: bool = True) -> tuple[np.ndarray, dict]:
+    """Run one memory image to `done` (`runs` times without a reset between them): (memory after
+    the last run, {cycles, error, reads, writes, sim_s} of it). An error code other than 0 is a
+    SimError unless `check_error` is False."""
     work = work.resolve()   # the simulator runs in hw/rtl/
     build_dir = Path(build_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -78,12 +81,14 @@ def simulate(runner, build_dir: Path, image: np.ndarray, work: Path, max_cycles:
     t0 = time.perf_counter()
     runner.test(test_module="tb_accel", hdl_toplevel="accel_sim", build_dir=str(build_dir), test_dir=str(RTL_DIR),
                 plusargs=[f"+MEM_IN={mem_in}", f"+MEM_OUT={mem_out}", f"+DUMP_WORDS={len(image)}"],
-                extra_env={"ACCEL_RESULT": str(result), "ACCEL_MAX_CYCLES": str(max_cycles)},
+                extra_env={"ACCEL_RESULT": str(result), "ACCEL_MAX_CYCLES": str(max_cycles), "ACCEL_RUNS": str(runs)},
                 results_xml=str(work / "results.xml"), log_file=str(work / "sim.log"))
     if not result.is_file() or not mem_out.is_file():
         raise SimError(f"simulation did not finish: see {work / 'sim.log'}")
     res = json.loads(result.read_text())
     res["sim_s"] = round(time.perf_counter() - t0, 2)
+    if check_error and res.get("error"):
+        raise SimError(f"the engine stopped with error code {res['error']} (hw/ACCEL.md): see {work / 'sim.log'}")
     mem = read_readmemh64(mem_out, len(image))
     mem_in.unlink()
     mem_out.unlink()
@@ -91,15 +96,20 @@ def simulate(runner, build_dir: Path, image: np.ndarray, work: Path, max_cycles:
 
 
 def layer_report(prog: Program, per: list[dict], tp: int = TP) -> list[dict]:
-    """Per descriptor: the cycle model's cycles and, for convolutions, the layer's dense MACs
-    (taps inside the volume, every weight counted: the work of a dense engine; 0 for the first
-    layer's unfold, which only moves data) and the array utilisation."""
+    """Per descriptor: the cycle model's cycles and, for convolutions, two figures over the
+    array's capacity (cycles x TP x 64 MACs): `executed_mac_util`, the MACs it executes
+    (stored blocks at taps inside the volume, compiler.executed_macs), and
+    `dense_equiv_util`, the layer's dense MACs (every weight at every tap inside the volume:
+    the work a dense engine does; above 1 where skipped blocks save more than they cost).
+    The first layer's unfold only moves data: 0 MACs of either kind."""
     rows = []
     for d, c in zip(prog.descs, per):
         cyc = c["fetch"] + c["load"] + c["run"]
         row = {"layer": d.layer, "op": ["end", "conv", "add", "maxpool"][d.op], "cycles": cyc}
         if d.op == OP_CONV:
-            row.update(macs=d.macs, blocks=d.entries, mac_util=round(d.macs / (cyc * tp * LANES * LANES), 4))
+            cap = cyc * tp * LANES * LANES
+            row.update(macs=d.macs, executed_macs=d.executed_macs, blocks=d.entries,
+                       executed_mac_util=round(d.executed_macs / cap, 4), dense_equiv_util=round(d.macs / cap, 4))
         rows.append(row)
     return rows
 
@@ -119,9 +129,12 @@ def project(config_toml: Path) -> dict:
     prog = compile_weights(wb, grid=grid, dense=True, wbuf_entries=1 << 30, mem_words=1 << 62)
     cycles = total_cycles(cycle_model(prog))
     macs = sum(d.macs for d in prog.descs)
+    executed = sum(d.executed_macs for d in prog.descs)
     blocks = max(max(d.entries) for d in prog.descs if d.op == OP_CONV)
+    cap = cycles * TP * LANES * LANES
     return {"config": str(config_toml), "grid": list(grid), "cycles": cycles, "dense_macs": macs,
-            "mac_util": round(macs / (cycles * TP * LANES * LANES), 4), "weight_buffer_blocks": blocks,
+            "executed_mac_util": round(executed / cap, 4), "dense_equiv_util": round(macs / cap, 4),
+            "weight_buffer_blocks": blocks,
             "fits_weight_buffer": blocks <= WBUF_ENTRIES, "memory_bytes": 8 * (prog.act_base + prog.act_words)}
 
 
@@ -167,8 +180,10 @@ def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = 
         report["projection"] = project(project_config)
     layers = layer_report(prog, per, tp)
     macs = sum(r.get("macs", 0) for r in layers)
-    cyc = report["pairs"][0]["cycles"]
-    report.update(layers=layers, total_dense_macs=macs, mac_util=round(macs / (cyc * tp * LANES * LANES), 4))
+    executed = sum(r.get("executed_macs", 0) for r in layers)
+    cap = report["pairs"][0]["cycles"] * tp * LANES * LANES
+    report.update(layers=layers, total_dense_macs=macs, total_executed_macs=executed,
+                  executed_mac_util=round(executed / cap, 4), dense_equiv_util=round(macs / cap, 4))
     atomic_write_json(out / "cycles.json", report)
     return report
 
@@ -191,11 +206,13 @@ def main(argv=None) -> int:
         verilator_env()   # the tools first: nothing is compiled or written without them
         r = rtl_sim(a.golden, a.out, a.weights, a.dense, {d: 1 for d in a.define}, a.build_dir,
                    project_config=a.project, tp=a.tp)
-        for p in r["pairs"]:
-            if p["cycles"] != p["model_cycles"]:
-                print(f"warning: {p['dir']}: simulated {p['cycles']} cycles, the cycle model says "
-                      f"{p['model_cycles']}", file=sys.stderr)
-        print(f"[rtl-sim] MAC utilisation {r['mac_util']:.1%} -> {a.out}/cycles.json", file=sys.stderr)
+        print(f"[rtl-sim] executed-MAC utilisation {r['executed_mac_util']:.1%}, dense-equivalent "
+              f"{r['dense_equiv_util']:.1%} -> {a.out}/cycles.json", file=sys.stderr)
+        wrong = [p for p in r["pairs"] if p["cycles"] != p["model_cycles"]]
+        for p in wrong:
+            print(f"error: {p['dir']}: simulated {p['cycles']} cycles, the cycle model (hw/engine_model.py) "
+                  f"says {p['model_cycles']}", file=sys.stderr)
+        return 1 if wrong else 0
     return run_cli(body)
 
 

@@ -50,7 +50,7 @@ def test_fpga_projection_by_hand(tmp_path):
     rtl.mkdir()
     assert latency.fpga_projection(rtl) is None
     (rtl / "cycles.json").write_text(json.dumps({"pairs": [{"cycles": 2_000_000}, {"cycles": 3_000_000}],
-                                                "mac_util": 0.5}))
+                                                "executed_mac_util": 0.5, "dense_equiv_util": 0.7}))
     assert latency.fpga_projection(rtl) is None
     (rtl / "synth.json").write_text(json.dumps({"fmax_mhz": 60.0, "device": "LFE5UM-85F"}))
     f = latency.fpga_projection(rtl)

@@ -343,3 +343,82 @@ def test_block_index_is_the_engines_skipping_unit(weights):
     assert set(expect) <= set(descs)
     for name, e in expect.items():
         assert descs[name].entries == e, name
+
+
+def test_executed_macs_by_hand_and_dense_equals_dense_macs(weights):
+    """compiler.executed_macs counts each stored block's 64 products at the voxels whose tap lies
+    inside the volume. By hand for one block; and with every block stored and whole groups of 8
+    channels it equals dense_macs, which counts per axis instead (another formula)."""
+    from hw.compiler import dense_macs, executed_macs
+
+    blk = np.zeros((LANES, LANES), np.int8)
+    # k = 3 on a 2x3x4 grid, tap (0, 1, 2): inside along D 2 - 1, along H 3, along W 4 - 1
+    assert executed_macs((2, 3, 4), 3, [[((0, 1, 2, 0), blk)]]) == 64 * 1 * 3 * 3
+    dense = [[((a, b, c, 0), blk) for a in range(5) for b in range(5) for c in range(5)]]
+    assert executed_macs((6, 7, 9), 5, dense) == dense_macs((6, 7, 9), 5, LANES, LANES)
+    prog = compile_weights(weights, dense=True)
+    for d in prog.descs:
+        if d.macs:  # every layer but the unfold: 8-channel groups throughout except the 2-channel input
+            assert d.executed_macs >= d.macs, d.layer
+
+
+@pytest.fixture(scope="module")
+def sim_build(tmp_path_factory):
+    from hw.rtl_sim import build
+
+    b = tmp_path_factory.mktemp("rtl_build") / "sim_build"
+    return build(b), b
+
+
+def _fields(mem: np.ndarray, desc: int) -> np.ndarray:
+    """The 16 32-bit fields of descriptor `desc`, a writable view into the image."""
+    return mem[8 * desc:8 * desc + 8].view("<u4")
+
+
+@pytest.mark.parametrize("case, code", [("opcode", 1), ("grid", 2), ("stride", 3), ("kernel", 4), ("blocks", 5),
+                                        ("groups", 6)])
+def test_engine_stops_with_an_error_code(weights, sim_build, tmp_path, case, code):
+    """A descriptor the engine cannot run ends the run within a few cycles: done high, an error
+    code (hw/ACCEL.md), never a hang or a silent result."""
+    from hw.compiler import OP_CONV
+    from hw.rtl_sim import simulate
+
+    prog = compile_weights(weights)
+    mem = prog.image(random_input(Reference.from_file(weights), 0).q)
+    first_conv = next(i for i, d in enumerate(prog.descs) if d.op == OP_CONV)
+    f = _fields(mem, first_conv)
+    if case == "opcode":
+        f[0] = (int(f[0]) & 0xFFFFFF00) | 9
+    elif case == "grid":
+        f[1] = int(f[1]) & 0xFFFFFFFF & ~(0x3FF << 10)   # H = 0
+    elif case == "stride":
+        f[3] = 3                          # A's words per voxel: not a power of two
+    elif case == "kernel":
+        f[12] = 4                         # an even kernel
+    elif case == "blocks":
+        mem[prog.descs[first_conv].wbase] = np.uint64(0)   # the first output group: 0 weight blocks
+    else:
+        f[11] = 0                         # no output channel groups
+    from hw.engine_model import EngineError
+
+    with pytest.raises(EngineError) as model_error:  # the engine model stops on it with the same code
+        run_image(mem)
+    assert model_error.value.code == code
+    runner, build_dir = sim_build
+    _, res = simulate(runner, build_dir, mem, tmp_path / "w", max_cycles=100_000, check_error=False)
+    assert res["error"] == code and res["cycles"] < 100 + 16 * first_conv, res
+
+
+def test_engine_runs_again_without_a_reset(weights, sim_build, tmp_path):
+    """A second start after done runs the program again: the same ddf as the reference, the
+    same cycles as the cycle model, error 0."""
+    from hw.engine_model import cycle_model
+    from hw.rtl_sim import simulate
+
+    ref = Reference.from_file(weights)
+    x = random_input(ref, 1)
+    prog = compile_weights(weights)
+    runner, build_dir = sim_build
+    mem, res = simulate(runner, build_dir, prog.image(x.q), tmp_path / "w", runs=2)
+    assert res["error"] == 0 and res["cycles"] == total_cycles(cycle_model(prog))
+    assert np.array_equal(get_tensor(mem, prog.tensors["ddf"]), ref.run(x).q)

@@ -31,6 +31,7 @@ module accel #(
     input  wire          rst,
     input  wire          start,
     output reg           done,
+    output reg  [3:0]    error,     // with done: why the run stopped (E_*; 0: the END descriptor)
     output reg  [63:0]   cycles,
     output wire [TP*AW-1:0] rd_addr,   // port t in bits t*AW +: AW; registered, the word a cycle later
     output wire [TP-1:0]    rd_en,
@@ -46,6 +47,9 @@ module accel #(
     localparam [2:0] S_IDLE = 3'd0, S_FETCH = 3'd1, S_DECODE = 3'd2, S_LOAD = 3'd3, S_RUN = 3'd4, S_DONE = 3'd5;
     localparam [7:0] OP_END = 8'd0, OP_CONV = 8'd1, OP_ADD = 8'd2, OP_MAXPOOL = 8'd3;
     localparam [1:0] K_CONV = 2'd0, K_SCALE = 2'd1, K_MAX = 2'd2;
+    // error codes (hw/ACCEL.md): a descriptor the engine cannot run stops it in S_DONE with one
+    localparam [3:0] E_NONE = 4'd0, E_OPCODE = 4'd1, E_GRID = 4'd2, E_STRIDE = 4'd3, E_KERNEL = 4'd4,
+                     E_BLOCKS = 4'd5, E_GROUPS = 4'd6;
 
     reg [2:0] state;
     reg [31:0] pc;
@@ -82,6 +86,18 @@ module accel #(
     wire is_pool  = (op == OP_MAXPOOL);
     wire [9:0] hD = {1'b0, gD[9:1]}, hH = {1'b0, gH[9:1]}, hW = {1'b0, gW[9:1]};
     wire [3:0] pad = ksize[4:1];
+
+    // the descriptor's own consistency, checked when it is decoded
+    function pow2w(input [31:0] n);   // words per voxel: a power of two, 1 .. 128
+        pow2w = (n != 32'd0) && (n <= 32'd128) && ((n & (n - 32'd1)) == 32'd0);
+    endfunction
+    wire [3:0] decode_error =
+        (op > OP_MAXPOOL)                                              ? E_OPCODE :
+        (op == OP_END)                                                 ? E_NONE   :
+        (gD == 10'd0 || gH == 10'd0 || gW == 10'd0)                    ? E_GRID   :
+        (!pow2w(a_stride) || !pow2w(o_stride) || (has_b && !pow2w(b_stride))) ? E_STRIDE :
+        (is_conv && (ksize[0] == 1'b0 || ksize > 32'd31))              ? E_KERNEL :
+        ((is_conv ? n_ocg : n_groups) == 32'd0)                        ? E_GROUPS : E_NONE;
 
     // words per voxel are a power of two (1 .. 128): the address shifts by its log2
     function [2:0] log2w(input [7:0] n);
@@ -471,7 +487,7 @@ module accel #(
     endtask
     always @(posedge clk) begin
         if (rst) begin
-            state <= S_IDLE; done <= 1'b0; cycles <= 64'd0;
+            state <= S_IDLE; done <= 1'b0; error <= E_NONE; cycles <= 64'd0;
             a0_v <= 1'b0; a1_v <= 1'b0; a2_v <= 1'b0; b_v <= 1'b0; a3_v <= 1'b0; p1_v <= 1'b0; qa_v <= 1'b0; qb_v <= 1'b0; q_v <= 1'b0; q2_v <= 1'b0; q3_v <= 1'b0; p2_v <= 1'b0;
             fin_v <= 1'b0; r1_v <= 1'b0; rd0_en <= 1'b0; wr_en <= 1'b0; sh_pending <= 1'b0; li_is7 <= 1'b0; l_end <= 1'b0;
         end else begin
@@ -481,8 +497,8 @@ module accel #(
             sh_pending <= 1'b0;   // (set again below when new shifts arrive)
             if (sh_pending) for (j = 0; j < L; j = j + 1) set_shift(j, lane_sh[8*j +: 8]);
             case (state)
-            S_IDLE: if (start) begin
-                state <= S_FETCH; pc <= 32'd0; fi <= 4'd0; done <= 1'b0; cycles <= 64'd1;
+            S_IDLE, S_DONE: if (start) begin   // from S_DONE: a second run needs no reset
+                state <= S_FETCH; pc <= 32'd0; fi <= 4'd0; done <= 1'b0; error <= E_NONE; cycles <= 64'd1;
             end
             S_FETCH: begin
                 if (fi >= 4'd2) dw[fi - 4'd2] <= rd0;
@@ -497,8 +513,8 @@ module accel #(
                 a_lg <= log2w(a_stride[7:0]); b_lg <= log2w(b_stride[7:0]); o_lg <= log2w(o_stride[7:0]);
                 rq_relu <= relu;
                 lane_sh <= {L{s_out}}; sh_pending <= 1'b1;
-                if (op == OP_END) begin
-                    state <= S_DONE; done <= 1'b1;
+                if (op == OP_END || decode_error != E_NONE) begin
+                    state <= S_DONE; done <= 1'b1; error <= decode_error;
                 end else if (is_conv) begin
                     state <= S_LOAD; ocg <= 32'd0; lptr <= wbase; li <= 16'd0; lnum <= 16'd6;
                     lblk <= 0; lsub <= 4'd0;
@@ -515,6 +531,9 @@ module accel #(
                     if (li == 16'd2) begin
                         n_entries <= rd0[WB_AW:0];
                         lnum <= 16'd6 + {3'd0, rd0[9:0], 3'd0} + {6'd0, rd0[9:0]};   // 6 + 9E
+                        if (rd0[31:0] == 32'd0 || rd0[31:0] > WBUF_DEPTH) begin   // not 1 .. WBUF_DEPTH blocks
+                            state <= S_DONE; done <= 1'b1; error <= E_BLOCKS;
+                        end
                     end else if (li <= 16'd6) begin
                         bias[2 * (li - 3)] <= $signed(rd0[31:0]);
                         bias[2 * (li - 3) + 1] <= $signed(rd0[63:32]);

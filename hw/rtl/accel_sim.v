@@ -15,6 +15,7 @@ module accel_sim #(
     input  wire        rst,
     input  wire        start,
     output wire        done,
+    output wire [3:0]  error,
     output wire [63:0] cycles,
     output reg  [63:0] reads,
     output reg  [63:0] writes
@@ -28,7 +29,7 @@ module accel_sim #(
     reg  [63:0] mem [0:MEM_WORDS-1];
 
     accel #(.AW(AW), .TP(TP)) u_accel (
-        .clk(clk), .rst(rst), .start(start), .done(done), .cycles(cycles),
+        .clk(clk), .rst(rst), .start(start), .done(done), .error(error), .cycles(cycles),
         .rd_addr(rd_addr), .rd_en(rd_en), .rd_data(rd_data),
         .wr_addr(wr_addr), .wr_en(wr_en), .wr_data(wr_data));
 

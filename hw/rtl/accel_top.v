@@ -9,6 +9,7 @@ module accel_top #(
     input  wire        rst,
     input  wire        start,
     output wire        done,
+    output wire [3:0]  error,
     output wire [20*TP-1:0] rd_addr,
     output wire [TP-1:0]    rd_en,
     input  wire [64*TP-1:0] rd_data,
@@ -18,7 +19,7 @@ module accel_top #(
 );
     wire [63:0] cycles_unused;
     accel #(.AW(20), .TP(TP)) u_accel (
-        .clk(clk), .rst(rst), .start(start), .done(done), .cycles(cycles_unused),
+        .clk(clk), .rst(rst), .start(start), .done(done), .error(error), .cycles(cycles_unused),
         .rd_addr(rd_addr), .rd_en(rd_en), .rd_data(rd_data),
         .wr_addr(wr_addr), .wr_en(wr_en), .wr_data(wr_data));
 endmodule
