@@ -337,9 +337,12 @@ def main(argv=None) -> int:
         cfg = load_config(a.config)
         if a.steps is not None:
             cfg.train.steps = a.steps
+        final = a.out / "model.pt"
+        before = final.stat().st_mtime_ns if final.exists() else None
         path = train(cfg, a.data, a.out, a.resume, progress=not a.no_progress)
         if int(os.environ.get("RANK", "0")) == 0:
-            print(f"[train] wrote {path}", file=sys.stderr)
+            same = before is not None and path.stat().st_mtime_ns == before
+            print(f"[train] {path} {'unchanged: the run had finished' if same else 'written'}", file=sys.stderr)
     return run_cli(body)
 
 if __name__ == "__main__":
