@@ -281,3 +281,20 @@ def test_only_the_registration_assembles_the_registration():
                 if ASSEMBLY.search(line) and not line.lstrip().startswith(("def ", "#")) and rel not in allowed:
                     found.append(f"{rel}:{n}: {line.strip()}")
     assert found == []
+
+
+def test_refine_curve_scores_each_setting(export_dir, tiny_data, tmp_path):
+    """benchmarks.refine_curve: one row per set and setting; 0 steps is the unrefined registration
+    (hw.register --evaluate --no-refine scores the same Dice); the stop rule records its steps."""
+    from benchmarks.refine_curve import main
+    from hw.register import main as register_main
+
+    assert main(["--export", str(export_dir), "--set", f"test={tiny_data}:test", "--out", str(tmp_path),
+                 "--points", "0,2", "--tol", "0.5"]) == 0
+    rows = json.loads((tmp_path / "refine_curve.json").read_text())["rows"]
+    assert [(r["iters"], r["tol"]) for r in rows] == [(0, 0.0), (2, 0.0), (100, 0.5)]
+    assert rows[0]["mean_steps"] == 0 and rows[1]["mean_steps"] == 2 and 1 <= rows[2]["mean_steps"] < 100
+    assert register_main(["--export", str(export_dir), "--evaluate", str(tiny_data), "--out-dir", str(tmp_path / "e"),
+                          "--no-refine", "--no-progress", "--threads", "1"]) == 0
+    assert json.loads((tmp_path / "e" / "summary.json").read_text())["rows"][0]["dice"] == rows[0]["dice"]
+    assert "| tol 0.5 |" in (tmp_path / "refine_curve.md").read_text()
