@@ -18,7 +18,7 @@ from hw.compiler import (DESC_WORDS, F_A_NEAREST, F_A_TRILINEAR, F_B_NEAREST, F_
                          OP_CONV, OP_END, OP_MAXPOOL, TP, WBUF_ENTRIES)
 
 # cycle model (hw/ACCEL.md): fixed costs of the controller
-FETCH_CYCLES = DESC_WORDS + 3      # 8 requests, 2 cycles to the last word (registered request, read), decode
+FETCH_CYCLES = DESC_WORDS + 4      # 8 requests, 2 cycles to the last word (registered request, read), decode, check
 LOAD_FIXED = 1 + LANES // 2 + 1 + 2    # block count, 4 bias words, the shift word, 2 cycles to the last word
 DRAIN_CYCLES = 18                  # after the last slot: I0-I1, A0-A4, memory, P0, P1a-P1c, P2a-P2c, P3-P5, the write
 START_CYCLES = 1

@@ -44,7 +44,8 @@ module accel #(
     localparam integer TPL = (TP == 2) ? 1 : 0;    // log2(TP)
     localparam integer XP = (TP > 1) ? TP - 1 : 1; // ports beyond 0 (vectors need a width >= 1)
     wire [63:0] rd0 = rd_data[63:0];                 // descriptors and weight blocks come through port 0
-    localparam [2:0] S_IDLE = 3'd0, S_FETCH = 3'd1, S_DECODE = 3'd2, S_LOAD = 3'd3, S_RUN = 3'd4, S_DONE = 3'd5;
+    localparam [2:0] S_IDLE = 3'd0, S_FETCH = 3'd1, S_DECODE = 3'd2, S_LOAD = 3'd3, S_RUN = 3'd4, S_DONE = 3'd5,
+                     S_CHECK = 3'd6;   // decode registers the descriptor's checks, check branches on them
     localparam [7:0] OP_END = 8'd0, OP_CONV = 8'd1, OP_ADD = 8'd2, OP_MAXPOOL = 8'd3;
     localparam [1:0] K_CONV = 2'd0, K_SCALE = 2'd1, K_MAX = 2'd2;
     // error codes (hw/ACCEL.md): a descriptor the engine cannot run stops it in S_DONE with one
@@ -52,6 +53,8 @@ module accel #(
                      E_BLOCKS = 4'd5, E_GROUPS = 4'd6;
 
     reg [2:0] state;
+    reg [3:0] dec_err;   // the decoded descriptor's error code (registered in S_DECODE)
+    reg blk_bad;         // CONV load: the output group's block count is not 1 .. WBUF_DEPTH
     reg [31:0] pc;
     reg [3:0] fi;
     reg [63:0] dw [0:7];
@@ -513,8 +516,12 @@ module accel #(
                 a_lg <= log2w(a_stride[7:0]); b_lg <= log2w(b_stride[7:0]); o_lg <= log2w(o_stride[7:0]);
                 rq_relu <= relu;
                 lane_sh <= {L{s_out}}; sh_pending <= 1'b1;
-                if (op == OP_END || decode_error != E_NONE) begin
-                    state <= S_DONE; done <= 1'b1; error <= decode_error;
+                dec_err <= decode_error;   // registered: the checks stay off the state logic's path
+                state <= S_CHECK;
+            end
+            S_CHECK: begin
+                if (op == OP_END || dec_err != E_NONE) begin
+                    state <= S_DONE; done <= 1'b1; error <= dec_err;
                 end else if (is_conv) begin
                     state <= S_LOAD; ocg <= 32'd0; lptr <= wbase; li <= 16'd0; lnum <= 16'd6;
                     lblk <= 0; lsub <= 4'd0;
@@ -527,13 +534,14 @@ module accel #(
             S_LOAD: begin
                 // request lptr + li; word li - 2 arrives now
                 li <= li + 16'd1;
+                if (li == 16'd3 && blk_bad) begin   // the block count read a cycle ago: stop before the run
+                    state <= S_DONE; done <= 1'b1; error <= E_BLOCKS;
+                end
                 if (li >= 16'd2) begin
                     if (li == 16'd2) begin
                         n_entries <= rd0[WB_AW:0];
                         lnum <= 16'd6 + {3'd0, rd0[9:0], 3'd0} + {6'd0, rd0[9:0]};   // 6 + 9E
-                        if (rd0[31:0] == 32'd0 || rd0[31:0] > WBUF_DEPTH) begin   // not 1 .. WBUF_DEPTH blocks
-                            state <= S_DONE; done <= 1'b1; error <= E_BLOCKS;
-                        end
+                        blk_bad <= (rd0[31:0] == 32'd0 || rd0[31:0] > WBUF_DEPTH);   // not 1 .. WBUF_DEPTH blocks
                     end else if (li <= 16'd6) begin
                         bias[2 * (li - 3)] <= $signed(rd0[31:0]);
                         bias[2 * (li - 3) + 1] <= $signed(rd0[63:32]);
