@@ -113,38 +113,6 @@ def weights_meta(cfg: Config, weight_bits: int) -> dict:
             "weight_bits": weight_bits}
 
 
-def export_compressed(twin, cfg: Config, out: Path, inputs: list[np.ndarray]) -> dict:
-    """A report model (make report's compression rows) as a deployment gets it, and its exactness:
-    OUT/weights.bin, and for 8-bit weights OUT/localnet_int8.onnx (sparse initializers where
-    smaller) beside the all-dense OUT/localnet_int8_dense.onnx. Returns the ddf elements of
-    `inputs` where the integer reference (from weights.bin) and onnxruntime (optimisations on
-    and off) differ from the Brevitas twin (the contract: 0), and the file sizes."""
-    from hw.reference import Reference
-
-    out.mkdir(parents=True, exist_ok=True)
-    example = torch.from_numpy(inputs[0])
-    recs = weight_records(twin, example)
-    bits = max(r.bits for r in recs if r.op == OP_CONV3D)
-    write_weights(out / "weights.bin", recs, weights_meta(cfg, bits))
-    e_ddf = ddf_exponent(twin)
-    ref = Reference.from_file(out / "weights.bin")
-    mism = {"reference": 0}
-    with torch.no_grad():
-        for x in inputs:
-            want = np.round(twin(torch.from_numpy(x)).numpy() * 2.0 ** e_ddf).astype(np.int64)
-            q, e = ref.register(x[0, 0], x[0, 1])
-            if e != e_ddf:
-                raise AssertionError(f"{out / 'weights.bin'}: ddf exponent {e}, the twin's is {e_ddf}")
-            mism["reference"] += int((q.astype(np.int64)[None] != want).sum())
-    sizes = {"weights.bin": (out / "weights.bin").stat().st_size}
-    if bits == 8:
-        export_int8_onnx(twin, cfg, out / "localnet_int8_dense.onnx")
-        sparsify_initializers(out / "localnet_int8_dense.onnx", out / "localnet_int8.onnx", "auto")
-        mism |= ort_vs_brevitas_mismatches(twin, out / "localnet_int8.onnx", inputs, e_ddf)
-        sizes |= {f: (out / f).stat().st_size for f in ("localnet_int8.onnx", "localnet_int8_dense.onnx")}
-    return {"mismatches": mism, "pairs_checked": len(inputs), "bytes": sizes}
-
-
 def export(cfg: Config, run: Path, data_dir: Path, progress: bool = True) -> dict:
     from quant.qat import load_qat
 

@@ -1,1 +1,0 @@
-"""Measurements: Table 1 accuracy and sizes (accuracy.py), latency per backend (latency.py)."""

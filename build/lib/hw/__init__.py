@@ -1,1 +1,0 @@
-"""The integer reference (the definition the hardware must meet), golden vectors, verification, crosscheck."""

@@ -1,1 +1,0 @@
-"""Data, LocalNet, warp, losses, metrics, training, evaluation and registration (the float stage)."""

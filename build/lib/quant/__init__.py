@@ -1,1 +1,0 @@
-"""Compression of the trained network: pruning with held masks, the Brevitas integer twin, QAT."""
