@@ -198,8 +198,8 @@ def test_float_twin_reproduces_folded_network(tiny_config):
     torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
 
 
-def test_pipeline_masks_scales_and_schema(tiny_data, tiny_export):
-    """train -> prune -> qat (+ curve) -> export -> Table 1 on the tiny config: the stage contracts."""
+def test_pruned_checkpoints_hold_their_sparsity(tiny_export):
+    """prune: each global amount zeroes that fraction of the prunable weights, masks held."""
     cfg_path, out, _ = tiny_export
     cfg = load_config(cfg_path)
     for amount in cfg.prune.amounts:
@@ -211,6 +211,10 @@ def test_pipeline_masks_scales_and_schema(tiny_data, tiny_export):
         ck = load_checkpoint(path)
         assert ck["step"] == cfg.prune.steps and ck["stage"] == "prune"
 
+
+def test_structured_pruning_summary(tiny_export):
+    """prune.json: N:M ratios, the per-layer N from the layer-aware allocation, block pruning."""
+    _, out, _ = tiny_export
     summary = json.loads((out / "prune" / "prune.json").read_text())
     nm, more = summary["nm"], summary["nm_more"]["1of4"]  # 2:4, then the further ratio 1:4
     assert (nm["n"], nm["m"], more["n"], more["m"]) == (2, 4, 1, 4)
@@ -219,15 +223,28 @@ def test_pipeline_masks_scales_and_schema(tiny_data, tiny_export):
     alloc, lay = summary["layer_aware"]["0.5"]["allocation"], summary["nm_layer"]
     assert lay["n"] == {k: max(1, round(4 * (1 - a))) for k, a in alloc.items()} and lay["m"] == 4
     assert len(set(lay["n"].values())) > 1  # the allocation is uneven, so are the ratios
+    blocks = load_checkpoint(Path(summary["blocks"]["0.25"]["checkpoint"]))
+    assert blocks["mode"] == "block" and 0.2 < summary["blocks"]["0.25"]["sparsity"] < 0.3
+
+
+def _qat_checkpoints(out: Path) -> dict:
     done = json.loads((out / "qat" / "qat.json").read_text())["checkpoints"]
     assert set(done) == {"int8", "int4"}
-    done |= json.loads((out / "qat" / "curve" / "curve.json").read_text())["checkpoints"]
+    return done | json.loads((out / "qat" / "curve" / "curve.json").read_text())["checkpoints"]
+
+
+def test_qat_models_masks_integers_and_scales(tiny_export):
+    """Every QAT model: listed, distilled, its masks held into the integers, its weights in the
+    narrow range of its bits, every quantiser scale a power of two; the int8 model starts from
+    the block-pruned network, masks held."""
+    cfg_path, out, _ = tiny_export
+    cfg = load_config(cfg_path)
+    done = _qat_checkpoints(out)
     assert set(done) == {"int8", "int4", "curve/int8_s00", "curve/int8_s25", "curve/int8_s50", "curve/int4_s50", "layer/int8_s50",
                          "layer/int4_s50", "nm/int8_2of4", "nm/int4_2of4", "nm/int8_1of4", "nm/int4_1of4",
                          "nm/int8_layer_s50", "nm/int4_layer_s50"}
-    # qat.int8_blocks: the deployed int8 model starts from the block-pruned 25 %, masks held
+    summary = json.loads((out / "prune" / "prune.json").read_text())
     blocks = load_checkpoint(Path(summary["blocks"]["0.25"]["checkpoint"]))
-    assert blocks["mode"] == "block" and 0.2 < summary["blocks"]["0.25"]["sparsity"] < 0.3
     int8_masks = load_checkpoint(Path(done["int8"]))["masks"]
     assert all(torch.equal(int8_masks[k], m) for k, m in blocks["masks"].items())
     x = torch.rand(1, 2, *cfg.data.shape)
@@ -246,40 +263,35 @@ def test_pipeline_masks_scales_and_schema(tiny_data, tiny_export):
         for where, s in scales.items():  # every quantiser: a power of two
             assert s > 0 and math.log2(s) == round(math.log2(s)), (where, s)
 
+
+@pytest.fixture(scope="module")
+def table1(tiny_data, tiny_export):
+    """Table 1 of the tiny run with two refinement steps (not a training input: the checkpoints
+    stay valid), which adds the trained and the deployed network without them as rows."""
     import dataclasses
 
     from benchmarks.accuracy import report
+    from hw.runtime import write_settings
     from model.config import RefineConfig
 
-    # with the test-time refinement (not a training input: the checkpoints stay valid), which adds
-    # the trained and the deployed network without it as rows of their own
-    from hw.runtime import write_settings
-
-    plain, cfg = cfg, dataclasses.replace(cfg, refine=RefineConfig(iters=2))
+    cfg_path, out, _ = tiny_export
+    plain = load_config(cfg_path)
+    cfg = dataclasses.replace(plain, refine=RefineConfig(iters=2))
     write_settings(cfg, out / "export")  # as make export does when [refine] changes
     try:
         table = report(cfg, tiny_data, out, progress=False)
     finally:
         write_settings(plain, out / "export")
-    rows = {r["model"]: r for r in table["rows"]}
+    return cfg, out, table, {r["model"]: r for r in table["rows"]}
+
+
+def test_table1_rows_and_schema(table1):
+    cfg, out, table, rows = table1
     assert list(rows) == ["identity", "ants_affine", "ants_syn", "trained_unrefined", "trained", "pruned", "pruned_finetuned",
                           "blocks_finetuned", "int8_qat", "int8_deployed_unrefined", "int8_deployed", "int4_qat",
                           "ptq_ort_int8", "int8_layer_s50", "int4_layer_s50",
                           "int4_global_s50", "int8_nm_2of4", "int4_nm_2of4", "int8_nm_1of4", "int4_nm_1of4",
                           "int8_nm_layer_s50", "int4_nm_layer_s50"]
-    # every compression row exported, and its integers exact: reference and onnxruntime == Brevitas
-    for name in list(rows)[13:]:
-        ex = table["compression_rows_exported"][name]
-        assert ex["pairs_checked"] == 2 and ex["mismatches"]["reference"] == 0
-        assert set(ex["mismatches"]) == ({"reference"} if "int4" in name else {"reference", "optimized", "unoptimized"})
-        assert all(v == 0 for v in ex["mismatches"].values())
-        assert (out / "report" / "compressed" / name / "weights.bin").stat().st_size == ex["bytes"]["weights.bin"]
-        # 4 base channels: the halves of an add are not whole groups of the engine's 8 lanes
-        assert "whole groups of 8" in ex["accelerator_cycles"]["not_mapped"]
-    # the deployed runtime computes the Brevitas model's integers: the same metrics, exactly
-    for k in ("dice", "tre_mm", "landmark_tre_mm", "folding_pct", "vanished_labels", "weight_bytes"):
-        assert rows["int8_deployed"][k] == rows["int8_qat"][k], k
-    assert rows["trained"]["dice"] != rows["trained_unrefined"]["dice"]  # the refinement moved the field
     keys = {"model", "dice", "tre_mm", "landmark_tre_mm", "folding_pct", "vanished_labels", "seconds_per_pair",
             "nonzero_params", "weight_bytes"}
     for r in rows.values():
@@ -287,6 +299,33 @@ def test_pipeline_masks_scales_and_schema(tiny_data, tiny_export):
     assert table["pairs"] == 2 and table["labels"] == cfg.data.labels
     md = (out / "report" / "table1.md").read_text()
     assert all(f"| {name} |" in md for name in rows)
+    assert rows["trained"]["dice"] != rows["trained_unrefined"]["dice"]  # the refinement moved the field
+
+
+def test_table1_compression_rows_are_exported_exactly(table1):
+    """Every compression row exported, its integers exact: reference and onnxruntime == Brevitas."""
+    _, out, table, rows = table1
+    names = [n for n in rows if n.startswith(("int8_layer", "int4_layer", "int4_global", "int8_nm", "int4_nm"))]
+    assert len(names) == 9
+    for name in names:
+        ex = table["compression_rows_exported"][name]
+        assert ex["pairs_checked"] == 2 and ex["mismatches"]["reference"] == 0
+        assert set(ex["mismatches"]) == ({"reference"} if "int4" in name else {"reference", "optimized", "unoptimized"})
+        assert all(v == 0 for v in ex["mismatches"].values())
+        assert (out / "report" / "compressed" / name / "weights.bin").stat().st_size == ex["bytes"]["weights.bin"]
+        # 4 base channels: the halves of an add are not whole groups of the engine's 8 lanes
+        assert "whole groups of 8" in ex["accelerator_cycles"]["not_mapped"]
+
+
+def test_table1_deployed_runtime_computes_the_brevitas_integers(table1):
+    """The deployed runtime computes the Brevitas model's integers: the same metrics, exactly."""
+    _, _, _, rows = table1
+    for k in ("dice", "tre_mm", "landmark_tre_mm", "folding_pct", "vanished_labels", "weight_bytes"):
+        assert rows["int8_deployed"][k] == rows["int8_qat"][k], k
+
+
+def test_table1_sizes_and_pruning_curve(table1):
+    _, out, _, rows = table1
     fp32 = rows["trained"]["weight_bytes"]
     assert rows["pruned"]["weight_bytes"] == fp32  # fp32 stays dense as stored
     assert rows["pruned"]["nonzero_params"] < rows["trained"]["nonzero_params"]
