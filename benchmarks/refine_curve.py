@@ -44,7 +44,6 @@ def curve(a) -> None:
     from model.config import RefineConfig
     from model.data import load_dataset, test_pairs
     from model.evaluate import evaluate_pairs, summarise
-    from model.refine import refine
 
     cfg = settings_config(a.export)
     reg = load(a.export, "auto", threads=1)
@@ -66,7 +65,7 @@ def curve(a) -> None:
             def fn(ms, fs, rc=rc):
                 st = {}
                 t0 = time.perf_counter()
-                d = refine(ms.image, fs.image, base[index[id(ms)], index[id(fs)]], rc, st)
+                d = reg.refined(ms.image, fs.image, base[index[id(ms)], index[id(fs)]], rc, st)
                 secs.append(time.perf_counter() - t0)
                 steps.append(st.get("steps", 0))
                 return d

@@ -109,9 +109,15 @@ class Registration:
         else:
             aligned, M, t = prealign(s.prealign, moving, fixed)
             ddf = compose(M, t, self.local(aligned, fixed))
-        if refine_field and s.refine.iters:
-            ddf = refine(moving, fixed, ddf, s.refine)
-        return ddf
+        return self.refined(moving, fixed, ddf) if refine_field else ddf
+
+    def refined(self, moving: np.ndarray, fixed: np.ndarray, ddf: np.ndarray, cfg: RefineConfig | None = None,
+                stats: dict | None = None) -> np.ndarray:
+        """The refinement step alone on an unrefined field of this registration (`field(...,
+        refine_field=False)`), with the settings' [refine] or `cfg` (model.refine.refine's
+        `stats`): field(m, f) == refined(m, f, field(m, f, refine_field=False))."""
+        cfg = self.settings.refine if cfg is None else cfg
+        return refine(moving, fixed, ddf, cfg, stats) if cfg.iters else ddf
 
     @staticmethod
     def warp(moving: np.ndarray, ddf: np.ndarray) -> np.ndarray:

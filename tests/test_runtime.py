@@ -57,6 +57,7 @@ def test_field_is_the_network_then_the_global_stage_composed_then_the_refinement
     reg = Registration(_settings("moments", iters=3), net)
     assert np.array_equal(reg.field(moving, fixed, refine_field=False), d)
     assert np.array_equal(reg.field(moving, fixed), refine(moving, fixed, d, RefineConfig(iters=3)))
+    assert np.array_equal(reg.refined(moving, fixed, d), reg.field(moving, fixed))
 
 
 def test_png_decodes_to_the_same_pixels(tmp_path):
