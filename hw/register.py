@@ -43,7 +43,7 @@ import numpy as np
 
 from hw.runtime import BACKENDS, load, settings_config
 from model.cli import UsageError, check_outputs, run_cli
-from model.data import DataError, read_volume, resample
+from model.data import DataError, find_subjects, read_volume, resample
 
 
 def fixed_labels_on_working_grid(path: Path, scan, fixed_path: Path) -> np.ndarray:
@@ -243,7 +243,7 @@ def main(argv=None) -> int:
 
     def body():
         if a.evaluate:
-            a.evaluate.is_dir() or _missing(a.evaluate)
+            find_subjects(a.evaluate)  # a clear error before the network is loaded
         reg = load(a.export, a.backend, a.threads)
         if modes[0]:
             return register_one(reg, a)
@@ -251,10 +251,6 @@ def main(argv=None) -> int:
             return register_batch(reg, a)
         return evaluate(reg, a)
     return run_cli(body)
-
-
-def _missing(path: Path):
-    raise FileNotFoundError(f"{path}: data directory not found")
 
 
 if __name__ == "__main__":
