@@ -170,13 +170,13 @@ def export(cfg: Config, run: Path, data_dir: Path, progress: bool = True) -> dic
     for r in recs8:
         if r.op == OP_CONV3D:
             bound = bounds[r.name]
-            e_w = r.e0 if r.e_ch is None else r.e_w.tolist()  # a list: one exponent per output channel
+            e_w = int(r.e_w[0]) if r.e_ch is None else r.e_w.tolist()  # a list: one exponent per output channel
             layers.append({"name": r.name, "op": "conv3d", "shape": list(r.weight.shape), "bits": r.bits,
-                           "e_w": e_w, "e_in": r.e1, "e_acc": (r.e_w + r.e1).tolist() if r.e_ch is not None else r.e0 + r.e1,
+                           "e_w": e_w, "e_in": r.e_in, "e_acc": (r.e_w + r.e_in).tolist() if r.e_ch is not None else int(r.e_w[0]) + r.e_in,
                            "sparsity": round(1 - np.count_nonzero(r.weight) / r.weight.size, 4),
                            "acc_bound": bound, "acc_bits": int(bound).bit_length() + 1})
         else:
-            layers.append({"name": r.name, "op": "quant", "bits": r.bits, "e_out": r.e0, "relu": r.relu})
+            layers.append({"name": r.name, "op": "quant", "bits": r.bits, "e_out": r.e_out, "relu": r.relu})
     # the network's config: [refine] runs after the network and lives in registration.json
     # (hw/runtime.py), which make writes beside this file from the config in use
     net_config = {k: v for k, v in config_to_dict(cfg).items() if k != "refine"}

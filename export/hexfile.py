@@ -48,7 +48,7 @@ def write_hex_and_header(records: list[Record], out: Path) -> list[Path]:
     for r in records:
         c = r.name.replace(".", "_").upper()
         if r.op == OP_QUANT:
-            h.append(f"#define {c}_E_OUT {r.e0}  /* scale 2^-{r.e0}{', ReLU' if r.relu else ''} */")
+            h.append(f"#define {c}_E_OUT {r.e_out}  /* scale 2^-{r.e_out}{', ReLU' if r.relu else ''} */")
             continue
         per_channel = () if r.e_ch is None else (("e_w", r.e_ch, 2),)
         for suffix, vals, digits in (("weight", r.weight, 2), ("bias", r.bias, 8), *per_channel):
@@ -57,10 +57,10 @@ def write_hex_and_header(records: list[Record], out: Path) -> list[Path]:
             files.append(f)
         shape = "x".join(map(str, r.weight.shape))
         if r.e_ch is None:
-            h.append(f"#define {c}_E_W {r.e0}")
+            h.append(f"#define {c}_E_W {int(r.e_w[0])}")
         else:  # per-channel weight scales: one exponent per output channel
             h.append(f"static const int8_t {c.lower()}_e_w[{r.e_ch.size}] = {{" + ", ".join(map(str, r.e_ch.tolist())) + "};")
-        h += [f"#define {c}_E_IN {r.e1}",
+        h += [f"#define {c}_E_IN {r.e_in}",
               f"static const int8_t {c.lower()}_weight[{r.weight.size}] = {{ /* {shape}, C order */",
               "  " + ", ".join(map(str, r.weight.ravel().tolist())) + "};",
               f"static const int32_t {c.lower()}_bias[{r.bias.size}] = {{" + ", ".join(map(str, r.bias.tolist())) + "};",

@@ -58,6 +58,18 @@ class Record:
     encoding: int = 0  # filled in when written / read
     payload_bytes: int = 0  # packed weight bytes as stored (filled in when written / read)
 
+    # the two exponent fields as the file stores them (FORMAT.md) are e0 and e1; code reads them
+    # by what they mean:
+    @property
+    def e_in(self) -> int:
+        """conv3d: the exponent of the input activation (its scale 2^-e_in)."""
+        return self.e1
+
+    @property
+    def e_out(self) -> int:
+        """quant: the exponent of the requantised output (its scale 2^-e_out)."""
+        return self.e0
+
     @property
     def e_w(self) -> np.ndarray:
         """conv3d: the weight exponent of every output channel, int64 (C_out,)."""

@@ -306,8 +306,8 @@ class Compiler:
             raise CompileError(f"{conv}: kernel {rec.weight.shape[2:]}: the engine runs odd cubic kernels")
         if cin != x.channels:
             raise CompileError(f"{conv}: {cin} input channels, its input {x.name} has {x.channels}")
-        if x.e != rec.e1:
-            raise CompileError(f"{conv}: input exponent {x.e}, the layer was quantised for {rec.e1}")
+        if x.e != rec.e_in:
+            raise CompileError(f"{conv}: input exponent {x.e}, the layer was quantised for {rec.e_in}")
         grid = tuple(2 * v for v in x.grid) if nearest_in else x.grid
         macs = dense_macs(grid, kd, cin, cout)
         if unfolds(cin, kd) and not nearest_in:
@@ -349,7 +349,7 @@ class Compiler:
             int(np.abs(rec.bias.astype(np.int64)).max(initial=0))
         if bound >= ACC_LIMIT:
             raise CompileError(f"{conv}: accumulator bound {bound} does not fit int32")
-        shifts = rec.e_w + rec.e1 - out.e0   # per output channel (all equal with a per-tensor weight scale)
+        shifts = rec.e_w + rec.e_in - out.e_out   # per output channel (all equal with a per-tensor weight scale)
         for c, s in enumerate(shifts):
             self._check_shift(f"{conv} output channel {c}", int(s))
         grid = tuple(2 * v for v in x.grid) if nearest_in else x.grid
@@ -358,7 +358,7 @@ class Compiler:
             if len(bl) > self.wbuf_entries:
                 raise CompileError(f"{conv}: {len(bl)} weight blocks in output group {og}, the weight buffer "
                                    f"holds {self.wbuf_entries}")
-        y = self._alloc(act, cout, grid, out.e0)
+        y = self._alloc(act, cout, grid, out.e_out)
         d = Desc(OP_CONV, conv, flags=(F_RELU if out.relu else 0) | (F_A_NEAREST if nearest_in else 0), grid=grid,
                  a=(x.base, x.stride, 0), o=(y.base, y.stride), ocg=len(blocks), k=kd,
                  entries=[len(bl) for bl in blocks], macs=macs,
@@ -382,7 +382,7 @@ class Compiler:
         bound = (max_a << sa) + (0 if b is None else 128 << sb)
         if bound >= ACC_LIMIT:
             raise CompileError(f"{name}: aligned sum bound {bound} does not fit int32")
-        s_out = e - out.e0
+        s_out = e - out.e_out
         self._check_shift(name, s_out)
         grid = tuple(2 * v for v in a.grid) if (a_nearest or a_trilinear) else a.grid
         ch = channels or a.channels
@@ -390,7 +390,7 @@ class Compiler:
             bgrid = tuple(2 * v for v in b.grid) if b_nearest else b.grid
             if bgrid != grid:
                 raise CompileError(f"{name}: operands on grids {grid} and {bgrid}")
-        y = self._alloc(name, ch, grid, out.e0)
+        y = self._alloc(name, ch, grid, out.e_out)
         flags = (F_RELU if out.relu else 0) | (F_A_NEAREST if a_nearest else 0) | \
             (F_A_TRILINEAR if a_trilinear else 0) | (F_B_NEAREST if b_nearest else 0) | (F_HAS_B if b is not None else 0)
         self.descs.append(Desc(OP_ADD, name, flags=flags, grid=grid, a=(a.base, a.stride, a_off),
@@ -406,7 +406,7 @@ class Compiler:
 
     def compile(self, input_channels: int = 2) -> Program:
         r = self.r
-        x = self._alloc("input", input_channels, self.grid, r["input"].e0)
+        x = self._alloc("input", input_channels, self.grid, r["input"].e_out)
         skips = []
         for i in range(self.levels):
             p = f"down.{i}"

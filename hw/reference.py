@@ -123,8 +123,8 @@ def conv3d_acc_s8_loops(x: np.ndarray, w: np.ndarray, bias: np.ndarray) -> np.nd
 def conv3d_s8(x: QTensor, rec: Record, out: Record) -> QTensor:
     """Convolution `rec` then the requantisation `out` (its exponent and ReLU); with per-channel
     weight exponents each output channel shifts by its own e_in + e_w[c] - e_out."""
-    if x.e != rec.e1:
-        raise ValueError(f"{rec.name}: input exponent {x.e}, the layer was quantised for {rec.e1}")
+    if x.e != rec.e_in:
+        raise ValueError(f"{rec.name}: input exponent {x.e}, the layer was quantised for {rec.e_in}")
     c_out, c_in, *k = rec.weight.shape
     if c_in != x.q.shape[1] or any(n % 2 == 0 for n in k) or rec.bias.shape != (c_out,):
         raise ValueError(f"{rec.name}: weight {rec.weight.shape} and bias {rec.bias.shape} do not fit an input "
@@ -132,13 +132,13 @@ def conv3d_s8(x: QTensor, rec: Record, out: Record) -> QTensor:
     acc = conv3d_acc_s8(x.q, rec.weight, rec.bias)
     if acc.min() < INT32_MIN or acc.max() > INT32_MAX:
         raise OverflowError(f"{rec.name}: accumulator leaves int32")
-    shift = check_shift(rec.e_w + rec.e1 - out.e0, rec.name)[None, :, None, None, None]
-    return QTensor(requantize_shift_rne(acc, shift, *saturate_range(out.relu)), out.e0)
+    shift = check_shift(rec.e_w + rec.e_in - out.e_out, rec.name)[None, :, None, None, None]
+    return QTensor(requantize_shift_rne(acc, shift, *saturate_range(out.relu)), out.e_out)
 
 
 def add_acc(a: np.ndarray, e_a: int, b: np.ndarray, e_b: int, out: Record) -> QTensor:
     """a * 2^-e_a + b * 2^-e_b (integers): aligned exactly to the finer exponent, summed,
-    rounded once to out.e0 and saturated."""
+    rounded once to out.e_out and saturated."""
     e = max(e_a, e_b)
     # the aligned operands must keep the sum inside int32 (hw/SPEC.md): an int8 operand is at most
     # 128 in magnitude, upsample_linear2's accumulator 64 x 128; checked from the exponents alone
@@ -146,7 +146,7 @@ def add_acc(a: np.ndarray, e_a: int, b: np.ndarray, e_b: int, out: Record) -> QT
     if lim > INT32_MAX:
         raise ValueError(f"{out.name}: aligned sum bound {lim} does not fit int32 (exponents {e_a}, {e_b})")
     acc = (a.astype(np.int64) << (e - e_a)) + (b.astype(np.int64) << (e - e_b))
-    return QTensor(requantize_shift_rne(acc, check_shift(e - out.e0, out.name), *saturate_range(out.relu)), out.e0)
+    return QTensor(requantize_shift_rne(acc, check_shift(e - out.e_out, out.name), *saturate_range(out.relu)), out.e_out)
 
 
 def add_s8(a: QTensor, b: QTensor, out: Record) -> QTensor:
@@ -185,15 +185,15 @@ def upsample_linear2_acc(q: np.ndarray) -> np.ndarray:
 
 def upsample_linear2_s8(x: QTensor, out: Record) -> QTensor:
     acc = upsample_linear2_acc(x.q)  # scale 2^-(e + 6)
-    return QTensor(requantize_shift_rne(acc, check_shift(x.e + 6 - out.e0, out.name), *saturate_range(out.relu)),
-                   out.e0)
+    return QTensor(requantize_shift_rne(acc, check_shift(x.e + 6 - out.e_out, out.name), *saturate_range(out.relu)),
+                   out.e_out)
 
 
 def quantize_input(moving: np.ndarray, fixed: np.ndarray, rec: Record) -> QTensor:
-    """The boundary: float images (X, Y, Z) -> int8 (1, 2, X, Y, Z) at 2^-rec.e0, round half to
+    """The boundary: float images (X, Y, Z) -> int8 (1, 2, X, Y, Z) at 2^-rec.e_out, round half to
     even, saturate (what the Brevitas input quantiser and ONNX QuantizeLinear do)."""
-    x = np.stack([moving, fixed])[None].astype(np.float64) * 2.0 ** rec.e0
-    return QTensor(np.clip(np.rint(x), INT8_MIN, INT8_MAX).astype(np.int8), rec.e0)
+    x = np.stack([moving, fixed])[None].astype(np.float64) * 2.0 ** rec.e_out
+    return QTensor(np.clip(np.rint(x), INT8_MIN, INT8_MAX).astype(np.int8), rec.e_out)
 
 
 class Reference:
