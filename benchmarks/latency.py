@@ -102,15 +102,12 @@ def make_network(backend: str, export: Path, ckpt: Path, threads: int, shape: li
         import torch
 
         from model.checkpoint import load_checkpoint, model_from_checkpoint
+        from model.evaluate import torch_network
         from model.localnet import fold_batchnorm
 
         torch.set_num_threads(threads)
         net = fold_batchnorm(model_from_checkpoint(load_checkpoint(ckpt))[0]).eval()
-
-        def run(m, f):
-            with torch.no_grad():
-                return net(torch.from_numpy(np.stack([m, f])[None]))[0].numpy()
-        return Network("torch_fp32", ckpt, run)
+        return Network("torch_fp32", ckpt, torch_network(net))
     raise ValueError(f"unknown backend {backend}")
 
 

@@ -198,9 +198,10 @@ def read_manifest(export: Path) -> dict:
     return m
 
 
-def check_against_network(cfg: Config, export: Path, where: str) -> None:
-    """Refuse settings whose network sections differ from those the export was made with."""
-    manifest = read_manifest(export)
+def check_against_network(cfg: Config, export: Path, where: str, manifest: dict | None = None) -> None:
+    """Refuse settings whose network sections differ from those the export was made with
+    (`manifest`: EXPORT/manifest.json if already read)."""
+    manifest = read_manifest(export) if manifest is None else manifest
     net_cfg = config_from_dict(manifest["config"], f"{Path(export) / 'manifest.json'} config")
     differ = [s for s in STAGE_SECTIONS["qat"] if getattr(cfg, s) != getattr(net_cfg, s)]
     if differ:
@@ -211,7 +212,7 @@ def check_against_network(cfg: Config, export: Path, where: str) -> None:
 def settings_config(export: Path) -> Config:
     """The validated config of EXPORT/registration.json, checked against the network's manifest."""
     path = Path(export) / SETTINGS_FILE
-    read_manifest(export)
+    manifest = read_manifest(export)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing: the export predates it or was not finished "
                                 "(make export writes it: python -m hw.runtime --config C --export E)")
@@ -223,7 +224,7 @@ def settings_config(export: Path) -> Config:
         raise ValueError(f"{path}: expected {{'format': {SETTINGS_FORMAT}, 'config': {{...}}}} (a file of "
                          "another format version: make export again)")
     cfg = config_from_dict(raw["config"], f"{path} config")
-    check_against_network(cfg, export, str(path))
+    check_against_network(cfg, export, str(path), manifest)
     return cfg
 
 
