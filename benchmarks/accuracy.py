@@ -62,7 +62,7 @@ from model.evaluate import (evaluate_pairs, network_registration, registration_f
 from model.localnet import count_parameters, fold_batchnorm
 from model.prealign import network_input
 from model.registration import Registration, Settings
-from model.train import load_train_data
+from model.train import Stream, load_train_data
 
 ROWS = ["identity", "global_stage", "ants_affine", "ants_syn", "trained_unrefined", "trained", "pruned", "pruned_finetuned",
         "blocks_finetuned", "int8_qat", "int8_deployed_unrefined", "int8_deployed", "int4_qat", "ptq_ort_int8"]  # then the compression rows of qat.layer_int8 / layer_int4 / nm_int8, in that order
@@ -177,7 +177,7 @@ def calibration_inputs(cfg: Config, data_dir: Path, batches: int) -> list[np.nda
     from quant.qat import calibration_batches
 
     data = load_train_data(cfg, data_dir, progress=False)
-    return [x[k:k + 1].numpy() for x in calibration_batches(cfg, data, batches, stream=300) for k in range(len(x))]
+    return [x[k:k + 1].numpy() for x in calibration_batches(cfg, data, batches, stream=Stream.PTQ) for k in range(len(x))]
 
 
 def need(path: Path, target: str) -> Path:

@@ -97,7 +97,7 @@ class PruneConfig:
     amounts: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 0.9])
     steps: int = 200  # fine-tuning steps after each pruning step
     lr: float = 1e-4
-    # layer-aware allocation (quant/prune.py): per-layer sparsity from each layer's measured Dice
+    # layer-aware allocation (quant/allocate.py): per-layer sparsity from each layer's measured Dice
     # cost when pruned alone at `probe_levels` (on `probe_batches` training batches), the heads
     # and the first convolution kept at >= `protected_density`; reached gradually (cubic) over
     # `gradual_steps` with the trained network's field distilled (`distill_weight`)

@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import time
+from enum import IntEnum
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,27 @@ from model.data import DataError, Subject, load_dataset
 from model.localnet import LocalNet
 from model.losses import bending_energy, local_ncc, multiscale_dice_loss
 from model.warp import random_affine_ddf, random_smooth_ddf, warp_grid_sample
+
+
+class Stream(IntEnum):
+    """The random streams of training batches (TrainData.batch's `stream`). Each fine-tuning job
+    draws a sequence of its own, its kind's base plus its index among the jobs of that kind
+    (`Stream.of`), so that no stage replays another's batches."""
+    TRAIN = 0  # training itself
+    SENSITIVITY = 90  # the fixed batches on which layer-aware pruning probes each layer
+    PRUNE = 100  # global magnitude pruning, one job per amount
+    QAT = 200  # quantisation-aware fine-tuning and its calibration, one per model
+    LAYER_AWARE = 300  # layer-aware pruning, one per amount
+    NM = 400  # N:M block pruning, one per ratio
+    BLOCKS = 500  # block pruning, one per amount
+    PTQ = 600  # the post-training quantisation rows' calibration (benchmarks/accuracy.py)
+
+    @classmethod
+    def of(cls, kind: "Stream", index: int) -> int:
+        """The stream of the `index`-th job of `kind`; an error past the next kind's base."""
+        if not 0 <= index < 100:
+            raise ValueError(f"{kind.name} job {index}: a kind has streams for 100 jobs")
+        return int(kind) + index
 
 
 class TrainData:

@@ -29,9 +29,9 @@ from model.artifacts import atomic_write_json, git_commit
 from model.checkpoint import load_checkpoint
 from model.cli import run_cli, stage_parser
 from model.config import Config, config_from_dict, config_to_dict, load_config
-from model.train import TrainData, fit, load_train_data, setup_torch
-from quant.prune import (apply_masks, block_dir, check_masks, layer_dir, load_pruned, nm_dir, nm_layer_dir, sparsity_dir,
-                         weight_sparsity)
+from model.train import Stream, TrainData, fit, load_train_data, setup_torch
+from quant.masks import apply_masks, check_masks, weight_sparsity
+from quant.prune import block_dir, layer_dir, load_pruned, nm_dir, nm_layer_dir, sparsity_dir
 from quant.twin import QuantLocalNet, calibrate, quant_twin
 
 
@@ -136,7 +136,7 @@ def qat(cfg: Config, prune_dir: Path, data_dir: Path, out: Path, resume: bool = 
         if resume and (d / "model.pt").exists():
             load_qat(d / "model.pt", cfg)
         else:
-            qat_from_pruned(cfg, src, data, d, bits, steps, 200 + i, resume, progress, teacher)
+            qat_from_pruned(cfg, src, data, d, bits, steps, Stream.of(Stream.QAT, i), resume, progress, teacher)
             made.add(name)
         done[name] = d / "model.pt"
         if name == "int4" and (made or not (out / "qat.json").exists()):

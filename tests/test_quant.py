@@ -15,8 +15,10 @@ from model.checkpoint import load_checkpoint
 from model.config import load_config
 from model.localnet import LocalNet, fold_batchnorm
 from model.train import fit, load_train_data
-from quant.prune import (allocate, apply_masks, cubic_ramp, global_magnitude_masks, layer_block_masks,
-                         layer_magnitude_masks, load_pruned, nm_block_masks, prunable_weights)
+from quant.allocate import allocate, cubic_ramp
+from quant.masks import (apply_masks, global_magnitude_masks, layer_block_masks, layer_magnitude_masks, nm_block_masks,
+                         prunable_weights)
+from quant.prune import load_pruned
 from quant.qat import load_qat
 from quant.twin import QuantLocalNet, calibrate, integer_params, quant_twin, quantizer_scales
 
@@ -464,3 +466,29 @@ def test_tampered_mask_and_other_stages_refused(tiny_run, tmp_path):
         load_pruned(out / "train" / "model.pt", cfg)
     with pytest.raises(ValueError, match="not a QAT checkpoint .stage 'prune'"):
         load_qat(pruned, cfg)
+
+
+def test_prune_jobs_table_chains_and_streams():
+    """The job table of the demo config: each chain starts from its previous amount, N:M from
+    the unpruned network, and no two fine-tuning jobs (pruning or QAT) share a random stream."""
+    from model.train import Stream
+    from quant.prune import prune_jobs
+    from quant.qat import qat_jobs
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "demo.toml")
+    out = Path("OUT")
+    jobs = prune_jobs(cfg, out)
+    by_kind: dict[str, list] = {}
+    for j in jobs:
+        by_kind.setdefault(j.kind, []).append(j)
+    assert [j.amount for j in by_kind["global"]] == cfg.prune.amounts
+    for kind in ("global", "layer", "block"):
+        chain = by_kind.get(kind, [])
+        assert [j.start for j in chain] == [None, *[j.dir for j in chain[:-1]]]
+    assert all(j.start is None for j in by_kind.get("nm", []))
+    assert len({j.dir for j in jobs}) == len(jobs)
+    qat_streams = [Stream.of(Stream.QAT, i) for i in range(len(qat_jobs(cfg, out, curve=True)))]
+    streams = [j.stream for j in jobs] + qat_streams + [Stream.SENSITIVITY, Stream.PTQ, Stream.TRAIN]
+    assert len(set(streams)) == len(streams)
+    with pytest.raises(ValueError, match="100 jobs"):
+        Stream.of(Stream.NM, 100)
