@@ -70,9 +70,7 @@ def weight_records(twin, example: torch.Tensor) -> list[Record]:
     for name, m in twin.named_modules():
         if isinstance(m, qnn.QuantConv3d):
             p = params[name]
-            per_channel = isinstance(p["e_w"], np.ndarray)
-            recs.append(Record(name, OP_CONV3D, p["bits"], 0 if per_channel else p["e_w"], p["e_in"], weight=p["weight"],
-                               bias=p["bias"], e_ch=p["e_w"] if per_channel else None))
+            recs.append(Record.conv3d(name, p["bits"], p["e_w"], p["e_in"], p["weight"], p["bias"], p["per_channel"]))
         elif isinstance(m, (qnn.QuantIdentity, qnn.QuantReLU)):
             e = pot_exponent(m.act_quant.scale().detach())
             recs.append(Record(name, OP_QUANT, 8, e, relu=isinstance(m, qnn.QuantReLU)))
@@ -170,9 +168,9 @@ def export(cfg: Config, run: Path, data_dir: Path, progress: bool = True) -> dic
     for r in recs8:
         if r.op == OP_CONV3D:
             bound = bounds[r.name]
-            e_w = int(r.e_w[0]) if r.e_ch is None else r.e_w.tolist()  # a list: one exponent per output channel
+            per_channel = lambda a: a.tolist() if r.per_channel else int(a[0])  # noqa: E731 (a list: one per output channel)
             layers.append({"name": r.name, "op": "conv3d", "shape": list(r.weight.shape), "bits": r.bits,
-                           "e_w": e_w, "e_in": r.e_in, "e_acc": (r.e_w + r.e_in).tolist() if r.e_ch is not None else int(r.e_w[0]) + r.e_in,
+                           "e_w": per_channel(r.e_w), "e_in": r.e_in, "e_acc": per_channel(r.e_w + r.e_in),
                            "sparsity": round(1 - np.count_nonzero(r.weight) / r.weight.size, 4),
                            "acc_bound": bound, "acc_bits": int(bound).bit_length() + 1})
         else:

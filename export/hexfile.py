@@ -50,16 +50,16 @@ def write_hex_and_header(records: list[Record], out: Path) -> list[Path]:
         if r.op == OP_QUANT:
             h.append(f"#define {c}_E_OUT {r.e_out}  /* scale 2^-{r.e_out}{', ReLU' if r.relu else ''} */")
             continue
-        per_channel = () if r.e_ch is None else (("e_w", r.e_ch, 2),)
+        per_channel = (("e_w", r.e_w, 2),) if r.per_channel else ()
         for suffix, vals, digits in (("weight", r.weight, 2), ("bias", r.bias, 8), *per_channel):
             f = hexdir / f"{r.name}.{suffix}.hex"
             atomic_write_text(f, to_readmemh(vals, digits))
             files.append(f)
         shape = "x".join(map(str, r.weight.shape))
-        if r.e_ch is None:
+        if r.per_channel:  # one exponent per output channel
+            h.append(f"static const int8_t {c.lower()}_e_w[{r.e_w.size}] = {{" + ", ".join(map(str, r.e_w.tolist())) + "};")
+        else:
             h.append(f"#define {c}_E_W {int(r.e_w[0])}")
-        else:  # per-channel weight scales: one exponent per output channel
-            h.append(f"static const int8_t {c.lower()}_e_w[{r.e_ch.size}] = {{" + ", ".join(map(str, r.e_ch.tolist())) + "};")
         h += [f"#define {c}_E_IN {r.e_in}",
               f"static const int8_t {c.lower()}_weight[{r.weight.size}] = {{ /* {shape}, C order */",
               "  " + ", ".join(map(str, r.weight.ravel().tolist())) + "};",

@@ -70,6 +70,25 @@ class Record:
         """quant: the exponent of the requantised output (its scale 2^-e_out)."""
         return self.e0
 
+    @classmethod
+    def conv3d(cls, name: str, bits: int, e_w: np.ndarray, e_in: int, weight: np.ndarray, bias: np.ndarray,
+               per_channel: bool) -> "Record":
+        """A conv3d record from its weight exponent per output channel `e_w` (C_out,): stored per
+        channel, or (`per_channel` False) as the one exponent all channels share."""
+        e_w = np.asarray(e_w, dtype=np.int64)
+        if e_w.shape != (weight.shape[0],):
+            raise WeightsError(f"record {name}: {e_w.shape} weight exponents for {weight.shape[0]} output channels")
+        if per_channel:
+            return cls(name, OP_CONV3D, bits, 0, e_in, weight=weight, bias=bias, e_ch=e_w)
+        if (e_w != e_w[0]).any():
+            raise WeightsError(f"record {name}: per-tensor weight scale with different exponents {e_w.tolist()}")
+        return cls(name, OP_CONV3D, bits, int(e_w[0]), e_in, weight=weight, bias=bias)
+
+    @property
+    def per_channel(self) -> bool:
+        """conv3d: whether the weight scale is stored per output channel (else one e0 for all)."""
+        return self.e_ch is not None
+
     @property
     def e_w(self) -> np.ndarray:
         """conv3d: the weight exponent of every output channel, int64 (C_out,)."""

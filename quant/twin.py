@@ -260,7 +260,8 @@ def integer_params(twin: QuantLocalNet, example: torch.Tensor) -> dict[str, dict
     """The integers a deployment stores, per convolution (module name):
 
     {"weight": int8 array (C_out, C_in, kD, kH, kW), "bits": 4|8, "e_in": int,
-     "e_w": int (per-tensor scale) or int array (C_out,) (per-channel: twin.weight_scale == "channel"),
+     "e_w": int64 array (C_out,), the weight exponent of each output channel (all equal unless
+     "per_channel", twin.weight_scale == "channel"),
      "bias": int32 array (C_out,) at the accumulator scale 2^-(e_in + e_w)}, scale = 2^-e.
     `example` (1, 2, X, Y, Z) is run once to read each convolution's input scale.
     """
@@ -288,8 +289,9 @@ def integer_params(twin: QuantLocalNet, example: torch.Tensor) -> dict[str, dict
             if not torch.equal(torch.exp2(-e_w.double()), s_w.reshape(-1)):
                 raise ValueError(f"{name}: weight scale is not a power of two")
             per_channel = twin.weight_scale == "channel"
+            e_w = e_w.expand(w.shape[0])  # a per-tensor scale: the same exponent for every channel
             out[name] = {"weight": w.to(torch.int8).numpy(), "bits": twin.weight_bits,
-                         "e_w": e_w.numpy().astype(np.int64) if per_channel else int(e_w[0]),
+                         "e_w": e_w.numpy().astype(np.int64), "per_channel": per_channel,
                          "e_in": pot_exponent(s_in), "bias": b.to(torch.int64).numpy().astype(np.int32)}
     return out
 

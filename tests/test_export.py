@@ -552,3 +552,20 @@ def test_export_refuses_another_config(tiny_data, tiny_run, tmp_path):
     cfg.qat.steps += 1
     with pytest.raises(ConfigError, match="qat.steps"):
         export(cfg, out, tiny_data, progress=False)
+
+
+def test_record_conv3d_takes_the_exponent_per_channel(tmp_path):
+    """A conv3d record is made from one weight exponent per output channel: stored per channel,
+    or as the shared e0 when the scale is per tensor (unequal exponents refused)."""
+    w, b = np.ones((3, 2, 1, 1, 1), np.int8), np.zeros(3, np.int32)
+    shared = Record.conv3d("c", 8, np.array([5, 5, 5]), 7, w, b, per_channel=False)
+    own = Record.conv3d("d", 8, np.array([5, 6, 4]), 7, w, b, per_channel=True)
+    assert (shared.e0, shared.per_channel, own.e0, own.per_channel) == (5, False, 0, True)
+    write_weights(tmp_path / "w.bin", [shared, own], {"format": "test"})
+    got = read_weights(tmp_path / "w.bin").records
+    assert got["c"].e_w.tolist() == [5, 5, 5] and got["d"].e_w.tolist() == [5, 6, 4]
+    assert not got["c"].per_channel and got["d"].per_channel
+    with pytest.raises(WeightsError, match="different exponents"):
+        Record.conv3d("e", 8, np.array([5, 6, 5]), 7, w, b, per_channel=False)
+    with pytest.raises(WeightsError, match="output channels"):
+        Record.conv3d("f", 8, np.array([5, 5]), 7, w, b, per_channel=True)
