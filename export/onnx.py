@@ -163,116 +163,129 @@ def u8s8_exact_cpu() -> bool:
     return "vnni" in flags or "amx_int8" in flags
 
 
-def qlinear_graph(model, where: str = "model") -> dict[str, int]:
-    """Reshape a dense Brevitas QCDQ graph (in place) so that onnxruntime's QDQ fusion turns
-    every convolution into QLinearConv and every add of two int8 tensors into QLinearAdd, in
-    the layout and types its fast integer kernels take, with the same integers out. Four
-    rewrites, all exact under ONNX semantics:
+class _Graph:
+    """What the rewrite passes share: the graph, its initializers by name, the producer and
+    consumers of every tensor, new constants, and splicing replacement nodes in place."""
 
-    - u8 activations: every activation QuantizeLinear / DequantizeLinear pair goes from int8 to
-      uint8 with the zero point + 128 (the same integers, shifted), weights stay int8: the U8S8
-      kernels are onnxruntime's native x86 and ARM int8 path (its s8s8 kernels run about twice
-      as slow here). They are exact wherever `u8s8_exact_cpu()` holds.
-    - ReLU on the integers: `Conv|Add -> Relu -> Q(s, z)` becomes `Conv|Add -> Q(s, z) ->
-      Clip(z, 255)`: relu(sat(rne(x / s))) = sat(rne(relu(x) / s)) for every x (round half to
-      even maps (-0.5, 0] to 0). onnxruntime fuses a Relu into its Q only at the type's lowest
-      zero point, which a ReLU output here is not, so without this those convs stay float.
-    - a copy (MaxPool, nearest Resize, Slice) of a DQ(s, z) output that feeds anything but a
-      Q gets `Q(s, z) -> DQ` after it: it copies values on the grid, so the pair is an identity.
-    - every 3-D convolution becomes a 2-D one: the input (1, C, X, Y, Z) is laid out as X
-      images (X, C, Y, Z) on the integers, padded along X with the zero point, and its k-th
-      X-shifted copies (k < kernel extent along X) are stacked as channels (X, K*C, Y, Z); the
-      weight (O, C, K, Ky, Kz) becomes (O, K*C, Ky, Kz) in the same order, so every output
-      sums the same integer products. onnxruntime's 3-D QLinearConv is an im2col product on
-      one thread (its first 7^3 convolution alone several times the float one: docs/experiments.md,
-      Latency); its 2-D one is its
-      threaded NHWC kernel. Needs batch 1 (the exported files fix it) and stride 1.
+    def __init__(self, model):
+        self.g = model.graph
+        self.inits = {t.name: t for t in self.g.initializer}
 
-    The trilinear up-sampling of the coarse displacement fields stays float: its outputs lie
-    on a 64x finer grid than int8 opset 17 can carry, so the three adds it feeds stay float
-    (exact: hw/SPEC.md). Returns the number of each rewrite."""
-    from onnx import helper, numpy_helper
-
-    g = model.graph
-    if len(g.sparse_initializer):
-        raise ValueError(f"{where}: has sparse initializers; write the all-QLinearConv graph from the dense file")
-    inits = {t.name: t for t in g.initializer}
-    counts = {"u8_activations": 0, "relu_clip": 0, "copy_requant": 0, "conv_folded": 0}
-
-    def graph_maps():
-        producer = {o: n for n in g.node for o in n.output}
+    def maps(self):
+        """(producer of each tensor, consumers of each tensor), as the graph is now."""
+        producer = {o: n for n in self.g.node for o in n.output}
         consumers: dict[str, list] = {}
-        for n in g.node:
+        for n in self.g.node:
             for i in n.input:
                 consumers.setdefault(i, []).append(n)
         return producer, consumers
 
-    def const(name: str, value) -> str:
-        if name not in inits:
-            inits[name] = numpy_helper.from_array(np.asarray(value), name)
-            g.initializer.append(inits[name])
+    def const(self, name: str, value) -> str:
+        from onnx import numpy_helper
+
+        if name not in self.inits:
+            self.inits[name] = numpy_helper.from_array(np.asarray(value), name)
+            self.g.initializer.append(self.inits[name])
         return name
 
-    def splice(new: dict[int, list]) -> None:  # each node by id -> the nodes that replace it
-        nodes = [m for n in g.node for m in new.get(id(n), [n])]
-        del g.node[:]
-        g.node.extend(nodes)
+    def splice(self, new: dict[int, list]) -> None:
+        """Each node whose id is in `new` replaced by the nodes it maps to (none: removed)."""
+        nodes = [m for n in self.g.node for m in new.get(id(n), [n])]
+        del self.g.node[:]
+        self.g.node.extend(nodes)
 
-    # 1. int8 activations -> uint8
-    _, consumers = graph_maps()
-    for n in g.node:
-        if n.op_type != "QuantizeLinear" or n.input[0] in inits:
+
+def u8_activations(model, where: str = "model") -> int:
+    """Every activation QuantizeLinear / DequantizeLinear pair from int8 to uint8, the zero point
+    + 128 (the same integers, shifted); weights stay int8. Returns the pairs rewritten."""
+    from onnx import numpy_helper
+
+    gr = _Graph(model)
+    _, consumers = gr.maps()
+    count = 0
+    for n in gr.g.node:
+        if n.op_type != "QuantizeLinear" or n.input[0] in gr.inits:
             continue
         outs = consumers.get(n.output[0], [])
         if any(c.op_type != "DequantizeLinear" or c.input[1:] != n.input[1:] for c in outs):
             raise ValueError(f"{where}: the int8 activation {n.output[0]} feeds something other than its "
                              "DequantizeLinear")
-        z = numpy_helper.to_array(inits[n.input[2]]) if n.input[2] in inits else None
+        z = numpy_helper.to_array(gr.inits[n.input[2]]) if n.input[2] in gr.inits else None
         if z is None or z.dtype != np.int8 or z.size != 1:
             raise ValueError(f"{where}: {n.name} has no int8 per-tensor zero point")
-        zu = const(f"{n.input[2]}/u8", (z.astype(np.int16) + 128).astype(np.uint8))
+        zu = gr.const(f"{n.input[2]}/u8", (z.astype(np.int16) + 128).astype(np.uint8))
         for m in (n, *outs):
             m.input[2] = zu
-        counts["u8_activations"] += 1
+        count += 1
+    return count
 
-    # 2. ReLU on the integers, 3. copies requantised
-    producer, consumers = graph_maps()
+
+def relu_on_integers(model, where: str = "model") -> int:
+    """`Conv|Add -> Relu -> Q(s, z)` as `Conv|Add -> Q(s, z) -> Clip(z, 255)` (uint8
+    activations: after u8_activations). Returns the ReLUs moved."""
+    from onnx import helper
+
+    gr = _Graph(model)
+    _, consumers = gr.maps()
     new: dict[int, list] = {}
-    u8_max = const("qlinear/u8_max", np.uint8(255))
-    for n in g.node:
+    u8_max = gr.const("qlinear/u8_max", np.uint8(255))
+    for n in gr.g.node:
         outs = consumers.get(n.output[0], [])
-        if n.op_type in ("Conv", "Add") and len(outs) == 1 and outs[0].op_type == "Relu":
-            qs = consumers.get(outs[0].output[0], [])
-            if len(qs) != 1 or qs[0].op_type != "QuantizeLinear":
-                continue
-            q = qs[0]
-            y = f"{n.output[0]}/qlinear_q"
-            new[id(outs[0])] = [helper.make_node("QuantizeLinear", [n.output[0], *q.input[1:]], [y], name=f"{n.name}/qlinear_Q"),
-                                helper.make_node("Clip", [y, q.input[2], u8_max], [q.output[0]], name=f"{n.name}/qlinear_relu")]
-            new[id(q)] = []
-            counts["relu_clip"] += 1
-        elif n.op_type in ("MaxPool", "Resize", "Slice"):
-            nearest = any(a.name == "mode" and a.s == b"nearest" for a in n.attribute)
-            d = producer.get(n.input[0])
-            if ((n.op_type == "Resize" and not nearest) or d is None or d.op_type != "DequantizeLinear"
-                    or all(c.op_type == "QuantizeLinear" for c in outs)):
-                continue
-            k = counts["copy_requant"]
-            q, dq = f"{n.output[0]}/qlinear_q{k}", f"{n.output[0]}/qlinear_dq{k}"
-            for c in outs:
-                for j, x in enumerate(c.input):
-                    if x == n.output[0]:
-                        c.input[j] = dq
-            new[id(n)] = [n, helper.make_node("QuantizeLinear", [n.output[0], *d.input[1:]], [q], name=f"{n.name}/qlinear_Q"),
-                          helper.make_node("DequantizeLinear", [q, *d.input[1:]], [dq], name=f"{n.name}/qlinear_DQ")]
-            counts["copy_requant"] += 1
-    splice(new)
+        if n.op_type not in ("Conv", "Add") or len(outs) != 1 or outs[0].op_type != "Relu":
+            continue
+        qs = consumers.get(outs[0].output[0], [])
+        if len(qs) != 1 or qs[0].op_type != "QuantizeLinear":
+            continue
+        q = qs[0]
+        y = f"{n.output[0]}/qlinear_q"
+        new[id(outs[0])] = [helper.make_node("QuantizeLinear", [n.output[0], *q.input[1:]], [y], name=f"{n.name}/qlinear_Q"),
+                            helper.make_node("Clip", [y, q.input[2], u8_max], [q.output[0]], name=f"{n.name}/qlinear_relu")]
+        new[id(q)] = []
+    gr.splice(new)
+    return len(new) // 2
 
-    # 4. 3-D convolutions as 2-D ones
-    producer, consumers = graph_maps()
-    new = {}
+
+def requantise_copies(model, where: str = "model") -> int:
+    """After a copy (MaxPool, nearest Resize, Slice) of a DQ(s, z) output that feeds anything
+    but a Q, `Q(s, z) -> DQ`: an identity on values on the grid. Returns the copies so marked."""
+    from onnx import helper
+
+    gr = _Graph(model)
+    producer, consumers = gr.maps()
+    new: dict[int, list] = {}
+    for n in gr.g.node:
+        if n.op_type not in ("MaxPool", "Resize", "Slice"):
+            continue
+        outs = consumers.get(n.output[0], [])
+        nearest = any(a.name == "mode" and a.s == b"nearest" for a in n.attribute)
+        d = producer.get(n.input[0])
+        if ((n.op_type == "Resize" and not nearest) or d is None or d.op_type != "DequantizeLinear"
+                or all(c.op_type == "QuantizeLinear" for c in outs)):
+            continue
+        k = len(new)
+        q, dq = f"{n.output[0]}/qlinear_q{k}", f"{n.output[0]}/qlinear_dq{k}"
+        for c in outs:
+            for j, x in enumerate(c.input):
+                if x == n.output[0]:
+                    c.input[j] = dq
+        new[id(n)] = [n, helper.make_node("QuantizeLinear", [n.output[0], *d.input[1:]], [q], name=f"{n.name}/qlinear_Q"),
+                      helper.make_node("DequantizeLinear", [q, *d.input[1:]], [dq], name=f"{n.name}/qlinear_DQ")]
+    gr.splice(new)
+    return len(new)
+
+
+def conv3d_as_2d(model, where: str = "model") -> int:
+    """Every `DQ -> Conv(3-D) -> Q` as a 2-D convolution over X images with the X-shifted
+    copies stacked as channels (qlinear_graph says how). Returns the convolutions folded."""
+    from onnx import helper, numpy_helper
+
+    gr = _Graph(model)
+    inits, const = gr.inits, gr.const
+    producer, consumers = gr.maps()
+    new: dict[int, list] = {}
     axis0 = const("qlinear/axis0", np.array([0], np.int64))
-    for n in g.node:
+    count = 0
+    for n in gr.g.node:
         if n.op_type != "Conv":
             continue
         a = {x.name: list(x.ints) if x.ints else x.i for x in n.attribute}
@@ -311,13 +324,52 @@ def qlinear_graph(model, where: str = "model") -> dict[str, int]:
         new[id(q)] = [helper.make_node("QuantizeLinear", [f"{t}/y", *q.input[1:]], [f"{t}/yq"], name=f"{t}/Q"),
                       helper.make_node("Transpose", [f"{t}/yq"], [f"{t}/yt"], name=f"{t}/Transpose_out", perm=[1, 0, 2, 3]),
                       helper.make_node("Unsqueeze", [f"{t}/yt", axis0], [q.output[0]], name=f"{t}/Unsqueeze")]
-        counts["conv_folded"] += 1
-    splice(new)
-    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-    dead = [n for n in g.node if n.op_type == "DequantizeLinear" and n.output[0] not in used]
-    for n in dead:  # the 3-D convolutions' input DQs
-        g.node.remove(n)
-    return counts
+        count += 1
+    gr.splice(new)
+    used = {i for n in gr.g.node for i in n.input} | {o.name for o in gr.g.output}
+    for n in [n for n in gr.g.node if n.op_type == "DequantizeLinear" and n.output[0] not in used]:
+        gr.g.node.remove(n)  # the 3-D convolutions' input DQs
+    return count
+
+
+# qlinear_graph's passes in the order they run (each needs the ones before it), by the name
+# under which the count of its rewrites is recorded
+QLINEAR_PASSES = {"u8_activations": u8_activations, "relu_clip": relu_on_integers,
+                  "copy_requant": requantise_copies, "conv_folded": conv3d_as_2d}
+
+
+def qlinear_graph(model, where: str = "model") -> dict[str, int]:
+    """Reshape a dense Brevitas QCDQ graph (in place) so that onnxruntime's QDQ fusion turns
+    every convolution into QLinearConv and every add of two int8 tensors into QLinearAdd, in
+    the layout and types its fast integer kernels take, with the same integers out. Four
+    rewrites, all exact under ONNX semantics, each a pass of its own (QLINEAR_PASSES):
+
+    - u8 activations (`u8_activations`): every activation QuantizeLinear / DequantizeLinear
+      pair goes from int8 to uint8 with the zero point + 128 (the same integers, shifted),
+      weights stay int8: the U8S8
+      kernels are onnxruntime's native x86 and ARM int8 path (its s8s8 kernels run about twice
+      as slow here). They are exact wherever `u8s8_exact_cpu()` holds.
+    - ReLU on the integers (`relu_on_integers`): `Conv|Add -> Relu -> Q(s, z)` becomes
+      `Conv|Add -> Q(s, z) -> Clip(z, 255)`: relu(sat(rne(x / s))) = sat(rne(relu(x) / s)) for every x (round half to
+      even maps (-0.5, 0] to 0). onnxruntime fuses a Relu into its Q only at the type's lowest
+      zero point, which a ReLU output here is not, so without this those convs stay float.
+    - copies requantised (`requantise_copies`): a copy (MaxPool, nearest Resize, Slice) of a
+      DQ(s, z) output that feeds anything but a Q gets `Q(s, z) -> DQ` after it: it copies values on the grid, so the pair is an identity.
+    - every 3-D convolution becomes a 2-D one (`conv3d_as_2d`): the input (1, C, X, Y, Z) is
+      laid out as X images (X, C, Y, Z) on the integers, padded along X with the zero point, and its k-th
+      X-shifted copies (k < kernel extent along X) are stacked as channels (X, K*C, Y, Z); the
+      weight (O, C, K, Ky, Kz) becomes (O, K*C, Ky, Kz) in the same order, so every output
+      sums the same integer products. onnxruntime's 3-D QLinearConv is an im2col product on
+      one thread (its first 7^3 convolution alone several times the float one: docs/experiments.md,
+      Latency); its 2-D one is its
+      threaded NHWC kernel. Needs batch 1 (the exported files fix it) and stride 1.
+
+    The trilinear up-sampling of the coarse displacement fields stays float: its outputs lie
+    on a 64x finer grid than int8 opset 17 can carry, so the three adds it feeds stay float
+    (exact: hw/SPEC.md). Returns the number of each rewrite."""
+    if len(model.graph.sparse_initializer):
+        raise ValueError(f"{where}: has sparse initializers; write the all-QLinearConv graph from the dense file")
+    return {name: rewrite(model, where) for name, rewrite in QLINEAR_PASSES.items()}
 
 
 def _write_rewritten(src: Path, dst: Path, rewrite, key: str) -> dict[str, int]:
@@ -337,16 +389,82 @@ def write_qlinear(src: Path, dst: Path) -> dict[str, int]:
     return _write_rewritten(src, dst, qlinear_graph, "qlinear_rewrites")
 
 
+def drop_weight_clips(model, where: str = "model") -> int:
+    """The Clip between each integer weight initializer and its consumer removed (a weight
+    outside its Clip is a ValueError). Returns the Clips removed."""
+    from onnx import numpy_helper
+
+    gr = _Graph(model)
+    rename: dict[str, str] = {}
+    keep = []
+    for n in gr.g.node:
+        if n.op_type == "Clip" and n.input[0] in gr.inits and all(x in gr.inits for x in n.input[1:3]):
+            w = numpy_helper.to_array(gr.inits[n.input[0]])
+            lo, hi = (numpy_helper.to_array(gr.inits[x]) for x in n.input[1:3])
+            if w.dtype.kind not in "iu":
+                keep.append(n)
+                continue
+            if w.size and (w.min() < lo or w.max() > hi):
+                raise ValueError(f"{where}: weight {n.input[0]} has values in [{w.min()}, {w.max()}], "
+                                 f"outside its Clip [{lo}, {hi}]")
+            rename[n.output[0]] = n.input[0]
+        else:
+            keep.append(n)
+    for n in keep:
+        for j, x in enumerate(n.input):
+            n.input[j] = rename.get(x, x)
+    if any(o.name in rename for o in gr.g.output):
+        raise ValueError(f"{where}: a graph output is a clipped weight")
+    del gr.g.node[:]
+    gr.g.node.extend(keep)
+    return len(rename)
+
+
+def barriers_before_adds(model, where: str = "model") -> int:
+    """Max(x, x) between an Add and each of its inputs that is a convolution's re-quantised
+    output (DQ <- Q <- [Relu <-] Conv). Returns the barriers inserted."""
+    from onnx import helper
+
+    gr = _Graph(model)
+    producer, _ = gr.maps()
+
+    def conv_requantised(x: str) -> bool:
+        chain = [producer.get(x)]
+        while chain[-1] is not None and chain[-1].op_type in ("DequantizeLinear", "QuantizeLinear", "Relu"):
+            chain.append(producer.get(chain[-1].input[0]))
+        ops = [c.op_type if c is not None else None for c in chain]
+        return ops in (["DequantizeLinear", "QuantizeLinear", "Conv"],
+                       ["DequantizeLinear", "QuantizeLinear", "Relu", "Conv"])
+
+    nodes, count = [], 0
+    for n in gr.g.node:
+        if n.op_type == "Add":
+            for j, x in enumerate(n.input):
+                if conv_requantised(x):
+                    y = f"{x}/openvino_barrier{count}"
+                    nodes.append(helper.make_node("Max", [x, x], [y], name=f"{n.name}/openvino_barrier{j}"))
+                    n.input[j] = y
+                    count += 1
+        nodes.append(n)
+    del gr.g.node[:]
+    gr.g.node.extend(nodes)
+    return count
+
+
+OPENVINO_PASSES = {"weight_clip_removed": drop_weight_clips, "add_barrier": barriers_before_adds}
+
+
 def openvino_graph(model, where: str = "model") -> dict[str, int]:
     """Reshape a dense Brevitas QCDQ graph (in place) so that OpenVINO runs every convolution
-    on int8 and stays exact. Two rewrites, both identities under ONNX semantics:
+    on int8 and stays exact. Two rewrites, both identities under ONNX semantics, each a pass of its own
+    (OPENVINO_PASSES):
 
-    - the Clip between each integer weight initializer and its DequantizeLinear goes. Brevitas
+    - `drop_weight_clips`: the Clip between each integer weight initializer and its DequantizeLinear goes. Brevitas
       emits it to narrow int8 weights to [-127, 127] (int4 to [-7, 7]), which the stored
       integers already are (checked: a weight outside its Clip is a ValueError naming `where`
       and the tensor). OpenVINO's low-precision pass does not look through the Clip and runs
       every convolution in f32 (about twice as slow on the demo network: docs/experiments.md).
-    - a barrier, Max(x, x), between an Add and each input that is a convolution's re-quantised
+    - `barriers_before_adds`: a barrier, Max(x, x), between an Add and each input that is a convolution's re-quantised
       output. Without it OpenVINO fuses the convolution, its re-quantisation and the add into
       one node that rounds once where the graph rounds twice, and its integers differ by one LSB
       (from the first residual add on: docs/experiments.md); the barrier keeps them apart and
@@ -355,55 +473,7 @@ def openvino_graph(model, where: str = "model") -> dict[str, int]:
       log).
 
     Returns the number of each rewrite."""
-    from onnx import helper, numpy_helper
-
-    g = model.graph
-    producer = {o: n for n in g.node for o in n.output}
-    inits = {t.name: t for t in g.initializer}
-    counts = {"weight_clip_removed": 0, "add_barrier": 0}
-    rename: dict[str, str] = {}
-    keep = []
-    for n in g.node:
-        if n.op_type == "Clip" and n.input[0] in inits and all(x in inits for x in n.input[1:3]):
-            w = numpy_helper.to_array(inits[n.input[0]])
-            lo, hi = (numpy_helper.to_array(inits[x]) for x in n.input[1:3])
-            if w.dtype.kind not in "iu":
-                keep.append(n)
-                continue
-            if w.size and (w.min() < lo or w.max() > hi):
-                raise ValueError(f"{where}: weight {n.input[0]} has values in [{w.min()}, {w.max()}], "
-                                 f"outside its Clip [{lo}, {hi}]")
-            rename[n.output[0]] = n.input[0]
-            counts["weight_clip_removed"] += 1
-        else:
-            keep.append(n)
-    for n in keep:
-        for j, x in enumerate(n.input):
-            n.input[j] = rename.get(x, x)
-    if any(o.name in rename for o in g.output):
-        raise ValueError(f"{where}: a graph output is a clipped weight")
-
-    def conv_requantised(x: str) -> bool:  # DQ <- Q <- [Relu <-] Conv
-        chain = [producer.get(x)]
-        while chain[-1] is not None and chain[-1].op_type in ("DequantizeLinear", "QuantizeLinear", "Relu"):
-            chain.append(producer.get(chain[-1].input[0]))
-        ops = [c.op_type if c is not None else None for c in chain]
-        return ops in (["DequantizeLinear", "QuantizeLinear", "Conv"],
-                       ["DequantizeLinear", "QuantizeLinear", "Relu", "Conv"])
-
-    nodes = []
-    for n in keep:
-        if n.op_type == "Add":
-            for j, x in enumerate(n.input):
-                if conv_requantised(x):
-                    y = f"{x}/openvino_barrier{counts['add_barrier']}"
-                    nodes.append(helper.make_node("Max", [x, x], [y], name=f"{n.name}/openvino_barrier{j}"))
-                    n.input[j] = y
-                    counts["add_barrier"] += 1
-        nodes.append(n)
-    del g.node[:]
-    g.node.extend(nodes)
-    return counts
+    return {name: rewrite(model, where) for name, rewrite in OPENVINO_PASSES.items()}
 
 
 def write_openvino(src: Path, dst: Path) -> dict[str, int]:

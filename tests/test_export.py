@@ -569,3 +569,90 @@ def test_record_conv3d_takes_the_exponent_per_channel(tmp_path):
         Record.conv3d("e", 8, np.array([5, 6, 5]), 7, w, b, per_channel=False)
     with pytest.raises(WeightsError, match="output channels"):
         Record.conv3d("f", 8, np.array([5, 5]), 7, w, b, per_channel=True)
+
+
+def _run_unoptimized(model, xs) -> list[np.ndarray]:
+    """The graph run as written (onnxruntime, no graph optimisation, so no fusion)."""
+    from export.onnx import INPUT, ort_session
+
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "m.onnx"
+        onnx.save(model, str(path))
+        sess = ort_session(path, optimize=False, threads=1)
+        return [sess.run(None, {INPUT: x})[0] for x in xs]
+
+
+def _uses(model, name: str) -> list:
+    return [n for n in model.graph.node if name in n.input]
+
+
+def _qlinear_after(model, name: str) -> bool:
+    """What each qlinear pass leaves true of the graph."""
+    from onnx import numpy_helper
+
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    nodes = model.graph.node
+    if name == "u8_activations":
+        return all(inits[n.input[2]].dtype == np.uint8 for n in nodes
+                   if n.op_type == "QuantizeLinear" and n.input[0] not in inits)
+    if name == "relu_clip":
+        return not any(n.op_type == "Relu" for n in nodes)
+    if name == "copy_requant":
+        return all(all(c.op_type == "QuantizeLinear" for c in _uses(model, n.output[0])) for n in nodes
+                   if n.op_type in ("MaxPool", "Slice") or n.op_type == "Resize"
+                   and any(a.name == "mode" and a.s == b"nearest" for a in n.attribute))
+    producer = {o: n for n in nodes for o in n.output}
+
+    def weight(x: str) -> np.ndarray:  # the initializer behind DQ (and Clip)
+        while x not in inits:
+            x = producer[x].input[0]
+        return inits[x]
+    return all(weight(n.input[1]).ndim == 4 for n in nodes if n.op_type == "Conv")  # conv_folded: every weight 2-D
+
+
+@pytest.mark.parametrize("name", ["u8_activations", "relu_clip", "copy_requant", "conv_folded"])
+def test_each_qlinear_pass_keeps_the_graph_output(random_twin_onnx, name):
+    """Each rewrite pass of qlinear_graph on its own, after the passes before it: the graph's
+    output is the same array before and after it, element for element (float32 sums of
+    integer products below 2^24 are exact in any order: the 2-D fold regroups them), what the
+    pass is for was not yet true before it and is after, and it counts what it rewrote."""
+    from export.onnx import QLINEAR_PASSES
+
+    _, path, xs, _, _ = random_twin_onnx
+    model = onnx.load(str(path))
+    for before, rewrite in QLINEAR_PASSES.items():
+        if before == name:
+            break
+        rewrite(model, str(path))
+    out_before = _run_unoptimized(model, xs)
+    assert not _qlinear_after(model, name)
+    assert QLINEAR_PASSES[name](model, str(path)) > 0
+    onnx.checker.check_model(model)
+    assert _qlinear_after(model, name)
+    for a, b in zip(out_before, _run_unoptimized(model, xs)):
+        assert np.array_equal(a, b)
+
+
+def test_each_openvino_pass_keeps_the_graph_output(random_twin_onnx):
+    """The two passes of openvino_graph one at a time: the same output array after each, no
+    Clip left on an initializer after the first, every convolution's re-quantised output
+    reaching an Add through a Max(x, x) after the second."""
+    from onnx import numpy_helper
+
+    from export.onnx import barriers_before_adds, drop_weight_clips
+
+    _, path, xs, _, _ = random_twin_onnx
+    model = onnx.load(str(path))
+    ref = _run_unoptimized(model, xs)
+    inits = {t.name for t in model.graph.initializer}
+    clips = sum(n.op_type == "Clip" and n.input[0] in inits for n in model.graph.node)
+    assert clips > 0 and drop_weight_clips(model, str(path)) == clips
+    assert not any(n.op_type == "Clip" and n.input[0] in inits for n in model.graph.node)
+    assert all(np.array_equal(a, b) for a, b in zip(ref, _run_unoptimized(model, xs)))
+    n_max = barriers_before_adds(model, str(path))
+    maxes = [n for n in model.graph.node if n.op_type == "Max"]
+    assert n_max == len(maxes) > 0 and all(n.input[0] == n.input[1] for n in maxes)
+    assert all(any(a.op_type == "Add" for a in _uses(model, m.output[0])) for m in maxes)
+    onnx.checker.check_model(model)
+    assert all(np.array_equal(a, b) for a, b in zip(ref, _run_unoptimized(model, xs)))
