@@ -271,7 +271,7 @@ def report(cfg: Config, data_dir: Path, out: Path, progress: bool = True) -> dic
         reg = registration_fn(network_registration(twin, cfg))
         curve["int8"].append(summarise(evaluate_pairs(subjects, cfg, reg, f"int8 {a:.0%}", progress)[0],
                                        "", 0, 0)["dice"])
-    curve["identity_dice"] = rows[0]["dice"]
+    curve["identity_dice"] = next(r["dice"] for r in rows if r["model"] == "identity")
     atomic_write_json(rep / "pruning_curve.json", curve)
     plot_curve(rep / "pruning_curve.png", curve)
     return table

@@ -219,8 +219,8 @@ def fit(net: torch.nn.Module, cfg: Config, data: TrainData, out: Path, *, steps:
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path, final_path = out / "ckpt.pt", out / "log.jsonl", out / "model.pt"
     # `channels_last`: NDHWC activations and weights, in which oneDNN's 3-D convolutions run a
-    # step of the demo network in 0.49 s instead of 0.76 (one thread; the Brevitas twin 0.51
-    # against 0.77 with two). Checkpoints are written in the default layout either way.
+    # training step faster, the float network and the Brevitas twin alike (docs/experiments.md,
+    # "Training speed"). Checkpoints are written in the default layout either way.
     layout = torch.channels_last_3d if channels_last else torch.contiguous_format
     net.to(memory_format=layout)
     if teacher is not None:

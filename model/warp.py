@@ -47,9 +47,9 @@ def warp(moving: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:
 
 def warp_grid_sample(moving: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:
     """`warp` through torch's fused GridSample kernel (trilinear, border padding,
-    align_corners=True: the same clamped map), for training. On the training loss's label batch
-    (4 x 14 labels at 32x40x32) forward + backward take 0.18 s against 0.95 s for `warp` (one
-    thread). The positions pass through the [-1, 1] normalisation and back, so it equals `warp`
+    align_corners=True: the same clamped map), for training: on the training loss's label batch,
+    forward and backward, it is several times faster than `warp` (docs/experiments.md, "Training
+    speed"). The positions pass through the [-1, 1] normalisation and back, so it equals `warp`
     only within float32 rounding (about 1e-6 of the values; tests/test_model.py), not bit for bit:
     evaluation, figures and the exported register models keep `warp`."""
     n, c, *shape = moving.shape
