@@ -33,9 +33,9 @@ $(CFG)/%.json: FORCE | $(STAMP)
 help:
 	@sed -n '1,9p' Makefile
 
-# Yosys + nextpnr (one thread, about 10 min) place and route the RTL on one core while training
-# runs on the other with one thread (torch's two threads beside a busy process run at a third of
-# their speed: 2.26 against 0.69 s per step, one thread 1.15); then the rest in order, bench alone
+# Yosys + nextpnr (one thread) place and route the RTL on one core while training runs on the
+# other with one thread (torch's two threads beside a busy process run far slower than one:
+# docs/experiments.md, "Training speed"); then the rest in order, the benchmark alone
 all demo: | $(STAMP)
 	$(MAKE) --no-print-directory -j2 rtl-synth train OMP_NUM_THREADS=1
 	$(MAKE) --no-print-directory report verify rtl-verify

@@ -22,9 +22,21 @@ from model.config import STAGE_SECTIONS, Config, ConfigError, config_from_dict, 
 from model.localnet import LocalNet, fold_batchnorm
 
 
+def _on_cpu(obj):
+    """`obj` with every tensor in it (nested dicts, lists, tuples) moved to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_on_cpu(v) for v in obj)
+    return obj
+
+
 def save_checkpoint(path: Path, cfg: Config, entries: dict) -> None:
-    """Write `entries` with the resolved config and provenance, atomically."""
-    atomic_torch_save(path, {**entries, "config": config_to_dict(cfg), "git_commit": git_commit(),
+    """Write `entries` with the resolved config and provenance, atomically; every tensor is
+    written from the CPU, so the file loads on any device."""
+    atomic_torch_save(path, {**_on_cpu(entries), "config": config_to_dict(cfg), "git_commit": git_commit(),
                              "versions": tool_versions()})
 
 

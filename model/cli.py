@@ -24,14 +24,19 @@ class UsageError(ValueError):
     """A command line that contradicts itself (an output that is one of the inputs, ...)."""
 
 
+DEVICE_HELP = ("where torch runs: auto (a GPU when there is one; under torchrun the process's own), "
+               "cpu, cuda or cuda:N")
+
+
 def stage_parser(doc: str, resume: str | None = None) -> argparse.ArgumentParser:
     """The arguments every pipeline stage takes: --config, --data, --no-progress; with `resume`
-    (its help text), a training stage's --out and --resume too."""
+    (its help text), a training stage's --out, --resume and --device too."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="TOML config (configs/demo.toml)")
     ap.add_argument("--data", required=True, type=Path, help="IBSR-layout data directory")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     if resume:
+        ap.add_argument("--device", default="auto", help=DEVICE_HELP)
         ap.add_argument("--out", required=True, type=Path, help="output directory of the stage")
         ap.add_argument("--resume", action="store_true", help=resume)
     return ap

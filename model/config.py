@@ -77,6 +77,9 @@ class TrainConfig:
     # labels in the loss per pair and step: "one" random label present in both (label-reg's
     # choice) or "all" configured labels present in both, each its own multi-scale Dice, averaged
     label_sampling: str = "one"
+    # "bf16": the network's forward pass in training under bf16 autocast (model/device.py); the
+    # loss, the warp's sampling grid and the Dice sums stay float32. Fine-tuning stays float32.
+    precision: str = "fp32"
     # fraction of pairs whose moving and fixed volumes are the same subject in two independent
     # augmented poses (the field must undo the relative affine; self-registration gives zero)
     same_subject_prob: float = 0.0
@@ -216,6 +219,8 @@ class Config:
                               f"{self.loss.image_window} an odd number of voxels")
         if m.prealign not in ("none", "moments", "affine"):
             raise ConfigError(f"model.prealign {m.prealign!r} must be 'none', 'moments' or 'affine'")
+        if self.train.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"train.precision {self.train.precision!r} must be 'fp32' or 'bf16'")
         if self.train.label_sampling not in ("one", "all"):
             raise ConfigError(f"train.label_sampling {self.train.label_sampling!r} must be 'one' or 'all'")
         a = self.prune.amounts

@@ -39,9 +39,12 @@ def torch_network(net):
     """A torch network as a Registration's network: (X, Y, Z) float images -> (3, X, Y, Z) voxels."""
     import torch
 
+    dev = next(net.parameters()).device  # the images go to the network's device, the field comes back
+
     def run(moving: np.ndarray, fixed: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return net(torch.from_numpy(np.stack([moving, fixed])[None]).float())[0].double().numpy()
+            x = torch.from_numpy(np.stack([moving, fixed])[None]).float().to(dev)
+            return net(x)[0].double().cpu().numpy()
     return run
 
 

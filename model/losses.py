@@ -11,21 +11,21 @@ import math
 import torch
 
 
-def gaussian_kernel1d(sigma: float, dtype=torch.float32) -> torch.Tensor:
+def gaussian_kernel1d(sigma: float, dtype=torch.float32, device=None) -> torch.Tensor:
     """Normalised Gaussian, truncated at 3 sigma."""
     radius = max(1, int(math.ceil(3 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64, device=device)
     k = torch.exp(-0.5 * (x / sigma) ** 2)
     return (k / k.sum()).to(dtype)
 
 
-def gaussian_matrix(n: int, sigma: float, dtype=torch.float32) -> torch.Tensor:
+def gaussian_matrix(n: int, sigma: float, dtype=torch.float32, device=None) -> torch.Tensor:
     """(n, n) matrix applying the truncated Gaussian along one axis with zero padding."""
-    k = gaussian_kernel1d(sigma, torch.float64)
+    k = gaussian_kernel1d(sigma, torch.float64, device)
     r = (k.numel() - 1) // 2
-    i = torch.arange(n)
+    i = torch.arange(n, device=device)
     d = i.view(1, -1) - i.view(-1, 1)  # d[a, j] = j - a
-    return torch.where(d.abs() <= r, k[(d + r).clamp(0, 2 * r)], torch.zeros((), dtype=torch.float64)).to(dtype)
+    return torch.where(d.abs() <= r, k[(d + r).clamp(0, 2 * r)], k.new_zeros(())).to(dtype)
 
 
 def gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -36,7 +36,7 @@ def gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """
     if sigma <= 0:
         return x
-    mx, my, mz = (gaussian_matrix(n, sigma, x.dtype).to(x.device) for n in x.shape[2:])
+    mx, my, mz = (gaussian_matrix(n, sigma, x.dtype, x.device) for n in x.shape[2:])
     x = torch.einsum("ai,ncijk->ncajk", mx, x)
     x = torch.einsum("bj,ncajk->ncabk", my, x)
     return x @ mz.T

@@ -36,6 +36,7 @@ from model.checkpoint import load_checkpoint, save_checkpoint
 from model.cli import run_cli, stage_parser
 from model.config import Config, ConfigError, load_config
 from model.data import DataError, Subject, load_dataset
+from model.device import autocast, resolve_device
 from model.localnet import LocalNet
 from model.losses import bending_energy, local_ncc, multiscale_dice_loss
 from model.warp import random_affine_ddf, random_smooth_ddf, warp_grid_sample
@@ -63,13 +64,16 @@ class Stream(IntEnum):
 
 
 class TrainData:
-    """Training subjects as tensors, and the per-step batch drawn from (seed, step)."""
+    """Training subjects as tensors on the training device, and the per-step batch drawn from
+    (seed, step) and augmented there: the whole set is in memory, so no loader process would
+    pay; the random draws are numpy's on the CPU, the warps run on the device."""
 
-    def __init__(self, subjects: list[Subject], labels: list[int]):
+    def __init__(self, subjects: list[Subject], labels: list[int], device: torch.device | str = "cpu"):
         if len(subjects) < 2:
             raise DataError("training needs at least 2 subjects")
-        self.images = torch.from_numpy(np.stack([s.image for s in subjects]))[:, None]  # (S, 1, X, Y, Z)
-        self.labels = [torch.from_numpy(s.label.astype(np.int32)) for s in subjects]
+        self.device = torch.device(device)
+        self.images = torch.from_numpy(np.stack([s.image for s in subjects]))[:, None].to(self.device)  # (S, 1, X, Y, Z)
+        self.labels = [torch.from_numpy(s.label.astype(np.int32)).to(self.device) for s in subjects]
         self.present = [set(np.unique(s.label).tolist()) for s in subjects]
         self.codes = labels
         n = len(subjects)
@@ -99,11 +103,12 @@ class TrainData:
                 codes.append(both)
             else:
                 codes.append(both[rng.integers(len(both))] if both else self.codes[rng.integers(len(self.codes))])
+        dev = self.device
         aug = random_affine_ddf(self.images.shape[2:], rng, 2 * b, t.aug_rotation_deg, t.aug_scale,
-                                t.aug_translation_vox)
+                                t.aug_translation_vox, device=dev)
         if t.same_subject_prob > 0 and t.self_elastic_vox > 0:
-            aug[b:] += random_smooth_ddf(self.images.shape[2:], rng, b, t.self_elastic_vox) * \
-                torch.tensor(same, dtype=torch.float32).view(b, 1, 1, 1, 1)
+            aug[b:] += random_smooth_ddf(self.images.shape[2:], rng, b, t.self_elastic_vox, device=dev) * \
+                torch.tensor(same, dtype=torch.float32, device=dev).view(b, 1, 1, 1, 1)
         sl = slice(rank * b // world, (rank + 1) * b // world)
         mov_i, fix_i, codes, aug_m, aug_f = mov_i[sl], fix_i[sl], codes[sl], aug[:b][sl], aug[b:][sl]
         mi = self.images[mov_i]
@@ -115,7 +120,7 @@ class TrainData:
         if t.label_sampling == "all":  # (B, L) one-hot of every configured label; absent ones weigh 0
             ml = torch.stack([torch.stack([(self.labels[i] == c).float() for c in self.codes]) for i in mov_i])
             fl = torch.stack([torch.stack([(self.labels[i] == c).float() for c in self.codes]) for i in fix_i])
-            weight = torch.tensor([[float(c in both) for c in self.codes] for both in codes])
+            weight = torch.tensor([[float(c in both) for c in self.codes] for both in codes], device=dev)
         else:
             ml = torch.stack([(self.labels[i] == c).float() for i, c in zip(mov_i, codes)])[:, None]
             fl = torch.stack([(self.labels[i] == c).float() for i, c in zip(fix_i, codes)])[:, None]
@@ -138,8 +143,9 @@ def random_contrast(images: torch.Tensor, rng: np.random.Generator, strength: fl
       normalised coordinates with N(0, 1) coefficients);
     - Gaussian noise of sd 0.02 x strength; then clipped to [0, 1]."""
     b, _, *shape = images.shape
+    dev = images.device
     knots = np.linspace(0.0, 1.0, 6)
-    g = [torch.linspace(-1.0, 1.0, n) for n in shape]
+    g = [torch.linspace(-1.0, 1.0, n, device=dev) for n in shape]
     x, y, z = torch.meshgrid(*g, indexing="ij")
     terms = torch.stack([x, y, z, x * y, y * z, z * z])  # (6, X, Y, Z)
     out = []
@@ -147,13 +153,13 @@ def random_contrast(images: torch.Tensor, rng: np.random.Generator, strength: fl
         v = np.sort(np.clip(knots + rng.uniform(-0.12, 0.12, 6) * strength, 0.0, 1.0))
         img = images[k, 0]
         seg = torch.clamp((img * 5).long(), 0, 4)   # the knot interval of each voxel
-        lo, hi = torch.tensor(v[:-1], dtype=img.dtype), torch.tensor(v[1:], dtype=img.dtype)
+        lo, hi = torch.tensor(v[:-1], dtype=img.dtype, device=dev), torch.tensor(v[1:], dtype=img.dtype, device=dev)
         frac = img * 5 - seg.to(img.dtype)
         img = lo[seg] + (hi[seg] - lo[seg]) * frac
         img = img.clamp(0, 1) ** float(np.exp(rng.normal(0, 0.25 * strength)))
-        coef = torch.tensor(rng.normal(0, 1, 6), dtype=img.dtype)
+        coef = torch.tensor(rng.normal(0, 1, 6), dtype=img.dtype, device=dev)
         img = img * torch.exp(0.1 * strength * torch.einsum("t,txyz->xyz", coef, terms))
-        img = img + torch.from_numpy(rng.normal(0, 0.02 * strength, img.shape).astype(np.float32))
+        img = img + torch.from_numpy(rng.normal(0, 0.02 * strength, img.shape).astype(np.float32)).to(dev)
         out.append(img.clamp(0, 1))
     return torch.stack(out)[:, None]
 
@@ -166,22 +172,26 @@ def prealigned_field(kind: str, mov_img: torch.Tensor, fix_img: torch.Tensor, fi
 
     out = []
     for k in range(field.shape[0]):
-        M, t = global_affine(kind, mov_img[k, 0].numpy(), fix_img[k, 0].numpy())
-        a = torch.from_numpy(affine_ddf(M, t, field.shape[2:])).float()[None]
+        M, t = global_affine(kind, mov_img[k, 0].cpu().numpy(), fix_img[k, 0].cpu().numpy())
+        a = torch.from_numpy(affine_ddf(M, t, field.shape[2:])).float()[None].to(field.device)
         out.append(a + warp_grid_sample(field[k:k + 1], a))
     return torch.cat(out)
 
 
 def loss_terms(net, cfg: Config, mov_img, fix_img, mov_lab, fix_lab, weight=None, teacher=None,
-               distill_weight: float = 0.0):
+               distill_weight: float = 0.0, precision: str = "fp32"):
     """(loss, multi-scale Dice loss, bending energy) of a batch of TrainData.batch. With a
     `teacher` network the loss adds `distill_weight` x the mean squared difference between the
     two displacement fields (voxels^2): the compressed network is pulled towards the field of
-    the trained one, not only towards the labels."""
+    the trained one, not only towards the labels. `precision` "bf16" runs the network's forward
+    pass under bf16 autocast; its field is taken back to float32 before the warp, so the
+    sampling grid, the Dice sums and the loss stay float32."""
     x = torch.cat([mov_img, fix_img], 1)
     if next(net.parameters()).is_contiguous(memory_format=torch.channels_last_3d):
         x = x.contiguous(memory_format=torch.channels_last_3d)  # the layout fit gave the network
-    ddf = net(x)
+    with autocast(x.device, precision):
+        ddf = net(x)
+    ddf = ddf.float()
     dice = multiscale_dice_loss(warp_grid_sample(mov_lab, ddf), fix_lab, cfg.loss.dice_scales, weight)
     bend = bending_energy(ddf)
     loss = dice + cfg.loss.bending_weight * bend
@@ -204,7 +214,7 @@ def cosine_lr(step: int, steps: int, lr: float, lr_final: float) -> float:
 def fit(net: torch.nn.Module, cfg: Config, data: TrainData, out: Path, *, steps: int, lr: float,
         lr_final: float | None = None, stream: int = 0, resume: bool = False, progress: bool = True, desc: str = "train",
         after_step=None, extra: dict | None = None, teacher=None, distill_weight: float = 0.0,
-        channels_last: bool = True, ema_decay: float = 0.0) -> Path:
+        channels_last: bool = True, ema_decay: float = 0.0, precision: str = "fp32") -> Path:
     """The training loop shared by training, pruned fine-tuning and QAT; returns OUT/model.pt.
 
     `stream` selects an independent sequence of batches (0: training's own), `after_step(net,
@@ -212,7 +222,9 @@ def fit(net: torch.nn.Module, cfg: Config, data: TrainData, out: Path, *, steps:
     into every checkpoint (read at each save: a caller may update it in place), `teacher` and
     `distill_weight` as in loss_terms. With `ema_decay` d > 0, OUT/model.pt holds the moving
     average ema <- d ema + (1 - d) w of the weights and buffers after each step (from the
-    first step's), ckpt.pt the last weights and the average. Data-parallel when launched by torchrun (the process group must be set up).
+    first step's), ckpt.pt the last weights and the average. The network (and the teacher) run
+    on the training data's device (TrainData.device); `precision` as in loss_terms.
+    Data-parallel when launched by torchrun (the process group must be set up).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -222,9 +234,10 @@ def fit(net: torch.nn.Module, cfg: Config, data: TrainData, out: Path, *, steps:
     # training step faster, the float network and the Brevitas twin alike (docs/experiments.md,
     # "Training speed"). Checkpoints are written in the default layout either way.
     layout = torch.channels_last_3d if channels_last else torch.contiguous_format
-    net.to(memory_format=layout)
+    dev = data.device
+    net.to(device=dev, memory_format=layout)
     if teacher is not None:
-        teacher.to(memory_format=layout)
+        teacher.to(device=dev, memory_format=layout)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     start = 0
     log_lines: list[str] = []
@@ -246,7 +259,8 @@ def fit(net: torch.nn.Module, cfg: Config, data: TrainData, out: Path, *, steps:
             print(f"[{desc}] resumed from {ckpt_path} at step {start}", file=sys.stderr)
     elif rank == 0:
         ckpt_path.unlink(missing_ok=True)
-    model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
+    model = (torch.nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+             if world > 1 else net)
 
     def save(step: int, path: Path, final: bool = False):
         state = {k: v.contiguous() for k, v in (ema if final and ema else net.state_dict()).items()}
@@ -278,7 +292,8 @@ def fit(net: torch.nn.Module, cfg: Config, data: TrainData, out: Path, *, steps:
             if cfg.train.warmup_steps and step < cfg.train.warmup_steps and stream == 0:
                 group["lr"] *= (step + 1) / cfg.train.warmup_steps
         batch = data.batch(cfg, step, rank, world, stream)
-        loss, dice, bend = loss_terms(model, cfg, *batch, teacher=teacher, distill_weight=distill_weight)
+        loss, dice, bend = loss_terms(model, cfg, *batch, teacher=teacher, distill_weight=distill_weight,
+                                      precision=precision)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -313,11 +328,15 @@ def fit(net: torch.nn.Module, cfg: Config, data: TrainData, out: Path, *, steps:
     return final_path
 
 
-def setup_torch(cfg: Config) -> None:
-    """Threads and seed; the process group when launched by torchrun."""
+def setup_torch(cfg: Config, device: str = "auto") -> torch.device:
+    """Threads and seed; the process group when launched by torchrun (NCCL on GPUs, one per
+    process, gloo on CPUs). Returns the device `device` names (model.device.resolve_device)."""
+    dev = resolve_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
         if cfg.train.batch_size % world:
             raise ConfigError(f"train.batch_size {cfg.train.batch_size} must divide by the {world} processes")
     if cfg.train.threads > 0:
@@ -325,25 +344,31 @@ def setup_torch(cfg: Config) -> None:
     elif world > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     torch.manual_seed(cfg.train.seed)
+    return dev
 
 
-def load_train_data(cfg: Config, data_dir: Path, progress: bool = True) -> TrainData:
+def load_train_data(cfg: Config, data_dir: Path, progress: bool = True, device="cpu") -> TrainData:
     show = progress and int(os.environ.get("RANK", "0")) == 0
-    return TrainData(load_dataset(data_dir, cfg.data, "train", progress=show), cfg.data.labels)
+    return TrainData(load_dataset(data_dir, cfg.data, "train", progress=show), cfg.data.labels, device)
 
 
-def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, progress: bool = True) -> Path:
+def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, progress: bool = True,
+          device: str = "auto") -> Path:
     cfg.validate()  # whatever the command line overrode
     if cfg.train.steps < 1:
         raise ConfigError(f"train.steps = {cfg.train.steps}: training needs at least 1 step")
-    setup_torch(cfg)
-    data = load_train_data(cfg, data_dir, progress)
+    dev = setup_torch(cfg, device)
+    if int(os.environ.get("RANK", "0")) == 0:  # before any work: will the batch fit?
+        from model.memory import describe, device_bytes, training_memory
+        print(f"[train] {describe(training_memory(cfg), device_bytes(dev))} ({dev}, {cfg.train.precision})",
+              file=sys.stderr)
+    data = load_train_data(cfg, data_dir, progress, dev)
     # the default layout: the float path the demo's configuration was chosen on (changing only
     # the layout trains another network of the same seed: docs/experiments.md); the later
     # stages fine-tune from it in channels-last
     path = fit(LocalNet(cfg.model), cfg, data, out, steps=cfg.train.steps, lr=cfg.train.lr,
                lr_final=cfg.train.lr_final, resume=resume, channels_last=False, ema_decay=cfg.train.ema_decay,
-               progress=progress, extra={"data": str(Path(data_dir).resolve()), "stage": "train"})
+               precision=cfg.train.precision, progress=progress, extra={"data": str(Path(data_dir).resolve()), "stage": "train"})
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
@@ -361,7 +386,7 @@ def main(argv=None) -> int:
             cfg.train.steps = a.steps
         final = a.out / "model.pt"
         before = final.stat().st_mtime_ns if final.exists() else None
-        path = train(cfg, a.data, a.out, a.resume, progress=not a.no_progress)
+        path = train(cfg, a.data, a.out, a.resume, progress=not a.no_progress, device=a.device)
         if int(os.environ.get("RANK", "0")) == 0:
             same = before is not None and path.stat().st_mtime_ns == before
             print(f"[train] {path} {'unchanged: the run had finished' if same else 'written'}", file=sys.stderr)

@@ -62,26 +62,29 @@ def warp_grid_sample(moving: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:
                                            align_corners=True)
 
 
-def random_affine_ddf(shape, rng, n: int, rot_deg: float, scale: float, trans_vox: float) -> torch.Tensor:
-    """(n, 3, X, Y, Z) displacement fields of random affine maps about the grid centre (augmentation)."""
-    grid = identity_grid(shape).reshape(3, -1).double()
-    centre = (torch.tensor(shape, dtype=torch.float64) - 1).view(3, 1) / 2
+def random_affine_ddf(shape, rng, n: int, rot_deg: float, scale: float, trans_vox: float,
+                      device=None) -> torch.Tensor:
+    """(n, 3, X, Y, Z) displacement fields of random affine maps about the grid centre
+    (augmentation), on `device` (the small matrices are drawn on the CPU)."""
+    cpu = torch.device("cpu")
+    grid = identity_grid(shape, device).reshape(3, -1).double()
+    centre = (torch.tensor(shape, dtype=torch.float64, device=device) - 1).view(3, 1) / 2
     out = []
     for _ in range(n):
         a = [math.radians(v) for v in rng.uniform(-rot_deg, rot_deg, 3)]
-        rx = torch.tensor(dtype=torch.float64, data=[[1, 0, 0], [0, math.cos(a[0]), -math.sin(a[0])], [0, math.sin(a[0]), math.cos(a[0])]])
-        ry = torch.tensor(dtype=torch.float64, data=[[math.cos(a[1]), 0, math.sin(a[1])], [0, 1, 0], [-math.sin(a[1]), 0, math.cos(a[1])]])
-        rz = torch.tensor(dtype=torch.float64, data=[[math.cos(a[2]), -math.sin(a[2]), 0], [math.sin(a[2]), math.cos(a[2]), 0], [0, 0, 1]])
-        m = (rx @ ry @ rz @ torch.diag(torch.tensor(1 + rng.uniform(-scale, scale, 3))))
-        t = torch.tensor(rng.uniform(-trans_vox, trans_vox, 3)).view(3, 1)
+        rx = torch.tensor(dtype=torch.float64, device=cpu, data=[[1, 0, 0], [0, math.cos(a[0]), -math.sin(a[0])], [0, math.sin(a[0]), math.cos(a[0])]])
+        ry = torch.tensor(dtype=torch.float64, device=cpu, data=[[math.cos(a[1]), 0, math.sin(a[1])], [0, 1, 0], [-math.sin(a[1]), 0, math.cos(a[1])]])
+        rz = torch.tensor(dtype=torch.float64, device=cpu, data=[[math.cos(a[2]), -math.sin(a[2]), 0], [math.sin(a[2]), math.cos(a[2]), 0], [0, 0, 1]])
+        m = (rx @ ry @ rz @ torch.diag(torch.tensor(1 + rng.uniform(-scale, scale, 3), device=cpu))).to(device)
+        t = torch.tensor(rng.uniform(-trans_vox, trans_vox, 3), device=device).view(3, 1)
         pos = m @ (grid - centre) + centre + t
         out.append((pos - grid).reshape(3, *shape))
     return torch.stack(out).float()
 
 
-def random_smooth_ddf(shape, rng, n: int, sigma_vox: float, spacing: int = 8) -> torch.Tensor:
+def random_smooth_ddf(shape, rng, n: int, sigma_vox: float, spacing: int = 8, device=None) -> torch.Tensor:
     """(n, 3, X, Y, Z) random smooth displacements: each component N(0, sigma_vox^2) at control
     points every `spacing` voxels (both ends included), interpolated trilinearly."""
     ctrl = [max(2, -(-(s - 1) // spacing) + 1) for s in shape]
-    coarse = torch.from_numpy(rng.normal(0.0, sigma_vox, (n, 3, *ctrl))).float()
+    coarse = torch.from_numpy(rng.normal(0.0, sigma_vox, (n, 3, *ctrl))).float().to(device)
     return torch.nn.functional.interpolate(coarse, size=tuple(shape), mode="trilinear", align_corners=True)

@@ -29,7 +29,7 @@ def prunable_weights(net: nn.Module) -> dict[str, torch.Tensor]:
 def magnitude_keep(w: torch.Tensor, n_prune: int) -> torch.Tensor:
     """Keep-mask of `w` without its `n_prune` smallest |w| (ties by position, zeros first)."""
     order = torch.argsort(w.detach().abs().flatten(), stable=True)
-    keep = torch.ones(w.numel(), dtype=torch.bool)
+    keep = torch.ones(w.numel(), dtype=torch.bool, device=w.device)
     keep[order[:n_prune]] = False
     return keep.view_as(w)
 
@@ -63,8 +63,8 @@ def block_squares(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     each block's sum of squared weights, float64)."""
     from hw.compiler import block_index
 
-    idx = torch.from_numpy(block_index(tuple(w.shape))).flatten()
-    square = torch.zeros(int(idx.max()) + 1, dtype=torch.float64)
+    idx = torch.from_numpy(block_index(tuple(w.shape))).flatten().to(w.device)
+    square = torch.zeros(int(idx.max()) + 1, dtype=torch.float64, device=w.device)
     return idx, square.index_add_(0, idx, w.detach().double().flatten().square())
 
 
@@ -86,7 +86,7 @@ def nm_block_masks(net: nn.Module, n: int | dict[str, int], m: int) -> Masks:
         idx, norm = block_squares(w)
         nb = len(norm)
         per_group = nb // -(-w.shape[0] // LANES)  # blocks per output group (ids are contiguous per group)
-        keep_block = torch.zeros(nb, dtype=torch.bool)
+        keep_block = torch.zeros(nb, dtype=torch.bool, device=w.device)
         for g0 in range(0, nb, per_group):
             for r0 in range(g0, g0 + per_group, m):
                 r1 = min(r0 + m, g0 + per_group)
@@ -110,7 +110,7 @@ def layer_block_masks(net: nn.Module, amount: float) -> Masks:
         order = torch.argsort(square / count, stable=True)
         size = count[order]
         pruned = order[torch.cumsum(size, 0) - size / 2 <= amount * w.numel()]  # a prefix: cumsum rises
-        keep = torch.ones(nb, dtype=torch.bool)
+        keep = torch.ones(nb, dtype=torch.bool, device=w.device)
         keep[pruned] = False
         masks[name] = keep[idx].view_as(w)
     return masks
@@ -125,7 +125,7 @@ def apply_masks(net: nn.Module, masks: Masks) -> None:
     params = dict(net.named_parameters())
     with torch.no_grad():
         for name, m in masks.items():
-            params[name].mul_(m)
+            params[name].mul_(m.to(params[name].device))
 
 
 def check_masks(state: dict[str, torch.Tensor], masks: Masks, where: str) -> None:
@@ -133,7 +133,7 @@ def check_masks(state: dict[str, torch.Tensor], masks: Masks, where: str) -> Non
     for name, m in masks.items():
         if name not in state:
             raise ValueError(f"{where}: mask for {name}, which the model does not have")
-        bad = int(torch.count_nonzero(state[name][~m]))
+        bad = int(torch.count_nonzero(state[name][~m.to(state[name].device)]))
         if bad:
             raise ValueError(f"{where}: {bad} pruned weights of {name} are not zero")
 

@@ -181,7 +181,7 @@ class _Pruning:
         p, path = self.cfg.prune, self.out / "sensitivity.json"
         if self.resume and path.exists():
             return json.loads(path.read_text())["dice_loss_rise"]
-        net = load_pruned(self.unpruned, self.cfg)[0]
+        net = load_pruned(self.unpruned, self.cfg)[0].to(self.data.device)
         costs = layer_sensitivity(net, self.cfg, self.data, p.probe_levels, p.probe_batches, progress=self.progress)
         atomic_write_json(path, {"levels": p.probe_levels, "batches": p.probe_batches, "dice_loss_rise": costs})
         return costs
@@ -286,12 +286,13 @@ class _Pruning:
 
 
 def prune(cfg: Config, ckpt: Path, data_dir: Path, out: Path, resume: bool = False,
-          progress: bool = True) -> list[Path]:
-    """Run the pruning jobs (prune_jobs); returns the fine-tuned checkpoint of each global amount."""
-    setup_torch(cfg)
+          progress: bool = True, device: str = "auto") -> list[Path]:
+    """Run the pruning jobs (prune_jobs) on `device`; returns the fine-tuned checkpoint of each
+    global amount."""
+    dev = setup_torch(cfg, device)
     net, _ = model_from_checkpoint(load_checkpoint(ckpt, cfg))
     net = fold_batchnorm(net)
-    data = load_train_data(cfg, data_dir, progress)
+    data = load_train_data(cfg, data_dir, progress, dev)
     # sparsity 0: the folded, unpruned network, the start of the pruning curve and of unpruned QAT
     unpruned = sparsity_dir(out, 0.0) / "model.pt"
     run = _Pruning(cfg, data, out, unpruned, ckpt, resume, progress)
@@ -321,7 +322,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     def body():
-        prune(load_config(a.config), a.ckpt, a.data, a.out, a.resume, progress=not a.no_progress)
+        prune(load_config(a.config), a.ckpt, a.data, a.out, a.resume, progress=not a.no_progress, device=a.device)
     return run_cli(body)
 
 

@@ -50,7 +50,7 @@ def qat_from_pruned(cfg: Config, pruned_ckpt: Path, data: TrainData, out: Path, 
     folded, _, masks = load_pruned(pruned_ckpt, cfg)
     distill = cfg.qat.distill_weight if teacher is not None else 0.0
     teacher = teacher() if distill > 0 else None
-    twin = quant_twin(folded, cfg.model, weight_bits, weight_scale=cfg.qat.weight_scale)
+    twin = quant_twin(folded, cfg.model, weight_bits, weight_scale=cfg.qat.weight_scale).to(data.device)
     calibrate(twin, calibration_batches(cfg, data, cfg.qat.calib_batches, stream))
     meta = {"stage": "qat", "weight_bits": weight_bits, "masks": masks, "sparsity": weight_sparsity(folded),
             "source": str(pruned_ckpt), "distill_weight": distill}
@@ -119,13 +119,13 @@ def qat_jobs(cfg: Config, prune_dir: Path, curve: bool) -> dict[str, tuple[int, 
 
 
 def qat(cfg: Config, prune_dir: Path, data_dir: Path, out: Path, resume: bool = False, curve: bool = False,
-        progress: bool = True) -> dict[str, Path]:
+        progress: bool = True, device: str = "auto") -> dict[str, Path]:
     """The int8 and int4 models, then (with `curve`) the pruning curve's. OUT/qat.json lists the
     first two and is written after them, only when one of them was (re)made: make's mark that
     the stage finished, which a later --curve run must not renew (that would make every
     export stale); OUT/curve/curve.json lists the curve's models."""
-    setup_torch(cfg)
-    data = load_train_data(cfg, data_dir, progress)
+    dev = setup_torch(cfg, device)
+    data = load_train_data(cfg, data_dir, progress, dev)
     done, made = {}, set()
     jobs = qat_jobs(cfg, prune_dir, curve)
     # the trained network, folded and unpruned (every pruning's start), loaded once when first needed
@@ -158,7 +158,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     def body():
-        done = qat(load_config(a.config), a.prune, a.data, a.out, a.resume, a.curve, progress=not a.no_progress)
+        done = qat(load_config(a.config), a.prune, a.data, a.out, a.resume, a.curve, progress=not a.no_progress,
+                   device=a.device)
         for name, path in done.items():
             print(f"[qat] {name}: {path}", file=sys.stderr)
     return run_cli(body)
