@@ -378,12 +378,15 @@ def train(cfg: Config, data_dir: Path, out: Path, resume: bool = False, progress
 def main(argv=None) -> int:
     ap = stage_parser(__doc__, resume="continue from OUT/ckpt.pt if it exists")
     ap.add_argument("--steps", type=int, help="override train.steps")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), help="override train.precision")
     a = ap.parse_args(argv)
 
     def body():
         cfg = load_config(a.config)
         if a.steps is not None:
             cfg.train.steps = a.steps
+        if a.precision is not None:
+            cfg.train.precision = a.precision
         final = a.out / "model.pt"
         before = final.stat().st_mtime_ns if final.exists() else None
         path = train(cfg, a.data, a.out, a.resume, progress=not a.no_progress, device=a.device)
