@@ -12,7 +12,7 @@ alone (gloo, one thread per process, each rank half of every batch) and is score
 A finished run is kept and only read (delete its directory to run it again).
 
 Writes OUT/precision.json and OUT/precision.md: per run, steps per second (the training log's
-last step over its elapsed seconds), training minutes, and validation and test Dice and folding,
+last step over its elapsed seconds) and training minutes (those seconds), and validation and test Dice and folding,
 stamped with the commit.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _row(name: str, out: Path) -> dict:
     log = [json.loads(ln) for ln in (out / "train" / "log.jsonl").read_text().splitlines() if ln]
     last = log[-1]
     return {"run": name, "steps": last["step"], "steps_per_s": round(last["step"] / last["elapsed_s"], 4),
-            "train_min": v["train_min"], "validation_dice": v["validation"]["dice"], "test_dice": v["test"]["dice"],
+            "train_min": round(last["elapsed_s"] / 60, 1), "validation_dice": v["validation"]["dice"], "test_dice": v["test"]["dice"],
             "test_folding_pct": v["test"]["folding_pct"], "ants_syn_test_dice": v["ants_syn"]["test"]["dice"],
             "git_commit": v["git_commit"]}
 
