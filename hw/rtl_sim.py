@@ -69,7 +69,7 @@ def build(build_dir: Path, defines: dict | None = None, tp: int = TP):
     sources = [*SOURCES, *([DSP_MODEL] if "ECP5_DSP" in (defines or {}) else [])]
     runner.build(sources=[str(s) for s in sources], hdl_toplevel="accel_sim", build_dir=str(build_dir),
                  defines=defines or {}, parameters={"TP": tp},
-                 build_args=["-Wno-fatal", "-Wall", str(LINT_WAIVERS), "-O3", "--output-split", "0",
+                 build_args=["-Wno-fatal", "-Wall", str(LINT_WAIVERS), "-O3", "--output-split", "0", "--no-public-flat-rw",
                              "--x-assign", "unique", "--x-initial", "unique"],
                  always=False, log_file=str(Path(build_dir) / "build.log"))
     return runner

@@ -11,14 +11,17 @@ module accel_sim #(
     parameter integer TP = 2,
     parameter integer MEM_WORDS = 1 << 20
 ) (
-    input  wire        clk,
-    input  wire        rst,
-    input  wire        start,
-    output wire        done,
-    output wire [3:0]  error,
-    output wire [63:0] cycles,
-    output reg  [63:0] reads,
-    output reg  [63:0] writes
+    // the ports are all the testbench (hw/rtl/tb_accel.py) touches: only they are visible to it
+    // (hw/rtl_sim.py builds without --public-flat-rw, which made every internal signal public and
+    // the build several times larger)
+    input  wire        clk    /* verilator public_flat_rw */,
+    input  wire        rst    /* verilator public_flat_rw */,
+    input  wire        start  /* verilator public_flat_rw */,
+    output wire        done   /* verilator public_flat_rw */,
+    output wire [3:0]  error  /* verilator public_flat_rw */,
+    output wire [63:0] cycles /* verilator public_flat_rw */,
+    output reg  [63:0] reads  /* verilator public_flat_rw */,
+    output reg  [63:0] writes /* verilator public_flat_rw */
 );
     wire [TP*AW-1:0] rd_addr;
     wire [AW-1:0] wr_addr;
