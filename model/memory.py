@@ -81,7 +81,8 @@ def training_memory(cfg: Config, batch: int | None = None) -> dict:
     return {"parameters": sum(p.numel() for p in net.parameters()), "parameter_bytes": param_bytes,
             "batch": b, "grid": list(shape), "activation_bytes": activations,
             "activation_bytes_per_element": activations // b, "batch_bytes": batch_bytes,
-            "largest_tensor_bytes": largest[0], "total_bytes": total}
+            "largest_tensor_bytes": largest[0], "step_bytes": activations + batch_bytes + largest[0],
+            "total_bytes": total}
 
 
 def describe(m: dict, device_bytes: int | None = None) -> str:

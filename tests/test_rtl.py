@@ -234,14 +234,27 @@ def test_rtl_equals_reference_and_cycle_model(weights, tmp_path, tp):
                                   if name not in ("input", "ddf")) + 64 + 16 + 1024
 
 
-@pytest.mark.parametrize("fault", ["FAULT_ROUND_HALF_UP", "FAULT_NO_SATURATION"])
+# faults built into accel.v on purpose (hw/ACCEL.md, "Build options"), by what they break; the
+# last two also change the cycles, which rtl_sim reports per descriptor (exit 1) before verify runs
+DATA_FAULTS = ["FAULT_ROUND_HALF_UP", "FAULT_NO_SATURATION",            # the requantiser
+               "FAULT_VOXEL_INDEX", "FAULT_OUT_GROUP",                  # address generation
+               "FAULT_TAP_OFFSET", "FAULT_PAD_BOUNDS",                  # tap offsets, bounds / padding
+               "FAULT_NEAREST_HALF", "FAULT_TRILINEAR_COEF",            # the up-sampling reads
+               "FAULT_BIAS_LOAD", "FAULT_WEIGHT_ROW", "FAULT_MAXPOOL_MIN"]   # loads, max-pool
+CYCLE_FAULTS = ["FAULT_LAST_GROUP", "FAULT_DRAIN_SHORT"]                # control, drain
+
+
+@pytest.mark.parametrize("fault", DATA_FAULTS + CYCLE_FAULTS)
 def test_rtl_fault_injection_is_caught(weights, tmp_path, fault):
-    """A requantiser that rounds ties up, or wraps instead of saturating, fails verify, which
-    names the first mismatching layer and position."""
+    """Each injected fault fails verify, which names the first mismatching layer and position;
+    a fault that also changes the timing makes rtl_sim exit 1 naming a descriptor."""
     golden = tmp_path / "golden"
     make_golden(weights, golden, pairs=1)
     r = _sim(golden, tmp_path / "rtl", fault)
-    assert r.returncode == 0, r.stderr[-3000:]
+    if fault in CYCLE_FAULTS:
+        assert r.returncode == 1 and "error: pair_00: descriptor" in r.stderr, r.stderr[-3000:]
+    else:
+        assert r.returncode == 0, r.stderr[-3000:]
     v = _verify(golden, tmp_path / "rtl")
     assert v.returncode == 1 and "FAIL" in v.stdout
     first = next(ln for ln in v.stdout.splitlines() if ln.startswith("MISMATCH"))
@@ -476,3 +489,25 @@ def test_descriptor_cycle_mismatch_is_named(weights, tmp_path):
     got = descriptor_mismatches(prog, per, off)
     assert len(got) == 1 and got[0].startswith(f"descriptor 3 ({prog.descs[3].layer}): simulated")
     assert "descriptors simulated" in descriptor_mismatches(prog, per, exact[:-1])[0]
+
+
+@pytest.mark.parametrize("tp, programs", [(2, 4), (1, 1)])
+def test_rtl_random_descriptors_equal_the_engine_model(tmp_path, tp, programs):
+    """Constrained-random programs (hw/random_program.py: D != H != W, kernels 1 to 7, shifts to
+    the extremes, every ADD flag, up-sampled operands, sparse and dense blocks), 250 descriptors
+    each, 1,000 with two blocks per slot: the RTL leaves every word of memory as the engine
+    model does, in the model's cycles, descriptor by descriptor."""
+    from hw.random_program import random_program
+    from hw.rtl_sim import build, simulate
+
+    b = tmp_path / "build"
+    runner = build(b, tp=tp)
+    for seed in range(programs):
+        image, descs = random_program(np.random.default_rng([tp, seed]), 250)
+        want, per = run_image(image, tp=tp)
+        got, res = simulate(runner, b, image, tmp_path / f"p{seed}", x_seed=seed + 1)
+        diff = np.flatnonzero(got != want)
+        owner = [d.layer for d in descs[:-1] if diff.size and d.o[0] <= diff[0]][-1:] if diff.size else []
+        assert diff.size == 0, f"program {seed}: {diff.size} words differ, the first at {diff[0]} ({owner})"
+        assert res["cycles"] == total_cycles(per)
+        assert res["descriptor_cycles"] == [c["fetch"] + c["load"] + c["run"] for c in per]

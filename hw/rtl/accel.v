@@ -17,8 +17,12 @@
 // memory, P0 operands registered, P1 products, P2a-P2c lane sums, P3 accumulate, P4-P5
 // requantise (registered write).
 //
-// Build options (fault injection, tests/test_rtl.py): FAULT_ROUND_HALF_UP rounds ties up,
-// FAULT_NO_SATURATION wraps instead of saturating.
+// Build options (fault injection, tests/test_rtl.py; hw/ACCEL.md lists them): FAULT_ROUND_HALF_UP
+// rounds ties up, FAULT_NO_SATURATION wraps instead of saturating; FAULT_TAP_OFFSET,
+// FAULT_PAD_BOUNDS, FAULT_VOXEL_INDEX, FAULT_OUT_GROUP, FAULT_NEAREST_HALF,
+// FAULT_TRILINEAR_COEF, FAULT_BIAS_LOAD, FAULT_WEIGHT_ROW, FAULT_LAST_GROUP, FAULT_DRAIN_SHORT
+// and FAULT_MAXPOOL_MIN break address generation, tap offsets, bounds, the up-sampling reads,
+// the loads, the control and the max-pool, each at the line it marks.
 `default_nettype none
 
 module accel #(
@@ -37,7 +41,7 @@ module accel #(
     output wire [TP-1:0]    rd_en,
     input  wire [64*TP-1:0] rd_data,   // port t in bits 64t +: 64
     output reg  [AW-1:0] wr_addr,   // registered
-    output reg           wr_en,
+    output wire          wr_en,
     output reg  [63:0]   wr_data
 );
     localparam integer L = 8;
@@ -53,6 +57,11 @@ module accel #(
                      E_BLOCKS = 4'd5, E_GROUPS = 4'd6;
 
     reg [2:0] state;
+    // the memory requests are held off while rst is high, whatever the registers hold: before
+    // the first clock edge of a reset they are whatever the device powered up with, and a write
+    // then lands anywhere (found by the random-initial-state simulation)
+    reg wr_en_q;
+    assign wr_en = wr_en_q & !rst;
     reg [3:0] dec_err;   // the decoded descriptor's error code (registered in S_DECODE)
     reg blk_bad;         // CONV load: the output group's block count is not 1 .. WBUF_DEPTH
     reg [31:0] pc;
@@ -131,7 +140,11 @@ module accel #(
     reg [31:0] grp;      // elementwise: channel group
     reg iter_done;
     reg [4:0] drain;
+`ifdef FAULT_DRAIN_SHORT
+    localparam [4:0] DRAIN = 5'd6;   // fault: the next group's load starts with 12 stages still in flight
+`else
     localparam [4:0] DRAIN = 5'd18;  // I0, I1, A0 .. A4, M, P0, P1a .. P1c, P2a .. P2c, P3 .. P5 after the last slot, then the write
+`endif
 
     // the iterator's limits, registered when a run starts (constant during it)
     reg [WB_AW:0] slot_last;       // slots per output word - 1
@@ -166,11 +179,20 @@ module accel #(
         i_d <= j_d; i_h <= j_h; i_w <= j_w; i_e <= j_e; i_grp <= j_grp; i_og <= j_og;
         h_cur <= h_raw;
     end
+`ifdef FAULT_TAP_OFFSET
+    wire signed [11:0] cd = $signed({2'b0, i_d}) + $signed({4'b0, h_cur[15:8]}) - $signed({8'b0, pad});   // fault: the b tap along d
+`else
     wire signed [11:0] cd = $signed({2'b0, i_d}) + $signed({4'b0, h_cur[7:0]}) - $signed({8'b0, pad});
+`endif
     wire signed [11:0] ch = $signed({2'b0, i_h}) + $signed({4'b0, h_cur[15:8]}) - $signed({8'b0, pad});
     wire signed [11:0] cw = $signed({2'b0, i_w}) + $signed({4'b0, h_cur[23:16]}) - $signed({8'b0, pad});
+`ifdef FAULT_PAD_BOUNDS   // fault: one voxel past the volume's far face along d counts as inside
+    wire conv_in = (cd >= 0) && (cd <= $signed({2'b0, gD})) && (ch >= 0) && (ch < $signed({2'b0, gH})) &&
+                   (cw >= 0) && (cw < $signed({2'b0, gW}));
+`else
     wire conv_in = (cd >= 0) && (cd < $signed({2'b0, gD})) && (ch >= 0) && (ch < $signed({2'b0, gH})) &&
                    (cw >= 0) && (cw < $signed({2'b0, gW}));
+`endif
 
     // trilinear corners: per axis the coarse index and weight of corner bit `hi`
     function [11:0] tri_idx(input [9:0] o, input [9:0] n, input hi);  // {weight[1:0], index[9:0]}
@@ -186,7 +208,11 @@ module accel #(
     wire [11:0] tw = tri_idx(i_w, hW, i_e[0]);
     // the product of three weights in {1, 3} is 3^(number of 3s): a table, not two multipliers
     wire [1:0] n3 = {1'b0, td[11]} + {1'b0, th[11]} + {1'b0, tw[11]};
+`ifdef FAULT_TRILINEAR_COEF
+    wire [4:0] tcoef = (n3 == 2'd0) ? 5'd1 : (n3 == 2'd1) ? 5'd1 : (n3 == 2'd2) ? 5'd9 : 5'd27;   // fault: 3 taken as 1
+`else
     wire [4:0] tcoef = (n3 == 2'd0) ? 5'd1 : (n3 == 2'd1) ? 5'd3 : (n3 == 2'd2) ? 5'd9 : 5'd27;
+`endif
 
     // the voxel index d*H*W + h*W + w needs H*W of the operand's grid: the full grid's, the half
     // grid's (nearest / trilinear operands) and the double grid's (max-pool), registered at decode
@@ -214,7 +240,11 @@ module accel #(
             s_hw = hw_dbl; sgW = {gW[8:0], 1'b0};
         end else if (has_b && i_last) begin
             s_base = b_base; s_lg = b_lg; s_grp = b_off + i_grp; s_shift = sb;
+`ifdef FAULT_NEAREST_HALF   // fault: B's half-grid voxel rounded up along d
+            if (b_near) begin sd = (i_d + 10'd1) >> 1; sh = i_h >> 1; sw = i_w >> 1; s_hw = hw_half; sgW = hW; end
+`else
             if (b_near) begin sd = i_d >> 1; sh = i_h >> 1; sw = i_w >> 1; s_hw = hw_half; sgW = hW; end
+`endif
         end else if (a_tri) begin
             sd = td[9:0]; sh = th[9:0]; sw = tw[9:0]; s_hw = hw_half; sgW = hW; s_coef = tcoef;
         end else if (a_near) begin
@@ -236,10 +266,10 @@ module accel #(
     reg  rd0_en;
     reg  [AW-1:0] rd0_addr;
     generate if (TP > 1) begin : g_rd
-        assign rd_en = {rdx_en[TP-2:0], rd0_en};
+        assign rd_en = {rdx_en[TP-2:0], rd0_en} & {TP{!rst}};
         assign rd_addr = {rdx_addr[AW*(TP-1)-1:0], rd0_addr};
     end else begin : g_rd1
-        assign rd_en = rd0_en;
+        assign rd_en = rd0_en & !rst;
         assign rd_addr = rd0_addr;
     end endgenerate
     genvar gt;
@@ -497,7 +527,7 @@ module accel #(
         if (rst) begin
             state <= S_IDLE; done <= 1'b0; error <= E_NONE; cycles <= 64'd0;
             a0_v <= 1'b0; a1_v <= 1'b0; a2_v <= 1'b0; b_v <= 1'b0; a3_v <= 1'b0; p1_v <= 1'b0; qa_v <= 1'b0; qb_v <= 1'b0; q_v <= 1'b0; q2_v <= 1'b0; q3_v <= 1'b0; p2_v <= 1'b0;
-            fin_v <= 1'b0; r1_v <= 1'b0; rd0_en <= 1'b0; wr_en <= 1'b0; sh_pending <= 1'b0; li_is7 <= 1'b0; l_end <= 1'b0;
+            fin_v <= 1'b0; r1_v <= 1'b0; rd0_en <= 1'b0; wr_en_q <= 1'b0; sh_pending <= 1'b0; li_is7 <= 1'b0; l_end <= 1'b0;
         end else begin
             if (state != S_IDLE && state != S_DONE) cycles <= cycles + 64'd1;
             li_is7 <= (state == S_LOAD) && (li == 16'd6);
@@ -548,7 +578,11 @@ module accel #(
                         lnum <= 16'd6 + {3'd0, rd0[9:0], 3'd0} + {6'd0, rd0[9:0]};   // 6 + 9E
                         blk_bad <= (rd0[31:0] == 32'd0 || rd0[31:0] > WBUF_DEPTH);   // not 1 .. WBUF_DEPTH blocks
                     end else if (li <= 16'd6) begin
+`ifdef FAULT_BIAS_LOAD
+                        bias[2 * (li - 3)] <= $signed(rd0[63:32]);   // fault: the odd lane's bias in the even lane
+`else
                         bias[2 * (li - 3)] <= $signed(rd0[31:0]);
+`endif
                         bias[2 * (li - 3) + 1] <= $signed(rd0[63:32]);
                     end else if (li_is7) begin   // the group's requantiser shifts, byte j = lane j
                         lane_sh <= rd0; sh_pending <= 1'b1;
@@ -560,7 +594,11 @@ module accel #(
                     if (l_end) begin  // the last word has arrived (li == lnum + 1)
                         state <= S_RUN; lptr <= lptr + {16'd0, lnum};
                         slot_last <= ((n_entries + TP_MASK) >> TPL) - 1'b1; grp_last <= 16'd0;
+`ifdef FAULT_LAST_GROUP
+                        more_ocg <= (ocg + 32'd2 < n_ocg);   // fault: the last output group is never run
+`else
                         more_ocg <= (ocg + 32'd1 < n_ocg);
+`endif
                         vd <= 0; vh <= 0; vw <= 0; eslot <= 0; grp <= 0; iter_done <= 1'b0; drain <= 5'd0;
                     end
                 end
@@ -616,14 +654,22 @@ module accel #(
             // A2: voxel = d*H*W + h*W + w
             a2_v <= a1_v; a2_rd <= a1_rd; a2_first <= a1_first; a2_last <= a1_last; a2_kind <= a1_kind;
             a2_coef <= a1_coef; a2_shift <= a1_shift; a2_e <= a1_e;
+`ifdef FAULT_VOXEL_INDEX
+            a2_vox <= a1_pd + {{XW{1'b0}}, a1_sw};   // fault: port 0's operand address forgets h * W
+`else
             a2_vox <= a1_pd + a1_ph + {{XW{1'b0}}, a1_sw};
+`endif
             a2_ovox <= a1_opd + a1_oph + {{XW{1'b0}}, a1_ow};
             a2_base <= a1_base; a2_lg <= a1_lg; a2_grp <= a1_grp; a2_og <= a1_og;
             // A3: voxel x words per voxel; base + group
             b_v <= a2_v; b_rd <= a2_rd; b_first <= a2_first; b_last <= a2_last; b_kind <= a2_kind;
             b_coef <= a2_coef; b_shift <= a2_shift; b_e <= a2_e;
             b_prod <= a2_vox << a2_lg; b_bg <= a2_base + a2_grp;
+`ifdef FAULT_OUT_GROUP
+            b_oprod <= a2_ovox << o_lg; b_obg <= o_base[AW-1:0] + a2_og + 1'b1;   // fault: results one group over
+`else
             b_oprod <= a2_ovox << o_lg; b_obg <= o_base[AW-1:0] + a2_og;
+`endif
             // A4: the request leaves (memory ports above); the output address
             rd0_en <= req_en; rd0_addr <= req_addr;
             a3_v <= b_v; a3_rd <= b_rd; a3_first <= b_first; a3_last <= b_last; a3_kind <= b_kind;
@@ -651,8 +697,13 @@ module accel #(
             if (p2_v) begin
                 for (j = 0; j < L; j = j + 1) begin
                     if (p2_kind == K_MAX) begin
+`ifdef FAULT_MAXPOOL_MIN   // fault: the minimum of the block
+                        acc[j] <= (p2_first || p2_part[j] < acc[j]) ? p2_part[j] : acc[j];
+                        fin[j] <= (p2_first || p2_part[j] < acc[j]) ? p2_part[j] : acc[j];
+`else
                         acc[j] <= (p2_first || p2_part[j] > acc[j]) ? p2_part[j] : acc[j];
                         fin[j] <= (p2_first || p2_part[j] > acc[j]) ? p2_part[j] : acc[j];
+`endif
                     end else begin
                         acc[j] <= (p2_first ? (p2_kind == K_CONV ? bias[j] : 32'sd0) : acc[j]) + p2_part[j];
                         fin[j] <= (p2_first ? (p2_kind == K_CONV ? bias[j] : 32'sd0) : acc[j]) + p2_part[j];
@@ -662,7 +713,7 @@ module accel #(
             end
             // P4: requantise (g_rq); P5: the write leaves registered
             r1_v <= fin_v; r1_addr <= fin_addr;
-            wr_en <= r1_v;
+            wr_en_q <= r1_v;
             wr_addr <= r1_addr;
             for (j = 0; j < L; j = j + 1) wr_data[8*j +: 8] <= r2_q[j];
         end
@@ -674,7 +725,11 @@ module accel #(
     wire bank_we = (state == S_LOAD) && (li > 16'd7);
     generate for (gq = 0; gq < TP; gq = gq + 1) begin : g_bank_port
         for (gj = 0; gj < L; gj = gj + 1) begin : g_bank
+`ifdef FAULT_WEIGHT_ROW
+            localparam [3:0] LSUB = gj;   // fault: each lane's bank takes the word before its own
+`else
             localparam [3:0] LSUB = gj + 1;
+`endif
             localparam [WB_AW:0] GQ = gq;
             reg [63:0] mem_b [0:WBUF_DEPTH/TP-1];
             reg [63:0] q;

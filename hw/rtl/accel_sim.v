@@ -49,6 +49,9 @@ module accel_sim #(
         for (t = 0; t < TP; t = t + 1)
             if (rd_en[t]) rd_data[64*t +: 64] <= mem[rd_addr[AW*t +: AW]];
         if (wr_en) mem[wr_addr] <= wr_data;
+`ifdef DEBUG_WATCH
+        if (wr_en && wr_addr == `DEBUG_WATCH) $display("WATCH write %h at cycle %0d state %0d pc %0d", wr_data, cycles, u_accel.state, u_accel.pc);
+`endif
         if (rst) begin reads <= 64'd0; writes <= 64'd0; end
         else begin reads <= reads + nrd; writes <= writes + {63'd0, wr_en}; end
     end

@@ -1,0 +1,137 @@
+"""Constrained-random programs for the engine: descriptors no network would emit, to test the
+RTL against hw/engine_model.py below the end-to-end level.
+
+    from hw.random_program import random_program
+    image, descs = random_program(np.random.default_rng(0), count=250)
+    mem, per = run_image(image)          # what the RTL must leave in memory, cycle for cycle
+
+numpy only. Each descriptor reads operands from shared pools of random int8 words and writes
+a region of its own, so every result stays in the final memory image and one comparison of
+the whole image checks them all. The draws cover what the compiler never emits for LocalNet:
+grids with D != H != W (1 .. 5 voxels an axis), kernels 1, 3, 5 and 7 (larger than the grid
+too), 1 to 4 words per voxel with any first group, 1 or 2 output groups, sparse and dense
+weight blocks (any tap, any input group, up to 48 a group), biases up to +-2^20, requantisation
+shifts over the whole range (-15 .. 31, the extremes drawn on purpose), every ADD flag
+combination (RELU, A nearest or trilinear, B nearest, HAS_B), left shifts of A and B up to
+15 (12 with a trilinear A), and MAXPOOL with and without RELU.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from hw.compiler import (DESC_WORDS, F_A_NEAREST, F_A_TRILINEAR, F_B_NEAREST, F_HAS_B, F_RELU, LANES, OP_ADD,
+                         OP_CONV, OP_END, OP_MAXPOOL, Desc)
+from hw.reference import MAX_LEFT_SHIFT, MAX_RIGHT_SHIFT
+
+POOL_WORDS = 4 * 10 * 10 * 10   # an operand pool: the largest read (a max-pool's 10^3 input, 4 words a voxel)
+POOLS = 3
+MAX_AXIS = 5
+MAX_BLOCKS = 48
+
+
+def _shift(rng: np.random.Generator) -> int:
+    """A requantisation shift: the extremes one time in four, else a typical one."""
+    if rng.random() < 0.25:
+        return int(rng.choice([-MAX_LEFT_SHIFT, -1, 0, 1, MAX_RIGHT_SHIFT]))
+    return int(rng.integers(-4, 21))
+
+
+def _grid(rng: np.random.Generator, even: bool = False, top: int = MAX_AXIS) -> tuple[int, int, int]:
+    if even:
+        return tuple(int(2 * rng.integers(1, top // 2 + 1)) for _ in range(3))
+    return tuple(int(rng.integers(1, top + 1)) for _ in range(3))
+
+
+def _operand(rng: np.random.Generator, pools: list[int], groups: int) -> tuple[int, int, int]:
+    """(base, words per voxel, first group) of a pool region with room for `groups` groups."""
+    stride = int(rng.choice([s for s in (1, 2, 4) if s >= groups]))
+    return pools[int(rng.integers(len(pools)))], stride, int(rng.integers(0, stride - groups + 1))
+
+
+def random_program(rng: np.random.Generator, count: int = 250) -> tuple[np.ndarray, list[Desc]]:
+    """(memory image, descriptors) of `count` random descriptors and an END."""
+    descs: list[Desc] = []
+    weights: list[list[int]] = []   # per CONV descriptor: its weight words
+    out_words: list[int] = []
+    for i in range(count):
+        op = int(rng.choice([OP_CONV, OP_CONV, OP_ADD, OP_ADD, OP_MAXPOOL]))
+        if op == OP_CONV:
+            near = rng.random() < 0.25
+            grid = _grid(rng, even=near)
+            k = int(rng.choice([1, 3, 5, 7]))
+            ocg = int(rng.integers(1, 3))
+            in_groups = int(rng.integers(1, 3))
+            a = _operand(rng, [0] * POOLS, in_groups)
+            words = []
+            taps = [(x, y, z, g) for x in range(k) for y in range(k) for z in range(k) for g in range(in_groups)]
+            for _ in range(ocg):
+                dense = rng.random() < 0.2 and len(taps) <= MAX_BLOCKS
+                n = len(taps) if dense else int(rng.integers(1, min(MAX_BLOCKS, len(taps)) + 1))
+                pick = sorted(rng.choice(len(taps), size=n, replace=False)) if not dense else range(len(taps))
+                bias = rng.integers(-2**20, 2**20, LANES).astype(np.int32)
+                shifts = np.array([_shift(rng) for _ in range(LANES)], dtype=np.int8)
+                words += [n, *bias.view(np.uint64).tolist(), int(shifts.view(np.uint64)[0])]
+                for t in pick:
+                    x, y, z, g = taps[t]
+                    blk = rng.integers(-127, 128, (LANES, LANES)).astype(np.int8)
+                    blk[rng.random((LANES, LANES)) < 0.3] = 0
+                    words += [x | (y << 8) | (z << 16) | (g << 24), *blk.view(np.uint64).reshape(-1).tolist()]
+            d = Desc(OP_CONV, f"conv{i}", F_RELU if rng.random() < 0.5 else 0, grid,
+                     a=a, o=(0, int(rng.choice([s for s in (1, 2, 4) if s >= ocg]))), ocg=ocg, k=k)
+            d.flags |= F_A_NEAREST if near else 0
+            weights.append(words)
+            groups = ocg
+        elif op == OP_ADD:
+            fl = F_RELU if rng.random() < 0.5 else 0
+            kind = rng.random()
+            fl |= F_A_TRILINEAR if kind < 0.3 else (F_A_NEAREST if kind < 0.5 else 0)
+            if rng.random() < 0.7:
+                fl |= F_HAS_B | (F_B_NEAREST if rng.random() < 0.3 else 0)
+            if fl & F_A_TRILINEAR and not fl & F_HAS_B and rng.random() < 0.5:
+                pass  # a trilinear A alone (ddf_up)
+            half = bool(fl & (F_A_NEAREST | F_A_TRILINEAR | F_B_NEAREST))
+            grid = _grid(rng, even=half)
+            groups = int(rng.integers(1, 3))
+            sa = int(rng.integers(0, 13 if fl & F_A_TRILINEAR else 16))
+            sb = int(rng.integers(0, 16)) if fl & F_HAS_B else 0
+            d = Desc(OP_ADD, f"add{i}", fl, grid, a=_operand(rng, [0] * POOLS, groups),
+                     b=_operand(rng, [0] * POOLS, groups) if fl & F_HAS_B else (0, 1, 0),
+                     o=(0, int(rng.choice([s for s in (1, 2, 4) if s >= groups]))), groups=groups,
+                     sa=sa, sb=sb, s_out=_shift(rng))
+            weights.append([])
+        else:
+            groups = int(rng.integers(1, 3))
+            d = Desc(OP_MAXPOOL, f"maxpool{i}", F_RELU if rng.random() < 0.5 else 0, _grid(rng, top=MAX_AXIS),
+                     a=_operand(rng, [0] * POOLS, groups), o=(0, int(rng.choice([s for s in (1, 2, 4) if s >= groups]))),
+                     groups=groups)
+            weights.append([])
+        descs.append(d)
+        out_words.append(int(np.prod(d.grid)) * d.o[1])
+    descs.append(Desc(OP_END, "end"))
+    # the memory plan: descriptors, weights, the operand pools, then one output region each
+    at = len(descs) * DESC_WORDS
+    for d, w in zip(descs, weights):
+        if w:
+            d.wbase = at
+            at += len(w)
+    pools = [at + POOL_WORDS * j for j in range(POOLS)]
+    at += POOL_WORDS * POOLS
+    pick = {}
+    for j, d in enumerate(descs[:-1]):
+        # the operands were drawn against pool 0: move each to a pool of its own draw
+        p = pools[int(rng.integers(POOLS))]
+        d.a = (p, *d.a[1:])
+        if d.flags & F_HAS_B:
+            d.b = (pools[int(rng.integers(POOLS))], *d.b[1:])
+        d.o = (at, d.o[1])
+        pick[j] = at
+        at += out_words[j]
+    image = np.zeros(at, dtype=np.uint64)
+    fields = np.array([f & 0xFFFFFFFF for d in descs for f in d.fields()], dtype="<u4")
+    image[:len(descs) * DESC_WORDS] = fields.view("<u8")
+    for d, w in zip(descs, weights):
+        if w:
+            image[d.wbase:d.wbase + len(w)] = np.array(w, dtype=np.uint64)
+    image[pools[0]:pools[0] + POOL_WORDS * POOLS] = rng.integers(0, 2**63, POOL_WORDS * POOLS, dtype=np.uint64) * 2 + \
+        rng.integers(0, 2, POOL_WORDS * POOLS, dtype=np.uint64)
+    return image, descs
