@@ -244,18 +244,32 @@ DATA_FAULTS = ["FAULT_ROUND_HALF_UP", "FAULT_NO_SATURATION",            # the re
 CYCLE_FAULTS = ["FAULT_LAST_GROUP", "FAULT_DRAIN_SHORT"]                # control, drain
 
 
+@pytest.fixture(scope="module")
+def fault_runs(weights, tmp_path_factory) -> tuple[Path, dict]:
+    """(golden, fault -> (rtl_sim's result, its output directory)): every faulty build simulated on
+    one golden pair, two at a time (each simulation is its own process)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = tmp_path_factory.mktemp("faults")
+    golden = root / "golden"
+    make_golden(weights, golden, pairs=1)
+    faults = DATA_FAULTS + CYCLE_FAULTS
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = dict(zip(faults, pool.map(lambda f: _sim(golden, root / f, f), faults)))
+    return golden, {f: (r, root / f) for f, r in runs.items()}
+
+
 @pytest.mark.parametrize("fault", DATA_FAULTS + CYCLE_FAULTS)
-def test_rtl_fault_injection_is_caught(weights, tmp_path, fault):
+def test_rtl_fault_injection_is_caught(fault_runs, fault):
     """Each injected fault fails verify, which names the first mismatching layer and position;
     a fault that also changes the timing makes rtl_sim exit 1 naming a descriptor."""
-    golden = tmp_path / "golden"
-    make_golden(weights, golden, pairs=1)
-    r = _sim(golden, tmp_path / "rtl", fault)
+    golden, runs = fault_runs
+    r, out = runs[fault]
     if fault in CYCLE_FAULTS:
         assert r.returncode == 1 and "error: pair_00: descriptor" in r.stderr, r.stderr[-3000:]
     else:
         assert r.returncode == 0, r.stderr[-3000:]
-    v = _verify(golden, tmp_path / "rtl")
+    v = _verify(golden, out)
     assert v.returncode == 1 and "FAIL" in v.stdout
     first = next(ln for ln in v.stdout.splitlines() if ln.startswith("MISMATCH"))
     assert "first at (n, c, d, h, w) = (" in first and "expected" in first
