@@ -1,5 +1,6 @@
 // accel_top.v: the synthesis top (hw/rtl_synth.py): the engine with its external memory ports
-// as the device's pins (a memory controller would sit there); the cycle counter stays inside.
+// as the device's pins (a memory controller would sit there) and its reset synchronised; the
+// cycle counter stays inside.
 `default_nettype none
 
 module accel_top #(
@@ -17,9 +18,14 @@ module accel_top #(
     output wire        wr_en,
     output wire [63:0] wr_data
 );
+    // the reset pin is asynchronous to clk: two flops (set at power-up) bring it into the clock
+    // domain, so its fan-out across the engine is a timed register-to-register path
+    reg [1:0] rst_sync;
+    initial rst_sync = 2'b11;   // the FPGA's power-up value: in reset until two edges after the pin falls
+    always @(posedge clk) rst_sync <= {rst_sync[0], rst};
     wire [63:0] cycles_unused;
     accel #(.AW(20), .TP(TP)) u_accel (
-        .clk(clk), .rst(rst), .start(start), .done(done), .error(error), .cycles(cycles_unused),
+        .clk(clk), .rst(rst_sync[1]), .start(start), .done(done), .error(error), .cycles(cycles_unused),
         .rd_addr(rd_addr), .rd_en(rd_en), .rd_data(rd_data),
         .wr_addr(wr_addr), .wr_en(wr_en), .wr_data(wr_data));
 endmodule
