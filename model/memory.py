@@ -114,9 +114,14 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, help="batch elements per device (default: train.batch_size)")
     ap.add_argument("--device-gib", type=float, help="the memory of the device to check against")
     a = ap.parse_args(argv)
-    m = training_memory(load_config(a.config), a.batch)
-    print(describe(m, int(a.device_gib * GIB) if a.device_gib else None))
-    return 0
+    if a.batch is not None and a.batch < 1:
+        ap.error("--batch must be at least 1")
+    from model.cli import run_cli
+
+    def body():
+        m = training_memory(load_config(a.config), a.batch)
+        print(describe(m, int(a.device_gib * GIB) if a.device_gib else None))
+    return run_cli(body)
 
 
 if __name__ == "__main__":

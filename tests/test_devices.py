@@ -186,3 +186,14 @@ def test_memory_estimate_within_20_percent_of_the_measured_peak(tiny_toml, tiny_
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["peak"] > 50 * 2**20  # a step this size holds tens of MiB of activations
     assert abs(got["estimate"] - got["peak"]) <= 0.2 * got["peak"], got
+
+
+def test_cli_refuses_a_device_that_is_not_there(tiny_config, tiny_data, tmp_path):
+    """A bad --device is one line naming it, exit 2, before anything is written."""
+    out = tmp_path / "train"
+    r = subprocess.run([sys.executable, "-m", "model.train", "--config", str(tiny_config), "--data", str(tiny_data),
+                        "--out", str(out), "--device", "tpu", "--no-progress"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "--device tpu: not a device" in r.stderr and not out.exists()
+    r = subprocess.run([sys.executable, "-m", "model.memory", "--config", str(tmp_path / "none.toml")], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "none.toml: config file not found" in r.stderr
