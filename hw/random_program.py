@@ -42,10 +42,11 @@ def _grid(rng: np.random.Generator, even: bool = False, top: int = MAX_AXIS) -> 
     return tuple(int(rng.integers(1, top + 1)) for _ in range(3))
 
 
-def _operand(rng: np.random.Generator, pools: list[int], groups: int) -> tuple[int, int, int]:
-    """(base, words per voxel, first group) of a pool region with room for `groups` groups."""
+def _operand(rng: np.random.Generator, groups: int) -> tuple[int, int, int]:
+    """(pool number, words per voxel, first group) of an operand with room for `groups` groups
+    (the pool number becomes the pool's base address once the memory plan is known)."""
     stride = int(rng.choice([s for s in (1, 2, 4) if s >= groups]))
-    return pools[int(rng.integers(len(pools)))], stride, int(rng.integers(0, stride - groups + 1))
+    return int(rng.integers(POOLS)), stride, int(rng.integers(0, stride - groups + 1))
 
 
 def random_program(rng: np.random.Generator, count: int = 250) -> tuple[np.ndarray, list[Desc]]:
@@ -61,7 +62,7 @@ def random_program(rng: np.random.Generator, count: int = 250) -> tuple[np.ndarr
             k = int(rng.choice([1, 3, 5, 7]))
             ocg = int(rng.integers(1, 3))
             in_groups = int(rng.integers(1, 3))
-            a = _operand(rng, [0] * POOLS, in_groups)
+            a = _operand(rng, in_groups)
             words = []
             taps = [(x, y, z, g) for x in range(k) for y in range(k) for z in range(k) for g in range(in_groups)]
             for _ in range(ocg):
@@ -87,22 +88,20 @@ def random_program(rng: np.random.Generator, count: int = 250) -> tuple[np.ndarr
             fl |= F_A_TRILINEAR if kind < 0.3 else (F_A_NEAREST if kind < 0.5 else 0)
             if rng.random() < 0.7:
                 fl |= F_HAS_B | (F_B_NEAREST if rng.random() < 0.3 else 0)
-            if fl & F_A_TRILINEAR and not fl & F_HAS_B and rng.random() < 0.5:
-                pass  # a trilinear A alone (ddf_up)
             half = bool(fl & (F_A_NEAREST | F_A_TRILINEAR | F_B_NEAREST))
             grid = _grid(rng, even=half)
             groups = int(rng.integers(1, 3))
             sa = int(rng.integers(0, 13 if fl & F_A_TRILINEAR else 16))
             sb = int(rng.integers(0, 16)) if fl & F_HAS_B else 0
-            d = Desc(OP_ADD, f"add{i}", fl, grid, a=_operand(rng, [0] * POOLS, groups),
-                     b=_operand(rng, [0] * POOLS, groups) if fl & F_HAS_B else (0, 1, 0),
+            d = Desc(OP_ADD, f"add{i}", fl, grid, a=_operand(rng, groups),
+                     b=_operand(rng, groups) if fl & F_HAS_B else (0, 1, 0),
                      o=(0, int(rng.choice([s for s in (1, 2, 4) if s >= groups]))), groups=groups,
                      sa=sa, sb=sb, s_out=_shift(rng))
             weights.append([])
         else:
             groups = int(rng.integers(1, 3))
             d = Desc(OP_MAXPOOL, f"maxpool{i}", F_RELU if rng.random() < 0.5 else 0, _grid(rng, top=MAX_AXIS),
-                     a=_operand(rng, [0] * POOLS, groups), o=(0, int(rng.choice([s for s in (1, 2, 4) if s >= groups]))),
+                     a=_operand(rng, groups), o=(0, int(rng.choice([s for s in (1, 2, 4) if s >= groups]))),
                      groups=groups)
             weights.append([])
         descs.append(d)
@@ -116,15 +115,11 @@ def random_program(rng: np.random.Generator, count: int = 250) -> tuple[np.ndarr
             at += len(w)
     pools = [at + POOL_WORDS * j for j in range(POOLS)]
     at += POOL_WORDS * POOLS
-    pick = {}
-    for j, d in enumerate(descs[:-1]):
-        # the operands were drawn against pool 0: move each to a pool of its own draw
-        p = pools[int(rng.integers(POOLS))]
-        d.a = (p, *d.a[1:])
+    for j, d in enumerate(descs[:-1]):  # operands at their pools' addresses, outputs one region each
+        d.a = (pools[d.a[0]], *d.a[1:])
         if d.flags & F_HAS_B:
-            d.b = (pools[int(rng.integers(POOLS))], *d.b[1:])
+            d.b = (pools[d.b[0]], *d.b[1:])
         d.o = (at, d.o[1])
-        pick[j] = at
         at += out_words[j]
     image = np.zeros(at, dtype=np.uint64)
     fields = np.array([f & 0xFFFFFFFF for d in descs for f in d.fields()], dtype="<u4")
