@@ -41,18 +41,6 @@ def resolve_device(spec: str = "auto") -> torch.device:
     raise ConfigError(f"--device {spec}: not a device ({DEVICE_FORMS})")
 
 
-def bf16_supported(device: torch.device) -> bool:
-    """Whether bf16 matrix work runs natively on `device`: CUDA with bf16 support, or a CPU
-    with AVX-512 BF16 or AMX (oneDNN's bf16 kernels); elsewhere it is emulated, slower."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def autocast(device: torch.device, precision: str):
     """The forward pass's autocast context for `precision` ("fp32": none, "bf16"); none on the
     meta device (model/memory.py sizes a step there in float32, an upper bound for bf16)."""

@@ -202,6 +202,10 @@ class _Pruning:
     def dense(self) -> list[str]:
         return protected_layers(self.teacher) if self.cfg.prune.nm_protected_dense else []
 
+    def nm_n(self, job: PruneJob) -> int | dict[str, int]:
+        """An N:M job's N: the job's own, or each layer's from the layer-aware allocation."""
+        return job.n if job.nm_layer is None else nm_layer_ratios(self.allocation(job.nm_layer), job.m, self.dense())
+
     def schedule(self, job: PruneJob, start: PruneJob | None, net: nn.Module):
         """The job's masks as a function of (network, fine-tuning steps done): at step 0 they are
         the start's, so applying them first changes nothing the start did not already zero."""
@@ -213,10 +217,8 @@ class _Pruning:
             a0 = start.amount if start else 0.0
             return lambda n, t: layer_block_masks(n, cubic_ramp(t, ramp, a0, job.amount))
         if job.kind == "nm":  # one shot, held
-            dense = self.dense()
-            n = job.n if job.nm_layer is None else nm_layer_ratios(self.allocation(job.nm_layer), job.m, dense)
-            masks = nm_block_masks(net, n, job.m)
-            masks.update({k: torch.ones_like(masks[k]) for k in dense})
+            masks = nm_block_masks(net, self.nm_n(job), job.m)
+            masks.update({k: torch.ones_like(masks[k]) for k in self.dense()})
             return lambda _n, _t: masks
         masks = global_magnitude_masks(net, job.amount)  # one shot, held
         return lambda _n, _t: masks
@@ -274,8 +276,7 @@ class _Pruning:
             summary.setdefault("blocks", {})[str(job.amount)] = {
                 "checkpoint": path, "sparsity": round(weight_sparsity(net), 4), "layer_sparsity": layer_sparsity(net)}
         else:
-            n = job.n if job.nm_layer is None else nm_layer_ratios(self.allocation(job.nm_layer), job.m, self.dense())
-            entry = {"n": n, "m": job.m, "checkpoint": path, "sparsity": round(weight_sparsity(net), 4),
+            entry = {"n": self.nm_n(job), "m": job.m, "checkpoint": path, "sparsity": round(weight_sparsity(net), 4),
                      "layer_sparsity": layer_sparsity(net)}
             if job.nm_layer is not None:
                 summary["nm_layer"] = {**entry, "amount": job.nm_layer}
