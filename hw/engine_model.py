@@ -17,15 +17,17 @@ from hw.reference import requantize_shift_rne, saturate_range
 from hw.compiler import (DESC_WORDS, F_A_NEAREST, F_A_TRILINEAR, F_B_NEAREST, F_HAS_B, F_RELU, LANES, OP_ADD,
                          OP_CONV, OP_END, OP_MAXPOOL, TP, WBUF_ENTRIES)
 
-# cycle model (hw/ACCEL.md): fixed costs of the controller
-FETCH_CYCLES = DESC_WORDS + 4      # 8 requests, 2 cycles to the last word (registered request, read), decode, check
-LOAD_FIXED = 1 + LANES // 2 + 1 + 2    # block count, 4 bias words, the shift word, 2 cycles to the last word
+# cycle model (hw/ACCEL.md): the engine's busy cycles, those it does not spend waiting for memory
+# (the simulation counts the waits; cycles - waits is what this model predicts)
+FETCH_CYCLES = DESC_WORDS + 2      # the 8 words taken, decode, check
+LOAD_FIXED = 1 + LANES // 2 + 1    # block count, 4 bias words, the shift word
 DRAIN_CYCLES = 18                  # after the last slot: I0-I1, A0-A4, memory, P0, P1a-P1c, P2a-P2c, P3-P5, the write
 START_CYCLES = 1
+WINDOW_WORDS = 1 << 14             # the operand window buffer (accel.v BW): half each for an ADD's two operands
 
 
 # the engine's error codes (hw/ACCEL.md, "Errors"): the run stops, done rises with the code
-E_OPCODE, E_GRID, E_STRIDE, E_KERNEL, E_BLOCKS, E_GROUPS = 1, 2, 3, 4, 5, 6
+E_OPCODE, E_GRID, E_STRIDE, E_KERNEL, E_BLOCKS, E_GROUPS, E_WINDOW = 1, 2, 3, 4, 5, 6, 7
 
 
 class EngineError(ValueError):
@@ -143,6 +145,7 @@ def _conv(mem: np.ndarray, d: dict, cyc: dict, tp: int) -> None:
         acc = np.rint(acc).astype(np.int64) + bias
         _write(mem, d["o"][0], d["o"][1], (D, H, W), og, requantize_shift_rne(acc, shifts, *saturate_range(bool(d["flags"] & F_RELU))))
         cyc["load"] += LOAD_FIXED + (1 + LANES) * n
+        cyc["entries"].append(n)
         cyc["run"] += nvox * conv_slots(n, tp) + DRAIN_CYCLES
         ptr = q
 
@@ -177,6 +180,63 @@ def _elementwise(mem: np.ndarray, d: dict, cyc: dict) -> None:
     cyc["run"] += D * H * W * d["groups"] * slots + DRAIN_CYCLES
 
 
+def _operands(op: int, flags: int, grid, k: int, a: tuple, b: tuple) -> list[tuple]:
+    """The windows a descriptor streams: (base, words per voxel, operand grid, mode, reach) for A
+    and, for an ADD with B, B. mode: 'full', 'half' (nearest or trilinear up-sampling) or
+    'double' (max-pool); reach: the taps on either side (a CONV's pad, 1 for trilinear)."""
+    D, H, W = grid
+    if op == OP_MAXPOOL:
+        ops = [(a[0], a[1], (2 * D, 2 * H, 2 * W), "double", 0)]
+    else:
+        half = flags & F_A_NEAREST or (op == OP_ADD and flags & F_A_TRILINEAR)
+        reach = k // 2 if op == OP_CONV else (1 if flags & F_A_TRILINEAR else 0)
+        ops = [(a[0], a[1], (D // 2, H // 2, W // 2) if half else (D, H, W), "half" if half else "full", reach)]
+        if op == OP_ADD and flags & F_HAS_B:
+            hb = flags & F_B_NEAREST
+            ops.append((b[0], b[1], (D // 2, H // 2, W // 2) if hb else (D, H, W), "half" if hb else "full", 0))
+    return ops
+
+
+def window_span(op: int, flags: int, grid, k: int, a: tuple, b: tuple) -> tuple[int, int]:
+    """(the most words any output row keeps in one operand's window, the buffer that operand
+    has): per row the words from its low mark (the lower of its own reach's first row and the
+    next plane's: near the near faces the clamped reach starts lower on the next plane) to its
+    reach's last row, as the engine's window generator computes them (hw/ACCEL.md, "Memory")."""
+    D, H, _ = grid
+    ops = _operands(op, flags, grid, k, a, b)
+    cap = WINDOW_WORDS // len(ops)
+    worst = 0
+    for _, stride, (_, oh, ow), mode, p in ops:
+        def rng(o, last):
+            lo, hi = np.maximum(o - p, 0), np.minimum(o + p, last)
+            if mode == "half":
+                return lo >> 1, hi >> 1
+            if mode == "double":
+                return 2 * lo, 2 * hi + 1
+            return lo, hi
+        d = np.arange(D)[:, None]
+        dl, dh = rng(d, D - 1)
+        dn, _ = rng(np.minimum(d + 1, D - 1), D - 1)
+        hl, hh = rng(np.arange(H)[None, :], H - 1)
+        rows = (dh * oh + hh + 1) - np.minimum(dl * oh + hl, dn * oh)
+        worst = max(worst, int(rows.max()) * ow * stride)
+    return worst, cap
+
+
+def traffic(op: int, flags: int, grid, k: int, a: tuple, b: tuple, groups: int, entries=()) -> tuple[int, int]:
+    """(words read, words written) over the bus for one descriptor: its 8 words, each output
+    group's weights and one pass over every operand (per output group for a CONV), every result."""
+    D, H, W = grid
+    vox = D * H * W
+    streamed = sum(stride * int(np.prod(g)) for _, stride, g, _, _ in _operands(op, flags, grid, k, a, b)) \
+        if op != OP_END else 0
+    if op == OP_CONV:
+        return DESC_WORDS + sum(LOAD_FIXED + (1 + LANES) * e + streamed for e in entries), vox * len(entries)
+    if op == OP_END:
+        return DESC_WORDS, 0
+    return DESC_WORDS + streamed, vox * groups
+
+
 def run_image(mem: np.ndarray, max_descs: int = 4096, tp: int = TP) -> tuple[np.ndarray, list[dict]]:
     """Execute the program in `mem` (modified copy returned) and the cycles of each descriptor on
     an engine with `tp` blocks per slot."""
@@ -188,13 +248,22 @@ def run_image(mem: np.ndarray, max_descs: int = 4096, tp: int = TP) -> tuple[np.
         if err:
             raise EngineError(err[0], f"descriptor {pc}: {err[1]}")
         cyc = {"pc": pc, "op": d["op"], "fetch": FETCH_CYCLES, "load": 0, "run": 0}
+        if d["op"] != OP_END:
+            span, cap = window_span(d["op"], d["flags"], d["grid"], d["k"], d["a"], d["b"])
+            if span > cap:
+                raise EngineError(E_WINDOW, f"descriptor {pc}: a row reaches {span} words of an operand, "
+                                            f"its window holds {cap}")
         if d["op"] == OP_END:
+            cyc["reads"], cyc["writes"] = DESC_WORDS, 0
             per.append(cyc)
             return mem, per
         if d["op"] == OP_CONV:
+            cyc["entries"] = []
             _conv(mem, d, cyc, tp)
         else:
             _elementwise(mem, d, cyc)
+        cyc["reads"], cyc["writes"] = traffic(d["op"], d["flags"], d["grid"], d["k"], d["a"], d["b"], d["groups"],
+                                              cyc.pop("entries", ()))
         per.append(cyc)
     raise ValueError(f"no END descriptor in the first {max_descs}")
 
@@ -215,9 +284,16 @@ def cycle_model(prog, tp: int = TP) -> list[dict]:
         elif d.op == OP_ADD:
             slots = (8 if d.flags & F_A_TRILINEAR else 1) + (1 if d.flags & F_HAS_B else 0)
             c["run"] = vox * d.groups * slots + DRAIN_CYCLES
+        c["reads"], c["writes"] = traffic(d.op, d.flags, d.grid, d.k, d.a, d.b, d.groups, d.entries if d.op == OP_CONV else ())
         per.append(c)
     return per
 
 
 def total_cycles(per: list[dict]) -> int:
+    """The busy cycles of a run (the simulation's cycles less its waits for memory)."""
     return START_CYCLES + sum(c["fetch"] + c["load"] + c["run"] for c in per)
+
+
+def total_traffic(per: list[dict]) -> tuple[int, int]:
+    """(words read, words written) over the bus in a run."""
+    return sum(c["reads"] for c in per), sum(c["writes"] for c in per)

@@ -27,7 +27,7 @@ from hw.compiler import (LANES, OP_CONV, TP, Program, compile_weights, get_tenso
                          write_readmemh64)
 
 RTL_DIR = Path(__file__).resolve().parent / "rtl"
-SOURCES = [RTL_DIR / "accel.v", RTL_DIR / "accel_sim.v"]
+SOURCES = [RTL_DIR / "accel.v", RTL_DIR / "accel_mem.v", RTL_DIR / "accel_sim.v"]
 # the ECP5 multiplier block's behavioural model, for the ECP5_DSP build (synthesis maps the real one)
 DSP_MODEL = RTL_DIR / "sim" / "MULT18X18D.v"
 LINT_WAIVERS = RTL_DIR / "lint.vlt"  # reviewed: `verilator --lint-only -Wall` has nothing else to say
@@ -109,17 +109,20 @@ def simulate(runner, build_dir: Path, image: np.ndarray, work: Path, max_cycles:
 
 
 def descriptor_cycles(log: Path, runs: int = 1) -> list[int]:
-    """Cycles of each descriptor of the last run from accel_sim's +DESC_LOG: the counter at every
-    descriptor fetch and at done, differenced (the last descriptor, END, runs to done)."""
+    """Busy cycles of each descriptor of the last run from accel_sim's +DESC_LOG: the cycle and
+    wait counters at every descriptor fetch and at done, differenced, cycles less waits (the
+    last descriptor, END, runs to done)."""
     marks, done = [], None
     for ln in log.read_text().split("\n") if log.is_file() else []:
         if ln.startswith("done "):
-            done = int(ln[5:])
+            c, w = ln[5:].split()
+            done = int(c) - int(w)
             if runs > 1:  # keep the last run's marks only
                 runs -= 1
                 marks, done = [], None
         elif ln.strip():
-            marks.append(int(ln))
+            c, w = ln.split()
+            marks.append(int(c) - int(w))
     if done is None or not marks:
         raise SimError(f"{log}: no descriptor log of a finished run")
     ends = [*marks[1:], done]
@@ -135,6 +138,13 @@ def descriptor_mismatches(prog: Program, per: list[dict], simulated: list[int]) 
         return [f"{len(simulated)} descriptors simulated, the program has {len(model)}"]
     return [f"descriptor {i} ({d.layer}): simulated {s:,} cycles, the cycle model says {m:,}"
             for i, (d, s, m) in enumerate(zip(prog.descs, simulated, model)) if s != m]
+
+
+def _agrees(p: dict) -> bool:
+    """A simulated pair agrees with the model: busy cycles (cycles less waits), every
+    descriptor's, and the words read and written."""
+    return (p["busy_cycles"] == p["model_cycles"] and not p["descriptor_mismatches"]
+            and (p["reads"], p["writes"]) == (p["model_reads"], p["model_writes"]))
 
 
 def layer_report(prog: Program, per: list[dict], tp: int = TP) -> list[dict]:
@@ -183,7 +193,7 @@ def project(config_toml: Path) -> dict:
 def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = False, defines: dict | None = None,
             build_dir: Path | None = None, progress: bool = True, project_config: Path | None = None,
             tp: int = TP) -> dict:
-    from hw.engine_model import cycle_model, total_cycles
+    from hw.engine_model import cycle_model, total_cycles, total_traffic
     from hw.verify import check_weights, load_dump, read_manifest
     from model.artifacts import atomic_write_json
 
@@ -194,6 +204,7 @@ def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = 
     runner = build(build_dir, defines, tp)
     per = cycle_model(prog, tp)   # cycles depend on the program, not on the data
     model_cycles = total_cycles(per)
+    model_reads, model_writes = total_traffic(per)
     from model.artifacts import git_commit
 
     report = {"weights": str(weights), "git_commit": git_commit(), "dense_weights": dense, "defines": sorted((defines or {}).keys()),
@@ -205,18 +216,19 @@ def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = 
         d = out / pair["dir"]
         for name in tensors:
             np.save(d / f"{name}.npy", get_tensor(mem, prog.tensors[name]))
-        res["model_cycles"] = model_cycles
+        res["busy_cycles"] = res["cycles"] - res["waits"]
+        res.update(model_cycles=model_cycles, model_reads=model_reads, model_writes=model_writes)
         if progress:
-            print(f"[rtl-sim] {pair['dir']}: {res['cycles']:,} cycles (model {res['model_cycles']:,}), "
-                  f"{res['sim_s']} s simulated", file=sys.stderr)
+            print(f"[rtl-sim] {pair['dir']}: {res['cycles']:,} cycles, {res['waits']:,} of them waiting for memory "
+                  f"(busy {res['busy_cycles']:,}, model {model_cycles:,}); {res['reads']:,} words read, "
+                  f"{res['writes']:,} written; {res['sim_s']} s simulated", file=sys.stderr)
         res["descriptor_mismatches"] = descriptor_mismatches(prog, per, res.pop("descriptor_cycles"))
         return {"dir": pair["dir"], **res}
 
     # each pair's simulator is one single-threaded process: the pairs run side by side, one per core
     with ThreadPoolExecutor(max_workers=max(1, min(len(manifest["pairs"]), os.cpu_count() or 1))) as pool:
         report["pairs"] = list(pool.map(run_pair, manifest["pairs"]))
-    report["cycle_model_checked"] = all(p["cycles"] == model_cycles and not p["descriptor_mismatches"]
-                                        for p in report["pairs"])
+    report["cycle_model_checked"] = all(_agrees(p) for p in report["pairs"])
     if not dense:  # what skipping the all-zero blocks saves: the same weights stored dense (cycle model)
         report["dense_model_cycles"] = total_cycles(cycle_model(compile_weights(weights, dense=True), tp))
         report["sparse_vs_dense"] = round(model_cycles / report["dense_model_cycles"], 4)
@@ -252,10 +264,11 @@ def main(argv=None) -> int:
                    project_config=a.project, tp=a.tp)
         print(f"[rtl-sim] executed-MAC utilisation {r['executed_mac_util']:.1%}, dense-equivalent "
               f"{r['dense_equiv_util']:.1%} -> {a.out}/cycles.json", file=sys.stderr)
-        wrong = [p for p in r["pairs"] if p["cycles"] != p["model_cycles"] or p["descriptor_mismatches"]]
+        wrong = [p for p in r["pairs"] if not _agrees(p)]
         for p in wrong:
-            print(f"error: {p['dir']}: simulated {p['cycles']} cycles, the cycle model (hw/engine_model.py) "
-                  f"says {p['model_cycles']}", file=sys.stderr)
+            print(f"error: {p['dir']}: simulated {p['busy_cycles']} busy cycles, {p['reads']} words read and "
+                  f"{p['writes']} written; the cycle model (hw/engine_model.py) says {p['model_cycles']}, "
+                  f"{p['model_reads']} and {p['model_writes']}", file=sys.stderr)
             for m in p["descriptor_mismatches"][:10]:
                 print(f"error: {p['dir']}: {m}", file=sys.stderr)
         return 1 if wrong else 0

@@ -29,7 +29,8 @@ module accel #(
     parameter integer AW = 20,          // word address bits
     parameter integer TP = 2,           // weight blocks per slot (1 or 2): TP x 64 MACs, TP read ports
     parameter integer WBUF_DEPTH = 512, // weight blocks per output-channel group
-    parameter integer WB_AW = 9
+    parameter integer WB_AW = 9,
+    parameter integer BW = 14           // log2 of the operand window buffer's words (accel_mem.v)
 ) (
     input  wire          clk,
     input  wire          rst,
@@ -37,33 +38,64 @@ module accel #(
     output reg           done,
     output reg  [3:0]    error,     // with done: why the run stopped (E_*; 0: the END descriptor)
     output reg  [63:0]   cycles,
-    output wire [TP*AW-1:0] rd_addr,   // port t in bits t*AW +: AW; registered, the word a cycle later
-    output wire [TP-1:0]    rd_en,
-    input  wire [64*TP-1:0] rd_data,   // port t in bits 64t +: 64
-    output reg  [AW-1:0] wr_addr,   // registered
-    output wire          wr_en,
-    output reg  [63:0]   wr_data
+    output reg  [63:0]   waits,     // cycles spent waiting for memory (hw/ACCEL.md, cycle model)
+    output wire [63:0]   n_reads,   // read and write beats on the bus since reset
+    output wire [63:0]   n_writes,
+    // AXI4 master: one ID, INCR bursts of 8-byte beats, byte addresses
+    output wire [31:0]   m_araddr,
+    output wire [7:0]    m_arlen,
+    output wire          m_arvalid,
+    input  wire          m_arready,
+    input  wire [63:0]   m_rdata,
+    input  wire          m_rlast,
+    input  wire          m_rvalid,
+    output wire          m_rready,
+    output wire [31:0]   m_awaddr,
+    output wire [7:0]    m_awlen,
+    output wire          m_awvalid,
+    input  wire          m_awready,
+    output wire [63:0]   m_wdata,
+    output wire          m_wlast,
+    output wire          m_wvalid,
+    input  wire          m_wready,
+    input  wire          m_bvalid,
+    output wire          m_bready
 );
     localparam integer L = 8;
     localparam integer TPL = (TP == 2) ? 1 : 0;    // log2(TP)
     localparam integer XP = (TP > 1) ? TP - 1 : 1; // ports beyond 0 (vectors need a width >= 1)
-    wire [63:0] rd0 = rd_data[63:0];                 // descriptors and weight blocks come through port 0
-    localparam [2:0] S_IDLE = 3'd0, S_FETCH = 3'd1, S_DECODE = 3'd2, S_LOAD = 3'd3, S_RUN = 3'd4, S_DONE = 3'd5,
-                     S_CHECK = 3'd6;   // decode registers the descriptor's checks, check branches on them
+    // the memory unit's side (accel_mem.v): the run's reads and writes, the descriptor and
+    // weight stream (rd0: its word when sq_valid), the operand windows
+    wire [TP*AW-1:0] rd_addr;
+    wire [TP-1:0]    rd_en;
+    wire [64*TP-1:0] rd_data;
+    reg  [AW-1:0]    wr_addr;
+    wire             wr_en;
+    reg  [63:0]      wr_data;
+    wire sq_valid;
+    wire [63:0] rd0;
+    reg sq_req;
+    reg [AW-1:0] sq_addr;
+    reg [15:0] sq_len;
+    wire wr_room, mem_idle;
+    wire [AW-1:0] a_fill, b_fill;
+    localparam [3:0] S_IDLE = 4'd0, S_FETCH = 4'd1, S_DECODE = 4'd2, S_LOAD = 4'd3, S_RUN = 4'd4, S_DONE = 4'd5,
+                     S_CHECK = 4'd6,   // decode registers the descriptor's checks, check branches on them
+                     S_FLUSH = 4'd7,   // after a run: until every result is in memory
+                     S_ABORT = 4'd8;   // an error during a load or run: until the bus is quiet
     localparam [7:0] OP_END = 8'd0, OP_CONV = 8'd1, OP_ADD = 8'd2, OP_MAXPOOL = 8'd3;
     localparam [1:0] K_CONV = 2'd0, K_SCALE = 2'd1, K_MAX = 2'd2;
     // error codes (hw/ACCEL.md): a descriptor the engine cannot run stops it in S_DONE with one
     localparam [3:0] E_NONE = 4'd0, E_OPCODE = 4'd1, E_GRID = 4'd2, E_STRIDE = 4'd3, E_KERNEL = 4'd4,
-                     E_BLOCKS = 4'd5, E_GROUPS = 4'd6;
+                     E_BLOCKS = 4'd5, E_GROUPS = 4'd6, E_WINDOW = 4'd7;
 
-    reg [2:0] state;
+    reg [3:0] state;
     // the memory requests are held off while rst is high, whatever the registers hold: before
     // the first clock edge of a reset they are whatever the device powered up with, and a write
     // then lands anywhere (found by the random-initial-state simulation)
     reg wr_en_q;
     assign wr_en = wr_en_q & !rst;
     reg [3:0] dec_err;   // the decoded descriptor's error code (registered in S_DECODE)
-    reg blk_bad;         // CONV load: the output group's block count is not 1 .. WBUF_DEPTH
     reg [31:0] pc;
     reg [3:0] fi;
     reg [63:0] dw [0:7];
@@ -125,9 +157,8 @@ module accel #(
     reg signed [31:0] bias [0:L-1];
     reg [WB_AW:0] n_entries;
     reg [31:0] lptr;
-    reg [15:0] li, lnum;   // load: word counter and words to request (6 + 9E <= 4,614)
-    reg l_end;             // li == lnum + 1 this cycle (registered from li == lnum: no adder in the state logic)
-    wire [AW-1:0] li_a = {{(AW-16){1'b0}}, li};   // AW >= 16
+    reg [15:0] li, lnum;   // load: words taken and the index of the group's last (5 + 9E <= 4,613)
+    wire ld_word = (state == S_LOAD) && sq_valid;
     reg [WB_AW:0] lblk;
     localparam [WB_AW:0] TP_MASK = {{WB_AW{1'b0}}, TPL == 1};   // TP - 1 (TP is 1 or 2): lblk & TP_MASK is the port whose bank holds block lblk
     reg [3:0] lsub;
@@ -154,7 +185,95 @@ module accel #(
     wire last_grp  = (grp[15:0] == grp_last);
     wire last_vox  = (vd == d_last) && (vh == h_last) && (vw == w_last);
 
-    wire issue = (state == S_RUN) && !iter_done;
+    reg ok;   // the iterator's row has its operand words on chip and the results have room
+    wire issue = (state == S_RUN) && !iter_done && ok;
+    wire row_end = issue && last_slot && last_grp && (vw == w_last);
+
+    // ---------------------------------------------------------------- operand windows
+    // The generator makes one entry per output row (d, h) of a run, ahead of the iterator: for
+    // operand A (and B of an ADD) the words [lo, hi) that the row's slots can read (every tap,
+    // clamped to the grid, on the operand's own grid: full, half or double). The iterator
+    // issues a row's slots once the memory unit holds its hi (ok), and hands the row's lo on
+    // as the window's low mark 16 cycles after it (past the last read of the row's slots).
+    localparam [1:0] M_FULL = 2'd0, M_HALF = 2'd1, M_DBL = 2'd2;
+    reg [1:0] wa_mode, wb_mode;
+    reg [3:0] wa_p;                            // A's reach in taps: pad (CONV), 1 (trilinear), else 0
+    reg [9:0] wa_H, wb_H, wa_W, wb_W, wa_D, wb_D;   // the operands' grids
+    reg [AW-1:0] wa_RW, wb_RW;                 // words per row of the operand
+    reg [AW-1:0] wa_base, wa_end, wb_base, wb_end;
+    reg w_two;                                 // an ADD with B: two windows, half the buffer each
+    reg win_start, win_err;
+    localparam [AW:0] W_FULL = 1 << BW, W_HALF = 1 << (BW - 1);
+    function [19:0] reach(input [9:0] o, input [9:0] last, input [3:0] p, input [1:0] mode);   // {lo, hi}
+        reg [10:0] lo, hi;
+        begin
+            lo = ({1'b0, o} >= {7'd0, p}) ? {1'b0, o} - {7'd0, p} : 11'd0;
+            hi = ({1'b0, o} + {7'd0, p} > {1'b0, last}) ? {1'b0, last} : {1'b0, o} + {7'd0, p};
+            case (mode)
+                M_HALF:  reach = {lo[10:1], hi[10:1]};
+                M_DBL:   reach = {lo[8:0], 1'b0, hi[8:0], 1'b1};
+                default: reach = {lo[9:0], hi[9:0]};
+            endcase
+        end
+    endfunction
+    reg g_on, g1_v, g2_v, g3_v;
+    function [AW-1:0] g_min(input [AW-1:0] x, input [AW-1:0] y); g_min = (x < y) ? x : y; endfunction
+    reg [9:0] g_d, g_h;
+    reg [3:0] g_occ;                           // rows queued or in the generator's stages
+    wire g_go = g_on && (g_occ < 4'd8);
+    // a row's low mark is the lower of its own reach and the next plane's first row's: near the
+    // volume's near faces the clamped reach of the next plane starts lower than this row's
+    wire [9:0] g_dn = (g_d == gD - 10'd1) ? g_d : g_d + 10'd1;
+    wire [19:0] ga_d = reach(g_d, gD - 10'd1, wa_p, wa_mode), ga_h = reach(g_h, gH - 10'd1, wa_p, wa_mode);
+    wire [19:0] gb_d = reach(g_d, gD - 10'd1, 4'd0, wb_mode), gb_h = reach(g_h, gH - 10'd1, 4'd0, wb_mode);
+    wire [19:0] ga_n = reach(g_dn, gD - 10'd1, wa_p, wa_mode), gb_n = reach(g_dn, gD - 10'd1, 4'd0, wb_mode);
+    reg [19:0] g1_ad, g1_ah, g1_bd, g1_bh;
+    reg [9:0] g1_an, g1_bn;
+    reg [AW-1:0] g2_alo, g2_ahi, g2_blo, g2_bhi, g3_alo, g3_ahi, g3_blo, g3_bhi;
+    reg [AW-1:0] wn_alo [0:7], wn_ahi [0:7], wn_blo [0:7], wn_bhi [0:7];
+    reg [3:0] wn_n;
+    reg [AW-1:0] rel_a [0:15], rel_b [0:15];
+    wire [2:0] nx = {2'd0, row_end};           // the iterator's row next cycle: the queue's head or the one after
+    wire ok_n = !win_start && (wn_n > {1'b0, nx}) && (a_fill >= wn_ahi[nx]) && (!w_two || b_fill >= wn_bhi[nx]) && wr_room;
+    wire [AW:0] g_span_a = {1'b0, g3_ahi} - {1'b0, g3_alo}, g_span_b = {1'b0, g3_bhi} - {1'b0, g3_blo};
+    wire [2:0] wn_at = wn_n[2:0] - {2'd0, row_end};   // where a new entry goes
+    integer gk;
+    always @(posedge clk) begin
+        ok <= !rst && ok_n;
+        // G0 -> G1: the rows' reach per axis; G2: row indices; G3: word offsets; then queued
+        g1_v <= g_go; g2_v <= g1_v; g3_v <= g2_v;
+        g1_ad <= ga_d; g1_ah <= ga_h; g1_bd <= gb_d; g1_bh <= gb_h; g1_an <= ga_n[19:10]; g1_bn <= gb_n[19:10];
+        g2_alo <= g_min({{(AW-10){1'b0}}, g1_ad[19:10]} * {{(AW-10){1'b0}}, wa_H} + {{(AW-10){1'b0}}, g1_ah[19:10]},
+                        {{(AW-10){1'b0}}, g1_an} * {{(AW-10){1'b0}}, wa_H});
+        g2_ahi <= {{(AW-10){1'b0}}, g1_ad[9:0]} * {{(AW-10){1'b0}}, wa_H} + {{(AW-10){1'b0}}, g1_ah[9:0]} + 1'b1;
+        g2_blo <= g_min({{(AW-10){1'b0}}, g1_bd[19:10]} * {{(AW-10){1'b0}}, wb_H} + {{(AW-10){1'b0}}, g1_bh[19:10]},
+                        {{(AW-10){1'b0}}, g1_bn} * {{(AW-10){1'b0}}, wb_H});
+        g2_bhi <= {{(AW-10){1'b0}}, g1_bd[9:0]} * {{(AW-10){1'b0}}, wb_H} + {{(AW-10){1'b0}}, g1_bh[9:0]} + 1'b1;
+        g3_alo <= g2_alo * wa_RW; g3_ahi <= g2_ahi * wa_RW;
+        g3_blo <= g2_blo * wb_RW; g3_bhi <= g2_bhi * wb_RW;
+        if (row_end) for (gk = 0; gk < 7; gk = gk + 1) begin
+            wn_alo[gk] <= wn_alo[gk + 1]; wn_ahi[gk] <= wn_ahi[gk + 1]; wn_blo[gk] <= wn_blo[gk + 1]; wn_bhi[gk] <= wn_bhi[gk + 1];
+        end
+        if (g3_v) begin
+            wn_alo[wn_at] <= wa_base + g3_alo; wn_ahi[wn_at] <= wa_base + g3_ahi;
+            wn_blo[wn_at] <= wb_base + g3_blo; wn_bhi[wn_at] <= wb_base + g3_bhi;
+        end
+        if (g3_v && (g_span_a > (w_two ? W_HALF : W_FULL) || (w_two && g_span_b > W_HALF))) win_err <= 1'b1;
+        wn_n <= wn_n + {3'd0, g3_v} - {3'd0, row_end};
+        g_occ <= g_occ + {3'd0, g_go} - {3'd0, row_end};
+        if (g_go) begin
+            if (g_h != gH - 10'd1) g_h <= g_h + 10'd1;
+            else begin g_h <= 10'd0; g_d <= g_d + 10'd1; if (g_d == gD - 10'd1) g_on <= 1'b0; end
+        end
+        // the low marks: the current row's lo, 16 cycles late
+        if (wn_n != 4'd0) begin rel_a[0] <= wn_alo[0]; rel_b[0] <= wn_blo[0]; end
+        for (gk = 1; gk < 16; gk = gk + 1) begin rel_a[gk] <= rel_a[gk - 1]; rel_b[gk] <= rel_b[gk - 1]; end
+        if (win_start || rst || state == S_ABORT) begin   // a new run (or none): empty queue, marks at the bases
+            g_on <= win_start; g_d <= 10'd0; g_h <= 10'd0; g_occ <= 4'd0; wn_n <= 4'd0; win_err <= 1'b0;
+            g1_v <= 1'b0; g2_v <= 1'b0; g3_v <= 1'b0;
+            for (gk = 0; gk < 16; gk = gk + 1) begin rel_a[gk] <= wa_base; rel_b[gk] <= wb_base; end
+        end
+    end
 
     // I0, I1: the iterator's slot registered twice while its block header is read from the
     // header RAM and registered (the block RAM's output is slow; nothing else follows it)
@@ -223,13 +342,13 @@ module accel #(
     reg [AW-1:0] s_hw;
     reg [31:0] s_base, s_grp;
     reg [2:0] s_lg;
-    reg s_rd;
+    reg s_rd, s_isb;
     reg [1:0] s_kind;
     reg [4:0] s_coef, s_shift;
     always @(*) begin
         sd = i_d; sh = i_h; sw = i_w; s_hw = hw_full; sgW = gW;
         s_base = a_base; s_lg = a_lg; s_grp = a_off + i_grp;
-        s_rd = 1'b1; s_kind = K_SCALE; s_coef = 5'd1; s_shift = sa;
+        s_rd = 1'b1; s_isb = 1'b0; s_kind = K_SCALE; s_coef = 5'd1; s_shift = sa;
         if (is_conv) begin
             s_kind = K_CONV; s_rd = conv_in; s_grp = a_off + {24'd0, h_cur[31:24]};
             sd = cd[9:0]; sh = ch[9:0]; sw = cw[9:0];
@@ -239,7 +358,7 @@ module accel #(
             sd = {i_d[8:0], i_e[2]}; sh = {i_h[8:0], i_e[1]}; sw = {i_w[8:0], i_e[0]};
             s_hw = hw_dbl; sgW = {gW[8:0], 1'b0};
         end else if (has_b && i_last) begin
-            s_base = b_base; s_lg = b_lg; s_grp = b_off + i_grp; s_shift = sb;
+            s_base = b_base; s_lg = b_lg; s_grp = b_off + i_grp; s_shift = sb; s_isb = 1'b1;
 `ifdef FAULT_NEAREST_HALF   // fault: B's half-grid voxel rounded up along d
             if (b_near) begin sd = (i_d + 10'd1) >> 1; sh = i_h >> 1; sw = i_w >> 1; s_hw = hw_half; sgW = hW; end
 `else
@@ -278,7 +397,7 @@ module accel #(
         localparam [WB_AW:0] GT = gt;
         reg [31:0] hdr_x [0:WBUF_DEPTH/TP-1];
         always @(posedge clk)
-            if ((state == S_LOAD) && li >= 16'd8 && lsub == 4'd0 && (lblk & TP_MASK) == GT)
+            if (ld_word && li >= 16'd6 && lsub == 4'd0 && (lblk & TP_MASK) == GT)
                 hdr_x[lblk[WB_AW-1:TPL]] <= rd0[31:0];
         wire [31:0] hc = hx_cur[32*U +: 32];
         wire signed [11:0] xd = $signed({2'b0, i_d}) + $signed({4'b0, hc[7:0]}) - $signed({8'b0, pad});
@@ -323,7 +442,7 @@ module accel #(
     // and h*W in A1, straight into registers, their sum with w in A2 (a multiply followed by an
     // add in one stage was the critical path)
     localparam integer XW = AW - 10;
-    reg a0_v, a0_rd, a0_first, a0_last;
+    reg a0_v, a0_rd, a0_first, a0_last, a0_isb, a1_isb, a2_isb, b_isb, rd0_b;
     reg [1:0] a0_kind;
     reg [4:0] a0_coef, a0_shift;
     reg [WB_AW-1:0] a0_e;
@@ -497,8 +616,6 @@ module accel #(
     // ---------------------------------------------------------------- memory ports
     always @(*) begin
         req_en = 1'b0; req_addr = {AW{1'b0}};
-        if (state == S_FETCH && fi < 4'd8) begin req_en = 1'b1; req_addr = {pc[AW-4:0], fi[2:0]}; end
-        if (state == S_LOAD && li < lnum) begin req_en = 1'b1; req_addr = lptr[AW-1:0] + li_a; end
         if (b_v && b_rd) begin
             req_en = 1'b1;
             req_addr = b_prod + b_bg;
@@ -512,7 +629,7 @@ module accel #(
     // group's load: its shift word) and set the requantisers one cycle later, from registers:
     // decoding them straight from the load counter and the memory word was the critical path
     reg [63:0] lane_sh;
-    reg sh_pending, li_is7;
+    reg sh_pending;
     // lane k's requantiser set up for the signed shift sh (> 0: right with rounding, <= 0: left)
     task set_shift(input [2:0] k, input [7:0] shv);
         begin
@@ -523,25 +640,30 @@ module accel #(
             rq_half[k] <= ($signed(shv) > 0) ? 32'd1 << (shv[4:0] - 5'd1) : 32'd1;
         end
     endtask
+    reg [3:0] abort_err;   // the error an abort ends with
     always @(posedge clk) begin
         if (rst) begin
-            state <= S_IDLE; done <= 1'b0; error <= E_NONE; cycles <= 64'd0;
+            state <= S_IDLE; done <= 1'b0; error <= E_NONE; cycles <= 64'd0; waits <= 64'd0;
             a0_v <= 1'b0; a1_v <= 1'b0; a2_v <= 1'b0; b_v <= 1'b0; a3_v <= 1'b0; p1_v <= 1'b0; qa_v <= 1'b0; qb_v <= 1'b0; q_v <= 1'b0; q2_v <= 1'b0; q3_v <= 1'b0; p2_v <= 1'b0;
-            fin_v <= 1'b0; r1_v <= 1'b0; rd0_en <= 1'b0; wr_en_q <= 1'b0; sh_pending <= 1'b0; li_is7 <= 1'b0; l_end <= 1'b0;
+            fin_v <= 1'b0; r1_v <= 1'b0; rd0_en <= 1'b0; wr_en_q <= 1'b0; sh_pending <= 1'b0;
+            sq_req <= 1'b0; win_start <= 1'b0;
         end else begin
             if (state != S_IDLE && state != S_DONE) cycles <= cycles + 64'd1;
-            li_is7 <= (state == S_LOAD) && (li == 16'd6);
-            l_end <= (state == S_LOAD) && (li == lnum);   // the shift word (word 5) arrives at li == 7
+            // waiting for memory: a stream word not there yet, a row whose words are not, a flush
+            if (((state == S_FETCH || state == S_LOAD) && !sq_valid) || (state == S_RUN && !iter_done && !ok) ||
+                state == S_FLUSH || state == S_ABORT) waits <= waits + 64'd1;
             sh_pending <= 1'b0;   // (set again below when new shifts arrive)
             if (sh_pending) for (j = 0; j < L; j = j + 1) set_shift(j[2:0], lane_sh[8*j +: 8]);
+            sq_req <= 1'b0; win_start <= 1'b0;
             case (state)
             S_IDLE, S_DONE: if (start) begin   // from S_DONE: a second run needs no reset
-                state <= S_FETCH; pc <= 32'd0; fi <= 4'd0; done <= 1'b0; error <= E_NONE; cycles <= 64'd1;
+                state <= S_FETCH; pc <= 32'd0; fi <= 4'd0; done <= 1'b0; error <= E_NONE; cycles <= 64'd1; waits <= 64'd0;
+                sq_req <= 1'b1; sq_addr <= {AW{1'b0}}; sq_len <= 16'd8;
             end
-            S_FETCH: begin
-                if (fi >= 4'd2) dw[fi[2:0] - 3'd2] <= rd0;   // words 2 .. 9: dw[0 .. 7]
+            S_FETCH: if (sq_valid) begin   // the descriptor's 8 words
+                dw[fi[2:0]] <= rd0;
                 fi <= fi + 4'd1;
-                if (fi == 4'd9) state <= S_DECODE;
+                if (fi == 4'd7) state <= S_DECODE;
             end
             S_DECODE: begin
                 d_last <= gD - 10'd1; h_last <= gH - 10'd1; w_last <= gW - 10'd1;
@@ -552,98 +674,125 @@ module accel #(
                 rq_relu <= relu;
                 lane_sh <= {L{s_out}}; sh_pending <= 1'b1;
                 dec_err <= decode_error;   // registered: the checks stay off the state logic's path
+                // the operand windows: A on the full, half (nearest or trilinear up-sampling) or
+                // double (max-pool) grid, reaching pad taps (CONV) or one (trilinear); B of an ADD
+                wa_mode <= is_pool ? M_DBL : (a_near || (a_tri && !is_conv)) ? M_HALF : M_FULL;
+                wa_p <= is_conv ? pad : {3'd0, a_tri};
+                wb_mode <= b_near ? M_HALF : M_FULL;
+                w_two <= (op == OP_ADD) && has_b;
+                wa_D <= is_pool ? {gD[8:0], 1'b0} : (a_near || (a_tri && !is_conv)) ? hD : gD;
+                wa_H <= is_pool ? {gH[8:0], 1'b0} : (a_near || (a_tri && !is_conv)) ? hH : gH;
+                wa_W <= is_pool ? {gW[8:0], 1'b0} : (a_near || (a_tri && !is_conv)) ? hW : gW;
+                wb_D <= b_near ? hD : gD; wb_H <= b_near ? hH : gH; wb_W <= b_near ? hW : gW;
+                wa_base <= a_base[AW-1:0]; wb_base <= b_base[AW-1:0];
                 state <= S_CHECK;
             end
             S_CHECK: begin
+                wa_RW <= {{(AW-10){1'b0}}, wa_W} << a_lg;
+                wb_RW <= {{(AW-10){1'b0}}, wb_W} << b_lg;
+                wa_end <= wa_base + (({{(AW-10){1'b0}}, wa_D} * (wa_mode == M_DBL ? hw_dbl : wa_mode == M_HALF ? hw_half : hw_full)) << a_lg);
+                wb_end <= w_two ? wb_base + (({{(AW-10){1'b0}}, wb_D} * (wb_mode == M_HALF ? hw_half : hw_full)) << b_lg) : wb_base;
                 if (op == OP_END || dec_err != E_NONE) begin
                     state <= S_DONE; done <= 1'b1; error <= dec_err;
                 end else if (is_conv) begin
-                    state <= S_LOAD; ocg <= 32'd0; lptr <= wbase; li <= 16'd0; lnum <= 16'd6;
+                    state <= S_LOAD; ocg <= 32'd0; lptr <= wbase; li <= 16'd0; lnum <= 16'hFFFF;
                     lblk <= 0; lsub <= 4'd0;
+                    sq_req <= 1'b1; sq_addr <= wbase[AW-1:0]; sq_len <= 16'd6; win_start <= 1'b1;
                 end else begin
                     state <= S_RUN; vd <= 0; vh <= 0; vw <= 0; eslot <= 0; grp <= 0; iter_done <= 1'b0; drain <= 5'd0;
                     slot_last <= is_pool ? 10'd7 : ((a_tri ? 10'd7 : 10'd0) + (has_b ? 10'd1 : 10'd0));
                     grp_last <= n_groups[15:0] - 16'd1;
+                    win_start <= 1'b1;
                 end
             end
-            S_LOAD: begin
-                // request lptr + li; word li - 2 arrives now
+            S_LOAD: if (sq_valid) begin   // word li of the output group's weights
                 li <= li + 16'd1;
-                if (li == 16'd3 && blk_bad) begin   // the block count read a cycle ago: stop before the run
-                    state <= S_DONE; done <= 1'b1; error <= E_BLOCKS;
-                end
-                if (li >= 16'd2) begin
-                    if (li == 16'd2) begin
-                        n_entries <= rd0[WB_AW:0];
-                        lnum <= 16'd6 + {3'd0, rd0[9:0], 3'd0} + {6'd0, rd0[9:0]};   // 6 + 9E
-                        blk_bad <= (rd0[31:0] == 32'd0 || rd0[31:0] > WBUF_DEPTH);   // not 1 .. WBUF_DEPTH blocks
-                    end else if (li <= 16'd6) begin
+                if (li == 16'd0) begin
+                    n_entries <= rd0[WB_AW:0];
+                    lnum <= 16'd5 + {3'd0, rd0[9:0], 3'd0} + {6'd0, rd0[9:0]};   // the last word: 5 + 9E
+                    if (rd0[31:0] == 32'd0 || rd0[31:0] > WBUF_DEPTH) begin   // not 1 .. WBUF_DEPTH blocks
+                        state <= S_ABORT; abort_err <= E_BLOCKS; drain <= 5'd0;
+                    end else begin   // the blocks follow the 6 words of the group's header
+                        sq_req <= 1'b1; sq_addr <= lptr[AW-1:0] + 6; sq_len <= {3'd0, rd0[9:0], 3'd0} + {6'd0, rd0[9:0]};
+                    end
+                end else if (li <= 16'd4) begin
 `ifdef FAULT_BIAS_LOAD
-                        bias[2 * (li - 3)] <= $signed(rd0[63:32]);   // fault: the odd lane's bias in the even lane
+                    bias[2 * (li - 1)] <= $signed(rd0[63:32]);   // fault: the odd lane's bias in the even lane
 `else
-                        bias[2 * (li - 3)] <= $signed(rd0[31:0]);
+                    bias[2 * (li - 1)] <= $signed(rd0[31:0]);
 `endif
-                        bias[2 * (li - 3) + 1] <= $signed(rd0[63:32]);
-                    end else if (li_is7) begin   // the group's requantiser shifts, byte j = lane j
-                        lane_sh <= rd0; sh_pending <= 1'b1;
-                    end else begin
-                        if (lsub == 4'd0 && (lblk & TP_MASK) == 0) hdr[lblk[WB_AW-1:TPL]] <= rd0[31:0];
-                        if (lsub == 4'd8) begin lsub <= 4'd0; lblk <= lblk + 1'b1; end
-                        else lsub <= lsub + 4'd1;
-                    end
-                    if (l_end) begin  // the last word has arrived (li == lnum + 1)
-                        state <= S_RUN; lptr <= lptr + {16'd0, lnum};
-                        slot_last <= ((n_entries + TP_MASK) >> TPL) - 1'b1; grp_last <= 16'd0;
+                    bias[2 * (li - 1) + 1] <= $signed(rd0[63:32]);
+                end else if (li == 16'd5) begin   // the group's requantiser shifts, byte j = lane j
+                    lane_sh <= rd0; sh_pending <= 1'b1;
+                end else begin
+                    if (lsub == 4'd0 && (lblk & TP_MASK) == 0) hdr[lblk[WB_AW-1:TPL]] <= rd0[31:0];
+                    if (lsub == 4'd8) begin lsub <= 4'd0; lblk <= lblk + 1'b1; end
+                    else lsub <= lsub + 4'd1;
+                end
+                if (li == lnum) begin  // the group's last word
+                    state <= S_RUN; lptr <= lptr + {16'd0, lnum} + 32'd1;
+                    slot_last <= ((n_entries + TP_MASK) >> TPL) - 1'b1; grp_last <= 16'd0;
 `ifdef FAULT_LAST_GROUP
-                        more_ocg <= (ocg + 32'd2 < n_ocg);   // fault: the last output group is never run
+                    more_ocg <= (ocg + 32'd2 < n_ocg);   // fault: the last output group is never run
 `else
-                        more_ocg <= (ocg + 32'd1 < n_ocg);
+                    more_ocg <= (ocg + 32'd1 < n_ocg);
 `endif
-                        vd <= 0; vh <= 0; vw <= 0; eslot <= 0; grp <= 0; iter_done <= 1'b0; drain <= 5'd0;
-                    end
+                    vd <= 0; vh <= 0; vw <= 0; eslot <= 0; grp <= 0; iter_done <= 1'b0; drain <= 5'd0;
                 end
             end
             S_RUN: begin
                 if (!iter_done) begin
-                    if (!last_slot) eslot <= eslot + 32'd1;
-                    else begin
-                        eslot <= 32'd0;
-                        if (!last_grp) grp <= grp + 32'd1;
+                    if (ok) begin
+                        if (!last_slot) eslot <= eslot + 32'd1;
                         else begin
-                            grp <= 32'd0;
-                            if (vw != w_last) vw <= vw + 10'd1;
+                            eslot <= 32'd0;
+                            if (!last_grp) grp <= grp + 32'd1;
                             else begin
-                                vw <= 10'd0;
-                                if (vh != h_last) vh <= vh + 10'd1;
-                                else begin vh <= 10'd0; vd <= vd + 10'd1; end
+                                grp <= 32'd0;
+                                if (vw != w_last) vw <= vw + 10'd1;
+                                else begin
+                                    vw <= 10'd0;
+                                    if (vh != h_last) vh <= vh + 10'd1;
+                                    else begin vh <= 10'd0; vd <= vd + 10'd1; end
+                                end
+                                if (last_vox) iter_done <= 1'b1;
                             end
-                            if (last_vox) iter_done <= 1'b1;
                         end
                     end
                 end else begin
                     drain <= drain + 5'd1;
-                    if (drain == DRAIN - 1) begin   // the last write is presented to memory now
-                        if (is_conv && more_ocg) begin
-                            state <= S_LOAD; ocg <= ocg + 32'd1; li <= 16'd0; lnum <= 16'd6;
-                            lblk <= 0; lsub <= 4'd0;
-                        end else begin
-                            state <= S_FETCH; pc <= pc + 32'd1; fi <= 4'd0;
-                        end
-                    end
+                    if (drain == DRAIN - 1) state <= S_FLUSH;   // the last write is presented to memory now
                 end
+            end
+            S_FLUSH: if (mem_idle && !wr_en_q && !r1_v && !fin_v) begin   // every result in memory
+                if (is_conv && more_ocg) begin
+                    state <= S_LOAD; ocg <= ocg + 32'd1; li <= 16'd0; lnum <= 16'hFFFF;
+                    lblk <= 0; lsub <= 4'd0;
+                    sq_req <= 1'b1; sq_addr <= lptr[AW-1:0]; sq_len <= 16'd6; win_start <= 1'b1;
+                end else begin
+                    state <= S_FETCH; pc <= pc + 32'd1; fi <= 4'd0;
+                    sq_req <= 1'b1; sq_addr <= {pc[AW-4:0] + 1'b1, 3'b000}; sq_len <= 16'd8;
+                end
+            end
+            S_ABORT: begin   // the pipeline drained, nothing left on the bus: stop with the error
+                if (drain != 5'd31) drain <= drain + 5'd1;
+                else if (mem_idle && !wr_en_q) begin state <= S_DONE; done <= 1'b1; error <= abort_err; end
             end
             default: ;
             endcase
+            if ((state == S_LOAD || state == S_RUN) && win_err) begin   // a row's words exceed the buffer
+                state <= S_ABORT; abort_err <= E_WINDOW; drain <= 5'd0;
+            end
 
             // I0 -> A0: the slot
-            a0_v <= i_v; a0_rd <= i_v && s_rd; a0_first <= i_first; a0_last <= i_last;
+            a0_v <= i_v; a0_rd <= i_v && s_rd; a0_first <= i_first; a0_last <= i_last; a0_isb <= s_isb;
             a0_kind <= s_kind; a0_coef <= s_coef; a0_shift <= s_shift; a0_e <= i_e;
             a0_sd <= sd; a0_sh <= sh; a0_sw <= sw; a0_hw <= s_hw; a0_sgW <= sgW;
             a0_od <= i_d; a0_oh <= i_h; a0_ow <= i_w;
             a0_base <= s_base[AW-1:0]; a0_lg <= s_lg; a0_grp <= s_grp[AW-1:0];
             a0_og <= i_og[AW-1:0];
             // A1: d * (H*W) and h * W (operand and output)
-            a1_v <= a0_v; a1_rd <= a0_rd; a1_first <= a0_first; a1_last <= a0_last; a1_kind <= a0_kind;
+            a1_v <= a0_v; a1_rd <= a0_rd; a1_isb <= a0_isb; a1_first <= a0_first; a1_last <= a0_last; a1_kind <= a0_kind;
             a1_coef <= a0_coef; a1_shift <= a0_shift; a1_e <= a0_e;
             a1_pd <= {{XW{1'b0}}, a0_sd} * a0_hw;
             a1_ph <= {{XW{1'b0}}, a0_sh} * {{XW{1'b0}}, a0_sgW};
@@ -652,7 +801,7 @@ module accel #(
             a1_sw <= a0_sw; a1_ow <= a0_ow;
             a1_base <= a0_base; a1_lg <= a0_lg; a1_grp <= a0_grp; a1_og <= a0_og;
             // A2: voxel = d*H*W + h*W + w
-            a2_v <= a1_v; a2_rd <= a1_rd; a2_first <= a1_first; a2_last <= a1_last; a2_kind <= a1_kind;
+            a2_v <= a1_v; a2_rd <= a1_rd; a2_isb <= a1_isb; a2_first <= a1_first; a2_last <= a1_last; a2_kind <= a1_kind;
             a2_coef <= a1_coef; a2_shift <= a1_shift; a2_e <= a1_e;
 `ifdef FAULT_VOXEL_INDEX
             a2_vox <= a1_pd + {{XW{1'b0}}, a1_sw};   // fault: port 0's operand address forgets h * W
@@ -662,7 +811,7 @@ module accel #(
             a2_ovox <= a1_opd + a1_oph + {{XW{1'b0}}, a1_ow};
             a2_base <= a1_base; a2_lg <= a1_lg; a2_grp <= a1_grp; a2_og <= a1_og;
             // A3: voxel x words per voxel; base + group
-            b_v <= a2_v; b_rd <= a2_rd; b_first <= a2_first; b_last <= a2_last; b_kind <= a2_kind;
+            b_v <= a2_v; b_rd <= a2_rd; b_isb <= a2_isb; b_first <= a2_first; b_last <= a2_last; b_kind <= a2_kind;
             b_coef <= a2_coef; b_shift <= a2_shift; b_e <= a2_e;
             b_prod <= a2_vox << a2_lg; b_bg <= a2_base + a2_grp;
 `ifdef FAULT_OUT_GROUP
@@ -671,7 +820,7 @@ module accel #(
             b_oprod <= a2_ovox << o_lg; b_obg <= o_base[AW-1:0] + a2_og;
 `endif
             // A4: the request leaves (memory ports above); the output address
-            rd0_en <= req_en; rd0_addr <= req_addr;
+            rd0_en <= req_en; rd0_addr <= req_addr; rd0_b <= b_isb;
             a3_v <= b_v; a3_rd <= b_rd; a3_first <= b_first; a3_last <= b_last; a3_kind <= b_kind;
             a3_coef <= b_coef; a3_shift <= b_shift; a3_e <= b_e;
             a3_oaddr <= b_oprod + b_obg;
@@ -722,7 +871,7 @@ module accel #(
     // weight banks, one per port and output lane (block e of a group in port e % TP's banks at
     // e / TP): written while loading, read while the memory reads the slot's words (the blocks
     // are in wq during P1)
-    wire bank_we = (state == S_LOAD) && (li > 16'd7);
+    wire bank_we = ld_word && (li > 16'd6);
     generate for (gq = 0; gq < TP; gq = gq + 1) begin : g_bank_port
         for (gj = 0; gj < L; gj = gj + 1) begin : g_bank
 `ifdef FAULT_WEIGHT_ROW
@@ -740,6 +889,21 @@ module accel #(
             assign wq[64*(L*gq + gj) +: 64] = q;
         end
     end endgenerate
+
+    // the memory unit: the AXI4 master, the operand windows, the stream, the write queue
+    wire abort = (state == S_ABORT), flush = (state == S_FLUSH);
+    accel_mem #(.AW(AW), .TP(TP), .BW(BW)) u_mem (
+        .clk(clk), .rst(rst), .sq_req(sq_req), .sq_addr(sq_addr), .sq_len(sq_len), .sq_valid(sq_valid), .sq_data(rd0),
+        .win_start(win_start), .win_two(w_two), .a_base(wa_base), .a_end(wa_end), .b_base(wb_base), .b_end(wb_end),
+        .a_lo(rel_a[15]), .b_lo(rel_b[15]), .a_fill(a_fill), .b_fill(b_fill),
+        .rd_en(rd_en), .rd_addr(rd_addr), .rd_b(rd0_b), .rd_data(rd_data),
+        .wr_en(wr_en), .wr_addr(wr_addr), .wr_data(wr_data), .wr_room(wr_room), .flush(flush), .abort(abort),
+        .idle(mem_idle), .n_reads(n_reads), .n_writes(n_writes),
+        .m_araddr(m_araddr), .m_arlen(m_arlen), .m_arvalid(m_arvalid), .m_arready(m_arready),
+        .m_rdata(m_rdata), .m_rlast(m_rlast), .m_rvalid(m_rvalid), .m_rready(m_rready),
+        .m_awaddr(m_awaddr), .m_awlen(m_awlen), .m_awvalid(m_awvalid), .m_awready(m_awready),
+        .m_wdata(m_wdata), .m_wlast(m_wlast), .m_wvalid(m_wvalid), .m_wready(m_wready),
+        .m_bvalid(m_bvalid), .m_bready(m_bready));
 endmodule
 
 // An int8 x int8 product with its operands registered in front of the multiplier and the product

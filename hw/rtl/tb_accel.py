@@ -1,5 +1,5 @@
 """cocotb testbench: reset, start, wait for `done` (the clock runs inside the simulator; no
-per-cycle Python), then record the engine's cycle count, error code and memory traffic.
+per-cycle Python), then record the engine's cycle and wait counts, error code and memory traffic.
 
 Run by hw/rtl_sim.py (cocotb_tools.runner); the memory image and the dump are plusargs of
 accel_sim.v, the results file is the environment variable ACCEL_RESULT. ACCEL_RUNS=n starts
@@ -33,7 +33,7 @@ async def run_program(dut):
         await First(RisingEdge(dut.done), Timer(limit_ns, unit="ns"))
         assert dut.done.value == 1, f"run {run + 1}: engine not done after {limit_ns // 10} cycles"
         await ClockCycles(dut.clk, 2)  # the dump is written on the edge after done rises
-    res = {"cycles": int(dut.cycles.value), "error": int(dut.error.value),
+    res = {"cycles": int(dut.cycles.value), "waits": int(dut.waits.value), "error": int(dut.error.value),
            "reads": int(dut.reads.value) - reads, "writes": int(dut.writes.value) - writes}
     with open(os.environ["ACCEL_RESULT"], "w") as f:
         json.dump(res, f)
