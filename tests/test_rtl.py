@@ -187,6 +187,10 @@ def test_compiler_refusals(weights, tmp_path):
     # a memory plan the simulated memory cannot hold
     with pytest.raises(CompileError, match="memory words"):
         compile_weights(read_weights(weights), grid=(256, 256, 256))
+    # rows whose operand words the engine's windows cannot hold, named by layer (the engine would stop with E_WINDOW)
+    with pytest.raises(CompileError, match="down.0.c0.conv.unfold_w: one output row reads 440 words of an operand, "
+                                           "the engine's window holds 256"):
+        compile_weights(read_weights(weights), window_words=256)
     # the CLI: a missing file named, exit 2, nothing written
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, "-m", "hw.compiler", "--weights", str(tmp_path / "none.bin"),
