@@ -96,7 +96,7 @@ verify: $(OUT)/golden/manifest.json
 
 # the RTL accelerator (hw/rtl/, hw/ACCEL.md) simulated in Verilator on the golden pairs: every
 # tensor dumped to $(OUT)/rtl/pair_XX/ in the golden layout, cycles in $(OUT)/rtl/cycles.json
-$(OUT)/rtl/cycles.json: $(OUT)/golden/manifest.json hw/rtl/accel.v hw/rtl/accel_mem.v hw/rtl/accel_sim.v hw/compiler.py hw/engine_model.py
+$(OUT)/rtl/cycles.json: $(OUT)/golden/manifest.json hw/rtl/accel.v hw/rtl/accel_mem.v hw/rtl/accel_ip.v hw/rtl/accel_sim.v hw/compiler.py hw/engine_model.py
 	$(PY) -m hw.rtl_sim --golden $(OUT)/golden --out $(OUT)/rtl --project configs/ibsr.toml
 
 rtl-sim: $(OUT)/rtl/cycles.json
@@ -105,7 +105,7 @@ rtl-verify: $(OUT)/rtl/cycles.json
 	$(PY) -m hw.verify --golden $(OUT)/golden --accel $(OUT)/rtl --quiet
 
 # Yosys + nextpnr for the LFE5UM-85F: $(OUT)/rtl/synth.json (skipped when the RTL is unchanged)
-$(OUT)/rtl/synth.json: hw/rtl/accel.v hw/rtl/accel_mem.v hw/rtl/accel_top.v | $(STAMP)
+$(OUT)/rtl/synth.json: hw/rtl/accel.v hw/rtl/accel_mem.v hw/rtl/accel_ip.v hw/rtl/accel_top.v | $(STAMP)
 	$(PY) -m hw.rtl_synth --out $(OUT)/rtl
 
 rtl-synth: $(OUT)/rtl/synth.json

@@ -88,6 +88,7 @@ class Desc:
     entries: list[int] = field(default_factory=list)   # CONV: weight blocks per output group
     macs: int = 0                                      # CONV: the layer's dense MACs (dense_macs); 0: data movement
     executed_macs: int = 0                             # CONV: MACs of its stored blocks at taps inside the volume
+    array_macs: int = 0                                # CONV: products the MAC array computes (data movement too)
 
     def fields(self) -> list[int]:
         d, h, w = self.grid
@@ -363,7 +364,8 @@ class Compiler:
         d = Desc(OP_CONV, conv, flags=(F_RELU if out.relu else 0) | (F_A_NEAREST if nearest_in else 0), grid=grid,
                  a=(x.base, x.stride, 0), o=(y.base, y.stride), ocg=len(blocks), k=kd,
                  entries=[len(bl) for bl in blocks], macs=macs,
-                 executed_macs=executed_macs(grid, kd, blocks) if macs else 0)
+                 executed_macs=executed_macs(grid, kd, blocks) if macs else 0,
+                 array_macs=executed_macs(grid, kd, blocks))
         self.descs.append(d)
         self.wpending.append((d, rec.bias, shifts, blocks))
         return y

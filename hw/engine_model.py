@@ -14,12 +14,13 @@ from __future__ import annotations
 import numpy as np
 
 from hw.reference import requantize_shift_rne, saturate_range
-from hw.compiler import (DESC_WORDS, F_A_NEAREST, F_A_TRILINEAR, F_B_NEAREST, F_HAS_B, F_RELU, LANES, OP_ADD,
-                         OP_CONV, OP_END, OP_MAXPOOL, TP, WBUF_ENTRIES)
+from hw.compiler import (DESC_WORDS, F_A_NEAREST, F_A_TRILINEAR, F_B_NEAREST, F_HAS_B, F_RELU, LANES, MEM_WORDS,
+                         OP_ADD, OP_CONV, OP_END, OP_MAXPOOL, TP, WBUF_ENTRIES, executed_macs)
 
 # cycle model (hw/ACCEL.md): the engine's busy cycles, those it does not spend waiting for memory
 # (the simulation counts the waits; cycles - waits is what this model predicts)
-FETCH_CYCLES = DESC_WORDS + 2      # the 8 words taken, decode, check
+FETCH_CYCLES = DESC_WORDS + 3      # the 8 words taken, decode, check, the memory plan's check
+END_CYCLES = DESC_WORDS + 2        # END: the 8 words, decode, check
 LOAD_FIXED = 1 + LANES // 2 + 1    # block count, 4 bias words, the shift word
 DRAIN_CYCLES = 18                  # after the last slot: I0-I1, A0-A4, memory, P0, P1a-P1c, P2a-P2c, P3-P5, the write
 START_CYCLES = 1
@@ -27,7 +28,7 @@ WINDOW_WORDS = 1 << 14             # the operand window buffer (accel.v BW): hal
 
 
 # the engine's error codes (hw/ACCEL.md, "Errors"): the run stops, done rises with the code
-E_OPCODE, E_GRID, E_STRIDE, E_KERNEL, E_BLOCKS, E_GROUPS, E_WINDOW = 1, 2, 3, 4, 5, 6, 7
+E_OPCODE, E_GRID, E_STRIDE, E_KERNEL, E_BLOCKS, E_GROUPS, E_WINDOW, E_ADDRESS = 1, 2, 3, 4, 5, 6, 7, 8
 
 
 class EngineError(ValueError):
@@ -115,7 +116,7 @@ def conv_slots(blocks: int, tp: int = TP) -> int:
     return -(-blocks // tp)
 
 
-def _conv(mem: np.ndarray, d: dict, cyc: dict, tp: int) -> None:
+def _conv(mem: np.ndarray, d: dict, cyc: dict, tp: int, limit: int) -> None:
     D, H, W = d["grid"]
     ab, ast, aoff = d["a"]
     in_grid = (D // 2, H // 2, W // 2) if d["flags"] & F_A_NEAREST else (D, H, W)
@@ -130,6 +131,9 @@ def _conv(mem: np.ndarray, d: dict, cyc: dict, tp: int) -> None:
         n = int(mem[ptr])
         if not 1 <= (n & 0xFFFFFFFF) <= WBUF_ENTRIES:
             raise EngineError(E_BLOCKS, f"output group {og}: {n & 0xFFFFFFFF} weight blocks, not 1 .. {WBUF_ENTRIES}")
+        if ptr + LOAD_FIXED + (1 + LANES) * n > limit:
+            raise EngineError(E_ADDRESS, f"output group {og}: its weights end at word {ptr + LOAD_FIXED + (1 + LANES) * n}, "
+                                         f"the memory plan at {limit}")
         bias = np.ascontiguousarray(mem[ptr + 1:ptr + 1 + LANES // 2], dtype=np.uint64).view(np.int32).astype(np.int64)
         shifts = np.array([int(mem[ptr + 1 + LANES // 2])], dtype="<u8").view(np.int8).astype(np.int64)
         acc = np.zeros((D, H, W, LANES), dtype=np.float64)
@@ -141,6 +145,7 @@ def _conv(mem: np.ndarray, d: dict, cyc: dict, tp: int) -> None:
             lo = (aoff + g) * LANES
             xs = xp[a:a + D, b:b + H, c:c + W, lo:lo + LANES]
             acc += xs @ blk.astype(np.float64).T
+            cyc["macs"] += executed_macs((D, H, W), k, [[((a, b, c, g), None)]])
             q += 1 + LANES
         acc = np.rint(acc).astype(np.int64) + bias
         _write(mem, d["o"][0], d["o"][1], (D, H, W), og, requantize_shift_rne(acc, shifts, *saturate_range(bool(d["flags"] & F_RELU))))
@@ -238,19 +243,42 @@ def traffic(op: int, flags: int, grid, k: int, a: tuple, b: tuple, groups: int, 
     return DESC_WORDS + streamed, vox * groups
 
 
-def run_image(mem: np.ndarray, max_descs: int = 4096, tp: int = TP,
-              window_words: int = WINDOW_WORDS) -> tuple[np.ndarray, list[dict]]:
+def plan_error(d: dict, limit: int) -> str | None:
+    """Why a descriptor's regions (its operands, its output, its first weight words) do not lie
+    inside a memory plan of `limit` words (None: they do), as the engine checks at S_PLAN."""
+    D, H, W = d["grid"]
+    regions = [(f"operand {n}", base, stride * int(np.prod(g)))
+               for n, (base, stride, g, _, _) in zip("AB", _operands(d["op"], d["flags"], d["grid"], d["k"], d["a"], d["b"]))]
+    regions.append(("output", d["o"][0], D * H * W * d["o"][1]))
+    if d["op"] == OP_CONV:
+        regions.append(("weights", d["wbase"], LOAD_FIXED))
+    for name, base, n in regions:
+        if base + n > limit:
+            return f"its {name} ends at word {base + n}, the memory plan at {limit}"
+    return None
+
+
+def run_image(mem: np.ndarray, max_descs: int = 4096, tp: int = TP, window_words: int = WINDOW_WORDS,
+              mem_limit: int | None = None) -> tuple[np.ndarray, list[dict]]:
     """Execute the program in `mem` (modified copy returned) and the cycles of each descriptor on
-    an engine with `tp` blocks per slot and an operand window buffer of `window_words`."""
+    an engine with `tp` blocks per slot and an operand window buffer of `window_words`, its
+    MEM_LIMIT register `mem_limit` words (default: the image's)."""
+    limit = min(len(mem) if mem_limit is None else mem_limit, MEM_WORDS)
     mem = mem.copy()
     per = []
     for pc in range(max_descs):
+        if DESC_WORDS * (pc + 1) > limit:
+            raise EngineError(E_ADDRESS, f"descriptor {pc} ends at word {DESC_WORDS * (pc + 1)}, the memory plan at {limit}")
         d = decode(mem, pc)
         err = decode_error(d)
         if err:
             raise EngineError(err[0], f"descriptor {pc}: {err[1]}")
-        cyc = {"pc": pc, "op": d["op"], "fetch": FETCH_CYCLES, "load": 0, "run": 0}
+        cyc = {"pc": pc, "op": d["op"], "fetch": FETCH_CYCLES if d["op"] != OP_END else END_CYCLES, "load": 0, "run": 0,
+               "macs": 0}
         if d["op"] != OP_END:
+            why = plan_error(d, limit)
+            if why:
+                raise EngineError(E_ADDRESS, f"descriptor {pc}: {why}")
             span, cap = window_span(d["op"], d["flags"], d["grid"], d["k"], d["a"], d["b"], window_words)
             if span > cap:
                 raise EngineError(E_WINDOW, f"descriptor {pc}: a row reaches {span} words of an operand, "
@@ -261,7 +289,7 @@ def run_image(mem: np.ndarray, max_descs: int = 4096, tp: int = TP,
             return mem, per
         if d["op"] == OP_CONV:
             cyc["entries"] = []
-            _conv(mem, d, cyc, tp)
+            _conv(mem, d, cyc, tp, limit)
         else:
             _elementwise(mem, d, cyc)
         cyc["reads"], cyc["writes"] = traffic(d["op"], d["flags"], d["grid"], d["k"], d["a"], d["b"], d["groups"],
@@ -277,7 +305,8 @@ def cycle_model(prog, tp: int = TP) -> list[dict]:
     for d in prog.descs:
         D, H, W = d.grid
         vox = D * H * W
-        c = {"op": d.op, "fetch": FETCH_CYCLES, "load": 0, "run": 0}
+        c = {"op": d.op, "fetch": FETCH_CYCLES if d.op != OP_END else END_CYCLES, "load": 0, "run": 0,
+             "macs": d.array_macs}
         if d.op == OP_CONV:
             c["load"] = sum(LOAD_FIXED + (1 + LANES) * e for e in d.entries)
             c["run"] = sum(vox * conv_slots(e, tp) + DRAIN_CYCLES for e in d.entries)
@@ -294,6 +323,11 @@ def cycle_model(prog, tp: int = TP) -> list[dict]:
 def total_cycles(per: list[dict]) -> int:
     """The busy cycles of a run (the simulation's cycles less its waits for memory)."""
     return START_CYCLES + sum(c["fetch"] + c["load"] + c["run"] for c in per)
+
+
+def total_macs(per: list[dict]) -> int:
+    """Products the MAC array computes in a run (64 per block read: data movement included)."""
+    return sum(c["macs"] for c in per)
 
 
 def total_traffic(per: list[dict]) -> tuple[int, int]:

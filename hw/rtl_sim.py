@@ -27,7 +27,7 @@ from hw.compiler import (LANES, OP_CONV, TP, Program, compile_weights, get_tenso
                          write_readmemh64)
 
 RTL_DIR = Path(__file__).resolve().parent / "rtl"
-SOURCES = [RTL_DIR / "accel.v", RTL_DIR / "accel_mem.v", RTL_DIR / "accel_sim.v"]
+SOURCES = [RTL_DIR / "accel.v", RTL_DIR / "accel_mem.v", RTL_DIR / "accel_ip.v", RTL_DIR / "accel_sim.v"]
 # the ECP5 multiplier block's behavioural model, for the ECP5_DSP build (synthesis maps the real one)
 DSP_MODEL = RTL_DIR / "sim" / "MULT18X18D.v"
 LINT_WAIVERS = RTL_DIR / "lint.vlt"  # reviewed: `verilator --lint-only -Wall` has nothing else to say
@@ -83,12 +83,14 @@ def build(build_dir: Path, defines: dict | None = None, tp: int = TP, window_bit
 
 
 def simulate(runner, build_dir: Path, image: np.ndarray, work: Path, max_cycles: int = 400_000_000, runs: int = 1,
-             check_error: bool = True, x_seed: int = 1, dram: dict | None = None) -> tuple[np.ndarray, dict]:
+             check_error: bool = True, x_seed: int = 1, dram: dict | None = None,
+             mem_limit: int | None = None) -> tuple[np.ndarray, dict]:
     """Run one memory image to `done` (`runs` times without a reset between them): (memory after
     the last run, {cycles, error, reads, writes, sim_s} of it). Uninitialised bits start from
     Verilator's random values of seed `x_seed`. An error code other than 0 is a SimError unless
     `check_error` is False. `dram`: the DRAM model's timing, {"LAT": .., "ROWMISS": .., "TURN": ..,
-    "BEAT": ..} in cycles (accel_sim.v; its defaults where not given)."""
+    "BEAT": ..} in cycles (accel_sim.v; its defaults where not given). `mem_limit`: the MEM_LIMIT
+    register, the words of the memory plan (default: the image's)."""
     work = work.resolve()   # the simulator runs in hw/rtl/
     build_dir = Path(build_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -102,7 +104,8 @@ def simulate(runner, build_dir: Path, image: np.ndarray, work: Path, max_cycles:
                 plusargs=[f"+MEM_IN={mem_in}", f"+MEM_OUT={mem_out}", f"+DUMP_WORDS={len(image)}",
                           f"+DESC_LOG={desc_log}", "+verilator+rand+reset+2", f"+verilator+seed+{x_seed}",
                           *[f"+DRAM_{k}={int(v)}" for k, v in (dram or {}).items()]],
-                extra_env={"ACCEL_RESULT": str(result), "ACCEL_MAX_CYCLES": str(max_cycles), "ACCEL_RUNS": str(runs)},
+                extra_env={"ACCEL_RESULT": str(result), "ACCEL_MAX_CYCLES": str(max_cycles), "ACCEL_RUNS": str(runs),
+                           "ACCEL_MEM_LIMIT": str(len(image) if mem_limit is None else mem_limit)},
                 results_xml=str(work / "results.xml"), log_file=str(work / "sim.log"))
     if not result.is_file() or not mem_out.is_file():
         raise SimError(f"simulation did not finish: see {work / 'sim.log'}")
@@ -151,9 +154,10 @@ def descriptor_mismatches(prog: Program, per: list[dict], simulated: list[int]) 
 
 def _agrees(p: dict) -> bool:
     """A simulated pair agrees with the model: busy cycles (cycles less waits), every
-    descriptor's, and the words read and written."""
+    descriptor's, the words read and written and the MAC array's products (the engine's own
+    counters, read through its registers)."""
     return (p["busy_cycles"] == p["model_cycles"] and not p["descriptor_mismatches"]
-            and (p["reads"], p["writes"]) == (p["model_reads"], p["model_writes"]))
+            and (p["reads"], p["writes"], p["macs"]) == (p["model_reads"], p["model_writes"], p["model_macs"]))
 
 
 def layer_report(prog: Program, per: list[dict], tp: int = TP) -> list[dict]:
@@ -202,7 +206,7 @@ def project(config_toml: Path) -> dict:
 def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = False, defines: dict | None = None,
             build_dir: Path | None = None, progress: bool = True, project_config: Path | None = None,
             tp: int = TP, dram: dict | None = None) -> dict:
-    from hw.engine_model import cycle_model, total_cycles, total_traffic
+    from hw.engine_model import cycle_model, total_cycles, total_macs, total_traffic
     from hw.verify import check_weights, load_dump, read_manifest
     from model.artifacts import atomic_write_json
 
@@ -214,6 +218,7 @@ def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = 
     per = cycle_model(prog, tp)   # cycles depend on the program, not on the data
     model_cycles = total_cycles(per)
     model_reads, model_writes = total_traffic(per)
+    model_macs = total_macs(per)
     from model.artifacts import git_commit
 
     dram = {**DRAM, **(dram or {})}
@@ -227,7 +232,7 @@ def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = 
         for name in tensors:
             np.save(d / f"{name}.npy", get_tensor(mem, prog.tensors[name]))
         res["busy_cycles"] = res["cycles"] - res["waits"]
-        res.update(model_cycles=model_cycles, model_reads=model_reads, model_writes=model_writes)
+        res.update(model_cycles=model_cycles, model_reads=model_reads, model_writes=model_writes, model_macs=model_macs)
         if progress:
             print(f"[rtl-sim] {pair['dir']}: {res['cycles']:,} cycles, {res['waits']:,} of them waiting for memory "
                   f"(busy {res['busy_cycles']:,}, model {model_cycles:,}); {res['reads']:,} words read, "
@@ -285,9 +290,9 @@ def main(argv=None) -> int:
               f"{r['dense_equiv_util']:.1%} -> {a.out}/cycles.json", file=sys.stderr)
         wrong = [p for p in r["pairs"] if not _agrees(p)]
         for p in wrong:
-            print(f"error: {p['dir']}: simulated {p['busy_cycles']} busy cycles, {p['reads']} words read and "
-                  f"{p['writes']} written; the cycle model (hw/engine_model.py) says {p['model_cycles']}, "
-                  f"{p['model_reads']} and {p['model_writes']}", file=sys.stderr)
+            print(f"error: {p['dir']}: simulated {p['busy_cycles']} busy cycles, {p['reads']} words read, "
+                  f"{p['writes']} written, {p['macs']} MACs; the models (hw/engine_model.py) say {p['model_cycles']}, "
+                  f"{p['model_reads']}, {p['model_writes']} and {p['model_macs']}", file=sys.stderr)
             for m in p["descriptor_mismatches"][:10]:
                 print(f"error: {p['dir']}: {m}", file=sys.stderr)
         return 1 if wrong else 0

@@ -412,9 +412,10 @@ def _fields(mem: np.ndarray, desc: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("case, code", [("opcode", 1), ("grid", 2), ("stride", 3), ("kernel", 4), ("blocks", 5),
-                                        ("groups", 6), ("window", 7)])
+                                        ("groups", 6), ("window", 7), ("address", 8)])
 def test_engine_stops_with_an_error_code(weights, sim_build, tmp_path, case, code):
-    """A descriptor the engine cannot run ends the run within a few cycles: done high, an error
+    """A descriptor the engine cannot run ends the run (within a few cycles of its decode; a
+    window too wide for the buffer when the generator reaches the row): done high, an error
     code (hw/ACCEL.md), never a hang or a silent result."""
     from hw.compiler import OP_CONV
     from hw.rtl_sim import simulate
@@ -435,17 +436,23 @@ def test_engine_stops_with_an_error_code(weights, sim_build, tmp_path, case, cod
         mem[prog.descs[first_conv].wbase] = np.uint64(0)   # the first output group: 0 weight blocks
     elif case == "groups":
         f[11] = 0                         # no output channel groups
+    elif case == "window":                # 64 words per voxel: a row's reach (440 voxels) is more than the
+        f[3] = 64                         # window holds; the plan is opened to all 2^20 words to hold it
     else:
-        f[3] = 128                        # 128 words per voxel: a row's reach is more than the window holds
-    from hw.engine_model import EngineError
+        f[8] = len(mem) - 10              # the output region runs past the memory plan (MEM_LIMIT)
+    from hw.engine_model import WINDOW_WORDS, EngineError
 
+    limit = 1 << 20 if case == "window" else None
     with pytest.raises(EngineError) as model_error:  # the engine model stops on it with the same code
-        run_image(mem)
+        run_image(mem, mem_limit=limit)
     assert model_error.value.code == code
     runner, build_dir = sim_build
-    _, res = simulate(runner, build_dir, mem, tmp_path / "w", max_cycles=100_000, check_error=False)
-    # each descriptor before it waits for its words, and an abort for what is still on the bus
-    assert res["error"] == code and res["cycles"] < 400 + 100 * first_conv, res
+    _, res = simulate(runner, build_dir, mem, tmp_path / "w", max_cycles=100_000, check_error=False, mem_limit=limit)
+    # each descriptor before it waits for its words, and an abort for what is still on the bus; a
+    # window is found when the generator reaches the row, 8 rows ahead of the iterator: here after
+    # the first row has streamed its 14,336 words
+    bound = 400 + 100 * first_conv + (2 * WINDOW_WORDS if case == "window" else 0)
+    assert res["error"] == code and res["cycles"] < bound, res
 
 
 def test_engine_runs_again_without_a_reset(weights, sim_build, tmp_path):
@@ -530,7 +537,7 @@ def test_rtl_random_descriptors_equal_the_engine_model(tmp_path, tp, programs, w
     words: the operands wrap around them) and DRAMs of four timings: the RTL leaves every word
     of memory as the engine model does, in the model's busy cycles, descriptor by descriptor,
     reading and writing the words its traffic model says."""
-    from hw.engine_model import total_traffic
+    from hw.engine_model import total_macs, total_traffic
     from hw.random_program import random_program
     from hw.rtl_sim import build, simulate
 
@@ -545,4 +552,4 @@ def test_rtl_random_descriptors_equal_the_engine_model(tmp_path, tp, programs, w
         assert diff.size == 0, f"program {seed}: {diff.size} words differ, the first at {diff[0]} ({owner})"
         assert res["cycles"] - res["waits"] == total_cycles(per)
         assert res["descriptor_cycles"] == [c["fetch"] + c["load"] + c["run"] for c in per]
-        assert (res["reads"], res["writes"]) == total_traffic(per)
+        assert (res["reads"], res["writes"]) == total_traffic(per) and res["macs"] == total_macs(per)

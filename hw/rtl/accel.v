@@ -35,12 +35,15 @@ module accel #(
     input  wire          clk,
     input  wire          rst,
     input  wire          start,
+    input  wire [31:0]   desc_base, // word address of the first descriptor (read at start)
+    input  wire [31:0]   mem_limit, // words of the memory plan: nothing at or above it is read or written
     output reg           done,
     output reg  [3:0]    error,     // with done: why the run stopped (E_*; 0: the END descriptor)
     output reg  [63:0]   cycles,
     output reg  [63:0]   waits,     // cycles spent waiting for memory (hw/ACCEL.md, cycle model)
     output wire [63:0]   n_reads,   // read and write beats on the bus since reset
     output wire [63:0]   n_writes,
+    output reg  [63:0]   macs,      // products the MAC array computed (64 per block read), this run
     // AXI4 master: one ID, INCR bursts of 8-byte beats, byte addresses
     output wire [31:0]   m_araddr,
     output wire [7:0]    m_arlen,
@@ -82,12 +85,13 @@ module accel #(
     localparam [3:0] S_IDLE = 4'd0, S_FETCH = 4'd1, S_DECODE = 4'd2, S_LOAD = 4'd3, S_RUN = 4'd4, S_DONE = 4'd5,
                      S_CHECK = 4'd6,   // decode registers the descriptor's checks, check branches on them
                      S_FLUSH = 4'd7,   // after a run: until every result is in memory
-                     S_ABORT = 4'd8;   // an error during a load or run: until the bus is quiet
+                     S_ABORT = 4'd8,   // an error during a load or run: until the bus is quiet
+                     S_PLAN = 4'd9;    // the descriptor's regions checked against the memory plan
     localparam [7:0] OP_END = 8'd0, OP_CONV = 8'd1, OP_ADD = 8'd2, OP_MAXPOOL = 8'd3;
     localparam [1:0] K_CONV = 2'd0, K_SCALE = 2'd1, K_MAX = 2'd2;
     // error codes (hw/ACCEL.md): a descriptor the engine cannot run stops it in S_DONE with one
     localparam [3:0] E_NONE = 4'd0, E_OPCODE = 4'd1, E_GRID = 4'd2, E_STRIDE = 4'd3, E_KERNEL = 4'd4,
-                     E_BLOCKS = 4'd5, E_GROUPS = 4'd6, E_WINDOW = 4'd7;
+                     E_BLOCKS = 4'd5, E_GROUPS = 4'd6, E_WINDOW = 4'd7, E_ADDRESS = 4'd8;
 
     reg [3:0] state;
     // the memory requests are held off while rst is high, whatever the registers hold: before
@@ -195,11 +199,17 @@ module accel #(
     // clamped to the grid, on the operand's own grid: full, half or double). The iterator
     // issues a row's slots once the memory unit holds its hi (ok), and hands the row's lo on
     // as the window's low mark 16 cycles after it (past the last read of the row's slots).
+    // In words, with PW the operand's words per plane and RW per row:
+    //   lo = base + min(dl * PW + hl * RW, dl' * PW)      (dl': the next plane's; see below)
+    //   hi = base + dh * PW + (hh + 1) * RW
+    // where [dl, dh] and [hl, hh] are the row's reach along d and h on the operand's grid. The
+    // generator walks the rows in order and keeps the four products as running sums (a reach
+    // moves by 0, 1 or 2 from one row or plane to the next): no multiplier.
     localparam [1:0] M_FULL = 2'd0, M_HALF = 2'd1, M_DBL = 2'd2;
     reg [1:0] wa_mode, wb_mode;
     reg [3:0] wa_p;                            // A's reach in taps: pad (CONV), 1 (trilinear), else 0
-    reg [9:0] wa_H, wb_H, wa_W, wb_W, wa_D, wb_D;   // the operands' grids
-    reg [AW-1:0] wa_RW, wb_RW;                 // words per row of the operand
+    reg [9:0] wa_W, wb_W, wa_D, wb_D;          // the operands' grids
+    reg [AW-1:0] wa_RW, wb_RW, wa_PW, wb_PW;   // words per row and per plane of the operands
     reg [AW-1:0] wa_base, wa_end, wb_base, wb_end;
     reg w_two;                                 // an ADD with B: two windows, half the buffer each
     reg win_start, win_err;
@@ -216,61 +226,88 @@ module accel #(
             endcase
         end
     endfunction
-    reg g_on, g1_v, g2_v, g3_v;
+    function [AW-1:0] times(input [1:0] k, input [AW-1:0] x);   // k * x for k in 0, 1, 2
+        times = k[1] ? {x[AW-2:0], 1'b0} : k[0] ? x : {AW{1'b0}};
+    endfunction
+    function [AW-1:0] mul5(input [4:0] k, input [AW-1:0] x);    // k * x by shifts and adds (k <= 31)
+        integer i;
+        begin
+            mul5 = {AW{1'b0}};
+            for (i = 0; i < 5; i = i + 1) if (k[i]) mul5 = mul5 + (x << i);
+        end
+    endfunction
     function [AW-1:0] g_min(input [AW-1:0] x, input [AW-1:0] y); g_min = (x < y) ? x : y; endfunction
+    reg g_on, g1_v;
     reg [9:0] g_d, g_h;
-    reg [3:0] g_occ;                           // rows queued or in the generator's stages
+    reg [3:0] g_occ;                           // rows queued or in the generator's stage
     wire g_go = g_on && (g_occ < 4'd8);
-    // a row's low mark is the lower of its own reach and the next plane's first row's: near the
-    // volume's near faces the clamped reach of the next plane starts lower than this row's
-    wire [9:0] g_dn = (g_d == gD - 10'd1) ? g_d : g_d + 10'd1;
-    wire [19:0] ga_d = reach(g_d, gD - 10'd1, wa_p, wa_mode), ga_h = reach(g_h, gH - 10'd1, wa_p, wa_mode);
-    wire [19:0] gb_d = reach(g_d, gD - 10'd1, 4'd0, wb_mode), gb_h = reach(g_h, gH - 10'd1, 4'd0, wb_mode);
-    wire [19:0] ga_n = reach(g_dn, gD - 10'd1, wa_p, wa_mode), gb_n = reach(g_dn, gD - 10'd1, 4'd0, wb_mode);
-    reg [19:0] g1_ad, g1_ah, g1_bd, g1_bh;
-    reg [9:0] g1_an, g1_bn;
-    reg [AW-1:0] g2_alo, g2_ahi, g2_blo, g2_bhi, g3_alo, g3_ahi, g3_blo, g3_bhi;
+    wire g_hend = (g_h == gH - 10'd1), g_dend = (g_d == gD - 10'd1);
+    wire [9:0] g_hn = g_hend ? g_h : g_h + 10'd1, g_dn = g_dend ? g_d : g_d + 10'd1;
+    // the reaches of this row and of the next row and plane (A reaches p taps, B none)
+    wire [19:0] ra_d = reach(g_d, gD - 10'd1, wa_p, wa_mode), ra_dn = reach(g_dn, gD - 10'd1, wa_p, wa_mode);
+    wire [19:0] ra_h = reach(g_h, gH - 10'd1, wa_p, wa_mode), ra_hn = reach(g_hn, gH - 10'd1, wa_p, wa_mode);
+    wire [19:0] rb_d = reach(g_d, gD - 10'd1, 4'd0, wb_mode), rb_dn = reach(g_dn, gD - 10'd1, 4'd0, wb_mode);
+    wire [19:0] rb_h = reach(g_h, gH - 10'd1, 4'd0, wb_mode), rb_hn = reach(g_hn, gH - 10'd1, 4'd0, wb_mode);
+    wire [19:0] ra_0 = reach(10'd0, gH - 10'd1, wa_p, wa_mode), rb_0 = reach(10'd0, gH - 10'd1, 4'd0, wb_mode);
+    wire [19:0] ra_d0 = reach(10'd0, gD - 10'd1, wa_p, wa_mode), rb_d0 = reach(10'd0, gD - 10'd1, 4'd0, wb_mode);
+    // the steps (0, 1 or 2) of each reach end to the next row (h) and the next plane (d)
+    wire [1:0] sa_dl = ra_dn[11:10] - ra_d[11:10], sa_dh = ra_dn[1:0] - ra_d[1:0];
+    wire [1:0] sa_hl = ra_hn[11:10] - ra_h[11:10], sa_hh = ra_hn[1:0] - ra_h[1:0];
+    wire [1:0] sb_dl = rb_dn[11:10] - rb_d[11:10], sb_dh = rb_dn[1:0] - rb_d[1:0];
+    wire [1:0] sb_hl = rb_hn[11:10] - rb_h[11:10], sb_hh = rb_hn[1:0] - rb_h[1:0];
+    // running sums: dl * PW, dh * PW (plane parts), hl * RW, (hh + 1) * RW (row parts)
+    reg [AW-1:0] ga_pl, ga_ph, ga_rl, ga_rh, gb_pl, gb_ph, gb_rl, gb_rh;
+    reg [AW-1:0] ga_ph0, ga_rh0, gb_ph0, gb_rh0;   // their values on the first row of a plane and run
+    reg [AW-1:0] g1_alo, g1_ahi, g1_blo, g1_bhi;
     reg [AW-1:0] wn_alo [0:7], wn_ahi [0:7], wn_blo [0:7], wn_bhi [0:7];
     reg [3:0] wn_n;
     reg [AW-1:0] rel_a [0:15], rel_b [0:15];
     wire [2:0] nx = {2'd0, row_end};           // the iterator's row next cycle: the queue's head or the one after
     wire ok_n = !win_start && (wn_n > {1'b0, nx}) && (a_fill >= wn_ahi[nx]) && (!w_two || b_fill >= wn_bhi[nx]) && wr_room;
-    wire [AW:0] g_span_a = {1'b0, g3_ahi} - {1'b0, g3_alo}, g_span_b = {1'b0, g3_bhi} - {1'b0, g3_blo};
+    wire [AW:0] g_span_a = {1'b0, g1_ahi} - {1'b0, g1_alo}, g_span_b = {1'b0, g1_bhi} - {1'b0, g1_blo};
     wire [2:0] wn_at = wn_n[2:0] - {2'd0, row_end};   // where a new entry goes
     integer gk;
     always @(posedge clk) begin
         ok <= !rst && ok_n;
-        // G0 -> G1: the rows' reach per axis; G2: row indices; G3: word offsets; then queued
-        g1_v <= g_go; g2_v <= g1_v; g3_v <= g2_v;
-        g1_ad <= ga_d; g1_ah <= ga_h; g1_bd <= gb_d; g1_bh <= gb_h; g1_an <= ga_n[19:10]; g1_bn <= gb_n[19:10];
-        g2_alo <= g_min({{(AW-10){1'b0}}, g1_ad[19:10]} * {{(AW-10){1'b0}}, wa_H} + {{(AW-10){1'b0}}, g1_ah[19:10]},
-                        {{(AW-10){1'b0}}, g1_an} * {{(AW-10){1'b0}}, wa_H});
-        g2_ahi <= {{(AW-10){1'b0}}, g1_ad[9:0]} * {{(AW-10){1'b0}}, wa_H} + {{(AW-10){1'b0}}, g1_ah[9:0]} + 1'b1;
-        g2_blo <= g_min({{(AW-10){1'b0}}, g1_bd[19:10]} * {{(AW-10){1'b0}}, wb_H} + {{(AW-10){1'b0}}, g1_bh[19:10]},
-                        {{(AW-10){1'b0}}, g1_bn} * {{(AW-10){1'b0}}, wb_H});
-        g2_bhi <= {{(AW-10){1'b0}}, g1_bd[9:0]} * {{(AW-10){1'b0}}, wb_H} + {{(AW-10){1'b0}}, g1_bh[9:0]} + 1'b1;
-        g3_alo <= g2_alo * wa_RW; g3_ahi <= g2_ahi * wa_RW;
-        g3_blo <= g2_blo * wb_RW; g3_bhi <= g2_bhi * wb_RW;
+        // the first row's hi parts, from the run's constants (ready before the run starts)
+        ga_ph0 <= mul5({1'b0, ra_d0[3:0]}, wa_PW);   ga_rh0 <= mul5({1'b0, ra_0[3:0]} + 5'd1, wa_RW);
+        gb_ph0 <= mul5({1'b0, rb_d0[3:0]}, wb_PW);   gb_rh0 <= mul5({1'b0, rb_0[3:0]} + 5'd1, wb_RW);
+        // G0 -> G1: this row's entry, and the sums moved on to the next row
+        g1_v <= g_go;
+        g1_alo <= wa_base + g_min(ga_pl + ga_rl, ga_pl + times(sa_dl, wa_PW));
+        g1_ahi <= wa_base + ga_ph + ga_rh;
+        g1_blo <= wb_base + g_min(gb_pl + gb_rl, gb_pl + times(sb_dl, wb_PW));
+        g1_bhi <= wb_base + gb_ph + gb_rh;
+        if (g_go) begin
+            if (!g_hend) begin
+                g_h <= g_h + 10'd1;
+                ga_rl <= ga_rl + times(sa_hl, wa_RW); ga_rh <= ga_rh + times(sa_hh, wa_RW);
+                gb_rl <= gb_rl + times(sb_hl, wb_RW); gb_rh <= gb_rh + times(sb_hh, wb_RW);
+            end else begin
+                g_h <= 10'd0; g_d <= g_d + 10'd1;
+                if (g_dend) g_on <= 1'b0;
+                ga_pl <= ga_pl + times(sa_dl, wa_PW); ga_ph <= ga_ph + times(sa_dh, wa_PW);
+                gb_pl <= gb_pl + times(sb_dl, wb_PW); gb_ph <= gb_ph + times(sb_dh, wb_PW);
+                ga_rl <= {AW{1'b0}}; ga_rh <= ga_rh0; gb_rl <= {AW{1'b0}}; gb_rh <= gb_rh0;
+            end
+        end
         if (row_end) for (gk = 0; gk < 7; gk = gk + 1) begin
             wn_alo[gk] <= wn_alo[gk + 1]; wn_ahi[gk] <= wn_ahi[gk + 1]; wn_blo[gk] <= wn_blo[gk + 1]; wn_bhi[gk] <= wn_bhi[gk + 1];
         end
-        if (g3_v) begin
-            wn_alo[wn_at] <= wa_base + g3_alo; wn_ahi[wn_at] <= wa_base + g3_ahi;
-            wn_blo[wn_at] <= wb_base + g3_blo; wn_bhi[wn_at] <= wb_base + g3_bhi;
+        if (g1_v) begin
+            wn_alo[wn_at] <= g1_alo; wn_ahi[wn_at] <= g1_ahi;
+            wn_blo[wn_at] <= g1_blo; wn_bhi[wn_at] <= g1_bhi;
         end
-        if (g3_v && (g_span_a > (w_two ? W_HALF : W_FULL) || (w_two && g_span_b > W_HALF))) win_err <= 1'b1;
-        wn_n <= wn_n + {3'd0, g3_v} - {3'd0, row_end};
+        if (g1_v && (g_span_a > (w_two ? W_HALF : W_FULL) || (w_two && g_span_b > W_HALF))) win_err <= 1'b1;
+        wn_n <= wn_n + {3'd0, g1_v} - {3'd0, row_end};
         g_occ <= g_occ + {3'd0, g_go} - {3'd0, row_end};
-        if (g_go) begin
-            if (g_h != gH - 10'd1) g_h <= g_h + 10'd1;
-            else begin g_h <= 10'd0; g_d <= g_d + 10'd1; if (g_d == gD - 10'd1) g_on <= 1'b0; end
-        end
         // the low marks: the current row's lo, 16 cycles late
         if (wn_n != 4'd0) begin rel_a[0] <= wn_alo[0]; rel_b[0] <= wn_blo[0]; end
         for (gk = 1; gk < 16; gk = gk + 1) begin rel_a[gk] <= rel_a[gk - 1]; rel_b[gk] <= rel_b[gk - 1]; end
         if (win_start || rst || state == S_ABORT) begin   // a new run (or none): empty queue, marks at the bases
-            g_on <= win_start; g_d <= 10'd0; g_h <= 10'd0; g_occ <= 4'd0; wn_n <= 4'd0; win_err <= 1'b0;
-            g1_v <= 1'b0; g2_v <= 1'b0; g3_v <= 1'b0;
+            g_on <= win_start; g_d <= 10'd0; g_h <= 10'd0; g_occ <= 4'd0; wn_n <= 4'd0; win_err <= 1'b0; g1_v <= 1'b0;
+            ga_pl <= {AW{1'b0}}; ga_rl <= {AW{1'b0}}; ga_ph <= ga_ph0; ga_rh <= ga_rh0;
+            gb_pl <= {AW{1'b0}}; gb_rl <= {AW{1'b0}}; gb_ph <= gb_ph0; gb_rh <= gb_rh0;
             for (gk = 0; gk < 16; gk = gk + 1) begin rel_a[gk] <= wa_base; rel_b[gk] <= wb_base; end
         end
     end
@@ -641,9 +678,24 @@ module accel #(
         end
     endtask
     reg [3:0] abort_err;   // the error an abort ends with
+    wire [1:0] a0_blocks = {1'b0, a0_rd && (a0_kind == K_CONV)} + ((TP > 1) ? {1'b0, a0x_rd[0]} : 2'd0);
+    // the memory plan: the limit (at most the 2^AW words the engine addresses), the regions'
+    // ends and the next descriptor's address, 48 bits wide
+    localparam [47:0] MEM_MAX = 48'd1 << AW;
+    reg [47:0] lim;
+    reg [29:0] nv_a, nv_b, nv_o;   // voxels of the operands' and the output's grids
+    // the regions' ends: base + voxels x words per voxel (48 bits: no field wraps them around)
+    wire [47:0] a_words = {18'd0, nv_a} << a_lg, b_words = {18'd0, nv_b} << b_lg;
+    wire [47:0] pa_end = {16'd0, a_base} + a_words;
+    wire [47:0] pb_end = {16'd0, b_base} + b_words;
+    wire [47:0] po_end = {16'd0, o_base} + ({18'd0, nv_o} << o_lg);
+    wire [47:0] pw_end = {16'd0, wbase} + 48'd6;
+    reg [31:0] dbase;
+    wire [47:0] lim_in = ({16'd0, mem_limit} > MEM_MAX) ? MEM_MAX : {16'd0, mem_limit};
+    wire [47:0] next_desc = {16'd0, dbase} + {13'd0, pc + 32'd1, 3'b000};
     always @(posedge clk) begin
         if (rst) begin
-            state <= S_IDLE; done <= 1'b0; error <= E_NONE; cycles <= 64'd0; waits <= 64'd0;
+            state <= S_IDLE; done <= 1'b0; error <= E_NONE; cycles <= 64'd0; waits <= 64'd0; macs <= 64'd0;
             a0_v <= 1'b0; a1_v <= 1'b0; a2_v <= 1'b0; b_v <= 1'b0; a3_v <= 1'b0; p1_v <= 1'b0; qa_v <= 1'b0; qb_v <= 1'b0; q_v <= 1'b0; q2_v <= 1'b0; q3_v <= 1'b0; p2_v <= 1'b0;
             fin_v <= 1'b0; r1_v <= 1'b0; rd0_en <= 1'b0; wr_en_q <= 1'b0; sh_pending <= 1'b0;
             sq_req <= 1'b0; win_start <= 1'b0;
@@ -652,13 +704,20 @@ module accel #(
             // waiting for memory: a stream word not there yet, a row whose words are not, a flush
             if (((state == S_FETCH || state == S_LOAD) && !sq_valid) || (state == S_RUN && !iter_done && !ok) ||
                 state == S_FLUSH || state == S_ABORT) waits <= waits + 64'd1;
+            macs <= macs + {56'd0, a0_blocks, 6'd0};   // 64 products per block read (A0 knows which are)
             sh_pending <= 1'b0;   // (set again below when new shifts arrive)
             if (sh_pending) for (j = 0; j < L; j = j + 1) set_shift(j[2:0], lane_sh[8*j +: 8]);
             sq_req <= 1'b0; win_start <= 1'b0;
             case (state)
             S_IDLE, S_DONE: if (start) begin   // from S_DONE: a second run needs no reset
-                state <= S_FETCH; pc <= 32'd0; fi <= 4'd0; done <= 1'b0; error <= E_NONE; cycles <= 64'd1; waits <= 64'd0;
-                sq_req <= 1'b1; sq_addr <= {AW{1'b0}}; sq_len <= 16'd8;
+                pc <= 32'd0; fi <= 4'd0; done <= 1'b0; error <= E_NONE; cycles <= 64'd1; waits <= 64'd0; macs <= 64'd0;
+                lim <= lim_in;
+                dbase <= desc_base;
+                if ({16'd0, desc_base} + 48'd8 > lim_in) begin
+                    state <= S_DONE; done <= 1'b1; error <= E_ADDRESS;   // the first descriptor is outside the plan
+                end else begin
+                    state <= S_FETCH; sq_req <= 1'b1; sq_addr <= desc_base[AW-1:0]; sq_len <= 16'd8;
+                end
             end
             S_FETCH: if (sq_valid) begin   // the descriptor's 8 words
                 dw[fi[2:0]] <= rd0;
@@ -681,19 +740,29 @@ module accel #(
                 wb_mode <= b_near ? M_HALF : M_FULL;
                 w_two <= (op == OP_ADD) && has_b;
                 wa_D <= is_pool ? {gD[8:0], 1'b0} : (a_near || (a_tri && !is_conv)) ? hD : gD;
-                wa_H <= is_pool ? {gH[8:0], 1'b0} : (a_near || (a_tri && !is_conv)) ? hH : gH;
                 wa_W <= is_pool ? {gW[8:0], 1'b0} : (a_near || (a_tri && !is_conv)) ? hW : gW;
-                wb_D <= b_near ? hD : gD; wb_H <= b_near ? hH : gH; wb_W <= b_near ? hW : gW;
+                wb_D <= b_near ? hD : gD; wb_W <= b_near ? hW : gW;
                 wa_base <= a_base[AW-1:0]; wb_base <= b_base[AW-1:0];
                 state <= S_CHECK;
             end
             S_CHECK: begin
                 wa_RW <= {{(AW-10){1'b0}}, wa_W} << a_lg;
                 wb_RW <= {{(AW-10){1'b0}}, wb_W} << b_lg;
-                wa_end <= wa_base + (({{(AW-10){1'b0}}, wa_D} * (wa_mode == M_DBL ? hw_dbl : wa_mode == M_HALF ? hw_half : hw_full)) << a_lg);
-                wb_end <= w_two ? wb_base + (({{(AW-10){1'b0}}, wb_D} * (wb_mode == M_HALF ? hw_half : hw_full)) << b_lg) : wb_base;
+                wa_PW <= (wa_mode == M_DBL ? hw_dbl : wa_mode == M_HALF ? hw_half : hw_full) << a_lg;
+                wb_PW <= (wb_mode == M_HALF ? hw_half : hw_full) << b_lg;
+                // voxels of each region (the words follow at S_PLAN): one product each
+                nv_a <= {20'd0, wa_D} * {10'd0, (wa_mode == M_DBL ? hw_dbl : wa_mode == M_HALF ? hw_half : hw_full)};
+                nv_b <= {20'd0, wb_D} * {10'd0, (wb_mode == M_HALF ? hw_half : hw_full)};
+                nv_o <= {20'd0, gD} * {10'd0, hw_full};
                 if (op == OP_END || dec_err != E_NONE) begin
                     state <= S_DONE; done <= 1'b1; error <= dec_err;
+                end else state <= S_PLAN;
+            end
+            S_PLAN: begin
+                wa_end <= wa_base + a_words[AW-1:0];
+                wb_end <= w_two ? wb_base + b_words[AW-1:0] : wb_base;
+                if (pa_end > lim || (w_two && pb_end > lim) || po_end > lim || (is_conv && pw_end > lim)) begin
+                    state <= S_DONE; done <= 1'b1; error <= E_ADDRESS;
                 end else if (is_conv) begin
                     state <= S_LOAD; ocg <= 32'd0; lptr <= wbase; li <= 16'd0; lnum <= 16'hFFFF;
                     lblk <= 0; lsub <= 4'd0;
@@ -712,6 +781,8 @@ module accel #(
                     lnum <= 16'd5 + {3'd0, rd0[9:0], 3'd0} + {6'd0, rd0[9:0]};   // the last word: 5 + 9E
                     if (rd0[31:0] == 32'd0 || rd0[31:0] > WBUF_DEPTH) begin   // not 1 .. WBUF_DEPTH blocks
                         state <= S_ABORT; abort_err <= E_BLOCKS; drain <= 5'd0;
+                    end else if ({16'd0, lptr} + 48'd6 + {35'd0, rd0[9:0], 3'd0} + {38'd0, rd0[9:0]} > lim) begin
+                        state <= S_ABORT; abort_err <= E_ADDRESS; drain <= 5'd0;   // its blocks run past the plan
                     end else begin   // the blocks follow the 6 words of the group's header
                         sq_req <= 1'b1; sq_addr <= lptr[AW-1:0] + 6; sq_len <= {3'd0, rd0[9:0], 3'd0} + {6'd0, rd0[9:0]};
                     end
@@ -770,8 +841,9 @@ module accel #(
                     lblk <= 0; lsub <= 4'd0;
                     sq_req <= 1'b1; sq_addr <= lptr[AW-1:0]; sq_len <= 16'd6; win_start <= 1'b1;
                 end else begin
-                    state <= S_FETCH; pc <= pc + 32'd1; fi <= 4'd0;
-                    sq_req <= 1'b1; sq_addr <= {pc[AW-4:0] + 1'b1, 3'b000}; sq_len <= 16'd8;
+                    pc <= pc + 32'd1; fi <= 4'd0;
+                    if (next_desc + 48'd8 > lim) begin state <= S_DONE; done <= 1'b1; error <= E_ADDRESS; end
+                    else begin state <= S_FETCH; sq_req <= 1'b1; sq_addr <= next_desc[AW-1:0]; sq_len <= 16'd8; end
                 end
             end
             S_ABORT: begin   // the pipeline drained, nothing left on the bus: stop with the error
@@ -891,9 +963,9 @@ module accel #(
     end endgenerate
 
     // the memory unit: the AXI4 master, the operand windows, the stream, the write queue
-    wire abort = (state == S_ABORT), flush = (state == S_FLUSH);
+    wire abort = (state == S_ABORT), flush = (state == S_FLUSH) || abort;   // an abort drains the writes too
     accel_mem #(.AW(AW), .TP(TP), .BW(BW)) u_mem (
-        .clk(clk), .rst(rst), .sq_req(sq_req), .sq_addr(sq_addr), .sq_len(sq_len), .sq_valid(sq_valid), .sq_data(rd0),
+        .clk(clk), .rst(rst), .clear(start && (state == S_IDLE || state == S_DONE)), .sq_req(sq_req), .sq_addr(sq_addr), .sq_len(sq_len), .sq_valid(sq_valid), .sq_data(rd0),
         .win_start(win_start), .win_two(w_two), .a_base(wa_base), .a_end(wa_end), .b_base(wb_base), .b_end(wb_end),
         .a_lo(rel_a[15]), .b_lo(rel_b[15]), .a_fill(a_fill), .b_fill(b_fill),
         .rd_en(rd_en), .rd_addr(rd_addr), .rd_b(rd0_b), .rd_data(rd_data),

@@ -23,6 +23,7 @@ module accel_mem #(
 ) (
     input  wire              clk,
     input  wire              rst,
+    input  wire              clear,       // a run starts: the beat counters restart
     // descriptor and weight stream: [sq_addr, sq_addr + sq_len) appended to the stream
     input  wire              sq_req,
     input  wire [AW-1:0]     sq_addr,
@@ -53,8 +54,8 @@ module accel_mem #(
     input  wire              flush,       // close the open write burst
     input  wire              abort,       // cancel every stream (what is in flight still arrives)
     output wire              idle,        // nothing requested, in flight or queued
-    output reg  [63:0]       n_reads,     // read beats since reset
-    output reg  [63:0]       n_writes,    // write beats since reset
+    output reg  [63:0]       n_reads,     // read beats since the run started
+    output reg  [63:0]       n_writes,    // write beats since the run started
     // AXI4 master (one ID, INCR bursts of 8-byte beats; the wrapper ties the constant fields)
     output reg  [31:0]       m_araddr,
     output reg  [7:0]        m_arlen,
@@ -144,6 +145,7 @@ module accel_mem #(
             sq_valid <= r_beat && (r_c == C_SEQ);
             sq_data <= m_rdata;
             if (r_beat) n_reads <= n_reads + 64'd1;
+            if (clear) n_reads <= 64'd0;
             if (w_we && r_c == C_A) a_fill <= a_fill + 1'b1;
             if (w_we && r_c == C_B) b_fill <= b_fill + 1'b1;
             if (m_arready) m_arvalid <= 1'b0;
@@ -215,6 +217,7 @@ module accel_mem #(
         end else begin
             if (wr_en) wq_wp <= wq_wp + 1'b1;
             if (w_beat) begin wq_rp <= wq_rp + 1'b1; n_writes <= n_writes + 64'd1; end
+            if (clear) n_writes <= 64'd0;
             wq_n <= wq_n + {{QW{1'b0}}, wr_en} - {{QW{1'b0}}, w_beat};
             if (wr_en) begin
                 if (extend) ob_l <= ob_l + 5'd1;

@@ -1,6 +1,8 @@
-// accel_sim.v: the engine on a DRAM model, for simulation (hw/rtl_sim.py).
+// accel_sim.v: the accelerator IP on a DRAM model, for simulation (hw/rtl_sim.py).
 //
-// The engine is an AXI4 master (accel.v, accel_mem.v); the memory here is a behavioural model
+// The testbench (hw/rtl/tb_accel.py) drives the IP's AXI4-Lite registers and waits for its
+// interrupt, as a host driver would. The engine is an AXI4 master (accel.v, accel_mem.v); the
+// memory here is a behavioural model
 // of one DRAM behind its controller (hw/ACCEL.md, "The DRAM model"): one shared port of one
 // 64-bit word per DRAM_BEAT cycles, commands served in the order accepted (up to 16 queued), a
 // read's first word DRAM_LAT cycles after its command at the earliest, DRAM_ROWMISS more
@@ -20,15 +22,23 @@ module accel_sim #(
     // the ports are all the testbench (hw/rtl/tb_accel.py) touches: only they are visible to it
     // (hw/rtl_sim.py builds without --public-flat-rw, which made every internal signal public and
     // the build several times larger)
-    input  wire        clk    /* verilator public_flat_rw */,
-    input  wire        rst    /* verilator public_flat_rw */,
-    input  wire        start  /* verilator public_flat_rw */,
-    output wire        done   /* verilator public_flat_rw */,
-    output wire [3:0]  error  /* verilator public_flat_rw */,
-    output wire [63:0] cycles /* verilator public_flat_rw */,
-    output wire [63:0] waits  /* verilator public_flat_rw */,
-    output wire [63:0] reads  /* verilator public_flat_rw */,
-    output wire [63:0] writes /* verilator public_flat_rw */
+    input  wire        clk       /* verilator public_flat_rw */,
+    input  wire        rst       /* verilator public_flat_rw */,
+    output wire        irq       /* verilator public_flat_rw */,
+    input  wire [7:0]  s_awaddr  /* verilator public_flat_rw */,
+    input  wire        s_awvalid /* verilator public_flat_rw */,
+    output wire        s_awready /* verilator public_flat_rw */,
+    input  wire [31:0] s_wdata   /* verilator public_flat_rw */,
+    input  wire        s_wvalid  /* verilator public_flat_rw */,
+    output wire        s_wready  /* verilator public_flat_rw */,
+    output wire        s_bvalid  /* verilator public_flat_rw */,
+    input  wire        s_bready  /* verilator public_flat_rw */,
+    input  wire [7:0]  s_araddr  /* verilator public_flat_rw */,
+    input  wire        s_arvalid /* verilator public_flat_rw */,
+    output wire        s_arready /* verilator public_flat_rw */,
+    output wire [31:0] s_rdata   /* verilator public_flat_rw */,
+    output wire        s_rvalid  /* verilator public_flat_rw */,
+    input  wire        s_rready  /* verilator public_flat_rw */
 );
     wire [31:0] araddr, awaddr;
     wire [7:0] arlen, awlen;
@@ -39,9 +49,11 @@ module accel_sim #(
     wire wready;
     reg [63:0] mem [0:MEM_WORDS-1];
 
-    accel #(.AW(AW), .TP(TP), .BW(BW)) u_accel (
-        .clk(clk), .rst(rst), .start(start), .done(done), .error(error), .cycles(cycles), .waits(waits),
-        .n_reads(reads), .n_writes(writes),
+    accel_ip #(.AW(AW), .TP(TP), .BW(BW)) u_ip (
+        .clk(clk), .rst(rst), .irq(irq),
+        .s_awaddr(s_awaddr), .s_awvalid(s_awvalid), .s_awready(s_awready), .s_wdata(s_wdata), .s_wvalid(s_wvalid),
+        .s_wready(s_wready), .s_bvalid(s_bvalid), .s_bready(s_bready), .s_araddr(s_araddr), .s_arvalid(s_arvalid),
+        .s_arready(s_arready), .s_rdata(s_rdata), .s_rvalid(s_rvalid), .s_rready(s_rready),
         .m_araddr(araddr), .m_arlen(arlen), .m_arvalid(arvalid), .m_arready(arready),
         .m_rdata(rdata), .m_rlast(rlast), .m_rvalid(rvalid), .m_rready(rready),
         .m_awaddr(awaddr), .m_awlen(awlen), .m_awvalid(awvalid), .m_awready(awready),
@@ -134,6 +146,8 @@ module accel_sim #(
         for (k = 0; k < 8; k = k + 1) open_row[k] = {(AW-11){1'b0}};
     end
 
+    wire done = u_ip.u_accel.done;
+    wire [63:0] cycles = u_ip.u_accel.cycles, waits = u_ip.u_accel.waits;
     reg done_q;
     always @(posedge clk) begin
         done_q <= done;
@@ -146,7 +160,7 @@ module accel_sim #(
     integer desc_log;
     initial desc_log = $value$plusargs("DESC_LOG=%s", desc_path) ? $fopen(desc_path, "w") : 0;
     reg fetching_q;
-    wire fetching = (u_accel.state == 4'd1);   // S_FETCH
+    wire fetching = (u_ip.u_accel.state == 4'd1);   // S_FETCH
     always @(posedge clk) begin
         fetching_q <= fetching;
         if (desc_log != 0 && fetching && !fetching_q) $fwrite(desc_log, "%0d %0d\n", cycles, waits);

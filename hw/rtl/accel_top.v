@@ -1,6 +1,6 @@
-// accel_top.v: the synthesis top (hw/rtl_synth.py): the engine with its AXI4 master port as the
-// top's ports (the SoC's interconnect or a DRAM controller sits there) and its reset
-// synchronised; the cycle, wait and traffic counters stay inside.
+// accel_top.v: the synthesis top (hw/rtl_synth.py): the accelerator IP (accel_ip.v) with its
+// AXI4-Lite register port, its interrupt and its AXI4 master port as the top's ports (a SoC's
+// interconnect sits there: hw/rtl_synth.py places it out of context) and its reset synchronised.
 `default_nettype none
 
 module accel_top #(
@@ -8,9 +8,21 @@ module accel_top #(
 ) (
     input  wire        clk,
     input  wire        rst,
-    input  wire        start,
-    output wire        done,
-    output wire [3:0]  error,
+    output wire        irq,
+    input  wire [7:0]  s_awaddr,
+    input  wire        s_awvalid,
+    output wire        s_awready,
+    input  wire [31:0] s_wdata,
+    input  wire        s_wvalid,
+    output wire        s_wready,
+    output wire        s_bvalid,
+    input  wire        s_bready,
+    input  wire [7:0]  s_araddr,
+    input  wire        s_arvalid,
+    output wire        s_arready,
+    output wire [31:0] s_rdata,
+    output wire        s_rvalid,
+    input  wire        s_rready,
     output wire [31:0] m_araddr,
     output wire [7:0]  m_arlen,
     output wire        m_arvalid,
@@ -35,15 +47,15 @@ module accel_top #(
     reg [1:0] rst_sync;
     initial rst_sync = 2'b11;   // the FPGA's power-up value: in reset until two edges after the pin falls
     always @(posedge clk) rst_sync <= {rst_sync[0], rst};
-    /* verilator lint_off PINCONNECTEMPTY */
-    accel #(.AW(20), .TP(TP)) u_accel (
-        .clk(clk), .rst(rst_sync[1]), .start(start), .done(done), .error(error), .cycles(), .waits(),
-        .n_reads(), .n_writes(),
+    accel_ip #(.AW(20), .TP(TP)) u_ip (
+        .clk(clk), .rst(rst_sync[1]), .irq(irq),
+        .s_awaddr(s_awaddr), .s_awvalid(s_awvalid), .s_awready(s_awready), .s_wdata(s_wdata), .s_wvalid(s_wvalid),
+        .s_wready(s_wready), .s_bvalid(s_bvalid), .s_bready(s_bready), .s_araddr(s_araddr), .s_arvalid(s_arvalid),
+        .s_arready(s_arready), .s_rdata(s_rdata), .s_rvalid(s_rvalid), .s_rready(s_rready),
         .m_araddr(m_araddr), .m_arlen(m_arlen), .m_arvalid(m_arvalid), .m_arready(m_arready),
         .m_rdata(m_rdata), .m_rlast(m_rlast), .m_rvalid(m_rvalid), .m_rready(m_rready),
         .m_awaddr(m_awaddr), .m_awlen(m_awlen), .m_awvalid(m_awvalid), .m_awready(m_awready),
         .m_wdata(m_wdata), .m_wlast(m_wlast), .m_wvalid(m_wvalid), .m_wready(m_wready),
         .m_bvalid(m_bvalid), .m_bready(m_bready));
-    /* verilator lint_on PINCONNECTEMPTY */
 endmodule
 `default_nettype wire

@@ -1,0 +1,127 @@
+// accel_ip.v: the accelerator as IP: the engine (accel.v, an AXI4 master on the memory) behind
+// an AXI4-Lite register block, with an interrupt (hw/ACCEL.md, "Registers").
+//
+// Registers (32 bits, byte offsets; 64-bit counters as LO then HI: reading LO latches HI):
+//   0x00 CTRL       W: bit 0 START (a run from DESC_BASE); R/W: bit 1 IRQ_ENABLE
+//   0x04 STATUS     R: bit 0 BUSY, bit 1 DONE (sticky until the next START), bits 7:4 ERROR;
+//                   W: 1 in bit 1 acknowledges the interrupt (DONE stays readable)
+//   0x08 DESC_BASE  R/W: word address of the first descriptor
+//   0x0C MEM_LIMIT  R/W: words of the memory plan: a run that would read or write at or above
+//                   it stops with error 8 (E_ADDRESS)
+//   0x10 CYCLES, 0x18 WAITS, 0x20 READS, 0x28 WRITES, 0x30 MACS: the last (or current) run's
+//                   cycles, cycles waiting for memory, words read and written, MAC array products
+//   0x38 ID         R: 0x4C4E4131 ("LNA1"); 0x3C CONFIG R: TP in bits 3:0, window bits in 11:4,
+//                   word address bits in 19:12
+`default_nettype none
+
+module accel_ip #(
+    parameter integer AW = 20,
+    parameter integer TP = 2,
+    parameter integer BW = 14
+) (
+    input  wire        clk,
+    input  wire        rst,
+    output wire        irq,
+    // AXI4-Lite slave: the registers
+    input  wire [7:0]  s_awaddr,
+    input  wire        s_awvalid,
+    output wire        s_awready,
+    input  wire [31:0] s_wdata,
+    input  wire        s_wvalid,
+    output wire        s_wready,
+    output reg         s_bvalid,
+    input  wire        s_bready,
+    input  wire [7:0]  s_araddr,
+    input  wire        s_arvalid,
+    output wire        s_arready,
+    output reg  [31:0] s_rdata,
+    output reg         s_rvalid,
+    input  wire        s_rready,
+    // AXI4 master: the memory
+    output wire [31:0] m_araddr,
+    output wire [7:0]  m_arlen,
+    output wire        m_arvalid,
+    input  wire        m_arready,
+    input  wire [63:0] m_rdata,
+    input  wire        m_rlast,
+    input  wire        m_rvalid,
+    output wire        m_rready,
+    output wire [31:0] m_awaddr,
+    output wire [7:0]  m_awlen,
+    output wire        m_awvalid,
+    input  wire        m_awready,
+    output wire [63:0] m_wdata,
+    output wire        m_wlast,
+    output wire        m_wvalid,
+    input  wire        m_wready,
+    input  wire        m_bvalid,
+    output wire        m_bready
+);
+    wire done;
+    wire [3:0] error;
+    wire [63:0] cycles, waits, n_reads, n_writes, macs;
+    reg start, irq_en, irq_q, ran;
+    reg [31:0] desc_base, mem_limit, hi_latch;
+
+    accel #(.AW(AW), .TP(TP), .BW(BW)) u_accel (
+        .clk(clk), .rst(rst), .start(start), .desc_base(desc_base), .mem_limit(mem_limit),
+        .done(done), .error(error), .cycles(cycles), .waits(waits), .n_reads(n_reads), .n_writes(n_writes), .macs(macs),
+        .m_araddr(m_araddr), .m_arlen(m_arlen), .m_arvalid(m_arvalid), .m_arready(m_arready),
+        .m_rdata(m_rdata), .m_rlast(m_rlast), .m_rvalid(m_rvalid), .m_rready(m_rready),
+        .m_awaddr(m_awaddr), .m_awlen(m_awlen), .m_awvalid(m_awvalid), .m_awready(m_awready),
+        .m_wdata(m_wdata), .m_wlast(m_wlast), .m_wvalid(m_wvalid), .m_wready(m_wready),
+        .m_bvalid(m_bvalid), .m_bready(m_bready));
+
+    // a write is taken when its address and data are both there and no response is pending
+    wire w_take = s_awvalid && s_wvalid && !s_bvalid;
+    assign s_awready = w_take;
+    assign s_wready = w_take;
+    wire r_take = s_arvalid && !s_rvalid;
+    assign s_arready = r_take;
+    wire busy = ran && !done;
+    reg pending;   // a run started whose end has not raised the interrupt yet
+    always @(posedge clk) begin
+        if (rst) begin
+            start <= 1'b0; irq_en <= 1'b0; irq_q <= 1'b0; ran <= 1'b0; s_bvalid <= 1'b0; s_rvalid <= 1'b0;
+            desc_base <= 32'd0; mem_limit <= 32'd0; pending <= 1'b0;
+        end else begin
+            start <= 1'b0;
+            if (pending && done && !start) begin irq_q <= 1'b1; pending <= 1'b0; end   // the run ended
+            if (s_bvalid && s_bready) s_bvalid <= 1'b0;
+            if (w_take) begin
+                s_bvalid <= 1'b1;
+                case (s_awaddr[7:2])
+                    6'h00: begin
+                        irq_en <= s_wdata[1];
+                        if (s_wdata[0] && !busy && !start) begin start <= 1'b1; ran <= 1'b1; pending <= 1'b1; irq_q <= 1'b0; end
+                    end
+                    6'h01: if (s_wdata[1]) irq_q <= 1'b0;
+                    6'h02: desc_base <= s_wdata;
+                    6'h03: mem_limit <= s_wdata;
+                    default: ;
+                endcase
+            end
+            if (s_rvalid && s_rready) s_rvalid <= 1'b0;
+            if (r_take) begin
+                s_rvalid <= 1'b1;
+                case (s_araddr[7:2])
+                    6'h00: s_rdata <= {30'd0, irq_en, 1'b0};
+                    6'h01: s_rdata <= {24'd0, error, 2'd0, done && ran && !start, busy || start};
+                    6'h02: s_rdata <= desc_base;
+                    6'h03: s_rdata <= mem_limit;
+                    6'h04: begin s_rdata <= cycles[31:0];   hi_latch <= cycles[63:32];   end
+                    6'h06: begin s_rdata <= waits[31:0];    hi_latch <= waits[63:32];    end
+                    6'h08: begin s_rdata <= n_reads[31:0];  hi_latch <= n_reads[63:32];  end
+                    6'h0A: begin s_rdata <= n_writes[31:0]; hi_latch <= n_writes[63:32]; end
+                    6'h0C: begin s_rdata <= macs[31:0];     hi_latch <= macs[63:32];     end
+                    6'h05, 6'h07, 6'h09, 6'h0B, 6'h0D: s_rdata <= hi_latch;
+                    6'h0E: s_rdata <= 32'h4C4E4131;
+                    6'h0F: s_rdata <= {12'd0, AW[7:0], BW[7:0], TP[3:0]};
+                    default: s_rdata <= 32'd0;
+                endcase
+            end
+        end
+    end
+    assign irq = irq_q && irq_en;
+endmodule
+`default_nettype wire
