@@ -255,7 +255,7 @@ def fpga_projection(rtl: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     cycles = max(p["cycles"] for p in cyc["pairs"])
-    return {"backend": "fpga_ecp5", "source": "projected: simulated cycles / placed fmax", "cycles": cycles,
+    return {"backend": "fpga_ecp5", "source": "projected: simulated cycles (on the DRAM model) / placed fmax", "cycles": cycles,
             "fmax_mhz": syn["fmax_mhz"], "device": syn["device"], "ms": round(cycles / (syn["fmax_mhz"] * 1e3), 2),
             "executed_mac_util": cyc.get("executed_mac_util"), "dense_equiv_util": cyc.get("dense_equiv_util")}
 

@@ -45,9 +45,12 @@ def _run(tmp: Path) -> Path:
     (run / "export" / "manifest.json").write_text(json.dumps({
         "git_commit": "abcdef1234567890", "files": {"weights.bin": {"bytes": 270688, "gzip_bytes": 200001}}}))
     (run / "rtl" / "cycles.json").write_text(json.dumps({
-        "pairs": [{"cycles": 7871501}, {"cycles": 7871500}], "cycle_model_checked": True, "sparse_vs_dense": 0.785,
-        "array_macs": 128}))
-    (run / "rtl" / "synth.json").write_text(json.dumps({"fmax_mhz": 100.0, "device": "LFE5UM-85F"}))
+        "pairs": [{"cycles": 7871501, "waits": 500000, "reads": 1100000, "writes": 700000},
+                  {"cycles": 7871500, "waits": 499999, "reads": 1100000, "writes": 700000}],
+        "cycle_model_checked": True, "sparse_vs_dense": 0.785, "array_macs": 128,
+        "dram_cycles": {"LAT": 32, "ROWMISS": 6, "TURN": 4, "BEAT": 1}}))
+    (run / "rtl" / "synth.json").write_text(json.dumps({"fmax_mhz": 100.0, "device": "LFE5UM-85F",
+                                                        "git_commit": "1234567890abcdef"}))
     for p in run.rglob("*.json"):  # a fixed date: the stamp reads the file's time
         os.utime(p, (1796000000, 1796000000))
     return run
@@ -64,8 +67,12 @@ def test_tables_from_a_run(tmp_path):
     assert "| openvino_int8 | 9.1 | 9.9 | 31.5 | yes, exactly |" in out
     assert "global stage 15.2 ms, refinement 0.9 ms" in out
     assert "| `weights.bin` | 270,688 | 200,001 |" in out
-    assert "| cycles per pair (simulated, ideal memory) | 7,871,501 |" in out
-    assert "| ms per pair at that fmax (ideal memory: a lower bound on a board) | 78.7 |" in out
+    assert "| cycles per pair (simulated: AXI4 master on the DRAM model) | 7,871,501 |" in out
+    assert "| of which waiting for memory | 500,000 (6.4%) |" in out
+    assert "| words read / written per pair (64-bit) | 1,100,000 / 700,000 |" in out
+    assert "| DRAM model (cycles: first word of a read, row change, read/write turn; per 64-bit word) | 32, 6, 4; 1 |" in out
+    assert "| placed fmax (LFE5UM-85F; synth.json of 1234567890ab) | 100.0 MHz |" in out
+    assert "| ms per pair at that fmax, on the DRAM model | 78.7 |" in out
     assert "commit abcdef123456, 2026-11-30" in out  # 1796000000 s after the epoch
     assert render(out, run) == out  # a second run changes nothing
 
