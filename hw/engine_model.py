@@ -19,7 +19,7 @@ from hw.compiler import (DESC_WORDS, F_A_NEAREST, F_A_TRILINEAR, F_B_NEAREST, F_
 
 # cycle model (hw/ACCEL.md): the engine's busy cycles, those it does not spend waiting for memory
 # (the simulation counts the waits; cycles - waits is what this model predicts)
-FETCH_CYCLES = DESC_WORDS + 3      # the 8 words taken, decode, check, the memory plan's check
+FETCH_CYCLES = DESC_WORDS + 4      # the 8 words taken, decode, check, the memory plan's check (2)
 END_CYCLES = DESC_WORDS + 2        # END: the 8 words, decode, check
 LOAD_FIXED = 1 + LANES // 2 + 1    # block count, 4 bias words, the shift word
 DRAIN_CYCLES = 18                  # after the last slot: I0-I1, A0-A4, memory, P0, P1a-P1c, P2a-P2c, P3-P5, the write

@@ -86,7 +86,8 @@ module accel #(
                      S_CHECK = 4'd6,   // decode registers the descriptor's checks, check branches on them
                      S_FLUSH = 4'd7,   // after a run: until every result is in memory
                      S_ABORT = 4'd8,   // an error during a load or run: until the bus is quiet
-                     S_PLAN = 4'd9;    // the descriptor's regions checked against the memory plan
+                     S_PLAN = 4'd9,    // the descriptor's regions' ends computed
+                     S_GO = 4'd10;     // ... and checked against the memory plan
     localparam [7:0] OP_END = 8'd0, OP_CONV = 8'd1, OP_ADD = 8'd2, OP_MAXPOOL = 8'd3;
     localparam [1:0] K_CONV = 2'd0, K_SCALE = 2'd1, K_MAX = 2'd2;
     // error codes (hw/ACCEL.md): a descriptor the engine cannot run stops it in S_DONE with one
@@ -229,15 +230,11 @@ module accel #(
     function [AW-1:0] times(input [1:0] k, input [AW-1:0] x);   // k * x for k in 0, 1, 2
         times = k[1] ? {x[AW-2:0], 1'b0} : k[0] ? x : {AW{1'b0}};
     endfunction
-    function [AW-1:0] mul5(input [4:0] k, input [AW-1:0] x);    // k * x by shifts and adds (k <= 31)
-        integer i;
-        begin
-            mul5 = {AW{1'b0}};
-            for (i = 0; i < 5; i = i + 1) if (k[i]) mul5 = mul5 + (x << i);
-        end
+    function [AW-1:0] mul3(input [2:0] k, input [AW-1:0] x);    // k * x by shifts and adds (k <= 7)
+        mul3 = (k[0] ? x : {AW{1'b0}}) + (k[1] ? x << 1 : {AW{1'b0}}) + (k[2] ? x << 2 : {AW{1'b0}});
     endfunction
     function [AW-1:0] g_min(input [AW-1:0] x, input [AW-1:0] y); g_min = (x < y) ? x : y; endfunction
-    reg g_on, g1_v;
+    reg g_on, g1_v, g2_v, g_start;   // g_start: win_start a cycle late (the first row's sums are ready)
     reg [9:0] g_d, g_h;
     reg [3:0] g_occ;                           // rows queued or in the generator's stage
     wire g_go = g_on && (g_occ < 4'd8);
@@ -258,26 +255,31 @@ module accel #(
     // running sums: dl * PW, dh * PW (plane parts), hl * RW, (hh + 1) * RW (row parts)
     reg [AW-1:0] ga_pl, ga_ph, ga_rl, ga_rh, gb_pl, gb_ph, gb_rl, gb_rh;
     reg [AW-1:0] ga_ph0, ga_rh0, gb_ph0, gb_rh0;   // their values on the first row of a plane and run
-    reg [AW-1:0] g1_alo, g1_ahi, g1_blo, g1_bhi;
+    reg [AW-1:0] ga_ph0l, ga_rh0l, gb_ph0l, gb_rh0l, ga_ph0h, ga_rh0h, gb_ph0h, gb_rh0h;   // (in two halves)
+    reg [AW-1:0] g1_al0, g1_al1, g1_ahi, g1_bl0, g1_bl1, g1_bhi, g2_alo, g2_ahi, g2_blo, g2_bhi;
     reg [AW-1:0] wn_alo [0:7], wn_ahi [0:7], wn_blo [0:7], wn_bhi [0:7];
     reg [3:0] wn_n;
     reg [AW-1:0] rel_a [0:15], rel_b [0:15];
     wire [2:0] nx = {2'd0, row_end};           // the iterator's row next cycle: the queue's head or the one after
-    wire ok_n = !win_start && (wn_n > {1'b0, nx}) && (a_fill >= wn_ahi[nx]) && (!w_two || b_fill >= wn_bhi[nx]) && wr_room;
-    wire [AW:0] g_span_a = {1'b0, g1_ahi} - {1'b0, g1_alo}, g_span_b = {1'b0, g1_bhi} - {1'b0, g1_blo};
+    wire ok_n = !win_start && !g_start && (wn_n > {1'b0, nx}) && (a_fill >= wn_ahi[nx]) && (!w_two || b_fill >= wn_bhi[nx]) && wr_room;
+    wire [AW:0] g_span_a = {1'b0, g2_ahi} - {1'b0, g2_alo}, g_span_b = {1'b0, g2_bhi} - {1'b0, g2_blo};
     wire [2:0] wn_at = wn_n[2:0] - {2'd0, row_end};   // where a new entry goes
     integer gk;
     always @(posedge clk) begin
         ok <= !rst && ok_n;
-        // the first row's hi parts, from the run's constants (ready before the run starts)
-        ga_ph0 <= mul5({1'b0, ra_d0[3:0]}, wa_PW);   ga_rh0 <= mul5({1'b0, ra_0[3:0]} + 5'd1, wa_RW);
-        gb_ph0 <= mul5({1'b0, rb_d0[3:0]}, wb_PW);   gb_rh0 <= mul5({1'b0, rb_0[3:0]} + 5'd1, wb_RW);
-        // G0 -> G1: this row's entry, and the sums moved on to the next row
-        g1_v <= g_go;
-        g1_alo <= wa_base + g_min(ga_pl + ga_rl, ga_pl + times(sa_dl, wa_PW));
-        g1_ahi <= wa_base + ga_ph + ga_rh;
-        g1_blo <= wb_base + g_min(gb_pl + gb_rl, gb_pl + times(sb_dl, wb_PW));
-        g1_bhi <= wb_base + gb_ph + gb_rh;
+        // the first row's hi parts, from the run's constants (ready before the run starts): the
+        // reach's first plane and row times the operand's words per plane and row, in two steps
+        ga_ph0l <= mul3(ra_d0[2:0], wa_PW);              ga_ph0h <= ra_d0[3] ? wa_PW << 3 : {AW{1'b0}};
+        gb_ph0l <= mul3(rb_d0[2:0], wb_PW);              gb_ph0h <= rb_d0[3] ? wb_PW << 3 : {AW{1'b0}};
+        ga_rh0l <= mul3(ra_0[2:0], wa_RW) + wa_RW;       ga_rh0h <= ra_0[3] ? wa_RW << 3 : {AW{1'b0}};
+        gb_rh0l <= mul3(rb_0[2:0], wb_RW) + wb_RW;       gb_rh0h <= rb_0[3] ? wb_RW << 3 : {AW{1'b0}};
+        ga_ph0 <= ga_ph0l + ga_ph0h; ga_rh0 <= ga_rh0l + ga_rh0h; gb_ph0 <= gb_ph0l + gb_ph0h; gb_rh0 <= gb_rh0l + gb_rh0h;
+        // G0 -> G1: this row's sums, and the running sums moved on to the next row; G2: the entry
+        g1_v <= g_go; g2_v <= g1_v;
+        g1_al0 <= ga_pl + ga_rl; g1_al1 <= ga_pl + times(sa_dl, wa_PW); g1_ahi <= ga_ph + ga_rh;
+        g1_bl0 <= gb_pl + gb_rl; g1_bl1 <= gb_pl + times(sb_dl, wb_PW); g1_bhi <= gb_ph + gb_rh;
+        g2_alo <= wa_base + g_min(g1_al0, g1_al1); g2_ahi <= wa_base + g1_ahi;
+        g2_blo <= wb_base + g_min(g1_bl0, g1_bl1); g2_bhi <= wb_base + g1_bhi;
         if (g_go) begin
             if (!g_hend) begin
                 g_h <= g_h + 10'd1;
@@ -294,21 +296,23 @@ module accel #(
         if (row_end) for (gk = 0; gk < 7; gk = gk + 1) begin
             wn_alo[gk] <= wn_alo[gk + 1]; wn_ahi[gk] <= wn_ahi[gk + 1]; wn_blo[gk] <= wn_blo[gk + 1]; wn_bhi[gk] <= wn_bhi[gk + 1];
         end
-        if (g1_v) begin
-            wn_alo[wn_at] <= g1_alo; wn_ahi[wn_at] <= g1_ahi;
-            wn_blo[wn_at] <= g1_blo; wn_bhi[wn_at] <= g1_bhi;
+        if (g2_v) begin
+            wn_alo[wn_at] <= g2_alo; wn_ahi[wn_at] <= g2_ahi;
+            wn_blo[wn_at] <= g2_blo; wn_bhi[wn_at] <= g2_bhi;
         end
-        if (g1_v && (g_span_a > (w_two ? W_HALF : W_FULL) || (w_two && g_span_b > W_HALF))) win_err <= 1'b1;
-        wn_n <= wn_n + {3'd0, g1_v} - {3'd0, row_end};
+        if (g2_v && (g_span_a > (w_two ? W_HALF : W_FULL) || (w_two && g_span_b > W_HALF))) win_err <= 1'b1;
+        wn_n <= wn_n + {3'd0, g2_v} - {3'd0, row_end};
         g_occ <= g_occ + {3'd0, g_go} - {3'd0, row_end};
         // the low marks: the current row's lo, 16 cycles late
         if (wn_n != 4'd0) begin rel_a[0] <= wn_alo[0]; rel_b[0] <= wn_blo[0]; end
         for (gk = 1; gk < 16; gk = gk + 1) begin rel_a[gk] <= rel_a[gk - 1]; rel_b[gk] <= rel_b[gk - 1]; end
-        if (win_start || rst || state == S_ABORT) begin   // a new run (or none): empty queue, marks at the bases
-            g_on <= win_start; g_d <= 10'd0; g_h <= 10'd0; g_occ <= 4'd0; wn_n <= 4'd0; win_err <= 1'b0; g1_v <= 1'b0;
+        g_start <= win_start && !rst;
+        if (win_start) for (gk = 0; gk < 16; gk = gk + 1) begin rel_a[gk] <= wa_base; rel_b[gk] <= wb_base; end
+        if (g_start || rst || state == S_ABORT) begin   // a new run (or none): empty queue
+            g_on <= g_start; g_d <= 10'd0; g_h <= 10'd0; g_occ <= 4'd0; wn_n <= 4'd0; win_err <= 1'b0;
+            g1_v <= 1'b0; g2_v <= 1'b0;
             ga_pl <= {AW{1'b0}}; ga_rl <= {AW{1'b0}}; ga_ph <= ga_ph0; ga_rh <= ga_rh0;
             gb_pl <= {AW{1'b0}}; gb_rl <= {AW{1'b0}}; gb_ph <= gb_ph0; gb_rh <= gb_rh0;
-            for (gk = 0; gk < 16; gk = gk + 1) begin rel_a[gk] <= wa_base; rel_b[gk] <= wb_base; end
         end
     end
 
@@ -678,6 +682,9 @@ module accel #(
         end
     endtask
     reg [3:0] abort_err;   // the error an abort ends with
+    reg [1:0] e_chk;       // a load's block count arrived one, two cycles ago
+    reg e_bad, e_far;      // ... and is not 1 .. WBUF_DEPTH; its blocks reach MEM_LIMIT
+    reg [15:0] e9;         // its blocks' words, 9E
     wire [1:0] a0_blocks = {1'b0, a0_rd && (a0_kind == K_CONV)} + ((TP > 1) ? {1'b0, a0x_rd[0]} : 2'd0);
     // the memory plan: the limit (at most the 2^AW words the engine addresses), the regions'
     // ends and the next descriptor's address, 48 bits wide
@@ -686,10 +693,7 @@ module accel #(
     reg [29:0] nv_a, nv_b, nv_o;   // voxels of the operands' and the output's grids
     // the regions' ends: base + voxels x words per voxel (48 bits: no field wraps them around)
     wire [47:0] a_words = {18'd0, nv_a} << a_lg, b_words = {18'd0, nv_b} << b_lg;
-    wire [47:0] pa_end = {16'd0, a_base} + a_words;
-    wire [47:0] pb_end = {16'd0, b_base} + b_words;
-    wire [47:0] po_end = {16'd0, o_base} + ({18'd0, nv_o} << o_lg);
-    wire [47:0] pw_end = {16'd0, wbase} + 48'd6;
+    reg [47:0] pa_end, pb_end, po_end, pw_end;
     reg [31:0] dbase;
     wire [47:0] lim_in = ({16'd0, mem_limit} > MEM_MAX) ? MEM_MAX : {16'd0, mem_limit};
     wire [47:0] next_desc = {16'd0, dbase} + {13'd0, pc + 32'd1, 3'b000};
@@ -698,7 +702,7 @@ module accel #(
             state <= S_IDLE; done <= 1'b0; error <= E_NONE; cycles <= 64'd0; waits <= 64'd0; macs <= 64'd0;
             a0_v <= 1'b0; a1_v <= 1'b0; a2_v <= 1'b0; b_v <= 1'b0; a3_v <= 1'b0; p1_v <= 1'b0; qa_v <= 1'b0; qb_v <= 1'b0; q_v <= 1'b0; q2_v <= 1'b0; q3_v <= 1'b0; p2_v <= 1'b0;
             fin_v <= 1'b0; r1_v <= 1'b0; rd0_en <= 1'b0; wr_en_q <= 1'b0; sh_pending <= 1'b0;
-            sq_req <= 1'b0; win_start <= 1'b0;
+            sq_req <= 1'b0; win_start <= 1'b0; e_chk <= 2'b00;
         end else begin
             if (state != S_IDLE && state != S_DONE) cycles <= cycles + 64'd1;
             // waiting for memory: a stream word not there yet, a row whose words are not, a flush
@@ -761,10 +765,17 @@ module accel #(
             S_PLAN: begin
                 wa_end <= wa_base + a_words[AW-1:0];
                 wb_end <= w_two ? wb_base + b_words[AW-1:0] : wb_base;
-                if (pa_end > lim || (w_two && pb_end > lim) || po_end > lim || (is_conv && pw_end > lim)) begin
+                pa_end <= {16'd0, a_base} + a_words;
+                pb_end <= w_two ? {16'd0, b_base} + b_words : 48'd0;
+                po_end <= {16'd0, o_base} + ({18'd0, nv_o} << o_lg);
+                pw_end <= is_conv ? {16'd0, wbase} + 48'd6 : 48'd0;
+                state <= S_GO;
+            end
+            S_GO: begin
+                if (pa_end > lim || pb_end > lim || po_end > lim || pw_end > lim) begin
                     state <= S_DONE; done <= 1'b1; error <= E_ADDRESS;
                 end else if (is_conv) begin
-                    state <= S_LOAD; ocg <= 32'd0; lptr <= wbase; li <= 16'd0; lnum <= 16'hFFFF;
+                    state <= S_LOAD; ocg <= 32'd0; lptr <= wbase; li <= 16'd0; lnum <= 16'hFFFF; e_chk <= 2'b00;
                     lblk <= 0; lsub <= 4'd0;
                     sq_req <= 1'b1; sq_addr <= wbase[AW-1:0]; sq_len <= 16'd6; win_start <= 1'b1;
                 end else begin
@@ -774,18 +785,24 @@ module accel #(
                     win_start <= 1'b1;
                 end
             end
-            S_LOAD: if (sq_valid) begin   // word li of the output group's weights
-                li <= li + 16'd1;
-                if (li == 16'd0) begin
+            S_LOAD: begin   // word li of the output group's weights, when one is there
+                // the block count's checks, one register stage each, then the blocks' request
+                // (their words follow the group's 6-word header)
+                e_chk <= {e_chk[0], 1'b0};
+                e_far <= {16'd0, lptr} + 48'd6 + {32'd0, e9} > lim;
+                if (e_chk[1]) begin
+                    if (e_bad) begin state <= S_ABORT; abort_err <= E_BLOCKS; drain <= 5'd0; end   // not 1 .. WBUF_DEPTH
+                    else if (e_far) begin state <= S_ABORT; abort_err <= E_ADDRESS; drain <= 5'd0; end   // past the plan
+                    else begin sq_req <= 1'b1; sq_addr <= lptr[AW-1:0] + 6; sq_len <= e9; end
+                end
+                if (sq_valid) li <= li + 16'd1;
+                if (!sq_valid) begin
+                end else if (li == 16'd0) begin
                     n_entries <= rd0[WB_AW:0];
                     lnum <= 16'd5 + {3'd0, rd0[9:0], 3'd0} + {6'd0, rd0[9:0]};   // the last word: 5 + 9E
-                    if (rd0[31:0] == 32'd0 || rd0[31:0] > WBUF_DEPTH) begin   // not 1 .. WBUF_DEPTH blocks
-                        state <= S_ABORT; abort_err <= E_BLOCKS; drain <= 5'd0;
-                    end else if ({16'd0, lptr} + 48'd6 + {35'd0, rd0[9:0], 3'd0} + {38'd0, rd0[9:0]} > lim) begin
-                        state <= S_ABORT; abort_err <= E_ADDRESS; drain <= 5'd0;   // its blocks run past the plan
-                    end else begin   // the blocks follow the 6 words of the group's header
-                        sq_req <= 1'b1; sq_addr <= lptr[AW-1:0] + 6; sq_len <= {3'd0, rd0[9:0], 3'd0} + {6'd0, rd0[9:0]};
-                    end
+                    e9 <= {3'd0, rd0[9:0], 3'd0} + {6'd0, rd0[9:0]};
+                    e_bad <= (rd0[31:0] == 32'd0 || rd0[31:0] > WBUF_DEPTH);
+                    e_chk <= 2'b01;
                 end else if (li <= 16'd4) begin
 `ifdef FAULT_BIAS_LOAD
                     bias[2 * (li - 1)] <= $signed(rd0[63:32]);   // fault: the odd lane's bias in the even lane
@@ -800,7 +817,7 @@ module accel #(
                     if (lsub == 4'd8) begin lsub <= 4'd0; lblk <= lblk + 1'b1; end
                     else lsub <= lsub + 4'd1;
                 end
-                if (li == lnum) begin  // the group's last word
+                if (sq_valid && li == lnum) begin  // the group's last word
                     state <= S_RUN; lptr <= lptr + {16'd0, lnum} + 32'd1;
                     slot_last <= ((n_entries + TP_MASK) >> TPL) - 1'b1; grp_last <= 16'd0;
 `ifdef FAULT_LAST_GROUP
@@ -837,7 +854,7 @@ module accel #(
             end
             S_FLUSH: if (mem_idle && !wr_en_q && !r1_v && !fin_v) begin   // every result in memory
                 if (is_conv && more_ocg) begin
-                    state <= S_LOAD; ocg <= ocg + 32'd1; li <= 16'd0; lnum <= 16'hFFFF;
+                    state <= S_LOAD; ocg <= ocg + 32'd1; li <= 16'd0; lnum <= 16'hFFFF; e_chk <= 2'b00;
                     lblk <= 0; lsub <= 4'd0;
                     sq_req <= 1'b1; sq_addr <= lptr[AW-1:0]; sq_len <= 16'd6; win_start <= 1'b1;
                 end else begin

@@ -107,13 +107,22 @@ module accel_mem #(
     reg [1:0] tg_c [0:7];
     reg [2:0] tg_wp, tg_rp;
     reg [3:0] tg_n;
+    // each stream's next burst length, registered from its pointers (the arithmetic stays off the
+    // issue logic): a stream that has just issued, or whose pointers were just set, waits a cycle
+    // for its length to catch up; a length computed from an older low mark or end is never too long
+    reg [4:0] l_sq, l_a, l_b;
+    reg fresh;   // no issue, stream start or request last cycle: the lengths are current
+    reg [2:0] went;   // the stream that issued last cycle (sq, A, B)
+    wire ok_sq = fresh && !went[0] && (l_sq != 5'd0);
+    wire ok_a = fresh && !went[1] && (l_a != 5'd0);
+    wire ok_b = fresh && !went[2] && (l_b != 5'd0);
     wire ar_free = !m_arvalid || m_arready;
-    wire pick_sq = (r_sq != 0);
-    wire pick_a = !pick_sq && (r_a != 0) && (!rr || r_b == 0);
-    wire pick_b = !pick_sq && !pick_a && (r_b != 0);
-    wire issue = ar_free && (tg_n < 4'd8) && (pick_sq || pick_a || pick_b);
+    wire pick_sq = ok_sq;
+    wire pick_a = !pick_sq && ok_a && (!rr || !ok_b);
+    wire pick_b = !pick_sq && !pick_a && ok_b;
+    wire issue = ar_free && (tg_n < 4'd8) && !abort && (pick_sq || pick_a || pick_b);
     wire [AW-1:0] iptr = pick_sq ? sq_ptr : pick_a ? a_ptr : b_ptr;
-    wire [4:0] ilen = pick_sq ? blen(sq_ptr[3:0], r_sq) : pick_a ? blen(a_ptr[3:0], r_a) : blen(b_ptr[3:0], r_b);
+    wire [4:0] ilen = pick_sq ? l_sq : pick_a ? l_a : l_b;
     wire r_beat = m_rvalid;   // always ready
     wire r_done = r_beat && m_rlast;
     assign m_rready = 1'b1;
@@ -140,9 +149,13 @@ module accel_mem #(
             sq_ptr <= {AW{1'b0}}; sq_end <= {AW{1'b0}}; a_ptr <= {AW{1'b0}}; a_stop <= {AW{1'b0}};
             b_ptr <= {AW{1'b0}}; b_stop <= {AW{1'b0}}; a_fill <= {AW{1'b0}}; b_fill <= {AW{1'b0}};
             two <= 1'b0; rr <= 1'b0; tg_wp <= 3'd0; tg_rp <= 3'd0; tg_n <= 4'd0; m_arvalid <= 1'b0;
+            fresh <= 1'b0; went <= 3'd0; l_sq <= 5'd0; l_a <= 5'd0; l_b <= 5'd0;
             sq_valid <= 1'b0; n_reads <= 64'd0;
         end else begin
             sq_valid <= r_beat && (r_c == C_SEQ);
+            l_sq <= blen(sq_ptr[3:0], r_sq); l_a <= blen(a_ptr[3:0], r_a); l_b <= blen(b_ptr[3:0], r_b);
+            fresh <= !(sq_req || win_start || abort);
+            went <= {issue && pick_b, issue && pick_a, issue && pick_sq};
             sq_data <= m_rdata;
             if (r_beat) n_reads <= n_reads + 64'd1;
             if (clear) n_reads <= 64'd0;
