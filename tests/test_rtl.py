@@ -243,12 +243,14 @@ def test_rtl_equals_reference_and_cycle_model(weights, tmp_path, tp):
 
 
 # faults built into accel.v on purpose (hw/ACCEL.md, "Build options"), by what they break; the
-# last two also change the cycles, which rtl_sim reports per descriptor (exit 1) before verify runs
+# cycle faults also change the cycles, which rtl_sim reports per descriptor (exit 1) before
+# verify runs; the tap faults change which taps count as inside, so the MAC counter differs
+# from the model's (exit 1, the counters named)
 DATA_FAULTS = ["FAULT_ROUND_HALF_UP", "FAULT_NO_SATURATION",            # the requantiser
                "FAULT_VOXEL_INDEX", "FAULT_OUT_GROUP",                  # address generation
-               "FAULT_TAP_OFFSET", "FAULT_PAD_BOUNDS",                  # tap offsets, bounds / padding
                "FAULT_NEAREST_HALF", "FAULT_TRILINEAR_COEF",            # the up-sampling reads
                "FAULT_BIAS_LOAD", "FAULT_WEIGHT_ROW", "FAULT_MAXPOOL_MIN"]   # loads, max-pool
+TAP_FAULTS = ["FAULT_TAP_OFFSET", "FAULT_PAD_BOUNDS"]                   # tap offsets, bounds / padding
 CYCLE_FAULTS = ["FAULT_LAST_GROUP", "FAULT_DRAIN_SHORT"]                # control, drain
 
 
@@ -261,20 +263,23 @@ def fault_runs(weights, tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("faults")
     golden = root / "golden"
     make_golden(weights, golden, pairs=1)
-    faults = DATA_FAULTS + CYCLE_FAULTS
+    faults = DATA_FAULTS + TAP_FAULTS + CYCLE_FAULTS
     with ThreadPoolExecutor(max_workers=2) as pool:
         runs = dict(zip(faults, pool.map(lambda f: _sim(golden, root / f, f), faults)))
     return golden, {f: (r, root / f) for f, r in runs.items()}
 
 
-@pytest.mark.parametrize("fault", DATA_FAULTS + CYCLE_FAULTS)
+@pytest.mark.parametrize("fault", DATA_FAULTS + TAP_FAULTS + CYCLE_FAULTS)
 def test_rtl_fault_injection_is_caught(fault_runs, fault):
     """Each injected fault fails verify, which names the first mismatching layer and position;
-    a fault that also changes the timing makes rtl_sim exit 1 naming a descriptor."""
+    a fault that also changes the timing makes rtl_sim exit 1 naming a descriptor, one that
+    changes the products computed makes it exit 1 naming the MAC counts."""
     golden, runs = fault_runs
     r, out = runs[fault]
     if fault in CYCLE_FAULTS:
         assert r.returncode == 1 and "error: pair_00: descriptor" in r.stderr, r.stderr[-3000:]
+    elif fault in TAP_FAULTS:
+        assert r.returncode == 1 and "MACs; the models (hw/engine_model.py) say" in r.stderr, r.stderr[-3000:]
     else:
         assert r.returncode == 0, r.stderr[-3000:]
     v = _verify(golden, out)
