@@ -234,19 +234,20 @@ module accel #(
         mul3 = (k[0] ? x : {AW{1'b0}}) + (k[1] ? x << 1 : {AW{1'b0}}) + (k[2] ? x << 2 : {AW{1'b0}});
     endfunction
     function [AW-1:0] g_min(input [AW-1:0] x, input [AW-1:0] y); g_min = (x < y) ? x : y; endfunction
-    reg g_on, g1_v, g2_v, g_start;   // g_start: win_start a cycle late (the first row's sums are ready)
+    reg g_on, gs_v, gs_hend, g1_v, g2_v, g_start;
+    reg [7:0] gs_a, gs_b;   // a row's steps: {dl, dh, hl, hh} to the next row or plane   // g_start: win_start a cycle late (the first row's sums are ready)
     reg [9:0] g_d, g_h;
     reg [3:0] g_occ;                           // rows queued or in the generator's stage
     wire g_go = g_on && (g_occ < 4'd8);
-    wire g_hend = (g_h == gH - 10'd1), g_dend = (g_d == gD - 10'd1);
+    wire g_hend = (g_h == h_last), g_dend = (g_d == d_last);
     wire [9:0] g_hn = g_hend ? g_h : g_h + 10'd1, g_dn = g_dend ? g_d : g_d + 10'd1;
     // the reaches of this row and of the next row and plane (A reaches p taps, B none)
-    wire [19:0] ra_d = reach(g_d, gD - 10'd1, wa_p, wa_mode), ra_dn = reach(g_dn, gD - 10'd1, wa_p, wa_mode);
-    wire [19:0] ra_h = reach(g_h, gH - 10'd1, wa_p, wa_mode), ra_hn = reach(g_hn, gH - 10'd1, wa_p, wa_mode);
-    wire [19:0] rb_d = reach(g_d, gD - 10'd1, 4'd0, wb_mode), rb_dn = reach(g_dn, gD - 10'd1, 4'd0, wb_mode);
-    wire [19:0] rb_h = reach(g_h, gH - 10'd1, 4'd0, wb_mode), rb_hn = reach(g_hn, gH - 10'd1, 4'd0, wb_mode);
-    wire [19:0] ra_0 = reach(10'd0, gH - 10'd1, wa_p, wa_mode), rb_0 = reach(10'd0, gH - 10'd1, 4'd0, wb_mode);
-    wire [19:0] ra_d0 = reach(10'd0, gD - 10'd1, wa_p, wa_mode), rb_d0 = reach(10'd0, gD - 10'd1, 4'd0, wb_mode);
+    wire [19:0] ra_d = reach(g_d, d_last, wa_p, wa_mode), ra_dn = reach(g_dn, d_last, wa_p, wa_mode);
+    wire [19:0] ra_h = reach(g_h, h_last, wa_p, wa_mode), ra_hn = reach(g_hn, h_last, wa_p, wa_mode);
+    wire [19:0] rb_d = reach(g_d, d_last, 4'd0, wb_mode), rb_dn = reach(g_dn, d_last, 4'd0, wb_mode);
+    wire [19:0] rb_h = reach(g_h, h_last, 4'd0, wb_mode), rb_hn = reach(g_hn, h_last, 4'd0, wb_mode);
+    wire [19:0] ra_0 = reach(10'd0, h_last, wa_p, wa_mode), rb_0 = reach(10'd0, h_last, 4'd0, wb_mode);
+    wire [19:0] ra_d0 = reach(10'd0, d_last, wa_p, wa_mode), rb_d0 = reach(10'd0, d_last, 4'd0, wb_mode);
     // the steps (0, 1 or 2) of each reach end to the next row (h) and the next plane (d)
     wire [1:0] sa_dl = ra_dn[11:10] - ra_d[11:10], sa_dh = ra_dn[1:0] - ra_d[1:0];
     wire [1:0] sa_hl = ra_hn[11:10] - ra_h[11:10], sa_hh = ra_hn[1:0] - ra_h[1:0];
@@ -274,22 +275,26 @@ module accel #(
         ga_rh0l <= mul3(ra_0[2:0], wa_RW) + wa_RW;       ga_rh0h <= ra_0[3] ? wa_RW << 3 : {AW{1'b0}};
         gb_rh0l <= mul3(rb_0[2:0], wb_RW) + wb_RW;       gb_rh0h <= rb_0[3] ? wb_RW << 3 : {AW{1'b0}};
         ga_ph0 <= ga_ph0l + ga_ph0h; ga_rh0 <= ga_rh0l + ga_rh0h; gb_ph0 <= gb_ph0l + gb_ph0h; gb_rh0 <= gb_rh0l + gb_rh0h;
-        // G0 -> G1: this row's sums, and the running sums moved on to the next row; G2: the entry
-        g1_v <= g_go; g2_v <= g1_v;
-        g1_al0 <= ga_pl + ga_rl; g1_al1 <= ga_pl + times(sa_dl, wa_PW); g1_ahi <= ga_ph + ga_rh;
-        g1_bl0 <= gb_pl + gb_rl; g1_bl1 <= gb_pl + times(sb_dl, wb_PW); g1_bhi <= gb_ph + gb_rh;
+        // G0: the row's steps registered, the row counters moved on; G1: this row's sums, and the
+        // running sums moved on by the steps; G2: the entry
+        gs_v <= g_go; g1_v <= gs_v; g2_v <= g1_v;
+        gs_hend <= g_hend;
+        gs_a <= {sa_dl, sa_dh, sa_hl, sa_hh}; gs_b <= {sb_dl, sb_dh, sb_hl, sb_hh};
+        if (g_go) begin
+            if (!g_hend) g_h <= g_h + 10'd1;
+            else begin g_h <= 10'd0; g_d <= g_d + 10'd1; if (g_dend) g_on <= 1'b0; end
+        end
+        g1_al0 <= ga_pl + ga_rl; g1_al1 <= ga_pl + times(gs_a[7:6], wa_PW); g1_ahi <= ga_ph + ga_rh;
+        g1_bl0 <= gb_pl + gb_rl; g1_bl1 <= gb_pl + times(gs_b[7:6], wb_PW); g1_bhi <= gb_ph + gb_rh;
         g2_alo <= wa_base + g_min(g1_al0, g1_al1); g2_ahi <= wa_base + g1_ahi;
         g2_blo <= wb_base + g_min(g1_bl0, g1_bl1); g2_bhi <= wb_base + g1_bhi;
-        if (g_go) begin
-            if (!g_hend) begin
-                g_h <= g_h + 10'd1;
-                ga_rl <= ga_rl + times(sa_hl, wa_RW); ga_rh <= ga_rh + times(sa_hh, wa_RW);
-                gb_rl <= gb_rl + times(sb_hl, wb_RW); gb_rh <= gb_rh + times(sb_hh, wb_RW);
+        if (gs_v) begin
+            if (!gs_hend) begin
+                ga_rl <= ga_rl + times(gs_a[3:2], wa_RW); ga_rh <= ga_rh + times(gs_a[1:0], wa_RW);
+                gb_rl <= gb_rl + times(gs_b[3:2], wb_RW); gb_rh <= gb_rh + times(gs_b[1:0], wb_RW);
             end else begin
-                g_h <= 10'd0; g_d <= g_d + 10'd1;
-                if (g_dend) g_on <= 1'b0;
-                ga_pl <= ga_pl + times(sa_dl, wa_PW); ga_ph <= ga_ph + times(sa_dh, wa_PW);
-                gb_pl <= gb_pl + times(sb_dl, wb_PW); gb_ph <= gb_ph + times(sb_dh, wb_PW);
+                ga_pl <= ga_pl + times(gs_a[7:6], wa_PW); ga_ph <= ga_ph + times(gs_a[5:4], wa_PW);
+                gb_pl <= gb_pl + times(gs_b[7:6], wb_PW); gb_ph <= gb_ph + times(gs_b[5:4], wb_PW);
                 ga_rl <= {AW{1'b0}}; ga_rh <= ga_rh0; gb_rl <= {AW{1'b0}}; gb_rh <= gb_rh0;
             end
         end
@@ -310,7 +315,7 @@ module accel #(
         if (win_start) for (gk = 0; gk < 16; gk = gk + 1) begin rel_a[gk] <= wa_base; rel_b[gk] <= wb_base; end
         if (g_start || rst || state == S_ABORT) begin   // a new run (or none): empty queue
             g_on <= g_start; g_d <= 10'd0; g_h <= 10'd0; g_occ <= 4'd0; wn_n <= 4'd0; win_err <= 1'b0;
-            g1_v <= 1'b0; g2_v <= 1'b0;
+            gs_v <= 1'b0; g1_v <= 1'b0; g2_v <= 1'b0;
             ga_pl <= {AW{1'b0}}; ga_rl <= {AW{1'b0}}; ga_ph <= ga_ph0; ga_rh <= ga_rh0;
             gb_pl <= {AW{1'b0}}; gb_rl <= {AW{1'b0}}; gb_ph <= gb_ph0; gb_rh <= gb_rh0;
         end

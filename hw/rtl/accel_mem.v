@@ -91,9 +91,11 @@ module accel_mem #(
             room = (e > {1'b0, ptr}) ? e - {1'b0, ptr} : {(AW+1){1'b0}};
         end
     endfunction
+    // the window streams' limits, registered: the lower of the end and lo + cap
+    reg [AW:0] e_a, e_b;
     wire [AW:0] r_sq = room(sq_ptr, sq_end, {1'b0, sq_end});
-    wire [AW:0] r_a = room(a_ptr, a_stop, {1'b0, a_lo} + cap);
-    wire [AW:0] r_b = room(b_ptr, b_stop, {1'b0, b_lo} + cap);
+    wire [AW:0] r_a = (e_a > {1'b0, a_ptr}) ? e_a - {1'b0, a_ptr} : {(AW+1){1'b0}};
+    wire [AW:0] r_b = (e_b > {1'b0, b_ptr}) ? e_b - {1'b0, b_ptr} : {(AW+1){1'b0}};
     // a burst: to the next 16-word boundary at most
     function [4:0] blen(input [3:0] ptr, input [AW:0] r);   // ptr: the low 4 address bits
         reg [4:0] b;
@@ -111,11 +113,11 @@ module accel_mem #(
     // issue logic): a stream that has just issued, or whose pointers were just set, waits a cycle
     // for its length to catch up; a length computed from an older low mark or end is never too long
     reg [4:0] l_sq, l_a, l_b;
-    reg fresh;   // no issue, stream start or request last cycle: the lengths are current
+    reg fresh, fresh2;   // no stream start, request or abort in the last cycle / two: the lengths are current
     reg [2:0] went;   // the stream that issued last cycle (sq, A, B)
-    wire ok_sq = fresh && !went[0] && (l_sq != 5'd0);
-    wire ok_a = fresh && !went[1] && (l_a != 5'd0);
-    wire ok_b = fresh && !went[2] && (l_b != 5'd0);
+    wire ok_sq = fresh2 && !went[0] && (l_sq != 5'd0);
+    wire ok_a = fresh2 && !went[1] && (l_a != 5'd0);
+    wire ok_b = fresh2 && !went[2] && (l_b != 5'd0);
     wire ar_free = !m_arvalid || m_arready;
     wire pick_sq = ok_sq;
     wire pick_a = !pick_sq && ok_a && (!rr || !ok_b);
@@ -149,12 +151,15 @@ module accel_mem #(
             sq_ptr <= {AW{1'b0}}; sq_end <= {AW{1'b0}}; a_ptr <= {AW{1'b0}}; a_stop <= {AW{1'b0}};
             b_ptr <= {AW{1'b0}}; b_stop <= {AW{1'b0}}; a_fill <= {AW{1'b0}}; b_fill <= {AW{1'b0}};
             two <= 1'b0; rr <= 1'b0; tg_wp <= 3'd0; tg_rp <= 3'd0; tg_n <= 4'd0; m_arvalid <= 1'b0;
-            fresh <= 1'b0; went <= 3'd0; l_sq <= 5'd0; l_a <= 5'd0; l_b <= 5'd0;
+            fresh <= 1'b0; fresh2 <= 1'b0; went <= 3'd0; e_a <= {(AW+1){1'b0}}; e_b <= {(AW+1){1'b0}}; l_sq <= 5'd0; l_a <= 5'd0; l_b <= 5'd0;
             sq_valid <= 1'b0; n_reads <= 64'd0;
         end else begin
             sq_valid <= r_beat && (r_c == C_SEQ);
             l_sq <= blen(sq_ptr[3:0], r_sq); l_a <= blen(a_ptr[3:0], r_a); l_b <= blen(b_ptr[3:0], r_b);
             fresh <= !(sq_req || win_start || abort);
+            fresh2 <= fresh && !(sq_req || win_start || abort);
+            e_a <= ({1'b0, a_lo} + cap < {1'b0, a_stop}) ? {1'b0, a_lo} + cap : {1'b0, a_stop};
+            e_b <= ({1'b0, b_lo} + cap < {1'b0, b_stop}) ? {1'b0, b_lo} + cap : {1'b0, b_stop};
             went <= {issue && pick_b, issue && pick_a, issue && pick_sq};
             sq_data <= m_rdata;
             if (r_beat) n_reads <= n_reads + 64'd1;
