@@ -25,16 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from export.weights import Record, WeightsFile, read_weights
+from hw.engine import DESC_WORDS, LANES, MEM_WORDS, TP, WBUF_ENTRIES, block_index, unfolds  # noqa: F401
 from hw.reference import MAX_LEFT_SHIFT, MAX_RIGHT_SHIFT
 
-LANES = 8                      # bytes per memory word = channels per group = MAC array rows and columns
-TP = 2                         # weight blocks per slot = read ports: the MAC array is TP x LANES x LANES
-                               # (hw/rtl/accel.v parameter TP; the cycle model's default)
-DESC_WORDS = 8                 # a descriptor is 16 32-bit fields = 8 memory words
 OP_END, OP_CONV, OP_ADD, OP_MAXPOOL = 0, 1, 2, 3
 F_RELU, F_A_NEAREST, F_A_TRILINEAR, F_B_NEAREST, F_HAS_B = 1, 2, 4, 8, 16
-WBUF_ENTRIES = 512             # weight-buffer blocks per output-channel group (hw/rtl/accel.v WBUF_DEPTH)
-MEM_WORDS = 1 << 20            # the simulated external memory (8 MiB; hw/rtl/accel_sim.v MEM_WORDS)
 MAX_DIM = 1023                 # 10-bit grid fields
 ACC_LIMIT = 2**31              # accumulators are int32
 # requantisation shifts: the reference's limits (hw/reference.py; the requantiser's 48-bit datapath)
@@ -186,34 +181,6 @@ def conv_blocks(rec: Record, dense: bool, w_taps: list[int] | None = None) -> li
                             blocks.append(((a, b, cc, g), np.ascontiguousarray(blk)))
         out.append(blocks)
     return out
-
-
-def unfolds(cin: int, k: int) -> bool:
-    """Whether the compiler maps a convolution with `cin` input channels and kernel `k` through
-    the W unfolding of the first layer (see Compiler._unfold_w); a layer with an up-sampled
-    input never is, and none of LocalNet's narrow layers has one."""
-    return 2 * cin <= LANES and k > 1
-
-
-def block_index(shape) -> np.ndarray:
-    """For a convolution weight of `shape` (C_out, C_in, k, k, k): the id of the engine weight
-    block that holds each weight, as an int64 array of that shape. Ids run in the order the
-    engine streams the blocks of one output group (conv_blocks: taps a, b, c, then input group;
-    after the W unfolding, taps a, b, then the group q of W taps); output group og's ids are
-    og * n .. og * n + n - 1 with n blocks per group. A block whose weights are all zero costs
-    no cycle, so pruning that zeroes whole blocks (quant.prune's N:M mode) saves cycles."""
-    cout, cin, k = shape[0], shape[1], shape[2]
-    o, i, a, b, c = np.meshgrid(*(np.arange(n) for n in (cout, cin, k, k, k)), indexing="ij")
-    if unfolds(cin, k):
-        t = LANES // cin
-        nq = -(-k // t)
-        local = (a * k + b) * nq + c // t
-        per_group = k * k * nq
-    else:
-        icg = -(-cin // LANES)
-        local = ((a * k + b) * k + c) * icg + i // LANES
-        per_group = k ** 3 * icg
-    return (o // LANES) * per_group + local
 
 
 def structural_weights(base_channels: int, levels: int, ddf_levels, first_kernel: int = 7) -> WeightsFile:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hw.engine import WINDOW_WORDS
 from hw.reference import requantize_shift_rne, saturate_range
 from hw.compiler import (DESC_WORDS, F_A_NEAREST, F_A_TRILINEAR, F_B_NEAREST, F_HAS_B, F_RELU, LANES, MEM_WORDS,
                          OP_ADD, OP_CONV, OP_END, OP_MAXPOOL, TP, WBUF_ENTRIES, executed_macs)
@@ -24,7 +25,6 @@ END_CYCLES = DESC_WORDS + 2        # END: the 8 words, decode, check
 LOAD_FIXED = 1 + LANES // 2 + 1    # block count, 4 bias words, the shift word
 DRAIN_CYCLES = 18                  # after the last slot: I0-I1, A0-A4, memory, P0, P1a-P1c, P2a-P2c, P3-P5, the write
 START_CYCLES = 1
-WINDOW_WORDS = 1 << 14             # the operand window buffer (accel.v BW): half each for an ADD's two operands
 
 
 # the engine's error codes (hw/ACCEL.md, "Errors"): the run stops, done rises with the code

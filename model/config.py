@@ -108,7 +108,7 @@ class PruneConfig:
     probe_levels: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 0.9, 0.95])
     probe_batches: int = 4
     protected_density: float = 0.5
-    # N:M over the accelerator's weight blocks (hw.compiler.block_index): of every M consecutive
+    # N:M over the accelerator's weight blocks (hw.engine.block_index): of every M consecutive
     # blocks of an output group at most N are non-zero; [] for none
     nm: list[int] = field(default_factory=list)
     nm_more: list[list[int]] = field(default_factory=list)  # further [N, M] ratios (the pruning curve)
@@ -118,7 +118,7 @@ class PruneConfig:
     nm_layer: float = 0.0
     nm_layer_m: int = 4
     # block pruning: each layer loses the given fraction of its weights in whole accelerator
-    # blocks (8x8 weights at one tap, hw.compiler.block_index), smallest RMS first, so every
+    # blocks (8x8 weights at one tap, hw.engine.block_index), smallest RMS first, so every
     # layer's engine cycles fall by about that fraction; reached gradually with distillation
     block_amounts: list[float] = field(default_factory=list)
     gradual_steps: int = 150

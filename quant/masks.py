@@ -10,7 +10,7 @@ shape, True = kept). The rules that choose them:
 
 Every rule ranks weights already zero first and breaks ties by position, so a higher amount
 applied to a pruned network keeps the earlier mask (masks nest) and the result is
-deterministic. The accelerator's block (hw.compiler.block_index) is the one description of the
+deterministic. The accelerator's block (hw.engine.block_index) is the one description of the
 engine that pruning reads (tests/test_layout.py allows that import).
 """
 from __future__ import annotations
@@ -59,9 +59,9 @@ def layer_magnitude_masks(net: nn.Module, amounts: dict[str, float]) -> Masks:
 
 
 def block_squares(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the engine block id of every weight of `w`, flattened (hw.compiler.block_index), and
+    """(the engine block id of every weight of `w`, flattened (hw.engine.block_index), and
     each block's sum of squared weights, float64)."""
-    from hw.compiler import block_index
+    from hw.engine import block_index
 
     idx = torch.from_numpy(block_index(tuple(w.shape))).flatten().to(w.device)
     square = torch.zeros(int(idx.max()) + 1, dtype=torch.float64, device=w.device)
@@ -70,12 +70,12 @@ def block_squares(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def nm_block_masks(net: nn.Module, n: int | dict[str, int], m: int) -> Masks:
     """N:M over the accelerator's weight blocks: in every output group, of each run of `m`
-    consecutive blocks (hw.compiler.block_index order; a last, shorter run keeps
+    consecutive blocks (hw.engine.block_index order; a last, shorter run keeps
     round(n / m x its length)) the `n` with the largest L2 norm are kept (ties by position)
     and the others zeroed whole. The engine skips an all-zero block, so the cycles of every
     convolution drop to about n/m of dense, whatever the weights. `n` may be per layer (by
     weight name; n = m keeps the layer dense)."""
-    from hw.compiler import LANES
+    from hw.engine import LANES
 
     masks = {}
     for name, w in prunable_weights(net).items():
@@ -98,7 +98,7 @@ def nm_block_masks(net: nn.Module, n: int | dict[str, int], m: int) -> Masks:
 
 
 def layer_block_masks(net: nn.Module, amount: float) -> Masks:
-    """Block pruning: in each layer on its own, whole accelerator blocks (hw.compiler.block_index)
+    """Block pruning: in each layer on its own, whole accelerator blocks (hw.engine.block_index)
     are zeroed in order of rising RMS (ties by position) while that brings the layer's pruned
     weights nearer `amount` of its size; the engine skips an all-zero block, so each layer's
     cycles fall by about `amount`. All-zero blocks rank first, so masks nest as amounts grow."""

@@ -28,7 +28,7 @@ network's displacement field distilled into the loss (model.train.loss_terms):
   the first three quarters of the steps, masks recomputed after every step, then held). Each
   amount starts from the previous one;
 - N:M over the accelerator's weight blocks (`prune.nm`): of every M consecutive 8x8 blocks
-  (hw.compiler.block_index) of an output group, the N of largest norm are kept; the engine
+  (hw.engine.block_index) of an output group, the N of largest norm are kept; the engine
   skips an all-zero block, so cycles fall with the sparsity whatever the weights are
   (`prune.nm_protected_dense` leaves the heads and the first convolution dense); with
   `prune.nm_layer` one more N:M model takes each layer's N from the layer-aware allocation

@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 ORDER = ["model", "quant", "export", "hw"]
 # the one arrow upwards: block pruning prunes in the accelerator's own block unit
-EXCEPTIONS = {("quant/masks.py", "hw.compiler")}
+EXCEPTIONS = {("quant/masks.py", "hw.engine")}
 
 
 def imports(path: Path) -> set[str]:

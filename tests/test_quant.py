@@ -96,7 +96,7 @@ def test_cubic_ramp():
 def _kept_blocks(w: torch.Tensor, mask: torch.Tensor, name: str):
     """(block id of every weight, kept per block, squared-weight sum per block, weights per
     block) of a mask, asserting that every engine block is kept or zeroed whole."""
-    from hw.compiler import block_index
+    from hw.engine import block_index
 
     idx = block_index(tuple(w.shape))
     nb = int(idx.max()) + 1

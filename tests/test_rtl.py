@@ -357,11 +357,11 @@ def test_missing_simulator_names_the_package(tmp_path):
 
 
 def test_block_index_is_the_engines_skipping_unit(weights):
-    """Zeroing the weights of random block ids (hw.compiler.block_index) removes exactly those
+    """Zeroing the weights of random block ids (hw.engine.block_index) removes exactly those
     blocks from the program, in every layer including the unfolded first one: the unit N:M
     pruning works in is the one the engine skips (the centre block of each output group stays)."""
     from export.weights import read_weights
-    from hw.compiler import block_index
+    from hw.engine import block_index
 
     wb = read_weights(weights)
     rng = np.random.default_rng(5)
@@ -570,3 +570,18 @@ def test_rtl_synth_reads_the_routed_clock():
            "ERROR: Max frequency for clock '$glbnet$clk': 96.12 MHz (FAIL at 100.00 MHz)\n")
     assert FMAX_LINE.findall(log)[-1] == ("96.12", "FAIL", "100.00")
     assert FMAX_LINE.findall("Info: Max frequency for clock 'clk': 101.5 MHz (PASS at 100.00 MHz)")[-1][1] == "PASS"
+
+
+def test_engine_description_is_one():
+    """hw/engine.py is the engine's one description: the RTL's parameter header is generated
+    from it and checked in up to date; the compiler and the pruning take its constants."""
+    import hw.compiler
+    import hw.engine
+    from hw.engine_model import WINDOW_WORDS
+
+    assert hw.engine.HEADER.read_text() == hw.engine.verilog_header(), "python -m hw.engine --write"
+    assert hw.engine.main(["--check"]) == 0
+    assert (hw.compiler.LANES, hw.compiler.TP, hw.compiler.WBUF_ENTRIES) == (hw.engine.LANES, hw.engine.TP,
+                                                                              hw.engine.WBUF_ENTRIES)
+    assert WINDOW_WORDS == 1 << hw.engine.ENGINE["WINDOW_BITS"][0]
+    assert "`define ACCEL_WINDOW_BITS 14" in hw.engine.verilog_header()

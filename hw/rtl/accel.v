@@ -25,12 +25,14 @@
 // the loads, the control and the max-pool, each at the line it marks.
 `default_nettype none
 
+`include "accel_params.vh"   // the defaults: hw/engine.py (ENGINE), one description for RTL and Python
+
 module accel #(
-    parameter integer AW = 20,          // word address bits
-    parameter integer TP = 2,           // weight blocks per slot (1 or 2): TP x 64 MACs, TP read ports
-    parameter integer WBUF_DEPTH = 512, // weight blocks per output-channel group
-    parameter integer WB_AW = 9,
-    parameter integer BW = 14           // log2 of the operand window buffer's words (accel_mem.v)
+    parameter integer AW = `ACCEL_ADDR_BITS,          // word address bits
+    parameter integer TP = `ACCEL_TP,                 // weight blocks per slot (1 or 2): TP x 64 MACs, TP read ports
+    parameter integer WBUF_DEPTH = `ACCEL_WBUF_DEPTH, // weight blocks per output-channel group
+    parameter integer WB_AW = `ACCEL_WB_AW,
+    parameter integer BW = `ACCEL_WINDOW_BITS         // log2 of the operand window buffer's words (accel_mem.v)
 ) (
     input  wire          clk,
     input  wire          rst,
@@ -64,7 +66,7 @@ module accel #(
     input  wire          m_bvalid,
     output wire          m_bready
 );
-    localparam integer L = 8;
+    localparam integer L = `ACCEL_LANES;
     localparam integer TPL = (TP == 2) ? 1 : 0;    // log2(TP)
     localparam integer XP = (TP > 1) ? TP - 1 : 1; // ports beyond 0 (vectors need a width >= 1)
     // the memory unit's side (accel_mem.v): the run's reads and writes, the descriptor and

@@ -13,11 +13,12 @@
 //   0x38 ID         R: 0x4C4E4131 ("LNA1"); 0x3C CONFIG R: TP in bits 3:0, window bits in 11:4,
 //                   word address bits in 19:12
 `default_nettype none
+`include "accel_params.vh"
 
 module accel_ip #(
-    parameter integer AW = 20,
-    parameter integer TP = 2,
-    parameter integer BW = 14
+    parameter integer AW = `ACCEL_ADDR_BITS,
+    parameter integer TP = `ACCEL_TP,
+    parameter integer BW = `ACCEL_WINDOW_BITS
 ) (
     input  wire        clk,
     input  wire        rst,

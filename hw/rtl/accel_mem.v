@@ -14,11 +14,12 @@
 // Bursts never cross a 16-word (128-byte) boundary, so never a 4 KiB one. Up to 8 read bursts
 // are in flight; the read data channel is always ready (every beat has a place reserved).
 `default_nettype none
+`include "accel_params.vh"
 
 module accel_mem #(
-    parameter integer AW = 20,   // word address bits
-    parameter integer TP = 2,    // run read ports
-    parameter integer BW = 14,   // log2 of the window buffer's words
+    parameter integer AW = `ACCEL_ADDR_BITS,   // word address bits
+    parameter integer TP = `ACCEL_TP,    // run read ports
+    parameter integer BW = `ACCEL_WINDOW_BITS,   // log2 of the window buffer's words
     parameter integer QW = 6     // log2 of the write queue's depth
 ) (
     input  wire              clk,

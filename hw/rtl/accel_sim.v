@@ -12,12 +12,13 @@
 // image from hw/compiler.py), +MEM_OUT=<file> and +DUMP_WORDS=<n>: when `done` rises, words
 // 0..n-1 are written with $writememh.
 `default_nettype none
+`include "accel_params.vh"
 
 module accel_sim #(
-    parameter integer AW = 20,
-    parameter integer TP = 2,
-    parameter integer BW = 14,
-    parameter integer MEM_WORDS = 1 << 20
+    parameter integer AW = `ACCEL_ADDR_BITS,
+    parameter integer TP = `ACCEL_TP,
+    parameter integer BW = `ACCEL_WINDOW_BITS,
+    parameter integer MEM_WORDS = 1 << `ACCEL_ADDR_BITS
 ) (
     // the ports are all the testbench (hw/rtl/tb_accel.py) touches: only they are visible to it
     // (hw/rtl_sim.py builds without --public-flat-rw, which made every internal signal public and

@@ -2,9 +2,10 @@
 // AXI4-Lite register port, its interrupt and its AXI4 master port as the top's ports (a SoC's
 // interconnect sits there: hw/rtl_synth.py places it out of context) and its reset synchronised.
 `default_nettype none
+`include "accel_params.vh"
 
 module accel_top #(
-    parameter integer TP = 2
+    parameter integer TP = `ACCEL_TP
 ) (
     input  wire        clk,
     input  wire        rst,
@@ -47,7 +48,7 @@ module accel_top #(
     reg [1:0] rst_sync;
     initial rst_sync = 2'b11;   // the FPGA's power-up value: in reset until two edges after the pin falls
     always @(posedge clk) rst_sync <= {rst_sync[0], rst};
-    accel_ip #(.AW(20), .TP(TP)) u_ip (
+    accel_ip #(.TP(TP)) u_ip (
         .clk(clk), .rst(rst_sync[1]), .irq(irq),
         .s_awaddr(s_awaddr), .s_awvalid(s_awvalid), .s_awready(s_awready), .s_wdata(s_wdata), .s_wvalid(s_wvalid),
         .s_wready(s_wready), .s_bvalid(s_bvalid), .s_bready(s_bready), .s_araddr(s_araddr), .s_arvalid(s_arvalid),
