@@ -237,7 +237,8 @@ module accel #(
     endfunction
     function [AW-1:0] g_min(input [AW-1:0] x, input [AW-1:0] y); g_min = (x < y) ? x : y; endfunction
     reg g_on, gs_v, gs_hend, g1_v, g2_v, g_start;
-    reg [7:0] gs_a, gs_b;   // a row's steps: {dl, dh, hl, hh} to the next row or plane   // g_start: win_start a cycle late (the first row's sums are ready)
+    reg [7:0] gs_a, gs_b;   // a row's steps: {dl, dh, hl, hh} to the next row or plane
+    reg [15:0] g0_reach;    // the first plane's and row's reach (A, B), registered from the run's constants   // g_start: win_start a cycle late (the first row's sums are ready)
     reg [9:0] g_d, g_h;
     reg [3:0] g_occ;                           // rows queued or in the generator's stage
     wire g_go = g_on && (g_occ < 4'd8);
@@ -263,8 +264,11 @@ module accel #(
     reg [AW-1:0] wn_alo [0:7], wn_ahi [0:7], wn_blo [0:7], wn_bhi [0:7];
     reg [3:0] wn_n;
     reg [AW-1:0] rel_a [0:15], rel_b [0:15];
-    wire [2:0] nx = {2'd0, row_end};           // the iterator's row next cycle: the queue's head or the one after
-    wire ok_n = !win_start && !g_start && (wn_n > {1'b0, nx}) && (a_fill >= wn_ahi[nx]) && (!w_two || b_fill >= wn_bhi[nx]) && wr_room;
+    // the iterator's row next cycle is the queue's head, or the one after when it leaves its row
+    // now: both checked in parallel, row_end only chooses
+    wire ok0 = (wn_n != 4'd0) && (a_fill >= wn_ahi[0]) && (!w_two || b_fill >= wn_bhi[0]);
+    wire ok1 = (wn_n > 4'd1) && (a_fill >= wn_ahi[1]) && (!w_two || b_fill >= wn_bhi[1]);
+    wire ok_n = !win_start && !g_start && wr_room && (row_end ? ok1 : ok0);
     wire [AW:0] g_span_a = {1'b0, g2_ahi} - {1'b0, g2_alo}, g_span_b = {1'b0, g2_bhi} - {1'b0, g2_blo};
     wire [2:0] wn_at = wn_n[2:0] - {2'd0, row_end};   // where a new entry goes
     integer gk;
@@ -272,10 +276,11 @@ module accel #(
         ok <= !rst && ok_n;
         // the first row's hi parts, from the run's constants (ready before the run starts): the
         // reach's first plane and row times the operand's words per plane and row, in two steps
-        ga_ph0l <= mul3(ra_d0[2:0], wa_PW);              ga_ph0h <= ra_d0[3] ? wa_PW << 3 : {AW{1'b0}};
-        gb_ph0l <= mul3(rb_d0[2:0], wb_PW);              gb_ph0h <= rb_d0[3] ? wb_PW << 3 : {AW{1'b0}};
-        ga_rh0l <= mul3(ra_0[2:0], wa_RW) + wa_RW;       ga_rh0h <= ra_0[3] ? wa_RW << 3 : {AW{1'b0}};
-        gb_rh0l <= mul3(rb_0[2:0], wb_RW) + wb_RW;       gb_rh0h <= rb_0[3] ? wb_RW << 3 : {AW{1'b0}};
+        g0_reach <= {ra_d0[3:0], rb_d0[3:0], ra_0[3:0], rb_0[3:0]};
+        ga_ph0l <= mul3(g0_reach[14:12], wa_PW);         ga_ph0h <= g0_reach[15] ? wa_PW << 3 : {AW{1'b0}};
+        gb_ph0l <= mul3(g0_reach[10:8], wb_PW);          gb_ph0h <= g0_reach[11] ? wb_PW << 3 : {AW{1'b0}};
+        ga_rh0l <= mul3(g0_reach[6:4], wa_RW) + wa_RW;   ga_rh0h <= g0_reach[7] ? wa_RW << 3 : {AW{1'b0}};
+        gb_rh0l <= mul3(g0_reach[2:0], wb_RW) + wb_RW;   gb_rh0h <= g0_reach[3] ? wb_RW << 3 : {AW{1'b0}};
         ga_ph0 <= ga_ph0l + ga_ph0h; ga_rh0 <= ga_rh0l + ga_rh0h; gb_ph0 <= gb_ph0l + gb_ph0h; gb_rh0 <= gb_rh0l + gb_rh0h;
         // G0: the row's steps registered, the row counters moved on; G1: this row's sums, and the
         // running sums moved on by the steps; G2: the entry

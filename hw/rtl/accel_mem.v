@@ -131,9 +131,15 @@ module accel_mem #(
     assign m_rready = 1'b1;
     wire [1:0] r_c = tg_c[tg_rp];
 
-    // window buffers: one copy per read port, each written with every window beat
-    wire [BW-1:0] w_idx = two ? {r_c == C_B, (r_c == C_B ? b_fill[BW-2:0] : a_fill[BW-2:0])} : a_fill[BW-1:0];
+    // window buffers: one copy per read port, each written with every window beat, a cycle after
+    // it arrives (registered: the buffers are spread over many block RAMs); a_arr, b_arr: where
+    // the next beat goes, a_fill, b_fill: what has been written
+    reg [AW-1:0] a_arr, b_arr;
+    wire [BW-1:0] w_idx = two ? {r_c == C_B, (r_c == C_B ? b_arr[BW-2:0] : a_arr[BW-2:0])} : a_arr[BW-1:0];
     wire w_we = r_beat && (r_c != C_SEQ);
+    reg w_we_r, w_b_r;
+    reg [BW-1:0] w_idx_r;
+    reg [63:0] w_data_r;
     genvar t;
     generate for (t = 0; t < TP; t = t + 1) begin : g_win
         reg [63:0] buffer [0:(1 << BW)-1];
@@ -141,7 +147,7 @@ module accel_mem #(
         wire [AW-1:0] ra = rd_addr[AW*t +: AW];
         wire [BW-1:0] r_idx = two ? {(t == 0) && rd_b, ra[BW-2:0]} : ra[BW-1:0];
         always @(posedge clk) begin
-            if (w_we) buffer[w_idx] <= m_rdata;
+            if (w_we_r) buffer[w_idx_r] <= w_data_r;
             if (rd_en[t]) q <= buffer[r_idx];
         end
         assign rd_data[64*t +: 64] = q;
@@ -151,6 +157,7 @@ module accel_mem #(
         if (rst) begin
             sq_ptr <= {AW{1'b0}}; sq_end <= {AW{1'b0}}; a_ptr <= {AW{1'b0}}; a_stop <= {AW{1'b0}};
             b_ptr <= {AW{1'b0}}; b_stop <= {AW{1'b0}}; a_fill <= {AW{1'b0}}; b_fill <= {AW{1'b0}};
+            a_arr <= {AW{1'b0}}; b_arr <= {AW{1'b0}}; w_we_r <= 1'b0;
             two <= 1'b0; rr <= 1'b0; tg_wp <= 3'd0; tg_rp <= 3'd0; tg_n <= 4'd0; m_arvalid <= 1'b0;
             fresh <= 1'b0; fresh2 <= 1'b0; went <= 3'd0; e_a <= {(AW+1){1'b0}}; e_b <= {(AW+1){1'b0}}; l_sq <= 5'd0; l_a <= 5'd0; l_b <= 5'd0;
             sq_valid <= 1'b0; n_reads <= 64'd0;
@@ -165,8 +172,11 @@ module accel_mem #(
             sq_data <= m_rdata;
             if (r_beat) n_reads <= n_reads + 64'd1;
             if (clear) n_reads <= 64'd0;
-            if (w_we && r_c == C_A) a_fill <= a_fill + 1'b1;
-            if (w_we && r_c == C_B) b_fill <= b_fill + 1'b1;
+            w_we_r <= w_we; w_b_r <= (r_c == C_B); w_idx_r <= w_idx; w_data_r <= m_rdata;
+            if (w_we && r_c == C_A) a_arr <= a_arr + 1'b1;
+            if (w_we && r_c == C_B) b_arr <= b_arr + 1'b1;
+            if (w_we_r && !w_b_r) a_fill <= a_fill + 1'b1;
+            if (w_we_r && w_b_r) b_fill <= b_fill + 1'b1;
             if (m_arready) m_arvalid <= 1'b0;
             if (issue) begin
                 m_arvalid <= 1'b1;
@@ -187,8 +197,8 @@ module accel_mem #(
                 end
             if (win_start) begin
                 two <= win_two;
-                a_ptr <= a_base; a_stop <= a_end; a_fill <= a_base;
-                b_ptr <= b_base; b_stop <= b_end; b_fill <= b_base;
+                a_ptr <= a_base; a_stop <= a_end; a_fill <= a_base; a_arr <= a_base;
+                b_ptr <= b_base; b_stop <= b_end; b_fill <= b_base; b_arr <= b_base;
             end
             if (abort) begin a_stop <= a_ptr; b_stop <= b_ptr; sq_end <= sq_ptr; end
         end
@@ -252,7 +262,7 @@ module accel_mem #(
         end
     end
 
-    assign idle = (sq_ptr == sq_end) && (a_ptr == a_stop) && (b_ptr == b_stop) && (tg_n == 4'd0) && !m_arvalid &&
+    assign idle = (sq_ptr == sq_end) && (a_ptr == a_stop) && (b_ptr == b_stop) && (tg_n == 4'd0) && !m_arvalid && !w_we_r &&
                   (wq_n == 0) && !ob_v && (wb_n == 0) && !m_awvalid && (b_out == 0);
 endmodule
 `default_nettype wire
