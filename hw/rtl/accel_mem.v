@@ -207,23 +207,27 @@ module accel_mem #(
     // ------------------------------------------------------------ write queue
     localparam integer QD = 1 << QW;
     localparam integer ROOM_I = QD - 32;
-    localparam [QW:0] ROOM = ROOM_I[QW:0];   // the pipeline behind the iterator holds at most 24 results
+    localparam [QW:0] ROOM = ROOM_I[QW:0];   // the pipeline behind the iterator holds at most 24 results (+ 2 registered)
+    // the results enter registered (the coalescing logic then starts from registers)
+    reg wi_en;
+    reg [AW-1:0] wi_addr;
+    reg [63:0] wi_data;
     reg [63:0] wq_d [0:QD-1];
     reg        wq_last [0:QD-1];
     reg [QW-1:0] wq_wp, wq_rp;
     reg [QW:0]   wq_n;
-    reg ob_v;                   // the open burst: its first address and length
-    reg [AW-1:0] ob_a;
+    reg ob_v;                   // the open burst: its first address, length and next address
+    reg [AW-1:0] ob_a, ob_next;
     reg [4:0] ob_l;
     reg [AW-1:0] wb_a [0:QD-1]; // closed bursts waiting for the address channel
     reg [4:0]    wb_l [0:QD-1];
     reg [QW-1:0] wb_wp, wb_rp;
     reg [QW:0]   wb_n;
     reg [QW:0]   b_out;         // bursts whose response is outstanding
-    wire [AW-1:0] ob_next = ob_a + {{(AW-5){1'b0}}, ob_l};
-    wire extend = ob_v && wr_addr == ob_next && ob_l != 5'd16 && wr_addr[3:0] != 4'd0;
-    wire ob_full = (ob_l == 5'd16) || (ob_next[3:0] == 4'd0);
-    wire close = ob_v && (wr_en ? !extend : (ob_full || flush));
+    // a burst never crosses a 16-word boundary, so it is full when its next address starts a block
+    wire ob_full = (ob_next[3:0] == 4'd0);
+    wire extend = ob_v && !ob_full && wi_addr == ob_next;
+    wire close = ob_v && (wi_en ? !extend : (ob_full || flush));
     wire w_beat = m_wvalid && m_wready;
     wire aw_take = (wb_n != 0) && (!m_awvalid || m_awready);
     // the head's beat may leave once its burst is closed (it is not among the open burst's)
@@ -232,7 +236,8 @@ module accel_mem #(
     assign m_wlast = wq_last[wq_rp];
     assign m_bready = 1'b1;
     always @(posedge clk) begin
-        if (wr_en) begin wq_d[wq_wp] <= wr_data; wq_last[wq_wp] <= 1'b0; end
+        wi_en <= wr_en && !rst; wi_addr <= wr_addr; wi_data <= wr_data;
+        if (wi_en) begin wq_d[wq_wp] <= wi_data; wq_last[wq_wp] <= 1'b0; end
         if (close) wq_last[wq_wp - 1'b1] <= 1'b1;
         if (close) begin wb_a[wb_wp] <= ob_a; wb_l[wb_wp] <= ob_l; end
         if (aw_take) begin
@@ -244,13 +249,13 @@ module accel_mem #(
             wb_wp <= {QW{1'b0}}; wb_rp <= {QW{1'b0}}; wb_n <= {(QW+1){1'b0}}; b_out <= {(QW+1){1'b0}};
             m_awvalid <= 1'b0; wr_room <= 1'b0; n_writes <= 64'd0;
         end else begin
-            if (wr_en) wq_wp <= wq_wp + 1'b1;
+            if (wi_en) wq_wp <= wq_wp + 1'b1;
             if (w_beat) begin wq_rp <= wq_rp + 1'b1; n_writes <= n_writes + 64'd1; end
             if (clear) n_writes <= 64'd0;
-            wq_n <= wq_n + {{QW{1'b0}}, wr_en} - {{QW{1'b0}}, w_beat};
-            if (wr_en) begin
-                if (extend) ob_l <= ob_l + 5'd1;
-                else begin ob_v <= 1'b1; ob_a <= wr_addr; ob_l <= 5'd1; end
+            wq_n <= wq_n + {{QW{1'b0}}, wi_en} - {{QW{1'b0}}, w_beat};
+            if (wi_en) begin
+                if (extend) begin ob_l <= ob_l + 5'd1; ob_next <= ob_next + 1'b1; end
+                else begin ob_v <= 1'b1; ob_a <= wi_addr; ob_l <= 5'd1; ob_next <= wi_addr + 1'b1; end
             end else if (close) ob_v <= 1'b0;
             if (close) wb_wp <= wb_wp + 1'b1;
             if (aw_take) wb_rp <= wb_rp + 1'b1;
@@ -258,11 +263,11 @@ module accel_mem #(
             if (m_awready) m_awvalid <= 1'b0;
             if (aw_take) m_awvalid <= 1'b1;
             b_out <= b_out + {{QW{1'b0}}, aw_take} - {{QW{1'b0}}, m_bvalid};
-            wr_room <= ((wq_n + {{QW{1'b0}}, wr_en}) <= ROOM) && ((wb_n + {{QW{1'b0}}, close}) <= ROOM);
+            wr_room <= (wq_n <= ROOM - 2) && (wb_n <= ROOM - 2);
         end
     end
 
     assign idle = (sq_ptr == sq_end) && (a_ptr == a_stop) && (b_ptr == b_stop) && (tg_n == 4'd0) && !m_arvalid && !w_we_r &&
-                  (wq_n == 0) && !ob_v && (wb_n == 0) && !m_awvalid && (b_out == 0);
+                  !wi_en && (wq_n == 0) && !ob_v && (wb_n == 0) && !m_awvalid && (b_out == 0);
 endmodule
 `default_nettype wire
