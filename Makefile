@@ -150,7 +150,7 @@ docs: | $(STAMP)
 	$(PY) -m benchmarks.docs_tables --run $(OUT) --readme README.md
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
