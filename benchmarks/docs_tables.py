@@ -149,7 +149,11 @@ def accelerator(run: Path) -> str:
            f"| dense-equivalent utilisation (every weight's MACs / array capacity) | {cyc.get('dense_equiv_util', 'n/a')} |"]
     if syn is not None:
         fmax = syn.get("fmax_mhz")
-        out.append(f"| placed fmax ({syn.get('device')}; synth.json of {str(syn.get('git_commit', '?'))[:12]}) | {fmax} MHz |")
+        seeds = syn.get("seeds", [syn.get("seed", 1)])
+        spread = f" (median {syn['fmax_median_mhz']:.2f})" if len(seeds) > 1 and "fmax_median_mhz" in syn else ""
+        out.append(f"| placed fmax, lowest of {len(seeds)} placer seed{'s' * (len(seeds) > 1)} ({syn.get('device')}, "
+                   f"speed {syn.get('speed_grade', '?')}, out of context; synth.json of {str(syn.get('git_commit', '?'))[:12]}) "
+                   f"| {fmax} MHz{spread} |")
         if fmax:
             out.append(f"| ms per pair at that fmax, on the DRAM model | {cycles / (fmax * 1e3):.1f} |")
     return "\n".join(out) + "\n"

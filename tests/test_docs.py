@@ -71,7 +71,7 @@ def test_tables_from_a_run(tmp_path):
     assert "| of which waiting for memory | 500,000 (6.4%) |" in out
     assert "| words read / written per pair (64-bit) | 1,100,000 / 700,000 |" in out
     assert "| DRAM model (cycles: first word of a read, row change, read/write turn; per 64-bit word) | 32, 6, 4; 1 |" in out
-    assert "| placed fmax (LFE5UM-85F; synth.json of 1234567890ab) | 100.0 MHz |" in out
+    assert "| placed fmax, lowest of 1 placer seed (LFE5UM-85F, speed ?, out of context; synth.json of 1234567890ab) | 100.0 MHz |" in out
     assert "| ms per pair at that fmax, on the DRAM model | 78.7 |" in out
     assert "commit abcdef123456, 2026-11-30" in out  # 1796000000 s after the epoch
     assert render(out, run) == out  # a second run changes nothing
