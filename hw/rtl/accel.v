@@ -26,6 +26,7 @@
 `default_nettype none
 
 `include "accel_params.vh"   // the defaults: hw/engine.py (ENGINE), one description for RTL and Python
+`include "accel_axi.vh"
 
 module accel #(
     parameter integer AW = `ACCEL_ADDR_BITS,          // word address bits
@@ -47,24 +48,7 @@ module accel #(
     output wire [63:0]   n_writes,
     output reg  [63:0]   macs,      // products the MAC array computed (64 per block read), this run
     // AXI4 master: one ID, INCR bursts of 8-byte beats, byte addresses
-    output wire [31:0]   m_araddr,
-    output wire [7:0]    m_arlen,
-    output wire          m_arvalid,
-    input  wire          m_arready,
-    input  wire [63:0]   m_rdata,
-    input  wire          m_rlast,
-    input  wire          m_rvalid,
-    output wire          m_rready,
-    output wire [31:0]   m_awaddr,
-    output wire [7:0]    m_awlen,
-    output wire          m_awvalid,
-    input  wire          m_awready,
-    output wire [63:0]   m_wdata,
-    output wire          m_wlast,
-    output wire          m_wvalid,
-    input  wire          m_wready,
-    input  wire          m_bvalid,
-    output wire          m_bready
+    `ACCEL_AXI_MASTER_PORTS
 );
     localparam integer L = `ACCEL_LANES;
     localparam integer TPL = (TP == 2) ? 1 : 0;    // log2(TP)
@@ -1000,11 +984,7 @@ module accel #(
         .rd_en(rd_en), .rd_addr(rd_addr), .rd_b(rd0_b), .rd_data(rd_data),
         .wr_en(wr_en), .wr_addr(wr_addr), .wr_data(wr_data), .wr_room(wr_room), .flush(flush), .abort(abort),
         .idle(mem_idle), .n_reads(n_reads), .n_writes(n_writes),
-        .m_araddr(m_araddr), .m_arlen(m_arlen), .m_arvalid(m_arvalid), .m_arready(m_arready),
-        .m_rdata(m_rdata), .m_rlast(m_rlast), .m_rvalid(m_rvalid), .m_rready(m_rready),
-        .m_awaddr(m_awaddr), .m_awlen(m_awlen), .m_awvalid(m_awvalid), .m_awready(m_awready),
-        .m_wdata(m_wdata), .m_wlast(m_wlast), .m_wvalid(m_wvalid), .m_wready(m_wready),
-        .m_bvalid(m_bvalid), .m_bready(m_bready));
+        `ACCEL_AXI_MASTER_CONNECT);
 endmodule
 
 // An int8 x int8 product with its operands registered in front of the multiplier and the product

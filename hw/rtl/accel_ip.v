@@ -14,6 +14,7 @@
 //                   word address bits in 19:12
 `default_nettype none
 `include "accel_params.vh"
+`include "accel_axi.vh"
 
 module accel_ip #(
     parameter integer AW = `ACCEL_ADDR_BITS,
@@ -24,40 +25,15 @@ module accel_ip #(
     input  wire        rst,
     output wire        irq,
     // AXI4-Lite slave: the registers
-    input  wire [7:0]  s_awaddr,
-    input  wire        s_awvalid,
-    output wire        s_awready,
-    input  wire [31:0] s_wdata,
-    input  wire        s_wvalid,
-    output wire        s_wready,
-    output reg         s_bvalid,
-    input  wire        s_bready,
-    input  wire [7:0]  s_araddr,
-    input  wire        s_arvalid,
-    output wire        s_arready,
-    output reg  [31:0] s_rdata,
-    output reg         s_rvalid,
-    input  wire        s_rready,
+    `ACCEL_AXIL_SLAVE_PORTS,
     // AXI4 master: the memory
-    output wire [31:0] m_araddr,
-    output wire [7:0]  m_arlen,
-    output wire        m_arvalid,
-    input  wire        m_arready,
-    input  wire [63:0] m_rdata,
-    input  wire        m_rlast,
-    input  wire        m_rvalid,
-    output wire        m_rready,
-    output wire [31:0] m_awaddr,
-    output wire [7:0]  m_awlen,
-    output wire        m_awvalid,
-    input  wire        m_awready,
-    output wire [63:0] m_wdata,
-    output wire        m_wlast,
-    output wire        m_wvalid,
-    input  wire        m_wready,
-    input  wire        m_bvalid,
-    output wire        m_bready
+    `ACCEL_AXI_MASTER_PORTS
 );
+    reg bvalid_q, rvalid_q;   // the AXI4-Lite responses, registered
+    reg [31:0] rdata_q;
+    assign s_bvalid = bvalid_q;
+    assign s_rvalid = rvalid_q;
+    assign s_rdata = rdata_q;
     wire done;
     wire [3:0] error;
     wire [63:0] cycles, waits, n_reads, n_writes, macs;
@@ -67,30 +43,26 @@ module accel_ip #(
     accel #(.AW(AW), .TP(TP), .BW(BW)) u_accel (
         .clk(clk), .rst(rst), .start(start), .desc_base(desc_base), .mem_limit(mem_limit),
         .done(done), .error(error), .cycles(cycles), .waits(waits), .n_reads(n_reads), .n_writes(n_writes), .macs(macs),
-        .m_araddr(m_araddr), .m_arlen(m_arlen), .m_arvalid(m_arvalid), .m_arready(m_arready),
-        .m_rdata(m_rdata), .m_rlast(m_rlast), .m_rvalid(m_rvalid), .m_rready(m_rready),
-        .m_awaddr(m_awaddr), .m_awlen(m_awlen), .m_awvalid(m_awvalid), .m_awready(m_awready),
-        .m_wdata(m_wdata), .m_wlast(m_wlast), .m_wvalid(m_wvalid), .m_wready(m_wready),
-        .m_bvalid(m_bvalid), .m_bready(m_bready));
+        `ACCEL_AXI_MASTER_CONNECT);
 
     // a write is taken when its address and data are both there and no response is pending
-    wire w_take = s_awvalid && s_wvalid && !s_bvalid;
+    wire w_take = s_awvalid && s_wvalid && !bvalid_q;
     assign s_awready = w_take;
     assign s_wready = w_take;
-    wire r_take = s_arvalid && !s_rvalid;
+    wire r_take = s_arvalid && !rvalid_q;
     assign s_arready = r_take;
     wire busy = ran && !done;
     reg pending;   // a run started whose end has not raised the interrupt yet
     always @(posedge clk) begin
         if (rst) begin
-            start <= 1'b0; irq_en <= 1'b0; irq_q <= 1'b0; ran <= 1'b0; s_bvalid <= 1'b0; s_rvalid <= 1'b0;
+            start <= 1'b0; irq_en <= 1'b0; irq_q <= 1'b0; ran <= 1'b0; bvalid_q <= 1'b0; rvalid_q <= 1'b0;
             desc_base <= 32'd0; mem_limit <= 32'd0; pending <= 1'b0;
         end else begin
             start <= 1'b0;
             if (pending && done && !start) begin irq_q <= 1'b1; pending <= 1'b0; end   // the run ended
-            if (s_bvalid && s_bready) s_bvalid <= 1'b0;
+            if (bvalid_q && s_bready) bvalid_q <= 1'b0;
             if (w_take) begin
-                s_bvalid <= 1'b1;
+                bvalid_q <= 1'b1;
                 case (s_awaddr[7:2])
                     6'h00: begin
                         irq_en <= s_wdata[1];
@@ -102,23 +74,23 @@ module accel_ip #(
                     default: ;
                 endcase
             end
-            if (s_rvalid && s_rready) s_rvalid <= 1'b0;
+            if (rvalid_q && s_rready) rvalid_q <= 1'b0;
             if (r_take) begin
-                s_rvalid <= 1'b1;
+                rvalid_q <= 1'b1;
                 case (s_araddr[7:2])
-                    6'h00: s_rdata <= {30'd0, irq_en, 1'b0};
-                    6'h01: s_rdata <= {24'd0, error, 2'd0, done && ran && !start, busy || start};
-                    6'h02: s_rdata <= desc_base;
-                    6'h03: s_rdata <= mem_limit;
-                    6'h04: begin s_rdata <= cycles[31:0];   hi_latch <= cycles[63:32];   end
-                    6'h06: begin s_rdata <= waits[31:0];    hi_latch <= waits[63:32];    end
-                    6'h08: begin s_rdata <= n_reads[31:0];  hi_latch <= n_reads[63:32];  end
-                    6'h0A: begin s_rdata <= n_writes[31:0]; hi_latch <= n_writes[63:32]; end
-                    6'h0C: begin s_rdata <= macs[31:0];     hi_latch <= macs[63:32];     end
-                    6'h05, 6'h07, 6'h09, 6'h0B, 6'h0D: s_rdata <= hi_latch;
-                    6'h0E: s_rdata <= 32'h4C4E4131;
-                    6'h0F: s_rdata <= {12'd0, AW[7:0], BW[7:0], TP[3:0]};
-                    default: s_rdata <= 32'd0;
+                    6'h00: rdata_q <= {30'd0, irq_en, 1'b0};
+                    6'h01: rdata_q <= {24'd0, error, 2'd0, done && ran && !start, busy || start};
+                    6'h02: rdata_q <= desc_base;
+                    6'h03: rdata_q <= mem_limit;
+                    6'h04: begin rdata_q <= cycles[31:0];   hi_latch <= cycles[63:32];   end
+                    6'h06: begin rdata_q <= waits[31:0];    hi_latch <= waits[63:32];    end
+                    6'h08: begin rdata_q <= n_reads[31:0];  hi_latch <= n_reads[63:32];  end
+                    6'h0A: begin rdata_q <= n_writes[31:0]; hi_latch <= n_writes[63:32]; end
+                    6'h0C: begin rdata_q <= macs[31:0];     hi_latch <= macs[63:32];     end
+                    6'h05, 6'h07, 6'h09, 6'h0B, 6'h0D: rdata_q <= hi_latch;
+                    6'h0E: rdata_q <= 32'h4C4E4131;
+                    6'h0F: rdata_q <= {12'd0, AW[7:0], BW[7:0], TP[3:0]};
+                    default: rdata_q <= 32'd0;
                 endcase
             end
         end

@@ -13,6 +13,7 @@
 // 0..n-1 are written with $writememh.
 `default_nettype none
 `include "accel_params.vh"
+`include "accel_axi.vh"
 
 module accel_sim #(
     parameter integer AW = `ACCEL_ADDR_BITS,
@@ -52,9 +53,7 @@ module accel_sim #(
 
     accel_ip #(.AW(AW), .TP(TP), .BW(BW)) u_ip (
         .clk(clk), .rst(rst), .irq(irq),
-        .s_awaddr(s_awaddr), .s_awvalid(s_awvalid), .s_awready(s_awready), .s_wdata(s_wdata), .s_wvalid(s_wvalid),
-        .s_wready(s_wready), .s_bvalid(s_bvalid), .s_bready(s_bready), .s_araddr(s_araddr), .s_arvalid(s_arvalid),
-        .s_arready(s_arready), .s_rdata(s_rdata), .s_rvalid(s_rvalid), .s_rready(s_rready),
+        `ACCEL_AXIL_SLAVE_CONNECT,
         .m_araddr(araddr), .m_arlen(arlen), .m_arvalid(arvalid), .m_arready(arready),
         .m_rdata(rdata), .m_rlast(rlast), .m_rvalid(rvalid), .m_rready(rready),
         .m_awaddr(awaddr), .m_awlen(awlen), .m_awvalid(awvalid), .m_awready(awready),
