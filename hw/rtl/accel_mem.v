@@ -85,18 +85,12 @@ module accel_mem #(
     reg two, rr;   // two operands; round robin between A and B
     wire [AW:0] cap = two ? HALF : FULL;
     // words a stream may request now: up to its end, a window also up to lo + cap
-    function [AW:0] room(input [AW-1:0] ptr, input [AW-1:0] stop, input [AW:0] lim);
-        reg [AW:0] e;
-        begin
-            e = ({1'b0, stop} < lim) ? {1'b0, stop} : lim;
-            room = (e > {1'b0, ptr}) ? e - {1'b0, ptr} : {(AW+1){1'b0}};
-        end
+    function [AW:0] room(input [AW:0] lim, input [AW-1:0] ptr);   // words from ptr up to lim
+        room = (lim > {1'b0, ptr}) ? lim - {1'b0, ptr} : {(AW+1){1'b0}};
     endfunction
     // the window streams' limits, registered: the lower of the end and lo + cap
     reg [AW:0] e_a, e_b;
-    wire [AW:0] r_sq = room(sq_ptr, sq_end, {1'b0, sq_end});
-    wire [AW:0] r_a = (e_a > {1'b0, a_ptr}) ? e_a - {1'b0, a_ptr} : {(AW+1){1'b0}};
-    wire [AW:0] r_b = (e_b > {1'b0, b_ptr}) ? e_b - {1'b0, b_ptr} : {(AW+1){1'b0}};
+    wire [AW:0] r_sq = room({1'b0, sq_end}, sq_ptr), r_a = room(e_a, a_ptr), r_b = room(e_b, b_ptr);
     // a burst: to the next 16-word boundary at most
     function [4:0] blen(input [3:0] ptr, input [AW:0] r);   // ptr: the low 4 address bits
         reg [4:0] b;
