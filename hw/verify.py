@@ -103,12 +103,38 @@ def read_manifest(golden: Path) -> dict:
     return m
 
 
+def read_fused(accel: Path, manifest: dict) -> dict[str, str]:
+    """The tensors a device never holds in memory, from ACCEL/fused.json ({"fused": {tensor: the
+    tensor it was fused into}}; none without the file): each a golden tensor whose fused-into
+    tensor is compared, never the input or the displacement field."""
+    path = accel / "fused.json"
+    if not path.is_file():
+        return {}
+    try:
+        fused = json.loads(path.read_text()).get("fused")
+    except (ValueError, AttributeError) as e:
+        raise DumpError(f"{path}: not a fused-tensor list ({e})") from None
+    names = {n for p in manifest["pairs"] for n in p["tensors"]}
+    if not isinstance(fused, dict):
+        raise DumpError(f"{path}: needs {{\"fused\": {{tensor: tensor it was fused into}}}}")
+    for k, v in fused.items():
+        if k in ("input", "ddf") or k not in names or v not in names or v in fused:
+            raise DumpError(f"{path}: {k!r} -> {v!r}: a fused tensor must be a golden tensor other than input and "
+                            "ddf, fused into one that is compared")
+    return fused
+
+
 def verify(golden: Path, accel: Path) -> tuple[int, list[str]]:
-    """(total mismatches, report lines)."""
+    """(total mismatches, report lines: one per tensor compared, or fused away by the device)."""
     manifest = read_manifest(golden)
+    fused = read_fused(accel, manifest)
     total, lines = 0, []
     for pair in manifest["pairs"]:
         for name, meta in pair["tensors"].items():
+            if name in fused:
+                lines.append(f"fused    {pair['dir']}/{name}: not in the device's memory (its add is fused: "
+                             f"{fused[name]} is compared)")
+                continue
             exp = load_dump(golden / pair["dir"] / f"{name}.npy", meta["shape"])
             act = load_dump(accel / pair["dir"] / f"{name}.npy", meta["shape"])
             c = compare(exp, act)
@@ -190,9 +216,11 @@ def main(argv=None) -> int:
         else:
             total, lines = verify(a.golden, a.accel)
         for ln in lines:
-            if not (a.quiet and ln.startswith("ok")):
+            if not (a.quiet and ln.startswith(("ok", "fused"))):
                 print(ln)
-        print(f"{'FAIL' if total else 'PASS'}: {total} mismatching elements in {len(lines)} tensors")
+        compared = [ln for ln in lines if not ln.startswith("fused")]
+        note = f" ({len(lines) - len(compared)} fused away, not in the device's memory)" if len(compared) < len(lines) else ""
+        print(f"{'FAIL' if total else 'PASS'}: {total} mismatching elements in {len(compared)} tensors{note}")
         return 1 if total else 0
     return run_cli(body)
 

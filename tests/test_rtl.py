@@ -108,19 +108,26 @@ def test_engine_model_equals_reference_on_every_tensor(weights):
     trace: dict = {}
     ref.run(x, trace)
     cycles = {}
-    for dense in (False, True):
-        prog = compile_weights(wb, dense=dense)
+    for dense, fuse in ((False, True), (True, True), (False, False)):
+        prog = compile_weights(wb, dense=dense, fuse=fuse)
         for tp in (1, 2):
             mem, per = run_image(prog.image(x.q), tp=tp)
             for name, t in trace.items():
+                if name in prog.fused:   # an add fused into a CONV's output stage: the CONV's result is not in memory
+                    continue
                 got = get_tensor(mem, prog.tensors[name])
                 assert np.array_equal(got, t.q), f"{name}: {(got != t.q).sum()} of {t.q.size} differ"
-            cycles[dense, tp] = total_cycles(per)
-        assert len(trace) == len(prog.tensors) - 3  # the program also holds two max-pool outputs and the unfold
+            cycles[dense, tp, fuse] = total_cycles(per)
+        # the program also holds two max-pool outputs and the unfold
+        assert len(trace) - len(prog.fused) == len(prog.tensors) - 3
+        assert len(prog.fused) == (8 if fuse else 0)   # 3 per level (2), and 2 ddf adds
     # 2 output groups at level 1 (64 voxels): dense 54 blocks (27 taps x 2 input groups), sparse 27;
     # an engine with tp blocks per slot takes ceil(blocks / tp) slots per voxel
-    assert cycles[True, 1] - cycles[False, 1] == 2 * (4 ** 3 * (54 - 27) + 9 * 27)
-    assert cycles[True, 2] - cycles[False, 2] == 2 * (4 ** 3 * (27 - 14) + 9 * 27)
+    assert cycles[True, 1, True] - cycles[False, 1, True] == 2 * (4 ** 3 * (54 - 27) + 9 * 27)
+    assert cycles[True, 2, True] - cycles[False, 2, True] == 2 * (4 ** 3 * (27 - 14) + 9 * 27)
+    # a fused add costs its B slots at every voxel of the CONV (1, or 8 for the trilinear ddf),
+    # the ADD on its own a descriptor (fetch, slots, drain)
+    assert cycles[False, 2, False] > cycles[False, 2, True]
     # the 7^3 first layer on 2 channels runs unfolded: one-hot copies of 4 W taps per word (2
     # groups: taps 0-3, and 4-6 plus the kept centre block), then 7 x 7 x 2 blocks instead of 343
     descs = {d.layer: d for d in compile_weights(wb).descs}
@@ -217,6 +224,24 @@ def _verify(golden: Path, accel: Path) -> subprocess.CompletedProcess:
                            "--quiet"], env=env, capture_output=True, text=True)
 
 
+# the test network's adds fused into a CONV's output stage: 3 per level (down, up's first and
+# last; 2 levels), and the ddf's two
+FUSED = sorted([f"down.{i}.c2.act" for i in range(2)] + [f"up.{j}.c{c}.act" for j in range(2) for c in (0, 2)] +
+               ["head_out.0", "head_out.1"])
+
+
+def _verify_passes(golden: Path, accel: Path, man: dict) -> list[str]:
+    """verify PASSes on the device dumps: every tensor in the device's memory compared, the fused
+    ones (accel/fused.json) reported as such. Returns the fused tensors."""
+    v = _verify(golden, accel)
+    fused = json.loads((accel / "fused.json").read_text())["fused"]
+    assert sorted(fused) == FUSED
+    n = sum(len(p["tensors"]) - len(fused) for p in man["pairs"])
+    assert v.returncode == 0 and (f"PASS: 0 mismatching elements in {n} tensors ({len(fused) * len(man['pairs'])} "
+                                  "fused away") in v.stdout, v.stdout[-2000:]
+    return list(fused)
+
+
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory) -> Path:
     """A directory for Verilator builds that tests with the same options share (tp1, tp2)."""
@@ -233,9 +258,7 @@ def test_rtl_equals_reference_and_cycle_model(weights, tmp_path, tp, builds):
     man = make_golden(weights, golden)
     r = _sim(golden, tmp_path / "rtl", tp=tp, build_dir=builds / f"tp{tp}")
     assert r.returncode == 0, r.stderr[-3000:]
-    v = _verify(golden, tmp_path / "rtl")
-    n = sum(len(p["tensors"]) for p in man["pairs"])
-    assert v.returncode == 0 and f"PASS: 0 mismatching elements in {n} tensors" in v.stdout, v.stdout[-2000:]
+    fused = _verify_passes(golden, tmp_path / "rtl", man)
     rep = json.loads((tmp_path / "rtl" / "cycles.json").read_text())
     assert rep["cycle_model_checked"]
     for p in rep["pairs"]:
@@ -243,12 +266,13 @@ def test_rtl_equals_reference_and_cycle_model(weights, tmp_path, tp, builds):
         assert p["cycles"] == p["busy_cycles"] + p["waits"] and p["waits"] > 0
         assert (p["reads"], p["writes"]) == (p["model_reads"], p["model_writes"])
         assert p["busy_cycles"] <= rep["dense_model_cycles"]  # skipping zero blocks never adds a cycle
-        # one word written per voxel and channel group of every computed tensor, plus those the
-        # golden set does not hold: the max-pool outputs, 8 channels on 4^3 (64 words) and 16 on
-        # 2^3 (16), and the first layer's unfolded input, 2 groups on 8^3 (1024)
+        # one word written per voxel and channel group of every computed tensor in memory (not
+        # the fused ones), plus those the golden set does not hold: the max-pool outputs, 8
+        # channels on 4^3 (64 words) and 16 on 2^3 (16), and the first layer's unfolded input, 2
+        # groups on 8^3 (1024)
         assert p["writes"] == sum(int(np.prod(t["shape"][2:])) * -(-t["shape"][1] // LANES)
                                   for name, t in man["pairs"][0]["tensors"].items()
-                                  if name not in ("input", "ddf")) + 64 + 16 + 1024
+                                  if name not in ("input", "ddf", *fused)) + 64 + 16 + 1024
 
 
 # faults built into accel.v on purpose (hw/ACCEL.md, "Build options"), by what they break; the
@@ -513,9 +537,7 @@ def test_rtl_dsp_build_equals_reference(weights, tmp_path):
     man = make_golden(weights, golden, pairs=1)
     r = _sim(golden, tmp_path / "rtl", "ECP5_DSP")
     assert r.returncode == 0, r.stderr[-3000:]
-    v = _verify(golden, tmp_path / "rtl")
-    n = sum(len(p["tensors"]) for p in man["pairs"])
-    assert v.returncode == 0 and f"PASS: 0 mismatching elements in {n} tensors" in v.stdout, v.stdout[-2000:]
+    _verify_passes(golden, tmp_path / "rtl", man)
     rep = json.loads((tmp_path / "rtl" / "cycles.json").read_text())
     assert rep["defines"] == ["ECP5_DSP"] and all(p["busy_cycles"] == p["model_cycles"] for p in rep["pairs"])
 

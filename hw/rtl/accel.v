@@ -117,7 +117,10 @@ module accel #(
     wire a_tri    = flags[2];
     wire b_near   = flags[3];
     wire has_b    = flags[4];
+    wire relu_b   = flags[5];   // CONV with B: the fused add's clamp
+    wire b_tri    = flags[6];   // CONV with B: B trilinear-upsampled
     wire is_conv  = (op == OP_CONV);
+    wire fused    = is_conv && has_b;   // an ADD fused into the CONV's output stage (hw/ACCEL.md)
     wire is_pool  = (op == OP_MAXPOOL);
     wire [9:0] hD = {1'b0, gD[9:1]}, hH = {1'b0, gH[9:1]}, hW = {1'b0, gW[9:1]};
     wire [3:0] pad = ksize[4:1];
@@ -165,14 +168,17 @@ module accel #(
 `ifdef FAULT_DRAIN_SHORT
     localparam [4:0] DRAIN = 5'd6;   // fault: the next group's load starts with 12 stages still in flight
 `else
-    localparam [4:0] DRAIN = 5'd18;  // I0, I1, A0 .. A4, M, P0, P1a .. P1c, P2a .. P2c, P3 .. P5 after the last slot, then the write
+    localparam [4:0] DRAIN = 5'd20;  // I0, I1, A0 .. A4, M, P0, P1a .. P1c, P2a .. P2c, P3, a fused add's F1, F2, P4, P5 after the last slot, then the write
 `endif
 
     // the iterator's limits, registered when a run starts (constant during it)
     reg [WB_AW:0] slot_last;       // slots per output word - 1
+    reg [WB_AW:0] conv_last;       // CONV: the last slot of weight blocks (a fused add's B slots follow)
+    reg [2:0] bk;                  // a fused trilinear B's corner: counts its slots (8 a voxel)
     reg [15:0] grp_last;           // ADD / MAXPOOL: groups - 1 (CONV: 0)
     reg [9:0] d_last, h_last, w_last;
     wire last_slot = (eslot[WB_AW:0] == slot_last);
+    wire b_slot = fused && (eslot[WB_AW:0] > conv_last);   // a slot of the fused add's B
     wire last_grp  = (grp[15:0] == grp_last);
     wire last_vox  = (vd == d_last) && (vh == h_last) && (vw == w_last);
 
@@ -194,7 +200,7 @@ module accel #(
     // moves by 0, 1 or 2 from one row or plane to the next): no multiplier.
     localparam [1:0] M_FULL = 2'd0, M_HALF = 2'd1, M_DBL = 2'd2;
     reg [1:0] wa_mode, wb_mode;
-    reg [3:0] wa_p;                            // A's reach in taps: pad (CONV), 1 (trilinear), else 0
+    reg [3:0] wa_p, wb_p;                      // the reach in taps: pad (CONV's A), 1 (trilinear), else 0
     reg [9:0] wa_W, wb_W, wa_D, wb_D;          // the operands' grids
     reg [AW-1:0] wa_RW, wb_RW, wa_PW, wb_PW;   // words per row and per plane of the operands
     reg [AW-1:0] wa_base, wa_end, wb_base, wb_end;
@@ -228,13 +234,13 @@ module accel #(
     wire g_go = g_on && (g_occ < 4'd8);
     wire g_hend = (g_h == h_last), g_dend = (g_d == d_last);
     wire [9:0] g_hn = g_hend ? g_h : g_h + 10'd1, g_dn = g_dend ? g_d : g_d + 10'd1;
-    // the reaches of this row and of the next row and plane (A reaches p taps, B none)
+    // the reaches of this row and of the next row and plane (A and B reach their p taps)
     wire [19:0] ra_d = reach(g_d, d_last, wa_p, wa_mode), ra_dn = reach(g_dn, d_last, wa_p, wa_mode);
     wire [19:0] ra_h = reach(g_h, h_last, wa_p, wa_mode), ra_hn = reach(g_hn, h_last, wa_p, wa_mode);
-    wire [19:0] rb_d = reach(g_d, d_last, 4'd0, wb_mode), rb_dn = reach(g_dn, d_last, 4'd0, wb_mode);
-    wire [19:0] rb_h = reach(g_h, h_last, 4'd0, wb_mode), rb_hn = reach(g_hn, h_last, 4'd0, wb_mode);
-    wire [19:0] ra_0 = reach(10'd0, h_last, wa_p, wa_mode), rb_0 = reach(10'd0, h_last, 4'd0, wb_mode);
-    wire [19:0] ra_d0 = reach(10'd0, d_last, wa_p, wa_mode), rb_d0 = reach(10'd0, d_last, 4'd0, wb_mode);
+    wire [19:0] rb_d = reach(g_d, d_last, wb_p, wb_mode), rb_dn = reach(g_dn, d_last, wb_p, wb_mode);
+    wire [19:0] rb_h = reach(g_h, h_last, wb_p, wb_mode), rb_hn = reach(g_hn, h_last, wb_p, wb_mode);
+    wire [19:0] ra_0 = reach(10'd0, h_last, wa_p, wa_mode), rb_0 = reach(10'd0, h_last, wb_p, wb_mode);
+    wire [19:0] ra_d0 = reach(10'd0, d_last, wa_p, wa_mode), rb_d0 = reach(10'd0, d_last, wb_p, wb_mode);
     // the steps (0, 1 or 2) of each reach end to the next row (h) and the next plane (d)
     wire [1:0] sa_dl = ra_dn[11:10] - ra_d[11:10], sa_dh = ra_dn[1:0] - ra_d[1:0];
     wire [1:0] sa_hl = ra_hn[11:10] - ra_h[11:10], sa_hh = ra_hn[1:0] - ra_h[1:0];
@@ -314,7 +320,8 @@ module accel #(
 
     // I0, I1: the iterator's slot registered twice while its block header is read from the
     // header RAM and registered (the block RAM's output is slow; nothing else follows it)
-    reg j_v, j_first, j_last;
+    reg j_v, j_first, j_last, j_isb, i_isb;
+    reg [2:0] j_bk, i_bk;
     reg [9:0] j_d, j_h, j_w;
     reg [WB_AW-1:0] j_e;
     reg [31:0] j_grp, j_og;
@@ -326,7 +333,10 @@ module accel #(
     reg [31:0] h_cur;
     always @(posedge clk) begin
         j_v <= rst ? 1'b0 : issue;
-        j_first <= (eslot == 0); j_last <= last_slot;
+        // first and last: of the slots accumulated, and of a fused add's B slots (its sum)
+        j_first <= b_slot ? (eslot[WB_AW:0] == conv_last + 1'b1) : (eslot == 0);
+        j_last <= (fused && !b_slot) ? (eslot[WB_AW:0] == conv_last) : last_slot;
+        j_isb <= b_slot; j_bk <= bk; i_isb <= j_isb; i_bk <= j_bk;
         j_d <= vd; j_h <= vh; j_w <= vw; j_e <= eslot[WB_AW-1:0]; j_grp <= grp;
         j_og <= is_conv ? ocg : grp;
         h_raw <= hdr[eslot[WB_AW-1-TPL:0]];
@@ -359,9 +369,10 @@ module accel #(
             else       tri_idx = hi ? {2'd1, (k == n - 1) ? k : k + 10'd1} : {2'd3, k};
         end
     endfunction
-    wire [11:0] td = tri_idx(i_d, hD, i_e[2]);
-    wire [11:0] th = tri_idx(i_h, hH, i_e[1]);
-    wire [11:0] tw = tri_idx(i_w, hW, i_e[0]);
+    wire [2:0] corner = is_conv ? i_bk : i_e[2:0];   // an ADD's slot is its corner; a fused B counts them
+    wire [11:0] td = tri_idx(i_d, hD, corner[2]);
+    wire [11:0] th = tri_idx(i_h, hH, corner[1]);
+    wire [11:0] tw = tri_idx(i_w, hW, corner[0]);
     // the product of three weights in {1, 3} is 3^(number of 3s): a table, not two multipliers
     wire [1:0] n3 = {1'b0, td[11]} + {1'b0, th[11]} + {1'b0, tw[11]};
 `ifdef FAULT_TRILINEAR_COEF
@@ -386,7 +397,11 @@ module accel #(
         sd = i_d; sh = i_h; sw = i_w; s_hw = hw_full; sgW = gW;
         s_base = a_base; s_lg = a_lg; s_grp = a_off + i_grp;
         s_rd = 1'b1; s_isb = 1'b0; s_kind = K_SCALE; s_coef = 5'd1; s_shift = sa;
-        if (is_conv) begin
+        if (is_conv && i_isb) begin   // the fused add's B at the output voxel (or up-sampled)
+            s_base = b_base; s_lg = b_lg; s_grp = b_off + i_og; s_shift = sb; s_isb = 1'b1;
+            if (b_tri) begin sd = td[9:0]; sh = th[9:0]; sw = tw[9:0]; s_hw = hw_half; sgW = hW; s_coef = tcoef; end
+            else if (b_near) begin sd = i_d >> 1; sh = i_h >> 1; sw = i_w >> 1; s_hw = hw_half; sgW = hW; end
+        end else if (is_conv) begin
             s_kind = K_CONV; s_rd = conv_in; s_grp = a_off + {24'd0, h_cur[31:24]};
             sd = cd[9:0]; sh = ch[9:0]; sw = cw[9:0];
             if (a_near) begin sd = cd[10:1]; sh = ch[10:1]; sw = cw[10:1]; s_hw = hw_half; sgW = hW; end
@@ -619,35 +634,28 @@ module accel #(
     reg [31:0] rq_half [0:L-1];
     reg r1_v;
     reg [AW-1:0] r1_addr;
-    reg signed [31:0] r1_fl [0:L-1];
-    reg signed [47:0] r1_left [0:L-1];
-    reg r1_gt [0:L-1];
-    reg r1_eq [0:L-1];
     wire [7:0] r2_q [0:L-1];
+    // the fused add (a CONV with B): the lane's int8 result y (yq), B's aligned sum (fbv, summed
+    // over its slots), F1-F2 (fb1, fb2) until both are there, z = (y << sa) + fbv (fz), then the
+    // second requantiser (by s_out, every lane, RELU_B as the clamp), and the write
+    reg signed [7:0] yq [0:L-1];
+    reg signed [31:0] fbv [0:L-1];
+    reg signed [31:0] fz [0:L-1];
+    reg fb1, fb2, fz_v, f4_v;
+    reg [AW-1:0] fa1, fa2, fza, f4_addr;
+    reg f_right;
+    reg [4:0] f_s, f_ls;
+    reg [31:0] f_mask, f_half;
+    wire [7:0] f_q [0:L-1];
     generate for (gp = 0; gp < L; gp = gp + 1) begin : g_rq
-        wire [31:0] rem = fin[gp] & rq_mask[gp];
-        always @(posedge clk) begin   // P4: shift, remainder against the half
-            r1_fl[gp] <= fin[gp] >>> rq_s[gp];
-            r1_left[gp] <= $signed({{16{fin[gp][31]}}, fin[gp]}) <<< rq_ls[gp];
-`ifdef FAULT_ROUND_HALF_UP
-            r1_gt[gp] <= (rem >= rq_half[gp]);
-`else
-            r1_gt[gp] <= (rem > rq_half[gp]);
-`endif
-            r1_eq[gp] <= (rem == rq_half[gp]);
+        accel_requant u_rq (.clk(clk), .x(fin[gp]), .right(rq_right[gp]), .s(rq_s[gp]), .ls(rq_ls[gp]),
+                            .mask(rq_mask[gp]), .half(rq_half[gp]), .relu(rq_relu), .q(r2_q[gp]));
+        accel_requant u_rq_b (.clk(clk), .x(fz[gp]), .right(f_right), .s(f_s), .ls(f_ls),
+                              .mask(f_mask), .half(f_half), .relu(relu_b), .q(f_q[gp]));
+        always @(posedge clk) begin
+            if (r1_v) yq[gp] <= $signed(r2_q[gp]);
+            if (fb2) fz[gp] <= ($signed({{24{yq[gp][7]}}, yq[gp]}) <<< sa) + fbv[gp];
         end
-        // P5: round, clamp. The clamp is decided on the shifted value before rounding: adding the
-        // rounding bit to 127 or to lo - 1 lands on 128 or lo, which clamp to the same 127 or lo.
-        wire up = r1_gt[gp] | (r1_eq[gp] & r1_fl[gp][0]);
-        wire signed [47:0] lo = rq_relu ? 48'sd0 : -48'sd128;
-        wire signed [47:0] fl48 = $signed({{16{r1_fl[gp][31]}}, r1_fl[gp]});
-        wire signed [47:0] v = rq_right[gp] ? fl48 : r1_left[gp];
-        wire [7:0] low8 = rq_right[gp] ? r1_fl[gp][7:0] + {7'd0, up} : r1_left[gp][7:0];
-`ifdef FAULT_NO_SATURATION
-        assign r2_q[gp] = (rq_relu && v < 0) ? 8'd0 : low8;
-`else
-        assign r2_q[gp] = (v >= 48'sd127) ? 8'd127 : (v < lo) ? lo[7:0] : low8;
-`endif
     end endgenerate
 
     // ---------------------------------------------------------------- memory ports
@@ -667,14 +675,19 @@ module accel #(
     // decoding them straight from the load counter and the memory word was the critical path
     reg [63:0] lane_sh;
     reg sh_pending;
-    // lane k's requantiser set up for the signed shift sh (> 0: right with rounding, <= 0: left)
-    task set_shift(input [2:0] k, input [7:0] shv);
+    // a requantiser's set-up for the signed shift sh (> 0: right with rounding, <= 0: left):
+    // {right, s, ls, mask, half}
+    function [74:0] shift_cfg(input [7:0] shv);
+        reg r;
         begin
-            rq_right[k] <= ($signed(shv) > 0);
-            rq_s[k] <= ($signed(shv) > 0) ? shv[4:0] : 5'd0;
-            rq_ls[k] <= ($signed(shv) > 0) ? 5'd0 : 5'd0 - shv[4:0];
-            rq_mask[k] <= ($signed(shv) > 0) ? (32'd1 << shv[4:0]) - 32'd1 : 32'd0;
-            rq_half[k] <= ($signed(shv) > 0) ? 32'd1 << (shv[4:0] - 5'd1) : 32'd1;
+            r = ($signed(shv) > 0);
+            shift_cfg = {r, r ? shv[4:0] : 5'd0, r ? 5'd0 : 5'd0 - shv[4:0],
+                         r ? (32'd1 << shv[4:0]) - 32'd1 : 32'd0, r ? 32'd1 << (shv[4:0] - 5'd1) : 32'd1};
+        end
+    endfunction
+    task set_shift(input [2:0] k, input [7:0] shv);   // lane k's requantiser
+        begin
+            {rq_right[k], rq_s[k], rq_ls[k], rq_mask[k], rq_half[k]} <= shift_cfg(shv);
         end
     endtask
     reg [3:0] abort_err;   // the error an abort ends with
@@ -698,6 +711,7 @@ module accel #(
             state <= S_IDLE; done <= 1'b0; error <= E_NONE; cycles <= 64'd0; waits <= 64'd0; macs <= 64'd0;
             a0_v <= 1'b0; a1_v <= 1'b0; a2_v <= 1'b0; b_v <= 1'b0; a3_v <= 1'b0; p1_v <= 1'b0; qa_v <= 1'b0; qb_v <= 1'b0; q_v <= 1'b0; q2_v <= 1'b0; q3_v <= 1'b0; p2_v <= 1'b0;
             fin_v <= 1'b0; r1_v <= 1'b0; rd0_en <= 1'b0; wr_en_q <= 1'b0; sh_pending <= 1'b0;
+            fb1 <= 1'b0; fb2 <= 1'b0; fz_v <= 1'b0; f4_v <= 1'b0;
             sq_req <= 1'b0; win_start <= 1'b0; e_chk <= 2'b00;
         end else begin
             if (state != S_IDLE && state != S_DONE) cycles <= cycles + 64'd1;
@@ -737,11 +751,13 @@ module accel #(
                 // double (max-pool) grid, reaching pad taps (CONV) or one (trilinear); B of an ADD
                 wa_mode <= is_pool ? M_DBL : (a_near || (a_tri && !is_conv)) ? M_HALF : M_FULL;
                 wa_p <= is_conv ? pad : {3'd0, a_tri};
-                wb_mode <= b_near ? M_HALF : M_FULL;
-                w_two <= (op == OP_ADD) && has_b;
+                wb_mode <= (b_near || (is_conv && b_tri)) ? M_HALF : M_FULL;
+                wb_p <= {3'd0, is_conv && b_tri};
+                w_two <= (op == OP_ADD || is_conv) && has_b;
+                {f_right, f_s, f_ls, f_mask, f_half} <= shift_cfg(s_out);   // the fused add's requantiser
                 wa_D <= is_pool ? {gD[8:0], 1'b0} : (a_near || (a_tri && !is_conv)) ? hD : gD;
                 wa_W <= is_pool ? {gW[8:0], 1'b0} : (a_near || (a_tri && !is_conv)) ? hW : gW;
-                wb_D <= b_near ? hD : gD; wb_W <= b_near ? hW : gW;
+                wb_D <= (b_near || (is_conv && b_tri)) ? hD : gD; wb_W <= (b_near || (is_conv && b_tri)) ? hW : gW;
                 wa_base <= a_base[AW-1:0]; wb_base <= b_base[AW-1:0];
                 state <= S_CHECK;
             end
@@ -815,7 +831,8 @@ module accel #(
                 end
                 if (sq_valid && li == lnum) begin  // the group's last word
                     state <= S_RUN; lptr <= lptr + {16'd0, lnum} + 32'd1;
-                    slot_last <= ((n_entries + TP_MASK) >> TPL) - 1'b1; grp_last <= 16'd0;
+                    conv_last <= ((n_entries + TP_MASK) >> TPL) - 1'b1; grp_last <= 16'd0; bk <= 3'd0;
+                    slot_last <= ((n_entries + TP_MASK) >> TPL) - 1'b1 + (!fused ? 0 : b_tri ? 8 : 1);
 `ifdef FAULT_LAST_GROUP
                     more_ocg <= (ocg + 32'd2 < n_ocg);   // fault: the last output group is never run
 `else
@@ -827,6 +844,7 @@ module accel #(
             S_RUN: begin
                 if (!iter_done) begin
                     if (ok) begin
+                        if (b_slot) bk <= bk + 3'd1;
                         if (!last_slot) eslot <= eslot + 32'd1;
                         else begin
                             eslot <= 32'd0;
@@ -848,7 +866,7 @@ module accel #(
                     if (drain == DRAIN - 1) state <= S_FLUSH;   // the last write is presented to memory now
                 end
             end
-            S_FLUSH: if (mem_idle && !wr_en_q && !r1_v && !fin_v) begin   // every result in memory
+            S_FLUSH: if (mem_idle && !wr_en_q && !r1_v && !fin_v && !fb1 && !fb2 && !fz_v && !f4_v) begin   // every result in memory
                 if (is_conv && more_ocg) begin
                     state <= S_LOAD; ocg <= ocg + 32'd1; li <= 16'd0; lnum <= 16'hFFFF; e_chk <= 2'b00;
                     lblk <= 0; lsub <= 4'd0;
@@ -928,7 +946,11 @@ module accel #(
             for (j = 0; j < L; j = j + 1) p2_part[j] <= part[j];
             // P3: accumulate; the last slot of an output word hands it to the requantiser
             fin_v <= 1'b0;
-            if (p2_v) begin
+            fb1 <= 1'b0;
+            if (p2_v && fused && p2_kind != K_CONV) begin   // a fused add's B slot: B's aligned sum
+                for (j = 0; j < L; j = j + 1) fbv[j] <= (p2_first ? 32'sd0 : fbv[j]) + p2_part[j];
+                fb1 <= p2_last; fa1 <= p2_oaddr;
+            end else if (p2_v) begin
                 for (j = 0; j < L; j = j + 1) begin
                     if (p2_kind == K_MAX) begin
 `ifdef FAULT_MAXPOOL_MIN   // fault: the minimum of the block
@@ -945,11 +967,15 @@ module accel #(
                 end
                 fin_v <= p2_last; fin_addr <= p2_oaddr;
             end
-            // P4: requantise (g_rq); P5: the write leaves registered
+            // P4: requantise (g_rq); P5: the write leaves registered (a fused add's: F1, F2, its own
+            // requantiser, two cycles later)
             r1_v <= fin_v; r1_addr <= fin_addr;
-            wr_en_q <= r1_v;
-            wr_addr <= r1_addr;
-            for (j = 0; j < L; j = j + 1) wr_data[8*j +: 8] <= r2_q[j];
+            fb2 <= fb1; fa2 <= fa1;
+            fz_v <= fb2; fza <= fa2;
+            f4_v <= fz_v; f4_addr <= fza;
+            wr_en_q <= fused ? f4_v : r1_v;
+            wr_addr <= fused ? f4_addr : r1_addr;
+            for (j = 0; j < L; j = j + 1) wr_data[8*j +: 8] <= fused ? f_q[j] : r2_q[j];
         end
     end
 
@@ -1036,6 +1062,48 @@ module accel_mul8 (
         pq <= pr;
     end
     assign p = pq;
+`endif
+endmodule
+
+// One lane's requantiser, two stages (P4, P5): round half to even on a right shift by s, exact
+// left shift by ls (<= 15), one clamp to [-128 or 0 with relu, 127]. mask and half are the
+// shift's, registered with it by the caller (shift_cfg in accel).
+module accel_requant (
+    input  wire               clk,
+    input  wire signed [31:0] x,
+    input  wire               right,
+    input  wire [4:0]         s,
+    input  wire [4:0]         ls,
+    input  wire [31:0]        mask,
+    input  wire [31:0]        half,
+    input  wire               relu,
+    output wire [7:0]         q
+);
+    reg signed [31:0] fl;
+    reg signed [47:0] left;
+    reg gt, eq;
+    wire [31:0] rem = x & mask;
+    always @(posedge clk) begin   // P4: shift, remainder against the half
+        fl <= x >>> s;
+        left <= $signed({{16{x[31]}}, x}) <<< ls;
+`ifdef FAULT_ROUND_HALF_UP
+        gt <= (rem >= half);
+`else
+        gt <= (rem > half);
+`endif
+        eq <= (rem == half);
+    end
+    // P5: round, clamp. The clamp is decided on the shifted value before rounding: adding the
+    // rounding bit to 127 or to lo - 1 lands on 128 or lo, which clamp to the same 127 or lo.
+    wire up = gt | (eq & fl[0]);
+    wire signed [47:0] lo = relu ? 48'sd0 : -48'sd128;
+    wire signed [47:0] fl48 = $signed({{16{fl[31]}}, fl});
+    wire signed [47:0] v = right ? fl48 : left;
+    wire [7:0] low8 = right ? fl[7:0] + {7'd0, up} : left[7:0];
+`ifdef FAULT_NO_SATURATION
+    assign q = (relu && v < 0) ? 8'd0 : low8;
+`else
+    assign q = (v >= 48'sd127) ? 8'd127 : (v < lo) ? lo[7:0] : low8;
 `endif
 endmodule
 
