@@ -13,14 +13,15 @@ too), 1 to 4 words per voxel with any first group, 1 or 2 output groups, sparse 
 weight blocks (any tap, any input group, up to 48 a group), biases up to +-2^20, requantisation
 shifts over the whole range (-15 .. 31, the extremes drawn on purpose), every ADD flag
 combination (RELU, A nearest or trilinear, B nearest, HAS_B), left shifts of A and B up to
-15 (12 with a trilinear A), and MAXPOOL with and without RELU.
+15 (12 with a trilinear A), CONVs with a fused add (B at the voxel, nearest or trilinear, with
+or without its RELU), and MAXPOOL with and without RELU.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from hw.compiler import (DESC_WORDS, F_A_NEAREST, F_A_TRILINEAR, F_B_NEAREST, F_HAS_B, F_RELU, LANES, OP_ADD,
-                         OP_CONV, OP_END, OP_MAXPOOL, Desc)
+from hw.compiler import (DESC_WORDS, F_A_NEAREST, F_A_TRILINEAR, F_B_NEAREST, F_B_TRILINEAR, F_HAS_B, F_RELU,
+                         F_RELU_B, LANES, OP_ADD, OP_CONV, OP_END, OP_MAXPOOL, Desc)
 from hw.engine_model import WINDOW_WORDS, window_span
 from hw.reference import MAX_LEFT_SHIFT, MAX_RIGHT_SHIFT
 
@@ -62,7 +63,9 @@ def random_program(rng: np.random.Generator, count: int = 250,
             op = int(rng.choice([OP_CONV, OP_CONV, OP_ADD, OP_ADD, OP_MAXPOOL]))
             if op == OP_CONV:
                 near = rng.random() < 0.25
-                grid = _grid(rng, even=near)
+                fuse = rng.random() < 0.4   # an add fused into the output stage: B at the voxel, nearest, trilinear
+                b_mode = int(rng.integers(3)) if fuse else 0
+                grid = _grid(rng, even=near or b_mode > 0)
                 k = int(rng.choice([1, 3, 5, 7]))
                 ocg = int(rng.integers(1, 3))
                 in_groups = int(rng.integers(1, 3))
@@ -84,6 +87,10 @@ def random_program(rng: np.random.Generator, count: int = 250,
                 d = Desc(OP_CONV, f"conv{i}", F_RELU if rng.random() < 0.5 else 0, grid,
                          a=a, o=(0, int(rng.choice([s for s in (1, 2, 4) if s >= ocg]))), ocg=ocg, k=k)
                 d.flags |= F_A_NEAREST if near else 0
+                if fuse:
+                    d.flags |= F_HAS_B | (0, F_B_NEAREST, F_B_TRILINEAR)[b_mode] | (F_RELU_B if rng.random() < 0.5 else 0)
+                    d.b = _operand(rng, ocg)
+                    d.sa, d.sb, d.s_out = int(rng.integers(0, 16)), int(rng.integers(0, 13 if b_mode == 2 else 16)), _shift(rng)
                 w = words
                 groups = ocg
             elif op == OP_ADD:

@@ -282,7 +282,8 @@ def test_rtl_equals_reference_and_cycle_model(weights, tmp_path, tp, builds):
 DATA_FAULTS = ["FAULT_ROUND_HALF_UP", "FAULT_NO_SATURATION",            # the requantiser
                "FAULT_VOXEL_INDEX", "FAULT_OUT_GROUP",                  # address generation
                "FAULT_NEAREST_HALF", "FAULT_TRILINEAR_COEF",            # the up-sampling reads
-               "FAULT_BIAS_LOAD", "FAULT_WEIGHT_ROW", "FAULT_MAXPOOL_MIN"]   # loads, max-pool
+               "FAULT_BIAS_LOAD", "FAULT_WEIGHT_ROW", "FAULT_MAXPOOL_MIN",   # loads, max-pool
+               "FAULT_FUSED_SUM"]                                       # the fused add
 TAP_FAULTS = ["FAULT_TAP_OFFSET", "FAULT_PAD_BOUNDS"]                   # tap offsets, bounds / padding
 CYCLE_FAULTS = ["FAULT_LAST_GROUP", "FAULT_DRAIN_SHORT"]                # control, drain
 

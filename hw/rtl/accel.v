@@ -3,9 +3,10 @@
 // It executes a list of descriptors from external memory (programmer's model: hw/ACCEL.md):
 // conv3d_s8 (odd cubic kernels, input optionally nearest-upsampled x2), add_s8 (exponent
 // alignment by left shifts, operand A optionally nearest- or trilinear-upsampled x2, operand B
-// optionally nearest-upsampled), maxpool2_s8; every result through a requantiser per output
-// lane (its own shift: per-channel weight scales; round half to even, saturation, ReLU as the
-// clamp). It knows operators, not LocalNet.
+// optionally nearest-upsampled), maxpool2_s8, and a conv3d_s8 with an add_s8 fused into its
+// output stage; every result through a requantiser per output lane (its own shift: per-channel
+// weight scales; round half to even, saturation, ReLU as the clamp). It knows operators, not
+// LocalNet.
 //
 // External memory: 64-bit words, TP read ports and one write port, each one word per cycle;
 // requests leave registered, a read's word is on rd_data the cycle after the memory sees the
@@ -15,14 +16,15 @@
 // (the compiler proves every bound). Pipeline per slot (hw/ACCEL.md): I0-I1 slot and block
 // headers, A0 operand coordinates, A1-A2 voxel index, A3-A4 address (registered request), M
 // memory, P0 operands registered, P1 products, P2a-P2c lane sums, P3 accumulate, P4-P5
-// requantise (registered write).
+// requantise (registered write); a fused add's F1-F2, its requantiser's P4-P5, the write.
 //
 // Build options (fault injection, tests/test_rtl.py; hw/ACCEL.md lists them): FAULT_ROUND_HALF_UP
 // rounds ties up, FAULT_NO_SATURATION wraps instead of saturating; FAULT_TAP_OFFSET,
 // FAULT_PAD_BOUNDS, FAULT_VOXEL_INDEX, FAULT_OUT_GROUP, FAULT_NEAREST_HALF,
 // FAULT_TRILINEAR_COEF, FAULT_BIAS_LOAD, FAULT_WEIGHT_ROW, FAULT_LAST_GROUP, FAULT_DRAIN_SHORT
-// and FAULT_MAXPOOL_MIN break address generation, tap offsets, bounds, the up-sampling reads,
-// the loads, the control and the max-pool, each at the line it marks.
+// FAULT_MAXPOOL_MIN and FAULT_FUSED_SUM break address generation, tap offsets, bounds, the
+// up-sampling reads, the loads, the control, the max-pool and the fused add, each at the line it
+// marks.
 `default_nettype none
 
 `include "accel_params.vh"   // the defaults: hw/engine.py (ENGINE), one description for RTL and Python
@@ -188,7 +190,7 @@ module accel #(
 
     // ---------------------------------------------------------------- operand windows
     // The generator makes one entry per output row (d, h) of a run, ahead of the iterator: for
-    // operand A (and B of an ADD) the words [lo, hi) that the row's slots can read (every tap,
+    // operand A (and B, of an ADD or a fused CONV) the words [lo, hi) that the row's slots can read (every tap,
     // clamped to the grid, on the operand's own grid: full, half or double). The iterator
     // issues a row's slots once the memory unit holds its hi (ok), and hands the row's lo on
     // as the window's low mark 16 cycles after it (past the last read of the row's slots).
@@ -204,7 +206,7 @@ module accel #(
     reg [9:0] wa_W, wb_W, wa_D, wb_D;          // the operands' grids
     reg [AW-1:0] wa_RW, wb_RW, wa_PW, wb_PW;   // words per row and per plane of the operands
     reg [AW-1:0] wa_base, wa_end, wb_base, wb_end;
-    reg w_two;                                 // an ADD with B: two windows, half the buffer each
+    reg w_two;                                 // B (ADD or fused CONV): two windows, half the buffer each
     reg win_start, win_err;
     localparam [AW:0] W_FULL = 1 << BW, W_HALF = 1 << (BW - 1);
     function [19:0] reach(input [9:0] o, input [9:0] last, input [3:0] p, input [1:0] mode);   // {lo, hi}
@@ -748,7 +750,7 @@ module accel #(
                 lane_sh <= {L{s_out}}; sh_pending <= 1'b1;
                 dec_err <= decode_error;   // registered: the checks stay off the state logic's path
                 // the operand windows: A on the full, half (nearest or trilinear up-sampling) or
-                // double (max-pool) grid, reaching pad taps (CONV) or one (trilinear); B of an ADD
+                // double (max-pool) grid, reaching pad taps (CONV) or one (trilinear); B of an ADD or a fused CONV
                 wa_mode <= is_pool ? M_DBL : (a_near || (a_tri && !is_conv)) ? M_HALF : M_FULL;
                 wa_p <= is_conv ? pad : {3'd0, a_tri};
                 wb_mode <= (b_near || (is_conv && b_tri)) ? M_HALF : M_FULL;
@@ -948,7 +950,11 @@ module accel #(
             fin_v <= 1'b0;
             fb1 <= 1'b0;
             if (p2_v && fused && p2_kind != K_CONV) begin   // a fused add's B slot: B's aligned sum
+`ifdef FAULT_FUSED_SUM   // fault: B's sum never restarts (each voxel's adds the ones before)
+                for (j = 0; j < L; j = j + 1) fbv[j] <= fbv[j] + p2_part[j];
+`else
                 for (j = 0; j < L; j = j + 1) fbv[j] <= (p2_first ? 32'sd0 : fbv[j]) + p2_part[j];
+`endif
                 fb1 <= p2_last; fa1 <= p2_oaddr;
             end else if (p2_v) begin
                 for (j = 0; j < L; j = j + 1) begin

@@ -3,7 +3,7 @@
 //
 // - the descriptor and weight stream: words asked for by the controller, delivered in order on
 //   sq_valid / sq_data (the controller takes one every cycle it is offered one);
-// - the operand windows: operand A (and B of an ADD) streamed in address order into an on-chip
+// - the operand windows: operand A (and B with HAS_B) streamed in address order into an on-chip
 //   circular buffer of 2^BW words (half each when there are two operands; one copy per read
 //   port), never more than `cap` words ahead of the lowest word still to be read (a_lo, b_lo);
 //   the run's reads (TP per cycle, the word the next cycle, as from an ideal memory) come from
