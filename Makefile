@@ -96,7 +96,7 @@ verify: $(OUT)/golden/manifest.json
 
 # the RTL accelerator (hw/rtl/, hw/ACCEL.md) simulated in Verilator on the golden pairs: every
 # tensor dumped to $(OUT)/rtl/pair_XX/ in the golden layout, cycles in $(OUT)/rtl/cycles.json
-$(OUT)/rtl/cycles.json: $(OUT)/golden/manifest.json hw/rtl/accel.v hw/rtl/accel_params.vh hw/rtl/accel_axi.vh hw/rtl/accel_mem.v hw/rtl/accel_ip.v hw/rtl/accel_sim.v hw/compiler.py hw/engine_model.py
+$(OUT)/rtl/cycles.json: $(OUT)/golden/manifest.json hw/rtl/accel.v hw/rtl/accel_params.vh hw/rtl/accel_axi.vh hw/rtl/accel_mem.v hw/rtl/accel_skid.v hw/rtl/accel_ip.v hw/rtl/accel_sim.v hw/compiler.py hw/engine_model.py
 	$(PY) -m hw.rtl_sim --golden $(OUT)/golden --out $(OUT)/rtl --project configs/ibsr.toml
 
 rtl-sim: $(OUT)/rtl/cycles.json
@@ -107,7 +107,7 @@ rtl-verify: $(OUT)/rtl/cycles.json
 # Yosys + nextpnr for the LFE5UM-85F: $(OUT)/rtl/synth.json (skipped when the RTL is unchanged);
 # SEEDS=1,2,3,4,5 places five times (fmax: minimum and median; about 25 minutes on 2 cores)
 SEEDS ?= 1
-$(OUT)/rtl/synth.json: hw/rtl/accel.v hw/rtl/accel_params.vh hw/rtl/accel_axi.vh hw/rtl/accel_mem.v hw/rtl/accel_ip.v hw/rtl/accel_top.v FORCE | $(STAMP)
+$(OUT)/rtl/synth.json: hw/rtl/accel.v hw/rtl/accel_params.vh hw/rtl/accel_axi.vh hw/rtl/accel_mem.v hw/rtl/accel_skid.v hw/rtl/accel_ip.v hw/rtl/accel_top.v FORCE | $(STAMP)
 	$(PY) -m hw.rtl_synth --out $(OUT)/rtl --seeds $(SEEDS)
 
 rtl-synth: $(OUT)/rtl/synth.json

@@ -29,7 +29,8 @@ from hw.compiler import (LANES, OP_CONV, TP, Program, compile_weights, get_tenso
                          write_readmemh64)
 
 RTL_DIR = Path(__file__).resolve().parent / "rtl"
-SOURCES = [RTL_DIR / "accel.v", RTL_DIR / "accel_mem.v", RTL_DIR / "accel_ip.v", RTL_DIR / "accel_sim.v"]
+SOURCES = [RTL_DIR / "accel.v", RTL_DIR / "accel_mem.v", RTL_DIR / "accel_skid.v", RTL_DIR / "accel_ip.v",
+           RTL_DIR / "accel_sim.v"]
 # the ECP5 multiplier block's behavioural model, for the ECP5_DSP build (synthesis maps the real one)
 DSP_MODEL = RTL_DIR / "sim" / "MULT18X18D.v"
 LINT_WAIVERS = RTL_DIR / "lint.vlt"  # reviewed: `verilator --lint-only -Wall` has nothing else to say

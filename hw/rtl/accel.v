@@ -387,6 +387,11 @@ module accel #(
     // grid's (nearest / trilinear operands) and the double grid's (max-pool), registered at decode
     reg [AW-1:0] hw_full, hw_half, hw_dbl;
 
+`ifdef FAULT_NEAREST_HALF   // fault: B's half-grid voxel rounded up along d
+    wire [9:0] bn_d = (i_d + 10'd1) >> 1;
+`else
+    wire [9:0] bn_d = i_d >> 1;   // a nearest B's plane
+`endif
     // slot: coordinates in the operand's grid, its grid (W and H*W), base, stride, group
     reg [9:0] sd, sh, sw, sgW;
     reg [AW-1:0] s_hw;
@@ -402,7 +407,7 @@ module accel #(
         if (is_conv && i_isb) begin   // the fused add's B at the output voxel (or up-sampled)
             s_base = b_base; s_lg = b_lg; s_grp = b_off + i_og; s_shift = sb; s_isb = 1'b1;
             if (b_tri) begin sd = td[9:0]; sh = th[9:0]; sw = tw[9:0]; s_hw = hw_half; sgW = hW; s_coef = tcoef; end
-            else if (b_near) begin sd = i_d >> 1; sh = i_h >> 1; sw = i_w >> 1; s_hw = hw_half; sgW = hW; end
+            else if (b_near) begin sd = bn_d; sh = i_h >> 1; sw = i_w >> 1; s_hw = hw_half; sgW = hW; end
         end else if (is_conv) begin
             s_kind = K_CONV; s_rd = conv_in; s_grp = a_off + {24'd0, h_cur[31:24]};
             sd = cd[9:0]; sh = ch[9:0]; sw = cw[9:0];
@@ -413,11 +418,7 @@ module accel #(
             s_hw = hw_dbl; sgW = {gW[8:0], 1'b0};
         end else if (has_b && i_last) begin
             s_base = b_base; s_lg = b_lg; s_grp = b_off + i_grp; s_shift = sb; s_isb = 1'b1;
-`ifdef FAULT_NEAREST_HALF   // fault: B's half-grid voxel rounded up along d
-            if (b_near) begin sd = (i_d + 10'd1) >> 1; sh = i_h >> 1; sw = i_w >> 1; s_hw = hw_half; sgW = hW; end
-`else
-            if (b_near) begin sd = i_d >> 1; sh = i_h >> 1; sw = i_w >> 1; s_hw = hw_half; sgW = hW; end
-`endif
+            if (b_near) begin sd = bn_d; sh = i_h >> 1; sw = i_w >> 1; s_hw = hw_half; sgW = hW; end
         end else if (a_tri) begin
             sd = td[9:0]; sh = th[9:0]; sw = tw[9:0]; s_hw = hw_half; sgW = hW; s_coef = tcoef;
         end else if (a_near) begin

@@ -40,10 +40,42 @@ module accel_ip #(
     reg start, irq_en, irq_q, ran;
     reg [31:0] desc_base, mem_limit, hi_latch;
 
+    // the engine's AXI4 master (e_*) reaches the port through register slices: AR, AW and W
+    // through a skid buffer each (accel_skid.v), R and B through one register each (the engine
+    // takes every beat: its rready and bready are 1, so nothing is ever held back there). Every
+    // signal on the port is then a flip-flop's output or goes into flip-flops through one level of
+    // logic, and the bus's timing stays outside the engine's paths.
+    wire [31:0] e_araddr, e_awaddr;
+    wire [7:0] e_arlen, e_awlen;
+    wire e_arvalid, e_arready, e_rlast, e_rvalid, e_rready, e_awvalid, e_awready, e_wlast, e_wvalid, e_wready;
+    wire e_bvalid, e_bready;
+    wire [63:0] e_rdata, e_wdata;
     accel #(.AW(AW), .TP(TP), .BW(BW)) u_accel (
         .clk(clk), .rst(rst), .start(start), .desc_base(desc_base), .mem_limit(mem_limit),
         .done(done), .error(error), .cycles(cycles), .waits(waits), .n_reads(n_reads), .n_writes(n_writes), .macs(macs),
-        `ACCEL_AXI_MASTER_CONNECT);
+        .m_araddr(e_araddr), .m_arlen(e_arlen), .m_arvalid(e_arvalid), .m_arready(e_arready),
+        .m_rdata(e_rdata), .m_rlast(e_rlast), .m_rvalid(e_rvalid), .m_rready(e_rready),
+        .m_awaddr(e_awaddr), .m_awlen(e_awlen), .m_awvalid(e_awvalid), .m_awready(e_awready),
+        .m_wdata(e_wdata), .m_wlast(e_wlast), .m_wvalid(e_wvalid), .m_wready(e_wready),
+        .m_bvalid(e_bvalid), .m_bready(e_bready));
+    accel_skid #(.W(40)) u_ar (.clk(clk), .rst(rst), .in_data({e_arlen, e_araddr}), .in_valid(e_arvalid),
+        .in_ready(e_arready), .out_data({m_arlen, m_araddr}), .out_valid(m_arvalid), .out_ready(m_arready));
+    accel_skid #(.W(40)) u_aw (.clk(clk), .rst(rst), .in_data({e_awlen, e_awaddr}), .in_valid(e_awvalid),
+        .in_ready(e_awready), .out_data({m_awlen, m_awaddr}), .out_valid(m_awvalid), .out_ready(m_awready));
+    accel_skid #(.W(65)) u_w (.clk(clk), .rst(rst), .in_data({e_wlast, e_wdata}), .in_valid(e_wvalid),
+        .in_ready(e_wready), .out_data({m_wlast, m_wdata}), .out_valid(m_wvalid), .out_ready(m_wready));
+    reg r_v, r_last, b_v;
+    reg [63:0] r_data;
+    always @(posedge clk) begin
+        r_v <= m_rvalid && !rst; r_data <= m_rdata; r_last <= m_rlast;
+        b_v <= m_bvalid && !rst;
+    end
+    assign m_rready = e_rready;
+    assign m_bready = e_bready;
+    assign e_rvalid = r_v;
+    assign e_rdata = r_data;
+    assign e_rlast = r_last;
+    assign e_bvalid = b_v;
 
     // a write is taken when its address and data are both there and no response is pending
     wire w_take = s_awvalid && s_wvalid && !bvalid_q;
