@@ -619,3 +619,10 @@ def test_engine_description_is_one():
                                                                               hw.engine.WBUF_ENTRIES)
     assert WINDOW_WORDS == 1 << hw.engine.ENGINE["WINDOW_BITS"][0]
     assert "`define ACCEL_WINDOW_BITS 14" in hw.engine.verilog_header()
+    # every width follows from the table: a deeper weight buffer gives its address bits; a
+    # table the RTL cannot be built from is refused, naming the parameter
+    deeper = {**hw.engine.ENGINE, "WBUF_DEPTH": (4096, "")}
+    assert "`define ACCEL_WB_AW 12" in hw.engine.verilog_header(deeper)
+    for key, bad in (("WBUF_DEPTH", 8192), ("WBUF_DEPTH", 500), ("TP", 4), ("ADDR_BITS", 30)):
+        with pytest.raises(ValueError, match=key):
+            hw.engine.verilog_header({**hw.engine.ENGINE, key: (bad, "")})

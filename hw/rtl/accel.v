@@ -153,7 +153,8 @@ module accel #(
     reg signed [31:0] bias [0:L-1];
     reg [WB_AW:0] n_entries;
     reg [31:0] lptr;
-    reg [15:0] li, lnum;   // load: words taken and the index of the group's last (5 + 9E <= 4,613)
+    reg [15:0] li, lnum;   // load: words taken and the index of the group's last (5 + 9E < 2^16: hw/engine.py)
+    wire [15:0] e_cnt = {{(15 - WB_AW){1'b0}}, rd0[WB_AW:0]};   // a group's block count as loaded (<= WBUF_DEPTH)
     wire ld_word = (state == S_LOAD) && sq_valid;
     reg [WB_AW:0] lblk;
     localparam [WB_AW:0] TP_MASK = {{WB_AW{1'b0}}, TPL == 1};   // TP - 1 (TP is 1 or 2): lblk & TP_MASK is the port whose bank holds block lblk
@@ -814,8 +815,8 @@ module accel #(
                 if (!sq_valid) begin
                 end else if (li == 16'd0) begin
                     n_entries <= rd0[WB_AW:0];
-                    lnum <= 16'd5 + {3'd0, rd0[9:0], 3'd0} + {6'd0, rd0[9:0]};   // the last word: 5 + 9E
-                    e9 <= {3'd0, rd0[9:0], 3'd0} + {6'd0, rd0[9:0]};
+                    lnum <= 16'd5 + (e_cnt << 3) + e_cnt;   // the last word: 5 + 9E
+                    e9 <= (e_cnt << 3) + e_cnt;
                     e_bad <= (rd0[31:0] == 32'd0 || rd0[31:0] > WBUF_DEPTH);
                     e_chk <= 2'b01;
                 end else if (li <= 16'd4) begin
