@@ -106,6 +106,7 @@ class Program:
     dense: bool
     input_name: str = "input"
     fused: dict[str, str] = field(default_factory=dict)   # tensors not in memory: CONV output -> the fused ADD's
+    intact: set[str] = field(default_factory=set)         # tensors still in memory after the run (plan "reuse": some)
 
     def image(self, x: np.ndarray | None = None) -> np.ndarray:
         """The external memory image (uint64 words) with the input tensor (1, C, D, H, W) int8 placed."""
@@ -123,7 +124,7 @@ class Program:
                 "descriptors": [{"layer": d.layer, "op": d.op, "fields": d.fields(), "entries": d.entries, "macs": d.macs,
                  "executed_macs": d.executed_macs}
                                 for d in self.descs],
-                "fused": self.fused,
+                "fused": self.fused, "intact": sorted(self.intact),
                 "tensors": {n: asdict(t) for n, t in self.tensors.items()}}
 
 
@@ -240,8 +241,10 @@ def structural_weights(base_channels: int, levels: int, ddf_levels, first_kernel
 class Compiler:
     def __init__(self, wb: WeightsFile, grid: tuple[int, int, int], dense: bool = False,
                  wbuf_entries: int = WBUF_ENTRIES, mem_words: int = MEM_WORDS, window_words: int | None = None,
-                 fuse: bool = True):
-        self.r, self.dense, self.fuse = wb.records, dense, fuse
+                 fuse: bool = True, plan: str = "keep"):
+        if plan not in ("keep", "reuse"):
+            raise CompileError(f"memory plan {plan!r}: 'keep' or 'reuse'")
+        self.r, self.dense, self.fuse, self.plan = wb.records, dense, fuse, plan
         self.fused: dict[str, str] = {}   # a CONV output never written (fused) -> the ADD output written instead
         self.wbuf_entries, self.mem_words = wbuf_entries, mem_words
         self.window_words = window_words   # the engine's operand window buffer (None: hw.engine_model's)
@@ -264,7 +267,8 @@ class Compiler:
         self.wpending: list[tuple[Desc, np.ndarray, np.ndarray, list]] = []   # (CONV, bias, shifts, blocks)
         self.act_words = 0
 
-    # memory plan: every tensor its own region (all stay readable for the dumps)
+    # memory plan: every tensor its own region, in the order written (all stay readable for the
+    # dumps); plan "reuse" then reassigns the regions by liveness (_reuse)
     def _alloc(self, name: str, channels: int, grid, e: int) -> Tensor:
         t = Tensor(name, self.act_words, int(channels), tuple(int(v) for v in grid), int(e))
         if t.stride > 128:
@@ -385,7 +389,8 @@ class Compiler:
     def _fuse(self, name: str, out: Record, a: Tensor, b: Tensor, sa: int, sb: int, s_out: int, *, a_off: int,
               b_off: int, a_nearest: bool, b_nearest: bool, a_trilinear: bool, conv_is_a: bool) -> Tensor | None:
         """The ADD fused into the output stage of the CONV just emitted, when that CONV wrote one of
-        its operands whole on the output grid (None: it did not). The CONV's result is then never
+        its operands whole on the output grid and fusing moves fewer words over the bus (None:
+        not fused; the B stream repeats per output group). The CONV's result is then never
         written: the descriptor writes the sum, in the region the result had (the last one
         allocated), and the other operand becomes its B."""
         last = self.descs[-1] if self.descs else None
@@ -394,6 +399,10 @@ class Compiler:
         c_up = (a_nearest or a_trilinear) if conv_is_a else b_nearest
         o_near, o_tri = (b_nearest, False) if conv_is_a else (a_nearest, a_trilinear)
         if last is None or last.op != OP_CONV or last.o[0] != conv.base or c_off or c_up:
+            return None
+        # only where it removes traffic: the CONV's result no longer written and read back, nor
+        # the ADD's descriptor and pass over B, but each output group's run streams B again
+        if 2 * conv.words + DESC_WORDS - (len(last.entries) - 1) * other.words <= 0:
             return None
         assert conv.base + conv.words == self.act_words
         self.act_words -= conv.words
@@ -450,7 +459,53 @@ class Compiler:
         self.descs.append(Desc(OP_END, "end"))
         return self._finish()
 
+    def _reuse(self) -> set[str]:
+        """The liveness plan: each tensor's region holds it from the descriptor that writes it to
+        the last that reads it (the input from the start, the displacement field to the end),
+        then serves the tensors after it. Placed largest first, each at the lowest address where
+        it overlaps no tensor whose life overlaps its own. Rewrites every base; returns the names whose
+        region no later tensor takes (still readable after the run: the ddf, the input if never
+        overwritten, ...)."""
+        uniq = list({id(t): t for t in self.tensors.values()}.values())
+        by_base = {t.base: t for t in uniq}
+        n = len(self.descs)
+        first = {id(self.tensors["input"]): -1}
+        last = {id(self.tensors["ddf"]): n}
+        for i, d in enumerate(self.descs):
+            if d.op == OP_END:
+                continue
+            for base in [d.a[0]] + ([d.b[0]] if d.flags & F_HAS_B else []):
+                last[id(by_base[base])] = max(last.get(id(by_base[base]), i), i)
+            first.setdefault(id(by_base[d.o[0]]), i)
+        life = {id(t): (first[id(t)], last.get(id(t), first[id(t)])) for t in uniq}
+        placed: list[tuple[int, int, Tensor]] = []   # (start, end, tensor)
+        new: dict[int, int] = {}
+        for t in sorted(uniq, key=lambda t: (-t.words, life[id(t)][0])):   # the largest first
+            born, dies = life[id(t)]
+            clash = sorted((a, b) for a, b, t2 in placed if life[id(t2)][0] <= dies and born <= life[id(t2)][1])
+            at = 0
+            for a, b in clash:
+                if at + t.words <= a:
+                    break
+                at = max(at, b)
+            new[t.base] = at
+            placed.append((at, at + t.words, t))
+        intact = {id(t) for a, b, t in placed
+                  if not any(life[id(t2)][0] > life[id(t)][0] and a2 < b and a < b2 for a2, b2, t2 in placed)}
+        for d in self.descs:
+            if d.op == OP_END:
+                continue
+            d.a = (new[d.a[0]], *d.a[1:])
+            if d.flags & F_HAS_B:
+                d.b = (new[d.b[0]], *d.b[1:])
+            d.o = (new[d.o[0]], d.o[1])
+        for t in uniq:
+            t.base = new[t.base]
+        self.act_words = max(b for _, b, _ in placed)
+        return {name for name, t in self.tensors.items() if id(t) in intact}
+
     def _finish(self) -> Program:
+        intact = set(self.tensors) if self.plan == "keep" else self._reuse()
         wbase = len(self.descs) * DESC_WORDS
         words: list[int] = []
         for d, bias, shifts, blocks in self.wpending:
@@ -486,13 +541,15 @@ class Compiler:
                 if span > cap:
                     raise CompileError(f"{d.layer}: one output row reads {span} words of an operand, the engine's "
                                        f"window holds {cap}")
-        return Program(self.descs, self.tensors, words, act_base, self.act_words, self.dense, fused=dict(self.fused))
+        return Program(self.descs, self.tensors, words, act_base, self.act_words, self.dense, fused=dict(self.fused),
+                       intact=intact)
 
 
 def compile_weights(wb: WeightsFile | str | Path, grid=None, dense: bool = False, **limits) -> Program:
     """weights.bin (or its parsed form) -> Program for the given working grid (default: the
     export's). `limits`: wbuf_entries, mem_words, window_words of a larger engine (projections);
-    fuse=False keeps every ADD a descriptor of its own (every tensor in memory)."""
+    fuse=False keeps every ADD a descriptor of its own (every tensor in memory); plan="reuse"
+    gives a tensor's region to later ones once it is dead (Program.intact: those left readable)."""
     if not isinstance(wb, WeightsFile):
         wb = read_weights(wb)
     if grid is None:
@@ -525,6 +582,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dense", action="store_true", help="store every weight block (no zero-block skipping)")
     ap.add_argument("--no-fuse", action="store_true",
                     help="run every ADD as its own descriptor (every tensor of the trace stays in memory)")
+    ap.add_argument("--plan", choices=("keep", "reuse"), default="keep",
+                    help="memory plan: every tensor its own region (keep, default: all readable for dumps), or "
+                         "regions reused once their tensor is dead (reuse: liveness; program.json lists the intact ones)")
     a = ap.parse_args(argv)
     from hw.npy import read_npy
     from model.artifacts import atomic_write_json
@@ -533,7 +593,7 @@ def main(argv=None) -> int:
     def body():
         if not a.weights.is_file():
             raise CompileError(f"{a.weights}: weights file not found")
-        prog = compile_weights(a.weights, dense=a.dense, fuse=not a.no_fuse)
+        prog = compile_weights(a.weights, dense=a.dense, fuse=not a.no_fuse, plan=a.plan)
         x = read_npy(a.input, dtypes=("int8",), ndim=5) if a.input else None
         write_readmemh64(a.out / "mem.hex", prog.image(x))
         atomic_write_json(a.out / "program.json", prog.to_json())

@@ -185,25 +185,36 @@ def layer_report(prog: Program, per: list[dict], tp: int = TP) -> list[dict]:
 def project(config_toml: Path) -> dict:
     """Cycles of a configuration nobody has exported (configs/ibsr.toml), from the cycle model on
     its layer shapes with every weight block stored (dense: no block is all-zero in a trained
-    unstructured network either), and the engine sizes it needs (weight buffer, memory)."""
+    unstructured network either), on ideal memory (busy cycles: no waits), and the engine sizes
+    it needs: the weight buffer, the window (the most words one output row reaches in one
+    operand: the engine as built holds hw.engine's WINDOW_WORDS, and has no spatial tiling yet),
+    the memory with every tensor kept and with the liveness plan, the traffic."""
     import tomllib
 
-    from hw.compiler import WBUF_ENTRIES, structural_weights
-    from hw.engine_model import cycle_model, total_cycles
+    from hw.compiler import OP_END, WBUF_ENTRIES, structural_weights
+    from hw.engine_model import WINDOW_WORDS, cycle_model, total_cycles, total_traffic, window_span
 
     cfg = tomllib.loads(Path(config_toml).read_text())
     m, grid = cfg["model"], cfg["data"]["shape"]
     wb = structural_weights(m["base_channels"], m["levels"], m["ddf_levels"])
-    prog = compile_weights(wb, grid=grid, dense=True, wbuf_entries=1 << 30, mem_words=1 << 62, window_words=1 << 62)
-    cycles = total_cycles(cycle_model(prog))
+    unlimited = {"wbuf_entries": 1 << 30, "mem_words": 1 << 62, "window_words": 1 << 62}
+    prog = compile_weights(wb, grid=grid, dense=True, plan="reuse", **unlimited)
+    keep = compile_weights(wb, grid=grid, dense=True, plan="keep", **unlimited)
+    per = cycle_model(prog)
+    cycles = total_cycles(per)
+    reads, writes = total_traffic(per)
     macs = sum(d.macs for d in prog.descs)
     executed = sum(d.executed_macs for d in prog.descs)
     blocks = max(max(d.entries) for d in prog.descs if d.op == OP_CONV)
+    spans = [window_span(d.op, d.flags, d.grid, d.k, d.a, d.b, WINDOW_WORDS) for d in prog.descs if d.op != OP_END]
+    window = max(span * (WINDOW_WORDS // cap) for span, cap in spans)   # both halves' worth with two operands
     cap = cycles * TP * LANES * LANES
     return {"config": str(config_toml), "grid": list(grid), "cycles": cycles, "dense_macs": macs,
             "executed_mac_util": round(executed / cap, 4), "dense_equiv_util": round(macs / cap, 4),
-            "weight_buffer_blocks": blocks,
-            "fits_weight_buffer": blocks <= WBUF_ENTRIES, "memory_bytes": 8 * (prog.act_base + prog.act_words)}
+            "weight_buffer_blocks": blocks, "fits_weight_buffer": blocks <= WBUF_ENTRIES,
+            "window_words_needed": window, "fits_window": all(span <= cap for span, cap in spans),
+            "memory_bytes": 8 * (prog.act_base + prog.act_words), "memory_bytes_keep_all": 8 * (keep.act_base + keep.act_words),
+            "traffic_bytes": 8 * (reads + writes), "fused_adds": len(prog.fused)}
 
 
 def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = False, defines: dict | None = None,

@@ -494,6 +494,33 @@ def test_engine_stops_with_an_error_code(weights, sim_build, tmp_path, case, cod
     assert res["error"] == code and res["cycles"] < bound, res
 
 
+def test_reuse_plan_runs_in_less_memory(weights, sim_build, tmp_path):
+    """The liveness plan (plan="reuse") gives a dead tensor's region to the tensors after it: the
+    program needs under a third of the activation words, and the engine model and the RTL leave
+    every tensor the plan keeps intact (the ddf among them) equal to the reference's, the RTL's
+    whole memory equal to the model's, in the model's busy cycles. A region handed out while its
+    tensor was still to be read would corrupt what follows."""
+    from export.weights import read_weights
+    from hw.engine_model import cycle_model
+    from hw.rtl_sim import simulate
+
+    ref = Reference(read_weights(weights))
+    x = random_input(ref, 3)
+    trace: dict = {}
+    ref.run(x, trace)
+    keep, reuse = compile_weights(weights), compile_weights(weights, plan="reuse")
+    assert 3 * reuse.act_words < keep.act_words and keep.intact == set(keep.tensors)
+    assert "ddf" in reuse.intact and len(reuse.intact) < len(keep.intact) // 2
+    mem, per = run_image(reuse.image(x.q))
+    for name in reuse.intact:
+        if name in trace:
+            assert np.array_equal(get_tensor(mem, reuse.tensors[name]), trace[name].q), name
+    runner, build_dir = sim_build
+    rtl_mem, res = simulate(runner, build_dir, reuse.image(x.q), tmp_path / "w")
+    assert np.array_equal(rtl_mem, mem) and res["cycles"] - res["waits"] == total_cycles(per) == total_cycles(
+        cycle_model(reuse))
+
+
 def test_engine_runs_again_without_a_reset(weights, sim_build, tmp_path):
     """A second start after done runs the program again: the same ddf as the reference, the
     same busy cycles as the cycle model, error 0."""
