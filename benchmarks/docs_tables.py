@@ -142,6 +142,8 @@ def accelerator(run: Path) -> str:
            f"| of which waiting for memory | {worst['waits']:,} ({worst['waits'] / cycles:.1%}) |",
            f"| busy cycles, words read and written equal to the models | {cyc.get('cycle_model_checked')} |",
            f"| words read / written per pair (64-bit) | {worst['reads']:,} / {worst['writes']:,} |",
+           f"| descriptors per pair (of them convolutions with an add fused into their output stage) | "
+           f"{len(cyc.get('layers', []))} ({sum('+' in r['layer'] for r in cyc.get('layers', []))}) |",
            f"| sparse / dense busy cycles | {cyc.get('sparse_vs_dense')} |",
            f"| MAC array | {cyc.get('array_macs')} |",
            f"| executed-MAC utilisation (stored blocks at taps inside the volume / array capacity over all cycles) "
@@ -156,6 +158,16 @@ def accelerator(run: Path) -> str:
                    f"| {fmax} MHz{spread} |")
         if fmax:
             out.append(f"| ms per pair at that fmax, on the DRAM model | {cycles / (fmax * 1e3):.1f} |")
+    pj = cyc.get("projection")
+    if pj and "traffic_bytes" in pj:
+        at = f", {pj['cycles'] / (syn['fmax_mhz'] * 1e6):.0f} s at that fmax" if syn and syn.get("fmax_mhz") else ""
+        fits = "runs on the engine as built" if pj["fits_window"] and pj["fits_weight_buffer"] else (
+            f"not runnable on the engine as built: a row reaches {pj['window_words_needed']:,} window words, "
+            f"an output group {pj['weight_buffer_blocks']:,} weight blocks")
+        out.append(f"| projected: `{pj['config']}` at {'x'.join(map(str, pj['grid']))}, dense, cycle model on ideal memory "
+                   f"| {pj['cycles']:,} cycles{at}; memory plan {pj['memory_bytes'] / 1e6:.0f} MB (liveness; "
+                   f"{pj['memory_bytes_keep_all'] / 1e6:,.0f} MB keeping every tensor); traffic "
+                   f"{pj['traffic_bytes'] / 1e9:.2f} GB; {fits} |")
     return "\n".join(out) + "\n"
 
 

@@ -75,6 +75,33 @@ def golden(weights: Path, cfg, data_dir: Path, out: Path, pairs: int = 2, force:
     return manifest
 
 
+def golden_random(weights: Path, out: Path, pairs: int = 1, seed: int = 0) -> dict:
+    """Golden vectors in the same layout (npy and manifest: what hw.verify and hw.rtl_sim read)
+    for inputs of uniform random intensities on the weights' grid, `pairs` of them from `seed`:
+    for networks with no data of their grid (untrained, paper-scale at a reduced grid). `out`
+    must not exist or be empty."""
+    from model.artifacts import atomic_write_bytes, atomic_write_json
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out}: exists and is not an empty directory")
+    ref = Reference.from_file(weights)
+    grid = tuple(ref.wb.meta["input_shape"][-3:])
+    rng = np.random.default_rng(seed)
+    manifest = {"weights": str(weights), "weights_sha256": sha256_file(weights), "generator": "hw/golden.py (random)",
+                "seed": seed, "pairs": []}
+    for k in range(pairs):
+        trace: dict = {}
+        ref.run(quantize_input(rng.random(grid), rng.random(grid), ref.rec("input", OP_QUANT)), trace)
+        d = out / f"pair_{k:02d}"
+        tensors = {}
+        for name, t in trace.items():
+            atomic_write_bytes(d / f"{name}.npy", _npy_bytes(t.q))
+            tensors[name] = {"shape": list(t.q.shape), "dtype": "int8", "exponent": t.e}
+        manifest["pairs"].append({"dir": d.name, "tensors": tensors})
+    atomic_write_json(out / "manifest.json", manifest)
+    return manifest
+
+
 _PAIR_DIR = re.compile(r"^pair_\d{2,}$")
 
 

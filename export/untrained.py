@@ -1,0 +1,43 @@
+"""weights.bin of an untrained network of any shape, with magnitudes that exercise the integer path.
+
+    from export.untrained import untrained_weights
+    untrained_weights(model_cfg, (8, 8, 8), "w.bin", seed=1)
+
+For verifying the integer chain (reference, compiler, engine model, RTL) on networks nobody has
+trained: the paper-scale config, the tests' small one. The Brevitas twin of `model_cfg` gets
+uniform weights and biases in [-0.5, 0.5], a fraction `sparsity` of each layer's weights
+zeroed, and each output channel scaled by 2^u (u uniform in [-3, 1]) so that per-channel
+weight exponents differ from lane to lane. It is calibrated on dim random images (a quarter of
+the range), so full-range inputs saturate activations; ties of the rounding occur too.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from export.export import weight_records
+from export.weights import write_weights
+from quant.twin import QuantLocalNet, calibrate
+
+
+def untrained_weights(model_cfg, grid, path: Path | str, seed: int = 1, sparsity: float = 0.25,
+                      weight_scale: str = "channel", calibration_images: int = 2) -> Path:
+    """Write weights.bin for `model_cfg` (a model.config ModelConfig) on `grid` (D, H, W) at
+    `path`; returns the path."""
+    torch.manual_seed(seed)
+    twin = QuantLocalNet(model_cfg, weight_scale=weight_scale)
+    for m in twin.modules():
+        if isinstance(m, torch.nn.Conv3d):
+            torch.nn.init.uniform_(m.weight, -0.5, 0.5)
+            torch.nn.init.uniform_(m.bias, -0.5, 0.5)
+            with torch.no_grad():
+                m.weight.mul_((torch.rand_like(m.weight) >= sparsity).float())
+                m.weight.mul_(torch.exp2(4 * torch.rand(m.weight.shape[0], 1, 1, 1, 1) - 3))
+    xs = [0.25 * torch.rand(1, 2, *grid) for _ in range(calibration_images)]
+    calibrate(twin, xs)
+    records = weight_records(twin, xs[0])
+    path = Path(path)
+    write_weights(path, records, {"model": {"levels": model_cfg.levels, "ddf_levels": model_cfg.ddf_levels},
+                                  "input_shape": [1, 2, *grid]})
+    return path
