@@ -42,6 +42,8 @@ def main(argv=None) -> int:
     ap.add_argument("--grid", default="32,32,32", help="D,H,W: each divisible by 2^levels (default 32,32,32)")
     ap.add_argument("--pairs", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--gain", type=float, default=1.5,
+                    help="weights uniform in +-gain * sqrt(6 / fan-in) (default 1.5: activations saturate, none vanish)")
     a = ap.parse_args(argv)
 
     def body():
@@ -62,7 +64,7 @@ def main(argv=None) -> int:
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        weights = untrained_weights(cfg.model, grid, out / "weights.bin", seed=a.seed)
+        weights = untrained_weights(cfg.model, grid, out / "weights.bin", seed=a.seed, fan_in_gain=a.gain)
         golden = out / "golden"
         if golden.exists():
             import shutil

@@ -6,7 +6,8 @@
 For verifying the integer chain (reference, compiler, engine model, RTL) on networks nobody has
 trained: the paper-scale config, the tests' small one. The Brevitas twin of `model_cfg` gets
 uniform weights and biases in [-0.5, 0.5], a fraction `sparsity` of each layer's weights
-zeroed, and each output channel scaled by 2^u (u uniform in [-3, 1]) so that per-channel
+zeroed (or +-gain * sqrt(6 / fan-in) for deep networks), and each output channel scaled by 2^u
+(u uniform in [-3, 1]) so that per-channel
 weight exponents differ from lane to lane. It is calibrated on dim random images (a quarter of
 the range), so full-range inputs saturate activations; ties of the rounding occur too.
 """
@@ -22,14 +23,18 @@ from quant.twin import QuantLocalNet, calibrate
 
 
 def untrained_weights(model_cfg, grid, path: Path | str, seed: int = 1, sparsity: float = 0.25,
-                      weight_scale: str = "channel", calibration_images: int = 2) -> Path:
+                      weight_scale: str = "channel", calibration_images: int = 2, fan_in_gain: float | None = None) -> Path:
     """Write weights.bin for `model_cfg` (a model.config ModelConfig) on `grid` (D, H, W) at
-    `path`; returns the path."""
+    `path`; returns the path. `fan_in_gain`: weights uniform in +-gain * sqrt(6 / fan-in)
+    instead of +-0.5, so that a deep, wide network's activations keep their size from layer to
+    layer (else the exponents of the deep layers drift apart by more than an add can align)."""
     torch.manual_seed(seed)
     twin = QuantLocalNet(model_cfg, weight_scale=weight_scale)
     for m in twin.modules():
         if isinstance(m, torch.nn.Conv3d):
-            torch.nn.init.uniform_(m.weight, -0.5, 0.5)
+            fan_in = m.weight[0].numel()
+            b = 0.5 if fan_in_gain is None else fan_in_gain * (6.0 / fan_in) ** 0.5
+            torch.nn.init.uniform_(m.weight, -b, b)
             torch.nn.init.uniform_(m.bias, -0.5, 0.5)
             with torch.no_grad():
                 m.weight.mul_((torch.rand_like(m.weight) >= sparsity).float())

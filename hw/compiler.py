@@ -404,12 +404,17 @@ class Compiler:
         # the ADD's descriptor and pass over B, but each output group's run streams B again
         if 2 * conv.words + DESC_WORDS - (len(last.entries) - 1) * other.words <= 0:
             return None
+        from hw.engine_model import WINDOW_WORDS, window_span
+        flags = last.flags | F_HAS_B | (F_B_NEAREST if o_near else 0) | (F_B_TRILINEAR if o_tri else 0)
+        span, cap = window_span(OP_CONV, flags, last.grid, last.k, last.a, (other.base, other.stride, o_off),
+                                self.window_words or WINDOW_WORDS)
+        if span > cap:   # the two operands' windows (half the buffer each) would not hold a row
+            return None
         assert conv.base + conv.words == self.act_words
         self.act_words -= conv.words
         del self.tensors[conv.name]
         y = self._alloc(name, conv.channels, conv.grid, out.e_out)
-        last.flags |= F_HAS_B | (F_B_NEAREST if o_near else 0) | (F_B_TRILINEAR if o_tri else 0) | \
-            (F_RELU_B if out.relu else 0)
+        last.flags = flags | (F_RELU_B if out.relu else 0)
         last.b, last.o = (other.base, other.stride, o_off), (y.base, y.stride)
         last.sa, last.sb, last.s_out = (sa, sb, s_out) if conv_is_a else (sb, sa, s_out)
         last.layer = f"{last.layer}+{name}"

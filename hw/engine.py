@@ -62,8 +62,6 @@ def verilog_header(engine: dict | None = None) -> str:
              "// do not edit. The RTL modules take their parameters' defaults from here."]
     for name, (value, what) in engine.items():
         lines.append(f"`define ACCEL_{name} {value}   // {what}")
-    wb = (engine["WBUF_DEPTH"][0] - 1).bit_length()
-    lines.append(f"`define ACCEL_WB_AW {wb}   // log2 of WBUF_DEPTH (its address bits)")
     return "\n".join(lines) + "\n"
 
 

@@ -118,7 +118,7 @@ def conv_slots(blocks: int, tp: int = TP, flags: int = 0) -> int:
     return -(-blocks // tp) + (0 if not flags & F_HAS_B else 8 if flags & F_B_TRILINEAR else 1)
 
 
-def _conv(mem: np.ndarray, d: dict, cyc: dict, tp: int, limit: int) -> None:
+def _conv(mem: np.ndarray, d: dict, cyc: dict, tp: int, limit: int, wbuf_entries: int = WBUF_ENTRIES) -> None:
     D, H, W = d["grid"]
     ab, ast, aoff = d["a"]
     in_grid = (D // 2, H // 2, W // 2) if d["flags"] & F_A_NEAREST else (D, H, W)
@@ -136,8 +136,8 @@ def _conv(mem: np.ndarray, d: dict, cyc: dict, tp: int, limit: int) -> None:
         yb = _read(mem, bb, bst, (D // 2, H // 2, W // 2) if b_up else (D, H, W))
     for og in range(d["ocg"]):
         n = int(mem[ptr])
-        if not 1 <= (n & 0xFFFFFFFF) <= WBUF_ENTRIES:
-            raise EngineError(E_BLOCKS, f"output group {og}: {n & 0xFFFFFFFF} weight blocks, not 1 .. {WBUF_ENTRIES}")
+        if not 1 <= (n & 0xFFFFFFFF) <= wbuf_entries:
+            raise EngineError(E_BLOCKS, f"output group {og}: {n & 0xFFFFFFFF} weight blocks, not 1 .. {wbuf_entries}")
         if ptr + LOAD_FIXED + (1 + LANES) * n > limit:
             raise EngineError(E_ADDRESS, f"output group {og}: its weights end at word {ptr + LOAD_FIXED + (1 + LANES) * n}, "
                                          f"the memory plan at {limit}")
@@ -273,11 +273,13 @@ def plan_error(d: dict, limit: int) -> str | None:
 
 
 def run_image(mem: np.ndarray, max_descs: int = 4096, tp: int = TP, window_words: int = WINDOW_WORDS,
-              mem_limit: int | None = None) -> tuple[np.ndarray, list[dict]]:
+              mem_limit: int | None = None, wbuf_entries: int = WBUF_ENTRIES,
+              mem_words: int = MEM_WORDS) -> tuple[np.ndarray, list[dict]]:
     """Execute the program in `mem` (modified copy returned) and the cycles of each descriptor on
-    an engine with `tp` blocks per slot and an operand window buffer of `window_words`, its
-    MEM_LIMIT register `mem_limit` words (default: the image's)."""
-    limit = min(len(mem) if mem_limit is None else mem_limit, MEM_WORDS)
+    an engine with `tp` blocks per slot, an operand window buffer of `window_words`, a weight
+    buffer of `wbuf_entries` blocks and `mem_words` of address space, its MEM_LIMIT register
+    `mem_limit` words (default: the image's)."""
+    limit = min(len(mem) if mem_limit is None else mem_limit, mem_words)
     mem = mem.copy()
     per = []
     for pc in range(max_descs):
@@ -303,7 +305,7 @@ def run_image(mem: np.ndarray, max_descs: int = 4096, tp: int = TP, window_words
             return mem, per
         if d["op"] == OP_CONV:
             cyc["entries"] = []
-            _conv(mem, d, cyc, tp, limit)
+            _conv(mem, d, cyc, tp, limit, wbuf_entries)
         else:
             _elementwise(mem, d, cyc)
         cyc["reads"], cyc["writes"] = traffic(d["op"], d["flags"], d["grid"], d["k"], d["a"], d["b"], d["groups"],

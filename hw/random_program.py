@@ -22,6 +22,7 @@ import numpy as np
 
 from hw.compiler import (DESC_WORDS, F_A_NEAREST, F_A_TRILINEAR, F_B_NEAREST, F_B_TRILINEAR, F_HAS_B, F_RELU,
                          F_RELU_B, LANES, OP_ADD, OP_CONV, OP_END, OP_MAXPOOL, Desc)
+from hw.engine import WBUF_ENTRIES
 from hw.engine_model import WINDOW_WORDS, window_span
 from hw.reference import MAX_LEFT_SHIFT, MAX_RIGHT_SHIFT
 
@@ -51,30 +52,36 @@ def _operand(rng: np.random.Generator, groups: int) -> tuple[int, int, int]:
     return int(rng.integers(POOLS)), stride, int(rng.integers(0, stride - groups + 1))
 
 
-def random_program(rng: np.random.Generator, count: int = 250,
-                   window_words: int = WINDOW_WORDS) -> tuple[np.ndarray, list[Desc]]:
+def random_program(rng: np.random.Generator, count: int = 250, window_words: int = WINDOW_WORDS,
+                   wbuf_entries: int = WBUF_ENTRIES) -> tuple[np.ndarray, list[Desc]]:
     """(memory image, descriptors) of `count` random descriptors and an END, each fitting an
-    engine whose operand window buffer holds `window_words` (a small one wraps around often)."""
+    engine whose operand window buffer holds `window_words` (a small one wraps around often) and
+    whose weight buffer holds `wbuf_entries` blocks a group: above the default's 512, the first
+    descriptor is a CONV whose output group has more than 512 (a 7^3 kernel on 2 input groups,
+    on a small grid)."""
     descs: list[Desc] = []
     weights: list[list[int]] = []   # per CONV descriptor: its weight words
     out_words: list[int] = []
     for i in range(count):
+        big = i == 0 and wbuf_entries > WBUF_ENTRIES
         while True:   # drawn again until every row's reach fits the engine's operand windows
-            op = int(rng.choice([OP_CONV, OP_CONV, OP_ADD, OP_ADD, OP_MAXPOOL]))
+            op = OP_CONV if big else int(rng.choice([OP_CONV, OP_CONV, OP_ADD, OP_ADD, OP_MAXPOOL]))
             if op == OP_CONV:
-                near = rng.random() < 0.25
+                near = rng.random() < 0.25 and not big
                 fuse = rng.random() < 0.4   # an add fused into the output stage: B at the voxel, nearest, trilinear
                 b_mode = int(rng.integers(3)) if fuse else 0
-                grid = _grid(rng, even=near or b_mode > 0)
-                k = int(rng.choice([1, 3, 5, 7]))
-                ocg = int(rng.integers(1, 3))
-                in_groups = int(rng.integers(1, 3))
+                grid = _grid(rng, even=near or b_mode > 0, top=3 if big else MAX_AXIS)
+                k = 7 if big else int(rng.choice([1, 3, 5, 7]))
+                ocg = 1 if big else int(rng.integers(1, 3))
+                in_groups = 2 if big else int(rng.integers(1, 3))
                 a = _operand(rng, in_groups)
                 words = []
                 taps = [(x, y, z, g) for x in range(k) for y in range(k) for z in range(k) for g in range(in_groups)]
                 for _ in range(ocg):
                     dense = rng.random() < 0.2 and len(taps) <= MAX_BLOCKS
                     n = len(taps) if dense else int(rng.integers(1, min(MAX_BLOCKS, len(taps)) + 1))
+                    if big:
+                        n = int(rng.integers(WBUF_ENTRIES + 1, min(wbuf_entries, len(taps)) + 1))
                     pick = sorted(rng.choice(len(taps), size=n, replace=False)) if not dense else range(len(taps))
                     bias = rng.integers(-2**20, 2**20, LANES).astype(np.int32)
                     shifts = np.array([_shift(rng) for _ in range(LANES)], dtype=np.int8)

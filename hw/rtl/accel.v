@@ -33,8 +33,7 @@
 module accel #(
     parameter integer AW = `ACCEL_ADDR_BITS,          // word address bits
     parameter integer TP = `ACCEL_TP,                 // weight blocks per slot (1 or 2): TP x 64 MACs, TP read ports
-    parameter integer WBUF_DEPTH = `ACCEL_WBUF_DEPTH, // weight blocks per output-channel group
-    parameter integer WB_AW = `ACCEL_WB_AW,
+    parameter integer WBUF_DEPTH = `ACCEL_WBUF_DEPTH, // weight blocks per output-channel group (a power of two)
     parameter integer BW = `ACCEL_WINDOW_BITS         // log2 of the operand window buffer's words (accel_mem.v)
 ) (
     input  wire          clk,
@@ -53,6 +52,7 @@ module accel #(
     `ACCEL_AXI_MASTER_PORTS
 );
     localparam integer L = `ACCEL_LANES;
+    localparam integer WB_AW = $clog2(WBUF_DEPTH);   // the weight buffer's address bits
     localparam integer TPL = (TP == 2) ? 1 : 0;    // log2(TP)
     localparam integer XP = (TP > 1) ? TP - 1 : 1; // ports beyond 0 (vectors need a width >= 1)
     // the memory unit's side (accel_mem.v): the run's reads and writes, the descriptor and

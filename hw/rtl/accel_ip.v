@@ -19,7 +19,8 @@
 module accel_ip #(
     parameter integer AW = `ACCEL_ADDR_BITS,
     parameter integer TP = `ACCEL_TP,
-    parameter integer BW = `ACCEL_WINDOW_BITS
+    parameter integer BW = `ACCEL_WINDOW_BITS,
+    parameter integer WBUF_DEPTH = `ACCEL_WBUF_DEPTH
 ) (
     input  wire        clk,
     input  wire        rst,
@@ -50,7 +51,7 @@ module accel_ip #(
     wire e_arvalid, e_arready, e_rlast, e_rvalid, e_rready, e_awvalid, e_awready, e_wlast, e_wvalid, e_wready;
     wire e_bvalid, e_bready;
     wire [63:0] e_rdata, e_wdata;
-    accel #(.AW(AW), .TP(TP), .BW(BW)) u_accel (
+    accel #(.AW(AW), .TP(TP), .BW(BW), .WBUF_DEPTH(WBUF_DEPTH)) u_accel (
         .clk(clk), .rst(rst), .start(start), .desc_base(desc_base), .mem_limit(mem_limit),
         .done(done), .error(error), .cycles(cycles), .waits(waits), .n_reads(n_reads), .n_writes(n_writes), .macs(macs),
         .m_araddr(e_araddr), .m_arlen(e_arlen), .m_arvalid(e_arvalid), .m_arready(e_arready),

@@ -6,4 +6,3 @@
 `define ACCEL_WINDOW_BITS 14   // log2 of the operand window buffer's 64-bit words
 `define ACCEL_ADDR_BITS 20   // word address bits (2^20 words: 8 MiB)
 `define ACCEL_DESC_WORDS 8   // words of a descriptor (16 32-bit fields)
-`define ACCEL_WB_AW 9   // log2 of WBUF_DEPTH (its address bits)

@@ -19,7 +19,8 @@ module accel_sim #(
     parameter integer AW = `ACCEL_ADDR_BITS,
     parameter integer TP = `ACCEL_TP,
     parameter integer BW = `ACCEL_WINDOW_BITS,
-    parameter integer MEM_WORDS = 1 << `ACCEL_ADDR_BITS
+    parameter integer WBUF_DEPTH = `ACCEL_WBUF_DEPTH,
+    parameter integer MEM_WORDS = 1 << AW
 ) (
     // the ports are all the testbench (hw/rtl/tb_accel.py) touches: only they are visible to it
     // (hw/rtl_sim.py builds without --public-flat-rw, which made every internal signal public and
@@ -51,7 +52,7 @@ module accel_sim #(
     wire wready;
     reg [63:0] mem [0:MEM_WORDS-1];
 
-    accel_ip #(.AW(AW), .TP(TP), .BW(BW)) u_ip (
+    accel_ip #(.AW(AW), .TP(TP), .BW(BW), .WBUF_DEPTH(WBUF_DEPTH)) u_ip (
         .clk(clk), .rst(rst), .irq(irq),
         `ACCEL_AXIL_SLAVE_CONNECT,
         .m_araddr(araddr), .m_arlen(arlen), .m_arvalid(arvalid), .m_arready(arready),
