@@ -6,6 +6,7 @@
 #   make rtl-sim / rtl-synth  the RTL accelerator on the golden pairs (then make verify ACCEL=$(OUT)/rtl) / on an ECP5-85F
 #   make docs                 the README's measured tables from $(OUT) (after make demo)
 #   make scaling              opt-in: latency against grid and threads, demo and paper-scale networks (~35 min)
+#   make rtl-paper            opt-in: the paper-scale network (configs/ibsr.toml, untrained) on the RTL engine at 32^3
 #   make curve                opt-in: the pruning curve to 95 % (configs/curve.toml) in $(OUT)_curve (about an hour)
 CONFIG ?= configs/demo.toml
 OUT    ?= runs/demo
@@ -20,7 +21,7 @@ STAMP  := $(VENV)/.installed
 # the synthetic set is generated only when it is the data in use
 DATA_DEP := $(if $(filter $(SYNTH),$(DATA)),$(SYNTH)/synth_manifest.json,)
 
-.PHONY: all demo venv data train prune qat export golden golden-force verify rtl-sim rtl-verify rtl-synth bench scaling curve report evaluate docs test test-slow test-fuzz clean help FORCE
+.PHONY: all demo venv data train prune qat export golden golden-force verify rtl-sim rtl-verify rtl-synth rtl-paper bench scaling curve report evaluate docs test test-slow test-fuzz clean help FORCE
 .DELETE_ON_ERROR:
 
 # The config sections each stage reads, resolved, in $(CFG)/<stage>.json: checked on every run and
@@ -111,6 +112,13 @@ $(OUT)/rtl/synth.json: hw/rtl/accel.v hw/rtl/accel_params.vh hw/rtl/accel_axi.vh
 	$(PY) -m hw.rtl_synth --out $(OUT)/rtl --seeds $(SEEDS)
 
 rtl-synth: $(OUT)/rtl/synth.json
+
+# opt-in: configs/ibsr.toml's network (untrained, realistic magnitudes) at PAPER_GRID on the RTL
+# engine with a weight buffer and address width it needs: every tensor verified, cycles equal to
+# the model ($(OUT)_paper/paper_scale.json)
+PAPER_GRID ?= 32,32,32
+rtl-paper: $(STAMP)
+	$(PY) -m benchmarks.paper_scale --config configs/ibsr.toml --grid $(PAPER_GRID) --out $(OUT)_paper
 
 # latency per backend on this machine (BENCH_ARGS, e.g. --threads 2 --runs 50)
 bench: $(OUT)/export/registration.json

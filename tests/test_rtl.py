@@ -655,3 +655,16 @@ def test_engine_description_is_one():
     for key, bad in (("WBUF_DEPTH", 8192), ("WBUF_DEPTH", 500), ("TP", 4), ("ADDR_BITS", 30)):
         with pytest.raises(ValueError, match=key):
             hw.engine.verilog_header({**hw.engine.ENGINE, key: (bad, "")})
+
+
+def test_paper_scale_refuses_a_grid_without_every_level(tmp_path, capsys):
+    """benchmarks.paper_scale checks the grid before it builds anything: each axis a multiple of
+    2^levels (16 for configs/ibsr.toml), else exit 2 naming the flag; and for the demo-sized test
+    network the engine it asks for is the default one."""
+    from benchmarks.paper_scale import engine_for, main
+    from hw.engine import ENGINE
+
+    assert main(["--out", str(tmp_path / "p"), "--grid", "32,40,24"]) == 2
+    assert "--grid 32,40,24" in capsys.readouterr().err and not (tmp_path / "p").exists()
+    w = random_weights(tmp_path / "w.bin")
+    assert engine_for(w) == {"WBUF_DEPTH": ENGINE["WBUF_DEPTH"][0], "ADDR_BITS": ENGINE["ADDR_BITS"][0]}
