@@ -3,7 +3,6 @@ in Verilator against the reference element for element and cycle for cycle again
 model, fault injection that verify must catch, and the compiler's refusals."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from hw.compiler import CompileError, LANES, compile_weights, get_tensor, put_tensor
 from hw.engine_model import run_image, total_cycles
@@ -38,32 +36,13 @@ ddf_levels = [0, 1, 2]
 
 
 def random_weights(path: Path, seed: int = 1, sparsity: float = 0.25, weight_scale: str = "channel") -> Path:
-    """weights.bin of an untrained twin with large random weights, a fraction `sparsity` of each
-    layer zeroed, calibrated on dim random images (a quarter of the range) so that full-range
-    inputs saturate activations; ties of the rounding occur too. Output channels are scaled by
-    2^u, u uniform in [-3, 1], so per-channel weight exponents (the default) differ from lane to
-    lane and the requantiser's per-lane shifts are exercised."""
-    from export.export import weight_records
-    from export.weights import write_weights
+    """weights.bin of the RTL_TOML network, untrained with large random weights (export.untrained:
+    saturation, rounding ties, per-lane shifts that differ)."""
+    from export.untrained import untrained_weights
     from model.config import config_from_dict
-    from quant.twin import QuantLocalNet, calibrate
 
     cfg = config_from_dict(tomllib.loads(RTL_TOML))
-    torch.manual_seed(seed)
-    twin = QuantLocalNet(cfg.model, weight_scale=weight_scale)
-    for m in twin.modules():
-        if isinstance(m, torch.nn.Conv3d):
-            torch.nn.init.uniform_(m.weight, -0.5, 0.5)
-            torch.nn.init.uniform_(m.bias, -0.5, 0.5)
-            with torch.no_grad():
-                m.weight.mul_((torch.rand_like(m.weight) >= sparsity).float())
-                m.weight.mul_(torch.exp2(4 * torch.rand(m.weight.shape[0], 1, 1, 1, 1) - 3))
-    xs = [0.25 * torch.rand(1, 2, *cfg.data.shape) for _ in range(2)]
-    calibrate(twin, xs)
-    write_weights(path, weight_records(twin, xs[0]), {"model": {"levels": cfg.model.levels,
-                                                                "ddf_levels": cfg.model.ddf_levels},
-                                                      "input_shape": [1, 2, *cfg.data.shape]})
-    return path
+    return untrained_weights(cfg.model, cfg.data.shape, path, seed=seed, sparsity=sparsity, weight_scale=weight_scale)
 
 
 def random_input(ref: Reference, seed: int):
@@ -77,21 +56,10 @@ def weights(tmp_path_factory) -> Path:
 
 
 def make_golden(weights: Path, out: Path, pairs: int = 2) -> dict:
-    """Golden vectors of the reference in hw.golden's layout (the manifest fields verify reads)."""
-    ref = Reference.from_file(weights)
-    man = {"weights": str(weights), "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(), "pairs": []}
-    for k in range(pairs):
-        trace: dict = {}
-        ref.run(random_input(ref, k), trace)
-        d = out / f"pair_{k:02d}"
-        d.mkdir(parents=True)
-        tensors = {}
-        for name, t in trace.items():
-            np.save(d / f"{name}.npy", t.q)
-            tensors[name] = {"shape": list(t.q.shape), "exponent": t.e}
-        man["pairs"].append({"dir": d.name, "tensors": tensors})
-    (out / "manifest.json").write_text(json.dumps(man))
-    return man
+    """Golden vectors of the reference on random inputs, in hw.golden's layout."""
+    from hw.golden import golden_random
+
+    return golden_random(weights, out, pairs=pairs)
 
 
 def test_engine_model_equals_reference_on_every_tensor(weights):
