@@ -7,6 +7,7 @@
 #   make docs                 the README's measured tables from $(OUT) (after make demo)
 #   make scaling              opt-in: latency against grid and threads, demo and paper-scale networks (~35 min)
 #   make rtl-paper            opt-in: the paper-scale network (configs/ibsr.toml, untrained) on the RTL engine at 32^3
+#   make domains              opt-in: Table 1's main rows on the demo pairs and on a validation domain side by side
 #   make curve                opt-in: the pruning curve to 95 % (configs/curve.toml) in $(OUT)_curve (about an hour)
 CONFIG ?= configs/demo.toml
 OUT    ?= runs/demo
@@ -21,7 +22,7 @@ STAMP  := $(VENV)/.installed
 # the synthetic set is generated only when it is the data in use
 DATA_DEP := $(if $(filter $(SYNTH),$(DATA)),$(SYNTH)/synth_manifest.json,)
 
-.PHONY: all demo venv data train prune qat export golden golden-force verify rtl-sim rtl-verify rtl-synth rtl-paper bench scaling curve report evaluate docs test test-slow test-fuzz clean help FORCE
+.PHONY: all demo venv data train prune qat export golden golden-force verify rtl-sim rtl-verify rtl-synth rtl-paper domains bench scaling curve report evaluate docs test test-slow test-fuzz clean help FORCE
 .DELETE_ON_ERROR:
 
 # The config sections each stage reads, resolved, in $(CFG)/<stage>.json: checked on every run and
@@ -116,6 +117,11 @@ rtl-synth: $(OUT)/rtl/synth.json
 # opt-in: configs/ibsr.toml's network (untrained, realistic magnitudes) at PAPER_GRID on the RTL
 # engine with a weight buffer and address width it needs: every tensor verified, cycles equal to
 # the model ($(OUT)_paper/paper_scale.json)
+# opt-in: Table 1's main rows on the demo's test pairs and on the validation domain (model.synth's
+# shifted style, written to $(OUT)_val/shifted once) in one run: $(OUT)/report/domains.json
+domains: $(OUT)/export/registration.json
+	$(PY) -m benchmarks.domains --config $(CONFIG) --data $(DATA) --out $(OUT)
+
 PAPER_GRID ?= 32,32,32
 rtl-paper: $(STAMP)
 	$(PY) -m benchmarks.paper_scale --config configs/ibsr.toml --grid $(PAPER_GRID) --out $(OUT)_paper

@@ -171,7 +171,16 @@ def accelerator(run: Path) -> str:
     return "\n".join(out) + "\n"
 
 
-TABLES = {"quality": quality, "size": size, "latency": latency, "accelerator": accelerator}
+def domains(run: Path) -> str:
+    path = run / "report" / "domains.json"
+    res = _load(path)
+    if res is None:
+        return f"(no `{path}`: run `make domains`)\n"
+    from benchmarks.domains import markdown
+    return _stamp(path, res.get("git_commit")) + "\n\n" + markdown(res)
+
+
+TABLES = {"quality": quality, "size": size, "latency": latency, "accelerator": accelerator, "domains": domains}
 
 
 def render(text: str, run: Path) -> str:

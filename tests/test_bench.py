@@ -194,3 +194,15 @@ def test_validation_run_on_generated_held_out_subjects(tiny_data, tiny_config, t
     # a key the config does not have is refused, naming it
     assert main(["--config", str(tiny_config), "--data", str(tiny_data), "--out", str(out), "--set", "train.stepz=2"]) == 2
     assert "train.stepz=2" in capsys.readouterr().err
+
+
+def test_domains_refuses_a_run_without_its_models(tmp_path, capsys):
+    """benchmarks.domains names the missing stage's file and writes nothing (not even the
+    validation domain) when OUT is not a finished make demo run."""
+    from benchmarks.domains import main
+
+    val = tmp_path / "val"
+    assert main(["--config", str(ROOT / "configs/demo.toml"), "--data", str(tmp_path / "data"), "--out",
+                 str(tmp_path / "run"), "--val-data", str(val)]) == 2
+    err = capsys.readouterr().err
+    assert "train/model.pt" in err and "make train" in err and not val.exists() and not (tmp_path / "run").exists()

@@ -1,0 +1,116 @@
+"""Table 1's main rows on two domains side by side: the demo's test pairs and a validation domain
+nothing was tuned on.
+
+    python -m benchmarks.domains --config configs/demo.toml --data data/synthetic --out runs/demo \\
+        [--val-data runs/demo_val/shifted]
+
+The validation domain is the synthetic generator's "shifted" style (model.synth: larger pose
+differences, another deformation model, a neck below the brain, another contrast per subject,
+stronger bias field and noise), 6 subjects of seed 7, all 30 ordered pairs; written to
+`--val-data` when that directory does not exist yet. On both sets, in one run on this machine:
+no registration, the global stage alone, ANTs affine and SyN (Table 1's settings), the trained
+network, int8 QAT, the int8 deployed registration (hw.runtime, one thread) and int4 QAT, each
+the whole registration as Table 1 scores it (model.evaluate). Reads what make demo left in OUT;
+writes OUT/report/domains.json and domains.md.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from model.artifacts import atomic_write_json, atomic_write_text, git_commit
+from model.cli import run_cli, stage_parser
+from model.config import load_config
+
+ROWS = ["identity", "global_stage", "ants_affine", "ants_syn", "trained", "int8_qat", "int8_deployed", "int4_qat"]
+METRICS = ("dice", "tre_mm", "folding_pct", "vanished_labels", "seconds_per_pair")
+SHIFTED = {"style": "shifted", "subjects": 6, "seed": 7}
+
+
+def make_validation_domain(path: Path) -> None:
+    """The shifted-style synthetic subjects at `path` (model.synth; deterministic from SHIFTED)."""
+    from model.synth import main as synth_main
+
+    if synth_main(["--out", str(path), "--style", SHIFTED["style"], "--subjects", str(SHIFTED["subjects"]),
+                   "--seed", str(SHIFTED["seed"])]) != 0:
+        raise RuntimeError(f"{path}: model.synth failed")
+
+
+def row_fns(cfg, out: Path) -> dict:
+    """name -> (moving Subject, fixed Subject) -> ddf, for ROWS, from make demo's OUT."""
+    import numpy as np
+
+    from benchmarks.accuracy import load_deployed, need
+    from benchmarks.classical import table1_peer
+    from benchmarks.global_stage import global_stage_fn
+    from model.checkpoint import load_checkpoint, model_from_checkpoint
+    from model.evaluate import network_registration, registration_fn
+    from model.localnet import fold_batchnorm
+    from quant.qat import load_qat
+
+    trained, _ = model_from_checkpoint(load_checkpoint(need(out / "train/model.pt", "make train"), cfg))
+    nets = {"trained": fold_batchnorm(trained)}
+    for name, sub in (("int8_qat", "int8"), ("int4_qat", "int4")):
+        nets[name], _ = load_qat(need(out / "qat" / sub / "model.pt", "make qat"), cfg)
+    fns = {"identity": lambda m, f: np.zeros((3, *cfg.data.shape)),
+           "global_stage": global_stage_fn(cfg.model.prealign),
+           "ants_affine": table1_peer(cfg, "Affine"), "ants_syn": table1_peer(cfg, "SyN")}
+    fns.update({k: registration_fn(network_registration(net, cfg)) for k, net in nets.items()})
+    fns["int8_deployed"] = registration_fn(load_deployed(out / "export", cfg))
+    return {k: fns[k] for k in ROWS}
+
+
+def domains(cfg, data: Path, out: Path, val_data: Path, progress: bool = True) -> dict:
+    from model.data import load_dataset
+    from model.evaluate import evaluate_pairs, summarise
+
+    fns = row_fns(cfg, out)   # first: a run without its models is refused before anything is written
+    if not val_data.exists():
+        make_validation_domain(val_data)
+    sets = {"demo test pairs": load_dataset(data, cfg.data, "test", progress=False),
+            "validation domain (shifted)": load_dataset(val_data, cfg.data, "all", progress=False)}
+    res = {"git_commit": git_commit(), "val_data": str(val_data), "validation_domain": SHIFTED, "sets": {}}
+    for set_name, subjects in sets.items():
+        rows = {}
+        for name, fn in fns.items():
+            pr, _ = evaluate_pairs(subjects, cfg, fn, f"{set_name}: {name}", progress)
+            s = summarise(pr, name, 0, 0)
+            rows[name] = {k: s[k] for k in METRICS} | {"pairs": len(pr)}
+        res["sets"][set_name] = rows
+    return res
+
+
+def markdown(res: dict) -> str:
+    names = list(res["sets"])
+    head = "| registration | " + " | ".join(f"{n}: Dice | {n}: folding % | {n}: vanished" for n in names) + " |"
+    lines = [head, "|---|" + "---|" * (3 * len(names))]
+    for row in ROWS:
+        cells = []
+        for n in names:
+            r = res["sets"][n][row]
+            cells += [f"{r['dice']:.3f}", f"{r['folding_pct']:.3f}", str(r["vanished_labels"])]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    pairs = ", ".join(f"{n}: {res['sets'][n]['identity']['pairs']} ordered pairs" for n in names)
+    return "\n".join(lines) + f"\n\n{pairs}.\n"
+
+
+def main(argv=None) -> int:
+    ap = stage_parser(__doc__)
+    ap.add_argument("--out", required=True, type=Path, help="the run directory of make demo")
+    ap.add_argument("--val-data", type=Path, help="the validation domain's subjects (default OUT_val/shifted; "
+                                                  "generated when missing)")
+    a = ap.parse_args(argv)
+
+    def body():
+        cfg = load_config(a.config)
+        val = a.val_data or Path(f"{a.out}_val") / "shifted"
+        res = domains(cfg, a.data, a.out, val, progress=not a.no_progress)
+        rep = a.out / "report"
+        atomic_write_json(rep / "domains.json", res)
+        atomic_write_text(rep / "domains.md", markdown(res))
+        print(markdown(res))
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
