@@ -25,7 +25,7 @@ END_CYCLES = DESC_WORDS + 2        # END: the 8 words, decode, check
 LOAD_FIXED = 1 + LANES // 2 + 1    # block count, 4 bias words, the shift word
 DRAIN_CYCLES = 20                  # after the last slot: I0-I1, A0-A4, memory, P0, P1a-P1c, P2a-P2c, P3, the
                                    # fused add's F1-F2 (every run waits for them), P4-P5, the write
-START_CYCLES = 1
+START_CYCLES = 2                   # the start, and the first descriptor's address against the plan
 
 
 # the engine's error codes (hw/ACCEL.md, "Errors"): the run stops, done rises with the code

@@ -75,7 +75,8 @@ module accel #(
                      S_FLUSH = 4'd7,   // after a run: until every result is in memory
                      S_ABORT = 4'd8,   // an error during a load or run: until the bus is quiet
                      S_PLAN = 4'd9,    // the descriptor's regions' ends computed
-                     S_GO = 4'd10;     // ... and checked against the memory plan
+                     S_GO = 4'd10,     // ... and checked against the memory plan
+                     S_START = 4'd11;  // a run's first cycle: the first descriptor checked against the plan
     localparam [7:0] OP_END = 8'd0, OP_CONV = 8'd1, OP_ADD = 8'd2, OP_MAXPOOL = 8'd3;
     localparam [1:0] K_CONV = 2'd0, K_SCALE = 2'd1, K_MAX = 2'd2;
     // error codes (hw/ACCEL.md): a descriptor the engine cannot run stops it in S_DONE with one
@@ -710,6 +711,12 @@ module accel #(
     reg [31:0] dbase;
     wire [47:0] lim_in = ({16'd0, mem_limit} > MEM_MAX) ? MEM_MAX : {16'd0, mem_limit};
     wire [47:0] next_desc = {16'd0, dbase} + {13'd0, pc + 32'd1, 3'b000};
+    // the next descriptor's end against the plan, registered (pc, dbase and lim hold for the
+    // whole run before the flush that reads it): two adders and a compare in one cycle were the
+    // critical path
+    reg [47:0] nd_end;
+    reg nd_out;
+    always @(posedge clk) begin nd_end <= next_desc + 48'd8; nd_out <= (nd_end > lim); end
     always @(posedge clk) begin
         if (rst) begin
             state <= S_IDLE; done <= 1'b0; error <= E_NONE; cycles <= 64'd0; waits <= 64'd0; macs <= 64'd0;
@@ -731,10 +738,13 @@ module accel #(
                 pc <= 32'd0; fi <= 4'd0; done <= 1'b0; error <= E_NONE; cycles <= 64'd1; waits <= 64'd0; macs <= 64'd0;
                 lim <= lim_in;
                 dbase <= desc_base;
-                if ({16'd0, desc_base} + 48'd8 > lim_in) begin
+                state <= S_START;
+            end
+            S_START: begin   // the plan's limit registered last cycle: now the first descriptor against it
+                if ({16'd0, dbase} + 48'd8 > lim) begin
                     state <= S_DONE; done <= 1'b1; error <= E_ADDRESS;   // the first descriptor is outside the plan
                 end else begin
-                    state <= S_FETCH; sq_req <= 1'b1; sq_addr <= desc_base[AW-1:0]; sq_len <= 16'd8;
+                    state <= S_FETCH; sq_req <= 1'b1; sq_addr <= dbase[AW-1:0]; sq_len <= 16'd8;
                 end
             end
             S_FETCH: if (sq_valid) begin   // the descriptor's 8 words
@@ -877,7 +887,7 @@ module accel #(
                     sq_req <= 1'b1; sq_addr <= lptr[AW-1:0]; sq_len <= 16'd6; win_start <= 1'b1;
                 end else begin
                     pc <= pc + 32'd1; fi <= 4'd0;
-                    if (next_desc + 48'd8 > lim) begin state <= S_DONE; done <= 1'b1; error <= E_ADDRESS; end
+                    if (nd_out) begin state <= S_DONE; done <= 1'b1; error <= E_ADDRESS; end
                     else begin state <= S_FETCH; sq_req <= 1'b1; sq_addr <= next_desc[AW-1:0]; sq_len <= 16'd8; end
                 end
             end
