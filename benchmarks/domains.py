@@ -9,8 +9,9 @@ differences, another deformation model, a neck below the brain, another contrast
 stronger bias field and noise), 6 subjects of seed 7, all 30 ordered pairs; written to
 `--val-data` when that directory does not exist yet. On both sets, in one run on this machine:
 no registration, the global stage alone, ANTs affine and SyN (Table 1's settings), the trained
-network, int8 QAT, the int8 deployed registration (hw.runtime, one thread) and int4 QAT, each
-the whole registration as Table 1 scores it (model.evaluate). Reads what make demo left in OUT;
+network, int8 QAT, the int8 deployed registration (hw.runtime, one thread), int4 QAT and the
+layer-aware compression rows (int8 75 % and 90 %, int4 90 % sparse), each the whole
+registration as Table 1 scores it (model.evaluate). Reads what make demo left in OUT;
 writes OUT/report/domains.json and domains.md.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from model.cli import run_cli, stage_parser
 from model.config import load_config
 
 ROWS = ["identity", "global_stage", "ants_affine", "ants_syn", "trained", "int8_qat", "int8_deployed", "int4_qat"]
+COMPRESSION = ("int8_layer_s75", "int8_layer_s90", "int4_layer_s90")   # of benchmarks.accuracy.compression_rows
 METRICS = ("dice", "tre_mm", "folding_pct", "vanished_labels", "seconds_per_pair")
 SHIFTED = {"style": "shifted", "subjects": 6, "seed": 7}
 
@@ -37,10 +39,11 @@ def make_validation_domain(path: Path) -> None:
 
 
 def row_fns(cfg, out: Path) -> dict:
-    """name -> (moving Subject, fixed Subject) -> ddf, for ROWS, from make demo's OUT."""
+    """name -> (moving Subject, fixed Subject) -> ddf, for ROWS and the config's COMPRESSION rows,
+    from make demo's OUT."""
     import numpy as np
 
-    from benchmarks.accuracy import load_deployed, need
+    from benchmarks.accuracy import compression_rows, load_deployed, need
     from benchmarks.classical import table1_peer
     from benchmarks.global_stage import global_stage_fn
     from model.checkpoint import load_checkpoint, model_from_checkpoint
@@ -50,14 +53,14 @@ def row_fns(cfg, out: Path) -> dict:
 
     trained, _ = model_from_checkpoint(load_checkpoint(need(out / "train/model.pt", "make train"), cfg))
     nets = {"trained": fold_batchnorm(trained)}
-    for name, sub in (("int8_qat", "int8"), ("int4_qat", "int4")):
+    for name, sub in [("int8_qat", "int8"), ("int4_qat", "int4"), *[r for r in compression_rows(cfg) if r[0] in COMPRESSION]]:
         nets[name], _ = load_qat(need(out / "qat" / sub / "model.pt", "make qat"), cfg)
     fns = {"identity": lambda m, f: np.zeros((3, *cfg.data.shape)),
            "global_stage": global_stage_fn(cfg.model.prealign),
            "ants_affine": table1_peer(cfg, "Affine"), "ants_syn": table1_peer(cfg, "SyN")}
     fns.update({k: registration_fn(network_registration(net, cfg)) for k, net in nets.items()})
     fns["int8_deployed"] = registration_fn(load_deployed(out / "export", cfg))
-    return {k: fns[k] for k in ROWS}
+    return {k: fns[k] for k in [*ROWS, *COMPRESSION] if k in fns}
 
 
 def domains(cfg, data: Path, out: Path, val_data: Path, progress: bool = True) -> dict:
@@ -84,7 +87,7 @@ def markdown(res: dict) -> str:
     names = list(res["sets"])
     head = "| registration | " + " | ".join(f"{n}: Dice | {n}: folding % | {n}: vanished" for n in names) + " |"
     lines = [head, "|---|" + "---|" * (3 * len(names))]
-    for row in ROWS:
+    for row in res["sets"][names[0]]:
         cells = []
         for n in names:
             r = res["sets"][n][row]
