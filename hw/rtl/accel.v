@@ -179,6 +179,7 @@ module accel #(
     reg [WB_AW:0] slot_last;       // slots per output word - 1
     reg [WB_AW:0] conv_last;       // CONV: the last slot of weight blocks (a fused add's B slots follow)
     reg [2:0] bk;                  // a fused trilinear B's corner: counts its slots (8 a voxel)
+    reg [3:0] b_slots;             // a fused add's B slots a voxel (0, 1 or 8), registered at decode
     reg [15:0] grp_last;           // ADD / MAXPOOL: groups - 1 (CONV: 0)
     reg [9:0] d_last, h_last, w_last;
     wire last_slot = (eslot[WB_AW:0] == slot_last);
@@ -767,6 +768,7 @@ module accel #(
                 wa_p <= is_conv ? pad : {3'd0, a_tri};
                 wb_mode <= (b_near || (is_conv && b_tri)) ? M_HALF : M_FULL;
                 wb_p <= {3'd0, is_conv && b_tri};
+                b_slots <= !fused ? 4'd0 : b_tri ? 4'd8 : 4'd1;   // (from the flags straight to slot_last was the critical path)
                 w_two <= (op == OP_ADD || is_conv) && has_b;
                 {f_right, f_s, f_ls, f_mask, f_half} <= shift_cfg(s_out);   // the fused add's requantiser
                 wa_D <= is_pool ? {gD[8:0], 1'b0} : (a_near || (a_tri && !is_conv)) ? hD : gD;
@@ -846,7 +848,7 @@ module accel #(
                 if (sq_valid && li == lnum) begin  // the group's last word
                     state <= S_RUN; lptr <= lptr + {16'd0, lnum} + 32'd1;
                     conv_last <= ((n_entries + TP_MASK) >> TPL) - 1'b1; grp_last <= 16'd0; bk <= 3'd0;
-                    slot_last <= ((n_entries + TP_MASK) >> TPL) - 1'b1 + (!fused ? 0 : b_tri ? 8 : 1);
+                    slot_last <= ((n_entries + TP_MASK) >> TPL) - 1'b1 + {{(WB_AW-3){1'b0}}, b_slots};
 `ifdef FAULT_LAST_GROUP
                     more_ocg <= (ocg + 32'd2 < n_ocg);   // fault: the last output group is never run
 `else
