@@ -60,15 +60,18 @@ def main(argv=None) -> int:
             grid = ()
         if len(grid) != 3 or any(v < 1 or v % (1 << cfg.model.levels) for v in grid):
             raise ValueError(f"--grid {a.grid}: three axes, each a multiple of 2^levels = {1 << cfg.model.levels}")
-        verilator_env()
         out = Path(a.out)
+        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "paper_scale.json").is_file())):
+            raise FileExistsError(f"--out {out}: exists and holds files of something else (only an earlier "
+                                  "paper_scale run's directory is reused)")
+        verilator_env()
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         weights = untrained_weights(cfg.model, grid, out / "weights.bin", seed=a.seed, fan_in_gain=a.gain)
         golden = out / "golden"
-        if golden.exists():
+        if golden.exists():   # an earlier run's (the directory holds paper_scale.json): stale with new weights
             import shutil
-            shutil.rmtree(golden)   # ours: made from the weights just written
+            shutil.rmtree(golden)
         golden_random(weights, golden, pairs=a.pairs, seed=a.seed)
         engine = engine_for(weights)
         print(f"[paper-scale] {a.config} at {grid}: engine {engine}; reference done in "

@@ -634,5 +634,8 @@ def test_paper_scale_refuses_a_grid_without_every_level(tmp_path, capsys):
 
     assert main(["--out", str(tmp_path / "p"), "--grid", "32,40,24"]) == 2
     assert "--grid 32,40,24" in capsys.readouterr().err and not (tmp_path / "p").exists()
+    (tmp_path / "q" / "golden").mkdir(parents=True)   # someone else's directory: refused, left as it was
+    assert main(["--out", str(tmp_path / "q")]) == 2
+    assert "--out" in capsys.readouterr().err and (tmp_path / "q" / "golden").is_dir()
     w = random_weights(tmp_path / "w.bin")
     assert engine_for(w) == {"WBUF_DEPTH": ENGINE["WBUF_DEPTH"][0], "ADDR_BITS": ENGINE["ADDR_BITS"][0]}
