@@ -79,10 +79,12 @@ def build(build_dir: Path, defines: dict | None = None, tp: int = TP, window_bit
     build_dir = Path(build_dir).resolve()
     runner = get_runner("verilator")
     sources = [*SOURCES, *([DSP_MODEL] if "ECP5_DSP" in (defines or {}) else [])]
+    params = {"TP": tp, **({"BW": window_bits} if window_bits else {})}
+    for key, param in (("WBUF_DEPTH", "WBUF_DEPTH"), ("ADDR_BITS", "AW")):   # hw.engine's names -> accel_sim's
+        if key in (engine or {}):
+            params[param] = engine[key]
     runner.build(sources=[str(s) for s in sources], includes=[str(RTL_DIR)], hdl_toplevel="accel_sim", build_dir=str(build_dir),
-                 defines=defines or {}, parameters={"TP": tp, **({"BW": window_bits} if window_bits else {}),
-                                                    **({"WBUF_DEPTH": engine["WBUF_DEPTH"]} if engine and "WBUF_DEPTH" in engine else {}),
-                                                    **({"AW": engine["ADDR_BITS"]} if engine and "ADDR_BITS" in engine else {})},
+                 defines=defines or {}, parameters=params,
                  build_args=["-Wno-fatal", "-Wall", str(LINT_WAIVERS), "-O3", "--output-split", "0", "--no-public-flat-rw",
                              "--x-assign", "unique", "--x-initial", "unique"],
                  always=False, log_file=str(Path(build_dir) / "build.log"))

@@ -124,6 +124,11 @@ def read_fused(accel: Path, manifest: dict) -> dict[str, str]:
     return fused
 
 
+def compared(lines: list[str]) -> int:
+    """How many of verify's report lines are tensors compared (the rest: fused away by the device)."""
+    return sum(not ln.startswith("fused") for ln in lines)
+
+
 def verify(golden: Path, accel: Path) -> tuple[int, list[str]]:
     """(total mismatches, report lines: one per tensor compared, or fused away by the device)."""
     manifest = read_manifest(golden)
@@ -218,9 +223,9 @@ def main(argv=None) -> int:
         for ln in lines:
             if not (a.quiet and ln.startswith(("ok", "fused"))):
                 print(ln)
-        compared = [ln for ln in lines if not ln.startswith("fused")]
-        note = f" ({len(lines) - len(compared)} fused away, not in the device's memory)" if len(compared) < len(lines) else ""
-        print(f"{'FAIL' if total else 'PASS'}: {total} mismatching elements in {len(compared)} tensors{note}")
+        n = compared(lines)
+        note = f" ({len(lines) - n} fused away, not in the device's memory)" if n < len(lines) else ""
+        print(f"{'FAIL' if total else 'PASS'}: {total} mismatching elements in {n} tensors{note}")
         return 1 if total else 0
     return run_cli(body)
 
