@@ -65,7 +65,7 @@ def export_untrained(config: Path, out: Path, seed: int = 0) -> Path:
     export_int8_onnx(twin, cfg, exp / "localnet_int8.onnx")
     write_qlinear(exp / "localnet_int8.onnx", exp / "localnet_int8_qlinear.onnx")
     write_openvino(exp / "localnet_int8.onnx", exp / "localnet_int8_openvino.onnx")
-    from export.export import ddf_exponent
+    from export.export import ddf_exponent, weights_meta
 
     ov_mism = None
     if importlib.util.find_spec("openvino"):
@@ -74,11 +74,7 @@ def export_untrained(config: Path, out: Path, seed: int = 0) -> Path:
         ov_mism = openvino_vs_brevitas_mismatches(twin, exp / "localnet_int8_openvino.onnx",
                                                   [torch.rand(1, 2, *small).numpy()], ddf_exponent(twin))
     recs = weight_records(twin, torch.rand(1, 2, *small))
-    meta = {"model": {"base_channels": cfg.model.base_channels, "levels": cfg.model.levels,
-                      "ddf_levels": sorted(cfg.model.ddf_levels), "in_channels": 2},
-            "input_shape": cfg.data.shape, "act_bits": 8, "config": config_to_dict(cfg), "git_commit": git_commit(),
-            "weight_bits": 8, "untrained": True}
-    write_weights(exp / "weights.bin", recs, meta)
+    write_weights(exp / "weights.bin", recs, weights_meta(cfg, 8, untrained=True))
     atomic_write_json(exp / "manifest.json", {"config": config_to_dict(cfg), "git_commit": git_commit(),
                                               "untrained": True, "seed": seed, "ddf_exponent": ddf_exponent(twin),
                                               "openvino_vs_brevitas_mismatches": ov_mism,

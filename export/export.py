@@ -103,12 +103,21 @@ def gzip_size(path: Path) -> int:
     return len(gzip.compress(path.read_bytes(), compresslevel=9, mtime=0))
 
 
-def weights_meta(cfg: Config, weight_bits: int) -> dict:
+def network_meta(model_cfg, in_channels: int = 2) -> dict:
+    """The network's part of a weights.bin's metadata: its `graph` (the node list hw/ interprets,
+    model/graph.py) and the `model` table it was built from."""
+    from model.graph import localnet_graph
+
+    levels = sorted(model_cfg.ddf_levels)
+    return {"model": {"base_channels": model_cfg.base_channels, "levels": model_cfg.levels, "ddf_levels": levels,
+                      "in_channels": in_channels},
+            "graph": localnet_graph(model_cfg.levels, levels, model_cfg.base_channels, in_channels).to_json()}
+
+
+def weights_meta(cfg: Config, weight_bits: int, **extra) -> dict:
     """The metadata block of a weights.bin written with `cfg`."""
-    return {"model": {"base_channels": cfg.model.base_channels, "levels": cfg.model.levels,
-                      "ddf_levels": sorted(cfg.model.ddf_levels), "in_channels": 2},
-            "input_shape": cfg.data.shape, "act_bits": 8, "config": config_to_dict(cfg), "git_commit": git_commit(),
-            "weight_bits": weight_bits}
+    return {**network_meta(cfg.model), "input_shape": cfg.data.shape, "act_bits": 8, "config": config_to_dict(cfg),
+            "git_commit": git_commit(), "weight_bits": weight_bits, **extra}
 
 
 def export(cfg: Config, run: Path, data_dir: Path, progress: bool = True) -> dict:

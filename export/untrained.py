@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from export.export import weight_records
+from export.export import network_meta, weight_records
 from export.weights import write_weights
 from quant.twin import QuantLocalNet, calibrate
 
@@ -43,6 +43,5 @@ def untrained_weights(model_cfg, grid, path: Path | str, seed: int = 1, sparsity
     calibrate(twin, xs)
     records = weight_records(twin, xs[0])
     path = Path(path)
-    write_weights(path, records, {"model": {"levels": model_cfg.levels, "ddf_levels": model_cfg.ddf_levels},
-                                  "input_shape": [1, 2, *grid]})
+    write_weights(path, records, {**network_meta(model_cfg), "input_shape": [1, 2, *grid]})
     return path

@@ -15,6 +15,7 @@ import json
 import struct
 import zlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,8 @@ import numpy as np
 from export.pack import decode_weights, encode_weights
 
 MAGIC = b"LNWB"
-VERSION = 2              # written; READ_VERSIONS are read (version 1: per-tensor weight exponents only)
-READ_VERSIONS = (1, 2)
+VERSION = 3              # written; READ_VERSIONS are read (1: per-tensor weight exponents only; 1, 2: no graph)
+READ_VERSIONS = (1, 2, 3)
 ALIGN = 16
 OP_CONV3D, OP_QUANT = 1, 2
 FLAG_RELU, FLAG_PER_CHANNEL = 1, 2
@@ -101,6 +102,28 @@ class Record:
 class WeightsFile:
     meta: dict
     records: dict[str, Record] = field(default_factory=dict)
+    version: int = VERSION
+    where: str = "weights file"
+
+    @cached_property
+    def graph(self):
+        """The network's node list (model/graph.py), checked against the records: the metadata's
+        `graph` table (format 3); for format 1 and 2 files, LocalNet's graph from their `model`
+        table. A WeightsError naming the file if there is none or it does not fit the records."""
+        from model.graph import Graph, GraphError
+
+        try:
+            if "graph" in self.meta:
+                g = Graph.from_json(self.meta["graph"], f"{self.where}: graph")
+            elif self.version < 3:
+                from model.graph import graph_from_records
+                g = graph_from_records(self.meta.get("model"), self.records, self.where)
+            else:
+                raise GraphError(f"{self.where}: no 'graph' in the metadata: a record container, not a network")
+            g.check(self.records, f"{self.where}: graph")
+        except GraphError as e:
+            raise WeightsError(str(e)) from None
+        return g
 
 
 def acc_bound(r: Record, act_bits: int = 8) -> int:
@@ -164,8 +187,12 @@ def _record_bytes(r: Record) -> bytes:
 
 
 def write_weights(path: str | Path, records: list[Record], meta: dict) -> int:
-    """Write weights.bin atomically; returns its size in bytes."""
+    """Write weights.bin atomically; returns its size in bytes. A `graph` in `meta` (the node
+    list, model/graph.py) must fit the records: a file that cannot be interpreted is not written."""
     from model.artifacts import atomic_write_bytes  # stdlib-only helper
+
+    if "graph" in meta:
+        WeightsFile(meta, {r.name: r for r in records}, where=str(path)).graph
 
     meta_raw = json.dumps(meta, sort_keys=True).encode()
     meta_raw += b" " * (_pad(len(meta_raw)) - len(meta_raw))
@@ -209,7 +236,7 @@ def read_weights(path: str | Path) -> WeightsFile:
         raise WeightsError(f"{path}: metadata is not valid JSON ({e})") from None
     if not isinstance(meta, dict):
         raise WeightsError(f"{path}: metadata must be a JSON object, got {type(meta).__name__}")
-    out = WeightsFile(meta)
+    out = WeightsFile(meta, version=version, where=str(path))
     at = header_size + meta_len
     for i in range(count):
         where = f"{path}: record {i} at byte {at}"
@@ -265,4 +292,6 @@ def read_weights(path: str | Path) -> WeightsFile:
         at += size
     if at != total:
         raise WeightsError(f"{path}: {total - at} bytes after the last record")
+    if "graph" in meta:
+        out.graph  # checked as it is read: a file whose graph does not fit its records is refused here
     return out

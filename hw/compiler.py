@@ -4,8 +4,9 @@
         --out runs/demo/rtl/pair_00 [--dense]
 
 numpy only. The engine (hw/rtl/, programmer's model in hw/ACCEL.md) knows operators, not
-LocalNet: this module walks the network order of hw/SPEC.md, exactly as hw/reference.py does,
-and emits one descriptor per operator, with every tensor placed in external memory. Writes
+LocalNet, and so does this module: it walks the graph weights.bin carries (model/graph.py),
+as hw/reference.py does, and emits one descriptor per node, with every tensor placed in
+external memory. Writes
 OUT/mem.hex ($readmemh, one 64-bit word per line) and OUT/program.json (descriptors, the
 memory plan: every tensor's address, channels, grid and exponent).
 
@@ -190,52 +191,26 @@ def conv_blocks(rec: Record, dense: bool, w_taps: list[int] | None = None) -> li
 
 
 def structural_weights(base_channels: int, levels: int, ddf_levels, first_kernel: int = 7) -> WeightsFile:
-    """A WeightsFile with LocalNet's layer shapes and no zero weight (all ones, every exponent
-    0): what the cycle model needs to project a configuration no one has trained or exported
-    (cycles depend on shapes and stored blocks, not on values). Shapes as model/localnet.py
-    builds them (tests/test_rtl.py checks them against an export)."""
+    """A WeightsFile of LocalNet's graph (model/graph.py) with these settings and no zero weight:
+    what the cycle model needs to project a configuration no one has trained or exported."""
+    from model.graph import localnet_graph
+
+    return graph_weights(localnet_graph(levels, ddf_levels, base_channels, first_kernel=first_kernel))
+
+
+def graph_weights(graph) -> WeightsFile:
+    """Records for every node of `graph` (model/graph.py) with its shapes, all weights one and
+    every exponent 0 (cycles depend on shapes and stored blocks, not on values)."""
     from export.weights import OP_CONV3D, OP_QUANT
 
     recs: dict[str, Record] = {}
-
-    def conv(name, act, cin, cout, k=3, relu=True):
-        recs[name] = Record(name, OP_CONV3D, 8, 0, 0, weight=np.ones((cout, cin, k, k, k), np.int8),
-                            bias=np.zeros(cout, np.int32))
-        recs[act] = Record(act, OP_QUANT, 8, 0, relu=relu)
-
-    def quant(name, relu=False):
-        recs[name] = Record(name, OP_QUANT, 8, 0, relu=relu)
-
-    ch = [base_channels * 2 ** i for i in range(levels + 1)]
-    quant("input")
-    for i in range(levels):
-        cin = 2 if i == 0 else ch[i - 1]
-        conv(f"down.{i}.c0.conv", f"down.{i}.c0.act", cin, ch[i], first_kernel if i == 0 else 3)
-        conv(f"down.{i}.c1.conv", f"down.{i}.c1.act", ch[i], ch[i])
-        conv(f"down.{i}.c2.conv", f"down.{i}.c2.act", ch[i], ch[i], relu=False)
-        quant(f"down.{i}.add", relu=True)
-    conv("bottleneck.conv", "bottleneck.act", ch[levels - 1], ch[levels])
-    for j in range(levels):
-        lv = levels - 1 - j
-        quant(f"up.{j}.halves")
-        conv(f"up.{j}.c0.conv", f"up.{j}.c0.act", ch[lv + 1], ch[lv])
-        quant(f"up.{j}.add_up")
-        quant(f"up.{j}.add_skip")
-        conv(f"up.{j}.c1.conv", f"up.{j}.c1.act", ch[lv], ch[lv])
-        conv(f"up.{j}.c2.conv", f"up.{j}.c2.act", ch[lv], ch[lv], relu=False)
-        quant(f"up.{j}.add", relu=True)
-    have_ddf = False
-    for lv in range(levels, -1, -1):
-        if lv in ddf_levels:
-            recs[f"heads.{lv}"] = Record(f"heads.{lv}", OP_CONV3D, 8, 0, 0, weight=np.ones((3, ch[lv], 3, 3, 3), np.int8),
-                                         bias=np.zeros(3, np.int32))
-            quant(f"head_out.{lv}")
-            if have_ddf:
-                quant(f"ddf_add.{lv}")
-            have_ddf = True
-        elif have_ddf:
-            quant(f"ddf_up.{lv}")
-    return WeightsFile({"model": {"levels": levels, "ddf_levels": list(ddf_levels)}}, recs)
+    for n in graph.nodes:
+        if n.op == "conv":
+            w = np.ones((n.channels, graph.width(n.ins[0]), n.k, n.k, n.k), np.int8)
+            recs[n.conv] = Record(n.conv, OP_CONV3D, 8, 0, 0, weight=w, bias=np.zeros(n.channels, np.int32))
+        if n.op != "maxpool":
+            recs[n.out] = Record(n.out, OP_QUANT, 8, 0)
+    return WeightsFile({"graph": graph.to_json()}, recs)
 
 
 class Compiler:
@@ -254,13 +229,13 @@ class Compiler:
             if rec.op not in (OP_CONV3D, OP_QUANT):
                 raise CompileError(f"record {name}: op {rec.op} is not one the engine runs (conv3d {OP_CONV3D}, "
                                    f"quant {OP_QUANT})")
-        m = wb.meta["model"]
-        self.levels, self.ddf_levels = m["levels"], sorted(m["ddf_levels"])
+        self.graph = wb.graph
         self.grid = tuple(int(v) for v in grid)
         if any(not 0 < v <= MAX_DIM for v in self.grid):
             raise CompileError(f"grid {self.grid}: every axis must be 1..{MAX_DIM}")
-        if any(v % (1 << self.levels) for v in self.grid):
-            raise CompileError(f"grid {self.grid}: every axis must divide by 2^levels = {1 << self.levels}")
+        if any(v % self.graph.divisor for v in self.grid):
+            raise CompileError(f"grid {self.grid}: every axis must divide by {self.graph.divisor} (2^ the graph's "
+                               "deepest level)")
         self.descs: list[Desc] = []
         self.tensors: dict[str, Tensor] = {}
         self.wwords: list[int] = []
@@ -373,9 +348,10 @@ class Compiler:
             bgrid = tuple(2 * v for v in b.grid) if b_nearest else b.grid
             if bgrid != grid:
                 raise CompileError(f"{name}: operands on grids {grid} and {bgrid}")
-        if self.fuse and (a_dead or b_dead) and b is not None:
+        for conv_is_a in ([True] if a_dead else []) + ([False] if b_dead else []):
             y = self._fuse(name, out, a, b, sa, sb, s_out, a_off=a_off, b_off=b_off, a_nearest=a_nearest,
-                           b_nearest=b_nearest, a_trilinear=a_trilinear, conv_is_a=a_dead)
+                           b_nearest=b_nearest, a_trilinear=a_trilinear, conv_is_a=conv_is_a) \
+                if self.fuse and b is not None else None
             if y is not None:
                 return y
         y = self._alloc(name, ch, grid, out.e_out)
@@ -398,7 +374,7 @@ class Compiler:
         c_off, o_off = (a_off, b_off) if conv_is_a else (b_off, a_off)
         c_up = (a_nearest or a_trilinear) if conv_is_a else b_nearest
         o_near, o_tri = (b_nearest, False) if conv_is_a else (a_nearest, a_trilinear)
-        if last is None or last.op != OP_CONV or last.o[0] != conv.base or c_off or c_up:
+        if last is None or last.op != OP_CONV or last.flags & F_HAS_B or last.o[0] != conv.base or c_off or c_up:
             return None
         # only where it removes traffic: the CONV's result no longer written and read back, nor
         # the ADD's descriptor and pass over B, but each output group's run streams B again
@@ -427,40 +403,40 @@ class Compiler:
                                groups=y.groups))
         return y
 
-    def compile(self, input_channels: int = 2) -> Program:
-        r = self.r
-        x = self._alloc("input", input_channels, self.grid, r["input"].e_out)
-        skips = []
-        for i in range(self.levels):
-            p = f"down.{i}"
-            h0 = self._conv(x, f"{p}.c0.conv", f"{p}.c0.act")
-            u = self._conv(self._conv(h0, f"{p}.c1.conv", f"{p}.c1.act"), f"{p}.c2.conv", f"{p}.c2.act")
-            rr = self._add(f"{p}.add", u, h0, a_dead=True)
-            x = self._maxpool(f"{p}.pool", rr)
-            skips.append(h0)
-        feats = {self.levels: self._conv(x, "bottleneck.conv", "bottleneck.act")}
-        h = feats[self.levels]
-        for j, lv in enumerate(reversed(range(self.levels))):
-            p = f"up.{j}"
-            c = h.channels // 2
-            if c % LANES:
-                raise CompileError(f"{p}.halves: {h.channels} channels: the halves must each be whole groups "
-                                   f"of {LANES}")
-            halves = self._add(f"{p}.halves", h, h, b_off=c // LANES, channels=c)
-            a = self._conv(h, f"{p}.c0.conv", f"{p}.c0.act", nearest_in=True)
-            h0 = self._add(f"{p}.add_up", a, halves, b_nearest=True, a_dead=True)
-            r1 = self._add(f"{p}.add_skip", h0, skips[lv])
-            u = self._conv(self._conv(h0, f"{p}.c1.conv", f"{p}.c1.act"), f"{p}.c2.conv", f"{p}.c2.act")
-            h = self._add(f"{p}.add", u, r1, a_dead=True)
-            feats[lv] = h
-        ddf = None
-        for lv in range(self.levels, -1, -1):
-            if lv in self.ddf_levels:
-                d = self._conv(feats[lv], f"heads.{lv}", f"head_out.{lv}")
-                ddf = d if ddf is None else self._add(f"ddf_add.{lv}", ddf, d, a_trilinear=True, b_dead=True)
-            elif ddf is not None:
-                ddf = self._add(f"ddf_up.{lv}", ddf, None, a_trilinear=True)
-        self.tensors["ddf"] = ddf
+    def compile(self) -> Program:
+        """The graph's nodes in order, each one descriptor (an ADD whose operand the CONV just
+        emitted produced, and nothing after reads, may fuse into that CONV: _fuse)."""
+        g, env = self.graph, {}
+        last = g.last_use()
+        for i, n in enumerate(g.nodes):
+            if n.op == "input":
+                y = self._alloc(n.out, n.channels, self.grid, self.r[n.out].e_out)
+            elif n.op == "conv":
+                y = self._conv(env[n.ins[0].t], n.conv, n.out, nearest_in=n.ins[0].up == "nearest")
+            elif n.op == "maxpool":
+                y = self._maxpool(n.out, env[n.ins[0].t])
+            else:
+                ops = list(n.ins)
+                if len(ops) == 2 and ops[1].up == "linear":   # the engine up-samples trilinearly on A only
+                    ops.reverse()
+                if len(ops) == 2 and ops[1].up == "linear":
+                    raise CompileError(f"{n.out}: both operands up-sampled trilinearly; the engine does one (A)")
+                offs = []
+                for o in ops:
+                    lo = 0 if o.ch is None else o.ch[0]
+                    if lo % LANES or (o.ch is not None and o.ch[1] % LANES and o.ch[1] != env[o.t].channels):
+                        raise CompileError(f"{n.out}: channels {o.ch[0]}..{o.ch[1]} of {o.t}: a slice must start and "
+                                           f"end on a group of {LANES} (or at the tensor's last channel)")
+                    offs.append(lo // LANES)
+                dead = [last[o.t] == i and o.t not in g.outputs and (len(ops) == 1 or ops[0].t != ops[1].t)
+                        for o in ops]
+                b = ops[1] if len(ops) == 2 else None
+                y = self._add(n.out, env[ops[0].t], None if b is None else env[b.t], a_off=offs[0],
+                              b_off=offs[1] if b else 0, channels=n.channels, a_nearest=ops[0].up == "nearest",
+                              a_trilinear=ops[0].up == "linear", b_nearest=b is not None and b.up == "nearest",
+                              a_dead=dead[0], b_dead=b is not None and dead[1])
+            env[n.out] = y
+        self.tensors["ddf"] = env[g.output]
         self.descs.append(Desc(OP_END, "end"))
         return self._finish()
 

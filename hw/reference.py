@@ -136,24 +136,18 @@ def conv3d_s8(x: QTensor, rec: Record, out: Record) -> QTensor:
     return QTensor(requantize_shift_rne(acc, shift, *saturate_range(out.relu)), out.e_out)
 
 
-def add_acc(a: np.ndarray, e_a: int, b: np.ndarray, e_b: int, out: Record) -> QTensor:
-    """a * 2^-e_a + b * 2^-e_b (integers): aligned exactly to the finer exponent, summed,
-    rounded once to out.e_out and saturated."""
-    e = max(e_a, e_b)
+def add_acc(ops: list[tuple[np.ndarray, int]], out: Record) -> QTensor:
+    """The sum of one or two integer operands (values, exponent e: scale 2^-e): aligned exactly
+    to the finest exponent, summed, rounded once to out.e_out and saturated."""
+    e = max(ex for _, ex in ops)
     # the aligned operands must keep the sum inside int32 (hw/SPEC.md): an int8 operand is at most
     # 128 in magnitude, upsample_linear2's accumulator 64 x 128; checked from the exponents alone
-    lim = sum((128 if x.dtype == np.int8 else 64 * 128) << (e - ex) for x, ex in ((a, e_a), (b, e_b)))
+    lim = sum((128 if x.dtype == np.int8 else 64 * 128) << (e - ex) for x, ex in ops)
     if lim > INT32_MAX:
-        raise ValueError(f"{out.name}: aligned sum bound {lim} does not fit int32 (exponents {e_a}, {e_b})")
-    acc = (a.astype(np.int64) << (e - e_a)) + (b.astype(np.int64) << (e - e_b))
+        raise ValueError(f"{out.name}: aligned sum bound {lim} does not fit int32 (exponents "
+                         f"{', '.join(str(ex) for _, ex in ops)})")
+    acc = sum(x.astype(np.int64) << (e - ex) for x, ex in ops)
     return QTensor(requantize_shift_rne(acc, check_shift(e - out.e_out, out.name), *saturate_range(out.relu)), out.e_out)
-
-
-def add_s8(a: QTensor, b: QTensor, out: Record) -> QTensor:
-    """a + b of two int8 tensors (add_acc)."""
-    if a.q.shape != b.q.shape:
-        raise ValueError(f"{out.name}: operands of shapes {a.q.shape} and {b.q.shape}")
-    return add_acc(a.q, a.e, b.q, b.e, out)
 
 
 def maxpool2_s8(x: QTensor) -> QTensor:
@@ -183,12 +177,6 @@ def upsample_linear2_acc(q: np.ndarray) -> np.ndarray:
     return acc
 
 
-def upsample_linear2_s8(x: QTensor, out: Record) -> QTensor:
-    acc = upsample_linear2_acc(x.q)  # scale 2^-(e + 6)
-    return QTensor(requantize_shift_rne(acc, check_shift(x.e + 6 - out.e_out, out.name), *saturate_range(out.relu)),
-                   out.e_out)
-
-
 def quantize_input(moving: np.ndarray, fixed: np.ndarray, rec: Record) -> QTensor:
     """The boundary: float images (X, Y, Z) -> int8 (1, 2, X, Y, Z) at 2^-rec.e_out, round half to
     even, saturate (what the Brevitas input quantiser and ONNX QuantizeLinear do)."""
@@ -197,23 +185,15 @@ def quantize_input(moving: np.ndarray, fixed: np.ndarray, rec: Record) -> QTenso
 
 
 class Reference:
-    """Integer LocalNet from weights.bin; `run` returns the ddf and, optionally, every tensor."""
+    """An interpreter of the graph in weights.bin (model/graph.py); `run` returns the network's
+    output and, optionally, every node's."""
 
     def __init__(self, wb: WeightsFile, where: str = "weights file"):
-        self.wb, self.r = wb, wb.records
-        m = wb.meta.get("model") if isinstance(wb.meta, dict) else None
-        if (not isinstance(m, dict) or type(m.get("levels")) is not int or not 1 <= m["levels"] <= 8
-                or not isinstance(m.get("ddf_levels"), list) or not m["ddf_levels"]
-                or any(type(v) is not int or not 0 <= v <= m["levels"] for v in m["ddf_levels"])):
-            raise ValueError(f"{where}: metadata lacks a valid 'model' table (levels 1..8, ddf_levels in "
-                             "[0, levels])")
-        self.levels, self.ddf_levels = m["levels"], sorted(set(m["ddf_levels"]))
-        for name, rec in self.r.items():  # contract at entry: known ops, no accumulator leaves int32
-            if rec.op not in (OP_CONV3D, OP_QUANT):
-                raise ValueError(f"{where}: record {name}: unknown op {rec.op}")
+        self.wb, self.r, self.where = wb, wb.records, where
+        self.graph = wb.graph   # checked against the records (a WeightsError names the file)
+        for name, rec in self.r.items():  # contract at entry: no accumulator leaves int32
             if rec.op == OP_CONV3D and acc_bound(rec) > INT32_MAX:
                 raise ValueError(f"{where}: record {name}: accumulator bound {acc_bound(rec)} does not fit int32")
-        self.where = where
 
     def rec(self, name: str, op: int) -> Record:
         """The record `name`, which the graph needs with op `op`."""
@@ -227,65 +207,61 @@ class Reference:
     def from_file(cls, path: str | Path) -> "Reference":
         return cls(read_weights(path), str(path))
 
-    def _conv(self, x: QTensor, block: str, trace: dict) -> QTensor:
-        y = conv3d_s8(x, self.rec(f"{block}.conv", OP_CONV3D), self.rec(f"{block}.act", OP_QUANT))
-        trace[f"{block}.act"] = y
-        return y
-
-    def _quant(self, name: str, y: QTensor, trace: dict) -> QTensor:
-        trace[name] = y
-        return y
-
     def run(self, x: QTensor, trace: dict | None = None) -> QTensor:
-        """x: the quantised input (1, 2, X, Y, Z); returns the ddf (1, 3, X, Y, Z) int8 at 2^-e
-        in voxels. `trace`, if given, receives every layer's output by record name. A contract a
-        layer's exponents break is a ValueError naming the weights file and the layer."""
+        """x: the quantised input (1, C, X, Y, Z); returns the output (for LocalNet the ddf
+        (1, 3, X, Y, Z) in voxels) int8 at 2^-e. `trace`, if given, receives every node's output
+        but the max-pools' (every requantised tensor, by its record name), and the output also
+        as "ddf". A contract a layer's exponents break is a
+        ValueError naming the weights file and the layer."""
         try:
             return self._run(x, trace)
         except ValueError as e:
             msg = str(e)
             raise ValueError(msg if msg.startswith(self.where) else f"{self.where}: {msg}") from None
 
+    def _operand(self, env: dict, o) -> tuple[np.ndarray, int]:
+        """An operand's values (a channel slice, up-sampled) and exponent: int8, or for a linear
+        up-sampling its exact int64 accumulator at 64x the scale."""
+        t = env[o.t]
+        q = t.q if o.ch is None else np.ascontiguousarray(t.q[:, o.ch[0]:o.ch[1]])
+        if o.up == "nearest":
+            return upsample_nearest2_s8(QTensor(q, t.e)).q, t.e
+        if o.up == "linear":
+            return upsample_linear2_acc(q), t.e + 6
+        return q, t.e
+
     def _run(self, x: QTensor, trace: dict | None) -> QTensor:
-        t = {} if trace is None else trace
-        r = lambda name: self.rec(name, OP_QUANT)  # noqa: E731  (a missing record: named error)
-        t["input"] = x
-        skips = []
-        for i in range(self.levels):
-            p = f"down.{i}"
-            h0 = self._conv(x, f"{p}.c0", t)
-            u = self._conv(self._conv(h0, f"{p}.c1", t), f"{p}.c2", t)
-            rr = self._quant(f"{p}.add", add_s8(u, h0, r(f"{p}.add")), t)
-            x = maxpool2_s8(rr)
-            skips.append(h0)
-        feats = {self.levels: self._conv(x, "bottleneck", t)}
-        h = feats[self.levels]
-        for j, lv in enumerate(reversed(range(self.levels))):
-            p = f"up.{j}"
-            c = h.q.shape[1] // 2
-            halves = self._quant(f"{p}.halves", add_s8(QTensor(np.ascontiguousarray(h.q[:, :c]), h.e),
-                                                       QTensor(np.ascontiguousarray(h.q[:, c:]), h.e),
-                                                       r(f"{p}.halves")), t)
-            a = self._conv(upsample_nearest2_s8(h), f"{p}.c0", t)
-            h0 = self._quant(f"{p}.add_up", add_s8(a, upsample_nearest2_s8(halves), r(f"{p}.add_up")), t)
-            r1 = self._quant(f"{p}.add_skip", add_s8(h0, skips[lv], r(f"{p}.add_skip")), t)
-            u = self._conv(self._conv(h0, f"{p}.c1", t), f"{p}.c2", t)
-            h = self._quant(f"{p}.add", add_s8(u, r1, r(f"{p}.add")), t)
-            feats[lv] = h
-        ddf = None
-        for lv in range(self.levels, -1, -1):
-            if lv in self.ddf_levels:
-                d = conv3d_s8(feats[lv], self.rec(f"heads.{lv}", OP_CONV3D), r(f"head_out.{lv}"))
-                t[f"head_out.{lv}"] = d
-                if ddf is None:
-                    ddf = d
-                else:  # trilinear x2 of the coarser field (at 64x its scale) + the head, rounded once
-                    up = upsample_linear2_acc(ddf.q)
-                    ddf = self._quant(f"ddf_add.{lv}", add_acc(up, ddf.e + 6, d.q, d.e, r(f"ddf_add.{lv}")), t)
-            elif ddf is not None:
-                ddf = self._quant(f"ddf_up.{lv}", upsample_linear2_s8(ddf, r(f"ddf_up.{lv}")), t)
-        t["ddf"] = ddf
-        return ddf
+        g = self.graph
+        if x.q.shape[1] != g.input.channels or any(v % g.divisor for v in x.q.shape[2:]):
+            raise ValueError(f"input {x.q.shape}: the graph takes {g.input.channels} channels on a grid whose every "
+                             f"axis is a multiple of {g.divisor}")
+        env: dict[str, QTensor] = {}
+        last = g.last_use()
+        for i, n in enumerate(g.nodes):
+            if n.op == "input":
+                y = x
+            elif n.op == "conv":
+                q, e = self._operand(env, n.ins[0])
+                y = conv3d_s8(QTensor(q, e), self.rec(n.conv, OP_CONV3D), self.rec(n.out, OP_QUANT))
+            elif n.op == "add":
+                ops = [self._operand(env, o) for o in n.ins]
+                if len({a.shape for a, _ in ops}) > 1:
+                    raise ValueError(f"{n.out}: operands of shapes {', '.join(str(a.shape) for a, _ in ops)}")
+                y = add_acc(ops, self.rec(n.out, OP_QUANT))
+            else:
+                y = maxpool2_s8(env[n.ins[0].t])
+            env[n.out] = y
+            if trace is not None:
+                if n.op != "maxpool":   # the trace holds every record's tensor (a max-pool has none)
+                    trace[n.out] = y
+            else:   # without a trace a tensor lives until its last reader
+                for o in n.ins:
+                    if last[o.t] == i:
+                        env.pop(o.t, None)
+        out = env[g.output]
+        if trace is not None:
+            trace["ddf"] = out
+        return out
 
     def register(self, moving: np.ndarray, fixed: np.ndarray) -> tuple[np.ndarray, int]:
         """Float images (X, Y, Z) -> (ddf int8 (3, X, Y, Z), exponent e): voxels = q * 2^-e."""
@@ -310,10 +286,10 @@ def main(argv=None) -> int:
         moving, fixed = (read_npy(p, kinds="iuf", ndim=3) for p in (a.moving, a.fixed))
         if moving.shape != fixed.shape:
             raise ValueError(f"{a.moving}: shape {moving.shape}, {a.fixed}: shape {fixed.shape}: they must be equal")
-        step = 1 << ref.levels
+        step = ref.graph.divisor
         if any(n < step or n % step for n in moving.shape):
             raise ValueError(f"{a.moving}: shape {moving.shape}: every axis must be a positive multiple of "
-                             f"2^levels = {step}")
+                             f"{step} (2^ the graph's deepest level)")
         q, e = ref.register(moving, fixed)
         buf = io.BytesIO()
         np.save(buf, q)

@@ -148,7 +148,7 @@ class QATConfig:
     nm_int4: bool = False  # int4 QAT of every N:M model too
     global_int4: list[float] = field(default_factory=list)  # int4 QAT of these global prune.amounts
     # weight scales of every QAT model: "tensor" (one power of two per layer) or "channel" (one
-    # per output channel; weights.bin format 2 carries the exponents)
+    # per output channel; weights.bin format 2 and later carry the exponents)
     weight_scale: str = "tensor"
     # x mean squared displacement difference (voxels^2) to the trained fp32 network's field, added
     # to the label loss of every QAT model (0: none)

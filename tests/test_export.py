@@ -112,12 +112,12 @@ def test_truncation_magic_version_named(tmp_path):
     bad.write_bytes(b"XXXX" + data[4:])
     with pytest.raises(WeightsError, match="wrong magic"):
         read_weights(bad)
-    # version 3 with a valid header CRC: refused for its version, not its CRC
+    # version 4 with a valid header CRC: refused for its version, not its CRC
     head = bytearray(data[:HEADER.size])
-    struct.pack_into("<H", head, 4, 3)
+    struct.pack_into("<H", head, 4, 4)
     struct.pack_into("<I", head, 28, zlib.crc32(bytes(head[:28])))
     bad.write_bytes(bytes(head) + data[HEADER.size:])
-    with pytest.raises(WeightsError, match="format version 3, this reader understands versions 1, 2"):
+    with pytest.raises(WeightsError, match="format version 4, this reader understands versions 1, 2, 3"):
         read_weights(bad)
     # version 1 has no per-channel exponents: a version-1 header on this file is refused at that record
     struct.pack_into("<H", head, 4, 1)
@@ -134,10 +134,18 @@ def test_truncation_magic_version_named(tmp_path):
 
 
 
+HAND_META = ({"model": {"levels": 1}},
+             {"graph": {"nodes": [{"op": "input", "out": "input", "in": [], "channels": 2, "level": 0},
+                                  {"op": "conv", "out": "c.act", "in": [{"t": "input"}], "channels": 2, "level": 0,
+                                   "conv": "c.conv", "k": 1}],
+                        "outputs": ["c.act"]}})
+
+
 def _hand_file(path, version, per_channel):
     """A weights.bin assembled from FORMAT.md's byte layout alone (struct + zlib, not the writer):
-    input, one 1x1x1 convolution with two output channels (bitmask weights [0, 5 | 0, -1]) and
-    its requantisation; per-tensor e_w 9, or per-channel exponents 9 and 11."""
+    a 2-channel input, one 1x1x1 convolution with two output channels (bitmask weights
+    [0, 5 | 0, -1]) and its requantisation; per-tensor e_w 9, or per-channel exponents 9 and
+    11; from version 3 with the graph of that network."""
     def record(op, flags, bits, enc, name, e0, e1, shape=(0, 0, 0, 0, 0), extra=b"", payload=b"", nnz=0):
         n = name.encode()
         body = n + b"\0" * (-len(n) % 4) + extra + payload
@@ -146,34 +154,45 @@ def _hand_file(path, version, per_channel):
         tail = struct.pack("<BBBBBbbBHHBBBBII", op, flags, bits, enc, len(n), e0, e1, 0, *shape, 0, len(payload), nnz)
         return struct.pack("<II", size, zlib.crc32(tail + body)) + tail + body
 
-    meta = b'{"model": {"levels": 1}}'
+    meta = json.dumps(HAND_META[version >= 3], sort_keys=True).encode()   # JSON as the writer spaces it
     meta += b" " * (-len(meta) % 16)
     bias = struct.pack("<ii", -3, 70000)
-    conv = (record(1, 2, 8, 1, "c.conv", 0, 7, (2, 1, 1, 1, 2), bias + bytes([9, 11, 0, 0]), bytes([0x0A, 0x05, 0xFF]), 2)
-            if per_channel else record(1, 0, 8, 1, "c.conv", 9, 7, (2, 1, 1, 1, 2), bias, bytes([0x0A, 0x05, 0xFF]), 2))
-    recs = record(2, 0, 8, 0, "in", 7, 0) + conv + record(2, 1, 8, 0, "c.act", 5, 0)
+    conv = (record(1, 2, 8, 1, "c.conv", 0, 7, (2, 2, 1, 1, 1), bias + bytes([9, 11, 0, 0]), bytes([0x0A, 0x05, 0xFF]), 2)
+            if per_channel else record(1, 0, 8, 1, "c.conv", 9, 7, (2, 2, 1, 1, 1), bias, bytes([0x0A, 0x05, 0xFF]), 2))
+    recs = record(2, 0, 8, 0, "input", 7, 0) + conv + record(2, 1, 8, 0, "c.act", 5, 0)
     total = 32 + len(meta) + len(recs)
     head = struct.pack("<4sHHIIIII", b"LNWB", version, 32, 3, total, len(meta), zlib.crc32(meta), 0)
     path.write_bytes(head + struct.pack("<I", zlib.crc32(head)) + meta + recs)
     return path
 
 
-@pytest.mark.parametrize("version, per_channel", [(1, False), (2, False), (2, True)])
+@pytest.mark.parametrize("version, per_channel", [(1, False), (2, False), (2, True), (3, False), (3, True)])
 def test_weights_bin_built_by_hand_from_format_md(tmp_path, version, per_channel):
-    """Format 2 as FORMAT.md lays it out, and format 1 (no per-channel exponents) still read."""
+    """Format 3 as FORMAT.md lays it out, run by the reference from its graph; formats 1 (no
+    per-channel exponents) and 2 (no graph) still read."""
+    from hw.reference import QTensor, Reference
+
     wb = read_weights(_hand_file(tmp_path / "hand.bin", version, per_channel))
-    assert wb.meta == {"model": {"levels": 1}} and list(wb.records) == ["in", "c.conv", "c.act"]
+    assert wb.meta == HAND_META[version >= 3] and list(wb.records) == ["input", "c.conv", "c.act"]
     conv = wb.records["c.conv"]
     assert (conv.op, conv.bits, conv.e0, conv.e1, conv.encoding, conv.payload_bytes) == \
         (OP_CONV3D, 8, 0 if per_channel else 9, 7, 1, 3)
     assert conv.e_w.tolist() == ([9, 11] if per_channel else [9, 9])
-    assert conv.weight.shape == (2, 1, 1, 1, 2) and conv.weight.ravel().tolist() == [0, 5, 0, -1]
+    assert conv.weight.shape == (2, 2, 1, 1, 1) and conv.weight.ravel().tolist() == [0, 5, 0, -1]
     assert conv.bias.tolist() == [-3, 70000]
-    assert (wb.records["in"].e0, wb.records["in"].relu, wb.records["c.act"].e0, wb.records["c.act"].relu) == (7, False, 5, True)
-    if version == 2:  # the writer produces exactly these bytes from the same records
-        write_weights(tmp_path / "w.bin", [Record("in", OP_QUANT, 8, 7), conv, Record("c.act", OP_QUANT, 8, 5, relu=True)],
-                      {"model": {"levels": 1}})
+    assert (wb.records["input"].e0, wb.records["input"].relu, wb.records["c.act"].e0, wb.records["c.act"].relu) == (7, False, 5, True)
+    if version == 3:  # the writer produces exactly these bytes from the same records; the graph runs
+        write_weights(tmp_path / "w.bin", [Record("input", OP_QUANT, 8, 7), conv, Record("c.act", OP_QUANT, 8, 5, relu=True)],
+                      HAND_META[1])
         assert (tmp_path / "w.bin").read_bytes() == (tmp_path / "hand.bin").read_bytes()
+        x = np.array([1, 100], np.int8).reshape(1, 2, 1, 1, 1)
+        # channel 0: 5 * 100 - 3 = 497 >> 11 -> 0; channel 1: -100 + 70000 = 69900, shift 7 + e_w - 5:
+        # 69900 / 2^11 = 34.13 -> 34 (e_w 9), 69900 / 2^13 = 8.53 -> 9 (e_w 11)
+        y = Reference(wb).run(QTensor(x, 7))
+        assert y.e == 5 and y.q.ravel().tolist() == [0, 9 if per_channel else 34]
+    else:  # no graph (format 1 and 2 are LocalNet's by definition): this network is not one
+        with pytest.raises(WeightsError, match="needs a valid 'model' table"):
+            wb.graph
 
 
 def test_readmemh_and_c_header_by_hand(tmp_path):

@@ -66,7 +66,7 @@ def _valid_weights(path: Path, rng) -> None:
             r.e0, r.e1 = 7, 4
         else:
             r.e0 = 4
-    meta = {"model": {"base_channels": 4, "levels": 2, "ddf_levels": [0, 1, 2]}, "format": "fuzz"}
+    meta = {**wb.meta, "format": "fuzz"}
     write_weights(path, list(wb.records.values()), meta)
 
 
@@ -130,6 +130,9 @@ def _mutate_weights(good: bytes, rng) -> bytes:
                    '{"model": {"levels": 40, "ddf_levels": [0]}}', '{"model": {"levels": 2, "ddf_levels": [5]}}',
                    '{"model": {"levels": 1, "ddf_levels": [0, 1]}}', '"text"', '{"model": {"levels": 2, "ddf_levels": []}}',
                    '\xff\xfe', '{"model": {"levels": true, "ddf_levels": [0]}}']
+        if rng.random() < 0.5:   # the graph edited: a node's field, an operand, a shape
+            meta = json.loads(bytes(data[HEADER.size:HEADER.size + meta_len]))
+            choices = [json.dumps({**meta, "graph": _mutate_json(meta["graph"], rng)})]
         raw = str(rng.choice(choices)).encode("latin-1")
         raw += b" " * ((-len(raw)) % 16)
         f = list(HEADER.unpack_from(data))

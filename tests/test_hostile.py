@@ -116,15 +116,38 @@ def _weights(path: Path, edit=None, meta=None) -> Path:
             r.weight = rng.integers(-20, 21, r.weight.shape).astype(np.int8)
     if edit:
         edit(wb.records)
-    write_weights(path, list(wb.records.values()),
-                  meta if meta is not None else {"model": {"base_channels": 4, "levels": 2, "ddf_levels": [0, 1, 2]}})
+    graph = isinstance(meta, dict) and "graph" in meta   # the writer refuses a bad graph: spliced in after
+    write_weights(path, list(wb.records.values()), wb.meta if meta is None or graph else meta)
     raw = path.read_bytes()
+    if graph:
+        from export.weights import HEADER
+        from test_fuzz import _recrc
+
+        f = list(HEADER.unpack_from(raw))
+        new = json.dumps(meta).encode()
+        new += b" " * (-len(new) % 16)
+        data = bytearray(raw[:HEADER.size] + new + raw[HEADER.size + f[5]:])
+        f[5] = len(new)
+        HEADER.pack_into(data, 0, *f)
+        raw = bytes(_recrc(data))
+        path.write_bytes(raw)
     marker = bytes([0x81, 0x7E, 0x81, 0x7D])
     if marker in raw:  # a weight of -128, every CRC recomputed: only the range check can refuse it
         from test_fuzz import _recrc
 
         path.write_bytes(bytes(_recrc(bytearray(raw.replace(marker, b"\x80" + marker[1:], 1)))))
     return path
+
+
+def _graph(base: int = 4, swap: tuple[int, int] | None = None) -> dict:
+    """The graph of _weights' network (other base channels; two nodes swapped) as JSON."""
+    from model.graph import localnet_graph
+
+    g = localnet_graph(2, [0, 1, 2], base, first_kernel=3).to_json()
+    if swap:
+        i, j = swap
+        g["nodes"][i], g["nodes"][j] = g["nodes"][j], g["nodes"][i]
+    return g
 
 
 def _set(name, **kw):
@@ -145,7 +168,11 @@ def _set(name, **kw):
     (_set("down.0.c1.conv", e_ch=np.full(4, 127), e0=0), None,
      "down.0.c1.conv: requantisation shift 127..127 outside [-15, 31]"),
     (_set("down.0.c1.conv", bias0=2**31 - 1), None, "down.0.c1.conv: accumulator bound"),
-    (None, {"levels": 2}, "metadata lacks a valid 'model' table"),
+    (None, {"levels": 2}, "no 'graph' in the metadata"),
+    (None, {"graph": _graph(base=8)}, "node 1 (down.0.c0.act): record down.0.c0.conv has weights (4, 2, 3, 3, 3), "
+                                      "the graph needs (8, 2, 3, 3, 3)"),
+    (None, {"graph": _graph(swap=(1, 2))}, "node 1 (down.0.c1.act): operand 'down.0.c0.act' is not the output of "
+                                           "an earlier node"),
     (None, [1, 2], "metadata must be a JSON object, got list"),
 ])
 def test_reference_refuses_crafted_weights(edit, meta, message, tmp_path, capsys):

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from export.weights import OP_QUANT, Record
-from hw.reference import (QTensor, add_s8, conv3d_acc_s8, conv3d_acc_s8_loops, maxpool2_s8, requantize_shift_rne,
-                          upsample_linear2_acc, upsample_linear2_s8, upsample_nearest2_s8)
+from hw.reference import (QTensor, add_acc, conv3d_acc_s8, conv3d_acc_s8_loops, maxpool2_s8, requantize_shift_rne,
+                          upsample_linear2_acc, upsample_nearest2_s8)
 from model.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,11 +89,11 @@ def test_conv_by_hand():
 def test_add_aligns_then_rounds_once():
     a = QTensor(np.full((1, 1, 1, 1, 1), 3, np.int8), 1)  # 1.5
     b = QTensor(np.full((1, 1, 1, 1, 1), 1, np.int8), 2)  # 0.25
-    assert add_s8(a, b, _q(e=1)).q.item() == 4  # 1.75 at 2^-1 = 3.5 -> 4 (even)
-    assert add_s8(a, b, _q(e=2)).q.item() == 7  # exact at the finer scale
+    assert add_acc([(a.q, a.e), (b.q, b.e)], _q(e=1)).q.item() == 4  # 1.75 at 2^-1 = 3.5 -> 4 (even)
+    assert add_acc([(a.q, a.e), (b.q, b.e)], _q(e=2)).q.item() == 7  # exact at the finer scale
     neg = QTensor(np.full((1, 1, 1, 1, 1), -100, np.int8), 0)
-    assert add_s8(neg, neg, _q(e=0, relu=True)).q.item() == 0
-    assert add_s8(neg, neg, _q(e=0)).q.item() == -128
+    assert add_acc([(neg.q, neg.e)] * 2, _q(e=0, relu=True)).q.item() == 0
+    assert add_acc([(neg.q, neg.e)] * 2, _q(e=0)).q.item() == -128
 
 
 def test_pool_and_nearest_move_values():
@@ -116,7 +116,7 @@ def test_trilinear_matches_torch_half_pixel():
     one = np.zeros((1, 1, 2, 1, 1), np.int8)
     one[0, 0] = [[[0]], [[4]]]
     assert upsample_linear2_acc(one)[0, 0, :, 0, 0].tolist() == [0, 64, 192, 256]  # 0, 1, 3, 4 x 64
-    assert upsample_linear2_s8(QTensor(one, 0), _q(e=0)).q[0, 0, :, 0, 0].tolist() == [0, 1, 3, 4]
+    assert add_acc([(upsample_linear2_acc(one), 6)], _q(e=0)).q[0, 0, :, 0, 0].tolist() == [0, 1, 3, 4]
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +169,7 @@ def test_reference_equals_brevitas_on_large_random_weights(tmp_path, tiny_toml, 
 
     import brevitas.nn as qnn
 
-    from export.export import weight_records
+    from export.export import network_meta, weight_records
     from export.weights import write_weights
     from hw.reference import Reference, quantize_input
     from model.config import config_from_dict
@@ -189,8 +189,7 @@ def test_reference_equals_brevitas_on_large_random_weights(tmp_path, tiny_toml, 
                 m.weight.mul_(torch.exp2(4 * torch.rand(m.weight.shape[0], 1, 1, 1, 1) - 3))
     xs = [torch.rand(1, 2, *cfg.data.shape) for _ in range(2)]
     calibrate(twin, xs)
-    write_weights(tmp_path / "w.bin", weight_records(twin, xs[0]), {"model": {"levels": cfg.model.levels,
-                                                                              "ddf_levels": cfg.model.ddf_levels}})
+    write_weights(tmp_path / "w.bin", weight_records(twin, xs[0]), network_meta(cfg.model))
     ref = Reference.from_file(tmp_path / "w.bin")
     e_w = [len(set(r.e_w.tolist())) for r in ref.r.values() if r.weight is not None]
     assert max(e_w) == 1 if weight_scale == "tensor" else min(e_w) > 1  # per-channel: exponents differ
