@@ -240,8 +240,18 @@ def localnet_graph(levels: int, ddf_levels, base_channels: int, in_channels: int
         nodes.append(Node("maxpool", f"{p}.pool", (Operand(r),), ch[i], i + 1))
         x = f"{p}.pool"
         skips.append(h0)
-    feats = {levels: block(x, "bottleneck", ch[levels], levels)}
-    h = feats[levels]
+    ddf = None
+
+    def head(lv: int, feat: str):   # coarse to fine, as each level's features are done (then they die)
+        nonlocal ddf
+        if lv in ddf_levels:
+            d = conv(feat, f"heads.{lv}", f"head_out.{lv}", 3, lv)
+            ddf = d if ddf is None else add(f"ddf_add.{lv}", lv, 3, Operand(ddf, "linear"), Operand(d))
+        elif ddf is not None:   # trilinear x2 of the coarser field
+            ddf = add(f"ddf_up.{lv}", lv, 3, Operand(ddf, "linear"))
+
+    h = block(x, "bottleneck", ch[levels], levels)
+    head(levels, h)
     for j, lv in enumerate(reversed(range(levels))):
         p, c = f"up.{j}", ch[lv]
         # additive up-sampling: the sum of the channel halves (nearest up-sampling commutes with it)
@@ -250,14 +260,8 @@ def localnet_graph(levels: int, ddf_levels, base_channels: int, in_channels: int
         h0 = add(f"{p}.add_up", lv, c, Operand(a), Operand(halves, "nearest"))
         r1 = add(f"{p}.add_skip", lv, c, Operand(h0), Operand(skips[lv]))
         u = block(block(h0, f"{p}.c1", c, lv), f"{p}.c2", c, lv)
-        h = feats[lv] = add(f"{p}.add", lv, c, Operand(u), Operand(r1))
-    ddf = None
-    for lv in range(levels, -1, -1):   # coarse to fine: trilinear x2 of the coarser field (+ the head)
-        if lv in ddf_levels:
-            d = conv(feats[lv], f"heads.{lv}", f"head_out.{lv}", 3, lv)
-            ddf = d if ddf is None else add(f"ddf_add.{lv}", lv, 3, Operand(ddf, "linear"), Operand(d))
-        elif ddf is not None:
-            ddf = add(f"ddf_up.{lv}", lv, 3, Operand(ddf, "linear"))
+        h = add(f"{p}.add", lv, c, Operand(u), Operand(r1))
+        head(lv, h)
     return Graph(nodes, [ddf], "LocalNet graph")
 
 

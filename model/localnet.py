@@ -103,30 +103,30 @@ class LocalNet(nn.Module):
             nn.init.zeros_(head.bias)
 
     def forward(self, x):  # (N, 2, X, Y, Z) -> (N, 3, X, Y, Z) voxels
-        feats = level_features(self, x)
         ddf = None
-        for lv in range(self.cfg.levels, -1, -1):  # coarse to fine: ddf = sum_l U^l(head_l)
+        for lv, feat in level_features(self, x):  # coarse to fine: ddf = sum_l U^l(head_l)
             if ddf is not None:
                 ddf = upsample_linear2(ddf)
             if str(lv) in self.heads:
-                d = self.heads[str(lv)](feats[lv])
+                d = self.heads[str(lv)](feat)
                 ddf = d if ddf is None else ddf + d
         return ddf
 
 
 def level_features(net: nn.Module, x):
     """The encoder-decoder of LocalNet or its quantised twin (modules `down`, `bottleneck`, `up`):
-    {level: features}, level `levels` the bottleneck, 0 full resolution; the heads read these."""
+    yields (level, features) as they are computed, coarse to fine: level `levels` the bottleneck,
+    0 full resolution. The heads read each as it comes, so a level's features die at its head
+    (what keeps the deployed memory plan small: model/graph.py has the same order)."""
     skips = []
     for blk in net.down:
         x, h0 = blk(x)
         skips.append(h0)
-    feats = {net.cfg.levels: net.bottleneck(x)}
-    h = feats[net.cfg.levels]
+    h = net.bottleneck(x)
+    yield net.cfg.levels, h
     for lv, blk in zip(reversed(range(net.cfg.levels)), net.up):
         h = blk(h, skips[lv])
-        feats[lv] = h
-    return feats
+        yield lv, h
 
 
 def fold_batchnorm(model: LocalNet) -> LocalNet:

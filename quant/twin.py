@@ -217,12 +217,11 @@ class QuantLocalNet(nn.Module):
         return self.get_submodule(self.output_quant_name())
 
     def forward(self, x):  # (N, 2, X, Y, Z) float -> (N, 3, X, Y, Z) voxels (dequantised)
-        feats = level_features(self, self.input(x))
         ddf = None
-        for lv in range(self.cfg.levels, -1, -1):
+        for lv, feat in level_features(self, self.input(x)):   # coarse to fine, each head as its level is done
             up = None if ddf is None else upsample_linear2(_value(ddf))  # exact: multiples of 2^-(e+6)
             if str(lv) in self.heads:
-                d = self.head_out[str(lv)](self.heads[str(lv)](feats[lv]))
+                d = self.head_out[str(lv)](self.heads[str(lv)](feat))
                 ddf = d if up is None else self.ddf_add[str(lv)](up + _value(d))
             elif up is not None:
                 ddf = self.ddf_up[str(lv)](up)
