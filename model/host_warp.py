@@ -23,29 +23,33 @@ def voxel_grid(shape: tuple, dtype=np.float32) -> np.ndarray:
 
 
 def trilinear(vol: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    """`vol` (X, Y, Z) read trilinearly at voxel positions `pos` (3, ...) that lie in
-    [0, size - 1] per axis (others clamp to the edge cell's weights), weights and result in
-    pos's float type; model.data.sample uses it too. The 8 corners are gathered by flat index
-    from one base index (4x faster than indexing three axes; the same values, summed in the
-    same order)."""
-    shape = vol.shape
-    if len(shape) != 3 or min(shape) < 2:
-        raise ValueError(f"trilinear needs a 3-D volume at least 2 voxels along each axis, got {shape}")
+    """`vol` (X, Y, Z), or C volumes (C, X, Y, Z), read trilinearly at voxel positions `pos`
+    (3, ...) that lie in [0, size - 1] per axis (others clamp to the edge cell's weights),
+    weights and result in pos's float type: (...) or (C, ...); model.data.sample uses it too.
+    The 8 corners are gathered by flat index from one base index (4x faster than indexing three
+    axes; the same values, summed in the same order), and C volumes share the corners and
+    weights (each channel's values exactly those of reading it alone)."""
+    shape = vol.shape[-3:]
+    if vol.ndim not in (3, 4) or min(shape) < 2:
+        raise ValueError(f"trilinear needs a 3-D volume (or a stack of them) at least 2 voxels along each axis, "
+                         f"got {vol.shape}")
     size = np.asarray(shape).reshape(3, *([1] * (pos.ndim - 1)))
     lo = np.clip(np.floor(pos), 0, size - 2).astype(np.int64)
     t = pos - lo
-    v = np.asarray(vol).astype(np.float32, copy=False).ravel()
+    vols = np.asarray(vol).astype(np.float32, copy=False).reshape(-1, int(np.prod(shape)))
     sx, sy = shape[1] * shape[2], shape[2]
     base = lo[0] * sx + lo[1] * sy + lo[2]
-    out = np.zeros(pos.shape[1:], pos.dtype)
-    for dx in (0, 1):
-        wx = t[0] if dx else 1 - t[0]
-        for dy in (0, 1):
-            wy = t[1] if dy else 1 - t[1]
-            for dz in (0, 1):
-                wz = t[2] if dz else 1 - t[2]
-                out += wx * wy * wz * v.take(base + (dx * sx + dy * sy + dz))
-    return out
+    one = 1 - t
+    wxy = np.stack([one[0] * one[1], one[0] * t[1], t[0] * one[1], t[0] * t[1]])   # corners (dx, dy) in order
+    w = np.stack([wxy * one[2], wxy * t[2]], 1).reshape(8, *pos.shape[1:])        # (dx, dy, dz), dz fastest
+    at = base + np.array([dx * sx + dy * sy + dz for dx in (0, 1) for dy in (0, 1) for dz in (0, 1)]
+                         ).reshape(8, *([1] * (pos.ndim - 1)))
+    out = np.zeros((len(vols), *pos.shape[1:]), pos.dtype)
+    for c, v in enumerate(vols):
+        prod = w * v.take(at)
+        for k in range(8):   # summed corner by corner, in the order above
+            out[c] += prod[k]
+    return out if vol.ndim == 4 else out[0]
 
 
 def host_warp(moving: np.ndarray, ddf: np.ndarray) -> np.ndarray:

@@ -83,7 +83,7 @@ def _lm_level(ms: np.ndarray, fs: np.ndarray, stride: int, iters: int, A: np.nda
     y = A (x - c) + c + u; returns (A, u, mean squared residual)."""
     shape = np.asarray(fs.shape)
     c = (shape - 1) / 2.0
-    grads = np.gradient(ms)  # (3) central differences in voxels, float32
+    grads = np.stack(np.gradient(ms))  # (3, X, Y, Z) central differences in voxels, float32
     idx = tuple(np.arange(stride // 2, n, stride) for n in fs.shape)
     Xc = np.stack(np.meshgrid(*idx, indexing="ij")).reshape(3, -1).astype(np.float64) - c[:, None]
     f = fs[np.ix_(*idx)].reshape(-1).astype(np.float64)
@@ -103,7 +103,7 @@ def _lm_level(ms: np.ndarray, fs: np.ndarray, stride: int, iters: int, A: np.nda
     r, ok, Yf, fo, cost = residual(A, u)
     lam = 1e-3
     for _ in range(iters):
-        g = np.stack([trilinear(gr, Yf) for gr in grads]).astype(np.float64)  # (3, n)
+        g = trilinear(grads, Yf).astype(np.float64)  # (3, n)
         xc = Xc[:, ok]
         J = np.concatenate([(g[i] * xc).T for i in range(3)] + [g.T, -fo[:, None], -np.ones((xc.shape[1], 1))], 1)
         H, grad = J.T @ J, J.T @ r

@@ -65,6 +65,20 @@ def test_host_warp_by_hand_and_against_model_warp():
         host_warp(vol, field[:, :5])
 
 
+def test_trilinear_of_a_stack_is_each_volume_alone():
+    """model.host_warp.trilinear reads C volumes at shared corners and weights: each channel
+    bit for bit what reading it alone gives (the global stage samples three gradients so)."""
+    from model.host_warp import trilinear
+
+    rng = np.random.default_rng(1)
+    vols = rng.normal(size=(3, 6, 7, 5)).astype(np.float32)
+    pos = rng.uniform(-1, 8, size=(3, 50, 4))
+    both = trilinear(vols, pos)
+    assert both.shape == (3, 50, 4) and all(np.array_equal(both[c], trilinear(vols[c], pos)) for c in range(3))
+    corner = trilinear(vols, np.array([[1.0], [2.0], [3.0]]))   # a voxel centre reads that voxel
+    assert corner[:, 0].tolist() == vols[:, 1, 2, 3].tolist()
+
+
 @pytest.mark.parametrize("shape", [(32, 40, 32), (5, 2, 7)])
 def test_warp_grid_sample_equals_warp_within_rounding(shape):
     """Training's fused warp: the same clamped trilinear map as `warp` (an independent kernel,
