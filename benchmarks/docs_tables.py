@@ -168,6 +168,11 @@ def accelerator(run: Path) -> str:
                    f"| {pj['cycles']:,} cycles{at}; memory plan {pj['memory_bytes'] / 1e6:.0f} MB (liveness; "
                    f"{pj['memory_bytes_keep_all'] / 1e6:,.0f} MB keeping every tensor); traffic "
                    f"{pj['traffic_bytes'] / 1e9:.2f} GB; {fits} |")
+        for nm, r in pj.get("nm", {}).items():
+            at = f", {r['cycles'] / (syn['fmax_mhz'] * 1e6):.0f} s at that fmax" if syn and syn.get("fmax_mhz") else ""
+            out.append(f"| the same, {nm} block sparsity (N of every M weight blocks of an output group stored; the "
+                       f"first convolution and the heads dense) | {r['cycles']:,} cycles{at}; executed-MAC utilisation "
+                       f"{100 * r['executed_mac_util']:.1f} % |")
     return "\n".join(out) + "\n"
 
 

@@ -188,10 +188,37 @@ def layer_report(prog: Program, per: list[dict], tp: int = TP) -> list[dict]:
     return rows
 
 
-def project(config_toml: Path) -> dict:
+def nm_blocks(wb, n: int, m: int, dense=("heads.",)):
+    """A copy of `wb` whose convolutions keep `n` of every `m` consecutive weight blocks of each
+    output group (the engine's block unit, hw.engine.block_index, the runs quant.masks'
+    nm_block_masks prunes; the first n of a run, a shorter last run round(n / m x its length));
+    the first convolution and the layers named by a prefix in `dense` stay dense, as the N:M
+    pruning of configs/demo.toml keeps them. The engine's cycles depend on how many blocks
+    each group stores, not on which, so this projects any network pruned N:M so."""
+    from hw.engine import block_index
+
+    out = copy.deepcopy(wb)
+    convs = [r for r in out.records.values() if r.weight is not None]
+    for r in convs[1:]:
+        if r.name.startswith(dense):
+            continue
+        idx = block_index(r.weight.shape)
+        nb = int(idx.max()) + 1
+        per_group = nb // -(-r.weight.shape[0] // LANES)
+        keep = np.zeros(nb, bool)
+        for g0 in range(0, nb, per_group):
+            for r0 in range(g0, g0 + per_group, m):
+                r1 = min(r0 + m, g0 + per_group)
+                keep[r0:r0 + (n if r1 - r0 == m else round(n * (r1 - r0) / m))] = True
+        r.weight = np.where(keep[idx], r.weight, 0).astype(np.int8)
+    return out
+
+
+def project(config_toml: Path, nm=((2, 4), (1, 4))) -> dict:
     """Cycles of a configuration nobody has exported (configs/ibsr.toml), from the cycle model on
     its layer shapes with every weight block stored (dense: no block is all-zero in a trained
-    unstructured network either), on ideal memory (busy cycles: no waits), and the engine sizes
+    unstructured network either), and with `nm` block sparsity (nm_blocks), on ideal memory
+    (busy cycles: no waits), and the engine sizes
     it needs: the weight buffer, the window (the most words one output row reaches in one
     operand: the engine as built holds hw.engine's WINDOW_WORDS, and has no spatial tiling yet),
     the memory with every tensor kept and with the liveness plan, the traffic."""
@@ -215,7 +242,15 @@ def project(config_toml: Path) -> dict:
     spans = [window_span(d.op, d.flags, d.grid, d.k, d.a, d.b, WINDOW_WORDS) for d in prog.descs if d.op != OP_END]
     window = max(span * (WINDOW_WORDS // cap) for span, cap in spans)   # both halves' worth with two operands
     cap = cycles * TP * LANES * LANES
-    return {"config": str(config_toml), "grid": list(grid), "cycles": cycles, "dense_macs": macs,
+    sparse = {}
+    for n, m in nm:   # N:M in the engine's block unit: the cycles of any network pruned so (counts, not values)
+        nm_prog = compile_weights(nm_blocks(wb, n, m), grid=grid, plan="reuse", **unlimited)
+        nm_per = cycle_model(nm_prog)
+        r, w = total_traffic(nm_per)
+        sparse[f"{n}:{m}"] = {"cycles": total_cycles(nm_per), "traffic_bytes": 8 * (r + w),
+                              "executed_mac_util": round(sum(d.executed_macs for d in nm_prog.descs)
+                                                         / (total_cycles(nm_per) * TP * LANES * LANES), 4)}
+    return {"config": str(config_toml), "grid": list(grid), "cycles": cycles, "dense_macs": macs, "nm": sparse,
             "executed_mac_util": round(executed / cap, 4), "dense_equiv_util": round(macs / cap, 4),
             "weight_buffer_blocks": blocks, "fits_weight_buffer": blocks <= WBUF_ENTRIES,
             "window_words_needed": window, "fits_window": all(span <= cap for span, cap in spans),

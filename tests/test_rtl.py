@@ -312,6 +312,37 @@ def test_structural_weights_and_cycle_model(weights):
         assert [(c["fetch"], c["load"], c["run"]) for c in ran] == [(c["fetch"], c["load"], c["run"]) for c in model]
 
 
+def test_nm_projection_stores_n_of_every_m_blocks(weights):
+    """hw.rtl_sim.nm_blocks keeps n of every m consecutive blocks of each output group (a short
+    last run its share), the first convolution and the heads dense; the cycle model then
+    charges each group for the blocks it stores."""
+    from export.weights import read_weights
+    from hw.compiler import structural_weights
+    from hw.engine import block_index
+    from hw.engine_model import cycle_model
+    from hw.rtl_sim import nm_blocks
+
+    st = structural_weights(8, 2, [0, 1, 2])
+    sp = nm_blocks(st, 2, 4)
+    for name, r in sp.records.items():
+        if r.weight is None:
+            continue
+        idx = block_index(r.weight.shape)
+        stored = np.zeros(int(idx.max()) + 1, bool)
+        stored[idx[r.weight != 0]] = True
+        groups = -(-r.weight.shape[0] // LANES)
+        dense = [len(stored) // groups] * groups
+        kept = [int(g.sum()) for g in stored.reshape(groups, -1)]
+        if name in ("down.0.c0.conv",) or name.startswith("heads."):
+            assert kept == dense, name
+        else:
+            assert kept == [p // 4 * 2 + round(2 * (p % 4) / 4) for p in dense], name
+    cyc = lambda w: total_cycles(cycle_model(compile_weights(w, grid=(8, 8, 8))))  # noqa: E731
+    assert cyc(nm_blocks(st, 1, 4)) < cyc(sp) < cyc(st)
+    assert nm_blocks(read_weights(weights), 4, 4).records["up.0.c1.conv"].weight.tolist() == \
+        read_weights(weights).records["up.0.c1.conv"].weight.tolist()   # 4:4 is dense
+
+
 def test_rtl_sim_bad_input(weights, tmp_path):
     """No golden vectors, or golden vectors of other weights: one line naming the file, exit 2,
     nothing simulated or written."""
