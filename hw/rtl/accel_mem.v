@@ -220,7 +220,10 @@ module accel_mem #(
     reg [QW:0]   b_out;         // bursts whose response is outstanding
     // a burst never crosses a 16-word boundary, so it is full when its next address starts a block
     wire ob_full = (ob_next[3:0] == 4'd0);
-    wire extend = ob_v && !ob_full && wi_addr == ob_next;
+    // wi_addr == ob_next, compared a cycle early from registers (ob_next after a write is its
+    // address + 1, else unchanged): the equality no longer precedes close and wb_n in one cycle
+    reg wi_seq;
+    wire extend = ob_v && !ob_full && wi_seq;
     wire close = ob_v && (wi_en ? !extend : (ob_full || flush));
     wire w_beat = m_wvalid && m_wready;
     wire aw_take = (wb_n != 0) && (!m_awvalid || m_awready);
@@ -231,6 +234,7 @@ module accel_mem #(
     assign m_bready = 1'b1;
     always @(posedge clk) begin
         wi_en <= wr_en && !rst; wi_addr <= wr_addr; wi_data <= wr_data;
+        wi_seq <= wr_addr == (wi_en ? wi_addr + 1'b1 : ob_next);
         if (wi_en) begin wq_d[wq_wp] <= wi_data; wq_last[wq_wp] <= 1'b0; end
         if (close) wq_last[wq_wp - 1'b1] <= 1'b1;
         if (close) begin wb_a[wb_wp] <= ob_a; wb_l[wb_wp] <= ob_l; end
