@@ -11,6 +11,8 @@ and the date of the file it was read from:
     size         OUT/export/manifest.json  (make export): the deployed files' bytes
     latency      OUT/bench/latency.json    (make bench): p50 per backend and the host steps
     accelerator  OUT/rtl/cycles.json, synth.json (make rtl-sim, rtl-synth)
+    domains      OUT/report/domains.json   (make domains)
+    seeds        OUT/report/seeds.json     (python -m benchmarks.seeds): the spread over trainings
 
 A block whose file is missing says so rather than keeping old numbers. Re-running on the
 same run directory writes the same bytes (tests/test_docs.py). --check exits 1 if the
@@ -185,7 +187,17 @@ def domains(run: Path) -> str:
     return _stamp(path, res.get("git_commit")) + "\n\n" + markdown(res)
 
 
-TABLES = {"quality": quality, "size": size, "latency": latency, "accelerator": accelerator, "domains": domains}
+def seeds(run: Path) -> str:
+    path = run / "report" / "seeds.json"
+    res = _load(path)
+    if res is None:
+        return f"(no `{path}`: run `python -m benchmarks.seeds`)\n"
+    from benchmarks.seeds import markdown
+    return _stamp(path, res.get("git_commit")) + "\n\n" + markdown(res)
+
+
+TABLES = {"quality": quality, "size": size, "latency": latency, "accelerator": accelerator, "domains": domains,
+          "seeds": seeds}
 
 
 def render(text: str, run: Path) -> str:

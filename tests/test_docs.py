@@ -101,3 +101,37 @@ def test_bad_run_is_a_clear_error(tmp_path, capsys):
     assert "table1.json: not readable JSON" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown"):
         render("<!-- generated:nope -->\n<!-- /generated:nope -->", run)
+
+
+def _domains_run(run: Path, seed: int, dice: dict) -> Path:
+    """A run directory with report/domains.json (rows' Dice as given) and config/train.json."""
+    from benchmarks.domains import METRICS
+
+    rows = {name: {m: 0.0 for m in METRICS} | {"dice": v, "pairs": 20} for name, v in dice.items()}
+    (run / "report").mkdir(parents=True)
+    (run / "config").mkdir()
+    (run / "report" / "domains.json").write_text(json.dumps({"git_commit": "abc", "sets": {"demo": rows}}))
+    (run / "config" / "train.json").write_text(json.dumps({"train": {"seed": seed, "threads": 1}}))
+    return run
+
+
+def test_seeds_summary_and_its_block(tmp_path):
+    """benchmarks.seeds: per row the runs' values, their mean, range and sample sd, by hand; the
+    README block renders it; one run or a missing file is a clear error."""
+    from benchmarks.docs_tables import render
+    from benchmarks.seeds import main, summarise
+
+    runs = [_domains_run(tmp_path / f"s{k}", k, {"int8_deployed": v, "ants_syn": 0.45})
+            for k, v in enumerate((0.50, 0.47, 0.53))]
+    s = summarise(runs)
+    d = s["sets"]["demo"]["int8_deployed"]["dice"]
+    assert d["values"] == [0.50, 0.47, 0.53] and (d["min"], d["max"]) == (0.47, 0.53)
+    assert abs(d["mean"] - 0.50) < 1e-12 and abs(d["sd"] - 0.03) < 1e-12   # float sums: exact to rounding
+    assert [m["seed"] for m in s["runs"]] == [0, 1, 2]
+    assert main(["--runs", *map(str, runs), "--out", str(runs[0] / "report" / "seeds.json")]) == 0
+    text = render("x\n<!-- generated:seeds -->\nold\n<!-- /generated:seeds -->\n", runs[0])
+    assert "| int8_deployed | 0.500 (0.470 .. 0.530) | 0 |" in text and "old" not in text
+    with pytest.raises(ValueError, match="at least two run directories"):
+        summarise(runs[:1])
+    with pytest.raises(ValueError, match=r"nowhere/report/domains.json: missing \(make domains\)"):
+        summarise([runs[0], tmp_path / "nowhere"])
