@@ -119,7 +119,7 @@ rtl-synth: $(OUT)/rtl/synth.json
 # the model ($(OUT)_paper/paper_scale.json)
 # opt-in: Table 1's main rows on the demo's test pairs and on the validation domain (model.synth's
 # shifted style, written to $(OUT)_val/shifted once) in one run: $(OUT)/report/domains.json
-domains: $(OUT)/export/registration.json
+domains: $(OUT)/report/pruning_curve.json   # its compression rows are the report's QAT models
 	$(PY) -m benchmarks.domains --config $(CONFIG) --data $(DATA) --out $(OUT)
 
 PAPER_GRID ?= 32,32,32
