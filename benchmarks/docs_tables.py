@@ -178,22 +178,23 @@ def accelerator(run: Path) -> str:
     return "\n".join(out) + "\n"
 
 
-def domains(run: Path) -> str:
-    path = run / "report" / "domains.json"
+def _report(run: Path, name: str, how: str, markdown) -> str:
+    """The block of OUT/report/NAME.json, rendered by `markdown` (its module's), or how to make it."""
+    path = run / "report" / f"{name}.json"
     res = _load(path)
     if res is None:
-        return f"(no `{path}`: run `make domains`)\n"
-    from benchmarks.domains import markdown
+        return f"(no `{path}`: run `{how}`)\n"
     return _stamp(path, res.get("git_commit")) + "\n\n" + markdown(res)
+
+
+def domains(run: Path) -> str:
+    from benchmarks.domains import markdown
+    return _report(run, "domains", "make domains", markdown)
 
 
 def seeds(run: Path) -> str:
-    path = run / "report" / "seeds.json"
-    res = _load(path)
-    if res is None:
-        return f"(no `{path}`: run `python -m benchmarks.seeds`)\n"
     from benchmarks.seeds import markdown
-    return _stamp(path, res.get("git_commit")) + "\n\n" + markdown(res)
+    return _report(run, "seeds", "python -m benchmarks.seeds", markdown)
 
 
 TABLES = {"quality": quality, "size": size, "latency": latency, "accelerator": accelerator, "domains": domains,
