@@ -1,0 +1,248 @@
+"""Host driver for the accelerator SoC (hw/soc.py): load a program and a pair into the board's
+DRAM, start the engine through its registers, wait for it, read every tensor back.
+
+    python -m hw.board --port /dev/ttyUSB1 --csr build/soc_ecpix5/csr.json \\
+        --golden runs/demo/golden --out runs/demo/board
+    python -m hw.verify --golden runs/demo/golden --accel runs/demo/board
+
+The host link is LiteX's UARTBone: the host sends a command byte (1: write, 2: read), a word
+count (1..255), a 32-bit word address (big-endian), and for a write the 32-bit words
+(big-endian); a read answers with its words. `UartBone` speaks that over any byte link with
+`write(bytes)`, `read(n)` and `idle(seconds)`: a serial port on a board (pyserial), the
+simulated UART's byte streams in hw/soc.py's simulation (hw/rtl/tb_soc.py), which runs this
+same code. Numpy and the link only: no torch, no LiteX.
+
+The engine's memory is the DRAM from its first byte (the SoC's `main_ram` region on the host's
+side); a 64-bit engine word is two 32-bit bus words, low half first. The registers are
+hw/ACCEL.md's "Registers", in the SoC's `accel` region.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+CMD_WRITE, CMD_READ = 0x01, 0x02
+MAX_BURST = 255                    # words per UARTBone command
+CTRL, STATUS, DESC_BASE, MEM_LIMIT = 0x00, 0x04, 0x08, 0x0C
+COUNTERS = {"cycles": 0x10, "waits": 0x18, "reads": 0x20, "writes": 0x28, "macs": 0x30}
+ID, CONFIG = 0x38, 0x3C
+ACCEL_ID = 0x4C4E4131
+START, IRQ_ENABLE, BUSY, DONE = 0b1, 0b10, 0b1, 0b10
+
+
+class BoardError(OSError):
+    pass
+
+
+class UartBone:
+    """Bus reads and writes of 32-bit words over a byte link (the protocol above)."""
+
+    def __init__(self, link, batch: int = 16):
+        self.link = link
+        self.batch = batch   # read commands sent before their answers are collected
+        self.bytes_out = self.bytes_in = 0
+
+    def _send(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        self.link.write(data)
+
+    def _recv(self, n: int) -> bytes:
+        data = self.link.read(n)
+        if len(data) != n:
+            raise BoardError(f"host link: {len(data)} of {n} bytes answered (is the board's UARTBone there?)")
+        self.bytes_in += n
+        return data
+
+    def write(self, addr: int, words) -> None:
+        """Write 32-bit words from byte address `addr` on."""
+        w = np.asarray(words, dtype=np.uint32).ravel()
+        for off in range(0, len(w), MAX_BURST):
+            chunk = w[off:off + MAX_BURST]
+            head = bytes([CMD_WRITE, len(chunk)]) + ((addr >> 2) + off).to_bytes(4, "big")
+            self._send(head + chunk.astype(">u4").tobytes())
+
+    def read(self, addr: int, n: int) -> np.ndarray:
+        """n 32-bit words from byte address `addr` on."""
+        out = []
+        offs = list(range(0, n, MAX_BURST))
+        for i in range(0, len(offs), self.batch):
+            group = offs[i:i + self.batch]
+            counts = [min(MAX_BURST, n - o) for o in group]
+            self._send(b"".join(bytes([CMD_READ, k]) + ((addr >> 2) + o).to_bytes(4, "big")
+                                for o, k in zip(group, counts)))
+            out.append(np.frombuffer(self._recv(4 * sum(counts)), dtype=">u4"))
+        return np.concatenate(out).astype(np.uint32) if out else np.zeros(0, np.uint32)
+
+
+class Accel:
+    """The engine in the SoC, through a UartBone and the SoC's csr.json (its memory regions)."""
+
+    def __init__(self, bus: UartBone, csr: dict | Path):
+        if not isinstance(csr, dict):
+            path = Path(csr)
+            try:
+                csr = json.loads(path.read_text())
+            except (OSError, ValueError) as e:
+                raise BoardError(f"{path}: not a LiteX csr.json ({e})") from None
+        try:
+            self.ram = int(csr["memories"]["main_ram"]["base"])
+            self.ram_size = int(csr["memories"]["main_ram"]["size"])
+            self.regs = int(csr["memories"]["accel"]["base"])
+        except (KeyError, TypeError, ValueError):
+            raise BoardError("csr.json: no main_ram and accel regions (built by hw/soc.py?)") from None
+        self.bus = bus
+
+    def reg(self, off: int) -> int:
+        return int(self.bus.read(self.regs + off, 1)[0])
+
+    def set_reg(self, off: int, value: int) -> None:
+        self.bus.write(self.regs + off, [value & 0xFFFFFFFF])
+
+    def counter(self, off: int) -> int:
+        lo = self.reg(off)       # reading LO latches HI
+        return lo | self.reg(off + 4) << 32
+
+    def check(self) -> dict:
+        ident = self.reg(ID)
+        if ident != ACCEL_ID:
+            raise BoardError(f"the accel region answers ID {ident:#010x}, not {ACCEL_ID:#010x}: wrong csr.json or bitstream?")
+        cfg = self.reg(CONFIG)
+        return {"tp": cfg & 0xF, "window_bits": (cfg >> 4) & 0xFF, "addr_bits": (cfg >> 12) & 0xFF}
+
+    def load(self, image: np.ndarray, at: int = 0) -> None:
+        """Write 64-bit words into the engine's memory from word `at` on."""
+        words = np.ascontiguousarray(image, dtype="<u8")
+        if 8 * (at + len(words)) > self.ram_size:
+            raise BoardError(f"{len(words)} words do not fit the board's {self.ram_size} bytes of DRAM")
+        self.bus.write(self.ram + 8 * at, words.view("<u4"))
+
+    def dump(self, words: int, at: int = 0) -> np.ndarray:
+        return self.bus.read(self.ram + 8 * at, 2 * words).astype("<u4").view("<u8").astype(np.uint64)
+
+    def run(self, mem_limit: int, desc_base: int = 0, timeout_s: float = 600.0, poll_s: float = 1e-6) -> dict:
+        """Start the program at `desc_base`, poll STATUS until the engine stops (the poll interval
+        doubles from `poll_s` to 1 ms), acknowledge, and return {error, cycles, waits, reads,
+        writes, macs} from its registers. A timeout is a BoardError; an error code is returned."""
+        status = self.reg(STATUS)
+        if status & BUSY:
+            raise BoardError(f"the engine is busy before START (STATUS {status:#x})")
+        self.set_reg(DESC_BASE, desc_base)
+        self.set_reg(MEM_LIMIT, mem_limit)
+        self.set_reg(CTRL, START | IRQ_ENABLE)
+        waited, interval = 0.0, poll_s
+        while True:
+            status = self.reg(STATUS)
+            if status & DONE and not status & BUSY:
+                break
+            if waited > timeout_s:
+                raise BoardError(f"the engine did not finish in {timeout_s} s (STATUS {status:#x})")
+            self.bus.link.idle(interval)
+            waited += interval
+            interval = min(2 * interval, 1e-3)
+        self.set_reg(STATUS, DONE)   # acknowledge the interrupt
+        res = {"error": (status >> 4) & 0xF}
+        for name, off in COUNTERS.items():
+            res[name] = self.counter(off)
+        return res
+
+
+def run_image(accel: Accel, image: np.ndarray, mem_limit: int | None = None) -> tuple[np.ndarray, dict]:
+    """Load a compiled memory image (hw.compiler Program.image), run it, read it all back."""
+    limit = len(image) if mem_limit is None else mem_limit
+    b0 = (accel.bus.bytes_out, accel.bus.bytes_in)
+    accel.load(image)
+    res = accel.run(limit)
+    mem = accel.dump(len(image))
+    res["link_bytes_out"] = accel.bus.bytes_out - b0[0]
+    res["link_bytes_in"] = accel.bus.bytes_in - b0[1]
+    return mem, res
+
+
+def write_pair_dumps(prog, mem: np.ndarray, tensors: dict, d: Path) -> None:
+    """Every tensor the program keeps in memory, as <name>.npy in the golden layout (the outputs
+    of fused CONVs are never written: prog.fused names them)."""
+    from hw.compiler import get_tensor
+    d.mkdir(parents=True, exist_ok=True)
+    for name in tensors:
+        if name not in prog.fused:
+            np.save(d / f"{name}.npy", get_tensor(mem, prog.tensors[name]))
+
+
+def run_golden(accel: Accel, golden: Path, out: Path, weights: Path | None = None, progress: bool = True) -> dict:
+    """Every golden pair through the board: dumps in OUT/pair_XX (hw.verify reads them), and
+    OUT/board.json with the engine's counters and the link's bytes per pair."""
+    from hw.compiler import compile_weights
+    from hw.verify import check_weights, load_dump, read_manifest
+    from model.artifacts import atomic_write_json
+
+    manifest = read_manifest(golden)
+    prog = compile_weights(check_weights(golden, weights))
+    info = accel.check()
+    report = {"engine": info, "pairs": []}
+    for pair in manifest["pairs"]:
+        tensors = pair["tensors"]
+        x = load_dump(golden / pair["dir"] / "input.npy", tensors["input"]["shape"])
+        t0 = time.perf_counter()
+        mem, res = run_image(accel, prog.image(x))
+        res["host_s"] = round(time.perf_counter() - t0, 2)
+        if res["error"]:
+            raise BoardError(f"{pair['dir']}: the engine stopped with error code {res['error']} (hw/ACCEL.md)")
+        write_pair_dumps(prog, mem, tensors, out / pair["dir"])
+        if progress:
+            print(f"[board] {pair['dir']}: {res['cycles']:,} engine cycles ({res['waits']:,} waiting for memory), "
+                  f"{res['reads']:,} words read, {res['writes']:,} written; link {res['link_bytes_out']:,} bytes out, "
+                  f"{res['link_bytes_in']:,} in", file=sys.stderr)
+        report["pairs"].append({"dir": pair["dir"], **res})
+    atomic_write_json(out / "fused.json", {"fused": prog.fused})
+    atomic_write_json(out / "board.json", report)
+    return report
+
+
+class SerialLink:
+    """A board's UART through pyserial."""
+
+    def __init__(self, port: str, baudrate: int):
+        try:
+            import serial
+        except ImportError:
+            raise BoardError("the serial link needs pyserial: pip install pyserial") from None
+        try:
+            self.s = serial.Serial(port, baudrate, timeout=5)
+        except (OSError, ValueError) as e:
+            raise BoardError(f"{port}: {e}") from None
+
+    def write(self, data: bytes) -> None:
+        self.s.write(data)
+
+    def read(self, n: int) -> bytes:
+        return self.s.read(n)
+
+    def idle(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--port", required=True, help="the board's UART, e.g. /dev/ttyUSB1")
+    ap.add_argument("--baud", type=int, default=1_000_000)
+    ap.add_argument("--csr", required=True, type=Path, help="the SoC's csr.json (hw/soc.py)")
+    ap.add_argument("--golden", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--weights", type=Path, help="default: the golden manifest's weights.bin")
+    a = ap.parse_args(argv)
+    from model.cli import run_cli
+
+    def body():
+        accel = Accel(UartBone(SerialLink(a.port, a.baud)), a.csr)
+        run_golden(accel, a.golden, a.out, a.weights)
+        return 0
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

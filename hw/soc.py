@@ -1,0 +1,305 @@
+"""The accelerator in a LiteX SoC: the engine as an AXI4 master on LiteDRAM, its registers on the
+SoC bus, and a UART bridge for the host (hw/board.py drives it).
+
+    python -m hw.soc sim --golden runs/demo/golden --out runs/demo/soc   # every golden pair, by hw/board.py
+    python -m hw.verify --golden runs/demo/golden --accel runs/demo/soc
+    python -m hw.soc verilog --out build/soc_sim                          # the simulation SoC's Verilog
+
+Board: the LambdaConcept ECPIX-5 85F (LFE5UM5G-85F). It has what the engine's DRAM model
+(hw/ACCEL.md, "The DRAM model") assumes: one x16 DDR3 chip (MT41K256M16, 512 MB) behind
+LiteDRAM's ECP5 PHY, which at 1:2 moves 64 bits per system clock at its peak, and a USB UART
+(FT2232) for the host link. The engine runs in the system clock domain.
+
+The SoC has no CPU: the host reaches the bus through LiteX's UARTBone (a Wishbone master fed by
+the UART: hw/board.py speaks its protocol), and the engine's AXI4-Lite registers
+(hw/ACCEL.md, "Registers") sit in a region of that bus. The engine's AXI4 master reaches the
+DRAM through its own LiteDRAM port (LiteDRAM's AXI frontend behind a 64-to-128-bit port
+converter), so its traffic does not cross the host's bus; its address 0 is the DRAM's first
+byte, which the host sees at the `main_ram` region. The host's path to the DRAM has no cache,
+so what the host writes the engine reads, and the reverse.
+
+The simulation target keeps everything but the pins: the DDR3 PHY is LiteDRAM's
+`SDRAMPHYModel` with the ECP5 PHY's 1:2 settings (the controller enforces the chip's timings;
+the model answers after the PHY's read latency), and the UART is a byte stream (the UARTBone
+protocol's bytes are the same; only their serialisation on the wire is skipped).
+
+Needs the pip packages litex and litedram (pyproject.toml's `toolchain` extra).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RTL_DIR = ROOT / "hw" / "rtl"
+ENGINE_SOURCES = ["accel.v", "accel_mem.v", "accel_skid.v", "accel_ip.v"]
+ACCEL_REGION = 0x8000_0000     # the engine's registers on the SoC bus (byte address)
+ACCEL_REGION_SIZE = 0x100
+SIM_TOP = "accel_soc_sim"
+SIM_CLK_HZ = 75e6             # the SDRAM model's timing is computed for this clock
+
+
+class SocError(OSError):
+    pass
+
+
+def _litex():
+    import logging
+    logging.getLogger("SoC").setLevel(logging.WARNING)   # LiteX prints its whole SoC tree at INFO
+    try:
+        import litedram  # noqa: F401
+        import litex  # noqa: F401
+        import migen  # noqa: F401
+    except ImportError as e:
+        raise SocError(f"the SoC needs LiteX: pip install -e '.[toolchain]' (pyproject.toml) ({e})") from None
+
+
+def _engine(soc):
+    """The accelerator IP (hw/rtl/accel_ip.v) as a Verilog instance: its AXI4-Lite registers a
+    slave of the SoC bus at ACCEL_REGION, its AXI4 master a LiteDRAM port of its own."""
+    from litedram.frontend.axi import LiteDRAMAXI2Native
+    from litex.soc.integration.soc import SoCRegion
+    from litex.soc.interconnect.axi import AXIInterface, AXILiteInterface
+    from migen import ClockSignal, Instance, ResetSignal, Signal
+
+    axi = AXIInterface(data_width=64, address_width=32, id_width=1)
+    axil = AXILiteInterface(data_width=32, address_width=32)
+    irq = Signal()
+    soc.specials += Instance(
+        "accel_ip",
+        i_clk=ClockSignal("sys"), i_rst=ResetSignal("sys"), o_irq=irq,
+        # the registers: 8-bit byte offsets inside the region
+        i_s_awaddr=axil.aw.addr[:8], i_s_awvalid=axil.aw.valid, o_s_awready=axil.aw.ready,
+        i_s_wdata=axil.w.data, i_s_wvalid=axil.w.valid, o_s_wready=axil.w.ready,
+        o_s_bvalid=axil.b.valid, i_s_bready=axil.b.ready,
+        i_s_araddr=axil.ar.addr[:8], i_s_arvalid=axil.ar.valid, o_s_arready=axil.ar.ready,
+        o_s_rdata=axil.r.data, o_s_rvalid=axil.r.valid, i_s_rready=axil.r.ready,
+        # the memory: incrementing bursts of whole 64-bit words (the engine never writes part of one)
+        o_m_araddr=axi.ar.addr, o_m_arlen=axi.ar.len, o_m_arvalid=axi.ar.valid, i_m_arready=axi.ar.ready,
+        i_m_rdata=axi.r.data, i_m_rlast=axi.r.last, i_m_rvalid=axi.r.valid, o_m_rready=axi.r.ready,
+        o_m_awaddr=axi.aw.addr, o_m_awlen=axi.aw.len, o_m_awvalid=axi.aw.valid, i_m_awready=axi.aw.ready,
+        o_m_wdata=axi.w.data, o_m_wlast=axi.w.last, o_m_wvalid=axi.w.valid, i_m_wready=axi.w.ready,
+        i_m_bvalid=axi.b.valid, o_m_bready=axi.b.ready,
+    )
+    soc.comb += [
+        axil.r.resp.eq(0), axil.b.resp.eq(0),
+        axi.ar.size.eq(3), axi.ar.burst.eq(1), axi.ar.id.eq(0),
+        axi.aw.size.eq(3), axi.aw.burst.eq(1), axi.aw.id.eq(0),
+        axi.w.strb.eq(0xFF),
+    ]
+    for name in ENGINE_SOURCES:
+        soc.platform.add_source(str(RTL_DIR / name))
+    soc.platform.add_verilog_include_path(str(RTL_DIR))
+    soc.bus.add_slave("accel", axil, region=SoCRegion(origin=ACCEL_REGION, size=ACCEL_REGION_SIZE, cached=False))
+    port = soc.sdram.crossbar.get_port()
+    if port.data_width == 64:
+        soc.accel_axi2native = LiteDRAMAXI2Native(axi, port)
+    elif port.data_width == 128:
+        # an x16 DDR3 at 1:2: 128-bit native words; hw/rtl/accel_axi_up.v packs the engine's
+        # 64-bit beats two to a word (LiteDRAM's own port converter deadlocked on the engine's
+        # traffic: hw/ACCEL.md "In a SoC")
+        up = AXIInterface(data_width=128, address_width=32, id_width=1)
+        soc.specials += Instance(
+            "accel_axi_up", i_clk=ClockSignal("sys"), i_rst=ResetSignal("sys"),
+            i_e_araddr=axi.ar.addr, i_e_arlen=axi.ar.len, i_e_arvalid=axi.ar.valid, o_e_arready=axi.ar.ready,
+            o_e_rdata=axi.r.data, o_e_rlast=axi.r.last, o_e_rvalid=axi.r.valid, i_e_rready=axi.r.ready,
+            i_e_awaddr=axi.aw.addr, i_e_awlen=axi.aw.len, i_e_awvalid=axi.aw.valid, o_e_awready=axi.aw.ready,
+            i_e_wdata=axi.w.data, i_e_wlast=axi.w.last, i_e_wvalid=axi.w.valid, o_e_wready=axi.w.ready,
+            o_e_bvalid=axi.b.valid, i_e_bready=axi.b.ready,
+            o_u_araddr=up.ar.addr, o_u_arlen=up.ar.len, o_u_arvalid=up.ar.valid, i_u_arready=up.ar.ready,
+            i_u_rdata=up.r.data, i_u_rlast=up.r.last, i_u_rvalid=up.r.valid, o_u_rready=up.r.ready,
+            o_u_awaddr=up.aw.addr, o_u_awlen=up.aw.len, o_u_awvalid=up.aw.valid, i_u_awready=up.aw.ready,
+            o_u_wdata=up.w.data, o_u_wstrb=up.w.strb, o_u_wlast=up.w.last, o_u_wvalid=up.w.valid, i_u_wready=up.w.ready,
+            i_u_bvalid=up.b.valid, o_u_bready=up.b.ready)
+        soc.comb += [up.ar.size.eq(4), up.ar.burst.eq(1), up.ar.id.eq(0),
+                     up.aw.size.eq(4), up.aw.burst.eq(1), up.aw.id.eq(0)]
+        soc.platform.add_source(str(RTL_DIR / "accel_axi_up.v"))
+        soc.accel_axi2native = LiteDRAMAXI2Native(up, port)
+    else:
+        raise SocError(f"a {port.data_width}-bit DRAM port: the engine is wired for 64 or 128")
+    return irq
+
+
+def _soc_core(platform, sys_clk_freq: float, ident: str):
+    from litex.soc.integration.soc_core import SoCCore
+    return SoCCore(platform, sys_clk_freq, ident=ident, cpu_type=None, integrated_rom_size=0,
+                   integrated_sram_size=0, with_uart=False, with_timer=False)
+
+
+def sim_soc(dq: int = 16):
+    """The simulation SoC: clock, reset and the UART's byte streams as ports, DDR3 as a model
+    (`dq` 16: the ECPIX-5's x16 chip, 128-bit native words; 8: an x8 chip, 64-bit words)."""
+    from litedram.common import PhySettings
+    from litedram.modules import MT41K64M16, MT41K256M8
+    from litedram.phy.model import SDRAMPHYModel
+    from litex.build.generic_platform import GenericPlatform, Pins, Subsignal
+    from litex.build.io import CRG
+    from litex.soc.cores.uart import RS232PHYModel, UARTBone
+    from litedram.common import get_default_cl_cwl, get_sys_latency, get_sys_phase
+
+    io = [
+        ("sys_clk", 0, Pins(1)),
+        ("sys_rst", 0, Pins(1)),
+        ("irq", 0, Pins(1)),
+        ("serial", 0,
+            Subsignal("source_valid", Pins(1)), Subsignal("source_ready", Pins(1)), Subsignal("source_data", Pins(8)),
+            Subsignal("sink_valid", Pins(1)), Subsignal("sink_ready", Pins(1)), Subsignal("sink_data", Pins(8))),
+    ]
+    platform = GenericPlatform("sim", io)
+    soc = _soc_core(platform, SIM_CLK_HZ, "LocalNet accelerator SoC (simulation)")
+    soc.crg = CRG(platform.request("sys_clk"), platform.request("sys_rst"))
+    # DDR3 x16 at 1:2, as LiteDRAM's ECP5DDRPHY sets itself up (its latencies and widths)
+    nphases, tck = 2, 1 / (2 * SIM_CLK_HZ)
+    cl, cwl = get_default_cl_cwl("DDR3", tck)
+    settings = PhySettings(
+        phytype="SDRAMPHYModel", memtype="DDR3", databits=dq, dfi_databits=4 * dq, nranks=1, nphases=nphases,
+        rdphase=get_sys_phase(nphases, get_sys_latency(nphases, cl), cl),
+        wrphase=get_sys_phase(nphases, get_sys_latency(nphases, cwl), cwl),
+        cl=cl, cwl=cwl, read_latency=get_sys_latency(nphases, cl) + 10,
+        write_latency=get_sys_latency(nphases, cwl))
+    # the ECPIX-5's MT41K256M16 has 4x the rows: the same timings, a smaller model
+    module = MT41K64M16(SIM_CLK_HZ, "1:2") if dq == 16 else MT41K256M8(SIM_CLK_HZ, "1:2")
+    soc.sdrphy = SDRAMPHYModel(module=module, settings=settings, clk_freq=SIM_CLK_HZ)
+    soc.add_sdram("sdram", phy=soc.sdrphy, module=module, l2_cache_size=0)
+    soc.uartbone_phy = RS232PHYModel(platform.request("serial"))
+    soc.uartbone = UARTBone(phy=soc.uartbone_phy, clk_freq=SIM_CLK_HZ)
+    soc.bus.add_master(name="uartbone", master=soc.uartbone.wishbone)
+    irq = _engine(soc)
+    soc.comb += platform.request("irq").eq(irq)
+    return soc
+
+
+def write_csr_json(soc, path: Path) -> None:
+    from litex.soc.integration.export import get_csr_json
+    path.write_text(get_csr_json(soc.csr_regions, soc.constants, soc.mem_regions))
+
+
+def build_sim(out: Path) -> dict:
+    """Write the simulation SoC's Verilog (out/accel_soc_sim.v, its ROM's init file beside it)
+    and its csr.json."""
+    import contextlib
+    _litex()
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    soc = sim_soc()
+    with contextlib.chdir(out):   # LiteX writes memory init files into the working directory
+        soc.platform.get_verilog(soc, name=SIM_TOP).write(f"{SIM_TOP}.v")
+    text = (out / f"{SIM_TOP}.v").read_text()
+    for init in sorted(out.glob(f"{SIM_TOP}*.init")):   # $readmemh relative to the simulator's directory
+        text = text.replace(f'"{init.name}"', f'"{init}"')
+    (out / f"{SIM_TOP}.v").write_text(text)
+    write_csr_json(soc, out / "csr.json")
+    return {"top": SIM_TOP, "verilog": str(out / f"{SIM_TOP}.v"), "csr": str(out / "csr.json")}
+
+
+def verilate(out: Path):
+    """The SoC's Verilator model (cocotb runner) in out/sim_build, its sources from build_sim."""
+    from hw.rtl_sim import verilator_env
+    verilator_env()
+    from cocotb_tools.runner import get_runner
+    info = build_sim(out)
+    runner = get_runner("verilator")
+    sources = [info["verilog"], *[RTL_DIR / n for n in ENGINE_SOURCES], RTL_DIR / "sim" / "soc_tb_top.v"]
+    # the engine's own build is linted with -Wall (hw/rtl_sim.py); LiteX's generated Verilog is not ours to lint
+    runner.build(sources=[str(s) for s in sources], includes=[str(RTL_DIR)], hdl_toplevel="soc_tb_top",
+                 build_dir=str(Path(out).resolve() / "sim_build"),
+                 build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style", "-Wno-MULTIDRIVEN", "-O3", "--output-split", "0",
+                             "--no-public-flat-rw", "--x-assign", "unique", "--x-initial", "unique"],
+                 always=False, log_file=str(Path(out).resolve() / "sim_build" / "build.log"))
+    return runner, info
+
+
+def simulate(runner, out: Path, csr: str, image: np.ndarray, work: Path, x_seed: int = 1) -> tuple[np.ndarray, dict]:
+    """One memory image through the simulated SoC by the host driver (hw/rtl/tb_soc.py): the
+    memory read back and {error, cycles, waits, reads, writes, macs (the engine's counters),
+    link_bytes_out/in, sim_cycles (all of it: load, run, poll, read back), sim_s}."""
+    work = Path(work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    job = {"csr": csr, "image": str(work / "image.npy"), "mem": str(work / "mem.npy"), "result": str(work / "result.json")}
+    np.save(job["image"], image)
+    for k in ("mem", "result"):
+        Path(job[k]).unlink(missing_ok=True)
+    (work / "job.json").write_text(json.dumps(job))
+    t0 = time.perf_counter()
+    runner.test(test_module="tb_soc", hdl_toplevel="soc_tb_top", build_dir=str(Path(out).resolve() / "sim_build"),
+                test_dir=str(RTL_DIR), plusargs=["+verilator+rand+reset+2", f"+verilator+seed+{x_seed}"],
+                extra_env={"SOC_JOB": str(work / "job.json"), "SOC_CLK_HZ": str(SIM_CLK_HZ),
+                           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
+                results_xml=str(work / "results.xml"), log_file=str(work / "sim.log"))
+    if not Path(job["result"]).is_file():
+        raise SocError(f"the SoC simulation did not finish: see {work / 'sim.log'}")
+    res = json.loads(Path(job["result"]).read_text())
+    res["sim_s"] = round(time.perf_counter() - t0, 2)
+    mem = np.load(job["mem"])
+    for k in ("image", "mem"):
+        Path(job[k]).unlink()
+    return mem, res
+
+
+def soc_sim(golden: Path, out: Path, weights: Path | None = None, progress: bool = True) -> dict:
+    """Every golden pair through the simulated SoC and the host driver: dumps in OUT/pair_XX
+    (hw.verify reads them) and OUT/soc.json (the engine's counters, the link's bytes, the
+    simulated cycles, beside the engine model's cycles on ideal memory)."""
+    from hw.board import write_pair_dumps
+    from hw.compiler import compile_weights
+    from hw.engine_model import cycle_model, total_cycles
+    from hw.verify import check_weights, load_dump, read_manifest
+    from model.artifacts import atomic_write_json, git_commit
+
+    manifest = read_manifest(golden)
+    weights = check_weights(golden, weights)
+    prog = compile_weights(weights)
+    runner, info = verilate(out)
+    report = {"weights": str(weights), "git_commit": git_commit(), "clk_hz": SIM_CLK_HZ,
+              "busy_model_cycles": total_cycles(cycle_model(prog)), "pairs": []}
+    for pair in manifest["pairs"]:
+        tensors = pair["tensors"]
+        x = load_dump(golden / pair["dir"] / "input.npy", tensors["input"]["shape"])
+        mem, res = simulate(runner, out, info["csr"], prog.image(x), out / pair["dir"])
+        if res["error"]:
+            raise SocError(f"{pair['dir']}: the engine stopped with error code {res['error']} (hw/ACCEL.md)")
+        write_pair_dumps(prog, mem, tensors, out / pair["dir"])
+        if progress:
+            print(f"[soc-sim] {pair['dir']}: engine {res['cycles']:,} cycles ({res['waits']:,} waiting for memory; "
+                  f"model busy {report['busy_model_cycles']:,}), {res['reads']:,} words read, {res['writes']:,} written; "
+                  f"{res['sim_cycles']:,} SoC cycles with the host's load and read-back; {res['sim_s']} s",
+                  file=sys.stderr)
+        report["pairs"].append({"dir": pair["dir"], **res})
+    atomic_write_json(out / "fused.json", {"fused": prog.fused})
+    atomic_write_json(out / "soc.json", report)
+    return report
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    v = sub.add_parser("verilog", help="write the simulation SoC's Verilog and csr.json")
+    v.add_argument("--out", type=Path, required=True)
+    s = sub.add_parser("sim", help="every golden pair through the simulated SoC and the host driver")
+    s.add_argument("--golden", type=Path, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--weights", type=Path, help="default: the golden manifest's weights.bin")
+    a = ap.parse_args(argv)
+    from model.cli import run_cli
+
+    def body():
+        if a.cmd == "verilog":
+            print(json.dumps(build_sim(a.out), indent=1))
+            return 0
+        r = soc_sim(a.golden, a.out, a.weights)
+        p = r["pairs"][0]
+        print(f"[soc-sim] engine {p['cycles']:,} cycles = {p['cycles'] / SIM_CLK_HZ * 1e3:.2f} ms at "
+              f"{SIM_CLK_HZ / 1e6:g} MHz -> {a.out}/soc.json; check with python -m hw.verify --golden {a.golden} "
+              f"--accel {a.out}", file=sys.stderr)
+        return 0
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
