@@ -83,7 +83,9 @@ class Accel:
     """The engine in the SoC, through a UartBone and the SoC's csr.json (its memory regions)."""
 
     def __init__(self, bus: UartBone, csr: dict | Path):
+        where = "csr"
         if not isinstance(csr, dict):
+            where = str(csr)
             path = Path(csr)
             try:
                 csr = json.loads(path.read_text())
@@ -94,7 +96,7 @@ class Accel:
             self.ram_size = int(csr["memories"]["main_ram"]["size"])
             self.regs = int(csr["memories"]["accel"]["base"])
         except (KeyError, TypeError, ValueError):
-            raise BoardError("csr.json: no main_ram and accel regions (built by hw/soc.py?)") from None
+            raise BoardError(f"{where}: no main_ram and accel regions (a csr.json written by hw/soc.py?)") from None
         self.bus = bus
 
     def reg(self, off: int) -> int:

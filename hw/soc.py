@@ -205,7 +205,8 @@ def verilate(out: Path):
     from cocotb_tools.runner import get_runner
     info = build_sim(out)
     runner = get_runner("verilator")
-    sources = [info["verilog"], *[RTL_DIR / n for n in ENGINE_SOURCES], RTL_DIR / "sim" / "soc_tb_top.v"]
+    sources = [info["verilog"], *[RTL_DIR / n for n in ENGINE_SOURCES], RTL_DIR / "accel_axi_up.v",
+               RTL_DIR / "sim" / "soc_tb_top.v"]
     # the engine's own build is linted with -Wall (hw/rtl_sim.py); LiteX's generated Verilog is not ours to lint
     runner.build(sources=[str(s) for s in sources], includes=[str(RTL_DIR)], hdl_toplevel="soc_tb_top",
                  build_dir=str(Path(out).resolve() / "sim_build"),
@@ -228,7 +229,8 @@ def simulate(runner, out: Path, csr: str, image: np.ndarray, work: Path, x_seed:
     (work / "job.json").write_text(json.dumps(job))
     t0 = time.perf_counter()
     runner.test(test_module="tb_soc", hdl_toplevel="soc_tb_top", build_dir=str(Path(out).resolve() / "sim_build"),
-                test_dir=str(RTL_DIR), plusargs=["+verilator+rand+reset+2", f"+verilator+seed+{x_seed}"],
+                test_dir=str(RTL_DIR), plusargs=["+verilator+rand+reset+2", f"+verilator+seed+{x_seed}",
+                                                f"+SOC_TX={work / 'soc_tx.hex'}", f"+SOC_RX={work / 'soc_rx.hex'}"],
                 extra_env={"SOC_JOB": str(work / "job.json"), "SOC_CLK_HZ": str(SIM_CLK_HZ),
                            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
                 results_xml=str(work / "results.xml"), log_file=str(work / "sim.log"))

@@ -559,7 +559,7 @@ def test_engine_runs_again_without_a_reset(weights, sim_build, tmp_path):
     assert np.array_equal(get_tensor(mem, prog.tensors["ddf"]), ref.run(x).q)
 
 
-@pytest.mark.parametrize("top, extra", [("accel_sim", ()), ("accel_top", ()), ("accel_sim", ("ECP5_DSP",))])
+@pytest.mark.parametrize("top, extra", [("accel_sim", ()), ("accel_top", ()), ("accel_sim", ("ECP5_DSP",)), ("accel_axi_up", ())])
 def test_rtl_lint_clean(top, extra):
     """`verilator --lint-only -Wall` on the simulation top, the synthesis top and the ECP5_DSP
     build (with the multiplier's model): no warning beyond the reviewed waivers in hw/rtl/lint.vlt,

@@ -152,6 +152,7 @@ module accel_axi_up #(
             wq_c <= wq_c + {{QW{1'b0}}, aw_take} - {{QW{1'b0}}, w_beat && !w_on};
         end
     end
-    wire unused = &{1'b0, e_wlast, u_rlast, ar_beats[8], aw_beats[8]};
+    // the byte offset inside a word is 0 (whole beats), wlast and rlast follow from the counts
+    wire unused = &{1'b0, e_araddr[2:0], e_awaddr[2:0], e_wlast, u_rlast, ar_beats[8], aw_beats[8]};
 endmodule
 `default_nettype wire

@@ -1,19 +1,20 @@
 """cocotb testbench of the simulated SoC (hw/soc.py): the host driver (hw/board.py) runs as it
 would against a board, in a thread (cocotb's bridge), and its byte link is the SoC's simulated
-UART: a byte a cycle at most each way, the SoC's ready and valid obeyed. While the driver
-thread runs the simulation waits; `idle(seconds)` lets simulated time pass.
+UART (hw/rtl/sim/soc_tb_top.v moves the bytes: a byte a cycle at most each way, the SoC's ready
+and valid obeyed). While the driver thread runs the simulation waits; `idle(seconds)` lets
+simulated time pass.
 
 The job is the JSON file SOC_JOB: {"csr": csr.json, "image": the program's memory image (.npy,
 uint64), "mem": where to save the memory read back (.npy), "result": the counters (.json)}.
 """
 import json
 import os
-from collections import deque
+from pathlib import Path
 
 import cocotb
 import numpy as np
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, Event, ReadOnly, RisingEdge
+from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 
 from cocotb._bridge import bridge, resume
 
@@ -21,62 +22,47 @@ from hw.board import Accel, UartBone, run_image
 
 CLK_HZ = float(os.environ.get("SOC_CLK_HZ", "75e6"))   # the SoC's clock: converts the driver's seconds to cycles
 CLK_NS = 10
-DEBUG = bool(os.environ.get("SOC_DEBUG"))   # one cycle of simulated time (the SDRAM controller's timings are in cycles of CLK_HZ)
+DEBUG = bool(os.environ.get("SOC_DEBUG"))
+TXD = 65536   # bytes soc_tb_top.v takes per load   # one cycle of simulated time (the SDRAM controller's timings are in cycles of CLK_HZ)
 
 
 class SimLink:
-    """The byte link on the SoC's serial_sink (host to SoC) and serial_source (SoC to host) ports."""
+    """The host's end of the SoC's UART in hw/rtl/sim/soc_tb_top.v: bytes handed over through
+    the files it reads and writes, moved by the Verilog a byte a cycle at most."""
 
-    def __init__(self, dut):
+    def __init__(self, dut, work: Path):
         self.dut = dut
-        self.tx = deque()     # bytes still to hand to the SoC
+        self.tx_file, self.rx_file = work / "soc_tx.hex", work / "soc_rx.hex"
         self.rx = bytearray()
-        self.rx_wanted = 0
-        self.rx_event = Event()
-        self.tx_done = Event()
-        self.wake = Event()
-
-    async def pump(self):
-        """Move bytes while the driver has some to send or waits for some; otherwise hold the
-        SoC off (source_ready low: what it has to say waits in its stream) and sleep."""
-        dut = self.dut
-        while True:
-            if not self.tx and len(self.rx) >= self.rx_wanted:
-                dut.serial_sink_valid.value = 0
-                dut.serial_source_ready.value = 0
-                self.tx_done.set()
-                self.rx_event.set()
-                self.wake.clear()
-                await self.wake.wait()
-                await RisingEdge(dut.sys_clk)
-            dut.serial_source_ready.value = 1
-            if self.tx:
-                dut.serial_sink_valid.value = 1
-                dut.serial_sink_data.value = self.tx[0]
-            else:
-                dut.serial_sink_valid.value = 0
-            await ReadOnly()   # this cycle's settled values: what moves at the coming edge
-            sent = bool(self.tx) and int(dut.serial_sink_ready.value)
-            got = int(dut.serial_source_data.value) if int(dut.serial_source_valid.value) else None
-            await RisingEdge(dut.sys_clk)
-            if sent:
-                self.tx.popleft()
-            if got is not None:
-                self.rx.append(got)
 
     async def _write(self, data: bytes):
-        self.tx_done.clear()
-        self.tx.extend(data)
-        self.wake.set()
-        await self.tx_done.wait()
+        dut = self.dut
+        for off in range(0, len(data), TXD):
+            chunk = data[off:off + TXD]
+            self.tx_file.write_text("".join(f"{b:02x}\n" for b in chunk))
+            await RisingEdge(dut.sys_clk)
+            dut.tx_len.value, dut.tx_load.value = len(chunk), 1
+            await RisingEdge(dut.sys_clk)
+            dut.tx_load.value = 0
+            await RisingEdge(dut.sys_clk)
+            if not int(dut.tx_done.value):
+                await RisingEdge(dut.tx_done)
 
     async def _read(self, n: int) -> bytes:
-        self.rx_wanted = n
+        dut = self.dut
         while len(self.rx) < n:
-            self.rx_event.clear()
-            self.wake.set()
-            await self.rx_event.wait()
-        self.rx_wanted = 0
+            dut.rx_want.value = n - len(self.rx)
+            await RisingEdge(dut.sys_clk)
+            if not int(dut.rx_have.value):
+                await RisingEdge(dut.rx_have)
+                await RisingEdge(dut.sys_clk)
+            dut.rx_dump.value = 1
+            await RisingEdge(dut.sys_clk)
+            dut.rx_dump.value = 0
+            await ReadOnly()   # the dump was written at that edge
+            self.rx.extend(bytes.fromhex("".join(ln.strip() for ln in self.rx_file.read_text().splitlines()
+                                                  if ln.strip() and not ln.startswith("//"))))
+            await RisingEdge(dut.sys_clk)
         out = bytes(self.rx[:n])
         del self.rx[:n]
         return out
@@ -106,8 +92,8 @@ async def soc_run(dut):
         job = json.load(f)
     Clock(dut.sys_clk, CLK_NS, unit="ns").start()
     dut.sys_rst.value = 1
-    link = SimLink(dut)
-    cocotb.start_soon(link.pump())
+    dut.tx_load.value, dut.tx_len.value, dut.rx_want.value, dut.rx_dump.value = 0, 0, 0, 0
+    link = SimLink(dut, Path(job["mem"]).parent)
     await ClockCycles(dut.sys_clk, 4)
     dut.sys_rst.value = 0
     await ClockCycles(dut.sys_clk, 200)   # the SoC's power-on reset and the SDRAM controller's init

@@ -1,0 +1,131 @@
+"""The accelerator in a LiteX SoC (hw/soc.py) driven by the host driver (hw/board.py): the
+driver's bytes by hand, its errors, and a small network through the simulated SoC (LiteDRAM on
+a DDR3 model, the UART bridge, the 64-to-128-bit adapter) against the reference."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hw.board import Accel, BoardError, UartBone
+
+ROOT = Path(__file__).resolve().parent.parent
+CSR = {"memories": {"main_ram": {"base": 0x40000000, "size": 1 << 27}, "accel": {"base": 0x80000000, "size": 256}}}
+
+
+class FakeLink:
+    """Records what the driver sends; answers reads from a dict of 32-bit words by address."""
+
+    def __init__(self, words: dict | None = None):
+        self.sent = bytearray()
+        self.words = words or {}
+        self.pending = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.sent += data
+        i = 0
+        while i < len(data):
+            cmd, n, adr = data[i], data[i + 1], int.from_bytes(data[i + 2:i + 6], "big")
+            i += 6
+            if cmd == 2:
+                for k in range(n):
+                    self.pending += self.words.get(4 * (adr + k), 0).to_bytes(4, "big")
+            else:
+                for k in range(n):
+                    self.words[4 * (adr + k)] = int.from_bytes(data[i + 4 * k:i + 4 * k + 4], "big")
+                i += 4 * n
+
+    def read(self, n: int) -> bytes:
+        out, self.pending = bytes(self.pending[:n]), self.pending[n:]
+        return out
+
+    def idle(self, seconds: float) -> None:
+        pass
+
+
+def test_uartbone_bytes_by_hand():
+    """LiteX's UARTBone protocol: command, word count, big-endian word address, big-endian data;
+    a write longer than 255 words is split; reads are sent in batches, then answered."""
+    link = FakeLink()
+    bus = UartBone(link)
+    bus.write(0x40000010, [0x11223344, 0x55667788])
+    assert bytes(link.sent) == bytes([1, 2, 0x10, 0, 0, 4, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88])
+    link.sent.clear()
+    bus.write(0x40000000, np.arange(300, dtype=np.uint32))
+    assert link.sent[:6] == bytes([1, 255, 0x10, 0, 0, 0]) and len(link.sent) == 6 + 4 * 255 + 6 + 4 * 45
+    assert link.sent[6 + 4 * 255:6 + 4 * 255 + 6] == bytes([1, 45, 0x10, 0, 0, 255])
+    link.sent.clear()
+    got = bus.read(0x40000000, 300)
+    assert bytes(link.sent) == bytes([2, 255, 0x10, 0, 0, 0, 2, 45, 0x10, 0, 0, 255])   # one batch
+    assert np.array_equal(got, np.arange(300))
+
+
+def test_engine_words_are_two_bus_words_low_half_first():
+    link = FakeLink()
+    accel = Accel(UartBone(link), CSR)
+    accel.load(np.array([0x0102030405060708, 0xFFFFFFFF00000001], dtype=np.uint64), at=1)
+    assert link.words[0x40000008] == 0x05060708 and link.words[0x4000000C] == 0x01020304
+    assert link.words[0x40000010] == 0x00000001 and link.words[0x40000014] == 0xFFFFFFFF
+    assert list(accel.dump(2, at=1)) == [0x0102030405060708, 0xFFFFFFFF00000001]
+
+
+def test_driver_errors_name_what_is_wrong(tmp_path):
+    with pytest.raises(BoardError, match="answers ID 0x00000000, not 0x4c4e4131"):
+        Accel(UartBone(FakeLink()), CSR).check()
+    bad = tmp_path / "csr.json"
+    bad.write_text("{}")
+    with pytest.raises(BoardError, match="csr.json: no main_ram and accel regions"):
+        Accel(UartBone(FakeLink()), bad)
+    bad.write_text("{")
+    with pytest.raises(BoardError, match="csr.json: not a LiteX csr.json"):
+        Accel(UartBone(FakeLink()), bad)
+    small = {"memories": {**CSR["memories"], "main_ram": {"base": 0x40000000, "size": 4096}}}
+    with pytest.raises(BoardError, match="513 words do not fit the board's 4096 bytes"):
+        Accel(UartBone(FakeLink()), small).load(np.zeros(513, dtype=np.uint64))
+
+    class Silent(FakeLink):
+        def read(self, n):
+            return b""
+    with pytest.raises(BoardError, match="0 of 4 bytes answered"):
+        UartBone(Silent()).read(0, 1)
+    # a busy engine is not started again; one that never finishes times out
+    regs = {0x80000004: 1}
+    with pytest.raises(BoardError, match="busy before START"):
+        Accel(UartBone(FakeLink(regs)), CSR).run(100)
+    regs = {0x80000004: 0}
+    with pytest.raises(BoardError, match="did not finish in 0.01 s"):
+        Accel(UartBone(FakeLink(regs)), CSR).run(100, timeout_s=0.01, poll_s=0.001)
+
+
+@pytest.mark.rtl
+def test_soc_sim_equals_reference(tmp_path):
+    """One golden pair of the RTL tests' small network through the simulated SoC by the host
+    driver: 0 mismatching elements in every tensor, the engine's busy cycles and traffic those
+    of the cycle model (its waits are the DRAM controller's), the bytes on the link counted."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_rtl import make_golden, random_weights
+
+    from hw.compiler import compile_weights
+    from hw.engine_model import cycle_model, total_cycles, total_traffic
+    from export.weights import read_weights
+
+    w = random_weights(tmp_path / "weights.bin")
+    golden = tmp_path / "golden"
+    make_golden(w, golden, pairs=1)
+    out = tmp_path / "soc"
+    r = subprocess.run([sys.executable, "-m", "hw.soc", "sim", "--golden", str(golden), "--out", str(out)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    v = subprocess.run([sys.executable, "-m", "hw.verify", "--golden", str(golden), "--accel", str(out)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert v.returncode == 0 and "0 mismatching elements" in v.stdout + v.stderr, v.stdout + v.stderr
+    rep = json.loads((out / "soc.json").read_text())
+    per = cycle_model(compile_weights(read_weights(w)))
+    p = rep["pairs"][0]
+    assert p["error"] == 0 and p["cycles"] - p["waits"] == total_cycles(per) == rep["busy_model_cycles"]
+    assert (p["reads"], p["writes"]) == total_traffic(per)
+    assert p["waits"] > 0 and p["link_bytes_out"] > 8 * 2 * p["writes"]
