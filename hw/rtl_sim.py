@@ -1,6 +1,6 @@
 """Simulate the RTL accelerator (hw/rtl/) on the golden pairs and dump every tensor.
 
-    python -m hw.rtl_sim --golden runs/demo/golden --out runs/demo/rtl [--dense] [--define FAULT_ROUND_HALF_UP]
+    python -m hw.rtl_sim --golden runs/demo/golden --out runs/demo/rtl [--dense] [--fault FAULT_ROUND_HALF_UP]
     python -m hw.verify --golden runs/demo/golden --accel runs/demo/rtl
 
 Per golden pair: hw.compiler turns weights.bin and the golden input into one memory image,
@@ -44,6 +44,18 @@ DRAM = {"LAT": 32, "ROWMISS": 6, "TURN": 4, "BEAT": 1}
 
 class SimError(OSError):
     pass
+
+
+def fault_names() -> list[str]:
+    """The faults a FAULT_SELECT build has (hw/rtl/accel_faults.vh), by their plusargs."""
+    import re
+    return re.findall(r'\$test\$plusargs\("(FAULT_\w+)"\)', (RTL_DIR / "accel_faults.vh").read_text())
+
+
+def check_faults(faults: list[str]) -> None:
+    unknown = sorted(set(faults) - set(fault_names()))
+    if unknown:
+        raise ValueError(f"no such fault: {', '.join(unknown)} (hw/rtl/accel_faults.vh has {', '.join(fault_names())})")
 
 
 def verilator_env() -> None:
@@ -93,7 +105,7 @@ def build(build_dir: Path, defines: dict | None = None, tp: int = TP, window_bit
 
 def simulate(runner, build_dir: Path, image: np.ndarray, work: Path, max_cycles: int = 400_000_000, runs: int = 1,
              check_error: bool = True, x_seed: int = 1, dram: dict | None = None,
-             mem_limit: int | None = None) -> tuple[np.ndarray, dict]:
+             mem_limit: int | None = None, plusargs: list[str] | None = None) -> tuple[np.ndarray, dict]:
     """Run one memory image to `done` (`runs` times without a reset between them): (memory after
     the last run, {cycles, error, reads, writes, sim_s} of it). Uninitialised bits start from
     Verilator's random values of seed `x_seed`. An error code other than 0 is a SimError unless
@@ -112,7 +124,7 @@ def simulate(runner, build_dir: Path, image: np.ndarray, work: Path, max_cycles:
     runner.test(test_module="tb_accel", hdl_toplevel="accel_sim", build_dir=str(build_dir), test_dir=str(RTL_DIR),
                 plusargs=[f"+MEM_IN={mem_in}", f"+MEM_OUT={mem_out}", f"+DUMP_WORDS={len(image)}",
                           f"+DESC_LOG={desc_log}", "+verilator+rand+reset+2", f"+verilator+seed+{x_seed}",
-                          *[f"+DRAM_{k}={int(v)}" for k, v in (dram or {}).items()]],
+                          *[f"+DRAM_{k}={int(v)}" for k, v in (dram or {}).items()], *(plusargs or [])],
                 extra_env={"ACCEL_RESULT": str(result), "ACCEL_MAX_CYCLES": str(max_cycles), "ACCEL_RUNS": str(runs),
                            "ACCEL_MEM_LIMIT": str(len(image) if mem_limit is None else mem_limit)},
                 results_xml=str(work / "results.xml"), log_file=str(work / "sim.log"))
@@ -260,7 +272,8 @@ def project(config_toml: Path, nm=((2, 4), (1, 4))) -> dict:
 
 def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = False, defines: dict | None = None,
             build_dir: Path | None = None, progress: bool = True, project_config: Path | None = None,
-            tp: int = TP, dram: dict | None = None, fuse: bool = True, engine: dict | None = None) -> dict:
+            tp: int = TP, dram: dict | None = None, fuse: bool = True, engine: dict | None = None,
+            faults: list[str] | None = None) -> dict:
     from hw.engine_model import cycle_model, total_cycles, total_macs, total_traffic
     from hw.verify import check_weights, load_dump, read_manifest
     from model.artifacts import atomic_write_json
@@ -272,6 +285,9 @@ def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = 
         limits["mem_words"] = 1 << engine["ADDR_BITS"]
     prog = compile_weights(weights, dense=dense, fuse=fuse, **limits)
     build_dir = build_dir or out / "sim_build"
+    if faults:   # one build with every fault site (hw/rtl/accel_faults.vh), these switched on
+        check_faults(faults)
+        defines = {**(defines or {}), "FAULT_SELECT": 1}
     runner = build(build_dir, defines, tp, engine=engine)
     per = cycle_model(prog, tp)   # cycles depend on the program, not on the data
     model_cycles = total_cycles(per)
@@ -281,12 +297,14 @@ def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = 
 
     dram = {**DRAM, **(dram or {})}
     report = {"weights": str(weights), "git_commit": git_commit(), "dense_weights": dense, "defines": sorted((defines or {}).keys()),
+              "faults": sorted(faults or []),
               "engine": engine or {},
               "lanes": LANES, "blocks_per_slot": tp, "array_macs": tp * LANES * LANES, "dram_cycles": dram, "pairs": []}
     def run_pair(pair: dict) -> dict:  # its own copy of the runner: test() keeps per-run state on it
         tensors = pair["tensors"]
         x = load_dump(golden / pair["dir"] / "input.npy", tensors["input"]["shape"])
-        mem, res = simulate(copy.copy(runner), build_dir, prog.image(x), out / pair["dir"], dram=dram)
+        mem, res = simulate(copy.copy(runner), build_dir, prog.image(x), out / pair["dir"], dram=dram,
+                            plusargs=[f"+{f}" for f in faults or []])
         d = out / pair["dir"]
         for name in tensors:
             if name not in prog.fused:
@@ -330,6 +348,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-fuse", action="store_true",
                     help="every ADD its own descriptor: every tensor of the trace in memory and dumped")
     ap.add_argument("--define", action="append", default=[], help="Verilog define, e.g. FAULT_ROUND_HALF_UP")
+    ap.add_argument("--fault", action="append", default=[],
+                    help="a fault switched on at run time in a build with every fault site (FAULT_SELECT), e.g. "
+                         "FAULT_BIAS_LOAD: one build serves every fault (hw/ACCEL.md, Build options)")
     ap.add_argument("--build-dir", type=Path)
     ap.add_argument("--tp", type=int, default=TP, choices=(1, 2),
                     help=f"weight blocks per slot (the engine's parallelism; default {TP})")
@@ -347,9 +368,10 @@ def main(argv=None) -> int:
             if k not in DRAM or not v.isdigit() or (k in ("LAT", "BEAT") and int(v) < 1):
                 raise ValueError(f"--dram: {item!r} is not one of {', '.join(DRAM)} = a cycle count (LAT, BEAT >= 1)")
             dram[k] = int(v)
+        check_faults(a.fault)
         verilator_env()   # the tools first: nothing is compiled or written without them
         r = rtl_sim(a.golden, a.out, a.weights, a.dense, {d: 1 for d in a.define}, a.build_dir,
-                   project_config=a.project, tp=a.tp, dram=dram, fuse=not a.no_fuse)
+                   project_config=a.project, tp=a.tp, dram=dram, fuse=not a.no_fuse, faults=a.fault)
         print(f"[rtl-sim] executed-MAC utilisation {r['executed_mac_util']:.1%}, dense-equivalent "
               f"{r['dense_equiv_util']:.1%} -> {a.out}/cycles.json", file=sys.stderr)
         wrong = [p for p in r["pairs"] if not _agrees(p)]

@@ -174,7 +174,7 @@ def test_compiler_refusals(weights, tmp_path):
 
 
 def _sim(golden: Path, out: Path, *defines: str, tp: int | None = None,
-         build_dir: Path | None = None) -> subprocess.CompletedProcess:
+         build_dir: Path | None = None, fault: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "hw.rtl_sim", "--golden", str(golden), "--out", str(out)]
     if tp is not None:
@@ -183,6 +183,8 @@ def _sim(golden: Path, out: Path, *defines: str, tp: int | None = None,
         cmd += ["--build-dir", str(build_dir)]
     for d in defines:
         cmd += ["--define", d]
+    if fault:
+        cmd += ["--fault", fault]
     return subprocess.run(cmd, env=env, capture_output=True, text=True)
 
 
@@ -243,7 +245,7 @@ def test_rtl_equals_reference_and_cycle_model(weights, tmp_path, tp, builds):
                                   if name not in ("input", "ddf", *fused)) + 64 + 16 + 1024
 
 
-# faults built into accel.v on purpose (hw/ACCEL.md, "Build options"), by what they break; the
+# faults built into accel.v on purpose (hw/ACCEL.md, "Build options", hw/rtl/accel_faults.vh), by what they break; the
 # cycle faults also change the cycles, which rtl_sim reports per descriptor (exit 1) before
 # verify runs; the tap faults change which taps count as inside, so the MAC counter differs
 # from the model's (exit 1, the counters named)
@@ -258,17 +260,29 @@ CYCLE_FAULTS = ["FAULT_LAST_GROUP", "FAULT_DRAIN_SHORT"]                # contro
 
 @pytest.fixture(scope="module")
 def fault_runs(weights, tmp_path_factory) -> tuple[Path, dict]:
-    """(golden, fault -> (rtl_sim's result, its output directory)): every faulty build simulated on
-    one golden pair, two at a time (each simulation is its own process)."""
+    """(golden, fault -> (rtl_sim's result, its output directory)): one FAULT_SELECT build, every
+    fault switched on in a simulation of one golden pair, two at a time (each simulation is its
+    own process; the first builds, alone)."""
     from concurrent.futures import ThreadPoolExecutor
 
     root = tmp_path_factory.mktemp("faults")
     golden = root / "golden"
     make_golden(weights, golden, pairs=1)
     faults = DATA_FAULTS + TAP_FAULTS + CYCLE_FAULTS
+    build = root / "fault_build"
+    runs = {faults[0]: _sim(golden, root / faults[0], fault=faults[0], build_dir=build)}
     with ThreadPoolExecutor(max_workers=2) as pool:
-        runs = dict(zip(faults, pool.map(lambda f: _sim(golden, root / f, f), faults)))
+        runs.update(zip(faults[1:], pool.map(lambda f: _sim(golden, root / f, fault=f, build_dir=build), faults[1:])))
     return golden, {f: (r, root / f) for f, r in runs.items()}
+
+
+def test_every_fault_is_injected_and_names_are_checked(tmp_path):
+    """The tests inject every fault accel_faults.vh has; rtl_sim refuses a name it does not have
+    (a misspelt fault would otherwise run the correct engine)."""
+    from hw.rtl_sim import fault_names
+    assert sorted(DATA_FAULTS + TAP_FAULTS + CYCLE_FAULTS) == sorted(fault_names()) and len(fault_names()) >= 10
+    r = _sim(tmp_path / "golden", tmp_path / "out", fault="FAULT_NO_SUCH")
+    assert r.returncode == 2 and "no such fault: FAULT_NO_SUCH" in r.stderr, r.stderr[-2000:]
 
 
 @pytest.mark.parametrize("fault", DATA_FAULTS + TAP_FAULTS + CYCLE_FAULTS)

@@ -18,13 +18,10 @@
 // memory, P0 operands registered, P1 products, P2a-P2c lane sums, P3 accumulate, P4-P5
 // requantise (registered write); a fused add's F1-F2, its requantiser's P4-P5, the write.
 //
-// Build options (fault injection, tests/test_rtl.py; hw/ACCEL.md lists them): FAULT_ROUND_HALF_UP
-// rounds ties up, FAULT_NO_SATURATION wraps instead of saturating; FAULT_TAP_OFFSET,
-// FAULT_PAD_BOUNDS, FAULT_VOXEL_INDEX, FAULT_OUT_GROUP, FAULT_NEAREST_HALF,
-// FAULT_TRILINEAR_COEF, FAULT_BIAS_LOAD, FAULT_WEIGHT_ROW, FAULT_LAST_GROUP, FAULT_DRAIN_SHORT
-// FAULT_MAXPOOL_MIN and FAULT_FUSED_SUM break address generation, tap offsets, bounds, the
-// up-sampling reads, the loads, the control, the max-pool and the fused add, each at the line it
-// marks.
+// Fault injection (tests/test_rtl.py; hw/ACCEL.md lists them): the f_ switches of
+// accel_faults.vh, 0 except in a FAULT_SELECT simulation build, break the requantiser, address
+// generation, tap offsets, bounds, the up-sampling reads, the loads, the control, the max-pool and
+// the fused add, each at the line marked "fault".
 `default_nettype none
 
 `include "accel_params.vh"   // the defaults: hw/engine.py (ENGINE), one description for RTL and Python
@@ -51,6 +48,7 @@ module accel #(
     // AXI4 master: one ID, INCR bursts of 8-byte beats, byte addresses
     `ACCEL_AXI_MASTER_PORTS
 );
+`include "accel_faults.vh"
     localparam integer L = `ACCEL_LANES;
     localparam integer WB_AW = $clog2(WBUF_DEPTH);   // the weight buffer's address bits
     localparam integer TPL = (TP == 2) ? 1 : 0;    // log2(TP)
@@ -169,11 +167,9 @@ module accel #(
     reg [31:0] grp;      // elementwise: channel group
     reg iter_done;
     reg [4:0] drain;
-`ifdef FAULT_DRAIN_SHORT
-    localparam [4:0] DRAIN = 5'd6;   // fault: the next group's load starts with 12 stages still in flight
-`else
-    localparam [4:0] DRAIN = 5'd20;  // I0, I1, A0 .. A4, M, P0, P1a .. P1c, P2a .. P2c, P3, a fused add's F1, F2, P4, P5 after the last slot, then the write
-`endif
+    // I0, I1, A0 .. A4, M, P0, P1a .. P1c, P2a .. P2c, P3, a fused add's F1, F2, P4, P5 after the
+    // last slot, then the write (fault: the next group's load starts with 12 stages still in flight)
+    wire [4:0] DRAIN = f_drain_short ? 5'd6 : 5'd20;
 
     // the iterator's limits, registered when a run starts (constant during it)
     reg [WB_AW:0] slot_last;       // slots per output word - 1
@@ -350,20 +346,13 @@ module accel #(
         i_d <= j_d; i_h <= j_h; i_w <= j_w; i_e <= j_e; i_grp <= j_grp; i_og <= j_og;
         h_cur <= h_raw;
     end
-`ifdef FAULT_TAP_OFFSET
-    wire signed [11:0] cd = $signed({2'b0, i_d}) + $signed({4'b0, h_cur[15:8]}) - $signed({8'b0, pad});   // fault: the b tap along d
-`else
-    wire signed [11:0] cd = $signed({2'b0, i_d}) + $signed({4'b0, h_cur[7:0]}) - $signed({8'b0, pad});
-`endif
+    wire signed [11:0] cd = $signed({2'b0, i_d}) + $signed({4'b0, f_tap_offset ? h_cur[15:8] : h_cur[7:0]})   // fault: the b tap along d
+                            - $signed({8'b0, pad});
     wire signed [11:0] ch = $signed({2'b0, i_h}) + $signed({4'b0, h_cur[15:8]}) - $signed({8'b0, pad});
     wire signed [11:0] cw = $signed({2'b0, i_w}) + $signed({4'b0, h_cur[23:16]}) - $signed({8'b0, pad});
-`ifdef FAULT_PAD_BOUNDS   // fault: one voxel past the volume's far face along d counts as inside
-    wire conv_in = (cd >= 0) && (cd <= $signed({2'b0, gD})) && (ch >= 0) && (ch < $signed({2'b0, gH})) &&
-                   (cw >= 0) && (cw < $signed({2'b0, gW}));
-`else
-    wire conv_in = (cd >= 0) && (cd < $signed({2'b0, gD})) && (ch >= 0) && (ch < $signed({2'b0, gH})) &&
-                   (cw >= 0) && (cw < $signed({2'b0, gW}));
-`endif
+    // (fault: one voxel past the volume's far face along d counts as inside)
+    wire conv_in = (cd >= 0) && (f_pad_bounds ? cd <= $signed({2'b0, gD}) : cd < $signed({2'b0, gD})) &&
+                   (ch >= 0) && (ch < $signed({2'b0, gH})) && (cw >= 0) && (cw < $signed({2'b0, gW}));
 
     // trilinear corners: per axis the coarse index and weight of corner bit `hi`
     function [11:0] tri_idx(input [9:0] o, input [9:0] n, input hi);  // {weight[1:0], index[9:0]}
@@ -380,21 +369,14 @@ module accel #(
     wire [11:0] tw = tri_idx(i_w, hW, corner[0]);
     // the product of three weights in {1, 3} is 3^(number of 3s): a table, not two multipliers
     wire [1:0] n3 = {1'b0, td[11]} + {1'b0, th[11]} + {1'b0, tw[11]};
-`ifdef FAULT_TRILINEAR_COEF
-    wire [4:0] tcoef = (n3 == 2'd0) ? 5'd1 : (n3 == 2'd1) ? 5'd1 : (n3 == 2'd2) ? 5'd9 : 5'd27;   // fault: 3 taken as 1
-`else
-    wire [4:0] tcoef = (n3 == 2'd0) ? 5'd1 : (n3 == 2'd1) ? 5'd3 : (n3 == 2'd2) ? 5'd9 : 5'd27;
-`endif
+    wire [4:0] tcoef = (n3 == 2'd0) ? 5'd1 : (n3 == 2'd1) ? (f_trilinear_coef ? 5'd1 : 5'd3)   // fault: 3 taken as 1
+                     : (n3 == 2'd2) ? 5'd9 : 5'd27;
 
     // the voxel index d*H*W + h*W + w needs H*W of the operand's grid: the full grid's, the half
     // grid's (nearest / trilinear operands) and the double grid's (max-pool), registered at decode
     reg [AW-1:0] hw_full, hw_half, hw_dbl;
 
-`ifdef FAULT_NEAREST_HALF   // fault: B's half-grid voxel rounded up along d
-    wire [9:0] bn_d = (i_d + 10'd1) >> 1;
-`else
-    wire [9:0] bn_d = i_d >> 1;   // a nearest B's plane
-`endif
+    wire [9:0] bn_d = (i_d + {9'd0, f_nearest_half}) >> 1;   // a nearest B's plane (fault: rounded up along d)
     // slot: coordinates in the operand's grid, its grid (W and H*W), base, stride, group
     reg [9:0] sd, sh, sw, sgW;
     reg [AW-1:0] s_hw;
@@ -832,11 +814,7 @@ module accel #(
                     e_bad <= (rd0[31:0] == 32'd0 || rd0[31:0] > WBUF_DEPTH);
                     e_chk <= 2'b01;
                 end else if (li <= 16'd4) begin
-`ifdef FAULT_BIAS_LOAD
-                    bias[2 * (li - 1)] <= $signed(rd0[63:32]);   // fault: the odd lane's bias in the even lane
-`else
-                    bias[2 * (li - 1)] <= $signed(rd0[31:0]);
-`endif
+                    bias[2 * (li - 1)] <= $signed(f_bias_load ? rd0[63:32] : rd0[31:0]);   // fault: the odd lane's bias
                     bias[2 * (li - 1) + 1] <= $signed(rd0[63:32]);
                 end else if (li == 16'd5) begin   // the group's requantiser shifts, byte j = lane j
                     lane_sh <= rd0; sh_pending <= 1'b1;
@@ -849,11 +827,7 @@ module accel #(
                     state <= S_RUN; lptr <= lptr + {16'd0, lnum} + 32'd1;
                     conv_last <= ((n_entries + TP_MASK) >> TPL) - 1'b1; grp_last <= 16'd0; bk <= 3'd0;
                     slot_last <= ((n_entries + TP_MASK) >> TPL) - 1'b1 + {{(WB_AW-3){1'b0}}, b_slots};
-`ifdef FAULT_LAST_GROUP
-                    more_ocg <= (ocg + 32'd2 < n_ocg);   // fault: the last output group is never run
-`else
-                    more_ocg <= (ocg + 32'd1 < n_ocg);
-`endif
+                    more_ocg <= (ocg + (f_last_group ? 32'd2 : 32'd1) < n_ocg);   // fault: the last group never runs
                     vd <= 0; vh <= 0; vw <= 0; eslot <= 0; grp <= 0; iter_done <= 1'b0; drain <= 5'd0;
                 end
             end
@@ -922,22 +896,14 @@ module accel #(
             // A2: voxel = d*H*W + h*W + w
             a2_v <= a1_v; a2_rd <= a1_rd; a2_isb <= a1_isb; a2_first <= a1_first; a2_last <= a1_last; a2_kind <= a1_kind;
             a2_coef <= a1_coef; a2_shift <= a1_shift; a2_e <= a1_e;
-`ifdef FAULT_VOXEL_INDEX
-            a2_vox <= a1_pd + {{XW{1'b0}}, a1_sw};   // fault: port 0's operand address forgets h * W
-`else
-            a2_vox <= a1_pd + a1_ph + {{XW{1'b0}}, a1_sw};
-`endif
+            a2_vox <= a1_pd + (f_voxel_index ? {AW{1'b0}} : a1_ph) + {{XW{1'b0}}, a1_sw};   // fault: forgets h * W
             a2_ovox <= a1_opd + a1_oph + {{XW{1'b0}}, a1_ow};
             a2_base <= a1_base; a2_lg <= a1_lg; a2_grp <= a1_grp; a2_og <= a1_og;
             // A3: voxel x words per voxel; base + group
             b_v <= a2_v; b_rd <= a2_rd; b_isb <= a2_isb; b_first <= a2_first; b_last <= a2_last; b_kind <= a2_kind;
             b_coef <= a2_coef; b_shift <= a2_shift; b_e <= a2_e;
             b_prod <= a2_vox << a2_lg; b_bg <= a2_base + a2_grp;
-`ifdef FAULT_OUT_GROUP
-            b_oprod <= a2_ovox << o_lg; b_obg <= o_base[AW-1:0] + a2_og + 1'b1;   // fault: results one group over
-`else
-            b_oprod <= a2_ovox << o_lg; b_obg <= o_base[AW-1:0] + a2_og;
-`endif
+            b_oprod <= a2_ovox << o_lg; b_obg <= o_base[AW-1:0] + a2_og + {{(AW-1){1'b0}}, f_out_group};   // fault: one group over
             // A4: the request leaves (memory ports above); the output address
             rd0_en <= req_en; rd0_addr <= req_addr; rd0_b <= b_isb;
             a3_v <= b_v; a3_rd <= b_rd; a3_first <= b_first; a3_last <= b_last; a3_kind <= b_kind;
@@ -964,22 +930,15 @@ module accel #(
             fin_v <= 1'b0;
             fb1 <= 1'b0;
             if (p2_v && fused && p2_kind != K_CONV) begin   // a fused add's B slot: B's aligned sum
-`ifdef FAULT_FUSED_SUM   // fault: B's sum never restarts (each voxel's adds the ones before)
-                for (j = 0; j < L; j = j + 1) fbv[j] <= fbv[j] + p2_part[j];
-`else
-                for (j = 0; j < L; j = j + 1) fbv[j] <= (p2_first ? 32'sd0 : fbv[j]) + p2_part[j];
-`endif
+                // (fault: B's sum never restarts: each voxel's adds the ones before)
+                for (j = 0; j < L; j = j + 1) fbv[j] <= (p2_first && !f_fused_sum ? 32'sd0 : fbv[j]) + p2_part[j];
                 fb1 <= p2_last; fa1 <= p2_oaddr;
             end else if (p2_v) begin
                 for (j = 0; j < L; j = j + 1) begin
                     if (p2_kind == K_MAX) begin
-`ifdef FAULT_MAXPOOL_MIN   // fault: the minimum of the block
-                        acc[j] <= (p2_first || p2_part[j] < acc[j]) ? p2_part[j] : acc[j];
-                        fin[j] <= (p2_first || p2_part[j] < acc[j]) ? p2_part[j] : acc[j];
-`else
-                        acc[j] <= (p2_first || p2_part[j] > acc[j]) ? p2_part[j] : acc[j];
-                        fin[j] <= (p2_first || p2_part[j] > acc[j]) ? p2_part[j] : acc[j];
-`endif
+                        // (fault: the minimum of the block)
+                        acc[j] <= (p2_first || (f_maxpool_min ? p2_part[j] < acc[j] : p2_part[j] > acc[j])) ? p2_part[j] : acc[j];
+                        fin[j] <= (p2_first || (f_maxpool_min ? p2_part[j] < acc[j] : p2_part[j] > acc[j])) ? p2_part[j] : acc[j];
                     end else begin
                         acc[j] <= (p2_first ? (p2_kind == K_CONV ? bias[j] : 32'sd0) : acc[j]) + p2_part[j];
                         fin[j] <= (p2_first ? (p2_kind == K_CONV ? bias[j] : 32'sd0) : acc[j]) + p2_part[j];
@@ -1005,16 +964,13 @@ module accel #(
     wire bank_we = ld_word && (li > 16'd6);
     generate for (gq = 0; gq < TP; gq = gq + 1) begin : g_bank_port
         for (gj = 0; gj < L; gj = gj + 1) begin : g_bank
-`ifdef FAULT_WEIGHT_ROW
-            localparam [3:0] LSUB = gj;   // fault: each lane's bank takes the word before its own
-`else
             localparam [3:0] LSUB = gj + 1;
-`endif
             localparam [WB_AW:0] GQ = gq;
             reg [63:0] mem_b [0:WBUF_DEPTH/TP-1];
             reg [63:0] q;
             always @(posedge clk) begin
-                if (bank_we && lsub == LSUB && (lblk & TP_MASK) == GQ) mem_b[lblk[WB_AW-1:TPL]] <= rd0;
+                // (fault: each lane's bank takes the word before its own)
+                if (bank_we && lsub == LSUB - {3'd0, f_weight_row} && (lblk & TP_MASK) == GQ) mem_b[lblk[WB_AW-1:TPL]] <= rd0;
                 q <= mem_b[a3_e[WB_AW-1-TPL:0]];
             end
             assign wq[64*(L*gq + gj) +: 64] = q;
@@ -1099,6 +1055,7 @@ module accel_requant (
     input  wire               relu,
     output wire [7:0]         q
 );
+`include "accel_faults.vh"
     reg signed [31:0] fl;
     reg signed [47:0] left;
     reg gt, eq;
@@ -1106,11 +1063,7 @@ module accel_requant (
     always @(posedge clk) begin   // P4: shift, remainder against the half
         fl <= x >>> s;
         left <= $signed({{16{x[31]}}, x}) <<< ls;
-`ifdef FAULT_ROUND_HALF_UP
-        gt <= (rem >= half);
-`else
-        gt <= (rem > half);
-`endif
+        gt <= f_round_half_up ? (rem >= half) : (rem > half);   // (fault: ties round up)
         eq <= (rem == half);
     end
     // P5: round, clamp. The clamp is decided on the shifted value before rounding: adding the
@@ -1120,11 +1073,8 @@ module accel_requant (
     wire signed [47:0] fl48 = $signed({{16{fl[31]}}, fl});
     wire signed [47:0] v = right ? fl48 : left;
     wire [7:0] low8 = right ? fl[7:0] + {7'd0, up} : left[7:0];
-`ifdef FAULT_NO_SATURATION
-    assign q = (relu && v < 0) ? 8'd0 : low8;
-`else
-    assign q = (v >= 48'sd127) ? 8'd127 : (v < lo) ? lo[7:0] : low8;
-`endif
+    // (fault: wrap instead of saturating)
+    assign q = f_no_saturation ? ((relu && v < 0) ? 8'd0 : low8) : (v >= 48'sd127) ? 8'd127 : (v < lo) ? lo[7:0] : low8;
 endmodule
 
 // A 64-bit register (zeroed when `zero`), kept as its own instance so that synthesis leaves
