@@ -6,6 +6,7 @@
 #   make rtl-sim / rtl-synth  the RTL accelerator on the golden pairs (then make verify ACCEL=$(OUT)/rtl) / on an ECP5-85F
 #   make docs                 the README's measured tables from $(OUT) (after make demo)
 #   make scaling              opt-in: latency against grid and threads, demo and paper-scale networks (~35 min)
+#   make soc-sim              opt-in: the golden pairs through the accelerator's LiteX SoC and host driver (simulated)
 #   make rtl-paper            opt-in: the paper-scale network (configs/ibsr.toml, untrained) on the RTL engine at 32^3
 #   make domains              opt-in: Table 1's main rows on the demo pairs and on a validation domain side by side
 #   make curve                opt-in: the pruning curve to 95 % (configs/curve.toml) in $(OUT)_curve (about an hour)
@@ -22,7 +23,7 @@ STAMP  := $(VENV)/.installed
 # the synthetic set is generated only when it is the data in use
 DATA_DEP := $(if $(filter $(SYNTH),$(DATA)),$(SYNTH)/synth_manifest.json,)
 
-.PHONY: all demo venv data train prune qat export golden golden-force verify rtl-sim rtl-verify rtl-synth rtl-paper domains bench scaling curve report evaluate docs test test-slow test-fuzz clean help FORCE
+.PHONY: all demo venv data train prune qat export golden golden-force verify rtl-sim rtl-verify rtl-synth soc-sim rtl-paper domains bench scaling curve report evaluate docs test test-slow test-fuzz clean help FORCE
 .DELETE_ON_ERROR:
 
 # The config sections each stage reads, resolved, in $(CFG)/<stage>.json: checked on every run and
@@ -33,7 +34,7 @@ $(CFG)/%.json: FORCE | $(STAMP)
 	@$(PY) -m model.config $(CONFIG) --stamp $* --out $@
 
 help:
-	@sed -n '1,9p' Makefile
+	@sed -n '1,12p' Makefile
 
 # Yosys + nextpnr (one thread) place and route the RTL on one core while training runs on the
 # other with one thread (torch's two threads beside a busy process run far slower than one:
@@ -98,7 +99,7 @@ verify: $(OUT)/golden/manifest.json
 
 # the RTL accelerator (hw/rtl/, hw/ACCEL.md) simulated in Verilator on the golden pairs: every
 # tensor dumped to $(OUT)/rtl/pair_XX/ in the golden layout, cycles in $(OUT)/rtl/cycles.json
-$(OUT)/rtl/cycles.json: $(OUT)/golden/manifest.json hw/rtl/accel.v hw/rtl/accel_params.vh hw/rtl/accel_axi.vh hw/rtl/accel_mem.v hw/rtl/accel_skid.v hw/rtl/accel_ip.v hw/rtl/accel_sim.v hw/compiler.py hw/engine_model.py
+$(OUT)/rtl/cycles.json: $(OUT)/golden/manifest.json hw/rtl/accel.v hw/rtl/accel_faults.vh hw/rtl/accel_params.vh hw/rtl/accel_axi.vh hw/rtl/accel_mem.v hw/rtl/accel_skid.v hw/rtl/accel_ip.v hw/rtl/accel_sim.v hw/compiler.py hw/engine_model.py
 	$(PY) -m hw.rtl_sim --golden $(OUT)/golden --out $(OUT)/rtl --project configs/ibsr.toml
 
 rtl-sim: $(OUT)/rtl/cycles.json
@@ -109,19 +110,26 @@ rtl-verify: $(OUT)/rtl/cycles.json
 # Yosys + nextpnr for the LFE5UM-85F: $(OUT)/rtl/synth.json (skipped when the RTL is unchanged);
 # SEEDS=1,2,3,4,5 places five times (fmax: minimum and median; about 25 minutes on 2 cores)
 SEEDS ?= 1
-$(OUT)/rtl/synth.json: hw/rtl/accel.v hw/rtl/accel_params.vh hw/rtl/accel_axi.vh hw/rtl/accel_mem.v hw/rtl/accel_skid.v hw/rtl/accel_ip.v hw/rtl/accel_top.v FORCE | $(STAMP)
+$(OUT)/rtl/synth.json: hw/rtl/accel.v hw/rtl/accel_faults.vh hw/rtl/accel_params.vh hw/rtl/accel_axi.vh hw/rtl/accel_mem.v hw/rtl/accel_skid.v hw/rtl/accel_ip.v hw/rtl/accel_top.v FORCE | $(STAMP)
 	$(PY) -m hw.rtl_synth --out $(OUT)/rtl --seeds $(SEEDS)
 
 rtl-synth: $(OUT)/rtl/synth.json
 
-# opt-in: configs/ibsr.toml's network (untrained, realistic magnitudes) at PAPER_GRID on the RTL
-# engine with a weight buffer and address width it needs: every tensor verified, cycles equal to
-# the model ($(OUT)_paper/paper_scale.json)
+# opt-in: the golden pairs through the accelerator in its LiteX SoC (hw/soc.py: LiteDRAM on a
+# DDR3 model, the UART bridge), loaded, started and read back by the host driver (hw/board.py):
+# dumps in $(OUT)/soc/pair_XX, the engine's counters and the link's bytes in $(OUT)/soc/soc.json
+soc-sim: $(OUT)/golden/manifest.json | $(STAMP)
+	$(PY) -m hw.soc sim --golden $(OUT)/golden --out $(OUT)/soc
+	$(PY) -m hw.verify --golden $(OUT)/golden --accel $(OUT)/soc --quiet
+
 # opt-in: Table 1's main rows on the demo's test pairs and on the validation domain (model.synth's
 # shifted style, written to $(OUT)_val/shifted once) in one run: $(OUT)/report/domains.json
 domains: $(OUT)/report/pruning_curve.json   # its compression rows are the report's QAT models
 	$(PY) -m benchmarks.domains --config $(CONFIG) --data $(DATA) --out $(OUT)
 
+# opt-in: configs/ibsr.toml's network (untrained, realistic magnitudes) at PAPER_GRID on the RTL
+# engine with a weight buffer and address width it needs: every tensor verified, cycles equal to
+# the model ($(OUT)_paper/paper_scale.json)
 PAPER_GRID ?= 32,32,32
 rtl-paper: $(STAMP)
 	$(PY) -m benchmarks.paper_scale --config configs/ibsr.toml --grid $(PAPER_GRID) --out $(OUT)_paper

@@ -28,7 +28,7 @@ import numpy as np
 RTL_DIR = Path(__file__).resolve().parent / "rtl"
 SOURCES = [RTL_DIR / "accel.v", RTL_DIR / "accel_mem.v", RTL_DIR / "accel_skid.v", RTL_DIR / "accel_ip.v",
            RTL_DIR / "accel_top.v"]
-HEADERS = [RTL_DIR / "accel_params.vh", RTL_DIR / "accel_axi.vh"]   # included by the sources (hw/engine.py writes the first)
+HEADERS = [RTL_DIR / "accel_params.vh", RTL_DIR / "accel_axi.vh", RTL_DIR / "accel_faults.vh"]   # included by the sources (hw/engine.py writes the first)
 DEVICE = {"family": "ECP5", "part": "LFE5UM-85F", "package": "CABGA381", "speed": "6",
           "nextpnr": ["--um-85k", "--package", "CABGA381"]}
 # nextpnr's report names the cell types it counts; these are the ones the README tabulates

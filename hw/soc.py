@@ -28,8 +28,10 @@ Needs the pip packages litex and litedram (pyproject.toml's `toolchain` extra).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
+import logging
 import os
 import sys
 import time
@@ -44,6 +46,7 @@ ENGINE_SOURCES = ["accel.v", "accel_mem.v", "accel_skid.v", "accel_ip.v"]
 ACCEL_REGION = 0x8000_0000     # the engine's registers on the SoC bus (byte address)
 ACCEL_REGION_SIZE = 0x100
 SIM_TOP = "accel_soc_sim"
+BOARD_BAUD = 1_000_000        # the UART bridge's rate on the board (the FT2232 takes it)
 # the SoC clock, the engine's and the DRAM controller's (the DDR3 clock is twice it): below the
 # engine's routed minimum fmax (65.57 MHz over 2 placer seeds, README); LiteX's own ECP5 DDR3
 # targets use 48 MHz (OrangeCrab) to 75 MHz (ECPIX-5)
@@ -55,8 +58,6 @@ class SocError(OSError):
 
 
 def _litex():
-    import logging
-    logging.getLogger("SoC").setLevel(logging.WARNING)   # LiteX prints its whole SoC tree at INFO
     try:
         import litedram  # noqa: F401
         import litex  # noqa: F401
@@ -180,6 +181,55 @@ def sim_soc(dq: int = 16):
     return soc
 
 
+def _ecp5_ddr3_crg(soc, platform, sys_clk_freq: float):
+    """Clocks for LiteDRAM's ECP5 DDR3 PHY on the ECPIX-5's 100 MHz oscillator: a PLL makes
+    twice the system clock, an edge clock buffer the PHY may stop (ECLKSYNCB) drives the DDR
+    I/O, and a divide-by-2 of it (CLKDIVF) is the system clock, so the two stay phase-aligned;
+    the system reset is held until the PLL locks and whenever the PHY's init asks for it."""
+    from litex.gen import LiteXModule
+    from litex.soc.cores.clock import ECP5PLL
+    from migen import ClockDomain, Instance, Signal
+    from migen.genlib.resetsync import AsyncResetSynchronizer
+
+    class Crg(LiteXModule):
+        def __init__(self):
+            self.cd_sys = ClockDomain("sys")
+            self.cd_sys2x = ClockDomain("sys2x")
+            self.cd_sys2x_i = ClockDomain("sys2x_i")
+            self.cd_init = ClockDomain("init")
+            self.stop, self.reset = Signal(), Signal()
+            clk100, rst_n = platform.request("clk100"), platform.request("rst_n")
+            self.pll = pll = ECP5PLL()
+            self.comb += pll.reset.eq(~rst_n)
+            pll.register_clkin(clk100, 100e6)
+            pll.create_clkout(self.cd_sys2x_i, 2 * sys_clk_freq)
+            pll.create_clkout(self.cd_init, 25e6)
+            self.specials += [
+                Instance("ECLKSYNCB", i_ECLKI=self.cd_sys2x_i.clk, i_STOP=self.stop, o_ECLKO=self.cd_sys2x.clk),
+                Instance("CLKDIVF", p_DIV="2.0", i_ALIGNWD=0, i_CLKI=self.cd_sys2x.clk, i_RST=self.reset,
+                         o_CDIVX=self.cd_sys.clk),
+                AsyncResetSynchronizer(self.cd_sys, ~pll.locked | self.reset),
+            ]
+    return Crg()
+
+
+def board_soc(sys_clk_freq: float = SOC_CLK_HZ):
+    """The ECPIX-5 85F SoC: DDR3 through LiteDRAM's ECP5 PHY, UARTBone on the FT2232's UART."""
+    from litedram.modules import MT41K256M16
+    from litedram.phy import ECP5DDRPHY
+    from litex_boards.platforms import lambdaconcept_ecpix5
+
+    platform = lambdaconcept_ecpix5.Platform(device="85F", toolchain="trellis")
+    soc = _soc_core(platform, sys_clk_freq, "LocalNet accelerator SoC (ECPIX-5 85F)")
+    soc.crg = _ecp5_ddr3_crg(soc, platform, sys_clk_freq)
+    soc.ddrphy = ECP5DDRPHY(platform.request("ddram"), sys_clk_freq=sys_clk_freq)
+    soc.comb += [soc.crg.stop.eq(soc.ddrphy.init.stop), soc.crg.reset.eq(soc.ddrphy.init.reset)]
+    soc.add_sdram("sdram", phy=soc.ddrphy, module=MT41K256M16(sys_clk_freq, "1:2"), l2_cache_size=0)
+    soc.add_uartbone(name="uartbone", uart_name="serial", baudrate=BOARD_BAUD)
+    _engine(soc)
+    return soc
+
+
 def write_csr_json(soc, path: Path) -> None:
     from litex.soc.integration.export import get_csr_json
     path.write_text(get_csr_json(soc.csr_regions, soc.constants, soc.mem_regions))
@@ -188,13 +238,16 @@ def write_csr_json(soc, path: Path) -> None:
 def build_sim(out: Path) -> dict:
     """Write the simulation SoC's Verilog (out/accel_soc_sim.v, its ROM's init file beside it)
     and its csr.json."""
-    import contextlib
     _litex()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    soc = sim_soc()
-    with contextlib.chdir(out):   # LiteX writes memory init files into the working directory
-        soc.platform.get_verilog(soc, name=SIM_TOP).write(f"{SIM_TOP}.v")
+    logging.disable(logging.INFO)   # LiteX logs its whole SoC tree, region by region, at INFO
+    try:
+        soc = sim_soc()
+        with contextlib.chdir(out):   # LiteX writes memory init files into the working directory
+            soc.platform.get_verilog(soc, name=SIM_TOP).write(f"{SIM_TOP}.v")
+    finally:
+        logging.disable(logging.NOTSET)
     text = (out / f"{SIM_TOP}.v").read_text()
     for init in sorted(out.glob(f"{SIM_TOP}*.init")):   # $readmemh relative to the simulator's directory
         text = text.replace(f'"{init.name}"', f'"{init}"')
@@ -221,13 +274,15 @@ def verilate(out: Path):
     return runner, info
 
 
-def simulate(runner, out: Path, csr: str, image: np.ndarray, work: Path, x_seed: int = 1) -> tuple[np.ndarray, dict]:
+def simulate(runner, out: Path, csr: str, image: np.ndarray, work: Path, x_seed: int = 1,
+             load: list | None = None, keep: tuple | None = None) -> tuple[np.ndarray, dict]:
     """One memory image through the simulated SoC by the host driver (hw/rtl/tb_soc.py): the
     memory read back and {error, cycles, waits, reads, writes, macs (the engine's counters),
     link_bytes_out/in, sim_cycles (all of it: load, run, poll, read back), sim_s}."""
     work = Path(work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    job = {"csr": csr, "image": str(work / "image.npy"), "mem": str(work / "mem.npy"), "result": str(work / "result.json")}
+    job = {"csr": csr, "image": str(work / "image.npy"), "mem": str(work / "mem.npy"), "result": str(work / "result.json"),
+           **({"load": load} if load else {}), **({"keep": keep} if keep else {})}
     np.save(job["image"], image)
     for k in ("mem", "result"):
         Path(job[k]).unlink(missing_ok=True)
@@ -253,7 +308,7 @@ def soc_sim(golden: Path, out: Path, weights: Path | None = None, progress: bool
     """Every golden pair through the simulated SoC and the host driver: dumps in OUT/pair_XX
     (hw.verify reads them) and OUT/soc.json (the engine's counters, the link's bytes, the
     simulated cycles, beside the engine model's cycles on ideal memory)."""
-    from hw.board import write_pair_dumps
+    from hw.board import program_ranges, write_pair_dumps
     from hw.compiler import compile_weights
     from hw.engine_model import cycle_model, total_cycles
     from hw.verify import check_weights, load_dump, read_manifest
@@ -268,7 +323,8 @@ def soc_sim(golden: Path, out: Path, weights: Path | None = None, progress: bool
     def run_pair(pair: dict) -> dict:   # its own copy of the runner: test() keeps per-run state on it
         tensors = pair["tensors"]
         x = load_dump(golden / pair["dir"] / "input.npy", tensors["input"]["shape"])
-        mem, res = simulate(copy.copy(runner), out, info["csr"], prog.image(x), out / pair["dir"])
+        load, keep = program_ranges(prog)   # the driver loads and reads back what a board's run needs
+        mem, res = simulate(copy.copy(runner), out, info["csr"], prog.image(x), out / pair["dir"], load=load, keep=keep)
         if res["error"]:
             raise SocError(f"{pair['dir']}: the engine stopped with error code {res['error']} (hw/ACCEL.md)")
         write_pair_dumps(prog, mem, tensors, out / pair["dir"])

@@ -5,7 +5,8 @@ and valid obeyed). While the driver thread runs the simulation waits; `idle(seco
 simulated time pass.
 
 The job is the JSON file SOC_JOB: {"csr": csr.json, "image": the program's memory image (.npy,
-uint64), "mem": where to save the memory read back (.npy), "result": the counters (.json)}.
+uint64), "mem": where to save the memory read back (.npy), "result": the counters (.json), and
+optionally "load" (word ranges written) and "keep" (the range read back): hw.board.run_image}.
 """
 import json
 import os
@@ -101,7 +102,9 @@ async def soc_run(dut):
     def host():
         accel = Accel(UartBone(link), job["csr"])
         engine = accel.check()
-        mem, res = run_image(accel, np.load(job["image"]), job.get("mem_limit"))
+        mem, res = run_image(accel, np.load(job["image"]), job.get("mem_limit"),
+                             load=[tuple(r) for r in job["load"]] if "load" in job else None,
+                             keep=tuple(job["keep"]) if "keep" in job else None)
         return mem, {**res, "engine": engine}
 
     mem, res = await bridge(host)()
