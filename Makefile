@@ -6,7 +6,8 @@
 #   make rtl-sim / rtl-synth  the RTL accelerator on the golden pairs (then make verify ACCEL=$(OUT)/rtl) / on an ECP5-85F
 #   make docs                 the README's measured tables from $(OUT) (after make demo)
 #   make scaling              opt-in: latency against grid and threads, demo and paper-scale networks (~35 min)
-#   make soc-sim              opt-in: the golden pairs through the accelerator's LiteX SoC and host driver (simulated)
+#   make soc-sim / bitstream  opt-in: the golden pairs through the accelerator's LiteX SoC and host driver
+#                             (simulated) / the SoC's bitstream for an ECPIX-5 85F
 #   make rtl-paper            opt-in: the paper-scale network (configs/ibsr.toml, untrained) on the RTL engine at 32^3
 #   make domains              opt-in: Table 1's main rows on the demo pairs and on a validation domain side by side
 #   make curve                opt-in: the pruning curve to 95 % (configs/curve.toml) in $(OUT)_curve (about an hour)
@@ -23,7 +24,7 @@ STAMP  := $(VENV)/.installed
 # the synthetic set is generated only when it is the data in use
 DATA_DEP := $(if $(filter $(SYNTH),$(DATA)),$(SYNTH)/synth_manifest.json,)
 
-.PHONY: all demo venv data train prune qat export golden golden-force verify rtl-sim rtl-verify rtl-synth soc-sim rtl-paper domains bench scaling curve report evaluate docs test test-slow test-fuzz clean help FORCE
+.PHONY: all demo venv data train prune qat export golden golden-force verify rtl-sim rtl-verify rtl-synth soc-sim bitstream rtl-paper domains bench scaling curve report evaluate docs test test-slow test-fuzz clean help FORCE
 .DELETE_ON_ERROR:
 
 # The config sections each stage reads, resolved, in $(CFG)/<stage>.json: checked on every run and
@@ -34,7 +35,7 @@ $(CFG)/%.json: FORCE | $(STAMP)
 	@$(PY) -m model.config $(CONFIG) --stamp $* --out $@
 
 help:
-	@sed -n '1,12p' Makefile
+	@sed -n '1,13p' Makefile
 
 # Yosys + nextpnr (one thread) place and route the RTL on one core while training runs on the
 # other with one thread (torch's two threads beside a busy process run far slower than one:
@@ -121,6 +122,12 @@ rtl-synth: $(OUT)/rtl/synth.json
 soc-sim: $(OUT)/golden/manifest.json | $(STAMP)
 	$(PY) -m hw.soc sim --golden $(OUT)/golden --out $(OUT)/soc
 	$(PY) -m hw.verify --golden $(OUT)/golden --accel $(OUT)/soc --quiet
+
+# opt-in: the SoC's bitstream for the ECPIX-5 85F (hw/soc.py): LiteX writes the Verilog and the pins,
+# Yosys, nextpnr-ecp5 and ecppack (pip wheels) build it: $(OUT)/board/gateware/seedN/soc.bit and
+# $(OUT)/board/bitstream.json (every clock's fmax per placer seed; SEEDS as for rtl-synth)
+bitstream: | $(STAMP)
+	$(PY) -m hw.soc bitstream --out $(OUT)/board --seeds $(SEEDS)
 
 # opt-in: Table 1's main rows on the demo's test pairs and on the validation domain (model.synth's
 # shifted style, written to $(OUT)_val/shifted once) in one run: $(OUT)/report/domains.json

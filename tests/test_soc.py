@@ -129,3 +129,20 @@ def test_soc_sim_equals_reference(tmp_path):
     assert p["error"] == 0 and p["cycles"] - p["waits"] == total_cycles(per) == rep["busy_model_cycles"]
     assert (p["reads"], p["writes"]) == total_traffic(per)
     assert p["waits"] > 0 and p["link_bytes_out"] > 8 * 2 * p["writes"]
+
+
+def test_board_files_have_the_pins_and_the_engine(tmp_path):
+    """The ECPIX-5 SoC as LiteX writes it for the bitstream flow (no place and route here): the
+    pin constraints place the UART, the DDR3 and the clock; the Verilog instantiates the engine
+    and the 64-to-128-bit adapter; csr.json has the regions hw/board.py needs."""
+    from hw.soc import ACCEL_REGION, BOARD_TOP, board_files
+
+    gw = board_files(tmp_path / "b")
+    lpf = (gw / f"{BOARD_TOP}.lpf").read_text()
+    for pin in ('"clk100"', '"serial_tx"', '"serial_rx"', '"ddram_dq[15]"', '"ddram_a[0]"'):
+        assert f"LOCATE COMP {pin}" in lpf, pin
+    v = (gw / f"{BOARD_TOP}.v").read_text()
+    assert "accel_ip accel_ip(" in v and "accel_axi_up accel_axi_up(" in v and "ECP5" in v
+    csr = json.loads((tmp_path / "b" / "csr.json").read_text())
+    assert csr["memories"]["accel"]["base"] == ACCEL_REGION and csr["memories"]["main_ram"]["size"] == 512 << 20
+    assert all((gw / n).is_file() for n in ("accel.v", "accel_faults.vh", "accel_axi_up.v"))

@@ -102,6 +102,8 @@ async def soc_run(dut):
     def host():
         accel = Accel(UartBone(link), job["csr"])
         engine = accel.check()
+        if DEBUG and "keep" in job:   # what the DRAM holds before the load, where the activations go
+            dut._log.info(f"DRAM before the load: {[hex(w) for w in accel.dump(4, at=job['keep'][0])]}")
         mem, res = run_image(accel, np.load(job["image"]), job.get("mem_limit"),
                              load=[tuple(r) for r in job["load"]] if "load" in job else None,
                              keep=tuple(job["keep"]) if "keep" in job else None)
