@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hw.compiler import (LANES, OP_CONV, TP, Program, compile_weights, get_tensor, read_readmemh64,
+from hw.compiler import (LANES, OP_CONV, TP, Program, compile_weights, read_readmemh64,
                          write_readmemh64)
 
 RTL_DIR = Path(__file__).resolve().parent / "rtl"
@@ -274,6 +274,7 @@ def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = 
             build_dir: Path | None = None, progress: bool = True, project_config: Path | None = None,
             tp: int = TP, dram: dict | None = None, fuse: bool = True, engine: dict | None = None,
             faults: list[str] | None = None) -> dict:
+    from hw.board import write_pair_dumps
     from hw.engine_model import cycle_model, total_cycles, total_macs, total_traffic
     from hw.verify import check_weights, load_dump, read_manifest
     from model.artifacts import atomic_write_json
@@ -305,10 +306,7 @@ def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = 
         x = load_dump(golden / pair["dir"] / "input.npy", tensors["input"]["shape"])
         mem, res = simulate(copy.copy(runner), build_dir, prog.image(x), out / pair["dir"], dram=dram,
                             plusargs=[f"+{f}" for f in faults or []])
-        d = out / pair["dir"]
-        for name in tensors:
-            if name not in prog.fused:
-                np.save(d / f"{name}.npy", get_tensor(mem, prog.tensors[name]))
+        write_pair_dumps(prog, mem, tensors, out / pair["dir"])
         res["busy_cycles"] = res["cycles"] - res["waits"]
         res.update(model_cycles=model_cycles, model_reads=model_reads, model_writes=model_writes, model_macs=model_macs)
         if progress:
