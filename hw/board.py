@@ -12,6 +12,9 @@ count (1..255), a 32-bit word address (big-endian), and for a write the 32-bit w
 simulated UART's byte streams in hw/soc.py's simulation (hw/rtl/tb_soc.py), which runs this
 same code. Numpy and the link only: no torch, no LiteX.
 
+For registering scans (`python -m hw.register --backend board`), `Session` keeps one network on
+the board: each pair moves its input and its field only.
+
 The engine's memory is the DRAM from its first byte (the SoC's `main_ram` region on the host's
 side); a 64-bit engine word is two 32-bit bus words, low half first. The registers are
 hw/ACCEL.md's "Registers", in the SoC's `accel` region.
@@ -180,6 +183,31 @@ def program_ranges(prog) -> tuple[list[tuple[int, int]], tuple[int, int]]:
     t = prog.tensors["input"]
     end = prog.act_base + prog.act_words
     return [(0, prog.act_base), (t.base, t.base + t.words)], (prog.act_base, end)
+
+
+class Session:
+    """One network on the board for many pairs (the runtime's `board` backend, hw/runtime.py):
+    the descriptors and weights are written once; each pair then writes its input, runs, and
+    reads back the field alone."""
+
+    def __init__(self, accel: Accel, weights):
+        from hw.compiler import compile_weights
+        self.accel, self.prog = accel, compile_weights(weights)
+        self.info = accel.check()
+        self.words = self.prog.act_base + self.prog.act_words
+        accel.load(self.prog.image()[:self.prog.act_base])
+
+    def run(self, xq: np.ndarray) -> tuple[np.ndarray, dict]:
+        """The int8 field (C, D, H, W) of one quantised input (1, 2, D, H, W), and the counters."""
+        from hw.compiler import get_tensor
+        t, f = self.prog.tensors["input"], self.prog.tensors["ddf"]
+        self.accel.load(self.prog.image(xq)[t.base:t.base + t.words], at=t.base)
+        res = self.accel.run(self.words)
+        if res["error"]:
+            raise BoardError(f"the engine stopped with error code {res['error']} (hw/ACCEL.md)")
+        mem = np.zeros(self.words, dtype=np.uint64)
+        mem[f.base:f.base + f.words] = self.accel.dump(f.words, at=f.base)
+        return get_tensor(mem, f)[0], res
 
 
 def write_pair_dumps(prog, mem: np.ndarray, tensors: dict, d: Path) -> None:

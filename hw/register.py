@@ -2,7 +2,8 @@
 
     python -m hw.register --export runs/demo/export --fixed F.nii.gz --moving M.nii.gz --out W.nii.gz \\
         [--ddf D.nii.gz] [--moving-labels L.nii.gz --out-labels WL.nii.gz] [--fixed-labels FL.nii.gz]
-        [--qc qc.png] [--backend auto|openvino|onnxruntime|onnxruntime_qlinear|reference|rtl] [--threads N]
+        [--qc qc.png] [--backend auto|openvino|onnxruntime|onnxruntime_qlinear|reference|rtl|board] [--threads N]
+        [--port /dev/ttyUSB1 --csr runs/demo/board/csr.json]   (--backend board: the engine on a board)
     python -m hw.register --export runs/demo/export --pairs pairs.csv --out-dir runs/registered [--qc-all]
     python -m hw.register --export runs/demo/export --evaluate data/synthetic --out-dir runs/demo/runtime
 
@@ -216,6 +217,9 @@ def main(argv=None) -> int:
     ap.add_argument("--export", required=True, type=Path, help="OUT/export of make export")
     ap.add_argument("--backend", default="auto", choices=BACKENDS)
     ap.add_argument("--threads", type=int, help="threads of the network's runtime (default: all cores)")
+    ap.add_argument("--port", help="--backend board: the board's UART, e.g. /dev/ttyUSB1")
+    ap.add_argument("--csr", type=Path, help="--backend board: the SoC's csr.json (make bitstream writes it)")
+    ap.add_argument("--baud", type=int, help="--backend board: the UART's rate (default 1000000)")
     ap.add_argument("--fixed", type=Path)
     ap.add_argument("--moving", type=Path)
     ap.add_argument("--out", type=Path, help="the warped moving image (on the fixed grid)")
@@ -244,7 +248,8 @@ def main(argv=None) -> int:
     def body():
         if a.evaluate:
             find_subjects(a.evaluate)  # a clear error before the network is loaded
-        reg = load(a.export, a.backend, a.threads)
+        board = {"port": a.port, "csr": a.csr, "baud": a.baud} if a.backend == "board" else {}
+        reg = load(a.export, a.backend, a.threads, **board)
         if modes[0]:
             return register_one(reg, a)
         if modes[1]:

@@ -21,6 +21,8 @@ Backends (each runs the exported int8 network and returns its field in voxels):
                          activations), only where export.onnx's u8s8_exact_cpu() holds
     reference            hw/reference.py on weights.bin (integer numpy: slow, the definition)
     rtl                  the RTL engine (hw/rtl/) simulated in Verilator, one run per pair
+    board                the engine on a board (hw/soc.py's SoC) through hw/board.py: options
+                         port (the UART), csr (the SoC's csr.json), baud
     auto                 openvino where installed and exact, else onnxruntime
 
 The settings around the network (working grid, intensity percentiles, global stage, [refine])
@@ -43,7 +45,7 @@ from model.config import STAGE_SECTIONS, Config, config_from_dict, config_to_dic
 from model.registration import Registration, Settings
 
 SETTINGS_FILE, SETTINGS_FORMAT = "registration.json", 1
-BACKENDS = ("auto", "openvino", "onnxruntime", "onnxruntime_qlinear", "reference", "rtl")
+BACKENDS = ("auto", "openvino", "onnxruntime", "onnxruntime_qlinear", "reference", "rtl", "board")
 
 
 class Network:
@@ -140,6 +142,20 @@ def rtl_network(weights: Path, e_ddf: int, work: Path | None = None) -> Network:
     return Network("rtl", weights, run)
 
 
+def board_network(weights: Path, e_ddf: int, port: str | None = None, csr: Path | None = None,
+                  baud: int = 1_000_000, link=None) -> Network:
+    """The engine on a board (hw/board.py Session): weights.bin's program loaded once, each pair's
+    input written and its field read back over the UART (`link`: another byte link, for tests)."""
+    from hw.board import Accel, SerialLink, Session, UartBone
+    from hw.reference import Reference, quantize_input
+
+    if csr is None or (link is None and port is None):
+        raise ValueError("backend board: needs the board's UART (--port) and the SoC's csr.json (--csr)")
+    session = Session(Accel(UartBone(link or SerialLink(port, baud)), csr), weights)
+    rec = Reference.from_file(weights).r["input"]
+    return Network("board", weights, lambda m, f: (session.run(quantize_input(m, f, rec).q)[0], e_ddf))
+
+
 def openvino_available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
@@ -173,6 +189,9 @@ def open_network(backend: str, export: Path, threads: int | None = None, **optio
         return net
     if backend == "reference":
         return reference_network(weights)
+    if backend == "board":
+        return board_network(weights, int(manifest["ddf_exponent"]), options.get("port"), options.get("csr"),
+                             options.get("baud") or 1_000_000, options.get("link"))
     return rtl_network(weights, int(manifest["ddf_exponent"]), options.get("work"))
 
 

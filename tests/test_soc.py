@@ -146,3 +146,59 @@ def test_board_files_have_the_pins_and_the_engine(tmp_path):
     csr = json.loads((tmp_path / "b" / "csr.json").read_text())
     assert csr["memories"]["accel"]["base"] == ACCEL_REGION and csr["memories"]["main_ram"]["size"] == 512 << 20
     assert all((gw / n).is_file() for n in ("accel.v", "accel_faults.vh", "accel_axi_up.v"))
+
+
+class EngineBoard(FakeLink):
+    """A board in software for the driver's flow: UARTBone's bus over a dict of 32-bit words, the
+    registers of hw/ACCEL.md, and START running hw/engine_model.py (which the RTL equals bit for
+    bit and cycle for cycle, tests/test_rtl.py) on the memory the host wrote."""
+    RAM, REGS = 0x40000000, 0x80000000
+
+    def __init__(self):
+        super().__init__({self.REGS + 0x38: 0x4C4E4131})   # ID
+        self.status, self.starts = 0, 0
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        ctrl = self.words.pop(self.REGS, None)
+        self.words.pop(self.REGS + 4, None)   # an acknowledgement: DONE stays readable until the next START
+        limit = self.words.get(self.REGS + 0xC, 0)
+        if ctrl is not None and ctrl & 1:
+            from hw.engine_model import run_image
+            self.starts += 1
+            image = np.array([self.words.get(self.RAM + 8 * i, 0) | self.words.get(self.RAM + 8 * i + 4, 0) << 32
+                              for i in range(limit)], dtype=np.uint64)
+            mem, per = run_image(image)
+            for i in np.flatnonzero(mem != image):
+                self.words[self.RAM + 8 * i], self.words[self.RAM + 8 * i + 4] = int(mem[i]) & 0xFFFFFFFF, int(mem[i]) >> 32
+            self.status = 2
+            from hw.engine_model import total_cycles
+            self.words[self.REGS + 0x10] = total_cycles(per)
+        self.words[self.REGS + 4] = self.status
+
+
+def test_board_backend_equals_the_reference(tmp_path):
+    """The runtime's board backend (hw/runtime.py, hw/board.py Session) against a board in
+    software: the program goes over once, each pair then moves its input and its field only,
+    and the field equals the integer reference's, element for element."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_rtl import random_weights
+
+    from hw.runtime import board_network, reference_network
+
+    w = random_weights(tmp_path / "weights.bin")
+    link = EngineBoard()
+    net = board_network(w, 5, csr=CSR, link=link)
+    ref = reference_network(w)
+    sent0 = len(link.sent)
+    rng = np.random.default_rng(3)
+    for k in range(2):
+        m, f = rng.random((8, 8, 8)), rng.random((8, 8, 8))
+        before = len(link.sent)
+        q, e = net.raw(m, f)
+        rq, _ = ref.raw(m, f)
+        assert np.array_equal(q, rq) and e == 5
+        assert len(link.sent) - before < sent0 / 2   # a pair sends far less than the program
+    assert link.starts == 2
+    with pytest.raises(ValueError, match=r"backend board: needs the board's UART \(--port\) and the SoC's csr.json"):
+        board_network(w, 5, port="/dev/ttyUSB1")
