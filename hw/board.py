@@ -94,6 +94,7 @@ class Accel:
                 csr = json.loads(path.read_text())
             except (OSError, ValueError) as e:
                 raise BoardError(f"{path}: not a LiteX csr.json ({e})") from None
+        self.csr = csr
         try:
             self.ram = int(csr["memories"]["main_ram"]["base"])
             self.ram_size = int(csr["memories"]["main_ram"]["size"])
@@ -118,6 +119,42 @@ class Accel:
             raise BoardError(f"the accel region answers ID {ident:#010x}, not {ACCEL_ID:#010x}: wrong csr.json or bitstream?")
         cfg = self.reg(CONFIG)
         return {"tp": cfg & 0xF, "window_bits": (cfg >> 4) & 0xFF, "addr_bits": (cfg >> 12) & 0xFF}
+
+    def csr_write(self, name: str, value: int) -> None:
+        try:
+            reg = self.csr["csr_registers"][name]
+        except KeyError:
+            raise BoardError(f"csr.json has no register {name} (a SoC without LiteDRAM's DFI injector?)") from None
+        self.bus.write(int(reg["addr"]), [value & 0xFFFFFFFF])
+
+    def init_dram(self, init: dict | Path) -> dict:
+        """Initialise the DRAM as LiteDRAM's sequence for this SoC says (hw/soc.py write_sdram_init:
+        sdram_init.json beside csr.json): the DFI injector under software control, each step's
+        control write or phase-0 command and its wait, then the controller back in charge.
+        Returns {"steps": n, "read_leveling": "not needed" | "not done"}: this driver does not
+        level the ECP5 PHY's reads yet (hw/ACCEL.md, "In a SoC")."""
+        if not isinstance(init, dict):
+            path = Path(init)
+            try:
+                init = json.loads(path.read_text())
+                steps, clk = init["steps"], float(init["clk_hz"])
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise BoardError(f"{path}: not an sdram_init.json of hw/soc.py ({e})") from None
+        steps, clk = init["steps"], float(init["clk_hz"])
+        sw = 0x02 | 0x04 | 0x08   # CKE, ODT, RESET_N; SEL clear: the host drives the DFI
+        self.csr_write("sdram_dfii_control", sw)
+        for st in steps:
+            if st["kind"] == "control":
+                self.csr_write("sdram_dfii_control", st["bits"])
+            else:
+                self.csr_write("sdram_dfii_pi0_address", st["address"])
+                self.csr_write("sdram_dfii_pi0_baddress", st["bank"])
+                self.csr_write("sdram_dfii_pi0_command", st["bits"])
+                self.csr_write("sdram_dfii_pi0_command_issue", 1)
+            if st["wait_cycles"]:
+                self.bus.link.idle(st["wait_cycles"] / clk)
+        self.csr_write("sdram_dfii_control", 0x01)   # SEL: the controller drives the DFI again
+        return {"steps": len(steps), "read_leveling": "not done" if init.get("read_leveling") else "not needed"}
 
     def load(self, image: np.ndarray, at: int = 0) -> None:
         """Write 64-bit words into the engine's memory from word `at` on."""
@@ -190,10 +227,11 @@ class Session:
     the descriptors and weights are written once; each pair then writes its input, runs, and
     reads back the field alone."""
 
-    def __init__(self, accel: Accel, weights):
+    def __init__(self, accel: Accel, weights, sdram_init: Path | None = None):
         from hw.compiler import compile_weights
         self.accel, self.prog = accel, compile_weights(weights)
         self.info = accel.check()
+        self.dram_init = accel.init_dram(sdram_init) if sdram_init is not None else None
         self.words = self.prog.act_base + self.prog.act_words
         accel.load(self.prog.image()[:self.prog.act_base])
 
@@ -220,7 +258,8 @@ def write_pair_dumps(prog, mem: np.ndarray, tensors: dict, d: Path) -> None:
             np.save(d / f"{name}.npy", get_tensor(mem, prog.tensors[name]))
 
 
-def run_golden(accel: Accel, golden: Path, out: Path, weights: Path | None = None, progress: bool = True) -> dict:
+def run_golden(accel: Accel, golden: Path, out: Path, weights: Path | None = None, progress: bool = True,
+               sdram_init: Path | None = None) -> dict:
     """Every golden pair through the board: dumps in OUT/pair_XX (hw.verify reads them), and
     OUT/board.json with the engine's counters and the link's bytes per pair."""
     from hw.compiler import compile_weights
@@ -231,6 +270,11 @@ def run_golden(accel: Accel, golden: Path, out: Path, weights: Path | None = Non
     prog = compile_weights(check_weights(golden, weights))
     info = accel.check()
     report = {"engine": info, "pairs": []}
+    if sdram_init is not None:
+        report["dram_init"] = accel.init_dram(sdram_init)
+        if report["dram_init"]["read_leveling"] == "not done":
+            print("[board] warning: the DRAM's reads are not levelled (hw/ACCEL.md, 'In a SoC'): expect mismatches",
+                  file=sys.stderr)
     for pair in manifest["pairs"]:
         tensors = pair["tensors"]
         x = load_dump(golden / pair["dir"] / "input.npy", tensors["input"]["shape"])
@@ -282,12 +326,15 @@ def main(argv=None) -> int:
     ap.add_argument("--golden", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--weights", type=Path, help="default: the golden manifest's weights.bin")
+    ap.add_argument("--no-dram-init", action="store_true",
+                    help="skip the DRAM's initialisation (sdram_init.json beside csr.json): it is already done")
     a = ap.parse_args(argv)
     from model.cli import run_cli
 
     def body():
         accel = Accel(UartBone(SerialLink(a.port, a.baud)), a.csr)
-        run_golden(accel, a.golden, a.out, a.weights)
+        init = None if a.no_dram_init else a.csr.parent / "sdram_init.json"
+        run_golden(accel, a.golden, a.out, a.weights, sdram_init=init)
         return 0
     return run_cli(body)
 

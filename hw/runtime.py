@@ -151,7 +151,9 @@ def board_network(weights: Path, e_ddf: int, port: str | None = None, csr: Path 
 
     if csr is None or (link is None and port is None):
         raise ValueError("backend board: needs the board's UART (--port) and the SoC's csr.json (--csr)")
-    session = Session(Accel(UartBone(link or SerialLink(port, baud)), csr), weights)
+    init = Path(csr).parent / "sdram_init.json" if not isinstance(csr, dict) else None   # hw/soc.py writes it there
+    session = Session(Accel(UartBone(link or SerialLink(port, baud)), csr), weights,
+                      init if init is not None and init.is_file() else None)
     rec = Reference.from_file(weights).r["input"]
     return Network("board", weights, lambda m, f: (session.run(quantize_input(m, f, rec).q)[0], e_ddf))
 

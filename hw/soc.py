@@ -252,6 +252,7 @@ def board_files(out: Path) -> Path:
                 csr_json=str(out / "csr.json")).build(run=False)
     finally:
         logging.disable(logging.NOTSET)
+    write_sdram_init(soc, out / "sdram_init.json")
     gw = out / "gateware"
     for name in [*ENGINE_SOURCES, "accel_axi_up.v", "accel_params.vh", "accel_axi.vh", "accel_faults.vh"]:
         shutil.copyfile(RTL_DIR / name, gw / name)
@@ -307,6 +308,32 @@ def bitstream(out: Path, seeds=(1,)) -> dict:
     return res
 
 
+DFII_BITS = {"DFII_CONTROL_SEL": 0x01, "DFII_CONTROL_CKE": 0x02, "DFII_CONTROL_ODT": 0x04, "DFII_CONTROL_RESET_N": 0x08,
+             "DFII_COMMAND_CS": 0x01, "DFII_COMMAND_WE": 0x02, "DFII_COMMAND_CAS": 0x04, "DFII_COMMAND_RAS": 0x08,
+             "DFII_COMMAND_WRDATA": 0x10, "DFII_COMMAND_RDDATA": 0x20}
+
+
+def write_sdram_init(soc, path: Path) -> None:
+    """The DRAM's initialisation for the host driver (hw/board.py Accel.init_dram), as LiteDRAM
+    computes it for this SoC's PHY and chip: each step a write of the DFI injector's control
+    register or a command on phase 0 (address, bank), then a wait in system clock cycles; and
+    whether the PHY needs read levelling (the ECP5 PHY does; the simulation's model does not)."""
+    from litedram.init import get_sdram_phy_init_sequence
+    from model.artifacts import atomic_write_json
+    st = soc.sdram.controller.settings
+    seq, _ = get_sdram_phy_init_sequence(st.phy, st.timing)
+    steps = []
+    for comment, a, ba, cmd, delay in seq:
+        names = cmd.upper().split("|")
+        kind = "control" if names[0].startswith("DFII_CONTROL") else "command"
+        steps.append({"what": comment, "kind": kind, "address": a, "bank": ba,
+                      "bits": sum(DFII_BITS[n] for n in names), "wait_cycles": delay})
+    atomic_write_json(path, {"format": 1, "clk_hz": soc.sys_clk_freq, "steps": steps,
+                             "read_leveling": bool(st.phy.read_leveling),
+                             "bitslips": int(getattr(st.phy, "bitslips", 0)), "delays": int(getattr(st.phy, "delays", 0)),
+                             "modules": st.phy.databits // 8})
+
+
 def write_csr_json(soc, path: Path) -> None:
     from litex.soc.integration.export import get_csr_json
     path.write_text(get_csr_json(soc.csr_regions, soc.constants, soc.mem_regions))
@@ -330,7 +357,9 @@ def build_sim(out: Path) -> dict:
         text = text.replace(f'"{init.name}"', f'"{init}"')
     (out / f"{SIM_TOP}.v").write_text(text)
     write_csr_json(soc, out / "csr.json")
-    return {"top": SIM_TOP, "verilog": str(out / f"{SIM_TOP}.v"), "csr": str(out / "csr.json")}
+    write_sdram_init(soc, out / "sdram_init.json")
+    return {"top": SIM_TOP, "verilog": str(out / f"{SIM_TOP}.v"), "csr": str(out / "csr.json"),
+            "sdram_init": str(out / "sdram_init.json")}
 
 
 def verilate(out: Path):
@@ -352,14 +381,15 @@ def verilate(out: Path):
 
 
 def simulate(runner, out: Path, csr: str, image: np.ndarray, work: Path, x_seed: int = 1,
-             load: list | None = None, keep: tuple | None = None) -> tuple[np.ndarray, dict]:
+             load: list | None = None, keep: tuple | None = None, sdram_init: str | None = None) -> tuple[np.ndarray, dict]:
     """One memory image through the simulated SoC by the host driver (hw/rtl/tb_soc.py): the
     memory read back and {error, cycles, waits, reads, writes, macs (the engine's counters),
     link_bytes_out/in, sim_cycles (all of it: load, run, poll, read back), sim_s}."""
     work = Path(work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     job = {"csr": csr, "image": str(work / "image.npy"), "mem": str(work / "mem.npy"), "result": str(work / "result.json"),
-           **({"load": load} if load else {}), **({"keep": keep} if keep else {})}
+           **({"load": load} if load else {}), **({"keep": keep} if keep else {}),
+           **({"sdram_init": sdram_init} if sdram_init else {})}
     np.save(job["image"], image)
     for k in ("mem", "result"):
         Path(job[k]).unlink(missing_ok=True)
@@ -401,7 +431,8 @@ def soc_sim(golden: Path, out: Path, weights: Path | None = None, progress: bool
         tensors = pair["tensors"]
         x = load_dump(golden / pair["dir"] / "input.npy", tensors["input"]["shape"])
         load, keep = program_ranges(prog)   # the driver loads and reads back what a board's run needs
-        mem, res = simulate(copy.copy(runner), out, info["csr"], prog.image(x), out / pair["dir"], load=load, keep=keep)
+        mem, res = simulate(copy.copy(runner), out, info["csr"], prog.image(x), out / pair["dir"], load=load, keep=keep,
+                            sdram_init=info["sdram_init"])
         if res["error"]:
             raise SocError(f"{pair['dir']}: the engine stopped with error code {res['error']} (hw/ACCEL.md)")
         write_pair_dumps(prog, mem, tensors, out / pair["dir"])

@@ -104,7 +104,7 @@ def test_driver_errors_name_what_is_wrong(tmp_path):
 @pytest.mark.rtl
 def test_soc_sim_equals_reference(tmp_path):
     """One golden pair of the RTL tests' small network through the simulated SoC by the host
-    driver: 0 mismatching elements in every tensor, the engine's busy cycles and traffic those
+    driver, the DRAM initialised by it first: 0 mismatching elements in every tensor, the engine's busy cycles and traffic those
     of the cycle model (its waits are the DRAM controller's), the bytes on the link counted."""
     sys.path.insert(0, str(ROOT / "tests"))
     from test_rtl import make_golden, random_weights
@@ -129,6 +129,8 @@ def test_soc_sim_equals_reference(tmp_path):
     assert p["error"] == 0 and p["cycles"] - p["waits"] == total_cycles(per) == rep["busy_model_cycles"]
     assert (p["reads"], p["writes"]) == total_traffic(per)
     assert p["waits"] > 0 and p["link_bytes_out"] > 8 * 2 * p["writes"]
+    # the driver initialised the DRAM first, by LiteDRAM's sequence (the model needs no levelling)
+    assert p["dram_init"] == {"steps": 7, "read_leveling": "not needed"}
 
 
 def test_board_files_have_the_pins_and_the_engine(tmp_path):

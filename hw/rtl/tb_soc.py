@@ -6,7 +6,8 @@ simulated time pass.
 
 The job is the JSON file SOC_JOB: {"csr": csr.json, "image": the program's memory image (.npy,
 uint64), "mem": where to save the memory read back (.npy), "result": the counters (.json), and
-optionally "load" (word ranges written) and "keep" (the range read back): hw.board.run_image}.
+optionally "load" (word ranges written) and "keep" (the range read back): hw.board.run_image;
+"sdram_init": the DRAM's initialisation, run first by hw.board.Accel.init_dram}.
 """
 import json
 import os
@@ -102,12 +103,13 @@ async def soc_run(dut):
     def host():
         accel = Accel(UartBone(link), job["csr"])
         engine = accel.check()
+        dram = accel.init_dram(Path(job["sdram_init"])) if "sdram_init" in job else None
         if DEBUG and "keep" in job:   # what the DRAM holds before the load, where the activations go
             dut._log.info(f"DRAM before the load: {[hex(w) for w in accel.dump(4, at=job['keep'][0])]}")
         mem, res = run_image(accel, np.load(job["image"]), job.get("mem_limit"),
                              load=[tuple(r) for r in job["load"]] if "load" in job else None,
                              keep=tuple(job["keep"]) if "keep" in job else None)
-        return mem, {**res, "engine": engine}
+        return mem, {**res, "engine": engine, **({"dram_init": dram} if dram else {})}
 
     mem, res = await bridge(host)()
     res["sim_cycles"] = round(cocotb.utils.get_sim_time("ns") / CLK_NS)
