@@ -329,9 +329,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-dram-init", action="store_true",
                     help="skip the DRAM's initialisation (sdram_init.json beside csr.json): it is already done")
     a = ap.parse_args(argv)
-    from model.cli import run_cli
+    from model.cli import check_dump_dir, run_cli
 
     def body():
+        check_dump_dir(a.out, a.golden)
         accel = Accel(UartBone(SerialLink(a.port, a.baud)), a.csr)
         init = None if a.no_dram_init else a.csr.parent / "sdram_init.json"
         run_golden(accel, a.golden, a.out, a.weights, sdram_init=init)

@@ -357,7 +357,7 @@ def main(argv=None) -> int:
                     help="the DRAM model's timing in cycles, e.g. LAT=60,BEAT=2 (keys " + ", ".join(DRAM) +
                          "; defaults " + ", ".join(f"{k}={v}" for k, v in DRAM.items()) + ")")
     a = ap.parse_args(argv)
-    from model.cli import run_cli
+    from model.cli import check_dump_dir, run_cli
 
     def body():
         dram = {}
@@ -367,6 +367,7 @@ def main(argv=None) -> int:
                 raise ValueError(f"--dram: {item!r} is not one of {', '.join(DRAM)} = a cycle count (LAT, BEAT >= 1)")
             dram[k] = int(v)
         check_faults(a.fault)
+        check_dump_dir(a.out, a.golden)
         verilator_env()   # the tools first: nothing is compiled or written without them
         r = rtl_sim(a.golden, a.out, a.weights, a.dense, {d: 1 for d in a.define}, a.build_dir,
                    project_config=a.project, tp=a.tp, dram=dram, fuse=not a.no_fuse, faults=a.fault)

@@ -464,7 +464,7 @@ def main(argv=None) -> int:
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--weights", type=Path, help="default: the golden manifest's weights.bin")
     a = ap.parse_args(argv)
-    from model.cli import run_cli
+    from model.cli import check_dump_dir, run_cli
 
     def body():
         if a.cmd == "verilog":
@@ -478,6 +478,7 @@ def main(argv=None) -> int:
                     f"{k} {c['fmax_mhz']:.2f} MHz ({'meets' if c['meets'] else 'misses'} {c['target_mhz']:g})"
                     for k, c in run["clocks"].items()) + f" -> {run['bit']}", file=sys.stderr)
             return 0
+        check_dump_dir(a.out, a.golden)
         r = soc_sim(a.golden, a.out, a.weights)
         p = r["pairs"][0]
         print(f"[soc-sim] engine {p['cycles']:,} cycles = {p['cycles'] / SOC_CLK_HZ * 1e3:.2f} ms at "

@@ -70,6 +70,13 @@ def check_outputs(outputs: dict[str, Path | None], inputs: dict[str, Path | None
                 raise UsageError(f"{k} and {k2} name the same file {p}")
 
 
+def check_dump_dir(out: Path, golden: Path) -> None:
+    """Refuse a device's dump directory that is the golden directory it is checked against: its
+    pair_XX/<tensor>.npy would replace the golden ones, and a verify would then pass on anything."""
+    if Path(out).resolve() == Path(golden).resolve():
+        raise UsageError(f"--out {out}: is the golden directory --golden {golden}; refusing to overwrite it")
+
+
 def run_cli(body: Callable[[], int | None]) -> int:
     """Run `body`; its return value (None: 0) is the exit code; bad input exits 2 with one line."""
     try:

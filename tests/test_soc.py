@@ -204,3 +204,16 @@ def test_board_backend_equals_the_reference(tmp_path):
     assert link.starts == 2
     with pytest.raises(ValueError, match=r"backend board: needs the board's UART \(--port\) and the SoC's csr.json"):
         board_network(w, 5, port="/dev/ttyUSB1")
+
+
+@pytest.mark.parametrize("cli", [["hw.rtl_sim"], ["hw.soc", "sim"], ["hw.board", "--port", "/dev/null", "--csr", "c.json"]])
+def test_dump_clis_refuse_to_write_over_the_golden_vectors(tmp_path, cli):
+    """A device's dumps written into the golden directory would replace the golden tensors and
+    make any verify pass: each CLI that writes dumps refuses, before it writes anything."""
+    golden = tmp_path / "golden"
+    golden.mkdir()
+    (golden / "marker").write_text("x")
+    r = subprocess.run([sys.executable, "-m", *cli, "--golden", str(golden), "--out", str(golden) + "/"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "is the golden directory" in r.stderr, r.stderr[-2000:]
+    assert sorted(p.name for p in golden.iterdir()) == ["marker"]
