@@ -105,7 +105,6 @@ class Program:
     act_base: int
     act_words: int
     dense: bool
-    input_name: str = "input"
     fused: dict[str, str] = field(default_factory=dict)   # tensors not in memory: CONV output -> the fused ADD's
     intact: set[str] = field(default_factory=set)         # tensors still in memory after the run (plan "reuse": some)
 
@@ -117,7 +116,7 @@ class Program:
         mem[:wb] = fields.view("<u8")
         mem[wb:wb + len(self.weight_words)] = np.array(self.weight_words, dtype=np.uint64)
         if x is not None:
-            put_tensor(mem, self.tensors[self.input_name], x)
+            put_tensor(mem, self.tensors["input"], x)
         return mem
 
     def to_json(self) -> dict:

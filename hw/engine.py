@@ -94,6 +94,17 @@ def block_index(shape) -> np.ndarray:
     return (o // LANES) * per_group + local
 
 
+def nm_runs(n_blocks: int, out_channels: int, n: int, m: int):
+    """N:M in the engine's block unit: (first, end, keep) for each run of `m` consecutive blocks
+    of an output group (block_index order; a group's last, shorter run keeps round(n / m x its
+    length)). quant.masks prunes by it, hw.rtl_sim projects by it."""
+    per_group = n_blocks // -(-out_channels // LANES)   # blocks per output group (ids are contiguous per group)
+    for g0 in range(0, n_blocks, per_group):
+        for r0 in range(g0, g0 + per_group, m):
+            r1 = min(r0 + m, g0 + per_group)
+            yield r0, r1, (n if r1 - r0 == m else round(n * (r1 - r0) / m))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = ap.add_mutually_exclusive_group(required=True)

@@ -207,7 +207,7 @@ def nm_blocks(wb, n: int, m: int, dense=("heads.",)):
     the first convolution and the layers named by a prefix in `dense` stay dense, as the N:M
     pruning of configs/demo.toml keeps them. The engine's cycles depend on how many blocks
     each group stores, not on which, so this projects any network pruned N:M so."""
-    from hw.engine import block_index
+    from hw.engine import block_index, nm_runs
 
     out = copy.deepcopy(wb)
     convs = [r for r in out.records.values() if r.weight is not None]
@@ -215,13 +215,9 @@ def nm_blocks(wb, n: int, m: int, dense=("heads.",)):
         if r.name.startswith(dense):
             continue
         idx = block_index(r.weight.shape)
-        nb = int(idx.max()) + 1
-        per_group = nb // -(-r.weight.shape[0] // LANES)
-        keep = np.zeros(nb, bool)
-        for g0 in range(0, nb, per_group):
-            for r0 in range(g0, g0 + per_group, m):
-                r1 = min(r0 + m, g0 + per_group)
-                keep[r0:r0 + (n if r1 - r0 == m else round(n * (r1 - r0) / m))] = True
+        keep = np.zeros(int(idx.max()) + 1, bool)
+        for r0, _, k in nm_runs(len(keep), r.weight.shape[0], n, m):
+            keep[r0:r0 + k] = True
         r.weight = np.where(keep[idx], r.weight, 0).astype(np.int8)
     return out
 

@@ -75,7 +75,7 @@ def nm_block_masks(net: nn.Module, n: int | dict[str, int], m: int) -> Masks:
     and the others zeroed whole. The engine skips an all-zero block, so the cycles of every
     convolution drop to about n/m of dense, whatever the weights. `n` may be per layer (by
     weight name; n = m keeps the layer dense)."""
-    from hw.engine import LANES
+    from hw.engine import nm_runs
 
     masks = {}
     for name, w in prunable_weights(net).items():
@@ -84,15 +84,10 @@ def nm_block_masks(net: nn.Module, n: int | dict[str, int], m: int) -> Masks:
             masks[name] = torch.ones_like(w, dtype=torch.bool)
             continue
         idx, norm = block_squares(w)
-        nb = len(norm)
-        per_group = nb // -(-w.shape[0] // LANES)  # blocks per output group (ids are contiguous per group)
-        keep_block = torch.zeros(nb, dtype=torch.bool, device=w.device)
-        for g0 in range(0, nb, per_group):
-            for r0 in range(g0, g0 + per_group, m):
-                r1 = min(r0 + m, g0 + per_group)
-                k = n_layer if r1 - r0 == m else round(n_layer * (r1 - r0) / m)
-                top = torch.argsort(-norm[r0:r1], stable=True)[:k]
-                keep_block[r0 + top] = True
+        keep_block = torch.zeros(len(norm), dtype=torch.bool, device=w.device)
+        for r0, r1, k in nm_runs(len(norm), w.shape[0], n_layer, m):
+            top = torch.argsort(-norm[r0:r1], stable=True)[:k]
+            keep_block[r0 + top] = True
         masks[name] = keep_block[idx].view_as(w)
     return masks
 
