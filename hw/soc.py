@@ -184,7 +184,7 @@ def sim_soc(dq: int = 16):
     return soc
 
 
-def _ecp5_ddr3_crg(soc, platform, sys_clk_freq: float):
+def _ecp5_ddr3_crg(platform, sys_clk_freq: float):
     """Clocks for LiteDRAM's ECP5 DDR3 PHY on the ECPIX-5's 100 MHz oscillator: a PLL makes
     twice the system clock, an edge clock buffer the PHY may stop (ECLKSYNCB) drives the DDR
     I/O, and a divide-by-2 of it (CLKDIVF) is the system clock, so the two stay phase-aligned;
@@ -224,7 +224,7 @@ def board_soc(sys_clk_freq: float = SOC_CLK_HZ):
 
     platform = lambdaconcept_ecpix5.Platform(device="85F", toolchain="trellis")
     soc = _soc_core(platform, sys_clk_freq, "LocalNet accelerator SoC (ECPIX-5 85F)")
-    soc.crg = _ecp5_ddr3_crg(soc, platform, sys_clk_freq)
+    soc.crg = _ecp5_ddr3_crg(platform, sys_clk_freq)
     soc.ddrphy = ECP5DDRPHY(platform.request("ddram"), sys_clk_freq=sys_clk_freq)
     soc.comb += [soc.crg.stop.eq(soc.ddrphy.init.stop), soc.crg.reset.eq(soc.ddrphy.init.reset)]
     soc.add_sdram("sdram", phy=soc.ddrphy, module=MT41K256M16(sys_clk_freq, "1:2"), l2_cache_size=0)
