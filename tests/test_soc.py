@@ -217,3 +217,32 @@ def test_dump_clis_refuse_to_write_over_the_golden_vectors(tmp_path, cli):
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "is the golden directory" in r.stderr, r.stderr[-2000:]
     assert sorted(p.name for p in golden.iterdir()) == ["marker"]
+
+
+def test_dram_init_writes_the_dfi_registers_in_order(tmp_path):
+    """Accel.init_dram by hand: software control (CKE | ODT | RESET_N), each step's control write
+    or phase-0 command (address, bank, command, issue), then SEL (the controller) again; a file
+    that is not an sdram_init.json is named."""
+    regs = {"sdram_dfii_control": 0x1800, "sdram_dfii_pi0_command": 0x1804, "sdram_dfii_pi0_command_issue": 0x1808,
+            "sdram_dfii_pi0_address": 0x180C, "sdram_dfii_pi0_baddress": 0x1810}
+    csr = {**CSR, "csr_registers": {k: {"addr": v, "size": 1} for k, v in regs.items()}}
+
+    class Log(FakeLink):
+        def __init__(self):
+            super().__init__()
+            self.log = []
+
+        def write(self, data):
+            super().write(data)
+            self.log.append((int.from_bytes(data[2:6], "big") * 4, int.from_bytes(data[6:10], "big")))
+    link = Log()
+    init = {"clk_hz": 60e6, "read_leveling": True, "steps": [
+        {"kind": "control", "bits": 0x0C, "address": 0, "bank": 0, "wait_cycles": 0},
+        {"kind": "command", "bits": 0x0F, "address": 512, "bank": 2, "wait_cycles": 0}]}
+    assert Accel(UartBone(link), csr).init_dram(init) == {"steps": 2, "read_leveling": "not done"}
+    assert link.log == [(0x1800, 0x0E), (0x1800, 0x0C), (0x180C, 512), (0x1810, 2), (0x1804, 0x0F), (0x1808, 1),
+                        (0x1800, 0x01)]
+    bad = tmp_path / "sdram_init.json"
+    bad.write_text("{}")
+    with pytest.raises(BoardError, match="sdram_init.json: not an sdram_init.json of hw/soc.py"):
+        Accel(UartBone(link), csr).init_dram(bad)
