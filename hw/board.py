@@ -137,7 +137,7 @@ class Accel:
             path = Path(init)
             try:
                 init = json.loads(path.read_text())
-                steps, clk = init["steps"], float(init["clk_hz"])
+                init["steps"], float(init["clk_hz"])
             except (OSError, ValueError, KeyError, TypeError) as e:
                 raise BoardError(f"{path}: not an sdram_init.json of hw/soc.py ({e})") from None
         steps, clk = init["steps"], float(init["clk_hz"])
@@ -237,15 +237,26 @@ class Session:
 
     def run(self, xq: np.ndarray) -> tuple[np.ndarray, dict]:
         """The int8 field (C, D, H, W) of one quantised input (1, 2, D, H, W), and the counters."""
-        from hw.compiler import get_tensor
+        from dataclasses import replace
+
+        from hw.compiler import get_tensor, put_tensor
         t, f = self.prog.tensors["input"], self.prog.tensors["ddf"]
-        self.accel.load(self.prog.image(xq)[t.base:t.base + t.words], at=t.base)
+        words = np.zeros(t.words, dtype=np.uint64)   # the input alone, laid out as at its base
+        put_tensor(words, replace(t, base=0), xq)
+        self.accel.load(words, at=t.base)
         res = self.accel.run(self.words)
         if res["error"]:
             raise BoardError(f"the engine stopped with error code {res['error']} (hw/ACCEL.md)")
-        mem = np.zeros(self.words, dtype=np.uint64)
-        mem[f.base:f.base + f.words] = self.accel.dump(f.words, at=f.base)
-        return get_tensor(mem, f)[0], res
+        return get_tensor(self.accel.dump(f.words, at=f.base), replace(f, base=0))[0], res
+
+
+def store_pair(prog, mem: np.ndarray, res: dict, pair: dict, out: Path, error=None) -> dict:
+    """A golden pair's run on a device: an error code is an `error` (BoardError by default), else
+    its dumps are written to out/<pair dir> and {dir, **res} returned."""
+    if res["error"]:
+        raise (error or BoardError)(f"{pair['dir']}: the engine stopped with error code {res['error']} (hw/ACCEL.md)")
+    write_pair_dumps(prog, mem, pair["tensors"], out / pair["dir"])
+    return {"dir": pair["dir"], **res}
 
 
 def write_pair_dumps(prog, mem: np.ndarray, tensors: dict, d: Path) -> None:
@@ -275,21 +286,17 @@ def run_golden(accel: Accel, golden: Path, out: Path, weights: Path | None = Non
         if report["dram_init"]["read_leveling"] == "not done":
             print("[board] warning: the DRAM's reads are not levelled (hw/ACCEL.md, 'In a SoC'): expect mismatches",
                   file=sys.stderr)
+    load, keep = program_ranges(prog)
     for pair in manifest["pairs"]:
-        tensors = pair["tensors"]
-        x = load_dump(golden / pair["dir"] / "input.npy", tensors["input"]["shape"])
+        x = load_dump(golden / pair["dir"] / "input.npy", pair["tensors"]["input"]["shape"])
         t0 = time.perf_counter()
-        load, keep = program_ranges(prog)
         mem, res = run_image(accel, prog.image(x), load=load, keep=keep)
         res["host_s"] = round(time.perf_counter() - t0, 2)
-        if res["error"]:
-            raise BoardError(f"{pair['dir']}: the engine stopped with error code {res['error']} (hw/ACCEL.md)")
-        write_pair_dumps(prog, mem, tensors, out / pair["dir"])
+        report["pairs"].append(store_pair(prog, mem, res, pair, out))
         if progress:
             print(f"[board] {pair['dir']}: {res['cycles']:,} engine cycles ({res['waits']:,} waiting for memory), "
                   f"{res['reads']:,} words read, {res['writes']:,} written; link {res['link_bytes_out']:,} bytes out, "
                   f"{res['link_bytes_in']:,} in", file=sys.stderr)
-        report["pairs"].append({"dir": pair["dir"], **res})
     atomic_write_json(out / "fused.json", {"fused": prog.fused})
     atomic_write_json(out / "board.json", report)
     return report

@@ -107,31 +107,28 @@ def _engine(soc):
     soc.platform.add_verilog_include_path(str(RTL_DIR))
     soc.bus.add_slave("accel", axil, region=SoCRegion(origin=ACCEL_REGION, size=ACCEL_REGION_SIZE, cached=False))
     port = soc.sdram.crossbar.get_port()
-    if port.data_width == 64:
-        soc.accel_axi2native = LiteDRAMAXI2Native(axi, port)
-    elif port.data_width == 128:
-        # an x16 DDR3 at 1:2: 128-bit native words; hw/rtl/accel_axi_up.v packs the engine's
-        # 64-bit beats two to a word (LiteDRAM's own port converter deadlocked on the engine's
-        # traffic: hw/ACCEL.md "In a SoC")
-        up = AXIInterface(data_width=128, address_width=32, id_width=1)
-        soc.specials += Instance(
-            "accel_axi_up", i_clk=ClockSignal("sys"), i_rst=ResetSignal("sys"),
-            i_e_araddr=axi.ar.addr, i_e_arlen=axi.ar.len, i_e_arvalid=axi.ar.valid, o_e_arready=axi.ar.ready,
-            o_e_rdata=axi.r.data, o_e_rlast=axi.r.last, o_e_rvalid=axi.r.valid, i_e_rready=axi.r.ready,
-            i_e_awaddr=axi.aw.addr, i_e_awlen=axi.aw.len, i_e_awvalid=axi.aw.valid, o_e_awready=axi.aw.ready,
-            i_e_wdata=axi.w.data, i_e_wlast=axi.w.last, i_e_wvalid=axi.w.valid, o_e_wready=axi.w.ready,
-            o_e_bvalid=axi.b.valid, i_e_bready=axi.b.ready,
-            o_u_araddr=up.ar.addr, o_u_arlen=up.ar.len, o_u_arvalid=up.ar.valid, i_u_arready=up.ar.ready,
-            i_u_rdata=up.r.data, i_u_rlast=up.r.last, i_u_rvalid=up.r.valid, o_u_rready=up.r.ready,
-            o_u_awaddr=up.aw.addr, o_u_awlen=up.aw.len, o_u_awvalid=up.aw.valid, i_u_awready=up.aw.ready,
-            o_u_wdata=up.w.data, o_u_wstrb=up.w.strb, o_u_wlast=up.w.last, o_u_wvalid=up.w.valid, i_u_wready=up.w.ready,
-            i_u_bvalid=up.b.valid, o_u_bready=up.b.ready)
-        soc.comb += [up.ar.size.eq(4), up.ar.burst.eq(1), up.ar.id.eq(0),
-                     up.aw.size.eq(4), up.aw.burst.eq(1), up.aw.id.eq(0)]
-        soc.platform.add_source(str(RTL_DIR / "accel_axi_up.v"))
-        soc.accel_axi2native = LiteDRAMAXI2Native(up, port)
-    else:
-        raise SocError(f"a {port.data_width}-bit DRAM port: the engine is wired for 64 or 128")
+    if port.data_width != 128:
+        raise SocError(f"a {port.data_width}-bit DRAM port: the engine is wired for an x16 DDR3's 128-bit words")
+    # an x16 DDR3 at 1:2: 128-bit native words; hw/rtl/accel_axi_up.v packs the engine's
+    # 64-bit beats two to a word (LiteDRAM's own port converter deadlocked on the engine's
+    # traffic: hw/ACCEL.md "In a SoC")
+    up = AXIInterface(data_width=128, address_width=32, id_width=1)
+    soc.specials += Instance(
+        "accel_axi_up", i_clk=ClockSignal("sys"), i_rst=ResetSignal("sys"),
+        i_e_araddr=axi.ar.addr, i_e_arlen=axi.ar.len, i_e_arvalid=axi.ar.valid, o_e_arready=axi.ar.ready,
+        o_e_rdata=axi.r.data, o_e_rlast=axi.r.last, o_e_rvalid=axi.r.valid, i_e_rready=axi.r.ready,
+        i_e_awaddr=axi.aw.addr, i_e_awlen=axi.aw.len, i_e_awvalid=axi.aw.valid, o_e_awready=axi.aw.ready,
+        i_e_wdata=axi.w.data, i_e_wlast=axi.w.last, i_e_wvalid=axi.w.valid, o_e_wready=axi.w.ready,
+        o_e_bvalid=axi.b.valid, i_e_bready=axi.b.ready,
+        o_u_araddr=up.ar.addr, o_u_arlen=up.ar.len, o_u_arvalid=up.ar.valid, i_u_arready=up.ar.ready,
+        i_u_rdata=up.r.data, i_u_rlast=up.r.last, i_u_rvalid=up.r.valid, o_u_rready=up.r.ready,
+        o_u_awaddr=up.aw.addr, o_u_awlen=up.aw.len, o_u_awvalid=up.aw.valid, i_u_awready=up.aw.ready,
+        o_u_wdata=up.w.data, o_u_wstrb=up.w.strb, o_u_wlast=up.w.last, o_u_wvalid=up.w.valid, i_u_wready=up.w.ready,
+        i_u_bvalid=up.b.valid, o_u_bready=up.b.ready)
+    soc.comb += [up.ar.size.eq(4), up.ar.burst.eq(1), up.ar.id.eq(0),
+                 up.aw.size.eq(4), up.aw.burst.eq(1), up.aw.id.eq(0)]
+    soc.platform.add_source(str(RTL_DIR / "accel_axi_up.v"))
+    soc.accel_axi2native = LiteDRAMAXI2Native(up, port)
     return irq
 
 
@@ -141,11 +138,11 @@ def _soc_core(platform, sys_clk_freq: float, ident: str):
                    integrated_sram_size=0, with_uart=False, with_timer=False)
 
 
-def sim_soc(dq: int = 16):
-    """The simulation SoC: clock, reset and the UART's byte streams as ports, DDR3 as a model
-    (`dq` 16: the ECPIX-5's x16 chip, 128-bit native words; 8: an x8 chip, 64-bit words)."""
+def sim_soc():
+    """The simulation SoC: clock, reset and the UART's byte streams as ports, the ECPIX-5's x16
+    DDR3 as a model."""
     from litedram.common import PhySettings
-    from litedram.modules import MT41K64M16, MT41K256M8
+    from litedram.modules import MT41K64M16
     from litedram.phy.model import SDRAMPHYModel
     from litex.build.generic_platform import GenericPlatform, Pins, Subsignal
     from litex.build.io import CRG
@@ -167,13 +164,13 @@ def sim_soc(dq: int = 16):
     nphases, tck = 2, 1 / (2 * SOC_CLK_HZ)
     cl, cwl = get_default_cl_cwl("DDR3", tck)
     settings = PhySettings(
-        phytype="SDRAMPHYModel", memtype="DDR3", databits=dq, dfi_databits=4 * dq, nranks=1, nphases=nphases,
+        phytype="SDRAMPHYModel", memtype="DDR3", databits=16, dfi_databits=64, nranks=1, nphases=nphases,
         rdphase=get_sys_phase(nphases, get_sys_latency(nphases, cl), cl),
         wrphase=get_sys_phase(nphases, get_sys_latency(nphases, cwl), cwl),
         cl=cl, cwl=cwl, read_latency=get_sys_latency(nphases, cl) + 10,
         write_latency=get_sys_latency(nphases, cwl))
     # the ECPIX-5's MT41K256M16 has 4x the rows: the same timings, a smaller model
-    module = MT41K64M16(SOC_CLK_HZ, "1:2") if dq == 16 else MT41K256M8(SOC_CLK_HZ, "1:2")
+    module = MT41K64M16(SOC_CLK_HZ, "1:2")
     soc.sdrphy = SDRAMPHYModel(module=module, settings=settings, clk_freq=SOC_CLK_HZ)
     soc.add_sdram("sdram", phy=soc.sdrphy, module=module, l2_cache_size=0)
     soc.uartbone_phy = RS232PHYModel(platform.request("serial"))
@@ -415,7 +412,7 @@ def soc_sim(golden: Path, out: Path, weights: Path | None = None, progress: bool
     """Every golden pair through the simulated SoC and the host driver: dumps in OUT/pair_XX
     (hw.verify reads them) and OUT/soc.json (the engine's counters, the link's bytes, the
     simulated cycles, beside the engine model's cycles on ideal memory)."""
-    from hw.board import program_ranges, write_pair_dumps
+    from hw.board import program_ranges, store_pair
     from hw.compiler import compile_weights
     from hw.engine_model import cycle_model, total_cycles
     from hw.verify import check_weights, load_dump, read_manifest
@@ -427,21 +424,19 @@ def soc_sim(golden: Path, out: Path, weights: Path | None = None, progress: bool
     runner, info = verilate(out)
     report = {"weights": str(weights), "git_commit": git_commit(), "clk_hz": SOC_CLK_HZ,
               "busy_model_cycles": total_cycles(cycle_model(prog)), "pairs": []}
+    load, keep = program_ranges(prog)   # the driver loads and reads back what a board's run needs
+
     def run_pair(pair: dict) -> dict:   # its own copy of the runner: test() keeps per-run state on it
-        tensors = pair["tensors"]
-        x = load_dump(golden / pair["dir"] / "input.npy", tensors["input"]["shape"])
-        load, keep = program_ranges(prog)   # the driver loads and reads back what a board's run needs
+        x = load_dump(golden / pair["dir"] / "input.npy", pair["tensors"]["input"]["shape"])
         mem, res = simulate(copy.copy(runner), out, info["csr"], prog.image(x), out / pair["dir"], load=load, keep=keep,
                             sdram_init=info["sdram_init"])
-        if res["error"]:
-            raise SocError(f"{pair['dir']}: the engine stopped with error code {res['error']} (hw/ACCEL.md)")
-        write_pair_dumps(prog, mem, tensors, out / pair["dir"])
+        done = store_pair(prog, mem, res, pair, out, SocError)
         if progress:
             print(f"[soc-sim] {pair['dir']}: engine {res['cycles']:,} cycles ({res['waits']:,} waiting for memory; "
                   f"model busy {report['busy_model_cycles']:,}), {res['reads']:,} words read, {res['writes']:,} written; "
                   f"{res['sim_cycles']:,} SoC cycles with the host's load and read-back; {res['sim_s']} s",
                   file=sys.stderr)
-        return {"dir": pair["dir"], **res}
+        return done
 
     # each pair's simulator is one single-threaded process: the pairs run side by side, one per core
     with ThreadPoolExecutor(max_workers=max(1, min(len(manifest["pairs"]), os.cpu_count() or 1))) as pool:
