@@ -466,7 +466,10 @@ def main(argv=None) -> int:
             print(json.dumps(build_sim(a.out), indent=1))
             return 0
         if a.cmd == "bitstream":
-            seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
+            try:
+                seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
+            except ValueError:
+                raise ValueError(f"--seeds {a.seeds!r}: expected placer seeds as integers, e.g. 1,2,3") from None
             r = bitstream(a.out, seeds)
             for run in r["runs"]:
                 print(f"[bitstream] seed {run['seed']}: " + ", ".join(
