@@ -36,6 +36,21 @@ COUNTERS = {"cycles": 0x10, "waits": 0x18, "reads": 0x20, "writes": 0x28, "macs"
 ID, CONFIG = 0x38, 0x3C
 ACCEL_ID = 0x4C4E4131
 START, IRQ_ENABLE, BUSY, DONE = 0b1, 0b10, 0b1, 0b10
+# LiteDRAM's DFI injector (hw/soc.py DFII_BITS): control CKE | ODT | RESET_N with SEL clear (the
+# host drives the DFI), and the commands the read levelling issues (CS, WE, CAS, RAS, WRDATA, RDDATA)
+DFII_SOFTWARE = 0x02 | 0x04 | 0x08
+DFI_ACTIVATE, DFI_WRITE, DFI_READ, DFI_PRECHARGE_ALL = 0x09, 0x17, 0x25, 0x0B
+
+
+def _runs(taps: list[int]) -> list[list[int]]:
+    """Consecutive runs in a sorted list of taps: [0, 1, 2, 5, 6] -> [[0, 1, 2], [5, 6]]."""
+    out = []
+    for t in taps:
+        if out and t == out[-1][-1] + 1:
+            out[-1].append(t)
+        else:
+            out.append([t])
+    return out
 
 
 class BoardError(OSError):
@@ -120,19 +135,32 @@ class Accel:
         cfg = self.reg(CONFIG)
         return {"tp": cfg & 0xF, "window_bits": (cfg >> 4) & 0xFF, "addr_bits": (cfg >> 12) & 0xFF}
 
-    def csr_write(self, name: str, value: int) -> None:
+    def _csr(self, name: str) -> tuple[int, int]:
         try:
             reg = self.csr["csr_registers"][name]
-        except KeyError:
-            raise BoardError(f"csr.json has no register {name} (a SoC without LiteDRAM's DFI injector?)") from None
-        self.bus.write(int(reg["addr"]), [value & 0xFFFFFFFF])
+            return int(reg["addr"]), int(reg.get("size", 1))
+        except (KeyError, TypeError, ValueError):
+            raise BoardError(f"csr.json has no register {name} (a SoC without LiteDRAM's DFI injector "
+                             "or this PHY?)") from None
+
+    def csr_write(self, name: str, value: int) -> None:
+        """A LiteX CSR of `size` 32-bit words, the most significant word first (LiteX's order)."""
+        addr, size = self._csr(name)
+        self.bus.write(addr, [(value >> 32 * (size - 1 - k)) & 0xFFFFFFFF for k in range(size)])
+
+    def csr_read(self, name: str) -> int:
+        addr, size = self._csr(name)
+        value = 0
+        for w in self.bus.read(addr, size):
+            value = value << 32 | int(w)
+        return value
 
     def init_dram(self, init: dict | Path) -> dict:
         """Initialise the DRAM as LiteDRAM's sequence for this SoC says (hw/soc.py write_sdram_init:
         sdram_init.json beside csr.json): the DFI injector under software control, each step's
-        control write or phase-0 command and its wait, then the controller back in charge.
-        Returns {"steps": n, "read_leveling": "not needed" | "not done"}: this driver does not
-        level the ECP5 PHY's reads yet (hw/ACCEL.md, "In a SoC")."""
+        control write or phase-0 command and its wait, then (where the PHY needs it: the ECP5's)
+        the reads levelled (level_reads), then the controller back in charge.
+        Returns {"steps": n, "read_leveling": "not needed" | level_reads' report}."""
         if not isinstance(init, dict):
             path = Path(init)
             try:
@@ -141,20 +169,97 @@ class Accel:
             except (OSError, ValueError, KeyError, TypeError) as e:
                 raise BoardError(f"{path}: not an sdram_init.json of hw/soc.py ({e})") from None
         steps, clk = init["steps"], float(init["clk_hz"])
-        sw = 0x02 | 0x04 | 0x08   # CKE, ODT, RESET_N; SEL clear: the host drives the DFI
-        self.csr_write("sdram_dfii_control", sw)
+        self.csr_write("sdram_dfii_control", DFII_SOFTWARE)
         for st in steps:
             if st["kind"] == "control":
                 self.csr_write("sdram_dfii_control", st["bits"])
             else:
-                self.csr_write("sdram_dfii_pi0_address", st["address"])
-                self.csr_write("sdram_dfii_pi0_baddress", st["bank"])
-                self.csr_write("sdram_dfii_pi0_command", st["bits"])
-                self.csr_write("sdram_dfii_pi0_command_issue", 1)
+                self._dfi_command(0, st["bits"], st["address"], st["bank"])
             if st["wait_cycles"]:
                 self.bus.link.idle(st["wait_cycles"] / clk)
+        levelled = "not needed"
+        if init.get("read_leveling"):
+            self.csr_write("sdram_dfii_control", DFII_SOFTWARE)
+            levelled = self.level_reads(init)
         self.csr_write("sdram_dfii_control", 0x01)   # SEL: the controller drives the DFI again
-        return {"steps": len(steps), "read_leveling": "not done" if init.get("read_leveling") else "not needed"}
+        return {"steps": len(steps), "read_leveling": levelled}
+
+    def _dfi_command(self, phase: int, bits: int, address: int = 0, bank: int = 0) -> None:
+        pi = f"sdram_dfii_pi{phase}"
+        self.csr_write(f"{pi}_address", address)
+        self.csr_write(f"{pi}_baddress", bank)
+        self.csr_write(f"{pi}_command", bits)
+        self.csr_write(f"{pi}_command_issue", 1)
+
+    def _lane_action(self, lanes: int, action: str, times: int = 1) -> None:
+        """A PHY delay action (rdly_dq_rst, rdly_dq_inc, rdly_dq_bitslip_rst, rdly_dq_bitslip) on
+        the byte lanes of the bit mask `lanes`; the lanes are deselected after (a selected lane's
+        read strobe logic is paused)."""
+        self.csr_write("ddrphy_dly_sel", lanes)
+        for _ in range(times):
+            self.csr_write(f"ddrphy_{action}", 1)
+        self.csr_write("ddrphy_dly_sel", 0)
+
+    def _lane_errors(self, phy: dict, seed: int) -> list[int]:
+        """Write a pseudo-random burst to row 0, bank 0, column 0 through the DFI injector and read
+        it back: the wrong bits per byte lane, plus one for a lane whose read burst the PHY did not
+        detect (burstdet). A lane's bytes are those at (byte index within a 64-bit phase word) mod
+        lanes: each phase word holds 4 DQ beats of 16 bits, beat k at bits 16k .. 16k + 15."""
+        nph, lanes = int(phy["nphases"]), int(phy["modules"])
+        words = np.random.default_rng(seed).integers(0, 1 << 64, size=nph, dtype=np.uint64)
+        self._dfi_command(0, DFI_ACTIVATE)
+        for p in range(nph):
+            self.csr_write(f"sdram_dfii_pi{p}_wrdata", int(words[p]))
+        self._dfi_command(int(phy["wrphase"]), DFI_WRITE)
+        self.csr_write("ddrphy_burstdet_clr", 1)
+        self._dfi_command(int(phy["rdphase"]), DFI_READ)
+        self._dfi_command(0, DFI_PRECHARGE_ALL, address=1 << 10)
+        errors = [0] * lanes
+        for p in range(nph):
+            diff = int(words[p]) ^ self.csr_read(f"sdram_dfii_pi{p}_rddata")
+            for byte in range(8):
+                errors[byte % lanes] += bin(diff >> 8 * byte & 0xFF).count("1")
+        seen = self.csr_read("ddrphy_burstdet_seen")
+        return [e + (0 if seen >> m & 1 else 1) for m, e in enumerate(errors)]
+
+    def level_reads(self, phy: dict, seeds=(42, 84, 36)) -> dict:
+        """Level the ECP5 PHY's reads, every byte lane at once: for each read bitslip (0 ..
+        bitslips - 1) and input delay tap (0 .. delays - 1), write and read back a burst per seed
+        (_lane_errors); a setting passes for a lane when no bit is wrong and the burst was
+        detected. Each lane then takes the bitslip with the longest run of passing taps (the
+        lowest bitslip on a tie) and the run's middle tap, and is checked there once more.
+        Returns {"lanes": [{"bitslip", "delay", "passing": [[taps that passed] per bitslip]}]};
+        a lane where nothing passes is a BoardError that shows the scan."""
+        lanes, slips, taps = int(phy["modules"]), int(phy["bitslips"]), int(phy["delays"])
+        every = (1 << lanes) - 1
+        passing = [[[] for _ in range(slips)] for _ in range(lanes)]
+        self._lane_action(every, "rdly_dq_bitslip_rst")
+        for b in range(slips):
+            self._lane_action(every, "rdly_dq_rst")
+            for d in range(taps):
+                errs = [sum(e) for e in zip(*(self._lane_errors(phy, s) for s in seeds))]
+                for m in range(lanes):
+                    if errs[m] == 0:
+                        passing[m][b].append(d)
+                self._lane_action(every, "rdly_dq_inc")
+            self._lane_action(every, "rdly_dq_bitslip")
+        report = []
+        for m in range(lanes):
+            runs = [(len(r), -b, r) for b in range(slips) for r in _runs(passing[m][b])]
+            if not runs:
+                raise BoardError(f"DRAM read levelling: byte lane {m} passed at no bitslip and delay "
+                                 f"(bitslips 0..{slips - 1} x taps 0..{taps - 1}); is the DRAM there and initialised?")
+            _, neg_b, run = max(runs)
+            b, d = -neg_b, run[len(run) // 2]
+            self._lane_action(1 << m, "rdly_dq_bitslip_rst")
+            self._lane_action(1 << m, "rdly_dq_bitslip", b)
+            self._lane_action(1 << m, "rdly_dq_rst")
+            self._lane_action(1 << m, "rdly_dq_inc", d)
+            report.append({"lane": m, "bitslip": b, "delay": d, "passing": passing[m]})
+        bad = [m for m, e in enumerate(zip(*(self._lane_errors(phy, s) for s in seeds))) if sum(e)]
+        if bad:
+            raise BoardError(f"DRAM read levelling: byte lane(s) {bad} fail at the chosen settings {report}")
+        return {"lanes": report}
 
     def load(self, image: np.ndarray, at: int = 0) -> None:
         """Write 64-bit words into the engine's memory from word `at` on."""
@@ -283,9 +388,10 @@ def run_golden(accel: Accel, golden: Path, out: Path, weights: Path | None = Non
     report = {"engine": info, "pairs": []}
     if sdram_init is not None:
         report["dram_init"] = accel.init_dram(sdram_init)
-        if report["dram_init"]["read_leveling"] == "not done":
-            print("[board] warning: the DRAM's reads are not levelled (hw/ACCEL.md, 'In a SoC'): expect mismatches",
-                  file=sys.stderr)
+        if progress and isinstance(report["dram_init"]["read_leveling"], dict):
+            print("[board] DRAM reads levelled: " + ", ".join(
+                f"lane {x['lane']} bitslip {x['bitslip']} delay {x['delay']}"
+                for x in report["dram_init"]["read_leveling"]["lanes"]), file=sys.stderr)
     load, keep = program_ranges(prog)
     for pair in manifest["pairs"]:
         x = load_dump(golden / pair["dir"] / "input.npy", pair["tensors"]["input"]["shape"])

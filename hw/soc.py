@@ -321,7 +321,9 @@ def write_sdram_init(soc, path: Path) -> None:
     """The DRAM's initialisation for the host driver (hw/board.py Accel.init_dram), as LiteDRAM
     computes it for this SoC's PHY and chip: each step a write of the DFI injector's control
     register or a command on phase 0 (address, bank), then a wait in system clock cycles; and
-    whether the PHY needs read levelling (the ECP5 PHY does; the simulation's model does not)."""
+    whether the PHY needs read levelling (the ECP5 PHY does; the simulation's model does not),
+    with what hw/board.py Accel.level_reads needs for it: byte lanes, bitslips, delay taps, DFI
+    phases and the phases that carry reads and writes."""
     from litedram.init import get_sdram_phy_init_sequence
     from model.artifacts import atomic_write_json
     st = soc.sdram.controller.settings
@@ -335,7 +337,8 @@ def write_sdram_init(soc, path: Path) -> None:
     atomic_write_json(path, {"format": 1, "clk_hz": soc.sys_clk_freq, "steps": steps,
                              "read_leveling": bool(st.phy.read_leveling),
                              "bitslips": int(getattr(st.phy, "bitslips", 0)), "delays": int(getattr(st.phy, "delays", 0)),
-                             "modules": st.phy.databits // 8})
+                             "modules": st.phy.databits // 8, "nphases": st.phy.nphases,
+                             "rdphase": int(st.phy.rdphase), "wrphase": int(st.phy.wrphase)})
 
 
 def write_csr_json(soc, path: Path) -> None:

@@ -36,8 +36,11 @@ class FakeLink:
                     self.pending += self.words.get(4 * (adr + k), 0).to_bytes(4, "big")
             else:
                 for k in range(n):
-                    self.words[4 * (adr + k)] = int.from_bytes(data[i + 4 * k:i + 4 * k + 4], "big")
+                    self.store(4 * (adr + k), int.from_bytes(data[i + 4 * k:i + 4 * k + 4], "big"))
                 i += 4 * n
+
+    def store(self, addr: int, value: int) -> None:
+        self.words[addr] = value
 
     def read(self, n: int) -> bytes:
         out, self.pending = bytes(self.pending[:n]), self.pending[n:]
@@ -148,6 +151,12 @@ def test_board_files_have_the_pins_and_the_engine(tmp_path):
     csr = json.loads((tmp_path / "b" / "csr.json").read_text())
     assert csr["memories"]["accel"]["base"] == ACCEL_REGION and csr["memories"]["main_ram"]["size"] == 512 << 20
     assert all((gw / n).is_file() for n in ("accel.v", "accel_faults.vh", "accel_axi_up.v"))
+    # what the driver's read levelling needs, and every register it touches
+    init = json.loads((tmp_path / "b" / "sdram_init.json").read_text())
+    assert init["read_leveling"] and {k: init[k] for k in ("modules", "bitslips", "delays", "nphases")} == \
+        {"modules": 2, "bitslips": 4, "delays": 8, "nphases": 2} and {init["rdphase"], init["wrphase"]} <= {0, 1}
+    assert set(PhyBoard.NAMES) <= set(csr["csr_registers"])
+    assert {n: csr["csr_registers"][n]["size"] for n in PhyBoard.NAMES} == {n: r["size"] for n, r in PhyBoard([{}, {}]).regs.items()}
 
 
 class EngineBoard(FakeLink):
@@ -236,13 +245,98 @@ def test_dram_init_writes_the_dfi_registers_in_order(tmp_path):
             super().write(data)
             self.log.append((int.from_bytes(data[2:6], "big") * 4, int.from_bytes(data[6:10], "big")))
     link = Log()
-    init = {"clk_hz": 60e6, "read_leveling": True, "steps": [
+    init = {"clk_hz": 60e6, "read_leveling": False, "steps": [
         {"kind": "control", "bits": 0x0C, "address": 0, "bank": 0, "wait_cycles": 0},
         {"kind": "command", "bits": 0x0F, "address": 512, "bank": 2, "wait_cycles": 0}]}
-    assert Accel(UartBone(link), csr).init_dram(init) == {"steps": 2, "read_leveling": "not done"}
+    assert Accel(UartBone(link), csr).init_dram(init) == {"steps": 2, "read_leveling": "not needed"}
     assert link.log == [(0x1800, 0x0E), (0x1800, 0x0C), (0x180C, 512), (0x1810, 2), (0x1804, 0x0F), (0x1808, 1),
                         (0x1800, 0x01)]
     bad = tmp_path / "sdram_init.json"
     bad.write_text("{}")
     with pytest.raises(BoardError, match="sdram_init.json: not an sdram_init.json of hw/soc.py"):
         Accel(UartBone(link), csr).init_dram(bad)
+
+
+class PhyBoard(FakeLink):
+    """LiteDRAM's DFI injector and the ECP5 PHY's read-delay controls, with a DRAM whose reads
+    come back right on a byte lane only inside that lane's window of (bitslip, delay tap)
+    settings: elsewhere the lane's bytes come back inverted, and its burst is detected only at a
+    good bitslip."""
+    NAMES = ["ddrphy_dly_sel", "ddrphy_rdly_dq_rst", "ddrphy_rdly_dq_inc", "ddrphy_rdly_dq_bitslip_rst",
+             "ddrphy_rdly_dq_bitslip", "ddrphy_burstdet_clr", "ddrphy_burstdet_seen", "sdram_dfii_control"]
+    NAMES += [f"sdram_dfii_pi{p}_{r}" for p in (0, 1) for r in ("command", "command_issue", "address", "baddress",
+                                                                 "wrdata", "rddata")]
+
+    def __init__(self, windows: list[dict]):
+        super().__init__()
+        self.regs, addr = {}, 0x800
+        for name in self.NAMES:
+            size = 2 if name.endswith("data") else 1
+            self.regs[name] = {"addr": addr, "size": size}
+            addr += 4 * size
+        self.by_addr = {v["addr"]: k for k, v in self.regs.items()}
+        self.windows, self.slip, self.tap = windows, [0, 0], [0, 0]
+        self.row, self.seen, self.commands = [0, 0], 0, []
+
+    def csr_value(self, name):
+        a, n = self.regs[name]["addr"], self.regs[name]["size"]
+        v = 0
+        for k in range(n):
+            v = v << 32 | self.words.get(a + 4 * k, 0)
+        return v
+
+    def store(self, addr, value):
+        super().store(addr, value)
+        name = self.by_addr.get(addr)
+        sel = self.csr_value("ddrphy_dly_sel")
+        for m in range(2):
+            if sel >> m & 1:
+                if name == "ddrphy_rdly_dq_rst":
+                    self.tap[m] = 0
+                elif name == "ddrphy_rdly_dq_inc":
+                    self.tap[m] = (self.tap[m] + 1) % 8
+                elif name == "ddrphy_rdly_dq_bitslip_rst":
+                    self.slip[m] = 0
+                elif name == "ddrphy_rdly_dq_bitslip":
+                    self.slip[m] = (self.slip[m] + 1) % 4
+        if name == "ddrphy_burstdet_clr":
+            self.seen = 0
+        if name and name.endswith("command_issue"):
+            p = int(name[len("sdram_dfii_pi")])
+            cmd = self.csr_value(f"sdram_dfii_pi{p}_command")
+            self.commands.append((p, cmd))
+            if cmd == 0x17:   # write (CAS | WE | CS | WRDATA)
+                self.row = [self.csr_value(f"sdram_dfii_pi{q}_wrdata") for q in (0, 1)]
+            elif cmd == 0x25:  # read (CAS | CS | RDDATA)
+                for q in (0, 1):
+                    v = self.row[q]
+                    for m in range(2):
+                        w = self.windows[m]
+                        if w.get(self.slip[m], ()) and self.tap[m] in w.get(self.slip[m], ()):
+                            continue
+                        v ^= sum(0xFF << 8 * b for b in range(8) if b % 2 == m)
+                    a = self.regs[f"sdram_dfii_pi{q}_rddata"]["addr"]
+                    self.words[a], self.words[a + 4] = v >> 32, v & 0xFFFFFFFF
+                self.seen = sum(1 << m for m in range(2) if self.slip[m] in self.windows[m])
+                self.words[self.regs["ddrphy_burstdet_seen"]["addr"]] = self.seen
+
+
+PHY = {"modules": 2, "bitslips": 4, "delays": 8, "nphases": 2, "rdphase": 1, "wrphase": 0}
+
+
+def test_read_levelling_finds_each_lane_window():
+    """Accel.level_reads against a PHY whose lanes read right only in their own windows: lane 0
+    at bitslip 1, taps 2..6 (the middle, 4, chosen); lane 1 at bitslip 2, taps 0..2, and at
+    bitslip 3, taps 5..6 (the longer run wins: bitslip 2, tap 1). Both lanes are left at those
+    settings, writes go on the write phase and reads on the read phase; a lane that reads wrong
+    everywhere is named."""
+    board = PhyBoard([{1: range(2, 7)}, {2: range(0, 3), 3: range(5, 7)}])
+    accel = Accel(UartBone(board), {**CSR, "csr_registers": board.regs})
+    rep = accel.level_reads(PHY)
+    assert [(x["bitslip"], x["delay"]) for x in rep["lanes"]] == [(1, 4), (2, 1)]
+    assert rep["lanes"][0]["passing"] == [[], [2, 3, 4, 5, 6], [], []]
+    assert (board.slip, board.tap) == ([1, 2], [4, 1])
+    assert {c for p, c in board.commands if p == 0} == {0x09, 0x0B, 0x17} and {c for p, c in board.commands if p == 1} == {0x25}
+    board = PhyBoard([{1: range(2, 7)}, {}])
+    with pytest.raises(BoardError, match="byte lane 1 passed at no bitslip and delay"):
+        Accel(UartBone(board), {**CSR, "csr_registers": board.regs}).level_reads(PHY)
