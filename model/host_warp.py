@@ -30,9 +30,10 @@ def corners(shape: tuple, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.d
     if len(shape) != 3 or min(shape) < 2:
         raise ValueError(f"trilinear needs a 3-D volume (or a stack of them) at least 2 voxels along each axis, "
                          f"got {shape}")
-    size = np.asarray(shape).reshape(3, *([1] * (pos.ndim - 1)))
-    lo = np.clip(np.floor(pos), 0, size - 2).astype(np.int64)
-    t = pos - lo
+    size = np.asarray(shape, pos.dtype).reshape(3, *([1] * (pos.ndim - 1)))
+    lo = np.clip(np.floor(pos), 0, size - 2)
+    t = pos - lo              # in pos's type: float32 weights for float32 positions (twice as fast as float64)
+    lo = lo.astype(np.int64)
     sx, sy = shape[1] * shape[2], shape[2]
     base = lo[0] * sx + lo[1] * sy + lo[2]
     one = 1 - t

@@ -160,8 +160,9 @@ def warp_and_grad(vol: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndar
     size = np.asarray(vol.shape, np.float32).reshape(3, 1, 1, 1)
     inside = (pos >= 0) & (pos <= size - 1)
     p = np.minimum(np.maximum(pos, 0), size - 1)
-    lo = np.minimum(np.floor(p), size - 2).astype(np.int64)
-    t = p - lo
+    lo = np.minimum(np.floor(p), size - 2)
+    t = p - lo   # float32 (an int64 lo would make t and everything after it float64)
+    lo = lo.astype(np.int64)
     sx, sy = vol.shape[1] * vol.shape[2], vol.shape[2]
     base = lo[0] * sx + lo[1] * sy + lo[2]
     v = vol.ravel()
