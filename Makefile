@@ -167,10 +167,12 @@ $(OUT)/report/figure3.png: $(OUT)/train/model.pt $(CFG)/all.json
 evaluate: $(OUT)/report/figure3.png
 
 # every row of Table 1 (sizes as make export wrote them) and the pruning curve (which adds the
-# int8 QAT models at each sparsity)
+# int8 QAT models at each sparsity); then SyN and the deployed registration timed interleaved
+# (benchmarks/speed.py, about a minute)
 $(OUT)/report/pruning_curve.json: $(OUT)/qat/qat.json $(OUT)/report/figure3.png $(OUT)/export/registration.json
 	$(PY) -m quant.qat --config $(CONFIG) --prune $(OUT)/prune --data $(DATA) --out $(OUT)/qat --resume --curve
 	$(PY) -m benchmarks.accuracy --config $(CONFIG) --data $(DATA) --out $(OUT)
+	$(PY) -m benchmarks.speed --config $(CONFIG) --data $(DATA) --out $(OUT)
 
 report: $(OUT)/report/pruning_curve.json
 

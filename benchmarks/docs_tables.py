@@ -13,6 +13,8 @@ and the date of the file it was read from:
     accelerator  OUT/rtl/cycles.json, synth.json (make rtl-sim, rtl-synth)
     domains      OUT/report/domains.json   (make domains)
     seeds        OUT/report/seeds.json     (python -m benchmarks.seeds): the spread over trainings
+    speed        OUT/report/speed.json     (python -m benchmarks.speed): SyN and the deployed
+                                           registration timed pair by pair, interleaved
 
 A block whose file is missing says so rather than keeping old numbers. Re-running on the
 same run directory writes the same bytes (tests/test_docs.py). --check exits 1 if the
@@ -230,8 +232,13 @@ def seeds(run: Path) -> str:
     return _report(run, "seeds", "python -m benchmarks.seeds", markdown)
 
 
+def speed(run: Path) -> str:
+    from benchmarks.speed import markdown
+    return _report(run, "speed", "python -m benchmarks.speed", markdown)
+
+
 TABLES = {"quality": quality, "size": size, "latency": latency, "accelerator": accelerator, "domains": domains,
-          "seeds": seeds, "soc": soc}
+          "seeds": seeds, "soc": soc, "speed": speed}
 
 
 def render(text: str, run: Path) -> str:

@@ -135,3 +135,33 @@ def test_seeds_summary_and_its_block(tmp_path):
         summarise(runs[:1])
     with pytest.raises(ValueError, match=r"nowhere/report/domains.json: missing \(make domains\)"):
         summarise([runs[0], tmp_path / "nowhere"])
+
+
+def test_speed_interleaves_and_summarises_rounds(tmp_path):
+    """benchmarks.speed.measure: per pair SyN then the deployed registration, each round's mean
+    seconds and ratio, the median and range over rounds (fake registrations with known sleeps
+    would make a timed test: the clock is replaced by a counter instead); the README block."""
+    import benchmarks.speed as sp
+    from benchmarks.docs_tables import render
+
+    calls, clock = [], iter(range(1000))
+    sp.time.perf_counter, real = (lambda: next(clock)), sp.time.perf_counter
+    try:
+        subjects = ["a", "b"]
+        syn = lambda m, f: calls.append(("syn", m, f))           # noqa: E731
+        dep = lambda m, f: calls.append(("dep", m, f))           # noqa: E731
+        res = sp.measure(subjects, None, dep, syn, rounds=2, progress=False)
+    finally:
+        sp.time.perf_counter = real
+    from model.data import test_pairs
+    order = [(subjects[m], subjects[f]) for m, f in test_pairs(subjects)]
+    assert calls == [(who, m, f) for m, f in order for who in ("syn", "dep")] * 2 and len(order) == 2
+    # every timed call spans one tick of the counter: both take 1 "second" per pair, ratio 1
+    assert res["pairs"] == 2 and [r["ratio"] for r in res["rounds"]] == [1.0, 1.0]
+    res["rounds"][1] = {"ants_syn": 0.6, "int8_deployed": 0.05, "ratio": 12.0}
+    res.update({k: {"median": v, "min": v, "max": v} for k, v in (("ants_syn", 0.6), ("int8_deployed", 0.05))},
+               ratio={"median": 11.0, "min": 10.0, "max": 12.0}, backend="openvino", git_commit="abc")
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "speed.json").write_text(json.dumps(res))
+    text = render("<!-- generated:speed -->\n<!-- /generated:speed -->\n", tmp_path)
+    assert "| SyN / deployed | 11.0x (10.0x .. 12.0x) |" in text and "| ANTs SyN (1 thread) | 600.0 (600.0 .. 600.0) |" in text
