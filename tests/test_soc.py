@@ -139,10 +139,11 @@ def test_soc_sim_equals_reference(tmp_path):
 def test_board_files_have_the_pins_and_the_engine(tmp_path):
     """The ECPIX-5 SoC as LiteX writes it for the bitstream flow (no place and route here): the
     pin constraints place the UART, the DDR3 and the clock; the Verilog instantiates the engine
-    and the 64-to-128-bit adapter; csr.json has the regions hw/board.py needs."""
+    (here with TP = 1) and the 64-to-128-bit adapter; csr.json has the regions hw/board.py needs."""
     from hw.soc import ACCEL_REGION, BOARD_TOP, board_files
 
-    gw = board_files(tmp_path / "b")
+    gw = board_files(tmp_path / "b", tp=1)   # the half-size MAC array: its parameter header rewritten
+    assert "`define ACCEL_TP 1 " in (gw / "accel_params.vh").read_text()
     lpf = (gw / f"{BOARD_TOP}.lpf").read_text()
     for pin in ('"clk100"', '"serial_tx"', '"serial_rx"', '"ddram_dq[15]"', '"ddram_a[0]"'):
         assert f"LOCATE COMP {pin}" in lpf, pin
