@@ -8,7 +8,8 @@ The validation domain is the synthetic generator's "shifted" style (model.synth:
 differences, another deformation model, a neck below the brain, another contrast per subject,
 stronger bias field and noise), 6 subjects of seed 7, all 30 ordered pairs; written to
 `--val-data` when that directory does not exist yet. On both sets, in one run on this machine:
-no registration, the global stage alone, ANTs affine and SyN (Table 1's settings), the trained
+no registration, the global stage alone, ANTs affine and SyN (Table 1's settings) and SyN with
+longer iterations (benchmarks.classical SYN_LONG_ITERATIONS), the trained
 network, int8 QAT, the int8 deployed registration (hw.runtime, one thread), int4 QAT and the
 layer-aware compression rows (int8 75 % and 90 %, int4 90 % sparse), each the whole
 registration as Table 1 scores it (model.evaluate). Reads what make demo left in OUT;
@@ -23,7 +24,7 @@ from model.artifacts import atomic_write_json, atomic_write_text, git_commit
 from model.cli import run_cli, stage_parser
 from model.config import load_config
 
-ROWS = ["identity", "global_stage", "ants_affine", "ants_syn", "trained", "int8_qat", "int8_deployed", "int4_qat"]
+ROWS = ["identity", "global_stage", "ants_affine", "ants_syn", "ants_synlong", "trained", "int8_qat", "int8_deployed", "int4_qat"]
 COMPRESSION = ("int8_layer_s75", "int8_layer_s90", "int4_layer_s90")   # of benchmarks.accuracy.compression_rows
 METRICS = ("dice", "tre_mm", "folding_pct", "vanished_labels", "seconds_per_pair")
 SHIFTED = {"style": "shifted", "subjects": 6, "seed": 7}
@@ -57,7 +58,8 @@ def row_fns(cfg, out: Path) -> dict:
         nets[name], _ = load_qat(need(out / "qat" / sub / "model.pt", "make qat"), cfg)
     fns = {"identity": lambda m, f: np.zeros((3, *cfg.data.shape)),
            "global_stage": global_stage_fn(cfg.model.prealign),
-           "ants_affine": table1_peer(cfg, "Affine"), "ants_syn": table1_peer(cfg, "SyN")}
+           "ants_affine": table1_peer(cfg, "Affine"), "ants_syn": table1_peer(cfg, "SyN"),
+           "ants_synlong": table1_peer(cfg, "SyNLong")}
     fns.update({k: registration_fn(network_registration(net, cfg)) for k, net in nets.items()})
     fns["int8_deployed"] = registration_fn(load_deployed(out / "export", cfg))
     return {k: fns[k] for k in [*ROWS, *COMPRESSION] if k in fns}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from benchmarks.domains import METRICS
 
-SHOWN = ["global_stage", "ants_affine", "ants_syn", "trained", "int8_qat", "int8_deployed", "int4_qat",
+SHOWN = ["global_stage", "ants_affine", "ants_syn", "ants_synlong", "trained", "int8_qat", "int8_deployed", "int4_qat",
          "int8_layer_s90", "int4_layer_s90"]
 
 

@@ -21,7 +21,7 @@ def _blobs(shape, shift=0.0):
     return img.astype(np.float32)
 
 
-@pytest.mark.parametrize("kind", ["Affine", "SyN"])
+@pytest.mark.parametrize("kind", ["Affine", "SyN", "SyNLong"])
 def test_ants_recovers_a_known_shift_in_voxels(kind):
     """moving(x) = fixed(x - 2 e0): the field must be +2 voxels along axis 0 (moving sampled at
     x + ddf), and model.warp with it must reproduce the fixed image."""
