@@ -1012,7 +1012,7 @@ module accel_mul8 (
         .REG_INPUTA_CLK("CLK0"), .REG_INPUTB_CLK("CLK0"), .REG_PIPELINE_CLK("CLK0"), .REG_OUTPUT_CLK("CLK0"),
         .REG_INPUTA_CE("CE0"), .REG_INPUTB_CE("CE0"), .REG_PIPELINE_CE("CE0"), .REG_OUTPUT_CE("CE0"),
         .REG_INPUTA_RST("RST0"), .REG_INPUTB_RST("RST0"), .REG_PIPELINE_RST("RST0"), .REG_OUTPUT_RST("RST0"),
-        .REG_INPUTC_CLK("NONE"), .GSR("DISABLED"), .SOURCEB_MODE("B_INPUT"), .MULT_BYPASS("DISABLED"), .RESETMODE("SYNC")
+        .REG_INPUTC_CLK("NONE"), .GSR("DISABLED"), .SOURCEB_MODE("B_SHIFT"), .MULT_BYPASS("DISABLED"), .RESETMODE("SYNC")
     ) u_dsp (
         .A0(ax[0]), .A1(ax[1]), .A2(ax[2]), .A3(ax[3]), .A4(ax[4]), .A5(ax[5]), .A6(ax[6]), .A7(ax[7]), .A8(ax[8]),
         .A9(ax[9]), .A10(ax[10]), .A11(ax[11]), .A12(ax[12]), .A13(ax[13]), .A14(ax[14]), .A15(ax[15]), .A16(ax[16]), .A17(ax[17]),

@@ -3,7 +3,9 @@
 // real primitive). It models what accel_mul8 uses and refuses the rest: the A and B input
 // registers, the pipeline register and the output register, each clocked by CLK0, enabled by
 // CE0 and reset synchronously by RST0 (or bypassed with "NONE"); signed or unsigned operands by
-// SIGNEDA / SIGNEDB; the 36-bit product on P. Cascades (SOURCEA/B, the C input's SRI/SRO
+// SIGNEDA / SIGNEDB; the 36-bit product on P; B from the B pins (SOURCEB_MODE "B_SHIFT", the
+// primitive's default and what Yosys's own multipliers use, with SOURCEB low; ecppack cannot
+// pack "B_INPUT", which an earlier accel_mul8 set). Cascades (SOURCEA/B, the C input's SRI/SRO
 // shifts) and the other clocks are not modelled: a configuration that needs them stops the
 // simulation at time 0.
 `default_nettype none
@@ -34,11 +36,12 @@ module MULT18X18D #(
         if ((!RA && REG_INPUTA_CLK != "NONE") || (!RB && REG_INPUTB_CLK != "NONE") ||
             (!RP && REG_PIPELINE_CLK != "NONE") || (!RO && REG_OUTPUT_CLK != "NONE") ||
             REG_INPUTC_CLK != "NONE" || MULT_BYPASS != "DISABLED" || RESETMODE != "SYNC" ||
+            SOURCEB_MODE != "B_SHIFT" ||
             (RA && REG_INPUTA_CE != "CE0") || (RB && REG_INPUTB_CE != "CE0") ||
             (RP && REG_PIPELINE_CE != "CE0") || (RO && REG_OUTPUT_CE != "CE0") ||
             (RA && REG_INPUTA_RST != "RST0") || (RB && REG_INPUTB_RST != "RST0") ||
             (RP && REG_PIPELINE_RST != "RST0") || (RO && REG_OUTPUT_RST != "RST0"))
-            $fatal(1, "MULT18X18D model: only CLK0 / CE0 / RST0 registers with synchronous reset are modelled");
+            $fatal(1, "MULT18X18D model: only CLK0 / CE0 / RST0 registers with synchronous reset, B from its pins, are modelled");
     end
 
     wire [17:0] a = {A17, A16, A15, A14, A13, A12, A11, A10, A9, A8, A7, A6, A5, A4, A3, A2, A1, A0};
