@@ -205,7 +205,9 @@ def soc(run: Path) -> str:
         for r in bit["runs"]:
             clocks = "; ".join(f"`{k}` {c['fmax_mhz']:.1f} MHz ({'meets' if c['meets'] else 'misses'} "
                                f"{c['target_mhz']:g})" for k, c in r["clocks"].items())
-            out.append(f"| ECPIX-5 bitstream, placer seed {r['seed']} (bitstream.json of "
+            tp = f"engine TP = {bit['engine_tp']}, " if "engine_tp" in bit else ""
+            how = f"{tp}{bit.get('router', 'router1')}, {r['s'] / 60:.0f} min of place and route; " if "s" in r else tp
+            out.append(f"| ECPIX-5 bitstream, placer seed {r['seed']} ({how}bitstream.json of "
                        f"{str(bit.get('git_commit', '?'))[:12]}): clocks | {clocks} |")
         cells = bit["runs"][0].get("cells", {})
         out.append("| its cells (used / available) | " + ", ".join(

@@ -165,3 +165,28 @@ def test_speed_interleaves_and_summarises_rounds(tmp_path):
     (tmp_path / "report" / "speed.json").write_text(json.dumps(res))
     text = render("<!-- generated:speed -->\n<!-- /generated:speed -->\n", tmp_path)
     assert "| SyN / deployed | 11.0x (10.0x .. 12.0x) |" in text and "| ANTs SyN (1 thread) | 600.0 (600.0 .. 600.0) |" in text
+
+
+def test_soc_block_reads_the_simulation_and_the_bitstream(tmp_path):
+    """The README's soc block: the simulated SoC's cycles against the model, its ms at the SoC
+    clock, the link's bytes, and per placer seed of bitstream.json the engine's TP, the router,
+    the place-and-route time and each clock's verdict."""
+    from benchmarks.docs_tables import render
+
+    pair = {"cycles": 1200, "waits": 200, "reads": 50, "writes": 40, "link_bytes_out": 1000, "link_bytes_in": 4000,
+            "sim_cycles": 5000}
+    (tmp_path / "soc").mkdir()
+    (tmp_path / "soc" / "soc.json").write_text(json.dumps({"git_commit": "abc", "clk_hz": 60e6,
+                                                         "busy_model_cycles": 1000, "pairs": [pair]}))
+    text = render("<!-- generated:soc -->\n<!-- /generated:soc -->\n", tmp_path)
+    assert "| busy cycles = the cycle model's | True |" in text and "| ms per pair at the SoC clock (60 MHz) | 0.0 |" in text
+    assert "bitstream" not in text
+    (tmp_path / "board").mkdir()
+    run = {"seed": 1, "s": 1320.0, "clocks": {"sys": {"fmax_mhz": 81.12, "target_mhz": 60.0, "meets": True}},
+           "cells": {"MULT18X18D": {"used": 77, "available": 156}}}
+    (tmp_path / "board" / "bitstream.json").write_text(json.dumps({"git_commit": "def", "engine_tp": 1,
+                                                                   "router": "router2", "runs": [run]}))
+    text = render("<!-- generated:soc -->\n<!-- /generated:soc -->\n", tmp_path)
+    assert ("| ECPIX-5 bitstream, placer seed 1 (engine TP = 1, router2, 22 min of place and route; bitstream.json "
+            "of def): clocks | `sys` 81.1 MHz (meets 60) |") in text
+    assert "| its cells (used / available) | MULT18X18D 77 / 156 |" in text
