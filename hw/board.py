@@ -36,10 +36,23 @@ COUNTERS = {"cycles": 0x10, "waits": 0x18, "reads": 0x20, "writes": 0x28, "macs"
 ID, CONFIG = 0x38, 0x3C
 ACCEL_ID = 0x4C4E4131
 START, IRQ_ENABLE, BUSY, DONE = 0b1, 0b10, 0b1, 0b10
-# LiteDRAM's DFI injector (hw/soc.py DFII_BITS): control CKE | ODT | RESET_N with SEL clear (the
-# host drives the DFI), and the commands the read levelling issues (CS, WE, CAS, RAS, WRDATA, RDDATA)
-DFII_SOFTWARE = 0x02 | 0x04 | 0x08
-DFI_ACTIVATE, DFI_WRITE, DFI_READ, DFI_PRECHARGE_ALL = 0x09, 0x17, 0x25, 0x0B
+# LiteDRAM's DFI injector: its control register's and its command register's bits (LiteDRAM's
+# names; hw/soc.py writes sdram_init.json's steps with them)
+DFII_BITS = {"DFII_CONTROL_SEL": 0x01, "DFII_CONTROL_CKE": 0x02, "DFII_CONTROL_ODT": 0x04, "DFII_CONTROL_RESET_N": 0x08,
+             "DFII_COMMAND_CS": 0x01, "DFII_COMMAND_WE": 0x02, "DFII_COMMAND_CAS": 0x04, "DFII_COMMAND_RAS": 0x08,
+             "DFII_COMMAND_WRDATA": 0x10, "DFII_COMMAND_RDDATA": 0x20}
+
+
+def _dfii(*names: str) -> int:
+    return sum(DFII_BITS[f"DFII_{n}"] for n in names)
+
+
+# the host drives the DFI (SEL clear); the commands the read levelling issues
+DFII_SOFTWARE = _dfii("CONTROL_CKE", "CONTROL_ODT", "CONTROL_RESET_N")
+DFI_ACTIVATE = _dfii("COMMAND_RAS", "COMMAND_CS")
+DFI_WRITE = _dfii("COMMAND_CAS", "COMMAND_WE", "COMMAND_CS", "COMMAND_WRDATA")
+DFI_READ = _dfii("COMMAND_CAS", "COMMAND_CS", "COMMAND_RDDATA")
+DFI_PRECHARGE_ALL = _dfii("COMMAND_RAS", "COMMAND_WE", "COMMAND_CS")   # with address bit 10 set
 
 
 def _runs(taps: list[int]) -> list[list[int]]:
@@ -181,7 +194,7 @@ class Accel:
         if init.get("read_leveling"):
             self.csr_write("sdram_dfii_control", DFII_SOFTWARE)
             levelled = self.level_reads(init)
-        self.csr_write("sdram_dfii_control", 0x01)   # SEL: the controller drives the DFI again
+        self.csr_write("sdram_dfii_control", DFII_BITS["DFII_CONTROL_SEL"])   # the controller drives the DFI again
         return {"steps": len(steps), "read_leveling": levelled}
 
     def _dfi_command(self, phase: int, bits: int, address: int = 0, bank: int = 0) -> None:
@@ -222,6 +235,10 @@ class Accel:
         seen = self.csr_read("ddrphy_burstdet_seen")
         return [e + (0 if seen >> m & 1 else 1) for m, e in enumerate(errors)]
 
+    def _pattern_errors(self, phy: dict, seeds) -> list[int]:
+        """_lane_errors summed over the seeds' bursts, per byte lane."""
+        return [sum(e) for e in zip(*(self._lane_errors(phy, s) for s in seeds))]
+
     def level_reads(self, phy: dict, seeds=(42, 84, 36)) -> dict:
         """Level the ECP5 PHY's reads, every byte lane at once: for each read bitslip (0 ..
         bitslips - 1) and input delay tap (0 .. delays - 1), write and read back a burst per seed
@@ -237,7 +254,7 @@ class Accel:
         for b in range(slips):
             self._lane_action(every, "rdly_dq_rst")
             for d in range(taps):
-                errs = [sum(e) for e in zip(*(self._lane_errors(phy, s) for s in seeds))]
+                errs = self._pattern_errors(phy, seeds)
                 for m in range(lanes):
                     if errs[m] == 0:
                         passing[m][b].append(d)
@@ -256,7 +273,7 @@ class Accel:
             self._lane_action(1 << m, "rdly_dq_rst")
             self._lane_action(1 << m, "rdly_dq_inc", d)
             report.append({"lane": m, "bitslip": b, "delay": d, "passing": passing[m]})
-        bad = [m for m, e in enumerate(zip(*(self._lane_errors(phy, s) for s in seeds))) if sum(e)]
+        bad = [m for m, e in enumerate(self._pattern_errors(phy, seeds)) if e]
         if bad:
             raise BoardError(f"DRAM read levelling: byte lane(s) {bad} fail at the chosen settings {report}")
         return {"lanes": report}

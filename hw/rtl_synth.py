@@ -69,6 +69,12 @@ def _run(cmd: list[str], log: Path, ok_codes=(0,)) -> int:
 FMAX_LINE = re.compile(r"Max frequency for clock +'[^']*': ([0-9.]+) MHz \((PASS|FAIL) at ([0-9.]+) MHz\)")
 
 
+def report_cells(report: Path) -> dict:
+    """The cells nextpnr's --report used, of the kinds in CELLS: {kind: {used, available}}."""
+    util = json.loads(report.read_text())["utilization"]
+    return {CELLS[k]: {"used": v["used"], "available": v["available"]} for k, v in util.items() if k in CELLS}
+
+
 def place_and_route(work: Path, freq_mhz: float, seed: int) -> dict:
     """nextpnr-ecp5 on work/accel.json with one placer seed, out of context (the top's ports are
     the IP's AXI ports, not package pins) at the speed grade of DEVICE, without
@@ -89,8 +95,7 @@ def place_and_route(work: Path, freq_mhz: float, seed: int) -> dict:
     res = {"seed": seed, "fmax_mhz": round(float(achieved), 2), "meets_constraint": verdict == "PASS" and code == 0,
            "s": round(time.perf_counter() - t0, 1)}
     if (d / "report.json").is_file():
-        util = json.loads((d / "report.json").read_text())["utilization"]
-        res["cells"] = {CELLS[k]: {"used": v["used"], "available": v["available"]} for k, v in util.items() if k in CELLS}
+        res["cells"] = report_cells(d / "report.json")
     return res
 
 

