@@ -126,11 +126,9 @@ soc-sim: $(OUT)/golden/manifest.json | $(STAMP)
 # opt-in: the SoC's bitstream for the ECPIX-5 85F (hw/soc.py): LiteX writes the Verilog and the pins,
 # Yosys, nextpnr-ecp5 and ecppack (pip wheels) build it: $(OUT)/board/gateware/seedN/soc.bit and
 # $(OUT)/board/bitstream.json (every clock's fmax per placer seed; SEEDS as for rtl-synth)
-# BOARD_TP: the engine's blocks per slot on the board (1: 64 multipliers; with 2, 143 of the 156
-# multipliers and 164 of the 208 block RAMs, router2 did not converge: docs/experiments.md)
-BOARD_TP ?= 1
+# (the SoC's engine has TP = 1, as in soc-sim: hw/soc.py SOC_TP says why)
 bitstream: | $(STAMP)
-	$(PY) -m hw.soc bitstream --out $(OUT)/board --seeds $(SEEDS) --tp $(BOARD_TP)
+	$(PY) -m hw.soc bitstream --out $(OUT)/board --seeds $(SEEDS)
 
 # opt-in: Table 1's main rows on the demo's test pairs and on the validation domain (model.synth's
 # shifted style, written to $(OUT)_val/shifted once) in one run: $(OUT)/report/domains.json

