@@ -193,6 +193,8 @@ def soc(run: Path) -> str:
     baud = (bit or {}).get("uart_baud", 1_000_000)
     out = [_stamp(path, res.get("git_commit")), "", "| quantity | value |", "|---|---|",
            f"| pairs through the simulated SoC by the host driver | {len(res['pairs'])} |",
+           *([f"| the engine's weight blocks per slot (TP) | {res['tp']} ({res['tp'] * 64} multiply-accumulates a cycle) |"]
+             if "tp" in res else []),
            f"| engine cycles per pair (its CYCLES register; LiteDRAM on the DDR3 model) | {cycles:,} |",
            f"| of which waiting for memory | {worst['waits']:,} ({worst['waits'] / cycles:.1%}) |",
            f"| busy cycles = the cycle model's | {cycles - worst['waits'] == res['busy_model_cycles']} |",
@@ -202,13 +204,20 @@ def soc(run: Path) -> str:
            f"{worst['link_bytes_in']:,} ({link * 10 / baud:.1f} s at {baud / 1e6:g} Mbaud) |",
            f"| simulated SoC cycles per pair, load and read-back included | {worst['sim_cycles']:,} |"]
     if bit is not None:
-        for r in bit["runs"]:
-            clocks = "; ".join(f"`{k}` {c['fmax_mhz']:.1f} MHz ({'meets' if c['meets'] else 'misses'} "
-                               f"{c['target_mhz']:g})" for k, c in r["clocks"].items())
-            tp = f"engine TP = {bit['engine_tp']}, " if "engine_tp" in bit else ""
-            how = f"{tp}{bit.get('router', 'router1')}, {r['s'] / 60:.0f} min of place and route; " if "s" in r else tp
-            out.append(f"| ECPIX-5 bitstream, placer seed {r['seed']} ({how}bitstream.json of "
-                       f"{str(bit.get('git_commit', '?'))[:12]}): clocks | {clocks} |")
+        runs = bit["runs"]
+        tp = f"engine TP = {bit['engine_tp']}, " if "engine_tp" in bit else ""
+        mins = [r["s"] / 60 for r in runs if "s" in r]
+        span = f"{min(mins):.0f}" + (f" to {max(mins):.0f}" if round(max(mins)) != round(min(mins)) else "") if mins else ""
+        how = f"{tp}{bit.get('router', 'router1')}" + (f", {span} min of place and route each" if mins else "")
+        seeds = ", ".join(str(r["seed"]) for r in runs)
+        out.append(f"| ECPIX-5 bitstream: placer seeds | {seeds} ({how}; bitstream.json of "
+                   f"{str(bit.get('git_commit', '?'))[:12]}) |")
+        for name in runs[0]["clocks"]:   # over seeds: min / median / max, and how many met the constraint
+            f = sorted(r["clocks"][name]["fmax_mhz"] for r in runs)
+            meets = sum(r["clocks"][name]["meets"] for r in runs)
+            spread = f"{f[0]:.1f} / {f[len(f) // 2]:.1f} / {f[-1]:.1f} MHz (min / median / max)" if len(f) > 1 else f"{f[0]:.1f} MHz"
+            out.append(f"| `{name}` fmax | {spread}; meets {runs[0]['clocks'][name]['target_mhz']:g} MHz in "
+                       f"{meets} of {len(runs)} |")
         cells = bit["runs"][0].get("cells", {})
         out.append("| its cells (used / available) | " + ", ".join(
             f"{k} {v['used']:,} / {v['available']:,}" for k, v in cells.items()) + " |")

@@ -176,17 +176,20 @@ def test_soc_block_reads_the_simulation_and_the_bitstream(tmp_path):
     pair = {"cycles": 1200, "waits": 200, "reads": 50, "writes": 40, "link_bytes_out": 1000, "link_bytes_in": 4000,
             "sim_cycles": 5000}
     (tmp_path / "soc").mkdir()
-    (tmp_path / "soc" / "soc.json").write_text(json.dumps({"git_commit": "abc", "clk_hz": 60e6,
+    (tmp_path / "soc" / "soc.json").write_text(json.dumps({"git_commit": "abc", "clk_hz": 60e6, "tp": 1,
                                                          "busy_model_cycles": 1000, "pairs": [pair]}))
     text = render("<!-- generated:soc -->\n<!-- /generated:soc -->\n", tmp_path)
     assert "| busy cycles = the cycle model's | True |" in text and "| ms per pair at the SoC clock (60 MHz) | 0.0 |" in text
+    assert "| the engine's weight blocks per slot (TP) | 1 (64 multiply-accumulates a cycle) |" in text
     assert "bitstream" not in text
     (tmp_path / "board").mkdir()
-    run = {"seed": 1, "s": 1320.0, "clocks": {"sys": {"fmax_mhz": 81.12, "target_mhz": 60.0, "meets": True}},
-           "cells": {"MULT18X18D": {"used": 77, "available": 156}}}
+    runs = [{"seed": s, "s": 60.0 * m, "clocks": {"sys": {"fmax_mhz": f, "target_mhz": 75.0, "meets": f >= 75}},
+             "cells": {"MULT18X18D": {"used": 77, "available": 156}}}
+            for s, m, f in ((1, 22, 81.12), (2, 14, 74.0), (3, 15, 79.5))]
     (tmp_path / "board" / "bitstream.json").write_text(json.dumps({"git_commit": "def", "engine_tp": 1,
-                                                                   "router": "router2", "runs": [run]}))
+                                                                   "router": "router2", "runs": runs}))
     text = render("<!-- generated:soc -->\n<!-- /generated:soc -->\n", tmp_path)
-    assert ("| ECPIX-5 bitstream, placer seed 1 (engine TP = 1, router2, 22 min of place and route; bitstream.json "
-            "of def): clocks | `sys` 81.1 MHz (meets 60) |") in text
+    assert ("| ECPIX-5 bitstream: placer seeds | 1, 2, 3 (engine TP = 1, router2, 14 to 22 min of place and route "
+            "each; bitstream.json of def) |") in text
+    assert "| `sys` fmax | 74.0 / 79.5 / 81.1 MHz (min / median / max); meets 75 MHz in 2 of 3 |" in text
     assert "| its cells (used / available) | MULT18X18D 77 / 156 |" in text
