@@ -206,8 +206,8 @@ def soc(run: Path) -> str:
     if bit is not None:
         runs = bit["runs"]
         tp = f"engine TP = {bit['engine_tp']}, " if "engine_tp" in bit else ""
-        mins = [r["s"] / 60 for r in runs if "s" in r]
-        span = f"{min(mins):.0f}" + (f" to {max(mins):.0f}" if round(max(mins)) != round(min(mins)) else "") if mins else ""
+        mins = sorted(round(r["s"] / 60) for r in runs if "s" in r)
+        span = "" if not mins else f"{mins[0]}" if mins[0] == mins[-1] else f"{mins[0]} to {mins[-1]}"
         how = f"{tp}{bit.get('router', 'router1')}" + (f", {span} min of place and route each" if mins else "")
         seeds = ", ".join(str(r["seed"]) for r in runs)
         out.append(f"| ECPIX-5 bitstream: placer seeds | {seeds} ({how}; bitstream.json of "

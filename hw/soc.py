@@ -84,8 +84,8 @@ def _engine(soc, tp: int):
     axi = AXIInterface(data_width=64, address_width=32, id_width=1)
     axil = AXILiteInterface(data_width=32, address_width=32)
     irq = Signal()
-    if tp not in (1, 2):
-        raise ValueError(f"tp {tp}: the engine has 1 or 2 read ports")
+    from hw.engine import ENGINE, check
+    check({**ENGINE, "TP": (tp, ENGINE["TP"][1])})   # the engine's own refusal of a TP it cannot build
     soc.specials += Instance(
         "accel_ip", p_TP=tp,
         i_clk=ClockSignal("sys"), i_rst=ResetSignal("sys"), o_irq=irq,
