@@ -79,6 +79,11 @@ AFFINE_TOL = 1e-5
 # damping increases (x10 each) tried before a level stops as converged: 3, not 8, ended each level
 # after about 38 % fewer cost evaluations with Dice as high on both domains (docs/experiments.md)
 AFFINE_TRIALS = 3
+# the working grid the levels above were chosen on (the demo's 32x40x32): a volume with about 8^k
+# times its voxels is registered box-averaged k times by 2 per axis, so that its strides and
+# smoothing cover the same share of the head (at 64x80x64 the levels alone registered below ANTs'
+# affine stage: docs/experiments.md, 2026-12-07 late)
+AFFINE_GRID_VOXELS = 32 * 40 * 32
 
 
 def _lm_level(ms: np.ndarray, fs: np.ndarray, stride: int, iters: int, A: np.ndarray, u: np.ndarray):
@@ -126,6 +131,28 @@ def _lm_level(ms: np.ndarray, fs: np.ndarray, stride: int, iters: int, A: np.nda
     return A, u, cost
 
 
+def box_halvings(shape) -> int:
+    """How many times affine_register box-averages a volume of `shape` by 2 per axis: the k with
+    8^k nearest AFFINE_GRID_VOXELS / voxels on a log scale, 0 at or below about 2.8x that grid."""
+    return max(0, int(np.floor(np.log(np.prod(shape) / AFFINE_GRID_VOXELS) / np.log(8) + 0.5)))
+
+
+def box_half(img: np.ndarray) -> np.ndarray:
+    """The mean of each 2x2x2 block (a trailing odd plane dropped): coarse voxel j sits at fine
+    position 2 j + 0.5."""
+    a = np.asarray(img, np.float32)
+    a = a[: a.shape[0] // 2 * 2, : a.shape[1] // 2 * 2, : a.shape[2] // 2 * 2]
+    return a.reshape(a.shape[0] // 2, 2, a.shape[1] // 2, 2, a.shape[2] // 2, 2).mean((1, 3, 5))
+
+
+def affine_to_fine(M: np.ndarray, t: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(M, t) between voxels of a grid box-averaged k times by 2 -> the same map between the fine
+    grid's voxels: with s = 2^k, fine x = s x_c + (s - 1) / 2, so M stays and
+    t_f = s t + (s - 1) / 2 (1 - M 1)."""
+    s = 2.0 ** k
+    return M, s * t + (s - 1) / 2 * (np.ones(3) - M @ np.ones(3))
+
+
 def affine_register(moving: np.ndarray, fixed: np.ndarray, levels=AFFINE_LEVELS) -> tuple[np.ndarray, np.ndarray]:
     """(M, t) fixed voxel -> moving voxel, fitted to the intensities: Levenberg-Marquardt on the sum
     of squared differences between the moving image read at M x + t and gain x fixed + offset,
@@ -134,14 +161,18 @@ def affine_register(moving: np.ndarray, fixed: np.ndarray, levels=AFFINE_LEVELS)
     Coarse to fine (`levels`: fixed samples every `stride` voxels, both images smoothed first),
     from the moments affine. (Starting from the identity as well and keeping the lower cost
     registered worse on both validation domains: docs/experiments.md, 2026-12-06.) Samples whose
-    moving position leaves the volume are left out. float64 parameters, float32 images;
-    deterministic."""
+    moving position leaves the volume are left out. A volume much larger than the grid the
+    levels were chosen on is registered box-averaged to about that grid (box_halvings) and the
+    map carried back (affine_to_fine). float64 parameters, float32 images; deterministic."""
+    k = box_halvings(fixed.shape)
+    for _ in range(k):
+        moving, fixed = box_half(moving), box_half(fixed)
     c = (np.asarray(fixed.shape) - 1) / 2.0
     M0, t0 = moments_affine(moving, fixed)
     A, u = M0, t0 + M0 @ c - c
     for stride, passes, iters in levels:
         A, u, _ = _lm_level(smooth_binomial(moving, passes), smooth_binomial(fixed, passes), stride, iters, A, u)
-    return A, c + u - A @ c
+    return affine_to_fine(A, c + u - A @ c, k)
 
 
 def global_affine(kind: str, moving: np.ndarray, fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

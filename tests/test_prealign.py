@@ -63,33 +63,52 @@ def _rotation(deg_x: float, deg_z: float) -> np.ndarray:
     return rx @ rz
 
 
-def _head(shape):
+def _head(shape, z: float = 1.0):
     """Three soft ellipsoids of other intensities: an image whose moments and edges both constrain
-    an affine (a single ellipsoid leaves a rotation about its own axes free)."""
-    return (ellipsoid(shape, (15.5, 19.5, 15.5), (10.0, 13.0, 9.0)) + 0.8 * ellipsoid(shape, (11.0, 25.0, 17.0), (3.0, 4.0, 3.0))
-            - 0.5 * ellipsoid(shape, (20.0, 14.0, 13.0), (3.5, 3.0, 2.5)))
+    an affine (a single ellipsoid leaves a rotation about its own axes free); `z` scales it, for a
+    grid z times finer."""
+    at = lambda *v: tuple(z * x + (z - 1) / 2 for x in v)   # noqa: E731  (voxel centres of the finer grid)
+    return (ellipsoid(shape, at(15.5, 19.5, 15.5), tuple(z * r for r in (10.0, 13.0, 9.0)))
+            + 0.8 * ellipsoid(shape, at(11.0, 25.0, 17.0), tuple(z * r for r in (3.0, 4.0, 3.0)))
+            - 0.5 * ellipsoid(shape, at(20.0, 14.0, 13.0), tuple(z * r for r in (3.5, 3.0, 2.5))))
 
 
-@pytest.mark.parametrize("gain, offset", [(1.0, 0.0), (0.6, 0.0), (1.3, 0.05)])
-def test_affine_stage_recovers_a_known_affine(gain, offset):
+@pytest.mark.parametrize("gain, offset, z", [(1.0, 0.0, 1), (0.6, 0.0, 1), (1.3, 0.05, 1), (1.0, 0.0, 2)])
+def test_affine_stage_recovers_a_known_affine(gain, offset, z):
     """moving(y) = gain x fixed(B^-1 (y - s)) + offset, i.e. fixed voxel x <-> moving voxel B x + s:
-    the fitted (M, t) is (B, s) to interpolation accuracy (0.02 in M, 0.3 voxel at the head's
-    centre), whatever the gain (and a small offset) of the moving image's intensities; the moments alone,
-    thrown off by the asymmetric structures, land further away."""
+    the fitted (M, t) is (B, s) to interpolation accuracy (0.02 in M, 0.3 voxel of the demo's grid
+    at the head's centre), whatever the gain (and a small offset) of the moving image's
+    intensities; the moments alone, thrown off by the asymmetric structures, land further away.
+    z = 2: the same head on a grid twice as fine, registered box-averaged (box_halvings 1)."""
     from model.host_warp import host_warp
-    from model.prealign import affine_register
+    from model.prealign import affine_register, box_halvings
 
-    shape = (32, 40, 32)
-    fixed = _head(shape)
+    shape = tuple(z * n for n in (32, 40, 32))
+    assert box_halvings(shape) == z - 1
+    fixed = _head(shape, z)
     B = _rotation(8.0, -6.0) @ np.diag([1.08, 0.94, 1.03])
     c = (np.asarray(shape) - 1) / 2
-    s = c - B @ c + np.array([1.5, -2.0, 1.0])
+    s = c - B @ c + z * np.array([1.5, -2.0, 1.0])
     # moving at voxel y reads fixed at B^-1 (y - s): a field on the moving grid
     Binv = np.linalg.inv(B)
     moving = gain * host_warp(fixed.astype(np.float32), affine_ddf(Binv, -Binv @ s, shape)) + offset
     M, t = affine_register(moving, fixed)
     err = lambda M_, t_: (np.abs(M_ - B).max(), np.abs(M_ @ c + t_ - (B @ c + s)).max())
     dm, dt = err(M, t)
-    assert dm < 0.02 and dt < 0.3, (dm, dt)
+    assert dm < 0.02 and dt < 0.3 * z, (dm, dt)
     dm0, dt0 = err(*moments_affine(moving, fixed))
     assert dm0 + dt0 > 2 * (dm + dt)
+
+
+def test_affine_to_fine_by_hand():
+    """A map between the voxels of a grid box-averaged once (coarse j at fine 2 j + 0.5), carried
+    to the fine grid: M = 2 I, t = (1, 0, 0) sends coarse 0 to coarse (1, 0, 0), i.e. fine 0.5 to
+    fine (2.5, 0.5, 0.5); coarse 1 to coarse (3, 2, 2), i.e. fine 2.5 to (6.5, 4.5, 4.5)."""
+    from model.prealign import affine_to_fine
+
+    M, t = affine_to_fine(2 * np.eye(3), np.array([1.0, 0.0, 0.0]), 1)
+    assert np.array_equal(M, 2 * np.eye(3))
+    assert (M @ np.full(3, 0.5) + t).tolist() == [2.5, 0.5, 0.5]
+    assert (M @ np.full(3, 2.5) + t).tolist() == [6.5, 4.5, 4.5]
+    M0, t0 = affine_to_fine(2 * np.eye(3), np.array([1.0, 0.0, 0.0]), 0)
+    assert t0.tolist() == [1.0, 0.0, 0.0]
