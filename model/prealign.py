@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from model.host_warp import corners, gather, host_warp
+from model.refine import block_mean   # coarse voxel j at fine 2 j + 0.5, an odd last plane dropped
 
 KINDS = ("none", "moments", "affine")
 
@@ -137,14 +138,6 @@ def box_halvings(shape) -> int:
     return max(0, int(np.floor(np.log(np.prod(shape) / AFFINE_GRID_VOXELS) / np.log(8) + 0.5)))
 
 
-def box_half(img: np.ndarray) -> np.ndarray:
-    """The mean of each 2x2x2 block (a trailing odd plane dropped): coarse voxel j sits at fine
-    position 2 j + 0.5."""
-    a = np.asarray(img, np.float32)
-    a = a[: a.shape[0] // 2 * 2, : a.shape[1] // 2 * 2, : a.shape[2] // 2 * 2]
-    return a.reshape(a.shape[0] // 2, 2, a.shape[1] // 2, 2, a.shape[2] // 2, 2).mean((1, 3, 5))
-
-
 def affine_to_fine(M: np.ndarray, t: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(M, t) between voxels of a grid box-averaged k times by 2 -> the same map between the fine
     grid's voxels: with s = 2^k, fine x = s x_c + (s - 1) / 2, so M stays and
@@ -166,7 +159,7 @@ def affine_register(moving: np.ndarray, fixed: np.ndarray, levels=AFFINE_LEVELS)
     map carried back (affine_to_fine). float64 parameters, float32 images; deterministic."""
     k = box_halvings(fixed.shape)
     for _ in range(k):
-        moving, fixed = box_half(moving), box_half(fixed)
+        moving, fixed = block_mean(np.asarray(moving, np.float32), 2), block_mean(np.asarray(fixed, np.float32), 2)
     c = (np.asarray(fixed.shape) - 1) / 2.0
     M0, t0 = moments_affine(moving, fixed)
     A, u = M0, t0 + M0 @ c - c
