@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -88,11 +88,17 @@ class Desc:
     macs: int = 0                                      # CONV: the layer's dense MACs (dense_macs); 0: data movement
     executed_macs: int = 0                             # CONV: MACs of its stored blocks at taps inside the volume
     array_macs: int = 0                                # CONV: products the MAC array computes (data movement too)
+    # spatial tiling (hw/ACCEL.md): the output tensor's rows, A's and B's view rows (0: untiled),
+    # A's and B's row offsets
+    tile: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
 
     def fields(self) -> list[int]:
         d, h, w = self.grid
-        f = [self.op | (self.flags << 8), d | (h << 10) | (w << 20), *self.a, *self.b, *self.o,
-             self.groups, self.ocg, self.k, self.wbase, self.sa | (self.sb << 8) | ((self.s_out & 0xFF) << 16), 0]
+        rows, a_rows, b_rows, a_roff, b_roff = self.tile
+        f = [self.op | (self.flags << 8), d | (h << 10) | (w << 20), self.a[0], self.a[1] | (a_roff << 8), self.a[2],
+             self.b[0], self.b[1] | (b_roff << 8), self.b[2], *self.o,
+             self.groups, self.ocg, self.k, self.wbase, self.sa | (self.sb << 8) | ((self.s_out & 0xFF) << 16),
+             rows | (a_rows << 10) | (b_rows << 20)]
         assert len(f) == 16
         return f
 
@@ -144,23 +150,26 @@ def get_tensor(mem: np.ndarray, t: Tensor) -> np.ndarray:
     return np.ascontiguousarray(v.transpose(3, 0, 1, 2))[None]
 
 
-def dense_macs(grid, k: int, cin: int, cout: int) -> int:
-    """MACs of a 'same' convolution whose taps inside the volume count (padding excluded)."""
+def dense_macs(grid, k: int, cin: int, cout: int, rows: tuple[int, int] | None = None) -> int:
+    """MACs of a 'same' convolution whose taps inside the volume count (padding excluded); of
+    the output rows [h0, h1) alone with `rows`."""
     p = k // 2
     per_axis = []
-    for n in grid:
-        o = np.arange(n)
+    for i, n in enumerate(grid):
+        o = np.arange(*rows) if i == 1 and rows else np.arange(n)
         per_axis.append(int((np.minimum(o + p, n - 1) - np.maximum(o - p, 0) + 1).sum()))
     return int(np.prod(per_axis)) * cin * cout
 
 
-def executed_macs(grid, k: int, blocks) -> int:
+def executed_macs(grid, k: int, blocks, rows: tuple[int, int] | None = None) -> int:
     """MACs the engine executes for a layer: every stored 8x8 block (all 64 products, zeros
     inside it included) at every output voxel whose tap lies inside the volume. Skipped blocks
-    and taps in the padding count nothing."""
+    and taps in the padding count nothing. `rows`: of the output rows [h0, h1) alone (a tile)."""
     p = k // 2
+    h0, h1 = rows or (0, grid[1])
     inside = lambda n, t: max(n - abs(t - p), 0)  # noqa: E731  (voxels o with 0 <= o + t - p < n)
-    return sum(LANES * LANES * inside(grid[0], a) * inside(grid[1], b) * inside(grid[2], c)
+    inside_h = lambda t: max(min(h1, grid[1] + p - t) - max(h0, p - t), 0)  # noqa: E731  (o in [h0, h1) likewise)
+    return sum(LANES * LANES * inside(grid[0], a) * inside_h(b) * inside(grid[2], c)
                for bl in blocks for (a, b, c, _g), _w in bl)
 
 
@@ -212,6 +221,32 @@ def graph_weights(graph) -> WeightsFile:
     return WeightsFile({"graph": graph.to_json()}, recs)
 
 
+def tile_of(d: Desc, h0: int, h1: int, blocks=None) -> Desc:
+    """The descriptor of d's output rows [h0, h1) (hw/ACCEL.md, "Spatial tiling"): each operand
+    read as a view (the rows its taps reach, within the tensor), the output written into the
+    whole tensor. `blocks`: d's weight blocks (conv_blocks), for the tile's MAC counts."""
+    from hw.engine_model import _operands
+
+    D, H, W = d.grid
+    views = []
+    for o in _operands(d.op, d.flags, d.grid, d.k, d.a, d.b):
+        if o.mode == "double":   # max-pool: rows 2h0 .. 2h1 - 1
+            vs, ve = 2 * h0, 2 * h1 - 1
+        else:
+            lo, hi = max(h0 - o.reach, 0), min(h1 - 1 + o.reach, H - 1)   # in the output's rows
+            vs, ve = (lo >> 1, hi >> 1) if o.mode == "half" else (lo, hi)
+        roff = 0 if o.mode == "double" else h0 - (2 * vs if o.mode == "half" else vs)
+        views.append((o.base + vs * o.grid[2] * o.stride, ve - vs + 1, roff))
+    (ab, ar, aro), (bb, br, bro) = views[0], views[1] if len(views) > 1 else (d.b[0], 0, 0)
+    t = replace(d, grid=(D, h1 - h0, W), a=(ab, *d.a[1:]), b=(bb, *d.b[1:]), o=(d.o[0] + h0 * W * d.o[1], d.o[1]),
+                tile=(H, ar, br, aro, bro))
+    if d.op == OP_CONV and blocks is not None:
+        t.macs = d.macs // dense_macs(d.grid, d.k, 1, 1) * dense_macs(d.grid, d.k, 1, 1, (h0, h1))
+        t.executed_macs = executed_macs(d.grid, d.k, blocks, (h0, h1)) if d.macs else 0
+        t.array_macs = executed_macs(d.grid, d.k, blocks, (h0, h1))
+    return t
+
+
 class Compiler:
     def __init__(self, wb: WeightsFile, grid: tuple[int, int, int], dense: bool = False,
                  wbuf_entries: int = WBUF_ENTRIES, mem_words: int = MEM_WORDS, window_words: int | None = None,
@@ -240,6 +275,7 @@ class Compiler:
         self.wwords: list[int] = []
         self.wpending: list[tuple[Desc, np.ndarray, np.ndarray, list]] = []   # (CONV, bias, shifts, blocks)
         self.act_words = 0
+        self.blocks: dict[int, list] = {}   # id(CONV) -> its blocks, for its tiles' MACs (_finish)
 
     # memory plan: every tensor its own region, in the order written (all stay readable for the
     # dumps); plan "reuse" then reassigns the regions by liveness (_reuse)
@@ -379,11 +415,10 @@ class Compiler:
         # the ADD's descriptor and pass over B, but each output group's run streams B again
         if 2 * conv.words + DESC_WORDS - (len(last.entries) - 1) * other.words <= 0:
             return None
-        from hw.engine_model import WINDOW_WORDS, window_span
         flags = last.flags | F_HAS_B | (F_B_NEAREST if o_near else 0) | (F_B_TRILINEAR if o_tri else 0)
-        span, cap = window_span(OP_CONV, flags, last.grid, last.k, last.a, (other.base, other.stride, o_off),
-                                self.window_words or WINDOW_WORDS)
-        if span > cap:   # the two operands' windows (half the buffer each) would not hold a row
+        try:   # the two operands' windows (half the buffer each) must hold a row of some tile
+            self._splits(replace(last, flags=flags, b=(other.base, other.stride, o_off)))
+        except CompileError:
             return None
         assert conv.base + conv.words == self.act_words
         self.act_words -= conv.words
@@ -484,9 +519,44 @@ class Compiler:
         self.act_words = max(b for _, b, _ in placed)
         return {name for name, t in self.tensors.items() if id(t) in intact}
 
+    def _splits(self, d: Desc) -> list[tuple[int, int]] | None:
+        """None when every output row's operand words fit the engine's windows; else the output
+        rows [h0, h1) of the tiles d is split into along H, the most rows a tile can have
+        (hw/ACCEL.md, "Spatial tiling"). CompileError when a tile of one row does not fit."""
+        from hw.engine_model import WINDOW_WORDS, window_span
+
+        if d.op == OP_END:
+            return None
+        words = self.window_words or WINDOW_WORDS
+        span, cap = window_span(d.op, d.flags, d.grid, d.k, d.a, d.b, words)
+        if span <= cap:
+            return None
+        H = d.grid[1]
+
+        def fits(ht):
+            cuts = [(h0, min(h0 + ht, H)) for h0 in range(0, H, ht)]
+            return all(window_span(t.op, t.flags, t.grid, t.k, t.a, t.b, words, t.tile)[0] <= cap
+                       for t in (tile_of(d, *c) for c in cuts)), cuts
+
+        lo, hi = 0, H   # fits(lo) (or lo = 0), not fits(hi): the spans grow with the tile's rows
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid)[0] else (lo, mid)
+        if lo == 0:
+            raise CompileError(f"{d.layer}: one output row reads more words of an operand than the engine's window "
+                               f"holds ({cap}), even in a tile of one row")
+        return fits(lo)[1]
+
     def _finish(self) -> Program:
         intact = set(self.tensors) if self.plan == "keep" else self._reuse()
-        wbase = len(self.descs) * DESC_WORDS
+        # spatial tiling: the descriptors whose rows do not fit the windows, split along H
+        self.blocks = {id(d): blocks for d, _, _, blocks in self.wpending}
+        least = len(self.descs) * DESC_WORDS + self.act_words + \
+            sum(6 + 9 * len(bl) for _, _, _, blocks in self.wpending for bl in blocks)
+        if least > self.mem_words:   # (tiles add descriptors: the plan without them is the least it needs)
+            raise CompileError(f"program needs at least {least} memory words, the memory plan has {self.mem_words}")
+        splits = [self._splits(d) for d in self.descs]
+        wbase = sum(len(s) if s else 1 for s in splits) * DESC_WORDS
         words: list[int] = []
         for d, bias, shifts, blocks in self.wpending:
             d.wbase = wbase + len(words)
@@ -514,13 +584,8 @@ class Compiler:
         total = act_base + self.act_words
         if total > self.mem_words:
             raise CompileError(f"program needs {total} memory words, the memory plan has {self.mem_words}")
-        from hw.engine_model import WINDOW_WORDS, window_span
-        for d in self.descs:   # every row's operand words must fit the engine's windows (else E_WINDOW)
-            if d.op != OP_END:
-                span, cap = window_span(d.op, d.flags, d.grid, d.k, d.a, d.b, self.window_words or WINDOW_WORDS)
-                if span > cap:
-                    raise CompileError(f"{d.layer}: one output row reads {span} words of an operand, the engine's "
-                                       f"window holds {cap}")
+        self.descs = [t for d, s in zip(self.descs, splits) for t in ([d] if s is None else
+                                                                       [tile_of(d, *c, self.blocks.get(id(d))) for c in s])]
         return Program(self.descs, self.tensors, words, act_base, self.act_words, self.dense, fused=dict(self.fused),
                        intact=intact)
 

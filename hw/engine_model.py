@@ -11,12 +11,14 @@ hw/ACCEL.md; tests/test_rtl.py checks it against the simulated RTL cycle for cyc
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from hw.engine import WINDOW_WORDS
 from hw.reference import requantize_shift_rne, saturate_range
 from hw.compiler import (DESC_WORDS, F_A_NEAREST, F_A_TRILINEAR, F_B_NEAREST, F_HAS_B, F_B_TRILINEAR, F_RELU, F_RELU_B, LANES,
-                         MEM_WORDS, OP_ADD, OP_CONV, OP_END, OP_MAXPOOL, TP, WBUF_ENTRIES, executed_macs)
+                         MEM_WORDS, OP_ADD, OP_CONV, OP_END, OP_MAXPOOL, TP, WBUF_ENTRIES)
 
 # cycle model (hw/ACCEL.md): the engine's busy cycles, those it does not spend waiting for memory
 # (the simulation counts the waits; cycles - waits is what this model predicts)
@@ -66,31 +68,42 @@ def decode(mem: np.ndarray, pc: int) -> dict:
     s_out = (f[14] >> 16) & 0xFF
     return {"op": f[0] & 0xFF, "flags": (f[0] >> 8) & 0xFF,
             "grid": (f[1] & 0x3FF, (f[1] >> 10) & 0x3FF, (f[1] >> 20) & 0x3FF),
-            "a": tuple(f[2:5]), "b": tuple(f[5:8]), "o": tuple(f[8:10]), "groups": f[10], "ocg": f[11],
-            "k": f[12], "wbase": f[13], "sa": f[14] & 0xFF, "sb": (f[14] >> 8) & 0xFF,
-            "s_out": s_out - 256 if s_out >= 128 else s_out}
+            "a": (f[2], f[3] & 0xFF, f[4]), "b": (f[5], f[6] & 0xFF, f[7]), "o": tuple(f[8:10]), "groups": f[10],
+            "ocg": f[11], "k": f[12], "wbase": f[13], "sa": f[14] & 0xFF, "sb": (f[14] >> 8) & 0xFF,
+            "s_out": s_out - 256 if s_out >= 128 else s_out,
+            "tile": (f[15] & 0x3FF, (f[15] >> 10) & 0x3FF, (f[15] >> 20) & 0x3FF, (f[3] >> 8) & 0xFF,
+                     (f[6] >> 8) & 0xFF)}
 
 
-def _read(mem: np.ndarray, base: int, stride: int, grid) -> np.ndarray:
-    """(D, H, W, stride*LANES) int64 lanes of the region at base."""
-    n = int(np.prod(grid)) * stride
-    v = np.ascontiguousarray(mem[base:base + n], dtype=np.uint64).view(np.int8)
-    return v.reshape(*grid, stride * LANES).astype(np.int64)
+def _read(mem: np.ndarray, op: "Operand") -> np.ndarray:
+    """(D, Hv, W, stride*LANES) int64 lanes of an operand's view: its planes `mem_rows` rows
+    apart in memory, `Hv` rows of each streamed."""
+    (dx, hv, wx), plane = op.grid, op.mem_rows * op.grid[2] * op.stride
+    idx = op.base + np.arange(dx)[:, None] * plane + np.arange(hv * wx * op.stride)[None, :]
+    v = np.ascontiguousarray(mem[idx], dtype=np.uint64).view(np.int8)
+    return v.reshape(dx, hv, wx, op.stride * LANES).astype(np.int64)
 
 
-def _write(mem: np.ndarray, base: int, stride: int, grid, group: int, vals: np.ndarray) -> None:
-    """vals (D, H, W, LANES) int8 -> word `group` of every voxel."""
-    idx = base + np.arange(int(np.prod(grid))) * stride + group
-    mem[idx] = np.ascontiguousarray(vals.astype(np.int8)).reshape(-1, LANES).view(np.uint64).reshape(-1)
+def _write(mem: np.ndarray, base: int, stride: int, grid, group: int, vals: np.ndarray, rows: int = 0) -> None:
+    """vals (D, H, W, LANES) int8 -> word `group` of every voxel of the output tile, its planes
+    `rows` rows apart (0: H, untiled)."""
+    D, H, W = grid
+    vox = (np.arange(D)[:, None, None] * (rows or H) + np.arange(H)[None, :, None]) * W + np.arange(W)[None, None, :]
+    mem[base + vox.reshape(-1) * stride + group] = \
+        np.ascontiguousarray(vals.astype(np.int8)).reshape(-1, LANES).view(np.uint64).reshape(-1)
 
 
-def _nearest(v: np.ndarray) -> np.ndarray:
-    return v.repeat(2, 0).repeat(2, 1).repeat(2, 2)
+def _nearest(v: np.ndarray, rows: int | None = None, roff: int = 0) -> np.ndarray:
+    """(d, h, w, L) -> (2d, rows, 2w, L): each voxel repeated on the x2 grid, output rows
+    roff .. roff + rows - 1 (default: all 2h)."""
+    v = v.repeat(2, 0).repeat(2, 2)
+    return v[:, (np.arange(2 * v.shape[1] if rows is None else rows) + roff) >> 1]
 
 
-def _corners(n: int):
-    """Per output index along an axis of the x2 grid: (index, weight) of its two coarse taps."""
-    o = np.arange(2 * n)
+def _corners(n: int, count: int | None = None, off: int = 0):
+    """Per output index along an axis of the x2 grid: (index, weight) of its two coarse taps,
+    clamped to the n coarse indices; `count` outputs from index `off` (default: all 2n)."""
+    o = np.arange(2 * n if count is None else count) + off
     k = o >> 1
     even = (o & 1) == 0
     i0 = np.where(even, np.maximum(k - 1, 0), k)
@@ -100,9 +113,10 @@ def _corners(n: int):
     return (i0, w0), (i1, w1)
 
 
-def _trilinear(v: np.ndarray) -> np.ndarray:
-    """(d, h, w, L) -> (2d, 2h, 2w, L): the sum over the 8 corners of weight products x value."""
-    cd, ch, cw = _corners(v.shape[0]), _corners(v.shape[1]), _corners(v.shape[2])
+def _trilinear(v: np.ndarray, rows: int | None = None, roff: int = 0) -> np.ndarray:
+    """(d, h, w, L) -> (2d, rows, 2w, L): the sum over the 8 corners of weight products x value,
+    output rows roff .. roff + rows - 1 of the x2 grid (default: all 2h)."""
+    cd, ch, cw = _corners(v.shape[0]), _corners(v.shape[1], rows, roff), _corners(v.shape[2])
     out = 0
     for (ia, wa) in cd:
         for (ib, wb) in ch:
@@ -112,28 +126,49 @@ def _trilinear(v: np.ndarray) -> np.ndarray:
     return out
 
 
+def _upsampled(v: np.ndarray, op: "Operand", rows: int, flags_near: bool, flags_tri: bool) -> np.ndarray:
+    """An operand at the output tile's voxels: its view's rows from `op.roff` on (nearest or
+    trilinear up-sampled from the half grid, or as read)."""
+    if flags_tri:
+        return _trilinear(v, rows, op.roff)
+    if flags_near:
+        return _nearest(v, rows, op.roff)
+    return v[:, op.roff:op.roff + rows]
+
+
 def conv_slots(blocks: int, tp: int = TP, flags: int = 0) -> int:
     """Slots per output voxel of a CONV output group with `blocks` weight blocks: TP a slot, and
     those of operand B of a fused add (HAS_B): one, or the 8 corners of a trilinear B."""
     return -(-blocks // tp) + (0 if not flags & F_HAS_B else 8 if flags & F_B_TRILINEAR else 1)
 
 
+def _inside(n: int, t: int, p: int, off: int = 0, n_in: int | None = None) -> int:
+    """Output indices o in 0 .. n-1 whose tap o + t - p + off lies in 0 .. n_in - 1 (default n)."""
+    n_in = n if n_in is None else n_in
+    return max(min(n, n_in + p - t - off) - max(0, p - t - off), 0)
+
+
 def _conv(mem: np.ndarray, d: dict, cyc: dict, tp: int, limit: int, wbuf_entries: int = WBUF_ENTRIES) -> None:
     D, H, W = d["grid"]
-    ab, ast, aoff = d["a"]
-    in_grid = (D // 2, H // 2, W // 2) if d["flags"] & F_A_NEAREST else (D, H, W)
-    x = _read(mem, ab, ast, in_grid)
+    ops = _operands(d["op"], d["flags"], d["grid"], d["k"], d["a"], d["b"], d["tile"])
+    A = ops[0]
+    aoff = d["a"][2]
+    x = _read(mem, A)
     if d["flags"] & F_A_NEAREST:
         x = _nearest(x)
     k, p = d["k"], d["k"] // 2
-    xp = np.pad(x, ((p, p), (p, p), (p, p), (0, 0))).astype(np.float64)
+    # output row h, tap b reads row h + b - p + roff of the (up-sampled) view; rows outside it
+    # are padding
+    hx, roff = x.shape[1], A.roff
+    lo, hi = max(p - roff, 0), max(H - 1 + p + roff - (hx - 1), 0)
+    xp = np.pad(x, ((p, p), (lo, hi), (p, p), (0, 0))).astype(np.float64)
     ptr = d["wbase"]
     nvox = D * H * W
     fused = bool(d["flags"] & F_HAS_B)
-    b_up = d["flags"] & (F_B_NEAREST | F_B_TRILINEAR)
     if fused:   # the add fused into the output stage: B at the output voxel (or up-sampled from the half grid)
-        bb, bst, boff = d["b"]
-        yb = _read(mem, bb, bst, (D // 2, H // 2, W // 2) if b_up else (D, H, W))
+        B = ops[1]
+        boff = d["b"][2]
+        yb = _read(mem, B)
     for og in range(d["ocg"]):
         n = int(mem[ptr])
         if not 1 <= (n & 0xFFFFFFFF) <= wbuf_entries:
@@ -149,19 +184,21 @@ def _conv(mem: np.ndarray, d: dict, cyc: dict, tp: int, limit: int, wbuf_entries
             hdr = int(mem[q])
             a, b, c, g = hdr & 0xFF, (hdr >> 8) & 0xFF, (hdr >> 16) & 0xFF, (hdr >> 24) & 0xFF
             blk = np.ascontiguousarray(mem[q + 1:q + 1 + LANES], dtype=np.uint64).view(np.int8).reshape(LANES, LANES)
-            lo = (aoff + g) * LANES
-            xs = xp[a:a + D, b:b + H, c:c + W, lo:lo + LANES]
+            ch0 = (aoff + g) * LANES
+            r0 = b - p + roff + lo
+            xs = xp[a:a + D, r0:r0 + H, c:c + W, ch0:ch0 + LANES]
             acc += xs @ blk.astype(np.float64).T
-            cyc["macs"] += executed_macs((D, H, W), k, [[((a, b, c, g), None)]])
+            # 64 products at every voxel whose tap is inside the volume (the view)
+            cyc["macs"] += LANES * LANES * _inside(D, a, p) * _inside(H, b, p, roff, hx) * _inside(W, c, p)
             q += 1 + LANES
         acc = np.rint(acc).astype(np.int64) + bias
         y = requantize_shift_rne(acc, shifts, *saturate_range(bool(d["flags"] & F_RELU)))
         if fused:   # the conv's int8 result is operand A of an ADD: aligned, B added, requantised again
-            vb = yb[..., (boff + og) * LANES:(boff + og + 1) * LANES]
-            vb = _trilinear(vb) if d["flags"] & F_B_TRILINEAR else _nearest(vb) if d["flags"] & F_B_NEAREST else vb
+            vb = _upsampled(yb[..., (boff + og) * LANES:(boff + og + 1) * LANES], B, H,
+                            bool(d["flags"] & F_B_NEAREST), bool(d["flags"] & F_B_TRILINEAR))
             z = (y.astype(np.int64) << d["sa"]) + (vb.astype(np.int64) << d["sb"])
             y = requantize_shift_rne(z, d["s_out"], *saturate_range(bool(d["flags"] & F_RELU_B)))
-        _write(mem, d["o"][0], d["o"][1], (D, H, W), og, y)
+        _write(mem, d["o"][0], d["o"][1], (D, H, W), og, y, d["tile"][0])
         cyc["load"] += LOAD_FIXED + (1 + LANES) * n
         cyc["entries"].append(n)
         cyc["run"] += nvox * conv_slots(n, tp, d["flags"]) + DRAIN_CYCLES
@@ -171,64 +208,99 @@ def _conv(mem: np.ndarray, d: dict, cyc: dict, tp: int, limit: int, wbuf_entries
 def _elementwise(mem: np.ndarray, d: dict, cyc: dict) -> None:
     D, H, W = d["grid"]
     fl = d["flags"]
-    ab, ast, aoff = d["a"]
-    half = (D // 2, H // 2, W // 2)
+    ops = _operands(d["op"], fl, d["grid"], d["k"], d["a"], d["b"], d["tile"])
+    A = ops[0]
+    aoff = d["a"][2]
     relu = bool(fl & F_RELU)
-    if d["op"] == OP_MAXPOOL:
-        x = _read(mem, ab, ast, (2 * D, 2 * H, 2 * W))
+    x = _read(mem, A)
+    if d["op"] == OP_MAXPOOL:   # output row h reads rows 2(h + roff) and 2(h + roff) + 1 of the view
+        x = x[:, 2 * A.roff:2 * (A.roff + H)]
         slots = 8
     else:
-        x = _read(mem, ab, ast, half if fl & (F_A_NEAREST | F_A_TRILINEAR) else (D, H, W))
         slots = (8 if fl & F_A_TRILINEAR else 1) + (1 if fl & F_HAS_B else 0)
         if fl & F_HAS_B:
-            bb, bst, boff = d["b"]
-            y = _read(mem, bb, bst, half if fl & F_B_NEAREST else (D, H, W))
+            B = ops[1]
+            boff = d["b"][2]
+            y = _read(mem, B)
     for g in range(d["groups"]):
         if d["op"] == OP_MAXPOOL:
             v = x[..., (aoff + g) * LANES:(aoff + g + 1) * LANES]
             acc = v.reshape(D, 2, H, 2, W, 2, LANES).max(axis=(1, 3, 5))
         else:
-            va = x[..., (aoff + g) * LANES:(aoff + g + 1) * LANES]
-            va = _trilinear(va) if fl & F_A_TRILINEAR else (_nearest(va) if fl & F_A_NEAREST else va)
+            va = _upsampled(x[..., (aoff + g) * LANES:(aoff + g + 1) * LANES], A, H, bool(fl & F_A_NEAREST),
+                            bool(fl & F_A_TRILINEAR))
             acc = va << d["sa"]
             if fl & F_HAS_B:
-                vb = y[..., (boff + g) * LANES:(boff + g + 1) * LANES]
-                acc = acc + ((_nearest(vb) if fl & F_B_NEAREST else vb) << d["sb"])
-        _write(mem, d["o"][0], d["o"][1], (D, H, W), g, requantize_shift_rne(acc, d["s_out"], *saturate_range(relu)))
+                vb = _upsampled(y[..., (boff + g) * LANES:(boff + g + 1) * LANES], B, H, bool(fl & F_B_NEAREST), False)
+                acc = acc + (vb << d["sb"])
+        _write(mem, d["o"][0], d["o"][1], (D, H, W), g, requantize_shift_rne(acc, d["s_out"], *saturate_range(relu)),
+               d["tile"][0])
     cyc["run"] += D * H * W * d["groups"] * slots + DRAIN_CYCLES
 
 
-def _operands(op: int, flags: int, grid, k: int, a: tuple, b: tuple) -> list[tuple]:
-    """The windows a descriptor streams: (base, words per voxel, operand grid, mode, reach) for A
-    and, for an ADD with B, B. mode: 'full', 'half' (nearest or trilinear up-sampling) or
-    'double' (max-pool); reach: the taps on either side (a CONV's pad, 1 for trilinear)."""
+# a descriptor's tile field (hw/ACCEL.md, "Spatial tiling"): the output tensor's rows, A's and B's
+# view rows (0: untiled, the rows the output grid gives), A's and B's row offsets
+NO_TILE = (0, 0, 0, 0, 0)
+
+
+@dataclass(frozen=True)
+class Operand:
+    """An operand as the engine streams it: its view `grid` (D, rows, W) on the operand's own
+    grid, its planes `mem_rows` rows apart in memory from `base`, `mode` 'full', 'half' (nearest
+    or trilinear up-sampling) or 'double' (max-pool), `reach` taps on either side (a CONV's pad,
+    1 for trilinear), output row h taken as h + `roff` (before halving or doubling)."""
+    base: int
+    stride: int
+    grid: tuple[int, int, int]
+    mode: str
+    reach: int
+    roff: int
+    mem_rows: int
+    rows_field: int   # the descriptor's view rows (0: untiled)
+
+
+def _operands(op: int, flags: int, grid, k: int, a: tuple, b: tuple, tile=NO_TILE) -> list[Operand]:
+    """The windows a descriptor streams: A and, for an ADD or a fused CONV with B, B."""
     D, H, W = grid
+    rows, a_rows, b_rows, a_roff, b_roff = tile
+    full = rows or H   # the output tensor's rows
+
+    def one(base, stride, mode, reach, view_rows, roff):
+        m = {"full": (D, H, W, full), "half": (D // 2, H // 2, W // 2, full // 2),
+             "double": (2 * D, 2 * H, 2 * W, 2 * full)}[mode]
+        return Operand(base, stride & 0xFF, (m[0], view_rows or m[1], m[2]), mode, reach, roff,
+                       m[3] if view_rows else m[1], view_rows)
+
     if op == OP_MAXPOOL:
-        ops = [(a[0], a[1], (2 * D, 2 * H, 2 * W), "double", 0)]
-    else:
-        half = flags & F_A_NEAREST or (op == OP_ADD and flags & F_A_TRILINEAR)
-        reach = k // 2 if op == OP_CONV else (1 if flags & F_A_TRILINEAR else 0)
-        ops = [(a[0], a[1], (D // 2, H // 2, W // 2) if half else (D, H, W), "half" if half else "full", reach)]
-        if flags & F_HAS_B:   # an ADD's B, or the B of the add fused into a CONV's output stage
-            hb = flags & F_B_NEAREST or (op == OP_CONV and flags & F_B_TRILINEAR)
-            ops.append((b[0], b[1], (D // 2, H // 2, W // 2) if hb else (D, H, W), "half" if hb else "full",
-                        1 if op == OP_CONV and flags & F_B_TRILINEAR else 0))
+        return [one(a[0], a[1], "double", 0, a_rows, a_roff)]
+    half = flags & F_A_NEAREST or (op == OP_ADD and flags & F_A_TRILINEAR)
+    reach = k // 2 if op == OP_CONV else (1 if flags & F_A_TRILINEAR else 0)
+    ops = [one(a[0], a[1], "half" if half else "full", reach, a_rows, a_roff)]
+    if flags & F_HAS_B:   # an ADD's B, or the B of the add fused into a CONV's output stage
+        hb = flags & F_B_NEAREST or (op == OP_CONV and flags & F_B_TRILINEAR)
+        ops.append(one(b[0], b[1], "half" if hb else "full", 1 if op == OP_CONV and flags & F_B_TRILINEAR else 0,
+                       b_rows, b_roff))
     return ops
 
 
 def window_span(op: int, flags: int, grid, k: int, a: tuple, b: tuple,
-                window_words: int = WINDOW_WORDS) -> tuple[int, int]:
+                window_words: int = WINDOW_WORDS, tile=NO_TILE) -> tuple[int, int]:
     """(the most words any output row keeps in one operand's window, the buffer that operand
     has): per row the words from its low mark (the lower of its own reach's first row and the
     next plane's: near the near faces the clamped reach starts lower on the next plane) to its
-    reach's last row, as the engine's window generator computes them (hw/ACCEL.md, "Memory")."""
+    reach's last row, as the engine's window generator computes them (hw/ACCEL.md, "Memory"),
+    on the operand's view (a tile's rows and their halo)."""
     D, H, _ = grid
-    ops = _operands(op, flags, grid, k, a, b)
+    ops = _operands(op, flags, grid, k, a, b, tile)
     cap = window_words // len(ops)
     worst = 0
-    for _, stride, (_, oh, ow), mode, p in ops:
-        def rng(o, last):
-            lo, hi = np.maximum(o - p, 0), np.minimum(o + p, last)
+    for o in ops:
+        p, mode, (_, oh, ow) = o.reach, o.mode, o.grid
+        # the last row a reach may touch, in the output's rows (untiled: the output's last)
+        h_last = H - 1 if not o.rows_field else {"full": oh - 1, "half": 2 * oh - 1, "double": oh // 2 - 1}[mode]
+
+        def rng(x, last):
+            lo, hi = np.maximum(x - p, 0), np.minimum(x + p, last)
             if mode == "half":
                 return lo >> 1, hi >> 1
             if mode == "double":
@@ -237,18 +309,20 @@ def window_span(op: int, flags: int, grid, k: int, a: tuple, b: tuple,
         d = np.arange(D)[:, None]
         dl, dh = rng(d, D - 1)
         dn, _ = rng(np.minimum(d + 1, D - 1), D - 1)
-        hl, hh = rng(np.arange(H)[None, :], H - 1)
+        hl, hh = rng(np.arange(H)[None, :] + o.roff, h_last)
         rows = (dh * oh + hh + 1) - np.minimum(dl * oh + hl, dn * oh)
-        worst = max(worst, int(rows.max()) * ow * stride)
+        worst = max(worst, int(rows.max()) * ow * o.stride)
     return worst, cap
 
 
-def traffic(op: int, flags: int, grid, k: int, a: tuple, b: tuple, groups: int, entries=()) -> tuple[int, int]:
+def traffic(op: int, flags: int, grid, k: int, a: tuple, b: tuple, groups: int, entries=(),
+            tile=NO_TILE) -> tuple[int, int]:
     """(words read, words written) over the bus for one descriptor: its 8 words, each output
-    group's weights and one pass over every operand (per output group for a CONV), every result."""
+    group's weights and one pass over every operand's view (per output group for a CONV), every
+    result."""
     D, H, W = grid
     vox = D * H * W
-    streamed = sum(stride * int(np.prod(g)) for _, stride, g, _, _ in _operands(op, flags, grid, k, a, b)) \
+    streamed = sum(o.stride * int(np.prod(o.grid)) for o in _operands(op, flags, grid, k, a, b, tile)) \
         if op != OP_END else 0
     if op == OP_CONV:
         return DESC_WORDS + sum(LOAD_FIXED + (1 + LANES) * e + streamed for e in entries), vox * len(entries)
@@ -258,12 +332,13 @@ def traffic(op: int, flags: int, grid, k: int, a: tuple, b: tuple, groups: int, 
 
 
 def plan_error(d: dict, limit: int) -> str | None:
-    """Why a descriptor's regions (its operands, its output, its first weight words) do not lie
-    inside a memory plan of `limit` words (None: they do), as the engine checks at S_PLAN."""
+    """Why a descriptor's regions (its operands' views, its output tile, its first weight words)
+    do not lie inside a memory plan of `limit` words (None: they do), as the engine checks at
+    S_PLAN."""
     D, H, W = d["grid"]
-    regions = [(f"operand {n}", base, stride * int(np.prod(g)))
-               for n, (base, stride, g, _, _) in zip("AB", _operands(d["op"], d["flags"], d["grid"], d["k"], d["a"], d["b"]))]
-    regions.append(("output", d["o"][0], D * H * W * d["o"][1]))
+    regions = [(f"operand {n}", o.base, ((o.grid[0] - 1) * o.mem_rows + o.grid[1]) * o.grid[2] * o.stride)
+               for n, o in zip("AB", _operands(d["op"], d["flags"], d["grid"], d["k"], d["a"], d["b"], d["tile"]))]
+    regions.append(("output", d["o"][0], ((D - 1) * (d["tile"][0] or H) + H) * W * d["o"][1]))
     if d["op"] == OP_CONV:
         regions.append(("weights", d["wbase"], LOAD_FIXED))
     for name, base, n in regions:
@@ -295,7 +370,7 @@ def run_image(mem: np.ndarray, max_descs: int = 4096, tp: int = TP, window_words
             why = plan_error(d, limit)
             if why:
                 raise EngineError(E_ADDRESS, f"descriptor {pc}: {why}")
-            span, cap = window_span(d["op"], d["flags"], d["grid"], d["k"], d["a"], d["b"], window_words)
+            span, cap = window_span(d["op"], d["flags"], d["grid"], d["k"], d["a"], d["b"], window_words, d["tile"])
             if span > cap:
                 raise EngineError(E_WINDOW, f"descriptor {pc}: a row reaches {span} words of an operand, "
                                             f"its window holds {cap}")
@@ -309,7 +384,7 @@ def run_image(mem: np.ndarray, max_descs: int = 4096, tp: int = TP, window_words
         else:
             _elementwise(mem, d, cyc)
         cyc["reads"], cyc["writes"] = traffic(d["op"], d["flags"], d["grid"], d["k"], d["a"], d["b"], d["groups"],
-                                              cyc.pop("entries", ()))
+                                              cyc.pop("entries", ()), d["tile"])
         per.append(cyc)
     raise ValueError(f"no END descriptor in the first {max_descs}")
 
@@ -331,7 +406,8 @@ def cycle_model(prog, tp: int = TP) -> list[dict]:
         elif d.op == OP_ADD:
             slots = (8 if d.flags & F_A_TRILINEAR else 1) + (1 if d.flags & F_HAS_B else 0)
             c["run"] = vox * d.groups * slots + DRAIN_CYCLES
-        c["reads"], c["writes"] = traffic(d.op, d.flags, d.grid, d.k, d.a, d.b, d.groups, d.entries if d.op == OP_CONV else ())
+        c["reads"], c["writes"] = traffic(d.op, d.flags, d.grid, d.k, d.a, d.b, d.groups,
+                                          d.entries if d.op == OP_CONV else (), d.tile)
         per.append(c)
     return per
 

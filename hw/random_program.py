@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from hw.compiler import (DESC_WORDS, F_A_NEAREST, F_A_TRILINEAR, F_B_NEAREST, F_B_TRILINEAR, F_HAS_B, F_RELU,
-                         F_RELU_B, LANES, OP_ADD, OP_CONV, OP_END, OP_MAXPOOL, Desc)
+                         F_RELU_B, LANES, OP_ADD, OP_CONV, OP_END, OP_MAXPOOL, Desc, tile_of)
 from hw.engine import WBUF_ENTRIES
 from hw.engine_model import WINDOW_WORDS, window_span
 from hw.reference import MAX_LEFT_SHIFT, MAX_RIGHT_SHIFT
@@ -53,12 +53,16 @@ def _operand(rng: np.random.Generator, groups: int) -> tuple[int, int, int]:
 
 
 def random_program(rng: np.random.Generator, count: int = 250, window_words: int = WINDOW_WORDS,
-                   wbuf_entries: int = WBUF_ENTRIES) -> tuple[np.ndarray, list[Desc]]:
+                   wbuf_entries: int = WBUF_ENTRIES, tiles: np.random.Generator | None = None
+                   ) -> tuple[np.ndarray, list[Desc]]:
     """(memory image, descriptors) of `count` random descriptors and an END, each fitting an
     engine whose operand window buffer holds `window_words` (a small one wraps around often) and
     whose weight buffer holds `wbuf_entries` blocks a group: above the default's 512, the first
     descriptor is a CONV whose output group has more than 512 (a 7^3 kernel on 2 input groups,
-    on a small grid)."""
+    on a small grid). With `tiles`, about half the descriptors are split along H at random rows
+    into spatial tiles (hw.compiler.tile_of), the cuts drawn from `tiles` alone: the same `rng`
+    then gives the same operators, operands and weights, tiled or not, and the same results in
+    the output regions (which follow the operand pools in the same order)."""
     descs: list[Desc] = []
     weights: list[list[int]] = []   # per CONV descriptor: its weight words
     out_words: list[int] = []
@@ -129,8 +133,14 @@ def random_program(rng: np.random.Generator, count: int = 250, window_words: int
         descs.append(d)
         out_words.append(int(np.prod(d.grid)) * d.o[1])
     descs.append(Desc(OP_END, "end"))
+    cuts: list[list[tuple[int, int]] | None] = [None] * len(descs)
+    for j, d in enumerate(descs[:-1]):
+        H = d.grid[1]
+        if tiles is not None and H > 1 and tiles.random() < 0.5:
+            pts = sorted(int(v) for v in tiles.choice(np.arange(1, H), size=int(tiles.integers(1, H)), replace=False))
+            cuts[j] = list(zip([0, *pts], [*pts, H]))
     # the memory plan: descriptors, weights, the operand pools, then one output region each
-    at = len(descs) * DESC_WORDS
+    at = sum(len(c) if c else 1 for c in cuts) * DESC_WORDS
     for d, w in zip(descs, weights):
         if w:
             d.wbase = at
@@ -144,11 +154,12 @@ def random_program(rng: np.random.Generator, count: int = 250, window_words: int
         d.o = (at, d.o[1])
         at += out_words[j]
     image = np.zeros(at, dtype=np.uint64)
-    fields = np.array([f & 0xFFFFFFFF for d in descs for f in d.fields()], dtype="<u4")
-    image[:len(descs) * DESC_WORDS] = fields.view("<u8")
     for d, w in zip(descs, weights):
         if w:
             image[d.wbase:d.wbase + len(w)] = np.array(w, dtype=np.uint64)
+    descs = [t for d, c in zip(descs, cuts) for t in ([d] if c is None else [tile_of(d, *hc) for hc in c])]
+    fields = np.array([f & 0xFFFFFFFF for d in descs for f in d.fields()], dtype="<u4")
+    image[:len(descs) * DESC_WORDS] = fields.view("<u8")
     image[pools[0]:pools[0] + POOL_WORDS * POOLS] = rng.integers(0, 2**63, POOL_WORDS * POOLS, dtype=np.uint64) * 2 + \
         rng.integers(0, 2, POOL_WORDS * POOLS, dtype=np.uint64)
     return image, descs

@@ -226,19 +226,19 @@ def project(config_toml: Path, nm=((2, 4), (1, 4))) -> dict:
     """Cycles of a configuration nobody has exported (configs/ibsr.toml), from the cycle model on
     its layer shapes with every weight block stored (dense: no block is all-zero in a trained
     unstructured network either), and with `nm` block sparsity (nm_blocks), on ideal memory
-    (busy cycles: no waits), and the engine sizes
-    it needs: the weight buffer, the window (the most words one output row reaches in one
-    operand: the engine as built holds hw.engine's WINDOW_WORDS, and has no spatial tiling yet),
+    (busy cycles: no waits), compiled for the engine's operand windows (hw.engine's
+    WINDOW_WORDS: the compiler tiles what a row of the whole grid would overflow) with a weight
+    buffer and memory as large as it needs; and the engine sizes it needs: the weight buffer,
     the memory with every tensor kept and with the liveness plan, the traffic."""
     import tomllib
 
     from hw.compiler import OP_END, WBUF_ENTRIES, structural_weights
-    from hw.engine_model import WINDOW_WORDS, cycle_model, total_cycles, total_traffic, window_span
+    from hw.engine_model import cycle_model, total_cycles, total_traffic
 
     cfg = tomllib.loads(Path(config_toml).read_text())
     m, grid = cfg["model"], cfg["data"]["shape"]
     wb = structural_weights(m["base_channels"], m["levels"], m["ddf_levels"])
-    unlimited = {"wbuf_entries": 1 << 30, "mem_words": 1 << 62, "window_words": 1 << 62}
+    unlimited = {"wbuf_entries": 1 << 30, "mem_words": 1 << 62}
     prog = compile_weights(wb, grid=grid, dense=True, plan="reuse", **unlimited)
     keep = compile_weights(wb, grid=grid, dense=True, plan="keep", **unlimited)
     per = cycle_model(prog)
@@ -247,8 +247,7 @@ def project(config_toml: Path, nm=((2, 4), (1, 4))) -> dict:
     macs = sum(d.macs for d in prog.descs)
     executed = sum(d.executed_macs for d in prog.descs)
     blocks = max(max(d.entries) for d in prog.descs if d.op == OP_CONV)
-    spans = [window_span(d.op, d.flags, d.grid, d.k, d.a, d.b, WINDOW_WORDS) for d in prog.descs if d.op != OP_END]
-    window = max(span * (WINDOW_WORDS // cap) for span, cap in spans)   # both halves' worth with two operands
+    tiled = [d for d in prog.descs if d.op != OP_END and d.tile[0]]
     cap = cycles * TP * LANES * LANES
     sparse = {}
     for n, m in nm:   # N:M in the engine's block unit: the cycles of any network pruned so (counts, not values)
@@ -261,7 +260,7 @@ def project(config_toml: Path, nm=((2, 4), (1, 4))) -> dict:
     return {"config": str(config_toml), "grid": list(grid), "cycles": cycles, "dense_macs": macs, "nm": sparse,
             "executed_mac_util": round(executed / cap, 4), "dense_equiv_util": round(macs / cap, 4),
             "weight_buffer_blocks": blocks, "fits_weight_buffer": blocks <= WBUF_ENTRIES,
-            "window_words_needed": window, "fits_window": all(span <= cap for span, cap in spans),
+            "descriptors": len(prog.descs), "tiles": len(tiled), "tiled_layers": len({d.layer for d in tiled}),
             "memory_bytes": 8 * (prog.act_base + prog.act_words), "memory_bytes_keep_all": 8 * (keep.act_base + keep.act_words),
             "traffic_bytes": 8 * (reads + writes), "fused_adds": len(prog.fused)}
 

@@ -103,6 +103,62 @@ def test_engine_model_equals_reference_on_every_tensor(weights):
     assert descs["down.0.c0.conv"].entries == [98]
 
 
+def test_spatial_tiles_equal_the_untiled_program(weights):
+    """A window too small for a row of the whole grid: the compiler splits those descriptors into
+    tiles along H (operand views with their halo, the output written into the whole tensor), and
+    the engine model, with that window, leaves every tensor equal to the reference's; the tiles'
+    MACs add up to the layer's, and every tile's rows fit the window."""
+    from export.weights import read_weights
+    from hw.engine_model import total_macs, window_span
+
+    wb = read_weights(weights)
+    ref = Reference(wb)
+    x = random_input(ref, 3)
+    trace: dict = {}
+    ref.run(x, trace)
+    whole = compile_weights(wb)
+    for words, fuse, n in ((800, True, 2), (784, True, 2), (800, False, 2)):
+        prog = compile_weights(wb, window_words=words, fuse=fuse)
+        tiled = [d for d in prog.descs if d.tile[0]]
+        # the unfolded 7^3 layer (8 rows; 880 words a row untiled): 2 tiles of 4 rows, each with
+        # a halo of 3 rows on the inner side (784 words a row, as a tile of one row has)
+        assert len(tiled) == n and {d.layer for d in tiled} == {"down.0.c0.conv"}
+        assert all(window_span(d.op, d.flags, d.grid, d.k, d.a, d.b, words, d.tile)[0] <=
+                   window_span(d.op, d.flags, d.grid, d.k, d.a, d.b, words, d.tile)[1] for d in prog.descs if d.op)
+        mem, per = run_image(prog.image(x.q), window_words=words)
+        for name, t in trace.items():
+            if name not in prog.fused:
+                got = get_tensor(mem, prog.tensors[name])
+                assert np.array_equal(got, t.q), f"{words} words: {name}: {(got != t.q).sum()} of {t.q.size} differ"
+        if fuse:
+            assert sorted(prog.fused) == sorted(whole.fused)
+            # the engine model counts the MACs each tile's blocks execute inside the volume; they
+            # add up to the untiled layer's, as the compiler's per-tile counts do
+            assert total_macs(per) == sum(d.array_macs for d in prog.descs) == sum(d.array_macs for d in whole.descs)
+            assert sum(d.macs for d in prog.descs) == sum(d.macs for d in whole.descs)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_spatial_tiles_are_transparent_on_random_programs(seed):
+    """Every operator and flag (CONV with nearest A, fused adds with a full, nearest or trilinear
+    B; ADD with nearest and trilinear A, nearest B; MAXPOOL), split along H at random rows into
+    tiles: the engine model leaves the same output regions as without the tiles, word for word,
+    and reads each tile's views (halos included) once per pass."""
+    from hw.random_program import random_program
+
+    img, descs = random_program(np.random.default_rng([7, seed]), 120, window_words=1024)
+    img_t, descs_t = random_program(np.random.default_rng([7, seed]), 120, window_words=1024,
+                                    tiles=np.random.default_rng([8, seed]))
+    tiled = [d for d in descs_t if d.tile[0]]
+    assert len(descs_t) > len(descs) + 40 and {d.op for d in tiled} == {1, 2, 3}
+    assert any(d.flags & 64 for d in tiled) and any(d.flags & 4 for d in tiled)   # trilinear B and A tiled
+    mem, per = run_image(img, window_words=1024)
+    mem_t, per_t = run_image(img_t, window_words=1024)
+    out, out_t = min(d.o[0] for d in descs if d.op), min(d.o[0] for d in descs_t if d.op)
+    assert np.array_equal(mem[out:], mem_t[out_t:])
+    assert sum(c["macs"] for c in per) == sum(c["macs"] for c in per_t)
+
+
 def test_engine_model_per_tensor_scales(tmp_path):
     """A per-tensor weights.bin (one exponent per layer, as format 1 had) runs through the same
     per-lane shifts: every tensor equal to the reference's."""
@@ -162,10 +218,11 @@ def test_compiler_refusals(weights, tmp_path):
     # a memory plan the simulated memory cannot hold
     with pytest.raises(CompileError, match="memory words"):
         compile_weights(read_weights(weights), grid=(256, 256, 256))
-    # rows whose operand words the engine's windows cannot hold, named by layer (the engine would stop with E_WINDOW)
-    with pytest.raises(CompileError, match="down.0.c0.conv.unfold_w: one output row reads 440 words of an operand, "
-                                           "the engine's window holds 256"):
-        compile_weights(read_weights(weights), window_words=256)
+    # rows whose operand words the engine's windows cannot hold even in a tile of one row, named
+    # by layer (the engine would stop with E_WINDOW)
+    with pytest.raises(CompileError, match=r"down.0.c0.conv.unfold_w: one output row reads more words of an operand "
+                                           r"than the engine's window holds \(64\), even in a tile of one row"):
+        compile_weights(read_weights(weights), window_words=64)
     # the CLI: a missing file named, exit 2, nothing written
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, "-m", "hw.compiler", "--weights", str(tmp_path / "none.bin"),
