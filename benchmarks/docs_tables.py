@@ -165,9 +165,11 @@ def accelerator(run: Path) -> str:
     pj = cyc.get("projection")
     if pj and "traffic_bytes" in pj:
         at = f", {pj['cycles'] / (syn['fmax_mhz'] * 1e6):.0f} s at that fmax" if syn and syn.get("fmax_mhz") else ""
-        fits = "runs on the engine as built" if pj["fits_window"] and pj["fits_weight_buffer"] else (
-            f"not runnable on the engine as built: a row reaches {pj['window_words_needed']:,} window words, "
-            f"an output group {pj['weight_buffer_blocks']:,} weight blocks")
+        tiles = (f"{pj['tiles']:,} spatial tiles of {pj['tiled_layers']} layers for the engine's window, "
+                 if "tiles" in pj else "")
+        fits = tiles + ("runs on the engine as built" if pj["fits_weight_buffer"] else
+                        f"an output group needs {pj['weight_buffer_blocks']:,} weight blocks (the engine as built holds "
+                        f"{pj.get('weight_buffer_built', 512):,})")
         out.append(f"| projected: `{pj['config']}` at {'x'.join(map(str, pj['grid']))}, dense, cycle model on ideal memory "
                    f"| {pj['cycles']:,} cycles{at}; memory plan {pj['memory_bytes'] / 1e6:.0f} MB (liveness; "
                    f"{pj['memory_bytes_keep_all'] / 1e6:,.0f} MB keeping every tensor); traffic "

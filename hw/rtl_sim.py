@@ -259,7 +259,7 @@ def project(config_toml: Path, nm=((2, 4), (1, 4))) -> dict:
                                                          / (total_cycles(nm_per) * TP * LANES * LANES), 4)}
     return {"config": str(config_toml), "grid": list(grid), "cycles": cycles, "dense_macs": macs, "nm": sparse,
             "executed_mac_util": round(executed / cap, 4), "dense_equiv_util": round(macs / cap, 4),
-            "weight_buffer_blocks": blocks, "fits_weight_buffer": blocks <= WBUF_ENTRIES,
+            "weight_buffer_blocks": blocks, "fits_weight_buffer": blocks <= WBUF_ENTRIES, "weight_buffer_built": WBUF_ENTRIES,
             "descriptors": len(prog.descs), "tiles": len(tiled), "tiled_layers": len({d.layer for d in tiled}),
             "memory_bytes": 8 * (prog.act_base + prog.act_words), "memory_bytes_keep_all": 8 * (keep.act_base + keep.act_words),
             "traffic_bytes": 8 * (reads + writes), "fused_adds": len(prog.fused)}

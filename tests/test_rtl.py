@@ -694,8 +694,10 @@ def test_rtl_random_descriptors_equal_the_engine_model(tmp_path, tp, programs, w
     descriptors each, 1,000 with two blocks per slot on an engine with a 128-word operand window
     (the operands wrap around it) and a weight buffer of 1,024 blocks (each program's first
     CONV has a group of more than 512), 250 with one on the default engine, and DRAMs of four
-    timings: the RTL leaves every word of memory as the engine model does, in the model's busy
-    cycles, descriptor by descriptor, reading and writing the words its traffic model says."""
+    timings; in half the programs about half the descriptors split along H into spatial tiles at
+    random rows (operand views with halos, planes apart in memory): the RTL leaves every word of
+    memory as the engine model does, in the model's busy cycles, descriptor by descriptor,
+    reading and writing the words its traffic model says."""
     from hw.engine import WBUF_ENTRIES
     from hw.engine_model import WINDOW_WORDS, total_macs, total_traffic
     from hw.random_program import random_program
@@ -706,7 +708,11 @@ def test_rtl_random_descriptors_equal_the_engine_model(tmp_path, tp, programs, w
     words = WINDOW_WORDS if window_bits is None else 1 << window_bits
     wbuf = wbuf or WBUF_ENTRIES
     for seed in range(programs):
-        image, descs = random_program(np.random.default_rng([tp, seed]), 250, window_words=words, wbuf_entries=wbuf)
+        # the odd programs (and the TP = 1 one) with about half their descriptors split into spatial tiles
+        tiles = np.random.default_rng([tp, seed, 1]) if seed % 2 or tp == 1 else None
+        image, descs = random_program(np.random.default_rng([tp, seed]), 250, window_words=words, wbuf_entries=wbuf,
+                                      tiles=tiles)
+        assert tiles is None or sum(1 for d in descs if d.tile[0]) > 150
         if wbuf > WBUF_ENTRIES:   # the first CONV's group count, word 0 of its weights, is above 512
             assert int(image[descs[0].wbase]) > WBUF_ENTRIES
         want, per = run_image(image, tp=tp, window_words=words, wbuf_entries=wbuf)

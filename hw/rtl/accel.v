@@ -99,10 +99,10 @@ module accel #(
     wire [9:0]  gH       = dw[0][51:42];
     wire [9:0]  gW       = dw[0][61:52];
     wire [31:0] a_base   = dw[1][31:0];
-    wire [31:0] a_stride = dw[1][63:32];
+    wire [15:0] a_stride = dw[1][47:32];   // (bits 31..16 of the field reserved)
     wire [31:0] a_off    = dw[2][31:0];
     wire [31:0] b_base   = dw[2][63:32];
-    wire [31:0] b_stride = dw[3][31:0];
+    wire [15:0] b_stride = dw[3][15:0];
     wire [31:0] b_off    = dw[3][63:32];
     wire [31:0] o_base   = dw[4][31:0];
     wire [31:0] o_stride = dw[4][63:32];
@@ -125,6 +125,23 @@ module accel #(
     wire is_pool  = (op == OP_MAXPOOL);
     wire [9:0] hD = {1'b0, gD[9:1]}, hH = {1'b0, gH[9:1]}, hW = {1'b0, gW[9:1]};
     wire [3:0] pad = ksize[4:1];
+    // spatial tiling (hw/ACCEL.md): field 15 holds the output tensor's rows and A's and B's view
+    // rows (0: untiled, the rows the output grid gives), bits 15..8 of A's and B's words per
+    // voxel their row offsets (output row h is taken as h + offset before halving or doubling)
+    wire [9:0] t_orows = dw[7][41:32], t_arows = dw[7][51:42], t_brows = dw[7][61:52];
+    wire [7:0] a_roff = a_stride[15:8], b_roff = b_stride[15:8];
+    wire a_half = a_near || (a_tri && !is_conv), b_half = b_near || (is_conv && b_tri);
+    wire [9:0] o_rows = (t_orows != 10'd0) ? t_orows : gH;   // the output tensor's rows
+    wire [9:0] wa_Wc = is_pool ? {gW[8:0], 1'b0} : a_half ? hW : gW, wb_Wc = b_half ? hW : gW;
+    // each operand's rows: derived (untiled), in its view, and in memory (its tensor's)
+    wire [9:0] a_rows_d = is_pool ? {gH[8:0], 1'b0} : a_half ? hH : gH, b_rows_d = b_half ? hH : gH;
+    wire [9:0] a_rows_v = (t_arows != 10'd0) ? t_arows : a_rows_d, b_rows_v = (t_brows != 10'd0) ? t_brows : b_rows_d;
+    wire [9:0] a_rows_m = (t_arows == 10'd0) ? a_rows_d : is_pool ? {o_rows[8:0], 1'b0} : a_half ? {1'b0, o_rows[9:1]} : o_rows;
+    wire [9:0] b_rows_m = (t_brows == 10'd0) ? b_rows_d : b_half ? {1'b0, o_rows[9:1]} : o_rows;
+    // the last output row (+ offset) a reach may touch: untiled the output's, else the view's
+    wire [9:0] a_hl = (t_arows == 10'd0) ? gH - 10'd1 : is_pool ? {1'b0, t_arows[9:1]} - 10'd1 :
+                      a_half ? {t_arows[8:0], 1'b0} - 10'd1 : t_arows - 10'd1;
+    wire [9:0] b_hl = (t_brows == 10'd0) ? gH - 10'd1 : b_half ? {t_brows[8:0], 1'b0} - 10'd1 : t_brows - 10'd1;
 
     // the descriptor's own consistency, checked when it is decoded
     function pow2w(input [31:0] n);   // words per voxel: a power of two, 1 .. 128
@@ -134,7 +151,7 @@ module accel #(
         !(op == OP_END || op == OP_CONV || op == OP_ADD || op == OP_MAXPOOL) ? E_OPCODE :
         (op == OP_END)                                                 ? E_NONE   :
         (gD == 10'd0 || gH == 10'd0 || gW == 10'd0)                    ? E_GRID   :
-        (!pow2w(a_stride) || !pow2w(o_stride) || (has_b && !pow2w(b_stride))) ? E_STRIDE :
+        (!pow2w({24'd0, a_stride[7:0]}) || !pow2w(o_stride) || (has_b && !pow2w({24'd0, b_stride[7:0]}))) ? E_STRIDE :
         (is_conv && (ksize[0] == 1'b0 || ksize > 32'd31))              ? E_KERNEL :
         ((is_conv ? n_ocg : n_groups) == 32'd0)                        ? E_GROUPS : E_NONE;
 
@@ -203,7 +220,9 @@ module accel #(
     reg [1:0] wa_mode, wb_mode;
     reg [3:0] wa_p, wb_p;                      // the reach in taps: pad (CONV's A), 1 (trilinear), else 0
     reg [9:0] wa_W, wb_W, wa_D, wb_D;          // the operands' grids
-    reg [AW-1:0] wa_RW, wb_RW, wa_PW, wb_PW;   // words per row and per plane of the operands
+    reg [9:0] ga_off, gb_off, ga_hl, gb_hl;    // the row offsets; the last row (+ offset) a reach touches
+    reg [AW-1:0] wa_RW, wb_RW, wa_PW, wb_PW;   // words per row and per plane of the operands' views
+    reg [AW-1:0] wa_PM, wb_PM;                 // words per plane of the operands' tensors (in memory)
     reg [AW-1:0] wa_base, wa_end, wb_base, wb_end;
     reg w_two;                                 // B (ADD or fused CONV): two windows, half the buffer each
     reg win_start, win_err;
@@ -237,10 +256,10 @@ module accel #(
     wire [9:0] g_hn = g_hend ? g_h : g_h + 10'd1, g_dn = g_dend ? g_d : g_d + 10'd1;
     // the reaches of this row and of the next row and plane (A and B reach their p taps)
     wire [19:0] ra_d = reach(g_d, d_last, wa_p, wa_mode), ra_dn = reach(g_dn, d_last, wa_p, wa_mode);
-    wire [19:0] ra_h = reach(g_h, h_last, wa_p, wa_mode), ra_hn = reach(g_hn, h_last, wa_p, wa_mode);
+    wire [19:0] ra_h = reach(g_h + ga_off, ga_hl, wa_p, wa_mode), ra_hn = reach(g_hn + ga_off, ga_hl, wa_p, wa_mode);
     wire [19:0] rb_d = reach(g_d, d_last, wb_p, wb_mode), rb_dn = reach(g_dn, d_last, wb_p, wb_mode);
-    wire [19:0] rb_h = reach(g_h, h_last, wb_p, wb_mode), rb_hn = reach(g_hn, h_last, wb_p, wb_mode);
-    wire [19:0] ra_0 = reach(10'd0, h_last, wa_p, wa_mode), rb_0 = reach(10'd0, h_last, wb_p, wb_mode);
+    wire [19:0] rb_h = reach(g_h + gb_off, gb_hl, wb_p, wb_mode), rb_hn = reach(g_hn + gb_off, gb_hl, wb_p, wb_mode);
+    wire [19:0] ra_0 = reach(ga_off, ga_hl, wa_p, wa_mode), rb_0 = reach(gb_off, gb_hl, wb_p, wb_mode);
     wire [19:0] ra_d0 = reach(10'd0, d_last, wa_p, wa_mode), rb_d0 = reach(10'd0, d_last, wb_p, wb_mode);
     // the steps (0, 1 or 2) of each reach end to the next row (h) and the next plane (d)
     wire [1:0] sa_dl = ra_dn[11:10] - ra_d[11:10], sa_dh = ra_dn[1:0] - ra_d[1:0];
@@ -323,12 +342,12 @@ module accel #(
     // header RAM and registered (the block RAM's output is slow; nothing else follows it)
     reg j_v, j_first, j_last, j_isb, i_isb;
     reg [2:0] j_bk, i_bk;
-    reg [9:0] j_d, j_h, j_w;
+    reg [9:0] j_d, j_h, j_w, j_ha, j_hb;   // j_ha, j_hb: the row + A's, B's row offset
     reg [WB_AW-1:0] j_e;
     reg [31:0] j_grp, j_og;
     reg [31:0] h_raw;
     reg i_v, i_first, i_last;
-    reg [9:0] i_d, i_h, i_w;
+    reg [9:0] i_d, i_h, i_w, i_ha, i_hb;
     reg [WB_AW-1:0] i_e;
     reg [31:0] i_grp, i_og;
     reg [31:0] h_cur;
@@ -338,21 +357,21 @@ module accel #(
         j_first <= b_slot ? (eslot[WB_AW:0] == conv_last + 1'b1) : (eslot == 0);
         j_last <= (fused && !b_slot) ? (eslot[WB_AW:0] == conv_last) : last_slot;
         j_isb <= b_slot; j_bk <= bk; i_isb <= j_isb; i_bk <= j_bk;
-        j_d <= vd; j_h <= vh; j_w <= vw; j_e <= eslot[WB_AW-1:0]; j_grp <= grp;
+        j_d <= vd; j_h <= vh; j_w <= vw; j_ha <= vh + ga_off; j_hb <= vh + gb_off; j_e <= eslot[WB_AW-1:0]; j_grp <= grp;
         j_og <= is_conv ? ocg : grp;
         h_raw <= hdr[eslot[WB_AW-1-TPL:0]];
         i_v <= rst ? 1'b0 : j_v;
         i_first <= j_first; i_last <= j_last;
-        i_d <= j_d; i_h <= j_h; i_w <= j_w; i_e <= j_e; i_grp <= j_grp; i_og <= j_og;
+        i_d <= j_d; i_h <= j_h; i_w <= j_w; i_ha <= j_ha; i_hb <= j_hb; i_e <= j_e; i_grp <= j_grp; i_og <= j_og;
         h_cur <= h_raw;
     end
     wire signed [11:0] cd = $signed({2'b0, i_d}) + $signed({4'b0, f_tap_offset ? h_cur[15:8] : h_cur[7:0]})   // fault: the b tap along d
                             - $signed({8'b0, pad});
-    wire signed [11:0] ch = $signed({2'b0, i_h}) + $signed({4'b0, h_cur[15:8]}) - $signed({8'b0, pad});
+    wire signed [11:0] ch = $signed({2'b0, i_ha}) + $signed({4'b0, h_cur[15:8]}) - $signed({8'b0, pad});
     wire signed [11:0] cw = $signed({2'b0, i_w}) + $signed({4'b0, h_cur[23:16]}) - $signed({8'b0, pad});
     // (fault: one voxel past the volume's far face along d counts as inside)
     wire conv_in = (cd >= 0) && (f_pad_bounds ? cd <= $signed({2'b0, gD}) : cd < $signed({2'b0, gD})) &&
-                   (ch >= 0) && (ch < $signed({2'b0, gH})) && (cw >= 0) && (cw < $signed({2'b0, gW}));
+                   (ch >= 0) && (ch < $signed({1'b0, a_hext})) && (cw >= 0) && (cw < $signed({2'b0, gW}));
 
     // trilinear corners: per axis the coarse index and weight of corner bit `hi`
     function [11:0] tri_idx(input [9:0] o, input [9:0] n, input hi);  // {weight[1:0], index[9:0]}
@@ -365,7 +384,7 @@ module accel #(
     endfunction
     wire [2:0] corner = is_conv ? i_bk : i_e[2:0];   // an ADD's slot is its corner; a fused B counts them
     wire [11:0] td = tri_idx(i_d, hD, corner[2]);
-    wire [11:0] th = tri_idx(i_h, hH, corner[1]);
+    wire [11:0] th = tri_idx(is_conv ? i_hb : i_ha, is_conv ? hb_v : ha_v, corner[1]);
     wire [11:0] tw = tri_idx(i_w, hW, corner[0]);
     // the product of three weights in {1, 3} is 3^(number of 3s): a table, not two multipliers
     wire [1:0] n3 = {1'b0, td[11]} + {1'b0, th[11]} + {1'b0, tw[11]};
@@ -374,7 +393,10 @@ module accel #(
 
     // the voxel index d*H*W + h*W + w needs H*W of the operand's grid: the full grid's, the half
     // grid's (nearest / trilinear operands) and the double grid's (max-pool), registered at decode
-    reg [AW-1:0] hw_full, hw_half, hw_dbl;
+    reg [AW-1:0] hw_a, hw_b, hw_o, hw_t;   // A's and B's view planes, the output tensor's plane, the tile's plane
+    reg [AW-1:0] hm_a, hm_b;               // A's and B's planes in memory (their tensors')
+    reg [9:0] ha_v, hb_v;                  // A's and B's view rows
+    reg [10:0] a_hext;                     // a CONV's rows (output resolution) its taps may read: A's view's
 
     wire [9:0] bn_d = (i_d + {9'd0, f_nearest_half}) >> 1;   // a nearest B's plane (fault: rounded up along d)
     // slot: coordinates in the operand's grid, its grid (W and H*W), base, stride, group
@@ -386,28 +408,30 @@ module accel #(
     reg [1:0] s_kind;
     reg [4:0] s_coef, s_shift;
     always @(*) begin
-        sd = i_d; sh = i_h; sw = i_w; s_hw = hw_full; sgW = gW;
+        sd = i_d; sh = i_ha; sw = i_w; s_hw = hw_a; sgW = gW;
         s_base = a_base; s_lg = a_lg; s_grp = a_off + i_grp;
         s_rd = 1'b1; s_isb = 1'b0; s_kind = K_SCALE; s_coef = 5'd1; s_shift = sa;
         if (is_conv && i_isb) begin   // the fused add's B at the output voxel (or up-sampled)
             s_base = b_base; s_lg = b_lg; s_grp = b_off + i_og; s_shift = sb; s_isb = 1'b1;
-            if (b_tri) begin sd = td[9:0]; sh = th[9:0]; sw = tw[9:0]; s_hw = hw_half; sgW = hW; s_coef = tcoef; end
-            else if (b_near) begin sd = bn_d; sh = i_h >> 1; sw = i_w >> 1; s_hw = hw_half; sgW = hW; end
+            sh = i_hb; s_hw = hw_b;
+            if (b_tri) begin sd = td[9:0]; sh = th[9:0]; sw = tw[9:0]; sgW = hW; s_coef = tcoef; end
+            else if (b_near) begin sd = bn_d; sh = i_hb >> 1; sw = i_w >> 1; sgW = hW; end
         end else if (is_conv) begin
             s_kind = K_CONV; s_rd = conv_in; s_grp = a_off + {24'd0, h_cur[31:24]};
             sd = cd[9:0]; sh = ch[9:0]; sw = cw[9:0];
-            if (a_near) begin sd = cd[10:1]; sh = ch[10:1]; sw = cw[10:1]; s_hw = hw_half; sgW = hW; end
+            if (a_near) begin sd = cd[10:1]; sh = ch[10:1]; sw = cw[10:1]; sgW = hW; end
         end else if (is_pool) begin
             s_kind = K_MAX; s_shift = 5'd0;
-            sd = {i_d[8:0], i_e[2]}; sh = {i_h[8:0], i_e[1]}; sw = {i_w[8:0], i_e[0]};
-            s_hw = hw_dbl; sgW = {gW[8:0], 1'b0};
+            sd = {i_d[8:0], i_e[2]}; sh = {i_ha[8:0], i_e[1]}; sw = {i_w[8:0], i_e[0]};
+            sgW = {gW[8:0], 1'b0};
         end else if (has_b && i_last) begin
             s_base = b_base; s_lg = b_lg; s_grp = b_off + i_grp; s_shift = sb; s_isb = 1'b1;
-            if (b_near) begin sd = bn_d; sh = i_h >> 1; sw = i_w >> 1; s_hw = hw_half; sgW = hW; end
+            sh = i_hb; s_hw = hw_b;
+            if (b_near) begin sd = bn_d; sh = i_hb >> 1; sw = i_w >> 1; sgW = hW; end
         end else if (a_tri) begin
-            sd = td[9:0]; sh = th[9:0]; sw = tw[9:0]; s_hw = hw_half; sgW = hW; s_coef = tcoef;
+            sd = td[9:0]; sh = th[9:0]; sw = tw[9:0]; sgW = hW; s_coef = tcoef;
         end else if (a_near) begin
-            sd = i_d >> 1; sh = i_h >> 1; sw = i_w >> 1; s_hw = hw_half; sgW = hW;
+            sd = i_d >> 1; sh = i_ha >> 1; sw = i_w >> 1; sgW = hW;
         end
     end
 
@@ -441,9 +465,9 @@ module accel #(
                 hdr_x[lblk[WB_AW-1:TPL]] <= rd0[31:0];
         wire [31:0] hc = hx_cur[32*U +: 32];
         wire signed [11:0] xd = $signed({2'b0, i_d}) + $signed({4'b0, hc[7:0]}) - $signed({8'b0, pad});
-        wire signed [11:0] xh = $signed({2'b0, i_h}) + $signed({4'b0, hc[15:8]}) - $signed({8'b0, pad});
+        wire signed [11:0] xh = $signed({2'b0, i_ha}) + $signed({4'b0, hc[15:8]}) - $signed({8'b0, pad});
         wire signed [11:0] xw = $signed({2'b0, i_w}) + $signed({4'b0, hc[23:16]}) - $signed({8'b0, pad});
-        wire x_in = (xd >= 0) && (xd < $signed({2'b0, gD})) && (xh >= 0) && (xh < $signed({2'b0, gH})) &&
+        wire x_in = (xd >= 0) && (xd < $signed({2'b0, gD})) && (xh >= 0) && (xh < $signed({1'b0, a_hext})) &&
                     (xw >= 0) && (xw < $signed({2'b0, gW}));
         always @(posedge clk) begin
             // I0, I1: the header of block TP * slot + gt; valid while inside the group's E blocks
@@ -687,9 +711,10 @@ module accel #(
     // ends and the next descriptor's address, 48 bits wide
     localparam [47:0] MEM_MAX = 48'd1 << AW;
     reg [47:0] lim;
-    reg [29:0] nv_a, nv_b, nv_o;   // voxels of the operands' and the output's grids
+    reg [AW-1:0] nv_a, nv_b;       // voxels of the operands' views
+    reg [29:0] mv_a, mv_b, mv_o;   // voxels of the operands' and the output's planes before their last, in memory
     // the regions' ends: base + voxels x words per voxel (48 bits: no field wraps them around)
-    wire [47:0] a_words = {18'd0, nv_a} << a_lg, b_words = {18'd0, nv_b} << b_lg;
+    wire [AW-1:0] a_words = nv_a << a_lg, b_words = nv_b << b_lg;   // the views' words
     reg [47:0] pa_end, pb_end, po_end, pw_end;
     reg [31:0] dbase;
     wire [47:0] lim_in = ({16'd0, mem_limit} > MEM_MAX) ? MEM_MAX : {16'd0, mem_limit};
@@ -737,9 +762,15 @@ module accel #(
             end
             S_DECODE: begin
                 d_last <= gD - 10'd1; h_last <= gH - 10'd1; w_last <= gW - 10'd1;
-                hw_full <= {{XW{1'b0}}, gH} * {{XW{1'b0}}, gW};
-                hw_half <= {{XW{1'b0}}, hH} * {{XW{1'b0}}, hW};
-                hw_dbl <= ({{XW{1'b0}}, gH} * {{XW{1'b0}}, gW}) << 2;
+                hw_a <= {{XW{1'b0}}, a_rows_v} * {{XW{1'b0}}, wa_Wc};
+                hw_b <= {{XW{1'b0}}, b_rows_v} * {{XW{1'b0}}, wb_Wc};
+                hm_a <= {{XW{1'b0}}, a_rows_m} * {{XW{1'b0}}, wa_Wc};
+                hm_b <= {{XW{1'b0}}, b_rows_m} * {{XW{1'b0}}, wb_Wc};
+                hw_o <= {{XW{1'b0}}, o_rows} * {{XW{1'b0}}, gW};
+                hw_t <= {{XW{1'b0}}, gH} * {{XW{1'b0}}, gW};
+                ha_v <= a_rows_v; hb_v <= b_rows_v;
+                a_hext <= a_near ? {a_rows_v, 1'b0} : {1'b0, a_rows_v};
+                ga_off <= {2'd0, a_roff}; gb_off <= {2'd0, b_roff}; ga_hl <= a_hl; gb_hl <= b_hl;
                 a_lg <= log2w(a_stride[7:0]); b_lg <= log2w(b_stride[7:0]); o_lg <= log2w(o_stride[7:0]);
                 rq_relu <= relu;
                 lane_sh <= {L{s_out}}; sh_pending <= 1'b1;
@@ -762,22 +793,28 @@ module accel #(
             S_CHECK: begin
                 wa_RW <= {{(AW-10){1'b0}}, wa_W} << a_lg;
                 wb_RW <= {{(AW-10){1'b0}}, wb_W} << b_lg;
-                wa_PW <= (wa_mode == M_DBL ? hw_dbl : wa_mode == M_HALF ? hw_half : hw_full) << a_lg;
-                wb_PW <= (wb_mode == M_HALF ? hw_half : hw_full) << b_lg;
+                wa_PW <= hw_a << a_lg;   // the views' planes (the window streams them back to back)
+                wb_PW <= hw_b << b_lg;
+                wa_PM <= hm_a << a_lg;   // and their tensors' (the planes' distance in memory)
+                wb_PM <= hm_b << b_lg;
                 // voxels of each region (the words follow at S_PLAN): one product each
-                nv_a <= {20'd0, wa_D} * {10'd0, (wa_mode == M_DBL ? hw_dbl : wa_mode == M_HALF ? hw_half : hw_full)};
-                nv_b <= {20'd0, wb_D} * {10'd0, (wb_mode == M_HALF ? hw_half : hw_full)};
-                nv_o <= {20'd0, gD} * {10'd0, hw_full};
+                nv_a <= {{(AW-10){1'b0}}, wa_D} * hw_a;
+                nv_b <= {{(AW-10){1'b0}}, wb_D} * hw_b;
+                mv_a <= {20'd0, wa_D - 10'd1} * {10'd0, hm_a};   // the planes before the last, in memory
+                mv_b <= {20'd0, wb_D - 10'd1} * {10'd0, hm_b};
+                mv_o <= {20'd0, gD - 10'd1} * {10'd0, hw_o};
                 if (op == OP_END || dec_err != E_NONE) begin
                     state <= S_DONE; done <= 1'b1; error <= dec_err;
                 end else state <= S_PLAN;
             end
             S_PLAN: begin
-                wa_end <= wa_base + a_words[AW-1:0];
-                wb_end <= w_two ? wb_base + b_words[AW-1:0] : wb_base;
-                pa_end <= {16'd0, a_base} + a_words;
-                pb_end <= w_two ? {16'd0, b_base} + b_words : 48'd0;
-                po_end <= {16'd0, o_base} + ({18'd0, nv_o} << o_lg);
+                wa_end <= wa_base + a_words;
+                wb_end <= w_two ? wb_base + b_words : wb_base;
+                // the regions in memory: the planes before the last at their tensor's distance, then
+                // the last plane of the view (of the tile, for the output)
+                pa_end <= {16'd0, a_base} + (({18'd0, mv_a} + {{(48-AW){1'b0}}, hw_a}) << a_lg);
+                pb_end <= w_two ? {16'd0, b_base} + (({18'd0, mv_b} + {{(48-AW){1'b0}}, hw_b}) << b_lg) : 48'd0;
+                po_end <= {16'd0, o_base} + (({18'd0, mv_o} + {{(48-AW){1'b0}}, hw_t}) << o_lg);
                 pw_end <= is_conv ? {16'd0, wbase} + 48'd6 : 48'd0;
                 state <= S_GO;
             end
@@ -889,7 +926,7 @@ module accel #(
             a1_coef <= a0_coef; a1_shift <= a0_shift; a1_e <= a0_e;
             a1_pd <= {{XW{1'b0}}, a0_sd} * a0_hw;
             a1_ph <= {{XW{1'b0}}, a0_sh} * {{XW{1'b0}}, a0_sgW};
-            a1_opd <= {{XW{1'b0}}, a0_od} * hw_full;
+            a1_opd <= {{XW{1'b0}}, a0_od} * hw_o;
             a1_oph <= {{XW{1'b0}}, a0_oh} * {{XW{1'b0}}, gW};
             a1_sw <= a0_sw; a1_ow <= a0_ow;
             a1_base <= a0_base; a1_lg <= a0_lg; a1_grp <= a0_grp; a1_og <= a0_og;
@@ -982,6 +1019,7 @@ module accel #(
     accel_mem #(.AW(AW), .TP(TP), .BW(BW)) u_mem (
         .clk(clk), .rst(rst), .clear(start && (state == S_IDLE || state == S_DONE)), .sq_req(sq_req), .sq_addr(sq_addr), .sq_len(sq_len), .sq_valid(sq_valid), .sq_data(rd0),
         .win_start(win_start), .win_two(w_two), .a_base(wa_base), .a_end(wa_end), .b_base(wb_base), .b_end(wb_end),
+        .a_chunk(wa_PW), .a_pitch(wa_PM), .b_chunk(wb_PW), .b_pitch(wb_PM),
         .a_lo(rel_a[15]), .b_lo(rel_b[15]), .a_fill(a_fill), .b_fill(b_fill),
         .rd_en(rd_en), .rd_addr(rd_addr), .rd_b(rd0_b), .rd_data(rd_data),
         .wr_en(wr_en), .wr_addr(wr_addr), .wr_data(wr_data), .wr_room(wr_room), .flush(flush), .abort(abort),

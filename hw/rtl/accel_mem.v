@@ -38,6 +38,12 @@ module accel_mem #(
     input  wire [AW-1:0]     a_end,
     input  wire [AW-1:0]     b_base,
     input  wire [AW-1:0]     b_end,
+    // a tile's view (hw/ACCEL.md, "Spatial tiling"): the window takes `chunk` words of each
+    // plane, planes `pitch` words apart in memory (pitch == chunk: one contiguous region)
+    input  wire [AW-1:0]     a_chunk,
+    input  wire [AW-1:0]     a_pitch,
+    input  wire [AW-1:0]     b_chunk,
+    input  wire [AW-1:0]     b_pitch,
     input  wire [AW-1:0]     a_lo,        // no word below these is read again
     input  wire [AW-1:0]     b_lo,
     output reg  [AW-1:0]     a_fill,      // every word in [base, fill) is in the buffer
@@ -91,6 +97,13 @@ module accel_mem #(
     // the window streams' limits, registered: the lower of the end and lo + cap
     reg [AW:0] e_a, e_b;
     wire [AW:0] r_sq = room({1'b0, sq_end}, sq_ptr), r_a = room(e_a, a_ptr), r_b = room(e_b, b_ptr);
+    // the window streams' memory addresses: a_ptr, b_ptr count the view's words (the buffer's
+    // order), a_mp, b_mp where they are in memory; a tiled stream's burst ends with its plane's
+    // chunk (a_left words left), then jumps to the next plane's
+    reg [AW-1:0] a_mp, b_mp, a_left, b_left, a_skip, b_skip, a_len, b_len;
+    reg a_jump, b_jump;
+    wire [AW:0] ra_c = (a_jump && {1'b0, a_left} < r_a) ? {1'b0, a_left} : r_a;
+    wire [AW:0] rb_c = (b_jump && {1'b0, b_left} < r_b) ? {1'b0, b_left} : r_b;
     // a burst: to the next 16-word boundary at most
     function [4:0] blen(input [3:0] ptr, input [AW:0] r);   // ptr: the low 4 address bits
         reg [4:0] b;
@@ -118,7 +131,7 @@ module accel_mem #(
     wire pick_a = !pick_sq && ok_a && (!rr || !ok_b);
     wire pick_b = !pick_sq && !pick_a && ok_b;
     wire issue = ar_free && (tg_n < 4'd8) && !abort && (pick_sq || pick_a || pick_b);
-    wire [AW-1:0] iptr = pick_sq ? sq_ptr : pick_a ? a_ptr : b_ptr;
+    wire [AW-1:0] iptr = pick_sq ? sq_ptr : pick_a ? a_mp : b_mp;
     wire [4:0] ilen = pick_sq ? l_sq : pick_a ? l_a : l_b;
     wire r_beat = m_rvalid;   // always ready
     wire r_done = r_beat && m_rlast;
@@ -152,12 +165,13 @@ module accel_mem #(
             sq_ptr <= {AW{1'b0}}; sq_end <= {AW{1'b0}}; a_ptr <= {AW{1'b0}}; a_stop <= {AW{1'b0}};
             b_ptr <= {AW{1'b0}}; b_stop <= {AW{1'b0}}; a_fill <= {AW{1'b0}}; b_fill <= {AW{1'b0}};
             a_arr <= {AW{1'b0}}; b_arr <= {AW{1'b0}}; w_we_r <= 1'b0;
+            a_mp <= {AW{1'b0}}; b_mp <= {AW{1'b0}}; a_jump <= 1'b0; b_jump <= 1'b0;
             two <= 1'b0; rr <= 1'b0; tg_wp <= 3'd0; tg_rp <= 3'd0; tg_n <= 4'd0; m_arvalid <= 1'b0;
             fresh <= 1'b0; fresh2 <= 1'b0; went <= 3'd0; e_a <= {(AW+1){1'b0}}; e_b <= {(AW+1){1'b0}}; l_sq <= 5'd0; l_a <= 5'd0; l_b <= 5'd0;
             sq_valid <= 1'b0; n_reads <= 64'd0;
         end else begin
             sq_valid <= r_beat && (r_c == C_SEQ);
-            l_sq <= blen(sq_ptr[3:0], r_sq); l_a <= blen(a_ptr[3:0], r_a); l_b <= blen(b_ptr[3:0], r_b);
+            l_sq <= blen(sq_ptr[3:0], r_sq); l_a <= blen(a_mp[3:0], ra_c); l_b <= blen(b_mp[3:0], rb_c);
             fresh <= !(sq_req || win_start || abort);
             fresh2 <= fresh && !(sq_req || win_start || abort);
             e_a <= ({1'b0, a_lo} + cap < {1'b0, a_stop}) ? {1'b0, a_lo} + cap : {1'b0, a_stop};
@@ -179,8 +193,16 @@ module accel_mem #(
                 tg_c[tg_wp] <= pick_sq ? C_SEQ : pick_a ? C_A : C_B;
                 tg_wp <= tg_wp + 3'd1;
                 if (pick_sq) sq_ptr <= sq_ptr + {{(AW-5){1'b0}}, ilen};
-                if (pick_a) begin a_ptr <= a_ptr + {{(AW-5){1'b0}}, ilen}; rr <= 1'b1; end
-                if (pick_b) begin b_ptr <= b_ptr + {{(AW-5){1'b0}}, ilen}; rr <= 1'b0; end
+                if (pick_a) begin
+                    a_ptr <= a_ptr + {{(AW-5){1'b0}}, ilen}; rr <= 1'b1;
+                    if (a_jump && {{(AW-5){1'b0}}, ilen} == a_left) begin a_mp <= a_mp + {{(AW-5){1'b0}}, ilen} + a_skip; a_left <= a_len; end
+                    else begin a_mp <= a_mp + {{(AW-5){1'b0}}, ilen}; a_left <= a_left - {{(AW-5){1'b0}}, ilen}; end
+                end
+                if (pick_b) begin
+                    b_ptr <= b_ptr + {{(AW-5){1'b0}}, ilen}; rr <= 1'b0;
+                    if (b_jump && {{(AW-5){1'b0}}, ilen} == b_left) begin b_mp <= b_mp + {{(AW-5){1'b0}}, ilen} + b_skip; b_left <= b_len; end
+                    else begin b_mp <= b_mp + {{(AW-5){1'b0}}, ilen}; b_left <= b_left - {{(AW-5){1'b0}}, ilen}; end
+                end
             end
             if (r_done) tg_rp <= tg_rp + 3'd1;
             tg_n <= tg_n + {3'd0, issue} - {3'd0, r_done};
@@ -193,6 +215,8 @@ module accel_mem #(
                 two <= win_two;
                 a_ptr <= a_base; a_stop <= a_end; a_fill <= a_base; a_arr <= a_base;
                 b_ptr <= b_base; b_stop <= b_end; b_fill <= b_base; b_arr <= b_base;
+                a_mp <= a_base; a_left <= a_chunk; a_len <= a_chunk; a_skip <= a_pitch - a_chunk; a_jump <= (a_pitch != a_chunk);
+                b_mp <= b_base; b_left <= b_chunk; b_len <= b_chunk; b_skip <= b_pitch - b_chunk; b_jump <= (b_pitch != b_chunk);
             end
             if (abort) begin a_stop <= a_ptr; b_stop <= b_ptr; sq_end <= sq_ptr; end
         end
