@@ -279,6 +279,8 @@ def rtl_sim(golden: Path, out: Path, weights: Path | None = None, dense: bool = 
     limits = {"wbuf_entries": engine["WBUF_DEPTH"]} if engine and "WBUF_DEPTH" in engine else {}
     if engine and "ADDR_BITS" in engine:
         limits["mem_words"] = 1 << engine["ADDR_BITS"]
+    if engine and "WINDOW_BITS" in engine:   # the compiler tiles what overflows this engine's windows
+        limits["window_words"] = 1 << engine["WINDOW_BITS"]
     prog = compile_weights(weights, dense=dense, fuse=fuse, **limits)
     build_dir = build_dir or out / "sim_build"
     if faults:   # one build with every fault site (hw/rtl/accel_faults.vh), these switched on

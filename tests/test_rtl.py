@@ -615,6 +615,40 @@ def test_rtl_runs_another_network_from_its_file(sim_build, tmp_path):
         cycle_model(prog))
 
 
+def test_rtl_tiles_a_network_as_the_reference(tmp_path):
+    """The test network at 16^3 on an engine built with a 2,048-word window, too small for a row
+    of the unfolded 7^3 layer on the whole grid (3,296 words): the compiler cuts that layer into
+    tiles, and the RTL leaves every tensor of the reference's in memory, in the model's busy
+    cycles, reading the words the traffic model says (the halos twice)."""
+    from export.untrained import untrained_weights
+    from export.weights import read_weights
+    from hw.engine_model import total_traffic, window_span
+    from hw.rtl_sim import build, simulate
+    from model.config import config_from_dict
+
+    cfg = config_from_dict(tomllib.loads(RTL_TOML.replace("[8, 8, 8]", "[16, 16, 16]")))
+    wb = read_weights(untrained_weights(cfg.model, cfg.data.shape, tmp_path / "w.bin", seed=4, sparsity=0.25))
+    ref = Reference(wb)
+    rng = np.random.default_rng(4)
+    x = quantize_input(rng.random((16, 16, 16)), rng.random((16, 16, 16)), ref.r["input"])
+    trace: dict = {}
+    ref.run(x, trace)
+    prog = compile_weights(wb, window_words=2048)
+    tiled = [d for d in prog.descs if d.tile[0]]
+    whole = [d for d in compile_weights(wb).descs if d.layer == "down.0.c0.conv"][0]
+    assert window_span(whole.op, whole.flags, whole.grid, whole.k, whole.a, whole.b, 2048)[0] > 2048
+    assert {d.layer for d in tiled} == {"down.0.c0.conv"} and len(tiled) > 1
+    mem, per = run_image(prog.image(x.q), window_words=2048)
+    runner = build(tmp_path / "build", tp=2, window_bits=11)
+    rtl_mem, res = simulate(runner, tmp_path / "build", prog.image(x.q), tmp_path / "run")
+    for name, t in trace.items():
+        if name not in prog.fused:
+            got = get_tensor(rtl_mem, prog.tensors[name])
+            assert np.array_equal(got, t.q), f"{name}: {(got != t.q).sum()} of {t.q.size} differ"
+    assert np.array_equal(rtl_mem, mem) and res["cycles"] - res["waits"] == total_cycles(per)
+    assert (res["reads"], res["writes"]) == total_traffic(per)
+
+
 def test_engine_runs_again_without_a_reset(weights, sim_build, tmp_path):
     """A second start after done runs the program again: the same ddf as the reference, the
     same busy cycles as the cycle model, error 0."""
