@@ -24,15 +24,18 @@ from model.cli import run_cli
 
 def engine_for(weights: Path) -> dict:
     """The smallest engine parameters (powers of two) the compiled program needs beyond the
-    defaults: WBUF_DEPTH for its largest output group, ADDR_BITS for its memory plan."""
+    defaults: WBUF_DEPTH for its largest output group, ADDR_BITS for its memory plan, and the
+    simulated DRAM's size (SIM_MEM_BITS) for it."""
     from hw.compiler import OP_CONV, compile_weights
     from hw.engine import ENGINE
+    from hw.rtl_sim import SIM_MEM_BITS
 
     prog = compile_weights(weights, wbuf_entries=1 << 30, mem_words=1 << 62)
     blocks = max(max(d.entries) for d in prog.descs if d.op == OP_CONV)
     words = prog.act_base + prog.act_words
     return {"WBUF_DEPTH": max(ENGINE["WBUF_DEPTH"][0], 1 << (blocks - 1).bit_length()),
-            "ADDR_BITS": max(ENGINE["ADDR_BITS"][0], (words - 1).bit_length())}
+            "ADDR_BITS": max(ENGINE["ADDR_BITS"][0], (words - 1).bit_length()),
+            "SIM_MEM_BITS": max(SIM_MEM_BITS, (words - 1).bit_length())}
 
 
 def main(argv=None) -> int:

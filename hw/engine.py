@@ -21,9 +21,9 @@ import numpy as np
 ENGINE = {
     "LANES": (8, "bytes per memory word = channels per group = MAC array rows and columns"),
     "TP": (2, "weight blocks per slot = run read ports: the MAC array is TP x LANES x LANES"),
-    "WBUF_DEPTH": (512, "weight blocks an output-channel group may hold"),
+    "WBUF_DEPTH": (2048, "weight blocks an output-channel group may hold (configs/ibsr.toml's largest: 1,728)"),
     "WINDOW_BITS": (14, "log2 of the operand window buffer's 64-bit words"),
-    "ADDR_BITS": (20, "word address bits (2^20 words: 8 MiB)"),
+    "ADDR_BITS": (28, "word address bits (2^28 words: 2 GiB; configs/ibsr.toml's plan at 128x160x128 is 276 MB)"),
     "DESC_WORDS": (8, "words of a descriptor (16 32-bit fields)"),
 }
 

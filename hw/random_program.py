@@ -29,6 +29,7 @@ from hw.reference import MAX_LEFT_SHIFT, MAX_RIGHT_SHIFT
 POOL_WORDS = 4 * 10 * 10 * 10   # an operand pool: the largest read (a max-pool's 10^3 input, 4 words a voxel)
 POOLS = 3
 MAX_AXIS = 5
+BIG_GROUP = 512   # an engine whose weight buffer holds more: the first CONV's group has more blocks than this
 MAX_BLOCKS = 48
 
 
@@ -57,7 +58,7 @@ def random_program(rng: np.random.Generator, count: int = 250, window_words: int
                    ) -> tuple[np.ndarray, list[Desc]]:
     """(memory image, descriptors) of `count` random descriptors and an END, each fitting an
     engine whose operand window buffer holds `window_words` (a small one wraps around often) and
-    whose weight buffer holds `wbuf_entries` blocks a group: above the default's 512, the first
+    whose weight buffer holds `wbuf_entries` blocks a group: above 512 (the default's, 2,048, too), the first
     descriptor is a CONV whose output group has more than 512 (a 7^3 kernel on 2 input groups,
     on a small grid). With `tiles`, about half the descriptors are split along H at random rows
     into spatial tiles (hw.compiler.tile_of), the cuts drawn from `tiles` alone: the same `rng`
@@ -67,7 +68,7 @@ def random_program(rng: np.random.Generator, count: int = 250, window_words: int
     weights: list[list[int]] = []   # per CONV descriptor: its weight words
     out_words: list[int] = []
     for i in range(count):
-        big = i == 0 and wbuf_entries > WBUF_ENTRIES
+        big = i == 0 and wbuf_entries > BIG_GROUP
         while True:   # drawn again until every row's reach fits the engine's operand windows
             op = OP_CONV if big else int(rng.choice([OP_CONV, OP_CONV, OP_ADD, OP_ADD, OP_MAXPOOL]))
             if op == OP_CONV:
@@ -85,7 +86,7 @@ def random_program(rng: np.random.Generator, count: int = 250, window_words: int
                     dense = rng.random() < 0.2 and len(taps) <= MAX_BLOCKS
                     n = len(taps) if dense else int(rng.integers(1, min(MAX_BLOCKS, len(taps)) + 1))
                     if big:
-                        n = int(rng.integers(WBUF_ENTRIES + 1, min(wbuf_entries, len(taps)) + 1))
+                        n = int(rng.integers(BIG_GROUP + 1, min(wbuf_entries, len(taps)) + 1))
                     pick = sorted(rng.choice(len(taps), size=n, replace=False)) if not dense else range(len(taps))
                     bias = rng.integers(-2**20, 2**20, LANES).astype(np.int32)
                     shifts = np.array([_shift(rng) for _ in range(LANES)], dtype=np.int8)

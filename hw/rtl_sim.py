@@ -27,6 +27,7 @@ import numpy as np
 
 from hw.compiler import (LANES, OP_CONV, TP, Program, compile_weights, read_readmemh64,
                          write_readmemh64)
+from hw.engine import ENGINE
 
 RTL_DIR = Path(__file__).resolve().parent / "rtl"
 SOURCES = [RTL_DIR / "accel.v", RTL_DIR / "accel_mem.v", RTL_DIR / "accel_skid.v", RTL_DIR / "accel_ip.v",
@@ -40,6 +41,7 @@ LINT_WAIVERS = RTL_DIR / "lint.vlt"  # reviewed: `verilator --lint-only -Wall` h
 # of a read burst after its command, a row change, a turn between reading and writing, cycles per
 # 64-bit word. rtl_sim passes them explicitly, so cycles.json says what the cycles were measured on.
 DRAM = {"LAT": 32, "ROWMISS": 6, "TURN": 4, "BEAT": 1}
+SIM_MEM_BITS = 22   # the simulated DRAM: 2^22 words (32 MiB), the demo's plan 1M
 
 
 class SimError(OSError):
@@ -84,7 +86,9 @@ def build(build_dir: Path, defines: dict | None = None, tp: int = TP, window_bit
     a result that depends on an uninitialised value differs from the reference. With the
     ECP5_DSP define the multipliers are the ECP5 block, simulated by its behavioural model.
     `window_bits`: log2 of the operand window buffer's words (default: accel.v's BW). `engine`:
-    {"WBUF_DEPTH": .., "ADDR_BITS": ..} of an engine larger than hw/engine.py's (paper scale)."""
+    {"WBUF_DEPTH": .., "ADDR_BITS": ..} of an engine other than hw/engine.py's, and
+    "SIM_MEM_BITS": log2 of the simulated DRAM's words (default SIM_MEM_BITS, at most ADDR_BITS:
+    the model holds its whole memory, so not the 2 GiB the default engine addresses)."""
     verilator_env()
     from cocotb_tools.runner import get_runner
 
@@ -95,11 +99,14 @@ def build(build_dir: Path, defines: dict | None = None, tp: int = TP, window_bit
     for key, param in (("WBUF_DEPTH", "WBUF_DEPTH"), ("ADDR_BITS", "AW")):   # hw.engine's names -> accel_sim's
         if key in (engine or {}):
             params[param] = engine[key]
+    mem_bits = min((engine or {}).get("SIM_MEM_BITS", SIM_MEM_BITS), (engine or {}).get("ADDR_BITS", ENGINE["ADDR_BITS"][0]))
+    params["MEM_WORDS"] = 1 << mem_bits
     runner.build(sources=[str(s) for s in sources], includes=[str(RTL_DIR)], hdl_toplevel="accel_sim", build_dir=str(build_dir),
                  defines=defines or {}, parameters=params,
                  build_args=["-Wno-fatal", "-Wall", str(LINT_WAIVERS), "-O3", "--output-split", "0", "--no-public-flat-rw",
                              "--x-assign", "unique", "--x-initial", "unique"],
                  always=False, log_file=str(Path(build_dir) / "build.log"))
+    runner.mem_words = 1 << mem_bits   # (simulate checks an image fits)
     return runner
 
 
@@ -112,6 +119,9 @@ def simulate(runner, build_dir: Path, image: np.ndarray, work: Path, max_cycles:
     `check_error` is False. `dram`: the DRAM model's timing, {"LAT": .., "ROWMISS": .., "TURN": ..,
     "BEAT": ..} in cycles (accel_sim.v; its defaults where not given). `mem_limit`: the MEM_LIMIT
     register, the words of the memory plan (default: the image's)."""
+    if len(image) > getattr(runner, "mem_words", len(image)):
+        raise SimError(f"a memory image of {len(image):,} words, the simulated DRAM holds {runner.mem_words:,} "
+                       "(build with a larger SIM_MEM_BITS)")
     work = work.resolve()   # the simulator runs in hw/rtl/
     build_dir = Path(build_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)

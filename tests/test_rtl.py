@@ -215,9 +215,9 @@ def test_compiler_refusals(weights, tmp_path):
     wb.records["up.0.add"].op = 9
     with pytest.raises(CompileError, match="record up.0.add: op 9 is not one the engine runs"):
         compile_weights(wb)
-    # a memory plan the simulated memory cannot hold
+    # a memory plan the engine's addresses cannot reach (an engine of 4,096 words)
     with pytest.raises(CompileError, match="memory words"):
-        compile_weights(read_weights(weights), grid=(256, 256, 256))
+        compile_weights(read_weights(weights), mem_words=4096)
     # rows whose operand words the engine's windows cannot hold even in a tile of one row, named
     # by layer (the engine would stop with E_WINDOW)
     with pytest.raises(CompileError, match=r"down.0.c0.conv.unfold_w: one output row reads more words of an operand "
@@ -747,8 +747,8 @@ def test_rtl_random_descriptors_equal_the_engine_model(tmp_path, tp, programs, w
         image, descs = random_program(np.random.default_rng([tp, seed]), 250, window_words=words, wbuf_entries=wbuf,
                                       tiles=tiles)
         assert tiles is None or sum(1 for d in descs if d.tile[0]) > 150
-        if wbuf > WBUF_ENTRIES:   # the first CONV's group count, word 0 of its weights, is above 512
-            assert int(image[descs[0].wbase]) > WBUF_ENTRIES
+        if wbuf > 512:   # the first CONV's group count, word 0 of its weights, is above 512
+            assert int(image[descs[0].wbase]) > 512
         want, per = run_image(image, tp=tp, window_words=words, wbuf_entries=wbuf)
         got, res = simulate(runner, b, image, tmp_path / f"p{seed}", x_seed=seed + 1, dram=DRAM_TIMINGS[seed])
         diff = np.flatnonzero(got != want)
@@ -804,4 +804,6 @@ def test_paper_scale_refuses_a_grid_without_every_level(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "q")]) == 2
     assert "--out" in capsys.readouterr().err and (tmp_path / "q" / "golden").is_dir()
     w = random_weights(tmp_path / "w.bin")
-    assert engine_for(w) == {"WBUF_DEPTH": ENGINE["WBUF_DEPTH"][0], "ADDR_BITS": ENGINE["ADDR_BITS"][0]}
+    from hw.rtl_sim import SIM_MEM_BITS
+    assert engine_for(w) == {"WBUF_DEPTH": ENGINE["WBUF_DEPTH"][0], "ADDR_BITS": ENGINE["ADDR_BITS"][0],
+                             "SIM_MEM_BITS": SIM_MEM_BITS}

@@ -190,6 +190,7 @@ module accel #(
 
     // the iterator's limits, registered when a run starts (constant during it)
     reg [WB_AW:0] slot_last;       // slots per output word - 1
+    localparam [WB_AW:0] SL_0 = 0, SL_1 = 1, SL_7 = 7;
     reg [WB_AW:0] conv_last;       // CONV: the last slot of weight blocks (a fused add's B slots follow)
     reg [2:0] bk;                  // a fused trilinear B's corner: counts its slots (8 a voxel)
     reg [3:0] b_slots;             // a fused add's B slots a voxel (0, 1 or 8), registered at decode
@@ -712,7 +713,7 @@ module accel #(
     localparam [47:0] MEM_MAX = 48'd1 << AW;
     reg [47:0] lim;
     reg [AW-1:0] nv_a, nv_b;       // voxels of the operands' views
-    reg [29:0] mv_a, mv_b, mv_o;   // voxels of the operands' and the output's planes before their last, in memory
+    reg [AW-1:0] mv_a, mv_b, mv_o; // voxels of the operands' and the output's planes before their last, in memory
     // the regions' ends: base + voxels x words per voxel (48 bits: no field wraps them around)
     wire [AW-1:0] a_words = nv_a << a_lg, b_words = nv_b << b_lg;   // the views' words
     reg [47:0] pa_end, pb_end, po_end, pw_end;
@@ -800,9 +801,9 @@ module accel #(
                 // voxels of each region (the words follow at S_PLAN): one product each
                 nv_a <= {{(AW-10){1'b0}}, wa_D} * hw_a;
                 nv_b <= {{(AW-10){1'b0}}, wb_D} * hw_b;
-                mv_a <= {20'd0, wa_D - 10'd1} * {10'd0, hm_a};   // the planes before the last, in memory
-                mv_b <= {20'd0, wb_D - 10'd1} * {10'd0, hm_b};
-                mv_o <= {20'd0, gD - 10'd1} * {10'd0, hw_o};
+                mv_a <= {{(AW-10){1'b0}}, wa_D - 10'd1} * hm_a;   // the planes before the last, in memory
+                mv_b <= {{(AW-10){1'b0}}, wb_D - 10'd1} * hm_b;
+                mv_o <= {{(AW-10){1'b0}}, gD - 10'd1} * hw_o;
                 if (op == OP_END || dec_err != E_NONE) begin
                     state <= S_DONE; done <= 1'b1; error <= dec_err;
                 end else state <= S_PLAN;
@@ -812,9 +813,9 @@ module accel #(
                 wb_end <= w_two ? wb_base + b_words : wb_base;
                 // the regions in memory: the planes before the last at their tensor's distance, then
                 // the last plane of the view (of the tile, for the output)
-                pa_end <= {16'd0, a_base} + (({18'd0, mv_a} + {{(48-AW){1'b0}}, hw_a}) << a_lg);
-                pb_end <= w_two ? {16'd0, b_base} + (({18'd0, mv_b} + {{(48-AW){1'b0}}, hw_b}) << b_lg) : 48'd0;
-                po_end <= {16'd0, o_base} + (({18'd0, mv_o} + {{(48-AW){1'b0}}, hw_t}) << o_lg);
+                pa_end <= {16'd0, a_base} + (({{(48-AW){1'b0}}, mv_a} + {{(48-AW){1'b0}}, hw_a}) << a_lg);
+                pb_end <= w_two ? {16'd0, b_base} + (({{(48-AW){1'b0}}, mv_b} + {{(48-AW){1'b0}}, hw_b}) << b_lg) : 48'd0;
+                po_end <= {16'd0, o_base} + (({{(48-AW){1'b0}}, mv_o} + {{(48-AW){1'b0}}, hw_t}) << o_lg);
                 pw_end <= is_conv ? {16'd0, wbase} + 48'd6 : 48'd0;
                 state <= S_GO;
             end
@@ -827,7 +828,7 @@ module accel #(
                     sq_req <= 1'b1; sq_addr <= wbase[AW-1:0]; sq_len <= 16'd6; win_start <= 1'b1;
                 end else begin
                     state <= S_RUN; vd <= 0; vh <= 0; vw <= 0; eslot <= 0; grp <= 0; iter_done <= 1'b0; drain <= 5'd0;
-                    slot_last <= is_pool ? 10'd7 : ((a_tri ? 10'd7 : 10'd0) + (has_b ? 10'd1 : 10'd0));
+                    slot_last <= is_pool ? SL_7 : ((a_tri ? SL_7 : SL_0) + (has_b ? SL_1 : SL_0));
                     grp_last <= n_groups[15:0] - 16'd1;
                     win_start <= 1'b1;
                 end
