@@ -167,9 +167,12 @@ def accelerator(run: Path) -> str:
         at = f", {pj['cycles'] / (syn['fmax_mhz'] * 1e6):.0f} s at that fmax" if syn and syn.get("fmax_mhz") else ""
         tiles = (f"{pj['tiles']:,} spatial tiles of {pj['tiled_layers']} layers for the engine's window, "
                  if "tiles" in pj else "")
-        fits = tiles + ("compiled for the engine as built (simulated at a reduced grid: `make rtl-paper`)" if pj["fits_weight_buffer"] else
+        build = pj.get("build")
+        fits = tiles + ("compiled for the engine as built" if pj["fits_weight_buffer"] else
                         f"an output group needs {pj['weight_buffer_blocks']:,} weight blocks (the engine as built holds "
-                        f"{pj.get('weight_buffer_built', 512):,})")
+                        f"{pj.get('weight_buffer_built', 512):,})") + (
+            f"; compiled for the paper-scale build ({build['WBUF_DEPTH']:,} blocks, {build['ADDR_BITS']}-bit word "
+            "addresses; simulated at a reduced grid: `make rtl-paper`)" if build else "")
         out.append(f"| projected: `{pj['config']}` at {'x'.join(map(str, pj['grid']))}, dense, cycle model on ideal memory "
                    f"| {pj['cycles']:,} cycles{at}; memory plan {pj['memory_bytes'] / 1e6:.0f} MB (liveness; "
                    f"{pj['memory_bytes_keep_all'] / 1e6:,.0f} MB keeping every tensor); traffic "

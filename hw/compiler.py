@@ -602,6 +602,18 @@ def compile_weights(wb: WeightsFile | str | Path, grid=None, dense: bool = False
     return Compiler(wb, grid, dense, **limits).compile()
 
 
+def build_limits(build: str) -> dict:
+    """compile_weights' limits for an engine build: 'board' (hw.engine's ENGINE) or 'paper'
+    (hw.engine.PAPER_BUILD)."""
+    from hw.engine import PAPER_BUILD
+
+    if build == "board":
+        return {}
+    if build == "paper":
+        return {"wbuf_entries": PAPER_BUILD["WBUF_DEPTH"], "mem_words": 1 << PAPER_BUILD["ADDR_BITS"]}
+    raise CompileError(f"engine build {build!r}: 'board' or 'paper'")
+
+
 def write_readmemh64(path: Path, mem: np.ndarray) -> None:
     """One 64-bit word per line, 16 hex digits (the image $readmemh loads into accel_sim.v)."""
     from export.hexfile import to_readmemh
@@ -630,6 +642,9 @@ def main(argv=None) -> int:
     ap.add_argument("--plan", choices=("keep", "reuse"), default="keep",
                     help="memory plan: every tensor its own region (keep, default: all readable for dumps), or "
                          "regions reused once their tensor is dead (reuse: liveness; program.json lists the intact ones)")
+    ap.add_argument("--build", choices=("board", "paper"), default="board",
+                    help="the engine compiled for: hw.engine's ENGINE (board, default) or PAPER_BUILD (a 2,048-block "
+                         "weight buffer and 28-bit word addresses: the paper-scale network)")
     a = ap.parse_args(argv)
     from hw.npy import read_npy
     from model.artifacts import atomic_write_json
@@ -638,7 +653,7 @@ def main(argv=None) -> int:
     def body():
         if not a.weights.is_file():
             raise CompileError(f"{a.weights}: weights file not found")
-        prog = compile_weights(a.weights, dense=a.dense, fuse=not a.no_fuse, plan=a.plan)
+        prog = compile_weights(a.weights, dense=a.dense, fuse=not a.no_fuse, plan=a.plan, **build_limits(a.build))
         x = read_npy(a.input, dtypes=("int8",), ndim=5) if a.input else None
         write_readmemh64(a.out / "mem.hex", prog.image(x))
         atomic_write_json(a.out / "program.json", prog.to_json())

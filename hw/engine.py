@@ -21,11 +21,17 @@ import numpy as np
 ENGINE = {
     "LANES": (8, "bytes per memory word = channels per group = MAC array rows and columns"),
     "TP": (2, "weight blocks per slot = run read ports: the MAC array is TP x LANES x LANES"),
-    "WBUF_DEPTH": (2048, "weight blocks an output-channel group may hold (configs/ibsr.toml's largest: 1,728)"),
+    "WBUF_DEPTH": (512, "weight blocks an output-channel group may hold"),
     "WINDOW_BITS": (14, "log2 of the operand window buffer's 64-bit words"),
-    "ADDR_BITS": (28, "word address bits (2^28 words: 2 GiB; configs/ibsr.toml's plan at 128x160x128 is 276 MB)"),
+    "ADDR_BITS": (20, "word address bits (2^20 words: 8 MiB)"),
     "DESC_WORDS": (8, "words of a descriptor (16 32-bit fields)"),
 }
+
+# the build for the paper-scale network (configs/ibsr.toml at 128x160x128): its largest output group
+# has 1,728 weight blocks, its liveness plan 276 MB. The board's SoC keeps ENGINE's sizes: with
+# these, the ECPIX-5 SoC took 135 of 208 block RAMs and was estimated after placement at 62.6 /
+# 63.7 MHz against its 75 MHz clock (two seeds; routing did not converge) (hw/ACCEL.md, "Build options")
+PAPER_BUILD = {"WBUF_DEPTH": 2048, "ADDR_BITS": 28}
 
 LANES = ENGINE["LANES"][0]
 TP = ENGINE["TP"][0]

@@ -236,21 +236,22 @@ def project(config_toml: Path, nm=((2, 4), (1, 4))) -> dict:
     """Cycles of a configuration nobody has exported (configs/ibsr.toml), from the cycle model on
     its layer shapes with every weight block stored (dense: no block is all-zero in a trained
     unstructured network either), and with `nm` block sparsity (nm_blocks), on ideal memory
-    (busy cycles: no waits), compiled for the engine's operand windows (hw.engine's
-    WINDOW_WORDS: the compiler tiles what a row of the whole grid would overflow) with a weight
-    buffer and memory as large as it needs; and the engine sizes it needs: the weight buffer,
-    the memory with every tensor kept and with the liveness plan, the traffic."""
+    (busy cycles: no waits), compiled for the paper-scale build (hw.engine.PAPER_BUILD: its weight
+    buffer and addresses; the engine's operand windows, so the compiler tiles what a row of the
+    whole grid would overflow); and the engine sizes it needs: the weight buffer, the memory with
+    every tensor kept and with the liveness plan, the traffic."""
     import tomllib
 
-    from hw.compiler import OP_END, WBUF_ENTRIES, structural_weights
+    from hw.compiler import OP_END, WBUF_ENTRIES, build_limits, structural_weights
+    from hw.engine import PAPER_BUILD
     from hw.engine_model import cycle_model, total_cycles, total_traffic
 
     cfg = tomllib.loads(Path(config_toml).read_text())
     m, grid = cfg["model"], cfg["data"]["shape"]
     wb = structural_weights(m["base_channels"], m["levels"], m["ddf_levels"])
-    unlimited = {"wbuf_entries": 1 << 30, "mem_words": 1 << 62}
-    prog = compile_weights(wb, grid=grid, dense=True, plan="reuse", **unlimited)
-    keep = compile_weights(wb, grid=grid, dense=True, plan="keep", **unlimited)
+    paper = build_limits("paper")
+    prog = compile_weights(wb, grid=grid, dense=True, plan="reuse", **paper)
+    keep = compile_weights(wb, grid=grid, dense=True, plan="keep", **paper)
     per = cycle_model(prog)
     cycles = total_cycles(per)
     reads, writes = total_traffic(per)
@@ -261,7 +262,7 @@ def project(config_toml: Path, nm=((2, 4), (1, 4))) -> dict:
     cap = cycles * TP * LANES * LANES
     sparse = {}
     for n, m in nm:   # N:M in the engine's block unit: the cycles of any network pruned so (counts, not values)
-        nm_prog = compile_weights(nm_blocks(wb, n, m), grid=grid, plan="reuse", **unlimited)
+        nm_prog = compile_weights(nm_blocks(wb, n, m), grid=grid, plan="reuse", **paper)
         nm_per = cycle_model(nm_prog)
         r, w = total_traffic(nm_per)
         sparse[f"{n}:{m}"] = {"cycles": total_cycles(nm_per), "traffic_bytes": 8 * (r + w),
@@ -270,6 +271,7 @@ def project(config_toml: Path, nm=((2, 4), (1, 4))) -> dict:
     return {"config": str(config_toml), "grid": list(grid), "cycles": cycles, "dense_macs": macs, "nm": sparse,
             "executed_mac_util": round(executed / cap, 4), "dense_equiv_util": round(macs / cap, 4),
             "weight_buffer_blocks": blocks, "fits_weight_buffer": blocks <= WBUF_ENTRIES, "weight_buffer_built": WBUF_ENTRIES,
+            "build": PAPER_BUILD,
             "descriptors": len(prog.descs), "tiles": len(tiled), "tiled_layers": len({d.layer for d in tiled}),
             "memory_bytes": 8 * (prog.act_base + prog.act_words), "memory_bytes_keep_all": 8 * (keep.act_base + keep.act_words),
             "traffic_bytes": 8 * (reads + writes), "fused_adds": len(prog.fused)}

@@ -2,7 +2,7 @@
 // do not edit. The RTL modules take their parameters' defaults from here.
 `define ACCEL_LANES 8   // bytes per memory word = channels per group = MAC array rows and columns
 `define ACCEL_TP 2   // weight blocks per slot = run read ports: the MAC array is TP x LANES x LANES
-`define ACCEL_WBUF_DEPTH 2048   // weight blocks an output-channel group may hold (configs/ibsr.toml's largest: 1,728)
+`define ACCEL_WBUF_DEPTH 512   // weight blocks an output-channel group may hold
 `define ACCEL_WINDOW_BITS 14   // log2 of the operand window buffer's 64-bit words
-`define ACCEL_ADDR_BITS 28   // word address bits (2^28 words: 2 GiB; configs/ibsr.toml's plan at 128x160x128 is 276 MB)
+`define ACCEL_ADDR_BITS 20   // word address bits (2^20 words: 8 MiB)
 `define ACCEL_DESC_WORDS 8   // words of a descriptor (16 32-bit fields)
