@@ -383,6 +383,24 @@ def test_structural_weights_and_cycle_model(weights):
         assert [(c["fetch"], c["load"], c["run"]) for c in ran] == [(c["fetch"], c["load"], c["run"]) for c in model]
 
 
+def test_paper_scale_network_compiles_for_the_paper_build():
+    """configs/ibsr.toml's network at the paper's 128x160x128: the board's engine refuses it,
+    naming the layer whose output group overflows its weight buffer; for hw.engine.PAPER_BUILD
+    the compiler takes it, tiling the layers whose rows overflow the windows, in a liveness plan
+    under 300 MB, every descriptor's rows within the windows."""
+    from hw.compiler import build_limits, structural_weights
+    from hw.engine_model import window_span
+
+    st = structural_weights(32, 4, [0, 1, 2, 3, 4])
+    with pytest.raises(CompileError, match="down.3.c1.conv: 864 weight blocks in output group 0, the weight buffer holds 512"):
+        compile_weights(st, grid=(128, 160, 128), dense=True, plan="reuse")
+    prog = compile_weights(st, grid=(128, 160, 128), dense=True, plan="reuse", **build_limits("paper"))
+    assert 8 * (prog.act_base + prog.act_words) <= 300e6
+    tiled = [d for d in prog.descs if d.tile[0]]
+    assert len(tiled) > 300 and all(d.grid[1] < 160 for d in tiled)
+    assert all(window_span(d.op, d.flags, d.grid, d.k, d.a, d.b, tile=d.tile)[0] <= 16384 for d in prog.descs if d.op)
+
+
 def test_nm_projection_stores_n_of_every_m_blocks(weights):
     """hw.rtl_sim.nm_blocks keeps n of every m consecutive blocks of each output group (a short
     last run its share), the first convolution and the heads dense; the cycle model then
