@@ -6,6 +6,8 @@
 // - the operand windows: operand A (and B with HAS_B) streamed in address order into an on-chip
 //   circular buffer of 2^BW words (half each when there are two operands; one copy per read
 //   port), never more than `cap` words ahead of the lowest word still to be read (a_lo, b_lo);
+//   a spatial tile's operand is a view, streamed plane after plane (`chunk` words of each plane,
+//   planes `pitch` words apart in memory) and held in the buffer back to back;
 //   the run's reads (TP per cycle, the word the next cycle, as from an ideal memory) come from
 //   there, so each operand word crosses the bus once per pass however many taps read it;
 // - the write queue: the results, coalesced into bursts of consecutive addresses (at most 16
