@@ -131,13 +131,18 @@ module accel #(
     wire [9:0] t_orows = dw[7][41:32], t_arows = dw[7][51:42], t_brows = dw[7][61:52];
     wire [7:0] a_roff = a_stride[15:8], b_roff = b_stride[15:8];
     wire a_half = a_near || (a_tri && !is_conv), b_half = b_near || (is_conv && b_tri);
-    wire [9:0] o_rows = (t_orows != 10'd0) ? t_orows : gH;   // the output tensor's rows
-    wire [9:0] wa_Wc = is_pool ? {gW[8:0], 1'b0} : a_half ? hW : gW, wb_Wc = b_half ? hW : gW;
-    // each operand's rows: derived (untiled), in its view, and in memory (its tensor's)
-    wire [9:0] a_rows_d = is_pool ? {gH[8:0], 1'b0} : a_half ? hH : gH, b_rows_d = b_half ? hH : gH;
-    wire [9:0] a_rows_v = (t_arows != 10'd0) ? t_arows : a_rows_d, b_rows_v = (t_brows != 10'd0) ? t_brows : b_rows_d;
-    wire [9:0] a_rows_m = (t_arows == 10'd0) ? a_rows_d : is_pool ? {o_rows[8:0], 1'b0} : a_half ? {1'b0, o_rows[9:1]} : o_rows;
-    wire [9:0] b_rows_m = (t_brows == 10'd0) ? b_rows_d : b_half ? {1'b0, o_rows[9:1]} : o_rows;
+    // what word 0 (op, flags, grid) gives is registered while the other words arrive (pd_*), and
+    // whether the tile fields are set as word 7 arrives: the products at decode then follow a
+    // mux or two, not the op's and flags' decoding (that chain into a multiplier was the SoC's
+    // critical path)
+    reg pd_pool, pd_a_half, pd_b_half, pd_o_set, pd_a_set, pd_b_set;
+    reg [9:0] pd_a_rows, pd_b_rows, pd_a_W, pd_b_W;   // the operands' derived (untiled) rows, their W
+    wire [9:0] o_rows = pd_o_set ? t_orows : gH;   // the output tensor's rows
+    wire [9:0] wa_Wc = pd_a_W, wb_Wc = pd_b_W;
+    // each operand's rows in its view and in memory (its tensor's)
+    wire [9:0] a_rows_v = pd_a_set ? t_arows : pd_a_rows, b_rows_v = pd_b_set ? t_brows : pd_b_rows;
+    wire [9:0] a_rows_m = !pd_a_set ? pd_a_rows : pd_pool ? {o_rows[8:0], 1'b0} : pd_a_half ? {1'b0, o_rows[9:1]} : o_rows;
+    wire [9:0] b_rows_m = !pd_b_set ? pd_b_rows : pd_b_half ? {1'b0, o_rows[9:1]} : o_rows;
     // the last output row (+ offset) a reach may touch: untiled the output's, else the view's
     wire [9:0] a_hl = (t_arows == 10'd0) ? gH - 10'd1 : is_pool ? {1'b0, t_arows[9:1]} - 10'd1 :
                       a_half ? {t_arows[8:0], 1'b0} - 10'd1 : t_arows - 10'd1;
@@ -222,6 +227,7 @@ module accel #(
     reg [3:0] wa_p, wb_p;                      // the reach in taps: pad (CONV's A), 1 (trilinear), else 0
     reg [9:0] wa_W, wb_W, wa_D, wb_D;          // the operands' grids
     reg [9:0] ga_off, gb_off, ga_hl, gb_hl;    // the row offsets; the last row (+ offset) a reach touches
+    reg [9:0] gt_off, gt_n;                    // the trilinear operand's (a fused CONV's B, an ADD's A) offset and view rows
     reg [AW-1:0] wa_RW, wb_RW, wa_PW, wb_PW;   // words per row and per plane of the operands' views
     reg [AW-1:0] wa_PM, wb_PM;                 // words per plane of the operands' tensors (in memory)
     reg [AW-1:0] wa_base, wa_end, wb_base, wb_end;
@@ -251,15 +257,17 @@ module accel #(
     reg [7:0] gs_a, gs_b;   // a row's steps: {dl, dh, hl, hh} to the next row or plane
     reg [15:0] g0_reach;    // the first plane's and row's reach (A, B), registered from the run's constants   // g_start: win_start a cycle late (the first row's sums are ready)
     reg [9:0] g_d, g_h;
+    reg [9:0] g_ha, g_hb;   // g_h + A's, B's row offset, counted beside g_h (no adder before the reaches)
     reg [3:0] g_occ;                           // rows queued or in the generator's stage
     wire g_go = g_on && (g_occ < 4'd8);
     wire g_hend = (g_h == h_last), g_dend = (g_d == d_last);
-    wire [9:0] g_hn = g_hend ? g_h : g_h + 10'd1, g_dn = g_dend ? g_d : g_d + 10'd1;
+    wire [9:0] g_dn = g_dend ? g_d : g_d + 10'd1;
     // the reaches of this row and of the next row and plane (A and B reach their p taps)
     wire [19:0] ra_d = reach(g_d, d_last, wa_p, wa_mode), ra_dn = reach(g_dn, d_last, wa_p, wa_mode);
-    wire [19:0] ra_h = reach(g_h + ga_off, ga_hl, wa_p, wa_mode), ra_hn = reach(g_hn + ga_off, ga_hl, wa_p, wa_mode);
+    wire [9:0] g_han = g_hend ? g_ha : g_ha + 10'd1, g_hbn = g_hend ? g_hb : g_hb + 10'd1;
+    wire [19:0] ra_h = reach(g_ha, ga_hl, wa_p, wa_mode), ra_hn = reach(g_han, ga_hl, wa_p, wa_mode);
     wire [19:0] rb_d = reach(g_d, d_last, wb_p, wb_mode), rb_dn = reach(g_dn, d_last, wb_p, wb_mode);
-    wire [19:0] rb_h = reach(g_h + gb_off, gb_hl, wb_p, wb_mode), rb_hn = reach(g_hn + gb_off, gb_hl, wb_p, wb_mode);
+    wire [19:0] rb_h = reach(g_hb, gb_hl, wb_p, wb_mode), rb_hn = reach(g_hbn, gb_hl, wb_p, wb_mode);
     wire [19:0] ra_0 = reach(ga_off, ga_hl, wa_p, wa_mode), rb_0 = reach(gb_off, gb_hl, wb_p, wb_mode);
     wire [19:0] ra_d0 = reach(10'd0, d_last, wa_p, wa_mode), rb_d0 = reach(10'd0, d_last, wb_p, wb_mode);
     // the steps (0, 1 or 2) of each reach end to the next row (h) and the next plane (d)
@@ -299,8 +307,8 @@ module accel #(
         gs_hend <= g_hend;
         gs_a <= {sa_dl, sa_dh, sa_hl, sa_hh}; gs_b <= {sb_dl, sb_dh, sb_hl, sb_hh};
         if (g_go) begin
-            if (!g_hend) g_h <= g_h + 10'd1;
-            else begin g_h <= 10'd0; g_d <= g_d + 10'd1; if (g_dend) g_on <= 1'b0; end
+            if (!g_hend) begin g_h <= g_h + 10'd1; g_ha <= g_ha + 10'd1; g_hb <= g_hb + 10'd1; end
+            else begin g_h <= 10'd0; g_ha <= ga_off; g_hb <= gb_off; g_d <= g_d + 10'd1; if (g_dend) g_on <= 1'b0; end
         end
         g1_al0 <= ga_pl + ga_rl; g1_al1 <= ga_pl + times(gs_a[7:6], wa_PW); g1_ahi <= ga_ph + ga_rh;
         g1_bl0 <= gb_pl + gb_rl; g1_bl1 <= gb_pl + times(gs_b[7:6], wb_PW); g1_bhi <= gb_ph + gb_rh;
@@ -332,7 +340,7 @@ module accel #(
         g_start <= win_start && !rst;
         if (win_start) for (gk = 0; gk < 16; gk = gk + 1) begin rel_a[gk] <= wa_base; rel_b[gk] <= wb_base; end
         if (g_start || rst || state == S_ABORT) begin   // a new run (or none): empty queue
-            g_on <= g_start; g_d <= 10'd0; g_h <= 10'd0; g_occ <= 4'd0; wn_n <= 4'd0; win_err <= 1'b0;
+            g_on <= g_start; g_d <= 10'd0; g_h <= 10'd0; g_ha <= ga_off; g_hb <= gb_off; g_occ <= 4'd0; wn_n <= 4'd0; win_err <= 1'b0;
             gs_v <= 1'b0; g1_v <= 1'b0; g2_v <= 1'b0;
             ga_pl <= {AW{1'b0}}; ga_rl <= {AW{1'b0}}; ga_ph <= ga_ph0; ga_rh <= ga_rh0;
             gb_pl <= {AW{1'b0}}; gb_rl <= {AW{1'b0}}; gb_ph <= gb_ph0; gb_rh <= gb_rh0;
@@ -343,12 +351,12 @@ module accel #(
     // header RAM and registered (the block RAM's output is slow; nothing else follows it)
     reg j_v, j_first, j_last, j_isb, i_isb;
     reg [2:0] j_bk, i_bk;
-    reg [9:0] j_d, j_h, j_w, j_ha, j_hb;   // j_ha, j_hb: the row + A's, B's row offset
+    reg [9:0] j_d, j_h, j_w, j_ha, j_hb, j_ht;   // j_ha, j_hb, j_ht: the row + A's, B's, the trilinear operand's row offset
     reg [WB_AW-1:0] j_e;
     reg [31:0] j_grp, j_og;
     reg [31:0] h_raw;
     reg i_v, i_first, i_last;
-    reg [9:0] i_d, i_h, i_w, i_ha, i_hb;
+    reg [9:0] i_d, i_h, i_w, i_ha, i_hb, i_ht;
     reg [WB_AW-1:0] i_e;
     reg [31:0] i_grp, i_og;
     reg [31:0] h_cur;
@@ -358,12 +366,12 @@ module accel #(
         j_first <= b_slot ? (eslot[WB_AW:0] == conv_last + 1'b1) : (eslot == 0);
         j_last <= (fused && !b_slot) ? (eslot[WB_AW:0] == conv_last) : last_slot;
         j_isb <= b_slot; j_bk <= bk; i_isb <= j_isb; i_bk <= j_bk;
-        j_d <= vd; j_h <= vh; j_w <= vw; j_ha <= vh + ga_off; j_hb <= vh + gb_off; j_e <= eslot[WB_AW-1:0]; j_grp <= grp;
+        j_d <= vd; j_h <= vh; j_w <= vw; j_ha <= vh + ga_off; j_hb <= vh + gb_off; j_ht <= vh + gt_off; j_e <= eslot[WB_AW-1:0]; j_grp <= grp;
         j_og <= is_conv ? ocg : grp;
         h_raw <= hdr[eslot[WB_AW-1-TPL:0]];
         i_v <= rst ? 1'b0 : j_v;
         i_first <= j_first; i_last <= j_last;
-        i_d <= j_d; i_h <= j_h; i_w <= j_w; i_ha <= j_ha; i_hb <= j_hb; i_e <= j_e; i_grp <= j_grp; i_og <= j_og;
+        i_d <= j_d; i_h <= j_h; i_w <= j_w; i_ha <= j_ha; i_hb <= j_hb; i_ht <= j_ht; i_e <= j_e; i_grp <= j_grp; i_og <= j_og;
         h_cur <= h_raw;
     end
     wire signed [11:0] cd = $signed({2'b0, i_d}) + $signed({4'b0, f_tap_offset ? h_cur[15:8] : h_cur[7:0]})   // fault: the b tap along d
@@ -385,7 +393,7 @@ module accel #(
     endfunction
     wire [2:0] corner = is_conv ? i_bk : i_e[2:0];   // an ADD's slot is its corner; a fused B counts them
     wire [11:0] td = tri_idx(i_d, hD, corner[2]);
-    wire [11:0] th = tri_idx(is_conv ? i_hb : i_ha, is_conv ? hb_v : ha_v, corner[1]);
+    wire [11:0] th = tri_idx(i_ht, gt_n, corner[1]);
     wire [11:0] tw = tri_idx(i_w, hW, corner[0]);
     // the product of three weights in {1, 3} is 3^(number of 3s): a table, not two multipliers
     wire [1:0] n3 = {1'b0, td[11]} + {1'b0, th[11]} + {1'b0, tw[11]};
@@ -396,7 +404,6 @@ module accel #(
     // grid's (nearest / trilinear operands) and the double grid's (max-pool), registered at decode
     reg [AW-1:0] hw_a, hw_b, hw_o, hw_t;   // A's and B's view planes, the output tensor's plane, the tile's plane
     reg [AW-1:0] hm_a, hm_b;               // A's and B's planes in memory (their tensors')
-    reg [9:0] ha_v, hb_v;                  // A's and B's view rows
     reg [10:0] a_hext;                     // a CONV's rows (output resolution) its taps may read: A's view's
 
     wire [9:0] bn_d = (i_d + {9'd0, f_nearest_half}) >> 1;   // a nearest B's plane (fault: rounded up along d)
@@ -756,10 +763,19 @@ module accel #(
                     state <= S_FETCH; sq_req <= 1'b1; sq_addr <= dbase[AW-1:0]; sq_len <= 16'd8;
                 end
             end
-            S_FETCH: if (sq_valid) begin   // the descriptor's 8 words
-                dw[fi[2:0]] <= rd0;
-                fi <= fi + 4'd1;
-                if (fi == 4'd7) state <= S_DECODE;
+            S_FETCH: begin   // the descriptor's 8 words
+                if (sq_valid) begin
+                    dw[fi[2:0]] <= rd0;
+                    fi <= fi + 4'd1;
+                    if (fi == 4'd7) begin
+                        state <= S_DECODE;
+                        pd_o_set <= rd0[41:32] != 10'd0; pd_a_set <= rd0[51:42] != 10'd0; pd_b_set <= rd0[61:52] != 10'd0;
+                    end
+                end
+                // (word 0 is in dw[0] from the second word on)
+                pd_pool <= is_pool; pd_a_half <= a_half; pd_b_half <= b_half;
+                pd_a_rows <= is_pool ? {gH[8:0], 1'b0} : a_half ? hH : gH; pd_b_rows <= b_half ? hH : gH;
+                pd_a_W <= is_pool ? {gW[8:0], 1'b0} : a_half ? hW : gW; pd_b_W <= b_half ? hW : gW;
             end
             S_DECODE: begin
                 d_last <= gD - 10'd1; h_last <= gH - 10'd1; w_last <= gW - 10'd1;
@@ -769,9 +785,9 @@ module accel #(
                 hm_b <= {{XW{1'b0}}, b_rows_m} * {{XW{1'b0}}, wb_Wc};
                 hw_o <= {{XW{1'b0}}, o_rows} * {{XW{1'b0}}, gW};
                 hw_t <= {{XW{1'b0}}, gH} * {{XW{1'b0}}, gW};
-                ha_v <= a_rows_v; hb_v <= b_rows_v;
                 a_hext <= a_near ? {a_rows_v, 1'b0} : {1'b0, a_rows_v};
                 ga_off <= {2'd0, a_roff}; gb_off <= {2'd0, b_roff}; ga_hl <= a_hl; gb_hl <= b_hl;
+                gt_off <= {2'd0, is_conv ? b_roff : a_roff}; gt_n <= is_conv ? b_rows_v : a_rows_v;
                 a_lg <= log2w(a_stride[7:0]); b_lg <= log2w(b_stride[7:0]); o_lg <= log2w(o_stride[7:0]);
                 rq_relu <= relu;
                 lane_sh <= {L{s_out}}; sh_pending <= 1'b1;

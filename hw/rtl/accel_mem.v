@@ -101,11 +101,11 @@ module accel_mem #(
     wire [AW:0] r_sq = room({1'b0, sq_end}, sq_ptr), r_a = room(e_a, a_ptr), r_b = room(e_b, b_ptr);
     // the window streams' memory addresses: a_ptr, b_ptr count the view's words (the buffer's
     // order), a_mp, b_mp where they are in memory; a tiled stream's burst ends with its plane's
-    // chunk (a_left words left), then jumps to the next plane's
-    reg [AW-1:0] a_mp, b_mp, a_left, b_left, a_skip, b_skip, a_len, b_len;
+    // chunk (a_left words left, ending at view word a_cend), then jumps to the next plane's; the
+    // chunk's end limits the stream through its registered stop (a_stopc), a cycle or two late,
+    // so never too far
+    reg [AW-1:0] a_mp, b_mp, a_left, b_left, a_skip, b_skip, a_len, b_len, a_cend, b_cend, a_stopc, b_stopc;
     reg a_jump, b_jump;
-    wire [AW:0] ra_c = (a_jump && {1'b0, a_left} < r_a) ? {1'b0, a_left} : r_a;
-    wire [AW:0] rb_c = (b_jump && {1'b0, b_left} < r_b) ? {1'b0, b_left} : r_b;
     // a burst: to the next 16-word boundary at most
     function [4:0] blen(input [3:0] ptr, input [AW:0] r);   // ptr: the low 4 address bits
         reg [4:0] b;
@@ -168,16 +168,19 @@ module accel_mem #(
             b_ptr <= {AW{1'b0}}; b_stop <= {AW{1'b0}}; a_fill <= {AW{1'b0}}; b_fill <= {AW{1'b0}};
             a_arr <= {AW{1'b0}}; b_arr <= {AW{1'b0}}; w_we_r <= 1'b0;
             a_mp <= {AW{1'b0}}; b_mp <= {AW{1'b0}}; a_jump <= 1'b0; b_jump <= 1'b0;
+            a_stopc <= {AW{1'b0}}; b_stopc <= {AW{1'b0}}; a_cend <= {AW{1'b0}}; b_cend <= {AW{1'b0}};
             two <= 1'b0; rr <= 1'b0; tg_wp <= 3'd0; tg_rp <= 3'd0; tg_n <= 4'd0; m_arvalid <= 1'b0;
             fresh <= 1'b0; fresh2 <= 1'b0; went <= 3'd0; e_a <= {(AW+1){1'b0}}; e_b <= {(AW+1){1'b0}}; l_sq <= 5'd0; l_a <= 5'd0; l_b <= 5'd0;
             sq_valid <= 1'b0; n_reads <= 64'd0;
         end else begin
             sq_valid <= r_beat && (r_c == C_SEQ);
-            l_sq <= blen(sq_ptr[3:0], r_sq); l_a <= blen(a_mp[3:0], ra_c); l_b <= blen(b_mp[3:0], rb_c);
+            l_sq <= blen(sq_ptr[3:0], r_sq); l_a <= blen(a_mp[3:0], r_a); l_b <= blen(b_mp[3:0], r_b);
             fresh <= !(sq_req || win_start || abort);
             fresh2 <= fresh && !(sq_req || win_start || abort);
-            e_a <= ({1'b0, a_lo} + cap < {1'b0, a_stop}) ? {1'b0, a_lo} + cap : {1'b0, a_stop};
-            e_b <= ({1'b0, b_lo} + cap < {1'b0, b_stop}) ? {1'b0, b_lo} + cap : {1'b0, b_stop};
+            a_stopc <= (a_jump && a_cend < a_stop) ? a_cend : a_stop;
+            b_stopc <= (b_jump && b_cend < b_stop) ? b_cend : b_stop;
+            e_a <= ({1'b0, a_lo} + cap < {1'b0, a_stopc}) ? {1'b0, a_lo} + cap : {1'b0, a_stopc};
+            e_b <= ({1'b0, b_lo} + cap < {1'b0, b_stopc}) ? {1'b0, b_lo} + cap : {1'b0, b_stopc};
             went <= {issue && pick_b, issue && pick_a, issue && pick_sq};
             sq_data <= m_rdata;
             if (r_beat) n_reads <= n_reads + 64'd1;
@@ -197,12 +200,16 @@ module accel_mem #(
                 if (pick_sq) sq_ptr <= sq_ptr + {{(AW-5){1'b0}}, ilen};
                 if (pick_a) begin
                     a_ptr <= a_ptr + {{(AW-5){1'b0}}, ilen}; rr <= 1'b1;
-                    if (a_jump && {{(AW-5){1'b0}}, ilen} == a_left) begin a_mp <= a_mp + {{(AW-5){1'b0}}, ilen} + a_skip; a_left <= a_len; end
+                    if (a_jump && {{(AW-5){1'b0}}, ilen} == a_left) begin
+                        a_mp <= a_mp + {{(AW-5){1'b0}}, ilen} + a_skip; a_left <= a_len; a_cend <= a_cend + a_len;
+                    end
                     else begin a_mp <= a_mp + {{(AW-5){1'b0}}, ilen}; a_left <= a_left - {{(AW-5){1'b0}}, ilen}; end
                 end
                 if (pick_b) begin
                     b_ptr <= b_ptr + {{(AW-5){1'b0}}, ilen}; rr <= 1'b0;
-                    if (b_jump && {{(AW-5){1'b0}}, ilen} == b_left) begin b_mp <= b_mp + {{(AW-5){1'b0}}, ilen} + b_skip; b_left <= b_len; end
+                    if (b_jump && {{(AW-5){1'b0}}, ilen} == b_left) begin
+                        b_mp <= b_mp + {{(AW-5){1'b0}}, ilen} + b_skip; b_left <= b_len; b_cend <= b_cend + b_len;
+                    end
                     else begin b_mp <= b_mp + {{(AW-5){1'b0}}, ilen}; b_left <= b_left - {{(AW-5){1'b0}}, ilen}; end
                 end
             end
@@ -219,6 +226,9 @@ module accel_mem #(
                 b_ptr <= b_base; b_stop <= b_end; b_fill <= b_base; b_arr <= b_base;
                 a_mp <= a_base; a_left <= a_chunk; a_len <= a_chunk; a_skip <= a_pitch - a_chunk; a_jump <= (a_pitch != a_chunk);
                 b_mp <= b_base; b_left <= b_chunk; b_len <= b_chunk; b_skip <= b_pitch - b_chunk; b_jump <= (b_pitch != b_chunk);
+                a_cend <= a_base + a_chunk; b_cend <= b_base + b_chunk;
+                a_stopc <= (a_pitch != a_chunk && a_base + a_chunk < a_end) ? a_base + a_chunk : a_end;
+                b_stopc <= (b_pitch != b_chunk && b_base + b_chunk < b_end) ? b_base + b_chunk : b_end;
             end
             if (abort) begin a_stop <= a_ptr; b_stop <= b_ptr; sq_end <= sq_ptr; end
         end
