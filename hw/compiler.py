@@ -225,11 +225,11 @@ def tile_of(d: Desc, h0: int, h1: int, blocks=None) -> Desc:
     """The descriptor of d's output rows [h0, h1) (hw/ACCEL.md, "Spatial tiling"): each operand
     read as a view (the rows its taps reach, within the tensor), the output written into the
     whole tensor. `blocks`: d's weight blocks (conv_blocks), for the tile's MAC counts."""
-    from hw.engine_model import _operands
+    from hw.engine_model import operands
 
     D, H, W = d.grid
     views = []
-    for o in _operands(d.op, d.flags, d.grid, d.k, d.a, d.b):
+    for o in operands(d.op, d.flags, d.grid, d.k, d.a, d.b):
         if o.mode == "double":   # max-pool: rows 2h0 .. 2h1 - 1
             vs, ve = 2 * h0, 2 * h1 - 1
         else:

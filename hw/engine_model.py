@@ -150,7 +150,7 @@ def _inside(n: int, t: int, p: int, off: int = 0, n_in: int | None = None) -> in
 
 def _conv(mem: np.ndarray, d: dict, cyc: dict, tp: int, limit: int, wbuf_entries: int = WBUF_ENTRIES) -> None:
     D, H, W = d["grid"]
-    ops = _operands(d["op"], d["flags"], d["grid"], d["k"], d["a"], d["b"], d["tile"])
+    ops = operands(d["op"], d["flags"], d["grid"], d["k"], d["a"], d["b"], d["tile"])
     A = ops[0]
     aoff = d["a"][2]
     x = _read(mem, A)
@@ -208,7 +208,7 @@ def _conv(mem: np.ndarray, d: dict, cyc: dict, tp: int, limit: int, wbuf_entries
 def _elementwise(mem: np.ndarray, d: dict, cyc: dict) -> None:
     D, H, W = d["grid"]
     fl = d["flags"]
-    ops = _operands(d["op"], fl, d["grid"], d["k"], d["a"], d["b"], d["tile"])
+    ops = operands(d["op"], fl, d["grid"], d["k"], d["a"], d["b"], d["tile"])
     A = ops[0]
     aoff = d["a"][2]
     relu = bool(fl & F_RELU)
@@ -259,7 +259,7 @@ class Operand:
     rows_field: int   # the descriptor's view rows (0: untiled)
 
 
-def _operands(op: int, flags: int, grid, k: int, a: tuple, b: tuple, tile=NO_TILE) -> list[Operand]:
+def operands(op: int, flags: int, grid, k: int, a: tuple, b: tuple, tile=NO_TILE) -> list[Operand]:
     """The windows a descriptor streams: A and, for an ADD or a fused CONV with B, B."""
     D, H, W = grid
     rows, a_rows, b_rows, a_roff, b_roff = tile
@@ -291,7 +291,7 @@ def window_span(op: int, flags: int, grid, k: int, a: tuple, b: tuple,
     reach's last row, as the engine's window generator computes them (hw/ACCEL.md, "Memory"),
     on the operand's view (a tile's rows and their halo)."""
     D, H, _ = grid
-    ops = _operands(op, flags, grid, k, a, b, tile)
+    ops = operands(op, flags, grid, k, a, b, tile)
     cap = window_words // len(ops)
     worst = 0
     for o in ops:
@@ -322,7 +322,7 @@ def traffic(op: int, flags: int, grid, k: int, a: tuple, b: tuple, groups: int, 
     result."""
     D, H, W = grid
     vox = D * H * W
-    streamed = sum(o.stride * int(np.prod(o.grid)) for o in _operands(op, flags, grid, k, a, b, tile)) \
+    streamed = sum(o.stride * int(np.prod(o.grid)) for o in operands(op, flags, grid, k, a, b, tile)) \
         if op != OP_END else 0
     if op == OP_CONV:
         return DESC_WORDS + sum(LOAD_FIXED + (1 + LANES) * e + streamed for e in entries), vox * len(entries)
@@ -337,7 +337,7 @@ def plan_error(d: dict, limit: int) -> str | None:
     S_PLAN."""
     D, H, W = d["grid"]
     regions = [(f"operand {n}", o.base, ((o.grid[0] - 1) * o.mem_rows + o.grid[1]) * o.grid[2] * o.stride)
-               for n, o in zip("AB", _operands(d["op"], d["flags"], d["grid"], d["k"], d["a"], d["b"], d["tile"]))]
+               for n, o in zip("AB", operands(d["op"], d["flags"], d["grid"], d["k"], d["a"], d["b"], d["tile"]))]
     regions.append(("output", d["o"][0], ((D - 1) * (d["tile"][0] or H) + H) * W * d["o"][1]))
     if d["op"] == OP_CONV:
         regions.append(("weights", d["wbase"], LOAD_FIXED))
