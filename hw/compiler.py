@@ -161,15 +161,22 @@ def dense_macs(grid, k: int, cin: int, cout: int, rows: tuple[int, int] | None =
     return int(np.prod(per_axis)) * cin * cout
 
 
+def taps_inside(n: int, t: int, p: int, off: int = 0, n_in: int | None = None) -> int:
+    """Output indices o in 0 .. n-1 whose tap o + t - p + off lies in 0 .. n_in - 1 (default n):
+    along one axis, the voxels at which kernel tap t of a padding-p convolution reads inside
+    the volume (off: the first output row of a tile; n_in: the rows it may read)."""
+    n_in = n if n_in is None else n_in
+    return max(min(n, n_in + p - t - off) - max(0, p - t - off), 0)
+
+
 def executed_macs(grid, k: int, blocks, rows: tuple[int, int] | None = None) -> int:
     """MACs the engine executes for a layer: every stored 8x8 block (all 64 products, zeros
     inside it included) at every output voxel whose tap lies inside the volume. Skipped blocks
     and taps in the padding count nothing. `rows`: of the output rows [h0, h1) alone (a tile)."""
     p = k // 2
     h0, h1 = rows or (0, grid[1])
-    inside = lambda n, t: max(n - abs(t - p), 0)  # noqa: E731  (voxels o with 0 <= o + t - p < n)
-    inside_h = lambda t: max(min(h1, grid[1] + p - t) - max(h0, p - t), 0)  # noqa: E731  (o in [h0, h1) likewise)
-    return sum(LANES * LANES * inside(grid[0], a) * inside_h(b) * inside(grid[2], c)
+    return sum(LANES * LANES * taps_inside(grid[0], a, p) * taps_inside(h1 - h0, b, p, h0, grid[1]) *
+               taps_inside(grid[2], c, p)
                for bl in blocks for (a, b, c, _g), _w in bl)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from hw.engine import WINDOW_WORDS
 from hw.reference import requantize_shift_rne, saturate_range
 from hw.compiler import (DESC_WORDS, F_A_NEAREST, F_A_TRILINEAR, F_B_NEAREST, F_HAS_B, F_B_TRILINEAR, F_RELU, F_RELU_B, LANES,
-                         MEM_WORDS, OP_ADD, OP_CONV, OP_END, OP_MAXPOOL, TP, WBUF_ENTRIES)
+                         MEM_WORDS, OP_ADD, OP_CONV, OP_END, OP_MAXPOOL, TP, WBUF_ENTRIES, taps_inside)
 
 # cycle model (hw/ACCEL.md): the engine's busy cycles, those it does not spend waiting for memory
 # (the simulation counts the waits; cycles - waits is what this model predicts)
@@ -142,12 +142,6 @@ def conv_slots(blocks: int, tp: int = TP, flags: int = 0) -> int:
     return -(-blocks // tp) + (0 if not flags & F_HAS_B else 8 if flags & F_B_TRILINEAR else 1)
 
 
-def _inside(n: int, t: int, p: int, off: int = 0, n_in: int | None = None) -> int:
-    """Output indices o in 0 .. n-1 whose tap o + t - p + off lies in 0 .. n_in - 1 (default n)."""
-    n_in = n if n_in is None else n_in
-    return max(min(n, n_in + p - t - off) - max(0, p - t - off), 0)
-
-
 def _conv(mem: np.ndarray, d: dict, cyc: dict, tp: int, limit: int, wbuf_entries: int = WBUF_ENTRIES) -> None:
     D, H, W = d["grid"]
     ops = operands(d["op"], d["flags"], d["grid"], d["k"], d["a"], d["b"], d["tile"])
@@ -189,7 +183,7 @@ def _conv(mem: np.ndarray, d: dict, cyc: dict, tp: int, limit: int, wbuf_entries
             xs = xp[a:a + D, r0:r0 + H, c:c + W, ch0:ch0 + LANES]
             acc += xs @ blk.astype(np.float64).T
             # 64 products at every voxel whose tap is inside the volume (the view)
-            cyc["macs"] += LANES * LANES * _inside(D, a, p) * _inside(H, b, p, roff, hx) * _inside(W, c, p)
+            cyc["macs"] += LANES * LANES * taps_inside(D, a, p) * taps_inside(H, b, p, roff, hx) * taps_inside(W, c, p)
             q += 1 + LANES
         acc = np.rint(acc).astype(np.int64) + bias
         y = requantize_shift_rne(acc, shifts, *saturate_range(bool(d["flags"] & F_RELU)))

@@ -138,6 +138,37 @@ def test_spatial_tiles_equal_the_untiled_program(weights):
             assert sum(d.macs for d in prog.descs) == sum(d.macs for d in whole.descs)
 
 
+def test_tile_views_by_hand():
+    """hw.compiler.tile_of against views worked out by hand (hw/ACCEL.md, "Spatial tiling"), grid
+    (D, H, W) = (4, 8, 6), output rows [3, 6): the view holds the rows the tile's taps reach,
+    clamped to the tensor, its base moved to its first row; the output base to row 3."""
+    from hw.compiler import F_A_NEAREST, F_HAS_B, OP_ADD, OP_CONV, OP_MAXPOOL, Desc, executed_macs, tile_of
+
+    o = (5000, 2)   # output base, 2 words a voxel: row 3 is 3 * 6 * 2 = 36 words on
+    # CONV, k = 3 (reach 1), A full (4 words a voxel): rows 2 .. 6, 5 of them, row 3 is the view's 1
+    t = tile_of(Desc(OP_CONV, "c", 0, (4, 8, 6), a=(1000, 4, 0), o=o, ocg=1, k=3), 3, 6)
+    assert (t.grid, t.a, t.o, t.tile) == ((4, 3, 6), (1000 + 2 * 6 * 4, 4, 0), (5036, 2), (8, 5, 0, 1, 0))
+    # A_NEAREST: full-grid rows 2 .. 6 are half-grid rows 1 .. 3 (W 3, 1 word a voxel); output
+    # row 3 taken as 3 - 2 * 1 = 1 before halving
+    t = tile_of(Desc(OP_CONV, "c", F_A_NEAREST, (4, 8, 6), a=(1000, 1, 0), o=o, ocg=1, k=3), 3, 6)
+    assert (t.a, t.tile) == ((1000 + 1 * 3 * 1, 1, 0), (8, 3, 0, 1, 0))
+    # CONV k = 7 (reach 3) near the top: rows 0 .. 7 clamped, the whole tensor, offset 3
+    t = tile_of(Desc(OP_CONV, "c", 0, (4, 8, 6), a=(1000, 1, 0), o=o, ocg=1, k=7), 3, 5)
+    assert (t.a, t.tile) == ((1000, 1, 0), (8, 8, 0, 3, 0))
+    # ADD with B: no reach, both views the tile's 3 rows
+    t = tile_of(Desc(OP_ADD, "a", F_HAS_B, (4, 8, 6), a=(1000, 1, 0), b=(3000, 2, 1), o=o, groups=1), 3, 6)
+    assert (t.a, t.b, t.tile) == ((1000 + 18, 1, 0), (3000 + 36, 2, 1), (8, 3, 3, 0, 0))
+    # MAXPOOL: the double grid's rows 6 .. 11 (W 12), offset 0
+    t = tile_of(Desc(OP_MAXPOOL, "m", 0, (4, 8, 6), a=(1000, 1, 0), o=o, groups=1), 3, 6)
+    assert (t.a, t.tile) == ((1000 + 6 * 12, 1, 0), (8, 6, 0, 0, 0))
+    # MACs of a tile's block: tap (a, b, c) = (0, 0, 1) of k = 3 reads inside at d 1 .. 3 (3), at
+    # every row of [3, 6) (3: rows 2 .. 4 exist), at w 0 .. 5 (6); tap b = 2 at row 7 of tile [6, 8)
+    # reads row 8, outside: 1 of 2 rows
+    blk = [[((0, 0, 1, 0), None)]]
+    assert executed_macs((4, 8, 6), 3, blk, (3, 6)) == 64 * 3 * 3 * 6
+    assert executed_macs((4, 8, 6), 3, [[((1, 2, 1, 0), None)]], (6, 8)) == 64 * 4 * 1 * 6
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_spatial_tiles_are_transparent_on_random_programs(seed):
     """Every operator and flag (CONV with nearest A, fused adds with a full, nearest or trilinear
