@@ -1,13 +1,17 @@
-"""Table 1's main rows on two domains side by side: the demo's test pairs and a validation domain
-nothing was tuned on.
+"""Table 1's main rows on three domains side by side: the demo's test pairs and two validation
+domains nothing was tuned on, one synthetic, one of real anatomy.
 
     python -m benchmarks.domains --config configs/demo.toml --data data/synthetic --out runs/demo \\
-        [--val-data runs/demo_val/shifted]
+        [--val-data runs/demo_val/shifted] [--anatomy-data runs/demo_val/mni]
 
 The validation domain is the synthetic generator's "shifted" style (model.synth: larger pose
 differences, another deformation model, a neck below the brain, another contrast per subject,
 stronger bias field and noise), 6 subjects of seed 7, all 30 ordered pairs; written to
-`--val-data` when that directory does not exist yet. On both sets, in one run on this machine:
+`--val-data` when that directory does not exist yet. The real-anatomy domain is model.anatomy's:
+the MNI152 template nilearn ships, 6 subjects of seed 11 under their own pose, deformation,
+contrast, bias and noise, 30 ordered pairs, scored on its 8 labels (white matter, cortex,
+ventricles, deep grey matter, left and right: the config with only its label list changed);
+written to `--anatomy-data` when missing. On every set, in one run on this machine:
 no registration, the global stage alone, ANTs affine and SyN (Table 1's settings) and SyN with
 longer iterations (benchmarks.classical SYN_LONG_ITERATIONS), the trained
 network, int8 QAT, the int8 deployed registration (hw.runtime, one thread), int4 QAT and the
@@ -39,6 +43,13 @@ def make_validation_domain(path: Path) -> None:
         raise RuntimeError(f"{path}: model.synth failed")
 
 
+def make_anatomy_domain(path: Path) -> None:
+    """model.anatomy's real-anatomy subjects at `path` (deterministic from its defaults)."""
+    from model.anatomy import write_domain
+
+    write_domain(path, progress=False)
+
+
 def row_fns(cfg, out: Path) -> dict:
     """name -> (moving Subject, fixed Subject) -> ddf, for ROWS and the config's COMPRESSION rows,
     from make demo's OUT."""
@@ -65,20 +76,29 @@ def row_fns(cfg, out: Path) -> dict:
     return {k: fns[k] for k in [*ROWS, *COMPRESSION] if k in fns}
 
 
-def domains(cfg, data: Path, out: Path, val_data: Path, progress: bool = True) -> dict:
+def domains(cfg, data: Path, out: Path, val_data: Path, anatomy_data: Path, progress: bool = True) -> dict:
+    from dataclasses import replace
+
+    from model.anatomy import ANATOMY_LABELS, DEFAULTS
     from model.data import load_dataset
     from model.evaluate import evaluate_pairs, summarise
 
     fns = row_fns(cfg, out)   # first: a run without its models is refused before anything is written
     if not val_data.exists():
         make_validation_domain(val_data)
-    sets = {"demo test pairs": load_dataset(data, cfg.data, "test", progress=False),
-            "validation domain (shifted)": load_dataset(val_data, cfg.data, "all", progress=False)}
-    res = {"git_commit": git_commit(), "val_data": str(val_data), "validation_domain": SHIFTED, "sets": {}}
-    for set_name, subjects in sets.items():
+    if not anatomy_data.exists():
+        make_anatomy_domain(anatomy_data)
+    # the real anatomy has its own labels: the config with only its label list changed
+    cfg_anat = replace(cfg, data=replace(cfg.data, labels=ANATOMY_LABELS))
+    sets = {"demo test pairs": (cfg, load_dataset(data, cfg.data, "test", progress=False)),
+            "validation domain (shifted)": (cfg, load_dataset(val_data, cfg.data, "all", progress=False)),
+            "real anatomy (MNI152)": (cfg_anat, load_dataset(anatomy_data, cfg_anat.data, "all", progress=False))}
+    res = {"git_commit": git_commit(), "val_data": str(val_data), "validation_domain": SHIFTED,
+           "anatomy_data": str(anatomy_data), "anatomy_domain": {**DEFAULTS, "labels": ANATOMY_LABELS}, "sets": {}}
+    for set_name, (set_cfg, subjects) in sets.items():
         rows = {}
         for name, fn in fns.items():
-            pr, _ = evaluate_pairs(subjects, cfg, fn, f"{set_name}: {name}", progress)
+            pr, _ = evaluate_pairs(subjects, set_cfg, fn, f"{set_name}: {name}", progress)
             s = summarise(pr, name, 0, 0)
             rows[name] = {k: s[k] for k in METRICS} | {"pairs": len(pr)}
         res["sets"][set_name] = rows
@@ -104,12 +124,15 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, type=Path, help="the run directory of make demo")
     ap.add_argument("--val-data", type=Path, help="the validation domain's subjects (default OUT_val/shifted; "
                                                   "generated when missing)")
+    ap.add_argument("--anatomy-data", type=Path, help="the real-anatomy domain's subjects (default OUT_val/mni; "
+                                                      "generated when missing)")
     a = ap.parse_args(argv)
 
     def body():
         cfg = load_config(a.config)
         val = a.val_data or Path(f"{a.out}_val") / "shifted"
-        res = domains(cfg, a.data, a.out, val, progress=not a.no_progress)
+        anat = a.anatomy_data or Path(f"{a.out}_val") / "mni"
+        res = domains(cfg, a.data, a.out, val, anat, progress=not a.no_progress)
         rep = a.out / "report"
         atomic_write_json(rep / "domains.json", res)
         atomic_write_text(rep / "domains.md", markdown(res))
