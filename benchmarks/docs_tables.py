@@ -177,6 +177,11 @@ def accelerator(run: Path) -> str:
                    f"| {pj['cycles']:,} cycles{at}; memory plan {pj['memory_bytes'] / 1e6:.0f} MB (liveness; "
                    f"{pj['memory_bytes_keep_all'] / 1e6:,.0f} MB keeping every tensor); traffic "
                    f"{pj['traffic_bytes'] / 1e9:.2f} GB; {fits} |")
+        if syn and syn.get("fmax_mhz"):
+            from hw.rtl_synth import DEVICE
+            out.append(f"| the same, a bound for any engine on this part: the network's {pj['dense_macs'] / 1e9:,.1f} G "
+                       f"MACs, one per cycle on each of the {DEVICE['part']}'s {DEVICE['multipliers']} multipliers at "
+                       f"that fmax | {pj['dense_macs'] / (DEVICE['multipliers'] * syn['fmax_mhz'] * 1e6):.0f} s |")
         for nm, r in pj.get("nm", {}).items():
             at = f", {r['cycles'] / (syn['fmax_mhz'] * 1e6):.0f} s at that fmax" if syn and syn.get("fmax_mhz") else ""
             out.append(f"| the same, {nm} block sparsity (N of every M weight blocks of an output group stored; the "

@@ -29,7 +29,8 @@ RTL_DIR = Path(__file__).resolve().parent / "rtl"
 SOURCES = [RTL_DIR / "accel.v", RTL_DIR / "accel_mem.v", RTL_DIR / "accel_skid.v", RTL_DIR / "accel_ip.v",
            RTL_DIR / "accel_top.v"]
 HEADERS = [RTL_DIR / "accel_params.vh", RTL_DIR / "accel_axi.vh", RTL_DIR / "accel_faults.vh"]   # included by the sources (hw/engine.py writes the first)
-DEVICE = {"family": "ECP5", "part": "LFE5UM-85F", "package": "CABGA381", "speed": "6",
+# multipliers: the part's MULT18X18D count (nextpnr's utilisation report: "MULT18X18D: n/156")
+DEVICE = {"family": "ECP5", "part": "LFE5UM-85F", "package": "CABGA381", "speed": "6", "multipliers": 156,
           "nextpnr": ["--um-85k", "--package", "CABGA381"]}
 # nextpnr's report names the cell types it counts; these are the ones the README tabulates
 CELLS = {"TRELLIS_COMB": "lut4", "TRELLIS_FF": "ff", "MULT18X18D": "mult18x18d", "DP16KD": "dp16kd",

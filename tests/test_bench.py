@@ -83,7 +83,14 @@ def test_latency_without_torch(tiny_export, tmp_path):
         assert x["register_p50_ms"] > 0
     # the references are not compared with themselves; the int8 backend equals its reference exactly
     assert got["reference_int"]["matches_reference"] is None and got["ort_fp32"]["matches_reference"] is None
-    for b in int8:  # each onnxruntime route through the int8 graph
+    from export.onnx import u8s8_exact_cpu
+    # each onnxruntime route through the int8 graph; the all-QLinearConv one only where the U8S8
+    # kernels sum exactly (x86 without VNNI saturates pairs of products in int16: there its
+    # comparison is recorded, whichever way it goes)
+    for b in int8:
+        if b == "ort_int8_qlinear" and not u8s8_exact_cpu():
+            assert isinstance(got[b]["matches_reference"], bool), b
+            continue
         assert got[b]["matches_reference"] is True and got[b]["max_abs_diff"] is None, b
     md = (tmp_path / "bench" / "latency.md").read_text()
     assert "(the integer reference)" in md and "(the float reference)" in md and "yes, exactly" in md

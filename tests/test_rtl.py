@@ -463,6 +463,21 @@ def test_nm_projection_stores_n_of_every_m_blocks(weights):
         read_weights(weights).records["up.0.c1.conv"].weight.tolist()   # 4:4 is dense
 
 
+def test_projection_of_a_config():
+    """hw.rtl_sim.project on the demo config: dense, the engine executes at least the network's
+    MACs (more: the unfolded first layer's blocks carry an eighth, empty W tap); each N:M ratio of PROJECT_NM stores fewer blocks than the one before it and
+    takes fewer cycles, with its utilisation a fraction."""
+    from hw.rtl_sim import PROJECT_NM, project
+
+    pj = project(Path("configs/demo.toml"))
+    assert pj["executed_macs"] >= pj["dense_macs"] > 0 and pj["grid"] == [32, 40, 32]
+    names = [f"{n}:{m}" for n, m in PROJECT_NM]
+    assert list(pj["nm"]) == names and [n / m for n, m in PROJECT_NM] == sorted((n / m for n, m in PROJECT_NM), reverse=True)
+    cycles = [pj["cycles"], *(pj["nm"][k]["cycles"] for k in names)]
+    assert cycles == sorted(cycles, reverse=True) and len(set(cycles)) == len(cycles)
+    assert all(0 < pj["nm"][k]["executed_mac_util"] <= 1 for k in names)
+
+
 def test_rtl_sim_bad_input(weights, tmp_path):
     """No golden vectors, or golden vectors of other weights: one line naming the file, exit 2,
     nothing simulated or written."""
