@@ -137,8 +137,9 @@ domains: $(OUT)/report/pruning_curve.json   # its compression rows are the repor
 
 # opt-in: configs/ibsr.toml's network (untrained, realistic magnitudes) at PAPER_GRID on the RTL
 # engine with a weight buffer and address width it needs: every tensor verified, cycles equal to
-# the model ($(OUT)_paper/paper_scale.json)
-PAPER_GRID ?= 32,32,32
+# the model ($(OUT)_paper/paper_scale.json); at 32x48x32 the first layer and the finest head
+# overflow the engine's windows, so spatial tiles are simulated too
+PAPER_GRID ?= 32,48,32
 rtl-paper: $(STAMP)
 	$(PY) -m benchmarks.paper_scale --config configs/ibsr.toml --grid $(PAPER_GRID) --out $(OUT)_paper
 
