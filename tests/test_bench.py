@@ -139,8 +139,12 @@ def test_scaling_of_an_untrained_network(tmp_path, tiny_toml):
     rep = json.loads((out / "scaling.json").read_text())
     assert rep["untrained"] is True and rep["model"]["base_channels"] == 4
     got = {(x["backend"], x["voxels"]): x for x in rep["rows"]}
+    from export.onnx import u8s8_exact_cpu
     for b in ("ort_int8", "ort_int8_qlinear"):
-        assert got[(b, 512)]["matches_reference"] is True
+        # the all-QLinearConv route is exact only where the U8S8 kernels sum exactly; elsewhere
+        # (x86 without VNNI) its comparison is recorded, whichever way it goes
+        assert got[(b, 512)]["matches_reference"] is True or \
+            (b == "ort_int8_qlinear" and not u8s8_exact_cpu() and got[(b, 512)]["matches_reference"] is False)
         assert got[(b, 1024)]["matches_reference"] is None and (("reference_int", 1024) not in got)
     assert ("reference_int", 512) in got and (out / "scaling.png").stat().st_size > 0
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--untrained", str(cfg),
