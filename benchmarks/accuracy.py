@@ -69,7 +69,7 @@ ROWS = ["identity", "global_stage", "ants_affine", "ants_syn", "trained_unrefine
 
 
 def load_deployed(export: Path, cfg: Config):
-    """hw.runtime's registration of the export (backend auto: OpenVINO where installed and exact,
+    """hw.runtime's registration of the export (backend auto: OpenVINO where installed, on its exact file,
     else onnxruntime), one thread, as the ANTs rows run; its settings must be `cfg`'s."""
     from hw.runtime import load, settings_config
     from model.config import config_to_dict

@@ -23,7 +23,8 @@ Backends (each runs the exported int8 network and returns its field in voxels):
     rtl                  the RTL engine (hw/rtl/) simulated in Verilator, one run per pair
     board                the engine on a board (hw/soc.py's SoC) through hw/board.py: options
                          port (the UART), csr (the SoC's csr.json), baud
-    auto                 openvino where installed and exact, else onnxruntime
+    auto                 openvino where installed (its file as above: exact either way), else
+                         onnxruntime
 
 The settings around the network (working grid, intensity percentiles, global stage, [refine])
 come from EXPORT/registration.json, written from the config by this module's CLI (`make export`
@@ -168,8 +169,10 @@ def open_network(backend: str, export: Path, threads: int | None = None, **optio
     export = Path(export)
     manifest = read_manifest(export)
     if backend == "auto":
-        backend = "openvino" if openvino_available() and manifest.get("openvino_vs_brevitas_mismatches") == 0 \
-            else "onnxruntime"
+        # OpenVINO runs an exact file on every CPU (openvino_int8_file), and even its dense QCDQ
+        # file, where the int8 one is not exact, runs faster than onnxruntime's exact s8s8 route
+        # (docs/experiments.md, 2026-12-08: an AVX2 CPU without VNNI, 29 ms against 175 ms)
+        backend = "openvino" if openvino_available() else "onnxruntime"
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     weights = need(export / "weights.bin")
