@@ -1,6 +1,6 @@
 """Write the README's measured tables from a run directory, so that no measured number is typed.
 
-    python -m benchmarks.docs_tables --run runs/demo [--readme README.md] [--check]
+    python -m benchmarks.docs_tables --run runs/demo [--readme README.md] [--check] [--only NAME,...]
     make docs                                     # the same for OUT (default runs/demo)
 
 The README holds blocks between `<!-- generated:NAME -->` and `<!-- /generated:NAME -->`;
@@ -16,7 +16,9 @@ and the date of the file it was read from:
     speed        OUT/report/speed.json     (python -m benchmarks.speed): SyN and the deployed
                                            registration timed pair by pair, interleaved
 
-A block whose file is missing says so rather than keeping old numbers. Re-running on the
+A block whose file is missing says so rather than keeping old numbers; `--only` rewrites the
+named blocks and leaves the others as they are (a run directory that holds some of the files,
+the others' tables being from other runs, each stamped with its own). Re-running on the
 same run directory writes the same bytes (tests/test_docs.py). --check exits 1 if the
 README differs from what the run gives (nothing is written).
 """
@@ -262,12 +264,18 @@ TABLES = {"quality": quality, "size": size, "latency": latency, "accelerator": a
           "seeds": seeds, "soc": soc, "speed": speed}
 
 
-def render(text: str, run: Path) -> str:
-    """`text` with every generated block replaced by its table from `run`."""
+def render(text: str, run: Path, only: set[str] | None = None) -> str:
+    """`text` with every generated block (or those named in `only`) replaced by its table from `run`."""
+    unknown = sorted((only or set()) - set(TABLES))
+    if unknown:
+        raise ValueError(f"--only {','.join(unknown)}: unknown table; known: {sorted(TABLES)}")
+
     def block(m: re.Match) -> str:
         name = m.group(2)
         if name not in TABLES:
             raise ValueError(f"generated block {name!r}: unknown; known: {sorted(TABLES)}")
+        if only is not None and name not in only:
+            return m.group(0)
         return m.group(1) + TABLES[name](run) + m.group(4)
     return BLOCK.sub(block, text)
 
@@ -277,6 +285,7 @@ def main(argv=None) -> int:
     ap.add_argument("--run", required=True, type=Path, help="a run directory (OUT of make demo)")
     ap.add_argument("--readme", type=Path, default=Path("README.md"))
     ap.add_argument("--check", action="store_true", help="exit 1 if the file differs from what the run gives")
+    ap.add_argument("--only", help="comma-separated table names: rewrite only these blocks")
     a = ap.parse_args(argv)
     from model.artifacts import atomic_write_text
     from model.cli import run_cli
@@ -288,7 +297,7 @@ def main(argv=None) -> int:
             old = a.readme.read_text()
         except (OSError, UnicodeDecodeError) as e:
             raise ValueError(f"{a.readme}: cannot read ({e})") from None
-        new = render(old, a.run)
+        new = render(old, a.run, set(a.only.split(",")) if a.only else None)
         if a.check:
             print(f"{a.readme}: {'up to date' if new == old else 'differs from ' + str(a.run)}")
             return 0 if new == old else 1

@@ -103,6 +103,20 @@ def test_bad_run_is_a_clear_error(tmp_path, capsys):
         render("<!-- generated:nope -->\n<!-- /generated:nope -->", run)
 
 
+def test_only_rewrites_the_named_blocks(tmp_path):
+    """--only: the named blocks come from the run, every other block is left byte for byte (its
+    file missing from this run would otherwise replace it with a pointer); an unknown name is
+    refused."""
+    run = _run(tmp_path)
+    text = ("<!-- generated:quality -->\nold quality\n<!-- /generated:quality -->\n"
+            "<!-- generated:soc -->\nold soc table\n<!-- /generated:soc -->\n")
+    out = render(text, run, {"quality"})
+    assert "old soc table" in out and "old quality" not in out and "| registration |" in out
+    assert "old soc table" not in render(text, run)
+    with pytest.raises(ValueError, match="--only nope: unknown table"):
+        render(text, run, {"nope"})
+
+
 def _domains_run(run: Path, seed: int, dice: dict) -> Path:
     """A run directory with report/domains.json (rows' Dice as given) and config/train.json."""
     from benchmarks.domains import METRICS
