@@ -77,9 +77,7 @@ def row_fns(cfg, out: Path) -> dict:
 
 
 def domains(cfg, data: Path, out: Path, val_data: Path, anatomy_data: Path, progress: bool = True) -> dict:
-    from dataclasses import replace
-
-    from model.anatomy import ANATOMY_LABELS, DEFAULTS
+    from model.anatomy import ANATOMY_LABELS, DEFAULTS, scored_config
     from model.data import load_dataset
     from model.evaluate import evaluate_pairs, summarise
 
@@ -88,8 +86,7 @@ def domains(cfg, data: Path, out: Path, val_data: Path, anatomy_data: Path, prog
         make_validation_domain(val_data)
     if not anatomy_data.exists():
         make_anatomy_domain(anatomy_data)
-    # the real anatomy has its own labels: the config with only its label list changed
-    cfg_anat = replace(cfg, data=replace(cfg.data, labels=ANATOMY_LABELS))
+    cfg_anat = scored_config(cfg, anatomy_data)   # the config with only its label list changed
     sets = {"demo test pairs": (cfg, load_dataset(data, cfg.data, "test", progress=False)),
             "validation domain (shifted)": (cfg, load_dataset(val_data, cfg.data, "all", progress=False)),
             "real anatomy (MNI152)": (cfg_anat, load_dataset(anatomy_data, cfg_anat.data, "all", progress=False))}

@@ -6,10 +6,11 @@
 
 The deployed registration of the export (hw.runtime, backend auto, one thread) without its
 refinement is computed once per ordered pair of each set (DIR:test for a data directory's test
-split, else every subject of DIR); then each refinement setting runs on those fields:
-`--points` fixed step counts, and `--tol` the stop rule on the similarity's relative change
-(with at most 100 steps). Scored as Table 1 scores (model.evaluate: Dice, folding, vanished
-labels) with the median milliseconds of the refinement per pair and the mean steps taken.
+split, else every subject of DIR; model.anatomy's domain on its own labels); then each
+refinement setting runs on those fields: `--points` fixed step counts, and `--tol` the stop
+rule on the similarity's relative change (with at most 100 steps). Scored as Table 1 scores
+(model.evaluate: Dice, folding, vanished labels) with the median milliseconds of the
+refinement per pair and the mean steps taken.
 Writes OUT/refine_curve.json and .md.
 """
 from __future__ import annotations
@@ -43,6 +44,7 @@ def curve(a) -> None:
     from model.artifacts import atomic_write_json, atomic_write_text, git_commit
     from model.config import RefineConfig
     from model.data import load_dataset, test_pairs
+    from model.anatomy import scored_config
     from model.evaluate import evaluate_pairs, summarise
 
     cfg = settings_config(a.export)
@@ -55,7 +57,8 @@ def curve(a) -> None:
     for spec in a.set:
         name, _, where = spec.partition("=")
         path, _, split = where.partition(":")
-        subjects = load_dataset(Path(path), cfg.data, split or "all")
+        set_cfg = scored_config(cfg, Path(path))   # the real-anatomy domain has labels of its own
+        subjects = load_dataset(Path(path), set_cfg.data, split or "all")
         base = {(m, f): reg.field(subjects[m].image, subjects[f].image, refine_field=False)
                 for m, f in test_pairs(subjects)}
         index = {id(s): i for i, s in enumerate(subjects)}
@@ -69,7 +72,7 @@ def curve(a) -> None:
                 secs.append(time.perf_counter() - t0)
                 steps.append(st.get("steps", 0))
                 return d
-            s = summarise(evaluate_pairs(subjects, cfg, fn, name, progress=False)[0], name, 0, 0)
+            s = summarise(evaluate_pairs(subjects, set_cfg, fn, name, progress=False)[0], name, 0, 0)
             row = {"set": name, **dataclasses.asdict(rc), "dice": s["dice"], "folding_pct": s["folding_pct"],
                    "vanished_labels": s["vanished_labels"], "refine_ms": round(1e3 * float(np.median(secs)), 2),
                    "mean_steps": round(float(np.mean(steps)), 2), "pairs": len(base)}

@@ -155,6 +155,16 @@ def write_domain(out: Path, subjects: int = DEFAULTS["subjects"], seed: int = DE
         "spacing_mm": list(SPACING), "warp": WARP, "labels": ANATOMY_LABELS})
 
 
+def scored_config(cfg, data_dir: Path):
+    """`cfg` as a set at `data_dir` is scored: with its label list replaced by ANATOMY_LABELS when
+    the directory is this module's domain (it holds anatomy_manifest.json), else `cfg` itself."""
+    from dataclasses import replace
+
+    if (Path(data_dir) / "anatomy_manifest.json").is_file():
+        return replace(cfg, data=replace(cfg.data, labels=ANATOMY_LABELS))
+    return cfg
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, type=Path)

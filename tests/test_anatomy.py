@@ -64,3 +64,14 @@ def test_missing_nilearn_is_a_clear_error(monkeypatch, tmp_path, capsys):
     assert main(["--out", str(tmp_path / "d")]) == 2
     assert "pip install nilearn" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_a_set_is_scored_on_its_own_labels(domain, tmp_path):
+    """scored_config: the real-anatomy domain (its manifest present) on ANATOMY_LABELS, any
+    other directory on the config's own list, the rest of the config unchanged."""
+    from model.anatomy import scored_config
+
+    cfg = load_config("configs/demo.toml")
+    got = scored_config(cfg, domain)
+    assert got.data.labels == ANATOMY_LABELS and got.data.shape == cfg.data.shape and got.model == cfg.model
+    assert scored_config(cfg, tmp_path) is cfg
