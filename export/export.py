@@ -17,7 +17,9 @@ Reads RUN/train/model.pt and RUN/qat/{int8,int4}/model.pt, writes RUN/export/:
                            on int8, exactly (export.onnx.openvino_graph; same integers)
     localnet_qonnx.onnx    QONNX export of the int8 model, for FINN-style flows
     register_int8.onnx     inputs moving, fixed (1, 1, X, Y, Z); outputs ddf (voxels) and the
-                           moving image warped by GridSample (opset 20, trilinear, border)
+                           moving image warped by GridSample (opset 20, trilinear, border); exact
+                           with export.onnx.ort_session_options (onnxruntime's x86 default runs
+                           U8S8 kernels, which saturate on a CPU without VNNI)
     weights.bin            int8 weights + int32 biases + exponents (export/FORMAT.md)
     weights_int4.bin       the int4-weight QAT model in the same format
     hex/                   per-layer $readmemh files of the int8 model; localnet_int8.h (C)
