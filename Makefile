@@ -9,7 +9,7 @@
 #   make soc-sim / bitstream  opt-in: the golden pairs through the accelerator's LiteX SoC and host driver
 #                             (simulated) / the SoC's bitstream for an ECPIX-5 85F
 #   make rtl-paper            opt-in: the paper-scale network (configs/ibsr.toml, untrained) on the RTL engine at 32^3
-#   make domains              opt-in: Table 1's main rows on the demo pairs and on a validation domain side by side
+#   make domains              opt-in: Table 1's main rows on the demo pairs and on two validation domains side by side
 #   make curve                opt-in: the pruning curve to 95 % (configs/curve.toml) in $(OUT)_curve (about an hour)
 CONFIG ?= configs/demo.toml
 OUT    ?= runs/demo
@@ -130,8 +130,9 @@ soc-sim: $(OUT)/golden/manifest.json | $(STAMP)
 bitstream: | $(STAMP)
 	$(PY) -m hw.soc bitstream --out $(OUT)/board --seeds $(SEEDS)
 
-# opt-in: Table 1's main rows on the demo's test pairs and on the validation domain (model.synth's
-# shifted style, written to $(OUT)_val/shifted once) in one run: $(OUT)/report/domains.json
+# opt-in: Table 1's main rows on the demo's test pairs and on two validation domains (model.synth's
+# shifted style and model.anatomy's real anatomy, written to $(OUT)_val/shifted and
+# $(OUT)_val/mni once) in one run: $(OUT)/report/domains.json
 domains: $(OUT)/report/pruning_curve.json   # its compression rows are the report's QAT models
 	$(PY) -m benchmarks.domains --config $(CONFIG) --data $(DATA) --out $(OUT)
 
