@@ -77,7 +77,7 @@ def row_fns(cfg, out: Path) -> dict:
 
 
 def domains(cfg, data: Path, out: Path, val_data: Path, anatomy_data: Path, progress: bool = True) -> dict:
-    from model.anatomy import ANATOMY_LABELS, DEFAULTS, scored_config
+    from model.anatomy import DEFAULTS, scored_config
     from model.data import load_dataset
     from model.evaluate import evaluate_pairs, summarise
 
@@ -91,7 +91,7 @@ def domains(cfg, data: Path, out: Path, val_data: Path, anatomy_data: Path, prog
             "validation domain (shifted)": (cfg, load_dataset(val_data, cfg.data, "all", progress=False)),
             "real anatomy (MNI152)": (cfg_anat, load_dataset(anatomy_data, cfg_anat.data, "all", progress=False))}
     res = {"git_commit": git_commit(), "val_data": str(val_data), "validation_domain": SHIFTED,
-           "anatomy_data": str(anatomy_data), "anatomy_domain": {**DEFAULTS, "labels": ANATOMY_LABELS}, "sets": {}}
+           "anatomy_data": str(anatomy_data), "anatomy_domain": {**DEFAULTS, "labels": cfg_anat.data.labels}, "sets": {}}
     for set_name, (set_cfg, subjects) in sets.items():
         rows = {}
         for name, fn in fns.items():
